@@ -1,0 +1,272 @@
+//! The wire between the kernel programs (`monitor-ebpf`) and the agent (`monitor`).
+//!
+//! Every type here is `#[repr(C)]` with fixed-width fields and explicit padding,
+//! so both sides agree on the layout byte for byte; the size assertions below
+//! catch a field added on one side only.
+//!
+//! Byte order: IP addresses and MAC addresses are kept as on the wire (network
+//! byte order); ports, counters, lengths and timestamps are in host byte order.
+//! IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`) in 16 bytes, so one
+//! key type serves both families.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Per-flow statistics: `LRU_PERCPU_HASH<FlowKey, FlowStats>`.
+pub const FLOWS_MAP: &str = "FLOWS";
+/// Ring buffer carrying [`EventHeader`]-prefixed records.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// `PERCPU_ARRAY<u64>` indexed by [`Counter`].
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// `HASH<u32, u8>`: interfaces (monitored veths and their bridges) whose
+/// packets were already counted when they entered the host. A packet leaving
+/// through a monitored veth that came in through one of these is not counted
+/// again, so container-to-container traffic is counted once.
+pub const COUNTED_IFACES_MAP: &str = "COUNTED_IFACES";
+
+/// Name of the global holding the number of payload bytes captured per sample
+/// (0 disables payload sampling; values above [`MAX_CAPTURE`] are clamped).
+pub const GLOBAL_PAYLOAD_BYTES: &str = "PAYLOAD_BYTES";
+/// Name of the global holding how many payload-carrying packets of each flow
+/// are sampled (per CPU that sees the flow).
+pub const GLOBAL_PAYLOAD_PACKETS: &str = "PAYLOAD_PACKETS";
+/// Name of the global holding N of the 1-in-N random packet-head samples (0 = off).
+pub const GLOBAL_SAMPLE_RATE: &str = "SAMPLE_RATE";
+
+/// Largest number of bytes one capture event can carry.
+pub const MAX_CAPTURE: usize = 512;
+/// Default ring buffer size (bytes, a power of two multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 1 << 22;
+/// Default flow map capacity.
+pub const DEFAULT_FLOW_CAPACITY: u32 = 65_536;
+
+/// IP protocol numbers the programs parse beyond the IP header.
+pub mod ip_proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+}
+
+/// TCP flag bits as they appear in byte 13 of the TCP header.
+pub mod tcp_flag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+}
+
+/// Identity of a unidirectional flow: packets travelling A->B and B->A are
+/// two flows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// Source address, network byte order, IPv4-mapped for IPv4.
+    pub src_addr: [u8; 16],
+    /// Destination address, network byte order, IPv4-mapped for IPv4.
+    pub dst_addr: [u8; 16],
+    /// Source port (TCP/UDP), 0 for other protocols and non-first fragments.
+    pub src_port: u16,
+    /// Destination port (TCP/UDP), 0 for other protocols and non-first fragments.
+    pub dst_port: u16,
+    /// IP protocol number (for IPv6: the upper-layer protocol after the
+    /// extension headers).
+    pub protocol: u8,
+    /// 4 or 6.
+    pub ip_version: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// Where a packet was counted, relative to the container behind the veth.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Sent by the container (TC ingress of the host-side veth).
+    FromContainer = 0,
+    /// Delivered to the container (TC egress of the host-side veth).
+    ToContainer = 1,
+}
+
+impl Direction {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::FromContainer),
+            1 => Some(Self::ToContainer),
+            _ => None,
+        }
+    }
+}
+
+/// Statistics of one flow as counted by one CPU; user space sums the CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub packets: u64,
+    /// Sum of IP total lengths (header + payload), as NetFlow counts octets.
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the first packet on this CPU.
+    pub first_seen_ns: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the latest packet on this CPU.
+    pub last_seen_ns: u64,
+    /// SYN without ACK.
+    pub syn: u32,
+    pub syn_ack: u32,
+    pub rst: u32,
+    pub fin: u32,
+    /// OR of the TCP flags of every packet.
+    pub tcp_flags: u8,
+    /// Payload samples already sent to user space by this CPU.
+    pub payload_samples: u8,
+    /// A [`Direction`] value.
+    pub direction: u8,
+    pub _pad: u8,
+    /// Interface (host-side veth) where the flow was counted.
+    pub ifindex: u32,
+}
+const _: () = assert!(size_of::<FlowStats>() == 56);
+
+/// Indexes of the `COUNTERS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Packets the programs counted into a flow.
+    Packets = 0,
+    /// Frames that are neither IPv4, IPv6 nor ARP.
+    NonIp = 1,
+    /// Frames whose headers are truncated or inconsistent (passed on unchanged).
+    Malformed = 2,
+    /// Flow map updates that failed (the packet still passed).
+    FlowUpdateFailed = 3,
+    /// Events of each [`EventKind`] lost to a full ring buffer.
+    LostNewFlow = 4,
+    LostPayload = 5,
+    LostArp = 6,
+    LostPacketSample = 7,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 8;
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Self::Packets,
+        Self::NonIp,
+        Self::Malformed,
+        Self::FlowUpdateFailed,
+        Self::LostNewFlow,
+        Self::LostPayload,
+        Self::LostArp,
+        Self::LostPacketSample,
+    ];
+}
+
+/// Kind of a ring-buffer record; the first byte of every record.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// [`NewFlowEvent`]: the first packet of a flow created its map entry.
+    NewFlow = 1,
+    /// [`CaptureEvent`]: the first payload bytes of a TCP or UDP flow.
+    Payload = 2,
+    /// [`ArpEvent`]: an ARP packet sent by a container.
+    Arp = 3,
+    /// [`CaptureEvent`] with a zero key: a 1-in-N random packet head.
+    PacketSample = 4,
+}
+
+impl EventKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::NewFlow),
+            2 => Some(Self::Payload),
+            3 => Some(Self::Arp),
+            4 => Some(Self::PacketSample),
+            _ => None,
+        }
+    }
+
+    /// The counter that records events of this kind lost to a full ring buffer.
+    pub const fn lost_counter(self) -> Counter {
+        match self {
+            Self::NewFlow => Counter::LostNewFlow,
+            Self::Payload => Counter::LostPayload,
+            Self::Arp => Counter::LostArp,
+            Self::PacketSample => Counter::LostPacketSample,
+        }
+    }
+}
+
+/// Common prefix of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// An [`EventKind`] value.
+    pub kind: u8,
+    /// A [`Direction`] value.
+    pub direction: u8,
+    pub _pad: [u8; 2],
+    /// Interface the packet was seen on.
+    pub ifindex: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub timestamp_ns: u64,
+}
+const _: () = assert!(size_of::<EventHeader>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewFlowEvent {
+    pub header: EventHeader,
+    pub key: FlowKey,
+}
+const _: () = assert!(size_of::<NewFlowEvent>() == 56);
+
+/// Bytes copied from a packet: payload samples and random packet heads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureEvent {
+    pub header: EventHeader,
+    /// The packet's flow; all zero for random packet-head samples.
+    pub key: FlowKey,
+    /// Length of what the capture is taken from: the L4 payload for payload
+    /// samples, the whole frame for packet-head samples.
+    pub original_len: u32,
+    /// Valid bytes at the start of `data`.
+    pub captured_len: u32,
+    pub data: [u8; MAX_CAPTURE],
+}
+const _: () = assert!(size_of::<CaptureEvent>() == 64 + MAX_CAPTURE);
+
+/// Length of an Ethernet/IPv4 ARP packet, the part copied into [`ArpEvent`].
+pub const ARP_LEN: usize = 28;
+
+/// An ARP packet a container sent, copied raw so user space decodes (and
+/// validates) it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpEvent {
+    pub header: EventHeader,
+    pub eth_dst: [u8; 6],
+    pub eth_src: [u8; 6],
+    /// Valid bytes at the start of `arp` (shorter when the frame is truncated).
+    pub captured_len: u32,
+    pub arp: [u8; ARP_LEN],
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(size_of::<ArpEvent>() == 64);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: all are repr(C), made only of integers and byte arrays, with
+    // every padding byte an explicit field, so any bit pattern is valid.
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowStats {}
+    unsafe impl aya::Pod for EventHeader {}
+    unsafe impl aya::Pod for NewFlowEvent {}
+    unsafe impl aya::Pod for CaptureEvent {}
+    unsafe impl aya::Pod for ArpEvent {}
+}

@@ -1,0 +1,127 @@
+//! crossmon's TC classifiers, attached to both directions of the host-side
+//! veth of every container on a Linux bridge.
+//!
+//! They only observe: every path returns `TC_ACT_UNSPEC` (TCX_NEXT), which
+//! passes the packet unchanged *and* lets later programs on the same hook run
+//! (`TC_ACT_OK` and `TC_ACT_PIPE` would end a TCX chain).
+#![no_std]
+#![no_main]
+
+mod events;
+mod flow;
+mod maps;
+mod parse;
+
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::classifier,
+    programs::TcContext,
+};
+use aya_log_ebpf::debug;
+use monitor_common::{ip_proto, Counter, Direction, EventKind, FlowKey};
+
+use crate::{
+    events::Seen,
+    maps::{bump, counted_at_ingress, PAYLOAD_BYTES, PAYLOAD_PACKETS, SAMPLE_RATE},
+    parse::{Frame, Malformed},
+};
+
+/// Packets a container sends (TC ingress of its host-side veth).
+#[classifier]
+pub fn from_container(ctx: TcContext) -> i32 {
+    observe(&ctx, Direction::FromContainer);
+    TC_ACT_UNSPEC
+}
+
+/// Packets delivered to a container (TC egress of its host-side veth).
+#[classifier]
+pub fn to_container(ctx: TcContext) -> i32 {
+    // SAFETY: `skb` is the context pointer the kernel handed to the program.
+    let came_in_through = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    // Traffic from another monitored container was counted when it left that
+    // container; counting it here again would double it.
+    if !counted_at_ingress(came_in_through) {
+        observe(&ctx, Direction::ToContainer);
+    }
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn observe(ctx: &TcContext, direction: Direction) {
+    let seen = Seen {
+        direction,
+        // SAFETY: as above.
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        // SAFETY: helper without preconditions.
+        now_ns: unsafe { bpf_ktime_get_ns() },
+    };
+
+    let rate = SAMPLE_RATE.load();
+    // SAFETY: helper without preconditions.
+    if rate != 0 && unsafe { bpf_get_prandom_u32() } % rate == 0 {
+        let blank = FlowKey {
+            src_addr: [0; 16],
+            dst_addr: [0; 16],
+            src_port: 0,
+            dst_port: 0,
+            protocol: 0,
+            ip_version: 0,
+            _pad: [0; 2],
+        };
+        events::capture(ctx, &seen, EventKind::PacketSample, &blank, 0, ctx.len(), PAYLOAD_BYTES.load());
+    }
+
+    match parse::parse(ctx) {
+        Ok(Frame::Ip(packet)) => {
+            bump(Counter::Packets);
+            if packet.l4_truncated {
+                bump(Counter::Malformed);
+            }
+            let Some(slot) = flow::account(&seen, &packet) else {
+                debug!(ctx, "flow map refused an entry on ifindex {}", seen.ifindex);
+                return;
+            };
+            let sampled_enough = || {
+                // SAFETY: this CPU's slot, as in `flow::account`.
+                let stats = unsafe { &mut *slot };
+                if u32::from(stats.payload_samples) >= PAYLOAD_PACKETS.load() {
+                    return true;
+                }
+                stats.payload_samples = stats.payload_samples.saturating_add(1);
+                false
+            };
+            let is_tcp_or_udp = matches!(packet.key.protocol, ip_proto::TCP | ip_proto::UDP);
+            let limit = PAYLOAD_BYTES.load();
+            if limit != 0 && packet.payload_len != 0 && is_tcp_or_udp && !sampled_enough() {
+                events::capture(
+                    ctx,
+                    &seen,
+                    EventKind::Payload,
+                    &packet.key,
+                    packet.payload_offset,
+                    packet.payload_len,
+                    limit,
+                );
+            }
+        }
+        Ok(Frame::Arp(offset)) => {
+            if direction == Direction::FromContainer {
+                events::arp(ctx, &seen, offset);
+            }
+        }
+        Ok(Frame::Other) => bump(Counter::NonIp),
+        Err(Malformed) => {
+            bump(Counter::Malformed);
+            debug!(ctx, "malformed frame on ifindex {}", seen.ifindex);
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: the verifier rejects any path that
+    // could get here.
+    loop {}
+}

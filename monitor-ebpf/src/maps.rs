@@ -1,0 +1,47 @@
+//! Maps and load-time settings shared by the programs.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    Global,
+};
+use monitor_common::{Counter, FlowKey, FlowStats, DEFAULT_FLOW_CAPACITY, DEFAULT_RING_BYTES};
+
+/// Per-CPU values: the hot path never contends on a cache line or needs
+/// atomics; the agent sums the CPUs. The agent resizes it at load.
+#[map]
+pub static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> =
+    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Interfaces where packets entering the host are counted; see
+/// `monitor_common::COUNTED_IFACES_MAP`.
+#[map]
+pub static COUNTED_IFACES: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+// Set by the agent at load time; the verifier sees them as constants.
+#[no_mangle]
+pub static PAYLOAD_BYTES: Global<u32> = Global::new(128);
+#[no_mangle]
+pub static PAYLOAD_PACKETS: Global<u32> = Global::new(2);
+#[no_mangle]
+pub static SAMPLE_RATE: Global<u32> = Global::new(0);
+
+#[inline(always)]
+pub fn bump(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: a per-CPU slot is only touched by programs on this CPU.
+        unsafe { *slot = (*slot).wrapping_add(1) };
+    }
+}
+
+#[inline(always)]
+pub fn counted_at_ingress(ifindex: u32) -> bool {
+    // SAFETY: the value is a plain byte; nothing is read through the reference.
+    unsafe { COUNTED_IFACES.get(ifindex).is_some() }
+}

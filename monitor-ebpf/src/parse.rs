@@ -1,0 +1,234 @@
+//! Header parsing. Every read goes through `bpf_skb_load_bytes` (`ctx.load`),
+//! which bounds-checks against the whole skb, paged data included, so a
+//! truncated frame yields an error here and never an out-of-bounds access.
+
+use aya_ebpf::programs::TcContext;
+use monitor_common::{ip_proto, FlowKey};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+/// QinQ is the deepest stacking seen on real bridges.
+const MAX_VLAN_TAGS: usize = 2;
+/// Bound of the IPv6 extension-header walk (the verifier needs a constant).
+const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+const IPV6_HLEN: usize = 40;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+const NEXTHDR_MOBILITY: u8 = 135;
+const NEXTHDR_HIP: u8 = 139;
+const NEXTHDR_SHIM6: u8 = 140;
+
+/// What a frame turned out to be.
+pub enum Frame {
+    Ip(IpPacket),
+    /// ARP header at this offset.
+    Arp(usize),
+    /// Neither IP nor ARP.
+    Other,
+}
+
+/// The header is cut short or contradicts itself.
+pub struct Malformed;
+
+pub struct IpPacket {
+    pub key: FlowKey,
+    /// IP total length: header + payload.
+    pub ip_len: u32,
+    pub tcp_flags: u8,
+    /// The transport header was cut short: the packet is counted without ports.
+    pub l4_truncated: bool,
+    pub payload_offset: usize,
+    /// Transport payload length according to the headers (0 when unknown).
+    pub payload_len: u32,
+}
+
+#[inline(always)]
+fn be16(ctx: &TcContext, offset: usize) -> Result<u16, Malformed> {
+    ctx.load::<u16>(offset)
+        .map(u16::from_be)
+        .map_err(|_| Malformed)
+}
+
+#[inline(always)]
+fn byte(ctx: &TcContext, offset: usize) -> Result<u8, Malformed> {
+    ctx.load::<u8>(offset).map_err(|_| Malformed)
+}
+
+#[inline(always)]
+fn bytes<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u8; N], Malformed> {
+    ctx.load::<[u8; N]>(offset).map_err(|_| Malformed)
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Frame, Malformed> {
+    let mut ethertype = be16(ctx, 12)?;
+    let mut offset = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = be16(ctx, offset + 2)?;
+        offset += 4;
+    }
+    match ethertype {
+        ETH_P_IP => ipv4(ctx, offset).map(Frame::Ip),
+        ETH_P_IPV6 => ipv6(ctx, offset).map(Frame::Ip),
+        ETH_P_ARP => Ok(Frame::Arp(offset)),
+        _ => Ok(Frame::Other),
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
+    let version_ihl = byte(ctx, offset)?;
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || header_len < 20 {
+        return Err(Malformed);
+    }
+    let total_len = be16(ctx, offset + 2)?;
+    let fragment = be16(ctx, offset + 6)?;
+    let protocol = byte(ctx, offset + 9)?;
+    let addrs: [u8; 8] = bytes(ctx, offset + 12)?;
+    let l4_len = usize::from(total_len)
+        .checked_sub(header_len)
+        .ok_or(Malformed)?;
+
+    let mut key = blank_key(protocol, 4);
+    key.src_addr = ipv4_mapped([addrs[0], addrs[1], addrs[2], addrs[3]]);
+    key.dst_addr = ipv4_mapped([addrs[4], addrs[5], addrs[6], addrs[7]]);
+    let mut packet = IpPacket::new(key, u32::from(total_len));
+    // Only the first fragment carries the transport header.
+    if fragment & 0x1fff == 0 {
+        transport(ctx, &mut packet, offset + header_len, l4_len);
+    }
+    Ok(packet)
+}
+
+#[inline(always)]
+fn ipv6(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
+    if byte(ctx, offset)? >> 4 != 6 {
+        return Err(Malformed);
+    }
+    let payload_len = be16(ctx, offset + 4)?;
+    let mut next = byte(ctx, offset + 6)?;
+    let src: [u8; 16] = bytes(ctx, offset + 8)?;
+    let dst: [u8; 16] = bytes(ctx, offset + 24)?;
+
+    let mut l4 = offset + IPV6_HLEN;
+    let mut first_fragment = true;
+    let mut chain_ok = true;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        let ext_len = match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_MOBILITY | NEXTHDR_HIP
+            | NEXTHDR_SHIM6 => byte(ctx, l4 + 1).map(|n| (usize::from(n) + 1) * 8),
+            NEXTHDR_AUTH => byte(ctx, l4 + 1).map(|n| (usize::from(n) + 2) * 4),
+            NEXTHDR_FRAGMENT => be16(ctx, l4 + 2).map(|frag| {
+                first_fragment = frag & 0xfff8 == 0;
+                8
+            }),
+            _ => break,
+        };
+        match (ext_len, byte(ctx, l4)) {
+            (Ok(len), Ok(following)) => {
+                next = following;
+                l4 += len;
+            }
+            _ => {
+                chain_ok = false;
+                break;
+            }
+        }
+    }
+
+    let mut key = blank_key(next, 6);
+    key.src_addr = src;
+    key.dst_addr = dst;
+    let mut packet = IpPacket::new(key, u32::from(payload_len) + IPV6_HLEN as u32);
+    let l4_len = (usize::from(payload_len) + offset + IPV6_HLEN).checked_sub(l4);
+    match l4_len {
+        Some(l4_len) if chain_ok && first_fragment => transport(ctx, &mut packet, l4, l4_len),
+        Some(_) if chain_ok => {}
+        _ => packet.l4_truncated = true,
+    }
+    Ok(packet)
+}
+
+/// Fills ports, TCP flags and the payload span. A cut-short transport header
+/// leaves the ports at 0 and marks the packet, which is still counted.
+#[inline(always)]
+fn transport(ctx: &TcContext, packet: &mut IpPacket, offset: usize, l4_len: usize) {
+    match packet.key.protocol {
+        ip_proto::TCP => match bytes::<14>(ctx, offset) {
+            Ok(h) => {
+                let header_len = usize::from(h[12] >> 4) * 4;
+                packet.key.src_port = u16::from_be_bytes([h[0], h[1]]);
+                packet.key.dst_port = u16::from_be_bytes([h[2], h[3]]);
+                packet.tcp_flags = h[13];
+                if header_len < 20 || header_len > l4_len {
+                    packet.l4_truncated = true;
+                    return;
+                }
+                packet.payload_offset = offset + header_len;
+                packet.payload_len = (l4_len - header_len) as u32;
+            }
+            Err(Malformed) => packet.l4_truncated = true,
+        },
+        ip_proto::UDP => match bytes::<8>(ctx, offset) {
+            Ok(h) => {
+                packet.key.src_port = u16::from_be_bytes([h[0], h[1]]);
+                packet.key.dst_port = u16::from_be_bytes([h[2], h[3]]);
+                let udp_len = usize::from(u16::from_be_bytes([h[4], h[5]]));
+                if udp_len < 8 || udp_len > l4_len {
+                    packet.l4_truncated = true;
+                    return;
+                }
+                packet.payload_offset = offset + 8;
+                packet.payload_len = (udp_len - 8) as u32;
+            }
+            Err(Malformed) => packet.l4_truncated = true,
+        },
+        _ => {}
+    }
+}
+
+impl IpPacket {
+    #[inline(always)]
+    fn new(key: FlowKey, ip_len: u32) -> Self {
+        Self {
+            key,
+            ip_len,
+            tcp_flags: 0,
+            l4_truncated: false,
+            payload_offset: 0,
+            payload_len: 0,
+        }
+    }
+}
+
+/// A key with every byte, padding included, set: the map hashes raw bytes.
+#[inline(always)]
+fn blank_key(protocol: u8, ip_version: u8) -> FlowKey {
+    FlowKey {
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+        protocol,
+        ip_version,
+        _pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+fn ipv4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+}
