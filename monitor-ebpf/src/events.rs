@@ -69,7 +69,8 @@ pub fn capture(
         (*event).header = seen.header(kind);
         (*event).key = *key;
         (*event).original_len = span_len;
-        (*event).captured_len = copy_bytes(ctx, offset, (*event).data.as_mut_ptr(), wanted, MAX_CAPTURE);
+        (*event).captured_len =
+            copy_bytes(ctx, offset, (*event).data.as_mut_ptr(), wanted, MAX_CAPTURE);
     }
     entry.submit(0);
 }

@@ -69,7 +69,15 @@ fn observe(ctx: &TcContext, direction: Direction) {
             ip_version: 0,
             _pad: [0; 2],
         };
-        events::capture(ctx, &seen, EventKind::PacketSample, &blank, 0, ctx.len(), PAYLOAD_BYTES.load());
+        events::capture(
+            ctx,
+            &seen,
+            EventKind::PacketSample,
+            &blank,
+            0,
+            ctx.len(),
+            PAYLOAD_BYTES.load(),
+        );
     }
 
     match parse::parse(ctx) {

@@ -1,9 +1,46 @@
-fn main() -> anyhow::Result<()> {
-    static OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/crossmon"));
-    let mut ebpf = aya::EbpfLoader::new().load(OBJ)?;
-    for (name, prog) in ebpf.programs_mut() {
-        let p: &mut aya::programs::SchedClassifier = prog.try_into()?;
-        match p.load() { Ok(()) => println!("{name} loaded"), Err(e) => { println!("{name}: {e:?}"); } }
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use monitor::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+/// netlink-packet-route warns about every attribute newer than itself, once
+/// per link and listing; that is noise for operators.
+const DEFAULT_LOG_FILTER: &str = "info,netlink_packet_route=error";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("crossmon: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => {
+            if !args.no_docker {
+                tracing::info!("container identity is not available in this version: flows carry addresses only");
+            }
+            runtime.block_on(monitor::agent::run(args.agent_config()))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("crossmon: {err:#}");
+            ExitCode::FAILURE
+        }
     }
-    Ok(())
 }

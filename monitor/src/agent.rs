@@ -1,0 +1,263 @@
+//! The running agent: wires the datapath, link discovery, flow polling,
+//! event consumption and the HTTP API together, and tears them down.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use tokio::{signal::unix::SignalKind, task::JoinSet};
+
+use crate::{
+    api::{self, FlowJson},
+    clock,
+    datapath::{
+        self, preflight, Counters, DatapathConfig, EventRing, FlowMap, KernelCounters, Programs,
+    },
+    event_log::EventLog,
+    flows::{FlowTable, PollOutcome},
+    links,
+};
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub listen: SocketAddr,
+    pub datapath: DatapathConfig,
+    /// How often the flow map is read.
+    pub poll_interval: Duration,
+    /// Flows without packets for this long are removed from the kernel map
+    /// and from the API.
+    pub idle_timeout: Duration,
+}
+
+/// What the API serves, updated by the background tasks.
+#[derive(Default)]
+pub struct AgentState {
+    flows: RwLock<FlowTable>,
+    interfaces: RwLock<BTreeMap<u32, String>>,
+    kernel: RwLock<KernelCounters>,
+    pub events: EventLog,
+}
+
+impl AgentState {
+    pub fn flows_json(&self) -> Vec<FlowJson> {
+        let interfaces = read(&self.interfaces).clone();
+        read(&self.flows)
+            .records()
+            .map(|record| FlowJson::new(&record, interfaces.get(&record.stats.ifindex).cloned()))
+            .collect()
+    }
+
+    /// Attached interfaces and known flows.
+    pub fn sizes(&self) -> (usize, usize) {
+        (read(&self.interfaces).len(), read(&self.flows).len())
+    }
+
+    pub fn kernel_counters(&self) -> KernelCounters {
+        *read(&self.kernel)
+    }
+}
+
+/// A poisoned lock only means a task panicked mid-update; the data is
+/// counters and maps that stay usable, so keep serving them.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs until SIGINT or SIGTERM, then detaches from every interface.
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let report = preflight::check()?;
+    let datapath = datapath::load(&config.datapath)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    tracing::info!(
+        listen = %config.listen,
+        attach = if report.tcx { "tcx" } else { "clsact" },
+        "crossmon running"
+    );
+
+    let state = Arc::new(AgentState::default());
+    let programs = Arc::new(Mutex::new(datapath.programs));
+    let mut tasks = JoinSet::new();
+    tasks.spawn(follow_links(programs.clone(), state.clone()));
+    tasks.spawn(poll_flows(
+        datapath.flows,
+        datapath.counters,
+        state.clone(),
+        config.clone(),
+    ));
+    tasks.spawn(consume_events(datapath.events, state.clone()));
+    if let Some(logger) = datapath.ebpf_logger {
+        tasks.spawn(forward_ebpf_logs(logger));
+    }
+    let app = api::router(state.clone());
+    tasks.spawn(async move {
+        axum::serve(listener, app)
+            .await
+            .context("serving the HTTP API")
+    });
+
+    let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let outcome = tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = terminate.recv() => Ok(()),
+        Some(done) = tasks.join_next() => match done {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a background task ended unexpectedly")),
+            Ok(Err(err)) => Err(err),
+            Err(join) => Err(anyhow::anyhow!("a background task panicked: {join}")),
+        },
+    };
+    tasks.shutdown().await;
+    let detached = lock(&programs).detach_all();
+    tracing::info!("detached from {detached} interfaces, exiting");
+    outcome
+}
+
+fn lock(programs: &Mutex<Programs>) -> std::sync::MutexGuard<'_, Programs> {
+    programs
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Attaches to every bridge-enslaved veth and follows link changes.
+async fn follow_links(
+    programs: Arc<Mutex<Programs>>,
+    state: Arc<AgentState>,
+) -> anyhow::Result<()> {
+    let (handle, changes) = links::watch()?;
+    let mut changes = std::pin::pin!(changes);
+    loop {
+        let ports = links::bridge_veths(&handle).await?;
+        {
+            let mut programs = lock(&programs);
+            sync_attachments(&mut programs, &ports);
+            *write(&state.interfaces) = programs
+                .attached()
+                .map(|a| (a.ifindex, a.name.clone()))
+                .collect();
+        }
+        if changes.next().await.is_none() {
+            anyhow::bail!("the rtnetlink notification stream ended");
+        }
+        // Containers come up in bursts of link changes: one listing for all.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while futures::FutureExt::now_or_never(changes.next())
+            .flatten()
+            .is_some()
+        {}
+    }
+}
+
+fn sync_attachments(programs: &mut Programs, ports: &[links::BridgePort]) {
+    let wanted: BTreeMap<u32, &links::BridgePort> = ports.iter().map(|p| (p.ifindex, p)).collect();
+    let stale: Vec<u32> = programs
+        .attached()
+        .filter(|a| {
+            wanted
+                .get(&a.ifindex)
+                .is_none_or(|p| p.bridge_ifindex != a.bridge_ifindex)
+        })
+        .map(|a| a.ifindex)
+        .collect();
+    for ifindex in stale {
+        match programs.detach(ifindex) {
+            Ok(()) => tracing::info!(ifindex, "interface gone or left its bridge: detached"),
+            // A deleted veth takes its links with it; nothing left to undo.
+            Err(err) => tracing::debug!("{err:#}"),
+        }
+    }
+    for port in ports {
+        if programs.is_attached(port.ifindex) {
+            continue;
+        }
+        match programs.attach(&port.name, port.ifindex, port.bridge_ifindex) {
+            Ok(()) => {
+                tracing::info!(interface = %port.name, bridge = %port.bridge_name, "attached")
+            }
+            // Often a veth deleted between listing and attaching.
+            Err(err) => tracing::warn!(interface = %port.name, "not attached: {err:#}"),
+        }
+    }
+}
+
+/// Reads the flow map every `poll_interval` into the cumulative table and
+/// removes flows idle for `idle_timeout`.
+async fn poll_flows(
+    mut flows: FlowMap,
+    counters: Counters,
+    state: Arc<AgentState>,
+    config: AgentConfig,
+) -> anyhow::Result<()> {
+    let mut ticker = tokio::time::interval(config.poll_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut snapshot = Vec::new();
+    loop {
+        ticker.tick().await;
+        let idle_ns = u64::try_from(config.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let cutoff = clock::monotonic_ns().saturating_sub(idle_ns);
+        let outcome = poll_once(&mut flows, &mut write(&state.flows), &mut snapshot, cutoff)?;
+        if outcome.evicted > 0 {
+            tracing::warn!(
+                evicted = outcome.evicted,
+                "flow map full: the kernel evicted flows; raise --flow-capacity"
+            );
+        }
+        match counters.read() {
+            Ok(kernel) => *write(&state.kernel) = kernel,
+            Err(err) => tracing::warn!("reading kernel counters: {err:#}"),
+        }
+    }
+}
+
+/// One read of the kernel map into `table`; exported for tests.
+pub fn poll_once(
+    flows: &mut FlowMap,
+    table: &mut FlowTable,
+    snapshot: &mut Vec<(monitor_common::FlowKey, monitor_common::FlowStats)>,
+    idle_cutoff_ns: u64,
+) -> anyhow::Result<PollOutcome> {
+    snapshot.clear();
+    flows.for_each(|key, stats| snapshot.push((*key, *stats)))?;
+    let mut outcome = PollOutcome::default();
+    table.begin_poll();
+    for (key, stats) in snapshot.iter() {
+        table.observe(key, stats, &mut outcome);
+    }
+    table.end_poll(&mut outcome);
+    for (key, stats) in snapshot.iter() {
+        if stats.last_seen_ns < idle_cutoff_ns {
+            if let Some(last) = flows.take(key)? {
+                table.retire(key, &last);
+            }
+        }
+    }
+    table.expire(idle_cutoff_ns);
+    Ok(outcome)
+}
+
+async fn consume_events(ring: EventRing, state: Arc<AgentState>) -> anyhow::Result<()> {
+    ring.follow(|batch, undecodable| state.events.record(batch.drain(..), undecodable))
+        .await
+}
+
+async fn forward_ebpf_logs(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+) -> anyhow::Result<()> {
+    let mut logger = datapath::events::readable(logger)?;
+    loop {
+        let mut guard = logger.readable_mut().await?;
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}

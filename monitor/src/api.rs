@@ -1,0 +1,211 @@
+//! The HTTP API: `/api/v1/flows` and `/healthz`.
+
+use std::sync::Arc;
+
+use axum::{extract::State, routing::get, Json, Router};
+use serde::Serialize;
+
+use crate::{
+    agent::AgentState,
+    clock,
+    datapath::{events::key_addrs, Event},
+    flows::{protocol_name, tcp_flag_names, FlowRecord},
+};
+
+pub fn router(state: Arc<AgentState>) -> Router {
+    Router::new()
+        .route("/api/v1/flows", get(flows))
+        .route("/api/v1/events", get(events))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+/// One flow in the API. Field names are a contract.
+#[derive(Serialize)]
+pub struct FlowJson {
+    pub src_ip: String,
+    pub dst_ip: String,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: &'static str,
+    pub ip_version: u8,
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub tcp_flags: Vec<&'static str>,
+    pub syn: u32,
+    pub syn_ack: u32,
+    pub rst: u32,
+    pub fin: u32,
+    /// `from_container` or `to_container`: where the packets were counted.
+    pub direction: &'static str,
+    /// Host-side veth where the flow was counted.
+    pub interface: Option<String>,
+}
+
+impl FlowJson {
+    pub fn new(record: &FlowRecord, interface: Option<String>) -> Self {
+        let (src, dst) = key_addrs(&record.key);
+        let stats = &record.stats;
+        let rfc3339 = |ns| clock::to_utc(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        Self {
+            src_ip: src.to_string(),
+            dst_ip: dst.to_string(),
+            src_port: record.key.src_port,
+            dst_port: record.key.dst_port,
+            protocol: protocol_name(record.key.protocol),
+            ip_version: record.key.ip_version,
+            packets: stats.packets,
+            bytes: stats.bytes,
+            first_seen: rfc3339(stats.first_seen_ns),
+            last_seen: rfc3339(stats.last_seen_ns),
+            tcp_flags: tcp_flag_names(stats.tcp_flags),
+            syn: stats.syn,
+            syn_ack: stats.syn_ack,
+            rst: stats.rst,
+            fin: stats.fin,
+            direction: match monitor_common::Direction::from_u8(stats.direction) {
+                Some(monitor_common::Direction::ToContainer) => "to_container",
+                _ => "from_container",
+            },
+            interface,
+        }
+    }
+}
+
+async fn flows(State(state): State<Arc<AgentState>>) -> Json<Vec<FlowJson>> {
+    Json(state.flows_json())
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    attached_interfaces: usize,
+    flows: usize,
+    kernel: crate::datapath::KernelCounters,
+    events: crate::event_log::EventTotals,
+}
+
+async fn healthz(State(state): State<Arc<AgentState>>) -> Json<Health> {
+    let (attached_interfaces, flows) = state.sizes();
+    Json(Health {
+        status: "ok",
+        attached_interfaces,
+        flows,
+        kernel: state.kernel_counters(),
+        events: state.events.totals(),
+    })
+}
+
+/// An event in the API. Payload bytes are never served: only their length.
+#[derive(Serialize)]
+pub struct EventJson {
+    pub kind: &'static str,
+    pub direction: &'static str,
+    pub ifindex: u32,
+    pub timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowKeyJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_len: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub captured_len: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arp: Option<ArpJson>,
+}
+
+#[derive(Serialize)]
+pub struct FlowKeyJson {
+    pub src_ip: String,
+    pub dst_ip: String,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct ArpJson {
+    pub operation: Option<u16>,
+    pub eth_src: String,
+    pub sender_mac: Option<String>,
+    pub sender_ip: Option<String>,
+    pub target_mac: Option<String>,
+    pub target_ip: Option<String>,
+}
+
+fn mac(bytes: [u8; 6]) -> String {
+    bytes.map(|b| format!("{b:02x}")).join(":")
+}
+
+impl FlowKeyJson {
+    fn new(key: &monitor_common::FlowKey) -> Self {
+        let (src, dst) = key_addrs(key);
+        Self {
+            src_ip: src.to_string(),
+            dst_ip: dst.to_string(),
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+            protocol: protocol_name(key.protocol),
+        }
+    }
+}
+
+impl EventJson {
+    pub fn new(event: &Event) -> Self {
+        let (kind, seen) = match event {
+            Event::NewFlow { seen, .. } => ("new_flow", seen),
+            Event::Payload { seen, .. } => ("payload", seen),
+            Event::Arp { seen, .. } => ("arp", seen),
+            Event::PacketSample { seen, .. } => ("packet_sample", seen),
+        };
+        let mut json = Self {
+            kind,
+            direction: match seen.direction {
+                monitor_common::Direction::FromContainer => "from_container",
+                monitor_common::Direction::ToContainer => "to_container",
+            },
+            ifindex: seen.ifindex,
+            timestamp: clock::to_utc(seen.timestamp_ns)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            flow: None,
+            payload_len: None,
+            captured_len: None,
+            arp: None,
+        };
+        match event {
+            Event::NewFlow { key, .. } => json.flow = Some(FlowKeyJson::new(key)),
+            Event::Payload {
+                key,
+                payload_len,
+                data,
+                ..
+            } => {
+                json.flow = Some(FlowKeyJson::new(key));
+                json.payload_len = Some(*payload_len);
+                json.captured_len = Some(data.len());
+            }
+            Event::Arp { eth_src, arp, .. } => {
+                json.arp = Some(ArpJson {
+                    operation: arp.operation,
+                    eth_src: mac(*eth_src),
+                    sender_mac: arp.sender_mac.map(mac),
+                    sender_ip: arp.sender_ip.map(|ip| ip.to_string()),
+                    target_mac: arp.target_mac.map(mac),
+                    target_ip: arp.target_ip.map(|ip| ip.to_string()),
+                });
+            }
+            Event::PacketSample {
+                frame_len, data, ..
+            } => {
+                json.payload_len = Some(*frame_len);
+                json.captured_len = Some(data.len());
+            }
+        }
+        json
+    }
+}
+
+async fn events(State(state): State<Arc<AgentState>>) -> Json<Vec<EventJson>> {
+    Json(state.events.recent().iter().map(EventJson::new).collect())
+}

@@ -1,0 +1,149 @@
+//! Command-line interface. Every setting has an embedded default: `crossmon
+//! run` needs no flag and no file.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use monitor_common::MAX_CAPTURE;
+
+use crate::{agent::AgentConfig, datapath::DatapathConfig};
+
+/// Default address of the HTTP API: loopback only, since flows reveal who
+/// talks to whom; publish it deliberately with `--listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9810";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "crossmon",
+    version,
+    about = "eBPF monitor of the traffic between the containers of a Docker host"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to every container veth on a Linux bridge and serve the API.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address of the HTTP API (`/api/v1/flows`, `/healthz`).
+    #[arg(long, default_value = DEFAULT_LISTEN, env = "CROSSMON_LISTEN")]
+    pub listen: SocketAddr,
+
+    /// Do not talk to the Docker engine: flows carry addresses only.
+    #[arg(long)]
+    pub no_docker: bool,
+
+    /// Flows the kernel map holds; the least recently used is evicted beyond.
+    /// Memory: about 64 bytes x possible CPUs per flow.
+    #[arg(long, default_value_t = monitor_common::DEFAULT_FLOW_CAPACITY, value_parser = clap::value_parser!(u32).range(1..))]
+    pub flow_capacity: u32,
+
+    /// Payload bytes captured from the first payload packets of each flow
+    /// (0 turns payload sampling off).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(0..=MAX_CAPTURE as i64))]
+    pub payload_bytes: u32,
+
+    /// Payload-carrying packets sampled per flow (counted per CPU).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=255))]
+    pub payload_packets: u32,
+
+    /// Send 1 in N packets' heads to user space (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub sample_rate: u32,
+
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    #[arg(long, default_value_t = monitor_common::DEFAULT_RING_BYTES)]
+    pub ring_bytes: u32,
+
+    /// How often the flow map is read, e.g. `1s`, `500ms`.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Flows idle this long are dropped from the kernel map and the API.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Forward the programs' aya-log output at this level (off by default).
+    #[arg(long, value_enum, default_value_t = EbpfLog::Off)]
+    pub ebpf_log: EbpfLog,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum EbpfLog {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|err| err.to_string())?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+impl RunArgs {
+    pub fn agent_config(&self) -> AgentConfig {
+        AgentConfig {
+            listen: self.listen,
+            datapath: DatapathConfig {
+                flow_capacity: self.flow_capacity,
+                ring_bytes: self.ring_bytes,
+                payload_bytes: self.payload_bytes,
+                payload_packets: self.payload_packets,
+                sample_rate: self.sample_rate,
+                ebpf_log: match self.ebpf_log {
+                    EbpfLog::Off => None,
+                    EbpfLog::Error => Some(log::LevelFilter::Error),
+                    EbpfLog::Warn => Some(log::LevelFilter::Warn),
+                    EbpfLog::Info => Some(log::LevelFilter::Info),
+                    EbpfLog::Debug => Some(log::LevelFilter::Debug),
+                    EbpfLog::Trace => Some(log::LevelFilter::Trace),
+                },
+            },
+            poll_interval: self.poll_interval,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("crossmon").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_needs_no_flags() {
+        let Ok(Cli {
+            command: Command::Run(args),
+        }) = parse(&["run"])
+        else {
+            panic!("`crossmon run` must parse");
+        };
+        let config = args.agent_config();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert!(config.datapath.validate().is_ok());
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        assert!(parse(&["run", "--payload-bytes", "513"]).is_err());
+        assert!(parse(&["run", "--flow-capacity", "0"]).is_err());
+        assert!(parse(&["run", "--poll-interval", "0s"]).is_err());
+        assert!(parse(&["run", "--listen", "nowhere"]).is_err());
+        assert!(parse(&["run", "--bogus"]).is_err());
+    }
+}

@@ -1,0 +1,171 @@
+//! Attaching both classifiers to the host-side veths of containers.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use aya::{
+    maps::{HashMap, MapData},
+    programs::{
+        tc::{self, SchedClassifierLinkId, TcAttachType},
+        SchedClassifier,
+    },
+    Ebpf,
+};
+use serde::Serialize;
+
+use super::{PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER};
+
+/// One veth with both programs attached.
+#[derive(Debug, Serialize)]
+pub struct VethAttachment {
+    pub ifindex: u32,
+    pub name: String,
+    /// The bridge the veth is a port of.
+    pub bridge_ifindex: u32,
+    /// `tcx` or `clsact` (netlink, kernels before 6.6).
+    pub mode: &'static str,
+    #[serde(skip)]
+    links: [SchedClassifierLinkId; 2],
+}
+
+/// The loaded programs and where they are attached.
+pub struct Programs {
+    ebpf: Ebpf,
+    counted_ifaces: HashMap<MapData, u32, u8>,
+    attached: BTreeMap<u32, VethAttachment>,
+}
+
+impl Programs {
+    pub(super) fn new(ebpf: Ebpf, counted_ifaces: HashMap<MapData, u32, u8>) -> Self {
+        Self {
+            ebpf,
+            counted_ifaces,
+            attached: BTreeMap::new(),
+        }
+    }
+
+    /// Attaches to both directions of `name` (ifindex `ifindex`), a port of
+    /// bridge `bridge_ifindex`. Attaching twice to one interface is a no-op.
+    pub fn attach(&mut self, name: &str, ifindex: u32, bridge_ifindex: u32) -> anyhow::Result<()> {
+        if self.attached.contains_key(&ifindex) {
+            return Ok(());
+        }
+        let tcx = super::preflight::has_tcx();
+        if !tcx {
+            // Legacy TC needs the clsact qdisc; it may exist already.
+            if let Err(err) = tc::qdisc_add_clsact(name) {
+                if !matches!(&err, tc::TcError::IoError(e) if e.kind() == std::io::ErrorKind::AlreadyExists)
+                {
+                    tracing::debug!("clsact on {name}: {err}");
+                }
+            }
+        }
+        // Mark before attaching, so the first packet leaving through another
+        // veth already knows this one's traffic is counted on the way in.
+        for iface in [ifindex, bridge_ifindex] {
+            self.counted_ifaces
+                .insert(iface, 1, 0)
+                .with_context(|| format!("registering interface {iface} as counted"))?;
+        }
+        let ingress = self
+            .program(PROGRAM_FROM_CONTAINER)?
+            .attach(name, TcAttachType::Ingress);
+        let ingress = ingress.with_context(|| format!("attaching to ingress of {name}"))?;
+        let egress = match self
+            .program(PROGRAM_TO_CONTAINER)?
+            .attach(name, TcAttachType::Egress)
+        {
+            Ok(link) => link,
+            Err(err) => {
+                let _ = self.program(PROGRAM_FROM_CONTAINER)?.detach(ingress);
+                self.unmark(ifindex);
+                return Err(err).with_context(|| format!("attaching to egress of {name}"));
+            }
+        };
+        self.attached.insert(
+            ifindex,
+            VethAttachment {
+                ifindex,
+                name: name.to_owned(),
+                bridge_ifindex,
+                mode: if tcx { "tcx" } else { "clsact" },
+                links: [ingress, egress],
+            },
+        );
+        Ok(())
+    }
+
+    /// Detaches from `ifindex`. An interface that is already gone detached
+    /// itself; that is not an error.
+    pub fn detach(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        let Some(attachment) = self.attached.remove(&ifindex) else {
+            return Ok(());
+        };
+        let [ingress, egress] = attachment.links;
+        let from = self.program(PROGRAM_FROM_CONTAINER)?.detach(ingress);
+        let to = self.program(PROGRAM_TO_CONTAINER)?.detach(egress);
+        self.unmark(ifindex);
+        let bridge_still_used = self
+            .attached
+            .values()
+            .any(|a| a.bridge_ifindex == attachment.bridge_ifindex);
+        if !bridge_still_used {
+            self.unmark(attachment.bridge_ifindex);
+        }
+        from.and(to).map_err(|err| {
+            anyhow::Error::new(err).context(format!("detaching from {}", attachment.name))
+        })
+    }
+
+    /// Detaches from every interface; errors are logged, not returned, so
+    /// one vanished interface does not keep the others attached.
+    pub fn detach_all(&mut self) -> usize {
+        let ifindexes: Vec<u32> = self.attached.keys().copied().collect();
+        for ifindex in &ifindexes {
+            if let Err(err) = self.detach(*ifindex) {
+                tracing::debug!("{err:#}");
+            }
+        }
+        ifindexes.len()
+    }
+
+    pub fn attached(&self) -> impl Iterator<Item = &VethAttachment> {
+        self.attached.values()
+    }
+
+    pub fn is_attached(&self, ifindex: u32) -> bool {
+        self.attached.contains_key(&ifindex)
+    }
+
+    /// Kernel ids of the loaded programs (for `bpftool`-style statistics).
+    pub fn program_ids(&self) -> Vec<(&'static str, u32)> {
+        [PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER]
+            .into_iter()
+            .filter_map(|name| {
+                let program: &SchedClassifier = self.ebpf.program(name)?.try_into().ok()?;
+                Some((name, program.info().ok()?.id()))
+            })
+            .collect()
+    }
+
+    fn program(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {
+        self.ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a TC classifier"))
+    }
+
+    fn unmark(&mut self, ifindex: u32) {
+        // Absent already is fine: the bridge may be shared.
+        let _ = self.counted_ifaces.remove(&ifindex);
+    }
+}
+
+impl Drop for Programs {
+    fn drop(&mut self) {
+        // aya detaches links when the programs drop; doing it here first
+        // keeps the counted-interface map consistent and logs failures.
+        self.detach_all();
+    }
+}

@@ -1,0 +1,349 @@
+//! Ring-buffer records: decoding (pure, safe on any input) and reading.
+
+use std::{
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use monitor_common::{
+    ArpEvent, CaptureEvent, Direction, EventHeader, EventKind, FlowKey, NewFlowEvent, ARP_LEN,
+    MAX_CAPTURE,
+};
+use std::os::fd::{AsRawFd, RawFd};
+use tokio::io::unix::AsyncFd;
+
+/// A decoded record. Times are `CLOCK_MONOTONIC` nanoseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    NewFlow {
+        seen: Seen,
+        key: FlowKey,
+    },
+    /// The first payload bytes of a TCP or UDP flow.
+    Payload {
+        seen: Seen,
+        key: FlowKey,
+        /// Payload length of the packet (what `data` is a prefix of).
+        payload_len: u32,
+        data: Vec<u8>,
+    },
+    Arp {
+        seen: Seen,
+        eth_src: [u8; 6],
+        eth_dst: [u8; 6],
+        arp: ArpPacket,
+    },
+    /// A 1-in-N random packet head, from the Ethernet header on.
+    PacketSample {
+        seen: Seen,
+        frame_len: u32,
+        data: Vec<u8>,
+    },
+}
+
+/// Where and when the kernel saw the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub direction: Direction,
+    pub ifindex: u32,
+    pub timestamp_ns: u64,
+}
+
+/// An ARP packet as sent. Fields are `None` when the frame is not Ethernet/
+/// IPv4 ARP or was cut short: spoofing checks need to know, not guess.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArpPacket {
+    /// 1 = request, 2 = reply.
+    pub operation: Option<u16>,
+    pub sender_mac: Option<[u8; 6]>,
+    pub sender_ip: Option<Ipv4Addr>,
+    pub target_mac: Option<[u8; 6]>,
+    pub target_ip: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u8),
+    #[error("unknown direction {0}")]
+    UnknownDirection(u8),
+    #[error("{kind:?} record of {len} bytes, expected {expected}")]
+    Size {
+        kind: EventKind,
+        len: usize,
+        expected: usize,
+    },
+}
+
+/// Decodes one record; never panics, whatever the bytes.
+pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
+    let header: EventHeader = read(record).ok_or(DecodeError::Short(record.len()))?;
+    let kind = EventKind::from_u8(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+    let seen = Seen {
+        direction: Direction::from_u8(header.direction)
+            .ok_or(DecodeError::UnknownDirection(header.direction))?,
+        ifindex: header.ifindex,
+        timestamp_ns: header.timestamp_ns,
+    };
+    let sized = |expected: usize| {
+        if record.len() == expected {
+            Ok(())
+        } else {
+            Err(DecodeError::Size {
+                kind,
+                len: record.len(),
+                expected,
+            })
+        }
+    };
+    match kind {
+        EventKind::NewFlow => {
+            sized(size_of::<NewFlowEvent>())?;
+            let event: NewFlowEvent = read(record).ok_or(DecodeError::Short(record.len()))?;
+            Ok(Event::NewFlow {
+                seen,
+                key: event.key,
+            })
+        }
+        EventKind::Payload | EventKind::PacketSample => {
+            sized(size_of::<CaptureEvent>())?;
+            let event: CaptureEvent = read(record).ok_or(DecodeError::Short(record.len()))?;
+            let captured = (event.captured_len as usize).min(MAX_CAPTURE);
+            let data = event.data[..captured].to_vec();
+            Ok(if kind == EventKind::Payload {
+                Event::Payload {
+                    seen,
+                    key: event.key,
+                    payload_len: event.original_len,
+                    data,
+                }
+            } else {
+                Event::PacketSample {
+                    seen,
+                    frame_len: event.original_len,
+                    data,
+                }
+            })
+        }
+        EventKind::Arp => {
+            sized(size_of::<ArpEvent>())?;
+            let event: ArpEvent = read(record).ok_or(DecodeError::Short(record.len()))?;
+            let captured = (event.captured_len as usize).min(ARP_LEN);
+            Ok(Event::Arp {
+                seen,
+                eth_src: event.eth_src,
+                eth_dst: event.eth_dst,
+                arp: ArpPacket::parse(&event.arp[..captured]),
+            })
+        }
+    }
+}
+
+impl ArpPacket {
+    /// Decodes the fixed Ethernet/IPv4 ARP layout (RFC 826 with htype 1,
+    /// ptype 0x0800, hlen 6, plen 4); anything else keeps only the operation.
+    pub fn parse(bytes: &[u8]) -> Self {
+        let field = |range: std::ops::Range<usize>| bytes.get(range);
+        let operation = field(6..8).map(|b| u16::from_be_bytes([b[0], b[1]]));
+        let ethernet_ipv4 = field(0..6) == Some(&[0, 1, 8, 0, 6, 4]);
+        let mac = |at: usize| {
+            field(at..at + 6)
+                .filter(|_| ethernet_ipv4)
+                .and_then(|b| b.try_into().ok())
+        };
+        let ip = |at: usize| {
+            field(at..at + 4)
+                .filter(|_| ethernet_ipv4)
+                .map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        };
+        Self {
+            operation,
+            sender_mac: mac(8),
+            sender_ip: ip(14),
+            target_mac: mac(18),
+            target_ip: ip(24),
+        }
+    }
+}
+
+/// Reads a `T` from the start of `bytes` if it is long enough.
+fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked; the shared types are plain integers and byte
+    // arrays, valid for any bit pattern; read_unaligned has no alignment needs.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// The `EVENTS` ring buffer.
+pub struct EventRing {
+    ring: RingBuf<MapData>,
+}
+
+impl EventRing {
+    pub(super) fn new(ring: RingBuf<MapData>) -> Self {
+        Self { ring }
+    }
+
+    /// Drains what is available now into `out`; returns how many records
+    /// did not decode (counted, never fatal).
+    pub fn drain(&mut self, out: &mut Vec<Event>) -> usize {
+        let mut undecodable = 0;
+        while let Some(record) = self.ring.next() {
+            match decode(&record) {
+                Ok(event) => out.push(event),
+                Err(err) => {
+                    undecodable += 1;
+                    tracing::debug!("dropping ring record: {err}");
+                }
+            }
+        }
+        undecodable
+    }
+
+    /// Calls `each` with every batch of events as they arrive, forever.
+    /// Must run inside a tokio runtime.
+    pub async fn follow(self, mut each: impl FnMut(&mut Vec<Event>, usize)) -> anyhow::Result<()> {
+        let mut ring = readable(self)?;
+        let mut batch = Vec::new();
+        loop {
+            let mut guard = ring.readable_mut().await?;
+            let undecodable = guard.get_inner_mut().drain(&mut batch);
+            guard.clear_ready();
+            each(&mut batch, undecodable);
+            batch.clear();
+        }
+    }
+}
+
+impl AsRawFd for EventRing {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+}
+
+/// Registers a map or logger fd with the tokio reactor.
+pub fn readable<T: AsRawFd>(inner: T) -> anyhow::Result<AsyncFd<T>> {
+    // SAFETY: the fd belongs to `inner`, which the AsyncFd owns from here
+    // on, so it stays open and the same for the AsyncFd's whole life.
+    unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }
+        .map_err(|err| err.into_parts().1)
+        .context("registering a BPF map fd with the async runtime")
+}
+
+/// The source and destination of a key as addresses.
+pub fn key_addrs(key: &FlowKey) -> (IpAddr, IpAddr) {
+    let convert = |raw: [u8; 16]| {
+        let v6 = std::net::Ipv6Addr::from(raw);
+        match (key.ip_version, v6.to_ipv4_mapped()) {
+            (4, Some(v4)) => IpAddr::V4(v4),
+            _ => IpAddr::V6(v6),
+        }
+    };
+    (convert(key.src_addr), convert(key.dst_addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(kind: EventKind) -> EventHeader {
+        EventHeader {
+            kind: kind as u8,
+            direction: Direction::FromContainer as u8,
+            _pad: [0; 2],
+            ifindex: 7,
+            timestamp_ns: 42,
+        }
+    }
+
+    fn bytes_of<T>(value: &T) -> Vec<u8> {
+        // SAFETY: the shared types have no implicit padding.
+        unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(value).cast::<u8>(), size_of::<T>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn arp_reply_decodes_every_field() {
+        let mut arp = [0u8; ARP_LEN];
+        arp[..8].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+        arp[8..14].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        arp[14..18].copy_from_slice(&[10, 0, 0, 1]);
+        arp[18..24].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        arp[24..28].copy_from_slice(&[10, 0, 0, 2]);
+        let event = ArpEvent {
+            header: header(EventKind::Arp),
+            eth_dst: [0xff; 6],
+            eth_src: [2, 0, 0, 0, 0, 1],
+            captured_len: ARP_LEN as u32,
+            arp,
+            _pad: [0; 4],
+        };
+        let Ok(Event::Arp { arp, eth_src, .. }) = decode(&bytes_of(&event)) else {
+            panic!("not an ARP event");
+        };
+        assert_eq!(eth_src, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(arp.operation, Some(2));
+        assert_eq!(arp.sender_mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(arp.sender_ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(arp.target_mac, Some([2, 0, 0, 0, 0, 2]));
+        assert_eq!(arp.target_ip, Some(Ipv4Addr::new(10, 0, 0, 2)));
+    }
+
+    #[test]
+    fn truncated_arp_keeps_only_what_was_captured() {
+        let arp = ArpPacket::parse(&[0, 1, 8, 0, 6, 4, 0, 1, 2, 0]);
+        assert_eq!(arp.operation, Some(1));
+        assert_eq!(arp.sender_mac, None);
+        assert_eq!(arp.sender_ip, None);
+    }
+
+    #[test]
+    fn capture_length_is_clamped_to_the_buffer() {
+        let event = CaptureEvent {
+            header: header(EventKind::Payload),
+            key: FlowKey {
+                src_addr: [0; 16],
+                dst_addr: [0; 16],
+                src_port: 1,
+                dst_port: 2,
+                protocol: 6,
+                ip_version: 4,
+                _pad: [0; 2],
+            },
+            original_len: 10_000,
+            captured_len: u32::MAX,
+            data: [7; MAX_CAPTURE],
+        };
+        let Ok(Event::Payload {
+            data, payload_len, ..
+        }) = decode(&bytes_of(&event))
+        else {
+            panic!("not a payload event");
+        };
+        assert_eq!(data.len(), MAX_CAPTURE);
+        assert_eq!(payload_len, 10_000);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert_eq!(decode(&[]), Err(DecodeError::Short(0)));
+        assert_eq!(decode(&[99; 16]), Err(DecodeError::UnknownKind(99)));
+        let mut record = bytes_of(&header(EventKind::NewFlow));
+        assert!(matches!(decode(&record), Err(DecodeError::Size { .. })));
+        record[1] = 9;
+        assert_eq!(decode(&record), Err(DecodeError::UnknownDirection(9)));
+        for len in 0..700 {
+            let _ = decode(&vec![1u8; len]);
+            let _ = decode(&vec![2u8; len]);
+            let _ = decode(&vec![3u8; len]);
+        }
+    }
+}

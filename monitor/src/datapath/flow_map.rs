@@ -1,0 +1,138 @@
+//! Reading the per-CPU flow map in batches.
+//!
+//! aya 0.14 has no batch operations, so this module issues
+//! `BPF_MAP_LOOKUP_BATCH` (kernel 5.6) and `BPF_MAP_LOOKUP_AND_DELETE_ELEM`
+//! (hash maps: kernel 5.14) itself, on the fd aya opened. One batch call
+//! replaces two syscalls per flow of a key-by-key walk.
+
+use std::{
+    io,
+    mem::size_of,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use anyhow::Context as _;
+use aya::maps::{Map, MapData};
+use aya_obj::generated::{bpf_attr, bpf_cmd};
+use monitor_common::{FlowKey, FlowStats};
+
+use crate::flows::merge_cpus;
+
+/// Flows fetched per syscall.
+const BATCH: usize = 4096;
+
+pub struct FlowMap {
+    map: MapData,
+    cpus: usize,
+    keys: Vec<FlowKey>,
+    values: Vec<FlowStats>,
+}
+
+impl FlowMap {
+    pub(super) fn new(map: Map) -> anyhow::Result<Self> {
+        let Map::PerCpuLruHashMap(map) = map else {
+            anyhow::bail!("the flow map is not an LRU per-CPU hash");
+        };
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, err)| anyhow::anyhow!("{path}: {err}"))
+            .context("counting possible CPUs")?;
+        Ok(Self {
+            map,
+            cpus,
+            keys: vec![zero_key(); BATCH],
+            values: vec![FlowStats::default(); BATCH * cpus],
+        })
+    }
+
+    /// Capacity the kernel allocated.
+    pub fn capacity(&self) -> anyhow::Result<u32> {
+        Ok(self
+            .map
+            .info()
+            .context("reading flow map info")?
+            .max_entries())
+    }
+
+    /// Calls `each` with every flow and its statistics summed over CPUs.
+    pub fn for_each(&mut self, mut each: impl FnMut(&FlowKey, &FlowStats)) -> anyhow::Result<()> {
+        // The kernel's batch cursor for hash maps is a bucket index (u32).
+        let mut cursor = 0u64;
+        let mut first = true;
+        loop {
+            // SAFETY: an all-zero bpf_attr is valid for every command.
+            let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+            // SAFETY: writing the union member the command reads.
+            let batch = unsafe { &mut attr.batch };
+            batch.in_batch = if first { 0 } else { &raw const cursor as u64 };
+            batch.out_batch = &raw mut cursor as u64;
+            batch.keys = self.keys.as_mut_ptr() as u64;
+            batch.values = self.values.as_mut_ptr() as u64;
+            batch.count = BATCH as u32;
+            batch.map_fd = self.map.fd().as_fd().as_raw_fd() as u32;
+            let result = sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
+            // SAFETY: the kernel wrote back how many entries it filled.
+            let filled = unsafe { attr.batch.count } as usize;
+            for (i, key) in self.keys.iter().take(filled.min(BATCH)).enumerate() {
+                let per_cpu = &self.values[i * self.cpus..(i + 1) * self.cpus];
+                each(key, &merge_cpus(per_cpu));
+            }
+            match result {
+                Ok(()) => first = false,
+                // ENOENT: the walk reached the end (possibly with a last chunk).
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                Err(err) => return Err(err).context("BPF_MAP_LOOKUP_BATCH on the flow map"),
+            }
+        }
+    }
+
+    /// Removes a flow and returns its final statistics, atomically with
+    /// respect to the programs: no packet is counted between read and delete.
+    pub fn take(&mut self, key: &FlowKey) -> anyhow::Result<Option<FlowStats>> {
+        let values = &mut self.values[..self.cpus];
+        // SAFETY: as above.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: writing the union member the command reads.
+        let elem = unsafe { &mut attr.__bindgen_anon_2 };
+        elem.map_fd = self.map.fd().as_fd().as_raw_fd() as u32;
+        elem.key = std::ptr::from_ref(key) as u64;
+        elem.__bindgen_anon_1.value = values.as_mut_ptr() as u64;
+        match sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
+            Ok(()) => Ok(Some(merge_cpus(values))),
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(err) => Err(err).context("BPF_MAP_LOOKUP_AND_DELETE_ELEM on the flow map"),
+        }
+    }
+}
+
+fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid bpf_attr whose pointers reference buffers
+    // sized for the map (keys: BATCH, values: BATCH * possible CPUs, each
+    // FlowStats already a multiple of 8 bytes as the kernel lays them out).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            std::ptr::from_mut(attr),
+            size_of::<bpf_attr>(),
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+const _: () = assert!(size_of::<FlowStats>() % 8 == 0);
+
+fn zero_key() -> FlowKey {
+    FlowKey {
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+        protocol: 0,
+        ip_version: 0,
+        _pad: [0; 2],
+    }
+}

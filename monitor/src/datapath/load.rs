@@ -1,0 +1,149 @@
+//! Loading the embedded object with the operator's settings.
+
+use anyhow::{bail, Context as _};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::SchedClassifier,
+    EbpfLoader,
+};
+use aya_log::EbpfLogger;
+use monitor_common::{
+    COUNTED_IFACES_MAP, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, GLOBAL_PAYLOAD_BYTES,
+    GLOBAL_PAYLOAD_PACKETS, GLOBAL_SAMPLE_RATE, MAX_CAPTURE,
+};
+
+use super::{Counters, EventRing, FlowMap, Programs, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER};
+
+/// The object built by `build.rs` from `monitor-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/crossmon"));
+
+/// Settings fixed when the programs are loaded.
+#[derive(Clone, Debug)]
+pub struct DatapathConfig {
+    /// Flows the kernel map holds before the least recently used is evicted.
+    pub flow_capacity: u32,
+    /// Ring buffer size in bytes (a power of two, a multiple of the page size).
+    pub ring_bytes: u32,
+    /// Payload bytes captured from the first payload packets of a flow (0 = off).
+    pub payload_bytes: u32,
+    /// How many payload-carrying packets of each flow are captured (per CPU).
+    pub payload_packets: u32,
+    /// 1-in-N random packet-head samples (0 = off).
+    pub sample_rate: u32,
+    /// Level of the programs' aya-log output; `None` keeps them silent.
+    pub ebpf_log: Option<log::LevelFilter>,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            flow_capacity: monitor_common::DEFAULT_FLOW_CAPACITY,
+            ring_bytes: monitor_common::DEFAULT_RING_BYTES,
+            payload_bytes: 128,
+            payload_packets: 2,
+            sample_rate: 0,
+            ebpf_log: None,
+        }
+    }
+}
+
+impl DatapathConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.flow_capacity == 0 {
+            bail!("the flow map capacity must be at least 1");
+        }
+        let page = page_size();
+        if !self.ring_bytes.is_power_of_two() || self.ring_bytes < page {
+            bail!(
+                "the ring buffer size must be a power of two of at least one page ({page} bytes), got {}",
+                self.ring_bytes
+            );
+        }
+        if self.payload_bytes as usize > MAX_CAPTURE {
+            bail!(
+                "payload capture is at most {MAX_CAPTURE} bytes, got {}",
+                self.payload_bytes
+            );
+        }
+        if self.payload_packets > u32::from(u8::MAX) {
+            bail!(
+                "at most {} payload packets per flow can be sampled",
+                u8::MAX
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Everything the agent holds of the loaded object, split by job so each
+/// task owns what it uses.
+pub struct Datapath {
+    pub programs: Programs,
+    pub flows: FlowMap,
+    pub events: EventRing,
+    pub counters: Counters,
+    /// Present when `ebpf_log` is set: drain it with [`EbpfLogger::flush`]
+    /// when its fd is readable.
+    pub ebpf_logger: Option<EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// Loads and verifies both classifiers; attaches nothing.
+pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
+    config.validate()?;
+    // aya-log's level 0 disables every log statement in the programs.
+    let log_level: u8 = match config.ebpf_log {
+        None | Some(log::LevelFilter::Off) => 0,
+        Some(level) => level as u8,
+    };
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(FLOWS_MAP, config.flow_capacity)
+        .map_max_entries(EVENTS_MAP, config.ring_bytes)
+        .override_global(GLOBAL_PAYLOAD_BYTES, &config.payload_bytes, true)
+        .override_global(GLOBAL_PAYLOAD_PACKETS, &config.payload_packets, true)
+        .override_global(GLOBAL_SAMPLE_RATE, &config.sample_rate, true)
+        .override_global("AYA_LOG_LEVEL", &log_level, true)
+        .load(OBJECT)
+        .map_err(super::preflight::explain_load_error)?;
+
+    let ebpf_logger = if log_level == 0 {
+        None
+    } else {
+        // Forwards the programs' records to the `log` facade (and so to tracing).
+        Some(aya_log::EbpfLogger::init(&mut ebpf).context("reading the programs' logs")?)
+    };
+
+    for name in [PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER] {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a TC classifier"))?;
+        program
+            .load()
+            .map_err(|err| super::preflight::explain_program_error(name, err))?;
+    }
+
+    let flows = FlowMap::new(take_map(&mut ebpf, FLOWS_MAP)?)?;
+    let events = EventRing::new(RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?);
+    let counters = Counters::new(PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?);
+    let counted: HashMap<MapData, u32, u8> =
+        HashMap::try_from(take_map(&mut ebpf, COUNTED_IFACES_MAP)?)?;
+    Ok(Datapath {
+        programs: Programs::new(ebpf, counted),
+        flows,
+        events,
+        counters,
+        ebpf_logger,
+    })
+}
+
+fn take_map(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("map {name} missing from the object"))
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(size).unwrap_or(4096)
+}

@@ -1,0 +1,19 @@
+//! The kernel side, seen from user space: loading the programs, attaching
+//! them to veths, and reading what they count and send.
+
+mod attach;
+mod counters;
+pub mod events;
+mod flow_map;
+mod load;
+pub mod preflight;
+
+pub use attach::{Programs, VethAttachment};
+pub use counters::{Counters, KernelCounters};
+pub use events::{Event, EventRing};
+pub use flow_map::FlowMap;
+pub use load::{load, Datapath, DatapathConfig};
+
+/// Names of the classifiers in the object, as the kernel lists them.
+pub const PROGRAM_FROM_CONTAINER: &str = "from_container";
+pub const PROGRAM_TO_CONTAINER: &str = "to_container";

@@ -1,0 +1,73 @@
+//! Flow aggregation in user space: per-CPU merging and cumulative totals
+//! that survive the kernel map evicting or expiring entries.
+
+mod record;
+mod table;
+
+pub use record::{protocol_name, tcp_flag_names, FlowRecord};
+pub use table::{FlowTable, PollOutcome};
+
+use monitor_common::FlowStats;
+
+/// Sums the per-CPU slots of one flow. Slots of CPUs that never saw the flow
+/// are all zero and must not drag `first_seen` to 0.
+pub fn merge_cpus(slots: &[FlowStats]) -> FlowStats {
+    let mut total = FlowStats::default();
+    for slot in slots.iter().filter(|s| s.first_seen_ns != 0) {
+        if total.first_seen_ns == 0 || slot.first_seen_ns < total.first_seen_ns {
+            total.first_seen_ns = slot.first_seen_ns;
+            total.ifindex = slot.ifindex;
+            total.direction = slot.direction;
+        }
+        total.last_seen_ns = total.last_seen_ns.max(slot.last_seen_ns);
+        total.packets += slot.packets;
+        total.bytes += slot.bytes;
+        total.syn += slot.syn;
+        total.syn_ack += slot.syn_ack;
+        total.rst += slot.rst;
+        total.fin += slot.fin;
+        total.tcp_flags |= slot.tcp_flags;
+        total.payload_samples = total.payload_samples.saturating_add(slot.payload_samples);
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(first: u64, last: u64, packets: u64, flags: u8) -> FlowStats {
+        FlowStats {
+            packets,
+            bytes: packets * 100,
+            first_seen_ns: first,
+            last_seen_ns: last,
+            syn: 1,
+            tcp_flags: flags,
+            ifindex: first as u32,
+            ..FlowStats::default()
+        }
+    }
+
+    #[test]
+    fn sums_counts_and_spans_times_across_cpus() {
+        let merged = merge_cpus(&[
+            slot(20, 30, 2, 0x02),
+            FlowStats::default(),
+            slot(10, 25, 3, 0x10),
+        ]);
+        assert_eq!(merged.packets, 5);
+        assert_eq!(merged.bytes, 500);
+        assert_eq!(merged.first_seen_ns, 10);
+        assert_eq!(merged.last_seen_ns, 30);
+        assert_eq!(merged.syn, 2);
+        assert_eq!(merged.tcp_flags, 0x12);
+        // Interface and direction of the earliest slot: where the flow began.
+        assert_eq!(merged.ifindex, 10);
+    }
+
+    #[test]
+    fn all_empty_slots_merge_to_empty() {
+        assert_eq!(merge_cpus(&[FlowStats::default(); 4]), FlowStats::default());
+    }
+}

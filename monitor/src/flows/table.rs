@@ -1,0 +1,227 @@
+//! Cumulative per-flow totals.
+//!
+//! The kernel entry of a flow can disappear (LRU eviction under pressure, or
+//! our own idle expiry) and come back as a fresh entry counting from zero.
+//! The table keeps what earlier incarnations counted, so totals never go
+//! down. An incarnation is recognised by its first-seen time.
+
+use std::collections::HashMap;
+
+use monitor_common::{FlowKey, FlowStats};
+
+use super::FlowRecord;
+
+#[derive(Default)]
+pub struct FlowTable {
+    flows: HashMap<FlowKey, Entry>,
+    /// Poll generation, to spot flows absent from the latest read.
+    generation: u64,
+}
+
+struct Entry {
+    /// Totals of kernel incarnations that ended.
+    settled: FlowStats,
+    /// Latest read of the live kernel entry (zero when none).
+    live: FlowStats,
+    generation: u64,
+}
+
+/// What one poll changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PollOutcome {
+    pub new_flows: usize,
+    /// Kernel entries that vanished without us removing them (LRU eviction):
+    /// anything counted after our previous read of them is lost.
+    pub evicted: usize,
+}
+
+impl FlowTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a poll: call [`Self::observe`] for every kernel entry, then
+    /// [`Self::end_poll`].
+    pub fn begin_poll(&mut self) {
+        self.generation += 1;
+    }
+
+    pub fn observe(&mut self, key: &FlowKey, current: &FlowStats, outcome: &mut PollOutcome) {
+        let generation = self.generation;
+        let entry = self.flows.entry(*key).or_insert_with(|| {
+            outcome.new_flows += 1;
+            Entry {
+                settled: FlowStats::default(),
+                live: FlowStats::default(),
+                generation,
+            }
+        });
+        if entry.live.first_seen_ns != 0 && entry.live.first_seen_ns != current.first_seen_ns {
+            // Evicted and re-created between two reads.
+            settle(&mut entry.settled, &entry.live);
+            outcome.evicted += 1;
+        }
+        entry.live = *current;
+        entry.generation = generation;
+    }
+
+    /// Closes a poll: live entries not seen in it were evicted by the kernel.
+    pub fn end_poll(&mut self, outcome: &mut PollOutcome) {
+        let generation = self.generation;
+        for entry in self.flows.values_mut() {
+            if entry.generation != generation && entry.live.first_seen_ns != 0 {
+                settle(&mut entry.settled, &entry.live);
+                entry.live = FlowStats::default();
+                outcome.evicted += 1;
+            }
+        }
+    }
+
+    /// Records the final statistics of a kernel entry we removed ourselves.
+    pub fn retire(&mut self, key: &FlowKey, last: &FlowStats) {
+        if let Some(entry) = self.flows.get_mut(key) {
+            entry.live = *last;
+            settle(&mut entry.settled, &entry.live);
+            entry.live = FlowStats::default();
+        }
+    }
+
+    /// Forgets flows whose last packet is older than `cutoff_ns` (monotonic)
+    /// and returns them with their final totals.
+    pub fn expire(&mut self, cutoff_ns: u64) -> Vec<FlowRecord> {
+        let mut expired = Vec::new();
+        self.flows.retain(|key, entry| {
+            let total = entry.total();
+            if total.last_seen_ns >= cutoff_ns {
+                return true;
+            }
+            expired.push(FlowRecord {
+                key: *key,
+                stats: total,
+            });
+            false
+        });
+        expired
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Cumulative totals of every flow.
+    pub fn records(&self) -> impl Iterator<Item = FlowRecord> + '_ {
+        self.flows.iter().map(|(key, entry)| FlowRecord {
+            key: *key,
+            stats: entry.total(),
+        })
+    }
+
+    pub fn get(&self, key: &FlowKey) -> Option<FlowRecord> {
+        self.flows.get(key).map(|entry| FlowRecord {
+            key: *key,
+            stats: entry.total(),
+        })
+    }
+}
+
+impl Entry {
+    fn total(&self) -> FlowStats {
+        let mut total = self.settled;
+        settle(&mut total, &self.live);
+        total
+    }
+}
+
+/// Adds an incarnation's counts to the settled totals.
+fn settle(settled: &mut FlowStats, incarnation: &FlowStats) {
+    if incarnation.first_seen_ns == 0 {
+        return;
+    }
+    *settled = super::merge_cpus(&[*settled, *incarnation]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            src_addr: [1; 16],
+            dst_addr: [2; 16],
+            src_port: port,
+            dst_port: 80,
+            protocol: 6,
+            ip_version: 6,
+            _pad: [0; 2],
+        }
+    }
+
+    fn stats(first: u64, last: u64, packets: u64) -> FlowStats {
+        FlowStats {
+            packets,
+            bytes: packets * 60,
+            first_seen_ns: first,
+            last_seen_ns: last,
+            ..FlowStats::default()
+        }
+    }
+
+    fn poll(table: &mut FlowTable, entries: &[(FlowKey, FlowStats)]) -> PollOutcome {
+        let mut outcome = PollOutcome::default();
+        table.begin_poll();
+        for (k, s) in entries {
+            table.observe(k, s, &mut outcome);
+        }
+        table.end_poll(&mut outcome);
+        outcome
+    }
+
+    #[test]
+    fn totals_follow_the_live_entry() {
+        let mut table = FlowTable::new();
+        assert_eq!(poll(&mut table, &[(key(1), stats(10, 20, 3))]).new_flows, 1);
+        assert_eq!(poll(&mut table, &[(key(1), stats(10, 30, 5))]).new_flows, 0);
+        assert_eq!(table.get(&key(1)).map(|r| r.stats.packets), Some(5));
+    }
+
+    #[test]
+    fn an_evicted_and_recreated_entry_keeps_earlier_counts() {
+        let mut table = FlowTable::new();
+        poll(&mut table, &[(key(1), stats(10, 20, 3))]);
+        let outcome = poll(&mut table, &[(key(1), stats(50, 60, 2))]);
+        assert_eq!(outcome.evicted, 1);
+        let record = table.get(&key(1)).expect("flow kept");
+        assert_eq!(record.stats.packets, 5);
+        assert_eq!(record.stats.first_seen_ns, 10);
+        assert_eq!(record.stats.last_seen_ns, 60);
+    }
+
+    #[test]
+    fn a_vanished_entry_is_settled_then_continued() {
+        let mut table = FlowTable::new();
+        poll(&mut table, &[(key(1), stats(10, 20, 3))]);
+        assert_eq!(poll(&mut table, &[]).evicted, 1);
+        assert_eq!(table.get(&key(1)).map(|r| r.stats.packets), Some(3));
+        poll(&mut table, &[(key(1), stats(70, 80, 4))]);
+        assert_eq!(table.get(&key(1)).map(|r| r.stats.packets), Some(7));
+    }
+
+    #[test]
+    fn retired_flows_keep_their_final_counts_until_expired() {
+        let mut table = FlowTable::new();
+        poll(
+            &mut table,
+            &[(key(1), stats(10, 20, 3)), (key(2), stats(10, 90, 1))],
+        );
+        table.retire(&key(1), &stats(10, 25, 4));
+        assert_eq!(poll(&mut table, &[(key(2), stats(10, 90, 1))]).evicted, 0);
+        let expired = table.expire(50);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].stats.packets, 4);
+        assert_eq!(table.len(), 1);
+    }
+}

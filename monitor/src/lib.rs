@@ -1,0 +1,11 @@
+//! crossmon: an eBPF monitor of the traffic between the containers of a
+//! Docker host. The binary (`crossmon`) is a thin CLI over this library.
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod datapath;
+pub mod event_log;
+pub mod flows;
+pub mod links;
