@@ -13,18 +13,18 @@ use crate::{
 /// or `None` when the map refused the entry (counted, the packet still passes).
 #[inline(always)]
 pub fn account(seen: &Seen, packet: &IpPacket) -> Option<*mut FlowStats> {
-    let slot = match FLOWS.get_ptr_mut(&packet.key) {
+    let slot = match FLOWS.get_ptr_mut(packet.key) {
         Some(slot) => slot,
         None => {
             // NOEXIST makes exactly one CPU win the creation of a flow, so
             // the new-flow event is sent once even when CPUs race.
             if FLOWS
-                .insert(&packet.key, &FlowStats::default(), u64::from(BPF_NOEXIST))
+                .insert(packet.key, FlowStats::default(), u64::from(BPF_NOEXIST))
                 .is_ok()
             {
                 events::new_flow(seen, &packet.key);
             }
-            match FLOWS.get_ptr_mut(&packet.key) {
+            match FLOWS.get_ptr_mut(packet.key) {
                 Some(slot) => slot,
                 None => {
                     bump(Counter::FlowUpdateFailed);

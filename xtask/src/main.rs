@@ -1,1 +1,53 @@
-fn main() {}
+//! Project tasks: set-up, running the agent, the test tiers.
+
+mod cmd;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "crossmon's build, run and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent, fast when done).
+    Setup,
+    /// Set up, build the agent in release and run it with the given arguments.
+    Run {
+        /// Arguments for `crossmon` (default: `run`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test tier.
+    Test {
+        /// Passed to `cargo test` (a test-name filter, for instance).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Formatting and clippy on the host crates and the eBPF crate.
+    Lint,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Run { args } => {
+            setup::run()?;
+            run::agent(&args)
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            test::all(&args)
+        }
+        Task::Lint => {
+            setup::run()?;
+            test::lint()
+        }
+    }
+}

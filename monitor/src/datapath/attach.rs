@@ -7,7 +7,7 @@ use aya::{
     maps::{HashMap, MapData},
     programs::{
         tc::{self, SchedClassifierLinkId, TcAttachType},
-        SchedClassifier,
+        SchedClassifier, TestRun as _, TestRunOptions,
     },
     Ebpf,
 };
@@ -146,6 +146,28 @@ impl Programs {
                 Some((name, program.info().ok()?.id()))
             })
             .collect()
+    }
+
+    /// Runs one program on a synthetic frame through `BPF_PROG_TEST_RUN`, no
+    /// interface needed: returns the verdict and the frame as the program
+    /// left it. Used by the parser tests and the fuzzer.
+    pub fn test_run(&mut self, name: &str, frame: &[u8]) -> anyhow::Result<(i32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len()];
+        let result = self
+            .program(name)?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .with_context(|| {
+                format!(
+                    "BPF_PROG_TEST_RUN of {name} on a {}-byte frame",
+                    frame.len()
+                )
+            })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value as i32, out))
     }
 
     fn program(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {

@@ -123,7 +123,7 @@ fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
     }
 }
 
-const _: () = assert!(size_of::<FlowStats>() % 8 == 0);
+const _: () = assert!(size_of::<FlowStats>().is_multiple_of(8));
 
 fn zero_key() -> FlowKey {
     FlowKey {
