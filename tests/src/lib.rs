@@ -1,1 +1,40 @@
+//! Test networks built in the running kernel, and what the integration
+//! tests need around them. Everything here needs root.
 
+pub mod frames;
+pub mod mib;
+pub mod net;
+pub mod traffic;
+
+use std::path::PathBuf;
+
+pub use net::{Host, TestNet};
+
+/// True when the tests can run. Outside CI a non-root run is skipped with a
+/// line saying why; in CI it is a failure, since skipping would hide it.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "integration tests must run as root in CI"
+    );
+    eprintln!("skipping: needs root (CAP_BPF, CAP_NET_ADMIN); run `cargo xtask test` as root");
+    false
+}
+
+/// The `crossmon` binary under test: `$CROSSMON_BIN` (set by `cargo xtask
+/// test`, which builds it first) or the workspace's debug build.
+pub fn crossmon_bin() -> PathBuf {
+    std::env::var_os("CROSSMON_BIN").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/debug/crossmon"
+            ))
+        },
+        PathBuf::from,
+    )
+}

@@ -1,0 +1,265 @@
+//! Traffic with exactly known content between the hosts of a [`TestNet`].
+//!
+//! [`TestNet`]: crate::TestNet
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+
+use crate::{mib, Host};
+
+/// Sends one UDP datagram per payload from `from` to `to:port`, where a
+/// socket bound beforehand receives them all; returns the source port.
+pub fn udp_send(
+    from: &Host,
+    to: &Host,
+    to_ip: IpAddr,
+    port: u16,
+    payloads: &[&[u8]],
+) -> anyhow::Result<u16> {
+    let unspecified = unspecified(to_ip);
+    let sink = to.run(|| Ok(UdpSocket::bind(SocketAddr::new(unspecified, port))?))?;
+    sink.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let source_port = from.run(|| {
+        let socket = UdpSocket::bind(SocketAddr::new(unspecified, 0))?;
+        for payload in payloads {
+            socket.send_to(payload, SocketAddr::new(to_ip, port))?;
+        }
+        Ok(socket.local_addr()?.port())
+    })?;
+    let mut buffer = [0u8; 65_536];
+    for (i, payload) in payloads.iter().enumerate() {
+        let (len, _) = sink
+            .recv_from(&mut buffer)
+            .with_context(|| format!("datagram {i} of {} not received", payloads.len()))?;
+        ensure!(&buffer[..len] == *payload, "datagram {i} arrived altered");
+    }
+    Ok(source_port)
+}
+
+/// What one side of a TCP exchange sent, from its namespace's counters.
+#[derive(Debug)]
+pub struct TcpSide {
+    pub port: u16,
+    /// Segments sent (retransmissions excluded; `retransmitted` counts them).
+    pub segments: u64,
+    pub retransmitted: u64,
+}
+
+#[derive(Debug)]
+pub struct TcpExchange {
+    pub client: TcpSide,
+    pub server: TcpSide,
+}
+
+/// One connection: the client sends `request` and closes its side, the
+/// server reads it all, answers `response` and closes. Returns the segment
+/// counts once both namespaces have gone quiet.
+pub fn tcp_exchange(
+    client: &Host,
+    server: &Host,
+    server_ip: IpAddr,
+    port: u16,
+    request: &[u8],
+    response: &[u8],
+) -> anyhow::Result<TcpExchange> {
+    let listener = server.run(|| {
+        Ok(TcpListener::bind(SocketAddr::new(
+            unspecified(server_ip),
+            port,
+        ))?)
+    })?;
+    let before = (tcp_counters(client)?, tcp_counters(server)?);
+    let client_port = std::thread::scope(|scope| -> anyhow::Result<u16> {
+        let serving = scope.spawn(|| -> anyhow::Result<()> {
+            let (mut stream, _) = listener.accept()?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut received = Vec::new();
+            stream.read_to_end(&mut received)?;
+            ensure!(
+                received == request,
+                "server received {} bytes, not the request",
+                received.len()
+            );
+            stream.write_all(response)?;
+            Ok(())
+        });
+        let port = client.run(|| {
+            let mut stream = TcpStream::connect_timeout(
+                &SocketAddr::new(server_ip, port),
+                Duration::from_secs(2),
+            )?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(request)?;
+            stream.shutdown(Shutdown::Write)?;
+            let mut received = Vec::new();
+            stream.read_to_end(&mut received)?;
+            ensure!(
+                received == response,
+                "client received {} bytes, not the response",
+                received.len()
+            );
+            Ok(stream.local_addr()?.port())
+        })?;
+        serving
+            .join()
+            .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+        Ok(port)
+    })?;
+    let after = (settled_tcp_counters(client)?, settled_tcp_counters(server)?);
+    Ok(TcpExchange {
+        client: TcpSide {
+            port: client_port,
+            segments: after.0 .0 - before.0 .0,
+            retransmitted: after.0 .1 - before.0 .1,
+        },
+        server: TcpSide {
+            port,
+            segments: after.1 .0 - before.1 .0,
+            retransmitted: after.1 .1 - before.1 .1,
+        },
+    })
+}
+
+fn tcp_counters(host: &Host) -> anyhow::Result<(u64, u64)> {
+    host.run(|| {
+        Ok((
+            mib::snmp("Tcp", "OutSegs")?,
+            mib::snmp("Tcp", "RetransSegs")?,
+        ))
+    })
+}
+
+/// Counters once they stopped moving for 300 ms (the last ACKs are out).
+fn settled_tcp_counters(host: &Host) -> anyhow::Result<(u64, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = tcp_counters(host)?;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = tcp_counters(host)?;
+        if now == last {
+            return Ok(now);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "TCP counters of {} never settled",
+            host.netns_name()
+        );
+        last = now;
+    }
+}
+
+/// `ping -c count -s payload_size` from `from`, requiring every reply.
+pub fn ping(from: &Host, to: IpAddr, count: u32, payload_size: u32) -> anyhow::Result<()> {
+    let (count, size, to) = (count.to_string(), payload_size.to_string(), to.to_string());
+    from.exec(
+        "ping",
+        &["-q", "-c", &count, "-s", &size, "-i", "0.2", "-W", "1", &to],
+    )
+    .map(drop)
+    .with_context(|| format!("ping {to} from {}", from.netns_name()))
+}
+
+fn unspecified(like: IpAddr) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::from([0u8; 4]),
+        IpAddr::V6(_) => IpAddr::from([0u16; 8]),
+    }
+}
+
+/// An `AF_PACKET` socket on a host's `eth0`, for raw frames in and out.
+pub struct RawSocket {
+    fd: OwnedFd,
+}
+
+impl RawSocket {
+    /// Opens the socket inside `host`'s namespace; it receives every frame
+    /// arriving on `eth0` from the moment it is open.
+    pub fn open(host: &Host) -> anyhow::Result<RawSocket> {
+        host.run(|| {
+            let protocol = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: plain socket creation.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
+            }
+            // SAFETY: `fd` was just created and is owned here only.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: a NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+            // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_protocol = protocol;
+            addr.sll_ifindex = ifindex as i32;
+            // SAFETY: `addr` is a valid sockaddr_ll of the given size.
+            let bound = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    std::ptr::from_ref(&addr).cast(),
+                    size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if bound != 0 {
+                return Err(std::io::Error::last_os_error()).context("binding to eth0");
+            }
+            Ok(RawSocket { fd })
+        })
+    }
+
+    pub fn send(&self, frame: &[u8]) -> anyhow::Result<()> {
+        // SAFETY: the buffer is valid for its length.
+        let sent =
+            unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if sent != frame.len() as isize {
+            return Err(std::io::Error::last_os_error()).context("sending a raw frame");
+        }
+        Ok(())
+    }
+
+    /// Frames received (not sent) on `eth0` until none arrives for `quiet`.
+    pub fn received(&self, quiet: Duration) -> anyhow::Result<Vec<Vec<u8>>> {
+        let mut frames = Vec::new();
+        let mut buffer = vec![0u8; 65_536];
+        loop {
+            let mut poll = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let ready = unsafe { libc::poll(&mut poll, 1, quiet.as_millis() as i32) };
+            if ready == 0 {
+                return Ok(frames);
+            }
+            if ready < 0 {
+                bail!("poll: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: sockaddr_ll is plain data.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut from_len = size_of::<libc::sockaddr_ll>() as u32;
+            // SAFETY: buffers valid for their lengths.
+            let len = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                    0,
+                    std::ptr::from_mut(&mut from).cast(),
+                    &mut from_len,
+                )
+            };
+            if len < 0 {
+                bail!("recvfrom: {}", std::io::Error::last_os_error());
+            }
+            if from.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+                frames.push(buffer[..len as usize].to_vec());
+            }
+        }
+    }
+}
