@@ -11,8 +11,12 @@ use crate::{
 
 /// Counts the packet into its flow and returns this CPU's slot of the flow,
 /// or `None` when the map refused the entry (counted, the packet still passes).
+///
+/// `segments` is the skb's GSO segment count: a veth passes TSO/GSO
+/// super-packets whole, and what the flow should show is the segments the
+/// wire would carry, each with its own headers.
 #[inline(always)]
-pub fn account(seen: &Seen, packet: &IpPacket) -> Option<*mut FlowStats> {
+pub fn account(seen: &Seen, packet: &IpPacket, segments: u32) -> Option<*mut FlowStats> {
     let slot = match FLOWS.get_ptr_mut(packet.key) {
         Some(slot) => slot,
         None => {
@@ -42,8 +46,12 @@ pub fn account(seen: &Seen, packet: &IpPacket) -> Option<*mut FlowStats> {
         stats.direction = seen.direction as u8;
     }
     stats.last_seen_ns = seen.now_ns;
-    stats.packets = stats.packets.wrapping_add(1);
-    stats.bytes = stats.bytes.wrapping_add(u64::from(packet.ip_len));
+    let extra_segments = u64::from(segments.max(1) - 1);
+    stats.packets = stats.packets.wrapping_add(1 + extra_segments);
+    stats.bytes = stats
+        .bytes
+        .wrapping_add(u64::from(packet.ip_len))
+        .wrapping_add(extra_segments.wrapping_mul(u64::from(packet.headers_len)));
     let flags = packet.tcp_flags;
     if flags != 0 {
         stats.tcp_flags |= flags;

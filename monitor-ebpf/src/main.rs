@@ -86,7 +86,9 @@ fn observe(ctx: &TcContext, direction: Direction) {
             if packet.l4_truncated {
                 bump(Counter::Malformed);
             }
-            let Some(slot) = flow::account(&seen, &packet) else {
+            // SAFETY: as above.
+            let segments = unsafe { (*ctx.skb.skb).gso_segs };
+            let Some(slot) = flow::account(&seen, &packet, segments) else {
                 debug!(ctx, "flow map refused an entry on ifindex {}", seen.ifindex);
                 return;
             };

@@ -43,6 +43,9 @@ pub struct IpPacket {
     pub key: FlowKey,
     /// IP total length: header + payload.
     pub ip_len: u32,
+    /// Bytes of IP and transport headers, which every segment of a GSO
+    /// packet carries again on the wire.
+    pub headers_len: u32,
     pub tcp_flags: u8,
     /// The transport header was cut short: the packet is counted without ports.
     pub l4_truncated: bool,
@@ -105,7 +108,7 @@ fn ipv4(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
     let mut key = blank_key(protocol, 4);
     key.src_addr = ipv4_mapped([addrs[0], addrs[1], addrs[2], addrs[3]]);
     key.dst_addr = ipv4_mapped([addrs[4], addrs[5], addrs[6], addrs[7]]);
-    let mut packet = IpPacket::new(key, u32::from(total_len));
+    let mut packet = IpPacket::new(key, u32::from(total_len), header_len as u32);
     // Only the first fragment carries the transport header.
     if fragment & 0x1fff == 0 {
         transport(ctx, &mut packet, offset + header_len, l4_len);
@@ -152,7 +155,8 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
     let mut key = blank_key(next, 6);
     key.src_addr = src;
     key.dst_addr = dst;
-    let mut packet = IpPacket::new(key, u32::from(payload_len) + IPV6_HLEN as u32);
+    let headers_len = (l4 - offset) as u32;
+    let mut packet = IpPacket::new(key, u32::from(payload_len) + IPV6_HLEN as u32, headers_len);
     let l4_len = (usize::from(payload_len) + offset + IPV6_HLEN).checked_sub(l4);
     match l4_len {
         Some(l4_len) if chain_ok && first_fragment => transport(ctx, &mut packet, l4, l4_len),
@@ -179,6 +183,7 @@ fn transport(ctx: &TcContext, packet: &mut IpPacket, offset: usize, l4_len: usiz
                 }
                 packet.payload_offset = offset + header_len;
                 packet.payload_len = (l4_len - header_len) as u32;
+                packet.headers_len += header_len as u32;
             }
             Err(Malformed) => packet.l4_truncated = true,
         },
@@ -193,6 +198,7 @@ fn transport(ctx: &TcContext, packet: &mut IpPacket, offset: usize, l4_len: usiz
                 }
                 packet.payload_offset = offset + 8;
                 packet.payload_len = (udp_len - 8) as u32;
+                packet.headers_len += 8;
             }
             Err(Malformed) => packet.l4_truncated = true,
         },
@@ -202,10 +208,11 @@ fn transport(ctx: &TcContext, packet: &mut IpPacket, offset: usize, l4_len: usiz
 
 impl IpPacket {
     #[inline(always)]
-    fn new(key: FlowKey, ip_len: u32) -> Self {
+    fn new(key: FlowKey, ip_len: u32, headers_len: u32) -> Self {
         Self {
             key,
             ip_len,
+            headers_len,
             tcp_flags: 0,
             l4_truncated: false,
             payload_offset: 0,
