@@ -257,7 +257,7 @@ impl RawSocket {
             if len < 0 {
                 bail!("recvfrom: {}", std::io::Error::last_os_error());
             }
-            if from.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+            if from.sll_pkttype != libc::PACKET_OUTGOING {
                 frames.push(buffer[..len as usize].to_vec());
             }
         }

@@ -345,7 +345,7 @@ fn malformed_frames_cross_unchanged_and_connectivity_is_unharmed() {
     let bare = deliver(&from, &to, src, dst, &sent);
     assert!(!bare.is_empty(), "the bridge delivered none of the frames");
 
-    let mut monitor = Monitor::attach(&net);
+    let monitor = Monitor::attach(&net);
     let monitored = deliver(&from, &to, src, dst, &sent);
     assert_eq!(monitored, bare, "crossmon changed what crossed the bridge");
     assert!(

@@ -120,3 +120,39 @@ pub fn explain_program_error(name: &str, err: ProgramError) -> anyhow::Error {
     }
     anyhow::Error::new(err).context(format!("loading program {name}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(kernel: (u8, u8, u16), caps: &[u32]) -> Report {
+        Report {
+            kernel: Some(KernelVersion::new(kernel.0, kernel.1, kernel.2)),
+            btf: true,
+            tcx: false,
+            effective_caps: Some(caps.iter().fold(0, |all, cap| all | 1 << cap)),
+        }
+    }
+
+    #[test]
+    fn a_capable_recent_machine_has_no_blocker() {
+        assert_eq!(
+            report((6, 1, 0), &[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN]).blocker(),
+            None
+        );
+        assert_eq!(
+            report((5, 15, 0), &[CAP_SYS_ADMIN, CAP_NET_ADMIN]).blocker(),
+            None
+        );
+    }
+
+    #[test]
+    fn each_blocker_names_what_is_missing() {
+        let old = report((5, 10, 0), &[CAP_SYS_ADMIN, CAP_NET_ADMIN]).blocker();
+        assert!(old.is_some_and(|m| m.contains("too old") && m.contains("5.14")));
+        let no_bpf = report((6, 6, 0), &[CAP_NET_ADMIN]).blocker();
+        assert!(no_bpf.is_some_and(|m| m.contains("CAP_BPF")));
+        let no_net_admin = report((6, 6, 0), &[CAP_BPF, CAP_PERFMON]).blocker();
+        assert!(no_net_admin.is_some_and(|m| m.contains("CAP_NET_ADMIN")));
+    }
+}
