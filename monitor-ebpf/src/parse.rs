@@ -1,6 +1,8 @@
-//! Header parsing. Every read goes through `bpf_skb_load_bytes` (`ctx.load`),
-//! which bounds-checks against the whole skb, paged data included, so a
-//! truncated frame yields an error here and never an out-of-bounds access.
+//! Header parsing. Headers are read straight from the linear part of the
+//! skb after a check against `data_end` (what the verifier asks for); a
+//! header outside it (paged data) is copied with `bpf_skb_load_bytes`,
+//! which bounds-checks against the whole skb. A truncated frame yields an
+//! error here, never an out-of-bounds access.
 
 use aya_ebpf::programs::TcContext;
 use monitor_common::{ip_proto, FlowKey};
@@ -56,18 +58,22 @@ pub struct IpPacket {
 
 #[inline(always)]
 fn be16(ctx: &TcContext, offset: usize) -> Result<u16, Malformed> {
-    ctx.load::<u16>(offset)
-        .map(u16::from_be)
-        .map_err(|_| Malformed)
+    bytes::<2>(ctx, offset).map(u16::from_be_bytes)
 }
 
 #[inline(always)]
 fn byte(ctx: &TcContext, offset: usize) -> Result<u8, Malformed> {
-    ctx.load::<u8>(offset).map_err(|_| Malformed)
+    bytes::<1>(ctx, offset).map(|[b]| b)
 }
 
 #[inline(always)]
 fn bytes<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u8; N], Malformed> {
+    let start = ctx.data() + offset;
+    if start + N <= ctx.data_end() {
+        // SAFETY: checked to lie inside the linear packet data.
+        return Ok(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) });
+    }
+    // A helper call costs far more than a direct read: only when needed.
     ctx.load::<[u8; N]>(offset).map_err(|_| Malformed)
 }
 
@@ -92,22 +98,22 @@ pub fn parse(ctx: &TcContext) -> Result<Frame, Malformed> {
 
 #[inline(always)]
 fn ipv4(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
-    let version_ihl = byte(ctx, offset)?;
-    let header_len = usize::from(version_ihl & 0x0f) * 4;
-    if version_ihl >> 4 != 4 || header_len < 20 {
+    // One helper call for the whole fixed header: each call costs more
+    // than the bytes it copies.
+    let h: [u8; 20] = bytes(ctx, offset)?;
+    let header_len = usize::from(h[0] & 0x0f) * 4;
+    if h[0] >> 4 != 4 || header_len < 20 {
         return Err(Malformed);
     }
-    let total_len = be16(ctx, offset + 2)?;
-    let fragment = be16(ctx, offset + 6)?;
-    let protocol = byte(ctx, offset + 9)?;
-    let addrs: [u8; 8] = bytes(ctx, offset + 12)?;
+    let total_len = u16::from_be_bytes([h[2], h[3]]);
+    let fragment = u16::from_be_bytes([h[6], h[7]]);
     let l4_len = usize::from(total_len)
         .checked_sub(header_len)
         .ok_or(Malformed)?;
 
-    let mut key = blank_key(protocol, 4);
-    key.src_addr = ipv4_mapped([addrs[0], addrs[1], addrs[2], addrs[3]]);
-    key.dst_addr = ipv4_mapped([addrs[4], addrs[5], addrs[6], addrs[7]]);
+    let mut key = blank_key(h[9], 4);
+    key.src_addr = ipv4_mapped([h[12], h[13], h[14], h[15]]);
+    key.dst_addr = ipv4_mapped([h[16], h[17], h[18], h[19]]);
     let mut packet = IpPacket::new(key, u32::from(total_len), header_len as u32);
     // Only the first fragment carries the transport header.
     if fragment & 0x1fff == 0 {
@@ -118,13 +124,12 @@ fn ipv4(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
 
 #[inline(always)]
 fn ipv6(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
-    if byte(ctx, offset)? >> 4 != 6 {
+    let h: [u8; IPV6_HLEN] = bytes(ctx, offset)?;
+    if h[0] >> 4 != 6 {
         return Err(Malformed);
     }
-    let payload_len = be16(ctx, offset + 4)?;
-    let mut next = byte(ctx, offset + 6)?;
-    let src: [u8; 16] = bytes(ctx, offset + 8)?;
-    let dst: [u8; 16] = bytes(ctx, offset + 24)?;
+    let payload_len = u16::from_be_bytes([h[4], h[5]]);
+    let mut next = h[6];
 
     let mut l4 = offset + IPV6_HLEN;
     let mut first_fragment = true;
@@ -153,8 +158,8 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
     }
 
     let mut key = blank_key(next, 6);
-    key.src_addr = src;
-    key.dst_addr = dst;
+    key.src_addr.copy_from_slice(&h[8..24]);
+    key.dst_addr.copy_from_slice(&h[24..40]);
     let headers_len = (l4 - offset) as u32;
     let mut packet = IpPacket::new(key, u32::from(payload_len) + IPV6_HLEN as u32, headers_len);
     let l4_len = (usize::from(payload_len) + offset + IPV6_HLEN).checked_sub(l4);

@@ -1,31 +1,67 @@
-//! The test tiers, in the order a failure is cheapest to find.
+//! The test tiers, in the order a failure is cheapest to find. The first
+//! failure stops the run.
 
-use anyhow::Context as _;
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _};
 
 use crate::cmd;
 
-/// Every workspace member but the eBPF crate, which builds for BPF only.
-const HOST_PACKAGES: &[&str] = &["monitor-common", "monitor", "xtask", "integration-tests"];
-
 pub fn lint() -> anyhow::Result<()> {
-    tier(
+    let mut tiers = Tiers::default();
+    lint_tiers(&mut tiers)?;
+    tiers.summary();
+    Ok(())
+}
+
+pub fn all(test_args: &[String]) -> anyhow::Result<()> {
+    let mut tiers = Tiers::default();
+    lint_tiers(&mut tiers)?;
+    // The agent tests start the real binary: build it first so they never
+    // run a stale one, and tell them where it is.
+    tiers.command(
+        "build crossmon",
+        cmd::cargo().args(["build", "--package", "monitor", "--bin", "crossmon"]),
+    )?;
+    let binary = cmd::target_dir().join("debug/crossmon");
+    tiers.run("tests (single-threaded, as root)", || {
+        // One test at a time: tests load programs, create namespaces and
+        // bridges, and count packets exactly. `test_args` (a name filter,
+        // `--nocapture`) goes to every test binary.
+        let totals = run_counting(
+            cmd::cargo()
+                .env("CROSSMON_BIN", &binary)
+                .args(["test", "--workspace", "--exclude", "monitor-ebpf", "--"])
+                .args(test_args)
+                .arg("--test-threads=1"),
+        )?;
+        Ok(format!("tests ({totals})"))
+    })?;
+    tiers.summary();
+    Ok(())
+}
+
+fn lint_tiers(tiers: &mut Tiers) -> anyhow::Result<()> {
+    tiers.command(
         "rustfmt",
         cmd::cargo().args(["fmt", "--all", "--", "--check"]),
     )?;
-    // One package at a time: checked together with `--all-targets`, cargo
-    // also builds the eBPF crate's binary for the host (via the agent's
-    // build-dependency on it), where it cannot link.
-    for package in HOST_PACKAGES {
-        tier(
-            &format!("clippy ({package})"),
-            cmd::cargo()
-                .args(["clippy", "--package", package, "--all-targets"])
-                .args(["--", "-D", "warnings"]),
-        )?;
-    }
-    // The eBPF crate only builds for the BPF target, on nightly.
-    tier(
-        "clippy (eBPF crate)",
+    // `--workspace` means every member, default-members notwithstanding: the
+    // eBPF crate must be excluded by name, or its `#[panic_handler]` binary
+    // is checked for the host, beside std's, and fails.
+    tiers.command(
+        "clippy (host)",
+        cmd::cargo()
+            .args(["clippy", "--workspace", "--exclude", "monitor-ebpf"])
+            .args(["--all-targets", "--", "-D", "warnings"]),
+    )?;
+    // Its own pass, as it builds: nightly, the BPF target, core from
+    // rust-src. Checks the lib and the `crossmon` program binary.
+    tiers.command(
+        "clippy (eBPF)",
         cmd::nightly_cargo()
             .args(["clippy", "--package", "monitor-ebpf", "--release"])
             .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
@@ -33,34 +69,54 @@ pub fn lint() -> anyhow::Result<()> {
     )
 }
 
-pub fn all(test_args: &[String]) -> anyhow::Result<()> {
-    lint()?;
-    // The end-to-end tests start the real binary; build it first so they
-    // never run a stale one.
-    tier(
-        "build crossmon",
-        cmd::cargo().args(["build", "--package", "monitor", "--bin", "crossmon"]),
-    )?;
-    let binary = cmd::workspace_root().join("target/debug/crossmon");
-    // Tests load programs and build namespaces: one at a time.
-    println!("==> tests (unit, program test runs, namespaces + veths, agent)");
-    let totals = run_counting(
-        cmd::cargo()
-            .env("CROSSMON_BIN", &binary)
-            .args(["test", "--workspace", "--exclude", "monitor-ebpf", "--"])
-            .args(test_args)
-            .args(["--test-threads=1"]),
-    )?;
-    println!("==> all test tiers passed");
-    // cargo's own last line is often an empty doc-test run ("0 passed");
-    // the sum across every test binary is what a reader of the log needs.
-    println!(
-        "tests: {} passed, {} failed, {} skipped",
-        totals.passed, totals.failed, totals.ignored
-    );
-    Ok(())
+/// The tiers passed so far, for the summary line.
+#[derive(Default)]
+struct Tiers {
+    passed: Vec<String>,
 }
 
+impl Tiers {
+    /// Runs one tier under a `==> name` header; `tier` returns what the
+    /// summary says about it.
+    fn run(
+        &mut self,
+        name: &str,
+        tier: impl FnOnce() -> anyhow::Result<String>,
+    ) -> anyhow::Result<()> {
+        println!("==> {name}");
+        match tier() {
+            Ok(outcome) => {
+                self.passed.push(outcome);
+                Ok(())
+            }
+            Err(err) => {
+                let before = if self.passed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.passed.join(", ")
+                };
+                println!("==> FAILED: {name} (passed before it: {before})");
+                Err(err.context(format!("tier `{name}` failed")))
+            }
+        }
+    }
+
+    fn command(&mut self, name: &str, command: &mut Command) -> anyhow::Result<()> {
+        self.run(name, || {
+            cmd::status(name, command).map(|()| name.to_owned())
+        })
+    }
+
+    fn summary(&self) {
+        println!(
+            "==> all {} tiers passed: {}",
+            self.passed.len(),
+            self.passed.join(", ")
+        );
+    }
+}
+
+/// Sums of the `test result:` lines of every test binary.
 #[derive(Default)]
 struct Totals {
     passed: u64,
@@ -68,44 +124,76 @@ struct Totals {
     ignored: u64,
 }
 
-/// Runs `cargo test`, echoing its output, and sums its `test result:` lines.
-fn run_counting(command: &mut std::process::Command) -> anyhow::Result<Totals> {
-    use std::io::BufRead as _;
+impl Totals {
+    /// Adds `ok. 5 passed; 0 failed; 1 ignored; 0 measured; 2 filtered out;
+    /// finished in 0.01s` (after `test result: `).
+    fn add(&mut self, result: &str) {
+        let counts = result.split_once(". ").map_or(result, |(_, counts)| counts);
+        for part in counts.split(';') {
+            let mut words = part.split_whitespace();
+            let (Some(count), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match what {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} passed, {} failed, {} ignored",
+            self.passed, self.failed, self.ignored
+        )
+    }
+}
+
+/// Runs `cargo test`, echoing its output, and sums its `test result:`
+/// lines: cargo's own last line is often an empty doc-test run, while the
+/// sum over every test binary is what a reader of the log needs.
+fn run_counting(command: &mut Command) -> anyhow::Result<Totals> {
     let mut child = command
-        .stdout(std::process::Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
-        .context("starting cargo test")?;
+        .with_context(|| format!("cannot start {command:?}"))?;
     let stdout = child.stdout.take().context("cargo test's output")?;
     let mut totals = Totals::default();
-    for line in std::io::BufReader::new(stdout).lines() {
+    for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo test's output")?;
         println!("{line}");
         if let Some(result) = line.strip_prefix("test result: ") {
-            let count = |word: &str| {
-                result
-                    .split([';', '.'])
-                    .find_map(|part| part.trim().strip_suffix(word)?.trim().parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            totals.passed += count(" passed");
-            totals.failed += count(" failed");
-            totals.ignored += count(" ignored");
+            totals.add(result);
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
     if !status.success() {
-        println!(
-            "tests: {} passed, {} failed, {} skipped",
-            totals.passed,
-            totals.failed.max(1),
-            totals.ignored
-        );
-        anyhow::bail!("tests failed ({status})");
+        bail!("cargo test failed ({status}); in the test binaries that ran: {totals}");
     }
     Ok(totals)
 }
 
-fn tier(name: &str, command: &mut std::process::Command) -> anyhow::Result<()> {
-    println!("==> {name}");
-    cmd::status(name, command)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_result_lines() {
+        let mut totals = Totals::default();
+        totals.add(
+            "ok. 5 passed; 0 failed; 1 ignored; 0 measured; 2 filtered out; finished in 0.01s",
+        );
+        totals.add(
+            "FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.50s",
+        );
+        assert_eq!(totals.to_string(), "8 passed, 2 failed, 1 ignored");
+    }
 }
