@@ -82,6 +82,20 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
+impl FlowKey {
+    /// Every byte zero, padding included: maps hash raw bytes, so keys are
+    /// built from this and never left partly uninitialised.
+    pub const ZERO: FlowKey = FlowKey {
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+        protocol: 0,
+        ip_version: 0,
+        _pad: [0; 2],
+    };
+}
+
 /// Where a packet was counted, relative to the container behind the veth.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

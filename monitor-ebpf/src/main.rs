@@ -60,20 +60,11 @@ fn observe(ctx: &TcContext, direction: Direction) {
     let rate = SAMPLE_RATE.load();
     // SAFETY: helper without preconditions.
     if rate != 0 && unsafe { bpf_get_prandom_u32() } % rate == 0 {
-        let blank = FlowKey {
-            src_addr: [0; 16],
-            dst_addr: [0; 16],
-            src_port: 0,
-            dst_port: 0,
-            protocol: 0,
-            ip_version: 0,
-            _pad: [0; 2],
-        };
         events::capture(
             ctx,
             &seen,
             EventKind::PacketSample,
-            &blank,
+            &FlowKey::ZERO,
             0,
             ctx.len(),
             PAYLOAD_BYTES.load(),

@@ -226,17 +226,12 @@ impl IpPacket {
     }
 }
 
-/// A key with every byte, padding included, set: the map hashes raw bytes.
 #[inline(always)]
 fn blank_key(protocol: u8, ip_version: u8) -> FlowKey {
     FlowKey {
-        src_addr: [0; 16],
-        dst_addr: [0; 16],
-        src_port: 0,
-        dst_port: 0,
         protocol,
         ip_version,
-        _pad: [0; 2],
+        ..FlowKey::ZERO
     }
 }
 

@@ -27,11 +27,12 @@ pub fn all(test_args: &[String]) -> anyhow::Result<()> {
         cmd::cargo().args(["build", "--package", "monitor", "--bin", "crossmon"]),
     )?;
     let binary = cmd::target_dir().join("debug/crossmon");
+    let mut totals = Totals::default();
     tiers.run("tests (single-threaded, as root)", || {
         // One test at a time: tests load programs, create namespaces and
         // bridges, and count packets exactly. `test_args` (a name filter,
         // `--nocapture`) goes to every test binary.
-        let totals = run_counting(
+        totals = run_counting(
             cmd::cargo()
                 .env("CROSSMON_BIN", &binary)
                 .args(["test", "--workspace", "--exclude", "monitor-ebpf", "--"])
@@ -41,6 +42,12 @@ pub fn all(test_args: &[String]) -> anyhow::Result<()> {
         Ok(format!("tests ({totals})"))
     })?;
     tiers.summary();
+    // The last line, in the plain form log readers look for: cargo's own
+    // last line is usually an empty doc-test run ("0 passed").
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     Ok(())
 }
 

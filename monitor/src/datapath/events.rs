@@ -310,13 +310,11 @@ mod tests {
         let event = CaptureEvent {
             header: header(EventKind::Payload),
             key: FlowKey {
-                src_addr: [0; 16],
-                dst_addr: [0; 16],
                 src_port: 1,
                 dst_port: 2,
                 protocol: 6,
                 ip_version: 4,
-                _pad: [0; 2],
+                ..FlowKey::ZERO
             },
             original_len: 10_000,
             captured_len: u32::MAX,

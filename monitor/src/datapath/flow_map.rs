@@ -39,7 +39,7 @@ impl FlowMap {
         Ok(Self {
             map,
             cpus,
-            keys: vec![zero_key(); BATCH],
+            keys: vec![FlowKey::ZERO; BATCH],
             values: vec![FlowStats::default(); BATCH * cpus],
         })
     }
@@ -124,15 +124,3 @@ fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
 }
 
 const _: () = assert!(size_of::<FlowStats>().is_multiple_of(8));
-
-fn zero_key() -> FlowKey {
-    FlowKey {
-        src_addr: [0; 16],
-        dst_addr: [0; 16],
-        src_port: 0,
-        dst_port: 0,
-        protocol: 0,
-        ip_version: 0,
-        _pad: [0; 2],
-    }
-}
