@@ -6,7 +6,10 @@ use std::{net::SocketAddr, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use monitor_common::MAX_CAPTURE;
 
-use crate::{agent::AgentConfig, datapath::DatapathConfig};
+use crate::{
+    agent::AgentConfig,
+    datapath::{AttachMode, DatapathConfig},
+};
 
 /// Default address of the HTTP API: loopback only, since flows reveal who
 /// talks to whom; publish it deliberately with `--listen`.
@@ -69,9 +72,20 @@ pub struct RunArgs {
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
+    /// `auto`: TCX links where the kernel has them (6.6+), clsact before;
+    /// `clsact`: netlink clsact filters always.
+    #[arg(long, value_enum, default_value_t = AttachModeArg::Auto)]
+    pub attach_mode: AttachModeArg,
+
     /// Forward the programs' aya-log output at this level (off by default).
     #[arg(long, value_enum, default_value_t = EbpfLog::Off)]
     pub ebpf_log: EbpfLog,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum AttachModeArg {
+    Auto,
+    Clsact,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -109,6 +123,10 @@ impl RunArgs {
                     EbpfLog::Info => Some(log::LevelFilter::Info),
                     EbpfLog::Debug => Some(log::LevelFilter::Debug),
                     EbpfLog::Trace => Some(log::LevelFilter::Trace),
+                },
+                attach_mode: match self.attach_mode {
+                    AttachModeArg::Auto => AttachMode::Auto,
+                    AttachModeArg::Clsact => AttachMode::Clsact,
                 },
             },
             poll_interval: self.poll_interval,

@@ -11,7 +11,7 @@ use integration_tests::{
     traffic::{self, RawSocket},
     TestNet,
 };
-use monitor::datapath::{self, Datapath, DatapathConfig, Event};
+use monitor::datapath::{self, AttachMode, Datapath, DatapathConfig, Event};
 use monitor_common::{ip_proto, Direction, FlowKey, FlowStats};
 
 /// crossmon's datapath attached to every host of a test net.
@@ -21,7 +21,11 @@ struct Monitor {
 
 impl Monitor {
     fn attach(net: &TestNet) -> Monitor {
-        let mut datapath = datapath::load(&DatapathConfig::default()).expect("programs load");
+        Self::attach_with(net, DatapathConfig::default())
+    }
+
+    fn attach_with(net: &TestNet, config: DatapathConfig) -> Monitor {
+        let mut datapath = datapath::load(&config).expect("programs load");
         for host in net.hosts() {
             datapath
                 .programs
@@ -396,4 +400,45 @@ fn detaching_leaves_no_program_on_the_interfaces() {
             );
         }
     }
+}
+
+#[test]
+fn legacy_clsact_filters_count_the_same_and_are_removed_on_detach() {
+    if !require_root() {
+        return;
+    }
+    let net = TestNet::new(2).expect("test network");
+    let config = DatapathConfig {
+        attach_mode: AttachMode::Clsact,
+        ..DatapathConfig::default()
+    };
+    let mut monitor = Monitor::attach_with(&net, config);
+    let (a, b) = (net.host(0), net.host(1));
+    let filters = |direction: &str| {
+        let out = std::process::Command::new("tc")
+            .args(["filter", "show", "dev", a.veth_name(), direction])
+            .output()
+            .expect("tc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        filters("ingress").contains("from_container"),
+        "{}",
+        filters("ingress")
+    );
+    assert!(
+        filters("egress").contains("to_container"),
+        "{}",
+        filters("egress")
+    );
+    traffic::ping(a, b.ip4().into(), 3, 56).expect("ping");
+    let request = monitor.flow(a.ip4().into(), b.ip4().into(), 0, 0, ip_proto::ICMP);
+    let reply = monitor.flow(b.ip4().into(), a.ip4().into(), 0, 0, ip_proto::ICMP);
+    assert_eq!((request.packets, request.bytes), (3, 3 * 84));
+    assert_eq!((reply.packets, reply.bytes), (3, 3 * 84));
+    assert_eq!(monitor.datapath.programs.detach_all(), 2);
+    assert_eq!(
+        (filters("ingress"), filters("egress")),
+        (String::new(), String::new())
+    );
 }

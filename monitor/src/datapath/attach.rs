@@ -6,8 +6,8 @@ use anyhow::Context as _;
 use aya::{
     maps::{HashMap, MapData},
     programs::{
-        tc::{self, SchedClassifierLinkId, TcAttachType},
-        SchedClassifier, TestRun as _, TestRunOptions,
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcAttachType},
+        LinkOrder, SchedClassifier, TestRun as _, TestRunOptions,
     },
     Ebpf,
 };
@@ -28,19 +28,36 @@ pub struct VethAttachment {
     links: [SchedClassifierLinkId; 2],
 }
 
+/// How the classifiers are hooked to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX links where the kernel has them (6.6+), `clsact` filters before.
+    #[default]
+    Auto,
+    /// Netlink `clsact` filters even where TCX exists, next to tools that
+    /// manage tc filters and expect to see everyone's there.
+    Clsact,
+}
+
 /// The loaded programs and where they are attached.
 pub struct Programs {
     ebpf: Ebpf,
     counted_ifaces: HashMap<MapData, u32, u8>,
     attached: BTreeMap<u32, VethAttachment>,
+    tcx: bool,
 }
 
 impl Programs {
-    pub(super) fn new(ebpf: Ebpf, counted_ifaces: HashMap<MapData, u32, u8>) -> Self {
+    pub(super) fn new(
+        ebpf: Ebpf,
+        counted_ifaces: HashMap<MapData, u32, u8>,
+        mode: AttachMode,
+    ) -> Self {
         Self {
             ebpf,
             counted_ifaces,
             attached: BTreeMap::new(),
+            tcx: mode == AttachMode::Auto && super::preflight::has_tcx(),
         }
     }
 
@@ -50,16 +67,22 @@ impl Programs {
         if self.attached.contains_key(&ifindex) {
             return Ok(());
         }
-        let tcx = super::preflight::has_tcx();
+        let tcx = self.tcx;
         if !tcx {
-            // Legacy TC needs the clsact qdisc; it may exist already.
+            // Legacy TC needs the clsact qdisc. It may exist already (ours
+            // from an earlier attachment, or another tool's): then adding
+            // fails, harmlessly, and attaching below says if it is missing.
             if let Err(err) = tc::qdisc_add_clsact(name) {
-                if !matches!(&err, tc::TcError::IoError(e) if e.kind() == std::io::ErrorKind::AlreadyExists)
-                {
-                    tracing::debug!("clsact on {name}: {err}");
-                }
+                tracing::debug!("adding clsact to {name}: {err}");
             }
         }
+        let options = || {
+            if tcx {
+                TcAttachOptions::TcxOrder(LinkOrder::default())
+            } else {
+                TcAttachOptions::Netlink(NlOptions::default())
+            }
+        };
         // Mark before attaching, so the first packet leaving through another
         // veth already knows this one's traffic is counted on the way in.
         for iface in [ifindex, bridge_ifindex] {
@@ -67,14 +90,17 @@ impl Programs {
                 .insert(iface, 1, 0)
                 .with_context(|| format!("registering interface {iface} as counted"))?;
         }
-        let ingress = self
-            .program(PROGRAM_FROM_CONTAINER)?
-            .attach(name, TcAttachType::Ingress);
+        let ingress = self.program(PROGRAM_FROM_CONTAINER)?.attach_with_options(
+            name,
+            TcAttachType::Ingress,
+            options(),
+        );
         let ingress = ingress.with_context(|| format!("attaching to ingress of {name}"))?;
-        let egress = match self
-            .program(PROGRAM_TO_CONTAINER)?
-            .attach(name, TcAttachType::Egress)
-        {
+        let egress = match self.program(PROGRAM_TO_CONTAINER)?.attach_with_options(
+            name,
+            TcAttachType::Egress,
+            options(),
+        ) {
             Ok(link) => link,
             Err(err) => {
                 let _ = self.program(PROGRAM_FROM_CONTAINER)?.detach(ingress);

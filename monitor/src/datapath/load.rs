@@ -12,7 +12,10 @@ use monitor_common::{
     GLOBAL_PAYLOAD_PACKETS, GLOBAL_SAMPLE_RATE, MAX_CAPTURE,
 };
 
-use super::{Counters, EventRing, FlowMap, Programs, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER};
+use super::{
+    AttachMode, Counters, EventRing, FlowMap, Programs, PROGRAM_FROM_CONTAINER,
+    PROGRAM_TO_CONTAINER,
+};
 
 /// The object built by `build.rs` from `monitor-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/crossmon"));
@@ -32,6 +35,7 @@ pub struct DatapathConfig {
     pub sample_rate: u32,
     /// Level of the programs' aya-log output; `None` keeps them silent.
     pub ebpf_log: Option<log::LevelFilter>,
+    pub attach_mode: AttachMode,
 }
 
 impl Default for DatapathConfig {
@@ -43,6 +47,7 @@ impl Default for DatapathConfig {
             payload_packets: 2,
             sample_rate: 0,
             ebpf_log: None,
+            attach_mode: AttachMode::Auto,
         }
     }
 }
@@ -129,7 +134,7 @@ pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
     let counted: HashMap<MapData, u32, u8> =
         HashMap::try_from(take_map(&mut ebpf, COUNTED_IFACES_MAP)?)?;
     Ok(Datapath {
-        programs: Programs::new(ebpf, counted),
+        programs: Programs::new(ebpf, counted, config.attach_mode),
         flows,
         events,
         counters,
