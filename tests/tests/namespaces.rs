@@ -11,7 +11,11 @@ use integration_tests::{
     traffic::{self, RawSocket},
     TestNet,
 };
-use monitor::datapath::{self, AttachMode, Datapath, DatapathConfig, Event};
+use monitor::{
+    agent,
+    datapath::{self, AttachMode, Datapath, DatapathConfig, Event},
+    flows::FlowTable,
+};
 use monitor_common::{ip_proto, Direction, FlowKey, FlowStats};
 
 /// crossmon's datapath attached to every host of a test net.
@@ -441,4 +445,53 @@ fn legacy_clsact_filters_count_the_same_and_are_removed_on_detach() {
         (filters("ingress"), filters("egress")),
         (String::new(), String::new())
     );
+}
+
+#[test]
+fn idle_flows_are_taken_out_and_evicted_flows_keep_their_counts() {
+    if !require_root() {
+        return;
+    }
+    let net = TestNet::new(2).expect("test network");
+    // Room for 8 flows: 20 UDP flows make the kernel evict.
+    let config = DatapathConfig {
+        flow_capacity: 8,
+        ..DatapathConfig::default()
+    };
+    let mut monitor = Monitor::attach_with(&net, config);
+    let (a, b) = (net.host(0), net.host(1));
+    let mut table = FlowTable::new();
+    let mut snapshot = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..20u16 {
+        // Read after every flow, as the agent does on its interval: what
+        // was read before an eviction stays counted.
+        let port =
+            traffic::udp_send(a, b, b.ip4().into(), 6000 + i, &[b"one", b"two"]).expect("udp");
+        ports.push((port, 6000 + i));
+        agent::poll_once(&mut monitor.datapath.flows, &mut table, &mut snapshot, 0).expect("poll");
+    }
+    for (src_port, dst_port) in &ports {
+        let record = table
+            .get(&key(
+                a.ip4().into(),
+                b.ip4().into(),
+                *src_port,
+                *dst_port,
+                ip_proto::UDP,
+            ))
+            .expect("every flow is still known");
+        assert_eq!((record.stats.packets, record.stats.bytes), (2, 2 * 31));
+    }
+    assert!(
+        monitor.flows().len() <= 8,
+        "the LRU holds at most its capacity"
+    );
+
+    // Everything is idle against a cutoff of "now": taken out of the kernel
+    // map (atomically with its last counts) and out of the table.
+    let now = monitor::clock::monotonic_ns();
+    agent::poll_once(&mut monitor.datapath.flows, &mut table, &mut snapshot, now).expect("poll");
+    assert!(monitor.flows().is_empty());
+    assert!(table.is_empty());
 }
