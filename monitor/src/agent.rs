@@ -2,15 +2,15 @@
 //! event consumption and the HTTP API together, and tears them down.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     net::SocketAddr,
-    sync::{Arc, Mutex, RwLock},
+    sync::{atomic::AtomicBool, Arc, Mutex, RwLock},
     time::Duration,
 };
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use tokio::{signal::unix::SignalKind, task::JoinSet};
+use tokio::{signal::unix::SignalKind, sync::watch, task::JoinSet};
 
 use crate::{
     api::{self, FlowJson},
@@ -18,6 +18,7 @@ use crate::{
     datapath::{
         self, preflight, Counters, DatapathConfig, EventRing, FlowMap, KernelCounters, Programs,
     },
+    docker::{self, directory::host_addresses, Directory, Inventory},
     event_log::EventLog,
     flows::{FlowTable, PollOutcome},
     links,
@@ -32,6 +33,10 @@ pub struct AgentConfig {
     /// Flows without packets for this long are removed from the kernel map
     /// and from the API.
     pub idle_timeout: Duration,
+    /// Where the Docker engine is (`None`: `$DOCKER_HOST` or the local
+    /// socket); no engine at all with `use_docker` off.
+    pub use_docker: bool,
+    pub docker_host: Option<String>,
 }
 
 /// What the API serves, updated by the background tasks.
@@ -41,15 +46,42 @@ pub struct AgentState {
     interfaces: RwLock<BTreeMap<u32, String>>,
     kernel: RwLock<KernelCounters>,
     pub events: EventLog,
+    inventory: RwLock<Option<Arc<Inventory>>>,
+    directory: RwLock<Arc<Directory>>,
+    /// Whether the Docker engine answers right now.
+    pub docker_up: Arc<AtomicBool>,
 }
 
 impl AgentState {
     pub fn flows_json(&self) -> Vec<FlowJson> {
         let interfaces = read(&self.interfaces).clone();
+        let directory = read(&self.directory).clone();
         read(&self.flows)
             .records()
-            .map(|record| FlowJson::new(&record, interfaces.get(&record.stats.ifindex).cloned()))
+            .map(|record| {
+                let interface = interfaces.get(&record.stats.ifindex).cloned();
+                FlowJson::new(
+                    &record,
+                    interface,
+                    directory.ends(&record.key, &record.stats),
+                )
+            })
             .collect()
+    }
+
+    /// The latest inventory, if the engine was ever reached.
+    pub fn inventory(&self) -> Option<Arc<Inventory>> {
+        read(&self.inventory).clone()
+    }
+
+    /// Interfaces with crossmon attached, by ifindex.
+    pub fn attached_interfaces(&self) -> BTreeMap<u32, String> {
+        read(&self.interfaces).clone()
+    }
+
+    fn set_inventory(&self, inventory: Option<Arc<Inventory>>) {
+        *write(&self.directory) = Arc::new(Directory::new(inventory.as_deref(), host_addresses()));
+        *write(&self.inventory) = inventory;
     }
 
     /// Attached interfaces and known flows.
@@ -88,9 +120,21 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     );
 
     let state = Arc::new(AgentState::default());
+    state.set_inventory(None);
     let programs = Arc::new(Mutex::new(datapath.programs));
     let mut tasks = JoinSet::new();
-    tasks.spawn(follow_links(programs.clone(), state.clone()));
+    let inventory = if config.use_docker {
+        let (sender, receiver) = watch::channel(None);
+        tasks.spawn(docker::follow(
+            config.docker_host.clone(),
+            sender,
+            state.docker_up.clone(),
+        ));
+        Some(receiver)
+    } else {
+        None
+    };
+    tasks.spawn(follow_links(programs.clone(), state.clone(), inventory));
     tasks.spawn(poll_flows(
         datapath.flows,
         datapath.counters,
@@ -130,15 +174,26 @@ fn lock(programs: &Mutex<Programs>) -> std::sync::MutexGuard<'_, Programs> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Attaches to every bridge-enslaved veth and follows link changes.
+/// Attaches to the bridge-enslaved veths that are container endpoints
+/// (every bridge-enslaved veth without Docker, or before the engine was
+/// first reached) and follows link and container changes.
 async fn follow_links(
     programs: Arc<Mutex<Programs>>,
     state: Arc<AgentState>,
+    mut inventory: Option<watch::Receiver<Option<Arc<Inventory>>>>,
 ) -> anyhow::Result<()> {
     let (handle, changes) = links::watch()?;
     let mut changes = std::pin::pin!(changes);
     loop {
-        let ports = links::bridge_veths(&handle).await?;
+        let mut ports = links::bridge_veths(&handle).await?;
+        let known = inventory.as_ref().and_then(|rx| rx.borrow().clone());
+        if let Some(known) = &known {
+            let endpoints: HashSet<u32> = known.container_veths().collect();
+            ports.retain(|port| endpoints.contains(&port.ifindex));
+        }
+        if inventory.is_some() {
+            state.set_inventory(known);
+        }
         {
             let mut programs = lock(&programs);
             sync_attachments(&mut programs, &ports);
@@ -147,8 +202,19 @@ async fn follow_links(
                 .map(|a| (a.ifindex, a.name.clone()))
                 .collect();
         }
-        if changes.next().await.is_none() {
-            anyhow::bail!("the rtnetlink notification stream ended");
+        let inventory_changed = async {
+            match inventory.as_mut() {
+                Some(receiver) => receiver.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            change = changes.next() => if change.is_none() {
+                anyhow::bail!("the rtnetlink notification stream ended");
+            },
+            open = inventory_changed => if !open {
+                anyhow::bail!("the Docker follower stopped");
+            },
         }
         // Containers come up in bursts of link changes: one listing for all.
         tokio::time::sleep(Duration::from_millis(100)).await;

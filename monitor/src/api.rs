@@ -9,6 +9,7 @@ use crate::{
     agent::AgentState,
     clock,
     datapath::{events::key_addrs, Event},
+    docker::{FlowEnd, Posture},
     flows::{protocol_name, tcp_flag_names, FlowRecord},
 };
 
@@ -16,6 +17,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
     Router::new()
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/containers", get(containers))
         .route("/healthz", get(healthz))
         .with_state(state)
 }
@@ -42,10 +44,16 @@ pub struct FlowJson {
     pub direction: &'static str,
     /// Host-side veth where the flow was counted.
     pub interface: Option<String>,
+    pub src: FlowEnd,
+    pub dst: FlowEnd,
 }
 
 impl FlowJson {
-    pub fn new(record: &FlowRecord, interface: Option<String>) -> Self {
+    pub fn new(
+        record: &FlowRecord,
+        interface: Option<String>,
+        (src_end, dst_end): (FlowEnd, FlowEnd),
+    ) -> Self {
         let (src, dst) = key_addrs(&record.key);
         let stats = &record.stats;
         let rfc3339 = |ns| clock::to_utc(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -70,6 +78,8 @@ impl FlowJson {
                 _ => "from_container",
             },
             interface,
+            src: src_end,
+            dst: dst_end,
         }
     }
 }
@@ -83,6 +93,8 @@ struct Health {
     status: &'static str,
     attached_interfaces: usize,
     flows: usize,
+    docker_up: bool,
+    docker_engine: Option<crate::docker::EngineInfo>,
     kernel: crate::datapath::KernelCounters,
     events: crate::event_log::EventTotals,
 }
@@ -93,6 +105,8 @@ async fn healthz(State(state): State<Arc<AgentState>>) -> Json<Health> {
         status: "ok",
         attached_interfaces,
         flows,
+        docker_up: state.docker_up.load(std::sync::atomic::Ordering::Relaxed),
+        docker_engine: state.inventory().map(|i| i.engine.clone()),
         kernel: state.kernel_counters(),
         events: state.events.totals(),
     })
@@ -208,4 +222,75 @@ impl EventJson {
 
 async fn events(State(state): State<Arc<AgentState>>) -> Json<Vec<EventJson>> {
     Json(state.events.recent().iter().map(EventJson::new).collect())
+}
+
+/// A container as crossmon knows it.
+#[derive(Serialize)]
+pub struct ContainerJson {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub compose_project: Option<String>,
+    pub compose_service: Option<String>,
+    /// `bridge`, a network name, `host`, `none`, `container:<id>`.
+    pub network_mode: String,
+    /// True when every endpoint's veth is watched.
+    pub attached: bool,
+    pub networks: Vec<ContainerNetworkJson>,
+    pub posture: Posture,
+}
+
+#[derive(Serialize)]
+pub struct ContainerNetworkJson {
+    pub network: String,
+    pub ip: Option<String>,
+    pub ipv6: Option<String>,
+    pub mac: Option<String>,
+    /// Host-side veth, found from inside the container's namespace.
+    pub ifindex: Option<u32>,
+    pub interface: Option<String>,
+    pub attached: bool,
+}
+
+async fn containers(State(state): State<Arc<AgentState>>) -> Json<Vec<ContainerJson>> {
+    let Some(inventory) = state.inventory() else {
+        return Json(Vec::new());
+    };
+    let attached = state.attached_interfaces();
+    let list = inventory
+        .containers
+        .values()
+        .map(|container| {
+            let networks: Vec<ContainerNetworkJson> = container
+                .endpoints
+                .iter()
+                .map(|endpoint| {
+                    let interface = endpoint
+                        .host_ifindex
+                        .and_then(|i| attached.get(&i).cloned());
+                    ContainerNetworkJson {
+                        network: endpoint.network.clone(),
+                        ip: endpoint.ip.map(|ip| ip.to_string()),
+                        ipv6: endpoint.ipv6.map(|ip| ip.to_string()),
+                        mac: endpoint.mac.clone(),
+                        ifindex: endpoint.host_ifindex,
+                        attached: interface.is_some(),
+                        interface,
+                    }
+                })
+                .collect();
+            ContainerJson {
+                id: container.short_id().to_owned(),
+                name: container.name.clone(),
+                image: container.image.clone(),
+                compose_project: container.compose_project.clone(),
+                compose_service: container.compose_service.clone(),
+                network_mode: container.network_mode.clone(),
+                attached: !networks.is_empty() && networks.iter().all(|n| n.attached),
+                networks,
+                posture: container.posture.clone(),
+            }
+        })
+        .collect();
+    Json(list)
 }

@@ -38,9 +38,15 @@ pub struct RunArgs {
     #[arg(long, default_value = DEFAULT_LISTEN, env = "CROSSMON_LISTEN")]
     pub listen: SocketAddr,
 
-    /// Do not talk to the Docker engine: flows carry addresses only.
-    #[arg(long)]
+    /// Do not talk to the Docker engine: attach to every veth on a bridge,
+    /// and flows carry addresses only.
+    #[arg(long, conflicts_with = "docker_host")]
     pub no_docker: bool,
+
+    /// The Docker engine: `unix:///path/docker.sock` or `tcp://host:port`
+    /// (default: `$DOCKER_HOST`, else the local socket).
+    #[arg(long)]
+    pub docker_host: Option<String>,
 
     /// Flows the kernel map holds; the least recently used is evicted beyond.
     /// Memory: about 64 bytes x possible CPUs per flow.
@@ -131,6 +137,8 @@ impl RunArgs {
             },
             poll_interval: self.poll_interval,
             idle_timeout: self.idle_timeout,
+            use_docker: !self.no_docker,
+            docker_host: self.docker_host.clone(),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod datapath;
+pub mod docker;
 pub mod event_log;
 pub mod flows;
 pub mod links;

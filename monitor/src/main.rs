@@ -29,12 +29,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run(args) => {
-            if !args.no_docker {
-                tracing::info!("container identity is not available in this version: flows carry addresses only");
-            }
-            runtime.block_on(monitor::agent::run(args.agent_config()))
-        }
+        Command::Run(args) => runtime.block_on(monitor::agent::run(args.agent_config())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

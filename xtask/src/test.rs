@@ -39,6 +39,9 @@ pub fn all(test_args: &[String]) -> anyhow::Result<()> {
                 .args(test_args)
                 .arg("--test-threads=1"),
         )?;
+        if totals.ran() == 0 && !test_args.is_empty() {
+            println!("note: no test matched {test_args:?}");
+        }
         Ok(format!("tests ({totals})"))
     })?;
     tiers.summary();
@@ -132,6 +135,10 @@ struct Totals {
 }
 
 impl Totals {
+    fn ran(&self) -> u64 {
+        self.passed + self.failed + self.ignored
+    }
+
     /// Adds `ok. 5 passed; 0 failed; 1 ignored; 0 measured; 2 filtered out;
     /// finished in 0.01s` (after `test result: `).
     fn add(&mut self, result: &str) {

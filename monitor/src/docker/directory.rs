@@ -1,0 +1,265 @@
+//! Naming both ends of a flow.
+//!
+//! The container end is known from the veth where the packet was counted,
+//! never from the address it carries: a container sending from a spoofed
+//! source IP is still named as itself. The other end is looked up by
+//! address among container endpoints, network gateways and the host's own
+//! addresses.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+use monitor_common::{Direction, FlowKey, FlowStats};
+use serde::Serialize;
+
+use super::{Container, Endpoint, Inventory};
+use crate::datapath::events::key_addrs;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndKind {
+    Container,
+    /// A bridge network's gateway: the host, as containers see it.
+    Gateway,
+    /// Another address of the host.
+    Host,
+    /// A globally routable address outside the host.
+    External,
+    /// Private, link-local or multicast, and no container or host has it.
+    Unknown,
+}
+
+/// One end of a flow, as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowEnd {
+    pub kind: EndKind,
+    pub name: Option<String>,
+    pub id: Option<String>,
+    pub image: Option<String>,
+    pub compose_project: Option<String>,
+    pub compose_service: Option<String>,
+    pub network: Option<String>,
+    pub ip: Option<String>,
+}
+
+impl FlowEnd {
+    fn bare(kind: EndKind, ip: IpAddr) -> Self {
+        Self {
+            kind,
+            name: None,
+            id: None,
+            image: None,
+            compose_project: None,
+            compose_service: None,
+            network: None,
+            ip: Some(ip.to_string()),
+        }
+    }
+
+    fn container(container: &Container, endpoint: &Endpoint, ip: IpAddr) -> Self {
+        Self {
+            kind: EndKind::Container,
+            name: Some(container.name.clone()),
+            id: Some(container.short_id().to_owned()),
+            image: Some(container.image.clone()),
+            compose_project: container.compose_project.clone(),
+            compose_service: container.compose_service.clone(),
+            network: Some(endpoint.network.clone()),
+            ip: Some(ip.to_string()),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Directory {
+    /// (container id, endpoint index) by address and by host-side veth.
+    by_ip: HashMap<IpAddr, (String, usize)>,
+    by_veth: HashMap<u32, (String, usize)>,
+    gateways: HashMap<IpAddr, String>,
+    host: HashSet<IpAddr>,
+    containers: HashMap<String, Container>,
+}
+
+impl Directory {
+    pub fn new(inventory: Option<&Inventory>, host_addresses: HashSet<IpAddr>) -> Self {
+        let mut directory = Directory {
+            host: host_addresses,
+            ..Directory::default()
+        };
+        let Some(inventory) = inventory else {
+            return directory;
+        };
+        for network in inventory.networks.values() {
+            for gateway in &network.gateways {
+                directory.gateways.insert(*gateway, network.name.clone());
+            }
+        }
+        for container in inventory.containers.values() {
+            for (index, endpoint) in container.endpoints.iter().enumerate() {
+                let slot = (container.id.clone(), index);
+                for ip in [endpoint.ip, endpoint.ipv6].into_iter().flatten() {
+                    directory.by_ip.insert(ip, slot.clone());
+                }
+                if let Some(ifindex) = endpoint.host_ifindex {
+                    directory.by_veth.insert(ifindex, slot.clone());
+                }
+            }
+            directory
+                .containers
+                .insert(container.id.clone(), container.clone());
+        }
+        directory
+    }
+
+    fn slot(&self, slot: Option<&(String, usize)>, ip: IpAddr) -> Option<FlowEnd> {
+        let (id, index) = slot?;
+        let container = self.containers.get(id)?;
+        Some(FlowEnd::container(
+            container,
+            container.endpoints.get(*index)?,
+            ip,
+        ))
+    }
+
+    /// Who has address `ip`.
+    pub fn by_address(&self, ip: IpAddr) -> FlowEnd {
+        if let Some(end) = self.slot(self.by_ip.get(&ip), ip) {
+            return end;
+        }
+        if let Some(network) = self.gateways.get(&ip) {
+            return FlowEnd {
+                network: Some(network.clone()),
+                name: Some("gateway".into()),
+                ..FlowEnd::bare(EndKind::Gateway, ip)
+            };
+        }
+        if self.host.contains(&ip) {
+            return FlowEnd {
+                name: Some("host".into()),
+                ..FlowEnd::bare(EndKind::Host, ip)
+            };
+        }
+        FlowEnd::bare(
+            if is_global(ip) {
+                EndKind::External
+            } else {
+                EndKind::Unknown
+            },
+            ip,
+        )
+    }
+
+    /// Both ends of a flow: the container behind the veth where it was
+    /// counted, and the other end by address.
+    pub fn ends(&self, key: &FlowKey, stats: &FlowStats) -> (FlowEnd, FlowEnd) {
+        let (src, dst) = key_addrs(key);
+        let by_veth = |ip| self.slot(self.by_veth.get(&stats.ifindex), ip);
+        match Direction::from_u8(stats.direction) {
+            Some(Direction::FromContainer) => (
+                by_veth(src).unwrap_or_else(|| self.by_address(src)),
+                self.by_address(dst),
+            ),
+            _ => (
+                self.by_address(src),
+                by_veth(dst).unwrap_or_else(|| self.by_address(dst)),
+            ),
+        }
+    }
+}
+
+/// Globally routable unicast (what `IpAddr::is_global` will say once stable).
+fn is_global(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_unspecified()
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_multicast()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+                && v6.to_ipv4_mapped().is_none_or(|v4| is_global(v4.into()))
+        }
+    }
+}
+
+/// Addresses of the host's own interfaces (in the agent's namespace).
+pub fn host_addresses() -> HashSet<IpAddr> {
+    let mut addresses = HashSet::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return addresses;
+    }
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let entry = unsafe { &*cursor };
+        if !entry.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr of the family it names.
+            let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: AF_INET means sockaddr_in.
+                let sin = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in>() };
+                addresses.insert(IpAddr::from(
+                    u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                ));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: AF_INET6 means sockaddr_in6.
+                let sin6 = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in6>() };
+                addresses.insert(IpAddr::from(sin6.sin6_addr.s6_addr));
+            }
+        }
+        cursor = entry.ifa_next;
+    }
+    // SAFETY: the list getifaddrs allocated.
+    unsafe { libc::freeifaddrs(list) };
+    addresses
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_classified() {
+        let host: HashSet<IpAddr> = ["192.0.2.10".parse().unwrap()].into();
+        let directory = Directory::new(None, host);
+        assert_eq!(
+            directory.by_address("192.0.2.10".parse().unwrap()).kind,
+            EndKind::Host
+        );
+        assert_eq!(
+            directory.by_address("8.8.8.8".parse().unwrap()).kind,
+            EndKind::External
+        );
+        assert_eq!(
+            directory.by_address("10.1.2.3".parse().unwrap()).kind,
+            EndKind::Unknown
+        );
+        assert_eq!(
+            directory.by_address("ff02::1".parse().unwrap()).kind,
+            EndKind::Unknown
+        );
+        assert_eq!(
+            directory.by_address("2001:db8::1".parse().unwrap()).kind,
+            EndKind::External
+        );
+    }
+
+    #[test]
+    fn host_addresses_include_loopback() {
+        assert!(host_addresses().contains(&IpAddr::from([127, 0, 0, 1])));
+    }
+}

@@ -1,0 +1,279 @@
+//! What the engine says exists: networks, running containers, their
+//! endpoints, and the host-side veth of each endpoint.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use anyhow::Context as _;
+use bollard::{
+    models::{ContainerInspectResponse, EndpointSettings},
+    query_parameters::{ListContainersOptionsBuilder, ListNetworksOptions},
+    Docker,
+};
+use serde::Serialize;
+
+use super::{netns, Posture};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EngineInfo {
+    pub version: String,
+    pub api_version: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+    pub driver: String,
+    /// The Linux bridge behind a `bridge`-driver network.
+    pub bridge: Option<String>,
+    pub gateways: Vec<IpAddr>,
+    /// `com.docker.network.bridge.enable_icc`: may containers on it talk?
+    pub inter_container_communication: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Endpoint {
+    pub network: String,
+    pub network_id: String,
+    pub ip: Option<IpAddr>,
+    pub ipv6: Option<IpAddr>,
+    pub mac: Option<String>,
+    /// ifindex of the host-side veth, from the container's namespace.
+    pub host_ifindex: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Container {
+    pub id: String,
+    /// Without Docker's leading `/`.
+    pub name: String,
+    pub image: String,
+    pub compose_project: Option<String>,
+    pub compose_service: Option<String>,
+    /// `bridge`, a network name, `host`, `none`, `container:<id>`.
+    pub network_mode: String,
+    pub pid: Option<u32>,
+    pub endpoints: Vec<Endpoint>,
+    pub posture: Posture,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Container {
+    pub fn short_id(&self) -> &str {
+        self.id.get(..12).unwrap_or(&self.id)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    pub engine: EngineInfo,
+    pub networks: BTreeMap<String, Network>,
+    pub containers: BTreeMap<String, Container>,
+}
+
+/// Namespace probes, by (container id, pid): a running process keeps its
+/// links until a network is connected or disconnected, which changes the
+/// set of endpoint MACs and so the cache key.
+#[derive(Default)]
+pub struct ProbeCache {
+    links: HashMap<(String, u32, Vec<String>), Vec<netns::ContainerLink>>,
+}
+
+impl Inventory {
+    /// Lists and inspects everything running. A container that vanishes
+    /// mid-way is skipped, not an error.
+    pub async fn sync(docker: &Docker, cache: &mut ProbeCache) -> anyhow::Result<Inventory> {
+        let version = docker.version().await.context("GET /version")?;
+        let engine = EngineInfo {
+            version: version.version.unwrap_or_default(),
+            api_version: version.api_version.unwrap_or_default(),
+        };
+        let networks = docker
+            .list_networks(None::<ListNetworksOptions>)
+            .await
+            .context("GET /networks")?
+            .into_iter()
+            .filter_map(network)
+            .map(|n| (n.id.clone(), n))
+            .collect();
+        let summaries = docker
+            .list_containers(Some(ListContainersOptionsBuilder::new().all(false).build()))
+            .await
+            .context("GET /containers/json")?;
+        let mut containers = BTreeMap::new();
+        let mut live_keys = Vec::new();
+        for id in summaries.into_iter().filter_map(|s| s.id) {
+            let inspect = match docker.inspect_container(&id, None).await {
+                Ok(inspect) => inspect,
+                Err(err) => {
+                    tracing::debug!(container = %id, "gone before inspect: {err}");
+                    continue;
+                }
+            };
+            let Some(mut container) = container(inspect) else {
+                continue;
+            };
+            if let Some(key) = map_veths(&mut container, cache) {
+                live_keys.push(key);
+            }
+            containers.insert(container.id.clone(), container);
+        }
+        cache.links.retain(|key, _| live_keys.contains(key));
+        Ok(Inventory {
+            engine,
+            networks,
+            containers,
+        })
+    }
+
+    /// Host-side veth ifindexes of every container endpoint.
+    pub fn container_veths(&self) -> impl Iterator<Item = u32> + '_ {
+        self.containers
+            .values()
+            .flat_map(|c| c.endpoints.iter().filter_map(|e| e.host_ifindex))
+    }
+}
+
+fn network(n: bollard::models::Network) -> Option<Network> {
+    let id = n.id?;
+    let driver = n.driver.unwrap_or_default();
+    let options = n.options.unwrap_or_default();
+    let bridge = (driver == "bridge").then(|| {
+        options
+            .get("com.docker.network.bridge.name")
+            .cloned()
+            .unwrap_or_else(|| format!("br-{}", id.get(..12).unwrap_or(&id)))
+    });
+    let gateways = n
+        .ipam
+        .and_then(|ipam| ipam.config)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|config| config.gateway?.parse().ok())
+        .collect();
+    Some(Network {
+        name: n.name.unwrap_or_else(|| id.clone()),
+        id,
+        driver,
+        bridge,
+        gateways,
+        inter_container_communication: options
+            .get("com.docker.network.bridge.enable_icc")
+            .is_none_or(|v| v != "false"),
+    })
+}
+
+fn container(inspect: ContainerInspectResponse) -> Option<Container> {
+    let posture = Posture::of(&inspect);
+    let config = inspect.config.unwrap_or_default();
+    let labels: BTreeMap<String, String> = config.labels.unwrap_or_default().into_iter().collect();
+    let endpoints = inspect
+        .network_settings
+        .and_then(|settings| settings.networks)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(network, settings)| endpoint(network, settings))
+        .collect();
+    Some(Container {
+        id: inspect.id?,
+        name: inspect
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned(),
+        image: config.image.unwrap_or_default(),
+        compose_project: labels.get("com.docker.compose.project").cloned(),
+        compose_service: labels.get("com.docker.compose.service").cloned(),
+        network_mode: inspect
+            .host_config
+            .and_then(|h| h.network_mode)
+            .unwrap_or_default(),
+        pid: inspect
+            .state
+            .and_then(|s| s.pid)
+            .and_then(|pid| u32::try_from(pid).ok())
+            .filter(|pid| *pid != 0),
+        endpoints,
+        posture,
+        labels,
+    })
+}
+
+fn endpoint(network: String, settings: EndpointSettings) -> Endpoint {
+    let parse = |text: Option<String>| text.filter(|t| !t.is_empty())?.parse().ok();
+    Endpoint {
+        network,
+        network_id: settings.network_id.unwrap_or_default(),
+        ip: parse(settings.ip_address),
+        ipv6: parse(settings.global_ipv6_address),
+        mac: settings.mac_address.filter(|m| !m.is_empty()),
+        host_ifindex: None,
+    }
+}
+
+/// Fills each endpoint's host-side veth by matching MAC addresses inside the
+/// container's namespace; returns the cache key used.
+fn map_veths(
+    container: &mut Container,
+    cache: &mut ProbeCache,
+) -> Option<(String, u32, Vec<String>)> {
+    let pid = container.pid?;
+    if container.network_mode == "host" || container.endpoints.is_empty() {
+        return None;
+    }
+    let mut macs: Vec<String> = container
+        .endpoints
+        .iter()
+        .filter_map(|e| e.mac.clone())
+        .collect();
+    macs.sort();
+    let key = (container.id.clone(), pid, macs);
+    if !cache.links.contains_key(&key) {
+        match netns::container_links(pid) {
+            Ok(links) => {
+                cache.links.insert(key.clone(), links);
+            }
+            Err(err) => {
+                tracing::debug!(container = %container.name, "namespace probe failed: {err:#}");
+                return None;
+            }
+        }
+    }
+    let links = cache.links.get(&key)?;
+    for endpoint in &mut container.endpoints {
+        let mac = endpoint.mac.as_deref().and_then(parse_mac);
+        endpoint.host_ifindex = links
+            .iter()
+            .find(|link| mac.is_some() && link.mac == mac)
+            .map(|link| link.peer_ifindex);
+    }
+    Some(key)
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_strictly() {
+        assert_eq!(
+            parse_mac("02:42:ac:11:00:02"),
+            Some([2, 0x42, 0xac, 0x11, 0, 2])
+        );
+        assert_eq!(parse_mac("02:42:ac:11:00"), None);
+        assert_eq!(parse_mac("02:42:ac:11:00:02:03"), None);
+        assert_eq!(parse_mac("zz:42:ac:11:00:02"), None);
+    }
+}

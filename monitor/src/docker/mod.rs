@@ -1,0 +1,15 @@
+//! Container identity from the Docker engine. crossmon only reads: list,
+//! inspect, version and the event stream; it never changes anything.
+
+mod client;
+pub mod directory;
+mod follow;
+mod inventory;
+mod netns;
+mod posture;
+
+pub use client::connect;
+pub use directory::{Directory, EndKind, FlowEnd};
+pub use follow::follow;
+pub use inventory::{Container, Endpoint, EngineInfo, Inventory, Network};
+pub use posture::Posture;
