@@ -1,6 +1,8 @@
 //! Test networks built in the running kernel, and what the integration
 //! tests need around them. Everything here needs root.
 
+pub mod agent;
+pub mod docker;
 pub mod frames;
 pub mod mib;
 pub mod net;

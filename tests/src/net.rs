@@ -328,25 +328,9 @@ impl Host {
         .map(drop)
     }
 
-    /// Runs `f` on a thread that entered this host's network namespace
-    /// (`setns` changes only the calling thread). Sockets created there stay
-    /// in the namespace and may be used from any thread afterwards.
+    /// Runs `f` on a thread inside this host's network namespace.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
-        let path = format!("/var/run/netns/{}", self.netns);
-        let netns = File::open(&path).with_context(|| format!("opening {path}"))?;
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    // SAFETY: a valid namespace fd; affects this thread only.
-                    if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(std::io::Error::last_os_error())
-                            .with_context(|| format!("entering {}", self.netns));
-                    }
-                    f()
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.netns))?
-        })
+        in_netns(&format!("/var/run/netns/{}", self.netns), f)
     }
 
     /// `ip netns exec NETNS program args`, failing with stderr.
@@ -355,4 +339,27 @@ impl Host {
             .args(["netns", "exec", &self.netns, program])
             .args(args))
     }
+}
+
+/// Runs `f` on a thread that entered the network namespace at `path`
+/// (`setns` changes only the calling thread). Sockets created there stay in
+/// the namespace and may be used from any thread afterwards.
+pub fn in_netns<T: Send>(
+    path: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    let netns = File::open(path).with_context(|| format!("opening {path}"))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: a valid namespace fd; affects this thread only.
+                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error())
+                        .with_context(|| format!("entering {path}"));
+                }
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in {path} panicked"))?
+    })
 }

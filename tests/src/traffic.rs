@@ -181,7 +181,13 @@ impl RawSocket {
     /// Opens the socket inside `host`'s namespace; it receives every frame
     /// arriving on `eth0` from the moment it is open.
     pub fn open(host: &Host) -> anyhow::Result<RawSocket> {
-        host.run(|| {
+        Self::open_in(&format!("/var/run/netns/{}", host.netns_name()))
+    }
+
+    /// The same inside the network namespace at `netns` (a container's
+    /// `/proc/PID/ns/net`, say).
+    pub fn open_in(netns: &str) -> anyhow::Result<RawSocket> {
+        crate::net::in_netns(netns, || {
             let protocol = (libc::ETH_P_ALL as u16).to_be();
             // SAFETY: plain socket creation.
             let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };

@@ -2,128 +2,20 @@
 //! it attaches to new veths, serves exact flows over HTTP, and leaves
 //! nothing behind on SIGTERM.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+use std::process::Command;
+
+use integration_tests::{
+    agent::{get_json, our_programs_on, wait_until, Agent},
+    crossmon_bin, require_root, traffic, TestNet,
 };
-
-use aya::programs::{tc::TcAttachType, SchedClassifier};
-use integration_tests::{crossmon_bin, require_root, traffic, TestNet};
 use serde_json::Value;
-
-const OUR_PROGRAMS: [&str; 2] = ["from_container", "to_container"];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// A minimal HTTP/1.0 GET: the API needs nothing more, and the test then
-/// depends on no HTTP client's behaviour.
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: crossmon\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
-}
-
-fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let (status, body) = get(addr, path).unwrap_or_else(|| panic!("GET {path} failed"));
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).expect("JSON body")
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn our_programs_on(interface: &str) -> Vec<String> {
-    [TcAttachType::Ingress, TcAttachType::Egress]
-        .into_iter()
-        .filter_map(|direction| SchedClassifier::query_tcx(interface, direction).ok())
-        .flat_map(|(_, programs)| programs)
-        .filter_map(|program| program.name_as_str().map(str::to_owned))
-        .filter(|name| OUR_PROGRAMS.contains(&name.as_str()))
-        .collect()
-}
-
-struct Agent {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Agent {
-    fn start() -> Agent {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .expect("address");
-        let child = Command::new(crossmon_bin())
-            .args([
-                "run",
-                "--no-docker",
-                "--poll-interval",
-                "200ms",
-                "--listen",
-                &addr.to_string(),
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting crossmon (built by `cargo xtask test`)");
-        let agent = Agent { child, addr };
-        wait_until("/healthz", || {
-            get(addr, "/healthz").is_some_and(|(status, _)| status == 200)
-        });
-        agent
-    }
-
-    /// SIGTERM, then the exit status and what it logged.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "crossmon did not exit on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut log = String::new();
-        if let Some(mut stderr) = self.child.stderr.take() {
-            let _ = stderr.read_to_string(&mut log);
-        }
-        (status, log)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn agent_follows_veths_serves_flows_and_detaches_on_sigterm() {
     if !require_root() {
         return;
     }
-    let agent = Agent::start();
+    let agent = Agent::start(&["--no-docker"]);
     // Created after the agent: it must notice the new veths by itself.
     let net = TestNet::new(3).expect("test network");
     for host in net.hosts() {

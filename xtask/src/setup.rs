@@ -29,6 +29,10 @@ const PACKAGES: &[&str] = &[
     // Program inspection and throughput, in tests and benchmarks.
     "bpftool",
     "iperf3",
+    // A real Docker engine, and a busybox image built from local files (no
+    // registry is needed).
+    "docker.io",
+    "busybox-static",
 ];
 
 /// rust-src for `-Z build-std=core`; clippy for the eBPF crate's lint pass.

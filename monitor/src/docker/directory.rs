@@ -98,6 +98,9 @@ impl Directory {
         }
         for container in inventory.containers.values() {
             for (index, endpoint) in container.endpoints.iter().enumerate() {
+                if let Some(gateway) = endpoint.gateway {
+                    directory.gateways.insert(gateway, endpoint.network.clone());
+                }
                 let slot = (container.id.clone(), index);
                 for ip in [endpoint.ip, endpoint.ipv6].into_iter().flatten() {
                     directory.by_ip.insert(ip, slot.clone());

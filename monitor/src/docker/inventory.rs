@@ -41,6 +41,9 @@ pub struct Endpoint {
     pub ip: Option<IpAddr>,
     pub ipv6: Option<IpAddr>,
     pub mac: Option<String>,
+    /// The network's gateway as this endpoint sees it (the default bridge
+    /// leaves it out of the network's own IPAM data).
+    pub gateway: Option<IpAddr>,
     /// ifindex of the host-side veth, from the container's namespace.
     pub host_ifindex: Option<u32>,
 }
@@ -210,6 +213,7 @@ fn endpoint(network: String, settings: EndpointSettings) -> Endpoint {
         ip: parse(settings.ip_address),
         ipv6: parse(settings.global_ipv6_address),
         mac: settings.mac_address.filter(|m| !m.is_empty()),
+        gateway: parse(settings.gateway),
         host_ifindex: None,
     }
 }

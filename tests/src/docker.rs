@@ -1,0 +1,190 @@
+//! A real Docker engine for the tests: started when none answers, with a
+//! busybox image built from Debian's busybox-static (no registry needed),
+//! and networks and containers that remove themselves on drop.
+
+use std::{
+    process::{Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+
+pub const IMAGE: &str = "crossmon-test/busybox:1";
+const APPLETS: &[&str] = &[
+    "sh", "sleep", "ping", "nc", "cat", "echo", "ip", "wget", "httpd",
+];
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// `docker ARGS`, failing with stderr.
+pub fn docker(args: &[&str]) -> anyhow::Result<Output> {
+    let output = Command::new("docker")
+        .args(args)
+        .output()
+        .context("running docker (package docker.io)")?;
+    if !output.status.success() {
+        bail!(
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output)
+}
+
+fn text(output: Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Makes sure an engine answers (starting `dockerd` if none does) and the
+/// test image exists.
+pub fn engine() -> anyhow::Result<()> {
+    if docker(&["info"]).is_err() {
+        let log = std::fs::File::create("/tmp/crossmon-test-dockerd.log")?;
+        Command::new("dockerd")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting dockerd")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while docker(&["info"]).is_err() {
+            if Instant::now() > deadline {
+                bail!("dockerd did not answer within 60 s; see /tmp/crossmon-test-dockerd.log");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    if docker(&["image", "inspect", IMAGE]).is_err() {
+        build_image()?;
+    }
+    Ok(())
+}
+
+fn build_image() -> anyhow::Result<()> {
+    let root = tempdir("crossmon-busybox")?;
+    let bin = format!("{root}/bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy("/bin/busybox", format!("{bin}/busybox"))
+        .context("copying /bin/busybox (package busybox-static)")?;
+    for applet in APPLETS {
+        std::os::unix::fs::symlink("busybox", format!("{bin}/{applet}"))?;
+    }
+    let status = Command::new("sh")
+        .args([
+            "-c",
+            &format!("tar -C {root} -c . | docker import - {IMAGE} >/dev/null"),
+        ])
+        .status()?;
+    let _ = std::fs::remove_dir_all(&root);
+    if !status.success() {
+        bail!("docker import of the busybox image failed");
+    }
+    Ok(())
+}
+
+fn tempdir(prefix: &str) -> anyhow::Result<String> {
+    let path = format!(
+        "/tmp/{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    std::fs::create_dir_all(&path)?;
+    Ok(path)
+}
+
+/// A unique name for this process: `xm<pid>-<n>-<what>`.
+pub fn unique(what: &str) -> String {
+    format!(
+        "xm{}-{}-{what}",
+        std::process::id() % 100_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A user-defined bridge network, removed on drop.
+pub struct DockerNetwork {
+    pub name: String,
+}
+
+impl DockerNetwork {
+    pub fn create(what: &str, options: &[&str]) -> anyhow::Result<Self> {
+        let name = unique(what);
+        let mut args = vec!["network", "create"];
+        args.extend(options);
+        args.push(&name);
+        docker(&args)?;
+        Ok(Self { name })
+    }
+}
+
+impl Drop for DockerNetwork {
+    fn drop(&mut self) {
+        let _ = docker(&["network", "rm", &self.name]);
+    }
+}
+
+/// A running container (`sleep` forever unless told otherwise), removed on
+/// drop.
+pub struct Container {
+    pub name: String,
+}
+
+impl Container {
+    /// `docker run -d --name <unique> OPTIONS IMAGE sleep 3600`.
+    pub fn run(what: &str, options: &[&str]) -> anyhow::Result<Self> {
+        let name = unique(what);
+        let mut args = vec!["run", "-d", "--name", &name];
+        args.extend(options);
+        args.extend([IMAGE, "sleep", "3600"]);
+        docker(&args)?;
+        Ok(Self { name })
+    }
+
+    pub fn exec(&self, command: &[&str]) -> anyhow::Result<Output> {
+        let mut args = vec!["exec", self.name.as_str()];
+        args.extend(command);
+        docker(&args)
+    }
+
+    /// The container's IPv4 address on `network`.
+    pub fn ip(&self, network: &str) -> anyhow::Result<String> {
+        let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
+        Ok(text(docker(&["inspect", "-f", &format, &self.name])?))
+    }
+
+    /// The container's MAC address on `network`.
+    pub fn mac(&self, network: &str) -> anyhow::Result<[u8; 6]> {
+        let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").MacAddress}}}}");
+        let text = text(docker(&["inspect", "-f", &format, &self.name])?);
+        let mut mac = [0u8; 6];
+        let mut parts = text.split(':');
+        for byte in &mut mac {
+            *byte = u8::from_str_radix(parts.next().context("short MAC")?, 16)?;
+        }
+        Ok(mac)
+    }
+
+    pub fn id(&self) -> anyhow::Result<String> {
+        Ok(text(docker(&["inspect", "-f", "{{.Id}}", &self.name])?))
+    }
+
+    /// `/proc/PID/ns/net` of the container's process.
+    pub fn netns(&self) -> anyhow::Result<String> {
+        let pid = text(docker(&["inspect", "-f", "{{.State.Pid}}", &self.name])?);
+        Ok(format!("/proc/{pid}/ns/net"))
+    }
+
+    pub fn rename(&mut self, what: &str) -> anyhow::Result<()> {
+        let name = unique(what);
+        docker(&["rename", &self.name, &name])?;
+        self.name = name;
+        Ok(())
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.name]);
+    }
+}

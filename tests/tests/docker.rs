@@ -1,0 +1,304 @@
+//! crossmon against a real Docker engine with real containers: names on
+//! both ends of every flow, exact counts, and the mapping kept right while
+//! containers come, go, move and lie about their address.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::{
+    agent::{get_json, our_programs_on, wait_until, Agent},
+    docker::{docker, engine, Container, DockerNetwork, IMAGE},
+    frames::{self, ETH_P_IP},
+    require_root,
+    traffic::RawSocket,
+};
+use serde_json::Value;
+
+fn docker_ready() -> bool {
+    if !require_root() {
+        return false;
+    }
+    engine().expect("a Docker engine and the test image");
+    true
+}
+
+/// The container named `name` in `/api/v1/containers`, once `ready` holds.
+fn container(agent: &Agent, name: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let mut found = Value::Null;
+    wait_until(&format!("{name} in /api/v1/containers"), || {
+        let list = get_json(agent.addr, "/api/v1/containers");
+        found = list
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["name"] == name).cloned())
+            .unwrap_or(Value::Null);
+        !found.is_null() && ready(&found)
+    });
+    found
+}
+
+fn attached(c: &Value) -> bool {
+    c["attached"] == true
+}
+
+/// The flow `src -> dst` (by container or end name) of `protocol`, once
+/// it has `packets` packets.
+fn flow(agent: &Agent, src: &str, dst: &str, protocol: &str, packets: u64) -> Value {
+    let mut found = Value::Null;
+    wait_until(
+        &format!("{src} -> {dst} ({protocol}) with {packets} packets"),
+        || {
+            let flows = get_json(agent.addr, "/api/v1/flows");
+            found = flows
+                .as_array()
+                .and_then(|all| {
+                    all.iter()
+                        .find(|f| {
+                            f["src"]["name"] == src
+                                && f["dst"]["name"] == dst
+                                && f["protocol"] == protocol
+                        })
+                        .cloned()
+                })
+                .unwrap_or(Value::Null);
+            found["packets"] == packets
+        },
+    );
+    found
+}
+
+fn ping(from: &Container, to: &str, count: u32) {
+    from.exec(&["ping", "-q", "-c", &count.to_string(), to])
+        .unwrap_or_else(|err| panic!("ping {to} from {}: {err:#}", from.name));
+}
+
+#[test]
+fn flows_between_named_containers_on_two_networks_and_docker0() {
+    if !docker_ready() {
+        return;
+    }
+    let front = DockerNetwork::create("front", &[]).expect("network");
+    let back = DockerNetwork::create("back", &[]).expect("network");
+    let compose = [
+        "-l",
+        "com.docker.compose.project=shop",
+        "-l",
+        "com.docker.compose.service=web",
+    ];
+    let web = Container::run(
+        "web",
+        &[&["--network", front.name.as_str()][..], &compose].concat(),
+    )
+    .expect("web");
+    let api = Container::run("api", &["--network", &front.name]).expect("api");
+    docker(&["network", "connect", &back.name, &api.name]).expect("connect api to back");
+    let db = Container::run("db", &["--network", &back.name]).expect("db");
+    let legacy = Container::run("legacy", &[]).expect("container on docker0");
+
+    let agent = Agent::start(&[]);
+    for name in [&web.name, &api.name, &db.name, &legacy.name] {
+        container(&agent, name, attached);
+    }
+    let api_json = container(&agent, &api.name, |c| {
+        c["networks"].as_array().is_some_and(|n| n.len() == 2)
+    });
+    assert!(api_json["networks"]
+        .as_array()
+        .expect("networks")
+        .iter()
+        .all(|n| n["attached"] == true));
+
+    ping(&web, &api.ip(&front.name).expect("ip"), 3);
+    ping(&api, &db.ip(&back.name).expect("ip"), 4);
+    let gateway = docker(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.bridge.Gateway}}",
+        &legacy.name,
+    ])
+    .expect("docker0 gateway");
+    let gateway = String::from_utf8_lossy(&gateway.stdout).trim().to_owned();
+    ping(&legacy, &gateway, 2);
+
+    let request = flow(&agent, &web.name, &api.name, "icmp", 3);
+    assert_eq!(request["bytes"], 3 * 84);
+    assert_eq!(request["src"]["kind"], "container");
+    assert_eq!(request["src"]["image"], IMAGE);
+    assert_eq!(request["src"]["network"], front.name.as_str());
+    assert_eq!(request["src"]["compose_project"], "shop");
+    assert_eq!(request["src"]["compose_service"], "web");
+    assert_eq!(request["src"]["id"].as_str().map(str::len), Some(12));
+    assert_eq!(request["dst"]["network"], front.name.as_str());
+    assert_eq!(
+        request["dst"]["ip"],
+        api.ip(&front.name).expect("ip").as_str()
+    );
+    assert_eq!(
+        flow(&agent, &api.name, &web.name, "icmp", 3)["bytes"],
+        3 * 84
+    );
+
+    let there = flow(&agent, &api.name, &db.name, "icmp", 4);
+    assert_eq!(
+        (
+            there["src"]["network"].as_str(),
+            there["dst"]["network"].as_str()
+        ),
+        (Some(back.name.as_str()), Some(back.name.as_str()))
+    );
+    assert_eq!(
+        flow(&agent, &db.name, &api.name, "icmp", 4)["bytes"],
+        4 * 84
+    );
+
+    let to_host = flow(&agent, &legacy.name, "gateway", "icmp", 2);
+    assert_eq!(
+        (
+            to_host["dst"]["kind"].as_str(),
+            to_host["dst"]["network"].as_str()
+        ),
+        (Some("gateway"), Some("bridge"))
+    );
+    let from_host = flow(&agent, "gateway", &legacy.name, "icmp", 2);
+    assert_eq!(from_host["direction"], "to_container");
+
+    let health = get_json(agent.addr, "/healthz");
+    assert_eq!(health["docker_up"], true);
+    assert!(health["docker_engine"]["api_version"].is_string());
+}
+
+#[test]
+fn the_mapping_follows_restart_rename_connect_and_a_burst_of_short_lived_containers() {
+    if !docker_ready() {
+        return;
+    }
+    let net = DockerNetwork::create("life", &[]).expect("network");
+    let other = DockerNetwork::create("other", &[]).expect("network");
+    let mut a = Container::run("a", &["--network", &net.name]).expect("a");
+    let b = Container::run("b", &["--network", &net.name]).expect("b");
+    let agent = Agent::start(&[]);
+    let before = container(&agent, &b.name, attached)["networks"][0]["ifindex"].clone();
+
+    let started = Instant::now();
+    docker(&["restart", "-t", "0", &b.name]).expect("restart");
+    let after = container(&agent, &b.name, |c| {
+        attached(c) && c["networks"][0]["ifindex"] != before
+    });
+    eprintln!("restart re-attached in {:?}", started.elapsed());
+    assert_ne!(after["networks"][0]["interface"], Value::Null);
+
+    a.rename("renamed").expect("rename");
+    container(&agent, &a.name, attached);
+
+    docker(&["network", "connect", &other.name, &b.name]).expect("connect");
+    let connected = container(&agent, &b.name, |c| {
+        attached(c) && c["networks"].as_array().is_some_and(|n| n.len() == 2)
+    });
+    let added = connected["networks"]
+        .as_array()
+        .and_then(|n| {
+            n.iter()
+                .find(|e| e["network"] == other.name.as_str())
+                .cloned()
+        })
+        .expect("the new endpoint");
+    docker(&["network", "disconnect", &other.name, &b.name]).expect("disconnect");
+    container(&agent, &b.name, |c| {
+        c["networks"].as_array().is_some_and(|n| n.len() == 1)
+    });
+    let removed_veth = added["interface"].as_str().expect("interface").to_owned();
+    wait_until("the disconnected veth to be gone", || {
+        our_programs_on(&removed_veth).is_empty()
+    });
+
+    // A burst of short-lived containers.
+    for _ in 0..30 {
+        docker(&[
+            "run",
+            "-d",
+            "--rm",
+            "--network",
+            &net.name,
+            IMAGE,
+            "sleep",
+            "1",
+        ])
+        .expect("short-lived container");
+    }
+    wait_until("the burst to end", || {
+        let ps =
+            docker(&["ps", "-q", "--filter", &format!("network={}", net.name)]).expect("docker ps");
+        String::from_utf8_lossy(&ps.stdout).lines().count() == 2
+    });
+    // Every attached interface is an endpoint of a live container, and
+    // every live endpoint is attached.
+    wait_until("attachments to match the live endpoints", || {
+        let containers = get_json(agent.addr, "/api/v1/containers");
+        let endpoints: usize = containers
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .map(|c| {
+                        c["networks"]
+                            .as_array()
+                            .map_or(0, |n| n.iter().filter(|e| e["attached"] == true).count())
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        let all_attached = containers
+            .as_array()
+            .is_some_and(|all| all.iter().all(attached));
+        let health = get_json(agent.addr, "/healthz");
+        all_attached && health["attached_interfaces"].as_u64() == Some(endpoints as u64)
+    });
+
+    // Counts are right for the renamed container after all that.
+    ping(&a, &b.ip(&net.name).expect("ip"), 3);
+    assert_eq!(flow(&agent, &a.name, &b.name, "icmp", 3)["bytes"], 3 * 84);
+}
+
+#[test]
+fn a_spoofed_source_address_is_attributed_to_the_sending_container() {
+    if !docker_ready() {
+        return;
+    }
+    let net = DockerNetwork::create("spoof", &[]).expect("network");
+    let attacker = Container::run("attacker", &["--network", &net.name]).expect("attacker");
+    let victim = Container::run("victim", &["--network", &net.name]).expect("victim");
+    let framed = Container::run("framed", &["--network", &net.name]).expect("framed");
+    let agent = Agent::start(&[]);
+    for name in [&attacker.name, &victim.name, &framed.name] {
+        container(&agent, name, attached);
+    }
+    let ip = |c: &Container| -> [u8; 4] {
+        c.ip(&net.name)
+            .expect("ip")
+            .parse::<std::net::Ipv4Addr>()
+            .expect("IPv4")
+            .octets()
+    };
+    // UDP from the attacker's veth, claiming to come from `framed`.
+    let datagram = frames::udp(4444, 5555, b"not me");
+    let packet = frames::ipv4(ip(&framed), ip(&victim), 17, &[], 0, &datagram);
+    let frame = frames::ethernet(
+        victim.mac(&net.name).expect("mac"),
+        attacker.mac(&net.name).expect("mac"),
+        ETH_P_IP,
+        &packet,
+    );
+    let socket =
+        RawSocket::open_in(&attacker.netns().expect("netns")).expect("raw socket in the attacker");
+    for _ in 0..3 {
+        socket.send(&frame).expect("send");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let spoofed = flow(&agent, &attacker.name, &victim.name, "udp", 3);
+    assert_eq!(
+        spoofed["src_ip"],
+        framed.ip(&net.name).expect("ip").as_str()
+    );
+    assert_eq!(
+        spoofed["src"]["ip"],
+        framed.ip(&net.name).expect("ip").as_str()
+    );
+    assert_eq!(spoofed["dst_port"], 5555);
+}
