@@ -250,6 +250,9 @@ pub struct ContainerNetworkJson {
     pub ifindex: Option<u32>,
     pub interface: Option<String>,
     pub attached: bool,
+    /// `com.docker.network.bridge.enable_icc` of the network: whether
+    /// containers on it may talk to each other.
+    pub inter_container_communication: Option<bool>,
 }
 
 async fn containers(State(state): State<Arc<AgentState>>) -> Json<Vec<ContainerJson>> {
@@ -268,6 +271,7 @@ async fn containers(State(state): State<Arc<AgentState>>) -> Json<Vec<ContainerJ
                     let interface = endpoint
                         .host_ifindex
                         .and_then(|i| attached.get(&i).cloned());
+                    let network = inventory.networks.get(&endpoint.network_id);
                     ContainerNetworkJson {
                         network: endpoint.network.clone(),
                         ip: endpoint.ip.map(|ip| ip.to_string()),
@@ -276,6 +280,8 @@ async fn containers(State(state): State<Arc<AgentState>>) -> Json<Vec<ContainerJ
                         ifindex: endpoint.host_ifindex,
                         attached: interface.is_some(),
                         interface,
+                        inter_container_communication: network
+                            .map(|n| n.inter_container_communication),
                     }
                 })
                 .collect();

@@ -30,6 +30,13 @@ pub struct Cli {
 pub enum Command {
     /// Attach to every container veth on a Linux bridge and serve the API.
     Run(RunArgs),
+    /// Check the kernel, privileges and the Docker engine, one line each;
+    /// exit status 0 only when all is well.
+    Doctor {
+        /// The Docker engine (default: `$DOCKER_HOST`, else the local socket).
+        #[arg(long)]
+        docker_host: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod clock;
 pub mod datapath;
 pub mod docker;
+pub mod doctor;
 pub mod event_log;
 pub mod flows;
 pub mod links;

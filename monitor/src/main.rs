@@ -30,6 +30,13 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => runtime.block_on(monitor::agent::run(args.agent_config())),
+        Command::Doctor { docker_host } => {
+            return if runtime.block_on(monitor::doctor::run(docker_host.as_deref())) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

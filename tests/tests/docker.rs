@@ -92,6 +92,8 @@ fn flows_between_named_containers_on_two_networks_and_docker0() {
     docker(&["network", "connect", &back.name, &api.name]).expect("connect api to back");
     let db = Container::run("db", &["--network", &back.name]).expect("db");
     let legacy = Container::run("legacy", &[]).expect("container on docker0");
+    let on_host =
+        Container::run("hostnet", &["--network", "host"]).expect("host-network container");
 
     let agent = Agent::start(&[]);
     for name in [&web.name, &api.name, &db.name, &legacy.name] {
@@ -159,6 +161,15 @@ fn flows_between_named_containers_on_two_networks_and_docker0() {
     );
     let from_host = flow(&agent, "gateway", &legacy.name, "icmp", 2);
     assert_eq!(from_host["direction"], "to_container");
+
+    let host_mode = container(&agent, &on_host.name, |_| true);
+    assert_eq!(
+        (
+            host_mode["network_mode"].as_str(),
+            host_mode["attached"].as_bool()
+        ),
+        (Some("host"), Some(false))
+    );
 
     let health = get_json(agent.addr, "/healthz");
     assert_eq!(health["docker_up"], true);
@@ -301,4 +312,38 @@ fn a_spoofed_source_address_is_attributed_to_the_sending_container() {
         framed.ip(&net.name).expect("ip").as_str()
     );
     assert_eq!(spoofed["dst_port"], 5555);
+}
+
+#[test]
+fn doctor_passes_here_and_fails_on_a_dead_docker_socket() {
+    if !docker_ready() {
+        return;
+    }
+    let healthy = std::process::Command::new(integration_tests::crossmon_bin())
+        .arg("doctor")
+        .output()
+        .expect("crossmon doctor");
+    let text = String::from_utf8_lossy(&healthy.stdout);
+    assert!(healthy.status.success(), "{text}");
+    for check in [
+        "kernel",
+        "capabilities",
+        "attach",
+        "programs",
+        "docker",
+        "containers",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(check)),
+            "no {check} line:\n{text}"
+        );
+    }
+    let dead = std::process::Command::new(integration_tests::crossmon_bin())
+        .args(["doctor", "--docker-host", "unix:///nonexistent/docker.sock"])
+        .output()
+        .expect("crossmon doctor");
+    let text = String::from_utf8_lossy(&dead.stdout);
+    assert!(!dead.status.success());
+    assert!(text.lines().any(|l| l.starts_with("FAIL docker")), "{text}");
 }

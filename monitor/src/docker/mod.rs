@@ -4,7 +4,7 @@
 mod client;
 pub mod directory;
 mod follow;
-mod inventory;
+pub mod inventory;
 mod netns;
 mod posture;
 

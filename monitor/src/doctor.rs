@@ -1,0 +1,177 @@
+//! `crossmon doctor`: can crossmon run here, and what would it see? One
+//! line per check; exit status 0 only when every check passes.
+
+use std::collections::HashSet;
+
+use crate::{
+    datapath::{self, preflight, DatapathConfig},
+    docker::{self, inventory::ProbeCache, Inventory},
+    links,
+};
+
+/// Outcome of one check.
+enum Verdict {
+    Ok,
+    /// Works, but the operator should know.
+    Note,
+    Fail,
+}
+
+struct Report {
+    failed: bool,
+}
+
+impl Report {
+    fn line(&mut self, verdict: Verdict, check: &str, detail: impl std::fmt::Display) {
+        let mark = match verdict {
+            Verdict::Ok => "ok  ",
+            Verdict::Note => "note",
+            Verdict::Fail => {
+                self.failed = true;
+                "FAIL"
+            }
+        };
+        println!("{mark} {check:<12} {detail}");
+    }
+}
+
+/// Runs every check and prints them; returns whether all passed.
+pub async fn run(docker_host: Option<&str>) -> bool {
+    let mut report = Report { failed: false };
+    let machine = preflight::Report::gather();
+    let (major, minor, _) = preflight::MIN_KERNEL;
+    match (machine.kernel, machine.blocker()) {
+        (Some(kernel), Some(reason)) if reason.contains("kernel") => {
+            report.line(Verdict::Fail, "kernel", format!("{kernel}: {reason}"));
+        }
+        (Some(kernel), _) => report.line(
+            Verdict::Ok,
+            "kernel",
+            format!("{kernel} (needs {major}.{minor}+)"),
+        ),
+        (None, _) => report.line(Verdict::Fail, "kernel", "cannot read the kernel version"),
+    }
+    if machine.btf {
+        report.line(Verdict::Ok, "btf", "/sys/kernel/btf/vmlinux present");
+    } else {
+        report.line(
+            Verdict::Note,
+            "btf",
+            "no kernel BTF; crossmon's programs do not need it",
+        );
+    }
+    match machine
+        .blocker()
+        .filter(|reason| reason.contains("capability"))
+    {
+        Some(reason) => report.line(Verdict::Fail, "capabilities", reason),
+        None => report.line(
+            Verdict::Ok,
+            "capabilities",
+            "CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN (or CAP_SYS_ADMIN)",
+        ),
+    }
+    if machine.tcx {
+        report.line(
+            Verdict::Ok,
+            "attach",
+            "TCX links (kernel 6.6+), detached with the process",
+        );
+    } else {
+        report.line(
+            Verdict::Ok,
+            "attach",
+            "legacy clsact filters (no TCX before kernel 6.6)",
+        );
+    }
+    match datapath::load(&DatapathConfig::default()) {
+        Ok(_) => report.line(
+            Verdict::Ok,
+            "programs",
+            "loaded and accepted by the verifier",
+        ),
+        Err(err) => report.line(Verdict::Fail, "programs", format!("{err:#}")),
+    }
+    if bpffs_mounted() {
+        report.line(Verdict::Ok, "bpffs", "/sys/fs/bpf mounted");
+    } else {
+        report.line(
+            Verdict::Note,
+            "bpffs",
+            "/sys/fs/bpf not mounted; crossmon pins nothing, so not needed",
+        );
+    }
+    docker_checks(&mut report, docker_host).await;
+    !report.failed
+}
+
+async fn docker_checks(report: &mut Report, host: Option<&str>) {
+    let docker = match docker::connect(host).await {
+        Ok(docker) => docker,
+        Err(err) => {
+            report.line(
+                Verdict::Fail,
+                "docker",
+                format!(
+                    "{err:#} (is dockerd running? --docker-host or DOCKER_HOST to point elsewhere)"
+                ),
+            );
+            return;
+        }
+    };
+    let inventory = match Inventory::sync(&docker, &mut ProbeCache::default()).await {
+        Ok(inventory) => inventory,
+        Err(err) => {
+            report.line(Verdict::Fail, "docker", format!("{err:#}"));
+            return;
+        }
+    };
+    report.line(
+        Verdict::Ok,
+        "docker",
+        format!(
+            "engine {} (API {}), read-only access works",
+            inventory.engine.version, inventory.engine.api_version
+        ),
+    );
+    let bridge_veths: HashSet<u32> = match links::watch() {
+        Ok((handle, _)) => links::bridge_veths(&handle)
+            .await
+            .map(|ports| ports.into_iter().map(|p| p.ifindex).collect())
+            .unwrap_or_default(),
+        Err(_) => HashSet::new(),
+    };
+    let (mut attachable, mut other) = (0, Vec::new());
+    for container in inventory.containers.values() {
+        let on_bridge = container
+            .endpoints
+            .iter()
+            .any(|e| e.host_ifindex.is_some_and(|i| bridge_veths.contains(&i)));
+        if on_bridge {
+            attachable += 1;
+        } else {
+            other.push(format!("{} ({})", container.name, container.network_mode));
+        }
+    }
+    let detail = format!(
+        "{} running, {attachable} on bridge networks can be watched",
+        inventory.containers.len()
+    );
+    if other.is_empty() {
+        report.line(Verdict::Ok, "containers", detail);
+    } else {
+        report.line(
+            Verdict::Note,
+            "containers",
+            format!("{detail}; not watched: {}", other.join(", ")),
+        );
+    }
+}
+
+fn bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
+        mounts
+            .lines()
+            .any(|line| line.split_whitespace().nth(2) == Some("bpf"))
+    })
+}
