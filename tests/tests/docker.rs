@@ -347,3 +347,50 @@ fn doctor_passes_here_and_fails_on_a_dead_docker_socket() {
     assert!(!dead.status.success());
     assert!(text.lines().any(|l| l.starts_with("FAIL docker")), "{text}");
 }
+
+#[test]
+fn a_dockerd_restart_loses_no_count_of_flows_that_continue() {
+    if !docker_ready() {
+        return;
+    }
+    let net = DockerNetwork::create("restart", &[]).expect("network");
+    let a = Container::run("a", &["--network", &net.name]).expect("a");
+    let b = Container::run("b", &["--network", &net.name]).expect("b");
+    let agent = Agent::start(&[]);
+    container(&agent, &a.name, attached);
+    container(&agent, &b.name, attached);
+
+    // 40 pings over 8 s, across the engine's restart (live-restore keeps
+    // the containers running).
+    let target = b.ip(&net.name).expect("ip");
+    docker(&[
+        "exec", "-d", &a.name, "ping", "-q", "-c", "40", "-i", "0.2", &target,
+    ])
+    .expect("ping");
+    std::thread::sleep(Duration::from_secs(1));
+    let restarted = integration_tests::docker::restart_own_dockerd(|| {
+        wait_until("crossmon to notice the engine is gone", || {
+            get_json(agent.addr, "/healthz")["docker_up"] == false
+        });
+        std::thread::sleep(Duration::from_secs(1));
+    })
+    .expect("restarting dockerd");
+    if !restarted {
+        eprintln!(
+            "skipping: the running dockerd was not started by the tests, so they do not restart it"
+        );
+        return;
+    }
+    wait_until("crossmon to reconnect", || {
+        get_json(agent.addr, "/healthz")["docker_up"] == true
+    });
+    assert_eq!(flow(&agent, &a.name, &b.name, "icmp", 40)["bytes"], 40 * 84);
+    assert_eq!(flow(&agent, &b.name, &a.name, "icmp", 40)["bytes"], 40 * 84);
+    let (status, log) = agent.stop();
+    assert!(status.success());
+    assert_eq!(
+        log.matches("Docker engine lost").count(),
+        1,
+        "one line per outage:\n{log}"
+    );
+}
