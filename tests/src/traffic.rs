@@ -46,9 +46,28 @@ pub fn udp_send(
 #[derive(Debug)]
 pub struct TcpSide {
     pub port: u16,
-    /// Segments sent (retransmissions excluded; `retransmitted` counts them).
+    /// Segments sent (`Tcp: OutSegs`), a GSO super-packet as the segments
+    /// it carries. Retransmissions are left out (`retransmitted` counts
+    /// them); the byte formula of [`TcpSide::ip_bytes`] needs none.
     pub segments: u64,
     pub retransmitted: u64,
+    /// Connections opened (`ActiveOpens` on the client, `PassiveOpens` on
+    /// the server): the SYN or SYN-ACK this side sent, 1 unless the
+    /// handshake was retransmitted.
+    pub opens: u64,
+    /// Payload bytes this side wrote.
+    pub payload: u64,
+}
+
+impl TcpSide {
+    /// The IP bytes this side sent (IP header included), given the IP
+    /// header's size: 20 for IPv4, 40 for IPv6. With the test net's TCP
+    /// settings every segment has a 20-byte TCP header and only SYN and
+    /// SYN-ACK add an option, the 4-byte MSS. Exact when `retransmitted`
+    /// is 0.
+    pub fn ip_bytes(&self, ip_header: u64) -> u64 {
+        (ip_header + 20) * self.segments + 4 * self.opens + self.payload
+    }
 }
 
 #[derive(Debug)]
@@ -115,28 +134,42 @@ pub fn tcp_exchange(
     Ok(TcpExchange {
         client: TcpSide {
             port: client_port,
-            segments: after.0 .0 - before.0 .0,
-            retransmitted: after.0 .1 - before.0 .1,
+            segments: after.0.out_segs - before.0.out_segs,
+            retransmitted: after.0.retrans_segs - before.0.retrans_segs,
+            opens: after.0.active_opens - before.0.active_opens,
+            payload: request.len() as u64,
         },
         server: TcpSide {
             port,
-            segments: after.1 .0 - before.1 .0,
-            retransmitted: after.1 .1 - before.1 .1,
+            segments: after.1.out_segs - before.1.out_segs,
+            retransmitted: after.1.retrans_segs - before.1.retrans_segs,
+            opens: after.1.passive_opens - before.1.passive_opens,
+            payload: response.len() as u64,
         },
     })
 }
 
-fn tcp_counters(host: &Host) -> anyhow::Result<(u64, u64)> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct TcpCounters {
+    out_segs: u64,
+    retrans_segs: u64,
+    active_opens: u64,
+    passive_opens: u64,
+}
+
+fn tcp_counters(host: &Host) -> anyhow::Result<TcpCounters> {
     host.run(|| {
-        Ok((
-            mib::snmp("Tcp", "OutSegs")?,
-            mib::snmp("Tcp", "RetransSegs")?,
-        ))
+        Ok(TcpCounters {
+            out_segs: mib::snmp("Tcp", "OutSegs")?,
+            retrans_segs: mib::snmp("Tcp", "RetransSegs")?,
+            active_opens: mib::snmp("Tcp", "ActiveOpens")?,
+            passive_opens: mib::snmp("Tcp", "PassiveOpens")?,
+        })
     })
 }
 
 /// Counters once they stopped moving for 300 ms (the last ACKs are out).
-fn settled_tcp_counters(host: &Host) -> anyhow::Result<(u64, u64)> {
+fn settled_tcp_counters(host: &Host) -> anyhow::Result<TcpCounters> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut last = tcp_counters(host)?;
     loop {
@@ -268,4 +301,28 @@ impl RawSocket {
             }
         }
     }
+}
+
+/// Sends `frames` as they are out of `from`'s `eth0`.
+pub fn send_frames(from: &Host, frames: &[Vec<u8>]) -> anyhow::Result<()> {
+    let socket = RawSocket::open(from)?;
+    for (i, frame) in frames.iter().enumerate() {
+        socket
+            .send(frame)
+            .with_context(|| format!("frame {i} from {}", from.netns_name()))?;
+    }
+    Ok(())
+}
+
+/// The frames arriving on `on`'s `eth0` while `during` runs and until none
+/// arrived for `quiet` after it. Capture starts before `during`, so nothing
+/// it causes is missed.
+pub fn capture_frames(
+    on: &Host,
+    quiet: Duration,
+    during: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let capture = RawSocket::open(on)?;
+    during()?;
+    capture.received(quiet)
 }

@@ -389,7 +389,7 @@ fn a_dockerd_restart_loses_no_count_of_flows_that_continue() {
     let (status, log) = agent.stop();
     assert!(status.success());
     assert_eq!(
-        log.matches("Docker engine lost").count(),
+        log.matches("Docker engine unreachable").count(),
         1,
         "one line per outage:\n{log}"
     );

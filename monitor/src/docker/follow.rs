@@ -31,15 +31,24 @@ pub async fn follow(
 ) -> anyhow::Result<()> {
     let mut cache = ProbeCache::default();
     let mut backoff = Duration::from_secs(1);
+    // One warning per outage (also when the engine is absent at start),
+    // then quiet retries until it answers again.
+    let mut outage_reported = false;
     loop {
         let err = match session(host.as_deref(), &inventory, &mut cache, &up, &mut backoff).await {
             Ok(never) => match never {},
             Err(err) => err,
         };
         if up.swap(false, Ordering::Relaxed) {
-            tracing::warn!("Docker engine lost: {err:#}; counting goes on, reconnecting");
-        } else {
+            outage_reported = false;
+        }
+        if outage_reported {
             tracing::debug!("Docker engine unreachable: {err:#}; retry in {backoff:?}");
+        } else {
+            tracing::warn!(
+                "Docker engine unreachable: {err:#}; counting goes on, reconnecting with backoff"
+            );
+            outage_reported = true;
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
