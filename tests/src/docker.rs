@@ -83,7 +83,15 @@ pub fn restart_own_dockerd(while_down: impl FnOnce()) -> anyhow::Result<bool> {
     let Some(pid) = std::fs::read_to_string(OWN_DOCKERD)
         .ok()
         .and_then(|pid| pid.trim().parse::<i32>().ok())
-        .filter(|pid| std::path::Path::new(&format!("/proc/{pid}/exe")).exists())
+        // The file may be stale and the pid reused: it must still be a
+        // dockerd started the way this harness starts it.
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                args.first().is_some_and(|a| a.ends_with(b"dockerd"))
+                    && args.contains(&&b"--live-restore"[..])
+            })
+        })
     else {
         return Ok(false);
     };

@@ -1,0 +1,307 @@
+//! The test harness itself, in the running kernel and without crossmon:
+//! a test net comes up silent, carries exactly the traffic the helpers say
+//! they sent, delivers raw frames unchanged, and leaves nothing behind.
+
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    process::Command,
+    time::Duration,
+};
+
+use integration_tests::{
+    frames::{self, Ends, ETH_P_IP, ETH_P_IPV6},
+    mib::{snmp6_counter, snmp_counter},
+    require_root,
+    traffic::{self, RawSocket},
+    TestNet,
+};
+
+fn stdout(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// True when bridged IPv4 passes through iptables (`br_netfilter`, loaded
+/// once dockerd has run), which validates headers and reassembles
+/// fragments before the other port sees them.
+fn br_netfilter_active() -> bool {
+    std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        .is_ok_and(|value| value.trim() == "1")
+}
+
+#[test]
+fn a_net_comes_up_silent_with_unique_names_and_leaves_nothing_behind() {
+    if !require_root() {
+        return;
+    }
+    let net = TestNet::new(3).expect("test network");
+    let other = TestNet::new(1).expect("a second test network");
+    assert_ne!(net.bridge_name(), other.bridge_name());
+    assert_ne!(net.gateway_v4(), other.gateway_v4());
+    assert_ne!(net.host(0).netns_name(), other.host(0).netns_name());
+    drop(other);
+
+    let mut names = vec![net.bridge_name().to_owned()];
+    for host in net.hosts() {
+        assert!(host.veth_name().len() <= 15, "{}", host.veth_name());
+        let master = std::fs::read_link(format!("/sys/class/net/{}/master", host.veth_name()))
+            .expect("veth is a bridge port");
+        assert!(master.ends_with(net.bridge_name()));
+        names.push(host.veth_name().to_owned());
+        names.push(host.netns_name().to_owned());
+    }
+    assert!(net.bridge_name().len() <= 15);
+    assert_eq!(
+        stdout(
+            "cat",
+            &[&format!("/sys/class/net/{}/ifindex", net.bridge_name())]
+        )
+        .trim(),
+        net.bridge_ifindex().to_string()
+    );
+
+    // Nothing may arrive on any host by itself: no ARP, neighbour
+    // discovery, router solicitation or multicast report from the bridge,
+    // its ports or the other hosts. Router solicitations would come 1 s
+    // after setup at the earliest.
+    let sockets: Vec<RawSocket> = net
+        .hosts()
+        .iter()
+        .map(|host| RawSocket::open(host).expect("raw socket"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    for (host, socket) in net.hosts().iter().zip(&sockets) {
+        let stray = socket.received(Duration::from_millis(10)).expect("read");
+        assert!(
+            stray.is_empty(),
+            "{} received {} frames nobody sent: {:02x?}",
+            host.netns_name(),
+            stray.len(),
+            stray.first()
+        );
+    }
+    drop(sockets);
+
+    drop(net);
+    let namespaces = stdout("ip", &["netns", "list"]);
+    let links = stdout("ip", &["-o", "link", "show"]);
+    let rules = stdout("iptables", &["-S", "FORWARD"]) + &stdout("ip6tables", &["-S", "FORWARD"]);
+    for name in &names {
+        assert!(!namespaces.contains(name.as_str()), "namespace {name} left");
+        assert!(!links.contains(name.as_str()), "link {name} left");
+        assert!(
+            !rules.contains(name.as_str()),
+            "firewall rule for {name} left"
+        );
+    }
+}
+
+#[test]
+fn pings_reach_hosts_and_the_gateway_and_are_all_the_ip_traffic_sent() {
+    if !require_root() {
+        return;
+    }
+    let net = TestNet::new(3).expect("test network");
+    let (a, b, c) = (net.host(0), net.host(1), net.host(2));
+    let echos = || snmp_counter(a, "Icmp", "OutEchos").expect("Icmp:OutEchos");
+    let v6_octets = || snmp6_counter(a, "Ip6OutOctets").expect("Ip6OutOctets");
+    let (echos_before, octets_before) = (echos(), v6_octets());
+
+    traffic::ping(a, b.ip4().into(), 3, 56).expect("ping v4");
+    traffic::ping(a, c.ip6().into(), 4, 100).expect("ping v6");
+    traffic::ping(b, net.gateway_v4().into(), 2, 56).expect("ping gateway v4");
+    traffic::ping(b, net.gateway_v6().into(), 2, 56).expect("ping gateway v6");
+    assert!(
+        traffic::ping(a, "10.213.0.250".parse().expect("address"), 1, 56).is_err(),
+        "nothing outside the test subnet answers"
+    );
+
+    assert_eq!(echos() - echos_before, 3 + 1);
+    // Four echo requests of 40 + 8 + 100 bytes, and not one byte more: no
+    // MLD report or neighbour solicitation went out meanwhile.
+    assert_eq!(v6_octets() - octets_before, 4 * 148);
+}
+
+#[test]
+fn udp_datagrams_arrive_and_match_the_senders_counters() {
+    if !require_root() {
+        return;
+    }
+    let net = TestNet::new(3).expect("test network");
+    let (a, c) = (net.host(0), net.host(2));
+    let payloads: [&[u8]; 3] = [b"one", &[b'x'; 500], &[b'y'; 1400]];
+    let sent = || snmp_counter(a, "Udp", "OutDatagrams").expect("Udp:OutDatagrams");
+    let sent6 = || snmp6_counter(a, "Udp6OutDatagrams").expect("Udp6OutDatagrams");
+    let (v4_before, v6_before) = (sent(), sent6());
+
+    let port4 = traffic::udp_send(a, c, c.ip4().into(), 5000, &payloads).expect("udp v4");
+    let port6 = traffic::udp_send(a, c, c.ip6().into(), 5000, &payloads).expect("udp v6");
+    assert!(port4 != 0 && port6 != 0);
+    assert_eq!((sent() - v4_before, sent6() - v6_before), (3, 3));
+}
+
+/// `(IP length, TCP flags)` of each TCP frame in `frames` from `src_port`
+/// to `dst_port`, IPv4 or IPv6 (no extension headers).
+fn tcp_frames(frames: &[Vec<u8>], src_port: u16, dst_port: u16) -> Vec<(u64, u8)> {
+    let be16 = |bytes: &[u8], at: usize| u16::from_be_bytes([bytes[at], bytes[at + 1]]);
+    frames
+        .iter()
+        .filter_map(|frame| {
+            let (ip_len, tcp_at) = match be16(frame, 12) {
+                ETH_P_IP if frame[23] == 6 => (
+                    u64::from(be16(frame, 16)),
+                    14 + usize::from(frame[14] & 0xf) * 4,
+                ),
+                ETH_P_IPV6 if frame[20] == 6 => (40 + u64::from(be16(frame, 18)), 54),
+                _ => return None,
+            };
+            let ports = (be16(frame, tcp_at), be16(frame, tcp_at + 2));
+            (ports == (src_port, dst_port)).then(|| (ip_len, frame[tcp_at + 13]))
+        })
+        .collect()
+}
+
+#[test]
+fn tcp_exchange_segments_and_bytes_match_what_crossed_the_wire() {
+    if !require_root() {
+        return;
+    }
+    let net = TestNet::new(2).expect("test network");
+    let (client, server) = (net.host(0), net.host(1));
+    // Below one MSS each way: every segment crosses the veth as one frame
+    // (a larger response may cross as one GSO super-packet).
+    let request = vec![b'q'; 300];
+    let response = vec![b'r'; 1200];
+    let cases = [
+        (IpAddr::from(server.ip4()), 20, 7001),
+        (server.ip6().into(), 40, 7002),
+    ];
+    for (server_ip, ip_header, port) in cases {
+        // Each host's socket sees what arrives at it: what the other sent.
+        let at_client = RawSocket::open(client).expect("raw socket on the client");
+        let at_server = RawSocket::open(server).expect("raw socket on the server");
+        let exchange = traffic::tcp_exchange(client, server, server_ip, port, &request, &response)
+            .expect("tcp exchange");
+        let (sent_by_client, sent_by_server) = (
+            tcp_frames(
+                &at_server
+                    .received(Duration::from_millis(100))
+                    .expect("read"),
+                exchange.client.port,
+                port,
+            ),
+            tcp_frames(
+                &at_client
+                    .received(Duration::from_millis(100))
+                    .expect("read"),
+                port,
+                exchange.client.port,
+            ),
+        );
+        for (side, seen) in [
+            (&exchange.client, &sent_by_client),
+            (&exchange.server, &sent_by_server),
+        ] {
+            assert_eq!(side.retransmitted, 0, "{server_ip}: {exchange:?}");
+            assert_eq!(side.opens, 1, "{server_ip}: {exchange:?}");
+            assert_eq!(side.segments, seen.len() as u64, "{server_ip}: {seen:?}");
+            assert_eq!(
+                side.ip_bytes(ip_header),
+                seen.iter().map(|(len, _)| len).sum::<u64>(),
+                "{server_ip}: {seen:?}"
+            );
+            // The SYN or SYN-ACK alone carries the 4-byte MSS option.
+            let syn = seen.iter().filter(|(_, flags)| flags & 0x02 != 0);
+            assert_eq!(syn.collect::<Vec<_>>(), [&(ip_header + 24, seen[0].1)]);
+        }
+    }
+}
+
+#[test]
+fn edge_case_frames_cross_the_bridge_byte_for_byte() {
+    if !require_root() {
+        return;
+    }
+    let net = TestNet::new(2).expect("test network");
+    let (a, b) = (net.host(0), net.host(1));
+    let ends = Ends::between(a, b, 1000, 2000);
+    // Valid at the IP layer: every bridge forwards them untouched.
+    let valid = [
+        ends.ipv4_udp(b"reference"),
+        ends.ipv4_options_udp(b"options"),
+        ends.ipv4_tcp_cut_short(),
+        ends.ipv6_udp(b"v6"),
+        ends.ipv6_extension_chain_udp(b"chain"),
+        frames::arp_reply(
+            a.mac(),
+            a.mac(),
+            net.gateway_v4().octets(),
+            b.mac(),
+            b.ip4().octets(),
+        ),
+    ];
+    // Broken IPv4, and a fragment that cannot be reassembled: a bridge under
+    // br_netfilter drops them before the other port.
+    let broken = [
+        ends.ipv4_bad_ihl(b"bad ihl"),
+        ends.ipv4_cut_in_header(),
+        ends.runt_ipv4(),
+        ends.ipv4_later_fragment(&[7; 16]),
+    ];
+    let all: Vec<Vec<u8>> = valid.iter().chain(&broken).cloned().collect();
+    let received = traffic::capture_frames(b, Duration::from_millis(300), || {
+        traffic::send_frames(a, &all)
+    })
+    .expect("capture");
+
+    for frame in &valid {
+        assert!(received.contains(frame), "lost or changed: {frame:02x?}");
+    }
+    for frame in &broken {
+        assert_eq!(
+            received.contains(frame),
+            !br_netfilter_active(),
+            "br_netfilter active: {}; frame {frame:02x?}",
+            br_netfilter_active()
+        );
+    }
+    assert_eq!(
+        received.len(),
+        all.iter().filter(|f| received.contains(f)).count(),
+        "only the frames sent arrive"
+    );
+}
+
+#[test]
+fn a_vlan_tag_arrives_as_metadata_and_a_hand_built_chain_reaches_a_socket() {
+    if !require_root() {
+        return;
+    }
+    let net = TestNet::new(2).expect("test network");
+    let (a, b) = (net.host(0), net.host(1));
+    let ends = Ends::between(a, b, 1000, 2000);
+    let tagged = ends.vlan_ipv4_udp(7, b"tagged");
+    let received = traffic::capture_frames(b, Duration::from_millis(300), || {
+        traffic::send_frames(a, std::slice::from_ref(&tagged))
+    })
+    .expect("capture");
+    // The receiving stack moves the 802.1Q tag out of the frame into the
+    // packet's metadata before AF_PACKET sees it.
+    assert_eq!(received, [ends.ipv4_udp(b"tagged")]);
+
+    // The extension chain is well-formed down to the UDP checksum: the
+    // kernel hands its payload to a socket.
+    let sink = b
+        .run(|| Ok(UdpSocket::bind(SocketAddr::from(([0u16; 8], 2000)))?))
+        .expect("bind in b");
+    sink.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    traffic::send_frames(a, &[ends.ipv6_extension_chain_udp(b"chain")]).expect("send");
+    let mut buffer = [0u8; 64];
+    let (len, from) = sink.recv_from(&mut buffer).expect("datagram");
+    assert_eq!(&buffer[..len], b"chain");
+    assert_eq!(from, SocketAddr::from((a.ip6(), 1000)));
+}
