@@ -174,9 +174,9 @@ fn lock(programs: &Mutex<Programs>) -> std::sync::MutexGuard<'_, Programs> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Attaches to the bridge-enslaved veths that are container endpoints
-/// (every bridge-enslaved veth without Docker, or before the engine was
-/// first reached) and follows link and container changes.
+/// Attaches to the bridge-enslaved veths that are container endpoints (to
+/// every bridge-enslaved veth with `--no-docker`) and follows link and
+/// container changes.
 async fn follow_links(
     programs: Arc<Mutex<Programs>>,
     state: Arc<AgentState>,
@@ -186,12 +186,12 @@ async fn follow_links(
     let mut changes = std::pin::pin!(changes);
     loop {
         let mut ports = links::bridge_veths(&handle).await?;
-        let known = inventory.as_ref().and_then(|rx| rx.borrow().clone());
-        if let Some(known) = &known {
-            let endpoints: HashSet<u32> = known.container_veths().collect();
+        if let Some(receiver) = &inventory {
+            // Only container endpoints, and none before the engine first
+            // answers: a veth crossmon cannot name is not its to watch.
+            let known = receiver.borrow().clone();
+            let endpoints: HashSet<u32> = known.iter().flat_map(|k| k.container_veths()).collect();
             ports.retain(|port| endpoints.contains(&port.ifindex));
-        }
-        if inventory.is_some() {
             state.set_inventory(known);
         }
         {
