@@ -163,17 +163,6 @@ impl Programs {
         self.attached.contains_key(&ifindex)
     }
 
-    /// Kernel ids of the loaded programs (for `bpftool`-style statistics).
-    pub fn program_ids(&self) -> Vec<(&'static str, u32)> {
-        [PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER]
-            .into_iter()
-            .filter_map(|name| {
-                let program: &SchedClassifier = self.ebpf.program(name)?.try_into().ok()?;
-                Some((name, program.info().ok()?.id()))
-            })
-            .collect()
-    }
-
     /// Runs one program on a synthetic frame through `BPF_PROG_TEST_RUN`, no
     /// interface needed: returns the verdict and the frame as the program
     /// left it. Used by the parser tests and the fuzzer.

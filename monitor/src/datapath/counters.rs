@@ -21,12 +21,6 @@ pub struct KernelCounters {
     pub lost_packet_sample: u64,
 }
 
-impl KernelCounters {
-    pub fn events_lost(&self) -> u64 {
-        self.lost_new_flow + self.lost_payload + self.lost_arp + self.lost_packet_sample
-    }
-}
-
 impl Counters {
     pub(super) fn new(map: PerCpuArray<MapData, u64>) -> Self {
         Self { map }
