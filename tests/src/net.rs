@@ -5,8 +5,10 @@
 //! Addresses: `10.213.X.0/24` and `fd00:213:X::/64` with `X` unique among
 //! the subnets in use on this machine; the bridge (Docker's gateway) is
 //! `.1`/`::1`, host `i` is `.(i + 2)`/`::(i + 2)`. Names are `xm`, the
-//! process id and a counter (base 36), so they stay within the 15 bytes of
-//! an interface name and never collide with another run's.
+//! process id (base 36) and a per-process counter, then `br` (the bridge),
+//! `h<i>` (host `i`'s veth in the root namespace) or `n<i>` (its network
+//! namespace): within the 15 bytes of an interface name, and never equal to
+//! another run's.
 //!
 //! To make packet counts exact, nothing but a test's own traffic crosses
 //! the bridge once [`TestNet::new`] returns:
@@ -14,8 +16,8 @@
 //!   other, v4 and v6: no ARP or neighbour discovery during a test;
 //! - no IPv6 link-local address on `eth0` or the bridge, and IPv6 disabled
 //!   on the host-side veths (plain bridge ports): no duplicate address
-//!   detection and no router solicitations, which otherwise go out every
-//!   port 1, 5 and 9 s after setup;
+//!   detection and no router solicitations, which otherwise go out of
+//!   every port from about 1 s after setup on, every 4 s;
 //! - IGMP and MLD reports, sent whenever an interface joins a group (its
 //!   solicited-node group, say), are repeated after 10 ms instead of up to
 //!   1 s, and `new` waits until the bridge has been silent for a while;
@@ -197,7 +199,10 @@ impl TestNet {
         ensure!(hosts <= 200, "a /24 test subnet holds at most 200 hosts");
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let prefix = format!("xm{}x{}", base36(pid), base36(n));
+        // The process id in base 36 always takes 5 characters (pid_max is
+        // at most 2^22), and the counter in decimal ends before the suffix
+        // letter: two (process, counter) pairs never give the same prefix.
+        let prefix = format!("xm{:0>5}{n}", base36(pid));
         let mut net = TestNet {
             bridge: format!("{prefix}br"),
             bridge_ifindex: 0,

@@ -114,12 +114,8 @@ fn pings_reach_hosts_and_the_gateway_and_are_all_the_ip_traffic_sent() {
     traffic::ping(a, c.ip6().into(), 4, 100).expect("ping v6");
     traffic::ping(b, net.gateway_v4().into(), 2, 56).expect("ping gateway v4");
     traffic::ping(b, net.gateway_v6().into(), 2, 56).expect("ping gateway v6");
-    assert!(
-        traffic::ping(a, "10.213.0.250".parse().expect("address"), 1, 56).is_err(),
-        "nothing outside the test subnet answers"
-    );
 
-    assert_eq!(echos() - echos_before, 3 + 1);
+    assert_eq!(echos() - echos_before, 3);
     // Four echo requests of 40 + 8 + 100 bytes, and not one byte more: no
     // MLD report or neighbour solicitation went out meanwhile.
     assert_eq!(v6_octets() - octets_before, 4 * 148);
