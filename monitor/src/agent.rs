@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
+use monitor_common::{FlowKey, FlowStats};
 use tokio::{signal::unix::SignalKind, sync::watch, task::JoinSet};
 
 use crate::{
@@ -272,12 +273,15 @@ async fn poll_flows(
         ticker.tick().await;
         let idle_ns = u64::try_from(config.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
         let cutoff = clock::monotonic_ns().saturating_sub(idle_ns);
-        let outcome = poll_once(&mut flows, &mut write(&state.flows), &mut snapshot, cutoff)?;
-        if outcome.evicted > 0 {
-            tracing::warn!(
+        match poll_once(&mut flows, &state.flows, &mut snapshot, cutoff) {
+            Ok(outcome) if outcome.evicted > 0 => tracing::warn!(
                 evicted = outcome.evicted,
                 "flow map full: the kernel evicted flows; raise --flow-capacity"
-            );
+            ),
+            Ok(_) => {}
+            // A failed read loses nothing: the kernel keeps counting and
+            // the next poll reads it.
+            Err(err) => tracing::warn!("reading the flow map: {err:#}"),
         }
         match counters.read() {
             Ok(kernel) => *write(&state.kernel) = kernel,
@@ -286,27 +290,40 @@ async fn poll_flows(
     }
 }
 
-/// One read of the kernel map into `table`; exported for tests.
+/// One read of the kernel map into `table`; exported for tests. The table
+/// is locked only to apply what was read, never across the syscalls, so
+/// the API stays responsive with a full map.
 pub fn poll_once(
     flows: &mut FlowMap,
-    table: &mut FlowTable,
-    snapshot: &mut Vec<(monitor_common::FlowKey, monitor_common::FlowStats)>,
+    table: &RwLock<FlowTable>,
+    snapshot: &mut Vec<(FlowKey, FlowStats)>,
     idle_cutoff_ns: u64,
 ) -> anyhow::Result<PollOutcome> {
     snapshot.clear();
     flows.for_each(|key, stats| snapshot.push((*key, *stats)))?;
+    // An entry created but not yet stamped by its first packet reads all
+    // zero: it is brand new, neither a flow to show nor an idle one.
+    snapshot.retain(|(_, stats)| stats.first_seen_ns != 0);
     let mut outcome = PollOutcome::default();
-    table.begin_poll();
-    for (key, stats) in snapshot.iter() {
-        table.observe(key, stats, &mut outcome);
+    {
+        let mut table = write(table);
+        table.begin_poll();
+        for (key, stats) in snapshot.iter() {
+            table.observe(key, stats, &mut outcome);
+        }
+        table.end_poll(&mut outcome);
     }
-    table.end_poll(&mut outcome);
+    let mut retired = Vec::new();
     for (key, stats) in snapshot.iter() {
         if stats.last_seen_ns < idle_cutoff_ns {
             if let Some(last) = flows.take(key)? {
-                table.retire(key, &last);
+                retired.push((*key, last));
             }
         }
+    }
+    let mut table = write(table);
+    for (key, last) in &retired {
+        table.retire(key, last);
     }
     table.expire(idle_cutoff_ns);
     Ok(outcome)

@@ -63,9 +63,35 @@ async fn session(
     backoff: &mut Duration,
 ) -> anyhow::Result<std::convert::Infallible> {
     let docker = connect(host).await?;
-    // Subscribed before the sync, so nothing between the two is missed.
-    let filters = HashMap::from([("type", vec!["container", "network"])]);
-    let mut events = docker.events(Some(EventsOptionsBuilder::new().filters(&filters).build()));
+    // bollard opens the stream lazily, at the first poll, i.e. after the
+    // sync: asking for events since just before the sync replays whatever
+    // happened in between, so no container start is missed.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |now| now.as_secs().saturating_sub(1));
+    let filters = HashMap::from([
+        ("type", vec!["container", "network"]),
+        // Only what changes interfaces or names; healthchecks and execs
+        // would otherwise trigger a resync every few seconds.
+        (
+            "event",
+            vec![
+                "start",
+                "die",
+                "destroy",
+                "rename",
+                "create",
+                "connect",
+                "disconnect",
+                "remove",
+            ],
+        ),
+    ]);
+    let options = EventsOptionsBuilder::new()
+        .since(&since.to_string())
+        .filters(&filters)
+        .build();
+    let mut events = docker.events(Some(options));
     let synced = Inventory::sync(&docker, cache).await?;
     tracing::info!(
         version = %synced.engine.version,

@@ -119,7 +119,7 @@ impl Inventory {
             let Some(mut container) = container(inspect) else {
                 continue;
             };
-            if let Some(key) = map_veths(&mut container, cache) {
+            if let Some(key) = map_veths(&mut container, cache).await {
                 live_keys.push(key);
             }
             containers.insert(container.id.clone(), container);
@@ -220,7 +220,7 @@ fn endpoint(network: String, settings: EndpointSettings) -> Endpoint {
 
 /// Fills each endpoint's host-side veth by matching MAC addresses inside the
 /// container's namespace; returns the cache key used.
-fn map_veths(
+async fn map_veths(
     container: &mut Container,
     cache: &mut ProbeCache,
 ) -> Option<(String, u32, Vec<String>)> {
@@ -236,7 +236,9 @@ fn map_veths(
     macs.sort();
     let key = (container.id.clone(), pid, macs);
     if !cache.links.contains_key(&key) {
-        match netns::container_links(pid) {
+        // The probe blocks on its own thread: keep it off the async workers.
+        let probe = tokio::task::spawn_blocking(move || netns::container_links(pid)).await;
+        match probe.map_err(anyhow::Error::from).and_then(|links| links) {
             Ok(links) => {
                 cache.links.insert(key.clone(), links);
             }

@@ -56,7 +56,7 @@ impl FlowTable {
                 generation,
             }
         });
-        if entry.live.first_seen_ns != 0 && entry.live.first_seen_ns != current.first_seen_ns {
+        if is_newer_incarnation(&entry.live, current) {
             // Evicted and re-created between two reads.
             settle(&mut entry.settled, &entry.live);
             outcome.evicted += 1;
@@ -80,8 +80,11 @@ impl FlowTable {
     /// Records the final statistics of a kernel entry we removed ourselves.
     pub fn retire(&mut self, key: &FlowKey, last: &FlowStats) {
         if let Some(entry) = self.flows.get_mut(key) {
-            entry.live = *last;
-            settle(&mut entry.settled, &entry.live);
+            if is_newer_incarnation(&entry.live, last) {
+                // Evicted and re-created between our read and the take.
+                settle(&mut entry.settled, &entry.live);
+            }
+            settle(&mut entry.settled, last);
             entry.live = FlowStats::default();
         }
     }
@@ -134,6 +137,14 @@ impl Entry {
         settle(&mut total, &self.live);
         total
     }
+}
+
+/// Whether `current` is a later kernel entry than the one `live` was read
+/// from. The merged first-seen time is a minimum over CPUs, so it can only
+/// move *earlier* within one entry (a CPU that stamped first wrote last);
+/// only a later one means a new entry.
+fn is_newer_incarnation(live: &FlowStats, current: &FlowStats) -> bool {
+    live.first_seen_ns != 0 && current.first_seen_ns > live.first_seen_ns
 }
 
 /// Adds an incarnation's counts to the settled totals.
@@ -208,6 +219,23 @@ mod tests {
         assert_eq!(table.get(&key(1)).map(|r| r.stats.packets), Some(3));
         poll(&mut table, &[(key(1), stats(70, 80, 4))]);
         assert_eq!(table.get(&key(1)).map(|r| r.stats.packets), Some(7));
+    }
+
+    #[test]
+    fn an_earlier_first_seen_is_the_same_entry_seen_by_another_cpu() {
+        let mut table = FlowTable::new();
+        poll(&mut table, &[(key(1), stats(20, 30, 3))]);
+        let outcome = poll(&mut table, &[(key(1), stats(15, 40, 5))]);
+        assert_eq!(outcome.evicted, 0);
+        assert_eq!(table.get(&key(1)).map(|r| r.stats.packets), Some(5));
+    }
+
+    #[test]
+    fn a_take_after_an_unseen_eviction_keeps_both_incarnations() {
+        let mut table = FlowTable::new();
+        poll(&mut table, &[(key(1), stats(10, 20, 3))]);
+        table.retire(&key(1), &stats(50, 60, 2));
+        assert_eq!(table.get(&key(1)).map(|r| r.stats.packets), Some(5));
     }
 
     #[test]
