@@ -1,6 +1,6 @@
 //! Attaching both classifiers to the host-side veths of containers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
 use aya::{
@@ -44,6 +44,7 @@ pub struct Programs {
     ebpf: Ebpf,
     counted_ifaces: HashMap<MapData, u32, u8>,
     attached: BTreeMap<u32, VethAttachment>,
+    counted_bridges: BTreeSet<u32>,
     tcx: bool,
 }
 
@@ -57,6 +58,7 @@ impl Programs {
             ebpf,
             counted_ifaces,
             attached: BTreeMap::new(),
+            counted_bridges: BTreeSet::new(),
             tcx: mode == AttachMode::Auto && super::preflight::has_tcx(),
         }
     }
@@ -85,17 +87,20 @@ impl Programs {
         };
         // Mark before attaching, so the first packet leaving through another
         // veth already knows this one's traffic is counted on the way in.
-        for iface in [ifindex, bridge_ifindex] {
-            self.counted_ifaces
-                .insert(iface, 1, 0)
-                .with_context(|| format!("registering interface {iface} as counted"))?;
-        }
-        let ingress = self.program(PROGRAM_FROM_CONTAINER)?.attach_with_options(
+        self.counted_ifaces
+            .insert(ifindex, 1, 0)
+            .with_context(|| format!("registering interface {ifindex} as counted"))?;
+        let ingress = match self.program(PROGRAM_FROM_CONTAINER)?.attach_with_options(
             name,
             TcAttachType::Ingress,
             options(),
-        );
-        let ingress = ingress.with_context(|| format!("attaching to ingress of {name}"))?;
+        ) {
+            Ok(link) => link,
+            Err(err) => {
+                self.unmark(ifindex);
+                return Err(err).with_context(|| format!("attaching to ingress of {name}"));
+            }
+        };
         let egress = match self.program(PROGRAM_TO_CONTAINER)?.attach_with_options(
             name,
             TcAttachType::Egress,
@@ -131,11 +136,9 @@ impl Programs {
         let from = self.program(PROGRAM_FROM_CONTAINER)?.detach(ingress);
         let to = self.program(PROGRAM_TO_CONTAINER)?.detach(egress);
         self.unmark(ifindex);
-        let bridge_still_used = self
-            .attached
-            .values()
-            .any(|a| a.bridge_ifindex == attachment.bridge_ifindex);
-        if !bridge_still_used {
+        if self.counted_bridges.remove(&attachment.bridge_ifindex) {
+            // One port fewer watched: traffic via this bridge is no longer
+            // known to be counted already.
             self.unmark(attachment.bridge_ifindex);
         }
         from.and(to).map_err(|err| {
@@ -153,6 +156,24 @@ impl Programs {
             }
         }
         ifindexes.len()
+    }
+
+    /// Marks as counted exactly the bridges in `bridges`: those whose ports
+    /// are all watched. A packet routed onward from such a bridge entered
+    /// through one of the watched veths and was counted there; through a
+    /// bridge with any other port (an uplink NIC, a VM tap) it may not
+    /// have been, so it is counted where it leaves.
+    pub fn set_counted_bridges(&mut self, bridges: BTreeSet<u32>) -> anyhow::Result<()> {
+        for gone in self.counted_bridges.difference(&bridges) {
+            let _ = self.counted_ifaces.remove(gone);
+        }
+        for bridge in &bridges {
+            self.counted_ifaces
+                .insert(bridge, 1, 0)
+                .with_context(|| format!("registering bridge {bridge} as counted"))?;
+        }
+        self.counted_bridges = bridges;
+        Ok(())
     }
 
     pub fn attached(&self) -> impl Iterator<Item = &VethAttachment> {
@@ -194,7 +215,7 @@ impl Programs {
     }
 
     fn unmark(&mut self, ifindex: u32) {
-        // Absent already is fine: the bridge may be shared.
+        // Absent already is fine.
         let _ = self.counted_ifaces.remove(&ifindex);
     }
 }
