@@ -148,7 +148,8 @@ const _: () = assert!(size_of::<FlowStats>() == 56);
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Packets the programs counted into a flow.
+    /// IP packets (skbs) the programs counted into a flow; a GSO packet is
+    /// one here and its segment count in the flow.
     Packets = 0,
     /// Frames that are neither IPv4, IPv6 nor ARP.
     NonIp = 1,

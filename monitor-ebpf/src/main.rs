@@ -27,6 +27,10 @@ use crate::{
     parse::{Frame, Malformed},
 };
 
+/// Bytes of a random packet-head sample: Ethernet, IP and transport
+/// headers with room for options, whatever the payload setting.
+const PACKET_HEAD_BYTES: u32 = 128;
+
 /// Packets a container sends (TC ingress of its host-side veth).
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
@@ -67,7 +71,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
             &FlowKey::ZERO,
             0,
             ctx.len(),
-            PAYLOAD_BYTES.load(),
+            PACKET_HEAD_BYTES,
         );
     }
 
@@ -78,7 +82,15 @@ fn observe(ctx: &TcContext, direction: Direction) {
                 bump(Counter::Malformed);
             }
             // SAFETY: as above.
-            let segments = unsafe { (*ctx.skb.skb).gso_segs };
+            let (gso_segs, gso_size) =
+                unsafe { ((*ctx.skb.skb).gso_segs, (*ctx.skb.skb).gso_size) };
+            // Packets from untrusted sources (virtio, packet sockets) carry
+            // a GSO size but no segment count yet.
+            let segments = if gso_segs == 0 && gso_size != 0 {
+                packet.payload_len.div_ceil(gso_size)
+            } else {
+                gso_segs
+            };
             let Some(slot) = flow::account(&seen, &packet, segments) else {
                 debug!(ctx, "flow map refused an entry on ifindex {}", seen.ifindex);
                 return;

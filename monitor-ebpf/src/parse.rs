@@ -117,7 +117,14 @@ fn ipv4(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
     let mut packet = IpPacket::new(key, u32::from(total_len), header_len as u32);
     // Only the first fragment carries the transport header.
     if fragment & 0x1fff == 0 {
-        transport(ctx, &mut packet, offset + header_len, l4_len);
+        let more_fragments = fragment & 0x2000 != 0;
+        transport(
+            ctx,
+            &mut packet,
+            offset + header_len,
+            l4_len,
+            more_fragments,
+        );
     }
     Ok(packet)
 }
@@ -133,6 +140,7 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
 
     let mut l4 = offset + IPV6_HLEN;
     let mut first_fragment = true;
+    let mut more_fragments = false;
     let mut chain_ok = true;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         let ext_len = match next {
@@ -141,6 +149,7 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
             NEXTHDR_AUTH => byte(ctx, l4 + 1).map(|n| (usize::from(n) + 2) * 4),
             NEXTHDR_FRAGMENT => be16(ctx, l4 + 2).map(|frag| {
                 first_fragment = frag & 0xfff8 == 0;
+                more_fragments = frag & 1 != 0;
                 8
             }),
             _ => break,
@@ -149,6 +158,11 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
             (Ok(len), Ok(following)) => {
                 next = following;
                 l4 += len;
+                // What follows a later fragment's header is data, not
+                // headers, whatever `next` says.
+                if !first_fragment {
+                    break;
+                }
             }
             _ => {
                 chain_ok = false;
@@ -164,7 +178,9 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
     let mut packet = IpPacket::new(key, u32::from(payload_len) + IPV6_HLEN as u32, headers_len);
     let l4_len = (usize::from(payload_len) + offset + IPV6_HLEN).checked_sub(l4);
     match l4_len {
-        Some(l4_len) if chain_ok && first_fragment => transport(ctx, &mut packet, l4, l4_len),
+        Some(l4_len) if chain_ok && first_fragment => {
+            transport(ctx, &mut packet, l4, l4_len, more_fragments)
+        }
         Some(_) if chain_ok => {}
         _ => packet.l4_truncated = true,
     }
@@ -173,8 +189,16 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
 
 /// Fills ports, TCP flags and the payload span. A cut-short transport header
 /// leaves the ports at 0 and marks the packet, which is still counted.
+/// `more_fragments`: the first fragment of a larger datagram, whose UDP
+/// length covers fragments still to come.
 #[inline(always)]
-fn transport(ctx: &TcContext, packet: &mut IpPacket, offset: usize, l4_len: usize) {
+fn transport(
+    ctx: &TcContext,
+    packet: &mut IpPacket,
+    offset: usize,
+    l4_len: usize,
+    more_fragments: bool,
+) {
     match packet.key.protocol {
         ip_proto::TCP => match bytes::<14>(ctx, offset) {
             Ok(h) => {
@@ -197,12 +221,14 @@ fn transport(ctx: &TcContext, packet: &mut IpPacket, offset: usize, l4_len: usiz
                 packet.key.src_port = u16::from_be_bytes([h[0], h[1]]);
                 packet.key.dst_port = u16::from_be_bytes([h[2], h[3]]);
                 let udp_len = usize::from(u16::from_be_bytes([h[4], h[5]]));
-                if udp_len < 8 || udp_len > l4_len {
+                // This packet's part of the datagram.
+                let here = if more_fragments { l4_len } else { udp_len };
+                if udp_len < 8 || here < 8 || here > l4_len {
                     packet.l4_truncated = true;
                     return;
                 }
                 packet.payload_offset = offset + 8;
-                packet.payload_len = (udp_len - 8) as u32;
+                packet.payload_len = (here - 8) as u32;
                 packet.headers_len += 8;
             }
             Err(Malformed) => packet.l4_truncated = true,

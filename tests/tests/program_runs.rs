@@ -186,14 +186,11 @@ fn fragments_after_the_first_have_no_ports() {
     let Some(mut dp) = load(DatapathConfig::default()) else {
         return;
     };
-    let first = ipv4(
-        IP_A,
-        IP_B,
-        ip_proto::UDP,
-        &[],
-        0x2000,
-        &udp(5000, 6000, &[1; 16]),
-    );
+    // The first fragment of a 1000-byte datagram: its UDP length covers
+    // fragments still to come, which is no malformation.
+    let mut datagram = udp(5000, 6000, &[1; 16]);
+    datagram[4..6].copy_from_slice(&1008u16.to_be_bytes());
+    let first = ipv4(IP_A, IP_B, ip_proto::UDP, &[], 0x2000, &datagram);
     let later = ipv4(IP_A, IP_B, ip_proto::UDP, &[], 0x0003, &[2; 40]);
     pass(
         &mut dp,
@@ -221,6 +218,18 @@ fn fragments_after_the_first_have_no_ports() {
     assert_eq!(
         flows[&key(v4_mapped(IP_A), v4_mapped(IP_B), 0, 0, ip_proto::UDP, 4)].bytes,
         20 + 40
+    );
+    assert_eq!(dp.counters.read().expect("counters").malformed, 0);
+    let sampled = events(&mut dp).into_iter().find_map(|e| match e {
+        Event::Payload {
+            data, payload_len, ..
+        } => Some((data, payload_len)),
+        _ => None,
+    });
+    assert_eq!(
+        sampled,
+        Some((vec![1; 16], 16)),
+        "the payload this fragment carries"
     );
 }
 
@@ -425,5 +434,5 @@ fn capture_sizes_and_random_samples_follow_the_settings() {
     assert_eq!(samples.len(), 2, "1-in-1 samples every packet");
     assert!(samples
         .iter()
-        .all(|(data, len)| data.as_slice() == &frame[..16] && *len == frame.len() as u32));
+        .all(|(data, len)| data.as_slice() == &frame[..128] && *len == frame.len() as u32));
 }

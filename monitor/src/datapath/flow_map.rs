@@ -85,8 +85,10 @@ impl FlowMap {
         }
     }
 
-    /// Removes a flow and returns its final statistics, atomically with
-    /// respect to the programs: no packet is counted between read and delete.
+    /// Removes a flow and returns its statistics, read and deleted in one
+    /// call: no packet counted before the call is lost. A program that
+    /// looked the entry up just before may still add one packet to the
+    /// freed element; it is not seen.
     pub fn take(&mut self, key: &FlowKey) -> anyhow::Result<Option<FlowStats>> {
         let values = &mut self.values[..self.cpus];
         // SAFETY: as above.
