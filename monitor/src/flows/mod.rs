@@ -20,12 +20,13 @@ pub fn merge_cpus(slots: &[FlowStats]) -> FlowStats {
             total.direction = slot.direction;
         }
         total.last_seen_ns = total.last_seen_ns.max(slot.last_seen_ns);
-        total.packets += slot.packets;
-        total.bytes += slot.bytes;
-        total.syn += slot.syn;
-        total.syn_ack += slot.syn_ack;
-        total.rst += slot.rst;
-        total.fin += slot.fin;
+        // Kernel counters wrap; so does their sum, instead of panicking.
+        total.packets = total.packets.wrapping_add(slot.packets);
+        total.bytes = total.bytes.wrapping_add(slot.bytes);
+        total.syn = total.syn.wrapping_add(slot.syn);
+        total.syn_ack = total.syn_ack.wrapping_add(slot.syn_ack);
+        total.rst = total.rst.wrapping_add(slot.rst);
+        total.fin = total.fin.wrapping_add(slot.fin);
         total.tcp_flags |= slot.tcp_flags;
         total.payload_samples = total.payload_samples.saturating_add(slot.payload_samples);
     }
