@@ -244,7 +244,7 @@ mod tests {
             EndKind::Host
         );
         assert_eq!(
-            directory.by_address("8.8.8.8".parse().unwrap()).kind,
+            directory.by_address("203.0.113.7".parse().unwrap()).kind,
             EndKind::External
         );
         assert_eq!(
