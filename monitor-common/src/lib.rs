@@ -18,10 +18,10 @@ pub const FLOWS_MAP: &str = "FLOWS";
 pub const EVENTS_MAP: &str = "EVENTS";
 /// `PERCPU_ARRAY<u64>` indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
-/// `HASH<u32, u8>`: interfaces (monitored veths and their bridges) whose
-/// packets were already counted when they entered the host. A packet leaving
-/// through a monitored veth that came in through one of these is not counted
-/// again, so container-to-container traffic is counted once.
+/// `HASH<u32, u8>`: the watched veths, whose packets were counted when they
+/// entered the host. A packet leaving through a watched veth that came in
+/// through one of these is not counted again, so container-to-container
+/// traffic is counted once.
 pub const COUNTED_IFACES_MAP: &str = "COUNTED_IFACES";
 
 /// Name of the global holding the number of payload bytes captured per sample

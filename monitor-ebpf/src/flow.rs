@@ -1,7 +1,7 @@
 //! Per-flow accounting in the `FLOWS` map.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use monitor_common::{tcp_flag, Counter, FlowStats};
+use monitor_common::{tcp_flag, Counter, Direction, FlowStats};
 
 use crate::{
     events::{self, Seen},
@@ -9,14 +9,29 @@ use crate::{
     parse::IpPacket,
 };
 
-/// Counts the packet into its flow and returns this CPU's slot of the flow,
-/// or `None` when the map refused the entry (counted, the packet still passes).
+/// What became of a packet.
+pub enum Accounted {
+    /// Counted; this CPU's slot of the flow.
+    Counted(*mut FlowStats),
+    /// Already counted where it left a container (see [`account`]).
+    Duplicate,
+    /// The map refused the entry (counted in `FlowUpdateFailed`).
+    Refused,
+}
+
+/// Counts the packet into its flow.
+///
+/// A packet leaving the host towards a container whose flow this CPU
+/// already counted *from* a container is that same packet, bridged or
+/// routed from a watched veth: forwarding runs in one softirq, on one CPU,
+/// from the ingress hook to the egress hook. It is not counted again. The
+/// lookup is the one counting needs anyway.
 ///
 /// `segments` is the skb's GSO segment count: a veth passes TSO/GSO
 /// super-packets whole, and what the flow should show is the segments the
 /// wire would carry, each with its own headers.
 #[inline(always)]
-pub fn account(seen: &Seen, packet: &IpPacket, segments: u32) -> Option<*mut FlowStats> {
+pub fn account(seen: &Seen, packet: &IpPacket, segments: u32) -> Accounted {
     let slot = match FLOWS.get_ptr_mut(packet.key) {
         Some(slot) => slot,
         None => {
@@ -32,7 +47,7 @@ pub fn account(seen: &Seen, packet: &IpPacket, segments: u32) -> Option<*mut Flo
                 Some(slot) => slot,
                 None => {
                     bump(Counter::FlowUpdateFailed);
-                    return None;
+                    return Accounted::Refused;
                 }
             }
         }
@@ -40,6 +55,12 @@ pub fn account(seen: &Seen, packet: &IpPacket, segments: u32) -> Option<*mut Flo
     // SAFETY: a per-CPU slot is only written by programs on this CPU, and
     // programs do not nest on one CPU for the same hook.
     let stats = unsafe { &mut *slot };
+    if seen.direction == Direction::ToContainer
+        && stats.first_seen_ns != 0
+        && stats.direction == Direction::FromContainer as u8
+    {
+        return Accounted::Duplicate;
+    }
     if stats.first_seen_ns == 0 {
         stats.first_seen_ns = seen.now_ns;
         stats.ifindex = seen.ifindex;
@@ -69,5 +90,5 @@ pub fn account(seen: &Seen, packet: &IpPacket, segments: u32) -> Option<*mut Flo
             stats.fin = stats.fin.wrapping_add(1);
         }
     }
-    Some(slot)
+    Accounted::Counted(slot)
 }

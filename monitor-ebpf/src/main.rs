@@ -23,6 +23,7 @@ use monitor_common::{ip_proto, Counter, Direction, EventKind, FlowKey};
 
 use crate::{
     events::Seen,
+    flow::Accounted,
     maps::{bump, counted_at_ingress, PAYLOAD_BYTES, PAYLOAD_PACKETS, SAMPLE_RATE},
     parse::{Frame, Malformed},
 };
@@ -43,8 +44,9 @@ pub fn from_container(ctx: TcContext) -> i32 {
 pub fn to_container(ctx: TcContext) -> i32 {
     // SAFETY: `skb` is the context pointer the kernel handed to the program.
     let came_in_through = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    // Traffic from another monitored container was counted when it left that
-    // container; counting it here again would double it.
+    // Bridged straight from another watched veth: counted when it left that
+    // container. The cheap check comes first; routed traffic is recognised
+    // by its flow (see `flow::account`).
     if !counted_at_ingress(came_in_through) {
         observe(&ctx, Direction::ToContainer);
     }
@@ -77,10 +79,6 @@ fn observe(ctx: &TcContext, direction: Direction) {
 
     match parse::parse(ctx) {
         Ok(Frame::Ip(packet)) => {
-            bump(Counter::Packets);
-            if packet.l4_truncated {
-                bump(Counter::Malformed);
-            }
             // SAFETY: as above.
             let (gso_segs, gso_size) =
                 unsafe { ((*ctx.skb.skb).gso_segs, (*ctx.skb.skb).gso_size) };
@@ -91,10 +89,18 @@ fn observe(ctx: &TcContext, direction: Direction) {
             } else {
                 gso_segs
             };
-            let Some(slot) = flow::account(&seen, &packet, segments) else {
-                debug!(ctx, "flow map refused an entry on ifindex {}", seen.ifindex);
-                return;
+            let slot = match flow::account(&seen, &packet, segments) {
+                Accounted::Counted(slot) => slot,
+                Accounted::Duplicate => return,
+                Accounted::Refused => {
+                    debug!(ctx, "flow map refused an entry on ifindex {}", seen.ifindex);
+                    return;
+                }
             };
+            bump(Counter::Packets);
+            if packet.l4_truncated {
+                bump(Counter::Malformed);
+            }
             let sampled_enough = || {
                 // SAFETY: this CPU's slot, as in `flow::account`.
                 let stats = unsafe { &mut *slot };

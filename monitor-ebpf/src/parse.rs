@@ -1,8 +1,10 @@
-//! Header parsing. Headers are read straight from the linear part of the
-//! skb after a check against `data_end` (what the verifier asks for); a
-//! header outside it (paged data) is copied with `bpf_skb_load_bytes`,
-//! which bounds-checks against the whole skb. A truncated frame yields an
-//! error here, never an out-of-bounds access.
+//! Header parsing. Every read copies a whole header with
+//! `bpf_skb_load_bytes` (`ctx.load`), which bounds-checks against the whole
+//! skb, paged data included, so a truncated frame yields an error here and
+//! never an out-of-bounds access. Direct packet reads would be cheaper per
+//! read, but the verifier then tracks every read's offset range and the
+//! paths through VLAN tags, IPv6 extension headers and event captures stop
+//! being pruned: copies keep verification small on every kernel.
 
 use aya_ebpf::programs::TcContext;
 use monitor_common::{ip_proto, FlowKey};
@@ -62,18 +64,7 @@ fn be16(ctx: &TcContext, offset: usize) -> Result<u16, Malformed> {
 }
 
 #[inline(always)]
-fn byte(ctx: &TcContext, offset: usize) -> Result<u8, Malformed> {
-    bytes::<1>(ctx, offset).map(|[b]| b)
-}
-
-#[inline(always)]
 fn bytes<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u8; N], Malformed> {
-    let start = ctx.data() + offset;
-    if start + N <= ctx.data_end() {
-        // SAFETY: checked to lie inside the linear packet data.
-        return Ok(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) });
-    }
-    // A helper call costs far more than a direct read: only when needed.
     ctx.load::<[u8; N]>(offset).map_err(|_| Malformed)
 }
 
@@ -143,31 +134,42 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
     let mut more_fragments = false;
     let mut chain_ok = true;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
+        let is_extension = matches!(
+            next,
+            NEXTHDR_HOP
+                | NEXTHDR_ROUTING
+                | NEXTHDR_DEST
+                | NEXTHDR_MOBILITY
+                | NEXTHDR_HIP
+                | NEXTHDR_SHIM6
+                | NEXTHDR_AUTH
+                | NEXTHDR_FRAGMENT
+        );
+        if !is_extension {
+            break;
+        }
+        // Every extension header is at least 8 bytes; its first four hold
+        // the next header, the length and (for a fragment) the offset.
+        let Ok([following, len, frag_hi, frag_lo]) = bytes::<4>(ctx, l4) else {
+            chain_ok = false;
+            break;
+        };
         let ext_len = match next {
-            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_MOBILITY | NEXTHDR_HIP
-            | NEXTHDR_SHIM6 => byte(ctx, l4 + 1).map(|n| (usize::from(n) + 1) * 8),
-            NEXTHDR_AUTH => byte(ctx, l4 + 1).map(|n| (usize::from(n) + 2) * 4),
-            NEXTHDR_FRAGMENT => be16(ctx, l4 + 2).map(|frag| {
+            NEXTHDR_AUTH => (usize::from(len) + 2) * 4,
+            NEXTHDR_FRAGMENT => {
+                let frag = u16::from_be_bytes([frag_hi, frag_lo]);
                 first_fragment = frag & 0xfff8 == 0;
                 more_fragments = frag & 1 != 0;
                 8
-            }),
-            _ => break,
+            }
+            _ => (usize::from(len) + 1) * 8,
         };
-        match (ext_len, byte(ctx, l4)) {
-            (Ok(len), Ok(following)) => {
-                next = following;
-                l4 += len;
-                // What follows a later fragment's header is data, not
-                // headers, whatever `next` says.
-                if !first_fragment {
-                    break;
-                }
-            }
-            _ => {
-                chain_ok = false;
-                break;
-            }
+        next = following;
+        l4 += ext_len;
+        // What follows a later fragment's header is data, not headers,
+        // whatever `next` says.
+        if !first_fragment {
+            break;
         }
     }
 

@@ -186,8 +186,7 @@ async fn follow_links(
     let (handle, changes) = links::watch()?;
     let mut changes = std::pin::pin!(changes);
     loop {
-        let bridges = links::bridges(&handle).await?;
-        let mut ports = bridges.veths;
+        let mut ports = links::bridge_veths(&handle).await?;
         if let Some(receiver) = &mut inventory {
             // Only container endpoints, and none before the engine first
             // answers: a veth crossmon cannot name is not its to watch.
@@ -199,18 +198,6 @@ async fn follow_links(
         {
             let mut programs = lock(&programs);
             sync_attachments(&mut programs, &ports);
-            let mut watched: BTreeMap<u32, usize> = BTreeMap::new();
-            for attachment in programs.attached() {
-                *watched.entry(attachment.bridge_ifindex).or_default() += 1;
-            }
-            let fully_watched = watched
-                .into_iter()
-                .filter(|(bridge, count)| bridges.ports.get(bridge) == Some(count))
-                .map(|(bridge, _)| bridge)
-                .collect();
-            if let Err(err) = programs.set_counted_bridges(fully_watched) {
-                tracing::warn!("{err:#}");
-            }
             *write(&state.interfaces) = programs
                 .attached()
                 .map(|a| (a.ifindex, a.name.clone()))

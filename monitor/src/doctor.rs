@@ -135,9 +135,9 @@ async fn docker_checks(report: &mut Report, host: Option<&str>) {
         ),
     );
     let bridge_veths: HashSet<u32> = match links::watch() {
-        Ok((handle, _)) => links::bridges(&handle)
+        Ok((handle, _)) => links::bridge_veths(&handle)
             .await
-            .map(|bridges| bridges.veths.into_iter().map(|p| p.ifindex).collect())
+            .map(|ports| ports.into_iter().map(|p| p.ifindex).collect())
             .unwrap_or_default(),
         Err(_) => HashSet::new(),
     };

@@ -25,15 +25,8 @@ struct Link {
     master: Option<u32>,
 }
 
-/// The bridge-enslaved veths right now, and how many ports (of any kind)
-/// each bridge has.
-pub struct Bridges {
-    pub veths: Vec<BridgePort>,
-    pub ports: HashMap<u32, usize>,
-}
-
-/// Lists the bridges' ports right now.
-pub async fn bridges(handle: &Handle) -> anyhow::Result<Bridges> {
+/// Lists the bridge-enslaved veths right now.
+pub async fn bridge_veths(handle: &Handle) -> anyhow::Result<Vec<BridgePort>> {
     let mut links = HashMap::new();
     let mut dump = handle.link().get().execute();
     while let Some(message) = dump
@@ -42,16 +35,6 @@ pub async fn bridges(handle: &Handle) -> anyhow::Result<Bridges> {
         .context("listing links over rtnetlink")?
     {
         links.insert(message.header.index, describe(message));
-    }
-    let mut port_counts: HashMap<u32, usize> = HashMap::new();
-    for link in links.values() {
-        if let Some(master) = link.master.filter(|m| {
-            links
-                .get(m)
-                .is_some_and(|b| b.kind == Some(InfoKind::Bridge))
-        }) {
-            *port_counts.entry(master).or_default() += 1;
-        }
     }
     let mut ports: Vec<BridgePort> = links
         .iter()
@@ -68,10 +51,7 @@ pub async fn bridges(handle: &Handle) -> anyhow::Result<Bridges> {
         })
         .collect();
     ports.sort();
-    Ok(Bridges {
-        veths: ports,
-        ports: port_counts,
-    })
+    Ok(ports)
 }
 
 fn describe(message: LinkMessage) -> Link {

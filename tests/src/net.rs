@@ -639,3 +639,56 @@ pub fn in_netns<T: Send>(
             .map_err(|_| anyhow::anyhow!("thread in {path} panicked"))?
     })
 }
+
+/// IPv4 routing between two test nets through the root namespace: each
+/// host routes the other net's /24 via its gateway. Forwarding and any
+/// firewall rules added are undone on drop.
+pub struct Routed {
+    forwarding_before: String,
+    rules: Vec<(&'static str, [String; 2])>,
+}
+
+impl Routed {
+    pub fn between(one: &TestNet, two: &TestNet) -> anyhow::Result<Routed> {
+        let forwarding_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+            .context("reading ip_forward")?
+            .trim()
+            .to_owned();
+        let mut routed = Routed {
+            forwarding_before,
+            rules: Vec::new(),
+        };
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling forwarding")?;
+        for (from, to) in [(one, two), (two, one)] {
+            let (a, b) = (from.bridge_name().to_owned(), to.bridge_name().to_owned());
+            let rule = ["FORWARD", "-i", &a, "-o", &b, "-j", "ACCEPT"];
+            if run(Command::new("iptables").arg("-I").args(rule)).is_ok() {
+                routed.rules.push(("iptables", [a, b]));
+            }
+            let [x, y, z, _] = to.gateway_v4().octets();
+            let subnet = format!("{x}.{y}.{z}.0/24");
+            for host in from.hosts() {
+                ip(&[
+                    "-n",
+                    host.netns_name(),
+                    "route",
+                    "add",
+                    &subnet,
+                    "via",
+                    &from.gateway_v4().to_string(),
+                ])?;
+            }
+        }
+        Ok(routed)
+    }
+}
+
+impl Drop for Routed {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", &self.forwarding_before);
+        for (tool, [a, b]) in &self.rules {
+            let rule = ["FORWARD", "-i", a, "-o", b, "-j", "ACCEPT"];
+            let _ = run(Command::new(tool).arg("-D").args(rule));
+        }
+    }
+}

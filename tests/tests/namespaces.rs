@@ -497,3 +497,33 @@ fn idle_flows_are_taken_out_and_evicted_flows_keep_their_counts() {
     assert!(monitor.flows().is_empty());
     assert!(table.read().expect("table").is_empty());
 }
+
+#[test]
+fn traffic_routed_between_two_bridges_is_counted_once() {
+    if !require_root() {
+        return;
+    }
+    let one = TestNet::new(1).expect("first network");
+    let two = TestNet::new(1).expect("second network");
+    let _routing = integration_tests::net::Routed::between(&one, &two).expect("routing");
+    let mut monitor = Monitor::attach(&one);
+    let (a, b) = (one.host(0), two.host(0));
+    monitor
+        .datapath
+        .programs
+        .attach(b.veth_name(), b.veth_ifindex(), two.bridge_ifindex())
+        .expect("attach");
+    // a -> bridge one -> routed by the host -> bridge two -> b: the packet
+    // crosses two watched veths and the host's IP layer, and is counted at
+    // a's veth only (and the replies at b's).
+    traffic::ping(a, b.ip4().into(), 3, 56).expect("routed ping");
+    let there = monitor.flow(a.ip4().into(), b.ip4().into(), 0, 0, ip_proto::ICMP);
+    let back = monitor.flow(b.ip4().into(), a.ip4().into(), 0, 0, ip_proto::ICMP);
+    // The host decrements TTL but keeps the length: 84 bytes each way.
+    assert_eq!((there.packets, there.bytes), (3, 3 * 84));
+    assert_eq!((back.packets, back.bytes), (3, 3 * 84));
+    assert_eq!(
+        (there.ifindex, back.ifindex),
+        (a.veth_ifindex(), b.veth_ifindex())
+    );
+}

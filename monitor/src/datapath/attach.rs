@@ -1,6 +1,6 @@
 //! Attaching both classifiers to the host-side veths of containers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use aya::{
@@ -44,7 +44,6 @@ pub struct Programs {
     ebpf: Ebpf,
     counted_ifaces: HashMap<MapData, u32, u8>,
     attached: BTreeMap<u32, VethAttachment>,
-    counted_bridges: BTreeSet<u32>,
     tcx: bool,
 }
 
@@ -58,7 +57,6 @@ impl Programs {
             ebpf,
             counted_ifaces,
             attached: BTreeMap::new(),
-            counted_bridges: BTreeSet::new(),
             tcx: mode == AttachMode::Auto && super::preflight::has_tcx(),
         }
     }
@@ -136,11 +134,6 @@ impl Programs {
         let from = self.program(PROGRAM_FROM_CONTAINER)?.detach(ingress);
         let to = self.program(PROGRAM_TO_CONTAINER)?.detach(egress);
         self.unmark(ifindex);
-        if self.counted_bridges.remove(&attachment.bridge_ifindex) {
-            // One port fewer watched: traffic via this bridge is no longer
-            // known to be counted already.
-            self.unmark(attachment.bridge_ifindex);
-        }
         from.and(to).map_err(|err| {
             anyhow::Error::new(err).context(format!("detaching from {}", attachment.name))
         })
@@ -156,24 +149,6 @@ impl Programs {
             }
         }
         ifindexes.len()
-    }
-
-    /// Marks as counted exactly the bridges in `bridges`: those whose ports
-    /// are all watched. A packet routed onward from such a bridge entered
-    /// through one of the watched veths and was counted there; through a
-    /// bridge with any other port (an uplink NIC, a VM tap) it may not
-    /// have been, so it is counted where it leaves.
-    pub fn set_counted_bridges(&mut self, bridges: BTreeSet<u32>) -> anyhow::Result<()> {
-        for gone in self.counted_bridges.difference(&bridges) {
-            let _ = self.counted_ifaces.remove(gone);
-        }
-        for bridge in &bridges {
-            self.counted_ifaces
-                .insert(bridge, 1, 0)
-                .with_context(|| format!("registering bridge {bridge} as counted"))?;
-        }
-        self.counted_bridges = bridges;
-        Ok(())
     }
 
     pub fn attached(&self) -> impl Iterator<Item = &VethAttachment> {
