@@ -170,6 +170,19 @@ fn udp_is_counted_exactly_with_payload_samples_and_one_new_flow_event() {
             .collect();
         // The first two payload packets, up to 128 bytes each.
         assert_eq!(samples, vec![payloads[0], &payloads[1][..100]]);
+
+        // And the other way, from the receiver's port back to the sender's:
+        // its own flow, counted on the other veth.
+        let answers: [&[u8]; 2] = [&[b'r'; 7], &[b's'; 700]];
+        let back_port = traffic::udp_send(c, a, src, port, &answers).expect("udp back");
+        let back = monitor.flow(dst, src, back_port, port, ip_proto::UDP);
+        assert_eq!((back.packets, back.bytes), (2, 2 * header + 707));
+        assert_eq!(back.ifindex, c.veth_ifindex());
+        assert_eq!(
+            monitor.flow(src, dst, port, 5353, ip_proto::UDP).packets,
+            3,
+            "unchanged"
+        );
     }
 }
 
