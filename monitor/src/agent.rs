@@ -187,14 +187,16 @@ async fn follow_links(
     let mut changes = std::pin::pin!(changes);
     loop {
         let mut ports = links::bridge_veths(&handle).await?;
-        if let Some(receiver) = &mut inventory {
+        let known = inventory.as_mut().and_then(|receiver| {
             // Only container endpoints, and none before the engine first
             // answers: a veth crossmon cannot name is not its to watch.
             let known = receiver.borrow_and_update().clone();
             let endpoints: HashSet<u32> = known.iter().flat_map(|k| k.container_veths()).collect();
             ports.retain(|port| endpoints.contains(&port.ifindex));
-            state.set_inventory(known);
-        }
+            known
+        });
+        // Also without Docker: a new bridge brings a new host address.
+        state.set_inventory(known);
         {
             let mut programs = lock(&programs);
             sync_attachments(&mut programs, &ports);

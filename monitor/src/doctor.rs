@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use crate::{
     datapath::{self, preflight, DatapathConfig},
-    docker::{self, inventory::ProbeCache, Inventory},
+    docker::{self, inventory::ProbeCache, EngineInfo, Inventory},
     links,
 };
 
@@ -119,7 +119,11 @@ async fn docker_checks(report: &mut Report, host: Option<&str>) {
             return;
         }
     };
-    let inventory = match Inventory::sync(&docker, &mut ProbeCache::default()).await {
+    let synced = match EngineInfo::of(&docker).await {
+        Ok(engine) => Inventory::sync(&docker, &engine, &mut ProbeCache::default()).await,
+        Err(err) => Err(err),
+    };
+    let inventory = match synced {
         Ok(inventory) => inventory,
         Err(err) => {
             report.line(Verdict::Fail, "docker", format!("{err:#}"));
@@ -134,8 +138,8 @@ async fn docker_checks(report: &mut Report, host: Option<&str>) {
             inventory.engine.version, inventory.engine.api_version
         ),
     );
-    let bridge_veths: HashSet<u32> = match links::watch() {
-        Ok((handle, _)) => links::bridge_veths(&handle)
+    let bridge_veths: HashSet<u32> = match links::connect() {
+        Ok(handle) => links::bridge_veths(&handle)
             .await
             .map(|ports| ports.into_iter().map(|p| p.ifindex).collect())
             .unwrap_or_default(),

@@ -76,6 +76,14 @@ fn describe(message: LinkMessage) -> Link {
     link
 }
 
+/// A netlink connection for one-off queries.
+pub fn connect() -> anyhow::Result<Handle> {
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
 /// A netlink connection for queries, and a stream that yields `()` whenever
 /// any link changes (created, removed, moved to a bridge...).
 pub fn watch() -> anyhow::Result<(Handle, impl Stream<Item = ()>)> {

@@ -15,7 +15,7 @@ use bollard::query_parameters::EventsOptionsBuilder;
 use futures::StreamExt as _;
 use tokio::sync::watch;
 
-use super::{connect, inventory::ProbeCache, Inventory};
+use super::{connect, inventory::ProbeCache, EngineInfo, Inventory};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Containers start in bursts (compose up): one sync per burst.
@@ -92,7 +92,8 @@ async fn session(
         .filters(&filters)
         .build();
     let mut events = docker.events(Some(options));
-    let synced = Inventory::sync(&docker, cache).await?;
+    let engine = EngineInfo::of(&docker).await?;
+    let synced = Inventory::sync(&docker, &engine, cache).await?;
     tracing::info!(
         version = %synced.engine.version,
         api = %synced.engine.api_version,
@@ -120,6 +121,7 @@ async fn session(
                 },
             }
         }
-        inventory.send_replace(Some(Arc::new(Inventory::sync(&docker, cache).await?)));
+        let synced = Inventory::sync(&docker, &engine, cache).await?;
+        inventory.send_replace(Some(Arc::new(synced)));
     }
 }

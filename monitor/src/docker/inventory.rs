@@ -85,15 +85,26 @@ pub struct ProbeCache {
     links: HashMap<(String, u32, Vec<String>), Vec<netns::ContainerLink>>,
 }
 
+impl EngineInfo {
+    /// Asked once per connection: an engine's version cannot change
+    /// without the connection dropping.
+    pub async fn of(docker: &Docker) -> anyhow::Result<EngineInfo> {
+        let version = docker.version().await.context("GET /version")?;
+        Ok(EngineInfo {
+            version: version.version.unwrap_or_default(),
+            api_version: version.api_version.unwrap_or_default(),
+        })
+    }
+}
+
 impl Inventory {
     /// Lists and inspects everything running. A container that vanishes
     /// mid-way is skipped, not an error.
-    pub async fn sync(docker: &Docker, cache: &mut ProbeCache) -> anyhow::Result<Inventory> {
-        let version = docker.version().await.context("GET /version")?;
-        let engine = EngineInfo {
-            version: version.version.unwrap_or_default(),
-            api_version: version.api_version.unwrap_or_default(),
-        };
+    pub async fn sync(
+        docker: &Docker,
+        engine: &EngineInfo,
+        cache: &mut ProbeCache,
+    ) -> anyhow::Result<Inventory> {
         let networks = docker
             .list_networks(None::<ListNetworksOptions>)
             .await
@@ -126,7 +137,7 @@ impl Inventory {
         }
         cache.links.retain(|key, _| live_keys.contains(key));
         Ok(Inventory {
-            engine,
+            engine: engine.clone(),
             networks,
             containers,
         })
