@@ -439,3 +439,32 @@ fn capture_sizes_and_random_samples_follow_the_settings() {
         .iter()
         .all(|(data, len)| data.as_slice() == &frame[..128] && *len == frame.len() as u32));
 }
+
+#[test]
+fn events_that_do_not_fit_the_ring_are_counted_as_lost() {
+    // One page of ring buffer holds only a few 576-byte capture records.
+    let config = DatapathConfig {
+        ring_bytes: 4096,
+        sample_rate: 1,
+        payload_bytes: 0,
+        ..DatapathConfig::default()
+    };
+    let Some(mut dp) = load(config) else {
+        return;
+    };
+    let frame = ethernet(B, A, 0x88b5, &[0; 46]);
+    for _ in 0..50 {
+        pass(&mut dp, PROGRAM_FROM_CONTAINER, &frame);
+    }
+    let received = events(&mut dp)
+        .iter()
+        .filter(|e| matches!(e, Event::PacketSample { .. }))
+        .count() as u64;
+    let lost = dp.counters.read().expect("counters").lost_packet_sample;
+    assert!(lost > 0, "a one-page ring cannot hold 50 samples");
+    assert_eq!(
+        received + lost,
+        50,
+        "every sample is either delivered or counted lost"
+    );
+}
