@@ -94,6 +94,17 @@ impl FlowKey {
         ip_version: 0,
         _pad: [0; 2],
     };
+
+    /// The flow of the answers: addresses and ports swapped.
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey {
+            src_addr: self.dst_addr,
+            dst_addr: self.src_addr,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            ..*self
+        }
+    }
 }
 
 /// Where a packet was counted, relative to the container behind the veth.

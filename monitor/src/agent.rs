@@ -4,7 +4,11 @@
 use std::{
     collections::{BTreeMap, HashSet},
     net::SocketAddr,
-    sync::{atomic::AtomicBool, Arc, Mutex, RwLock},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, RwLock,
+    },
     time::Duration,
 };
 
@@ -17,12 +21,15 @@ use crate::{
     api::{self, FlowJson},
     clock,
     datapath::{
-        self, preflight, Counters, DatapathConfig, EventRing, FlowMap, KernelCounters, Programs,
+        self, preflight, Counters, DatapathConfig, EventRing, FlowMap, KernelCounters,
+        ProgramRunStats, Programs,
     },
     docker::{self, directory::host_addresses, Directory, Inventory},
     event_log::EventLog,
     flows::{FlowTable, PollOutcome},
     links,
+    metrics::{AgentSnapshot, Metrics, MetricsConfig},
+    web_config::{self, WebConfig},
 };
 
 #[derive(Clone, Debug)]
@@ -38,12 +45,21 @@ pub struct AgentConfig {
     /// socket); no engine at all with `use_docker` off.
     pub use_docker: bool,
     pub docker_host: Option<String>,
+    /// `--web-config`: TLS and basic auth of the HTTP endpoint.
+    pub web_config: Option<PathBuf>,
+    pub metrics: MetricsConfig,
 }
 
 /// What the API serves, updated by the background tasks.
-#[derive(Default)]
 pub struct AgentState {
     flows: RwLock<FlowTable>,
+    /// Kernel map entries at the latest read, and entries it evicted.
+    flow_map_entries: AtomicUsize,
+    flows_evicted: AtomicU64,
+    flow_map_capacity: u32,
+    /// The programs' run statistics, when the kernel keeps them.
+    programs: RwLock<Option<Vec<ProgramRunStats>>>,
+    pub metrics: Metrics,
     interfaces: RwLock<BTreeMap<u32, String>>,
     kernel: RwLock<KernelCounters>,
     pub events: EventLog,
@@ -54,6 +70,41 @@ pub struct AgentState {
 }
 
 impl AgentState {
+    pub fn new(config: &AgentConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            flows: RwLock::default(),
+            flow_map_entries: AtomicUsize::new(0),
+            flows_evicted: AtomicU64::new(0),
+            flow_map_capacity: config.datapath.flow_capacity,
+            programs: RwLock::default(),
+            metrics: Metrics::new(config.metrics)?,
+            interfaces: RwLock::default(),
+            kernel: RwLock::default(),
+            events: EventLog::default(),
+            inventory: RwLock::default(),
+            directory: RwLock::new(Arc::new(Directory::new(None, host_addresses()))),
+            docker_up: Arc::default(),
+        })
+    }
+
+    /// The Prometheus text exposition of everything the agent knows.
+    pub fn render_metrics(&self) -> anyhow::Result<String> {
+        self.metrics.render(|traffic| AgentSnapshot {
+            attached_interfaces: read(&self.interfaces).len(),
+            flows: read(&self.flows).len(),
+            flow_map_entries: self.flow_map_entries.load(Ordering::Relaxed),
+            flow_map_capacity: self.flow_map_capacity,
+            flows_evicted: self.flows_evicted.load(Ordering::Relaxed),
+            kernel: self.kernel_counters(),
+            events: self.events.totals(),
+            docker_up: self.docker_up.load(Ordering::Relaxed),
+            engine: self.inventory().map(|i| i.engine.clone()),
+            programs: read(&self.programs).clone(),
+            containers: traffic.known_containers().cloned().collect(),
+            series: traffic.series_counts(),
+        })
+    }
+
     pub fn flows_json(&self) -> Vec<FlowJson> {
         let interfaces = read(&self.interfaces).clone();
         let directory = read(&self.directory).clone();
@@ -85,6 +136,24 @@ impl AgentState {
         *write(&self.inventory) = inventory;
     }
 
+    /// Feeds one poll's result to the metrics.
+    fn record_poll(&self, outcome: &PollOutcome, now_ns: u64) {
+        self.flow_map_entries
+            .store(outcome.entries, Ordering::Relaxed);
+        self.flows_evicted
+            .fetch_add(outcome.evicted as u64, Ordering::Relaxed);
+        let directory = read(&self.directory).clone();
+        let inventory = self.inventory();
+        let mut traffic = self.metrics.traffic();
+        traffic.update(
+            &read(&self.flows),
+            &outcome.expired,
+            &directory,
+            inventory.as_deref(),
+            now_ns,
+        );
+    }
+
     /// Attached interfaces and known flows.
     pub fn sizes(&self) -> (usize, usize) {
         (read(&self.interfaces).len(), read(&self.flows).len())
@@ -109,6 +178,11 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 /// Runs until SIGINT or SIGTERM, then detaches from every interface.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let web = config
+        .web_config
+        .as_deref()
+        .map(WebConfig::load)
+        .transpose()?;
     let report = preflight::check()?;
     let datapath = datapath::load(&config.datapath)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -120,8 +194,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         "crossmon running"
     );
 
-    let state = Arc::new(AgentState::default());
-    state.set_inventory(None);
+    let state = Arc::new(AgentState::new(&config)?);
     let programs = Arc::new(Mutex::new(datapath.programs));
     let mut tasks = JoinSet::new();
     let inventory = if config.use_docker {
@@ -139,6 +212,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tasks.spawn(poll_flows(
         datapath.flows,
         datapath.counters,
+        programs.clone(),
         state.clone(),
         config.clone(),
     ));
@@ -147,11 +221,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tasks.spawn(forward_ebpf_logs(logger));
     }
     let app = api::router(state.clone());
-    tasks.spawn(async move {
-        axum::serve(listener, app)
-            .await
-            .context("serving the HTTP API")
-    });
+    tasks.spawn(web_config::serve(listener, app, web));
 
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
     let outcome = tokio::select! {
@@ -261,10 +331,11 @@ fn sync_attachments(programs: &mut Programs, ports: &[links::BridgePort]) {
 }
 
 /// Reads the flow map every `poll_interval` into the cumulative table and
-/// removes flows idle for `idle_timeout`.
+/// the metrics, and removes flows idle for `idle_timeout`.
 async fn poll_flows(
     mut flows: FlowMap,
     counters: Counters,
+    programs: Arc<Mutex<Programs>>,
     state: Arc<AgentState>,
     config: AgentConfig,
 ) -> anyhow::Result<()> {
@@ -274,13 +345,22 @@ async fn poll_flows(
     loop {
         ticker.tick().await;
         let idle_ns = u64::try_from(config.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
-        let cutoff = clock::monotonic_ns().saturating_sub(idle_ns);
-        match poll_once(&mut flows, &state.flows, &mut snapshot, cutoff) {
-            Ok(outcome) if outcome.evicted > 0 => tracing::warn!(
-                evicted = outcome.evicted,
-                "flow map full: the kernel evicted flows; raise --flow-capacity"
-            ),
-            Ok(_) => {}
+        let now = clock::monotonic_ns();
+        match poll_once(
+            &mut flows,
+            &state.flows,
+            &mut snapshot,
+            now.saturating_sub(idle_ns),
+        ) {
+            Ok(outcome) => {
+                if outcome.evicted > 0 {
+                    tracing::warn!(
+                        evicted = outcome.evicted,
+                        "flow map full: the kernel evicted flows; raise --flow-capacity"
+                    );
+                }
+                state.record_poll(&outcome, now);
+            }
             // A failed read loses nothing: the kernel keeps counting and
             // the next poll reads it.
             Err(err) => tracing::warn!("reading the flow map: {err:#}"),
@@ -289,7 +369,22 @@ async fn poll_flows(
             Ok(kernel) => *write(&state.kernel) = kernel,
             Err(err) => tracing::warn!("reading kernel counters: {err:#}"),
         }
+        *write(&state.programs) = program_stats(&programs);
     }
+}
+
+/// The programs' run statistics if the kernel keeps them
+/// (`kernel.bpf_stats_enabled`, off by default for its small cost).
+fn program_stats(programs: &Mutex<Programs>) -> Option<Vec<ProgramRunStats>> {
+    let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .is_ok_and(|text| text.trim() == "1");
+    if !enabled {
+        return None;
+    }
+    lock(programs)
+        .run_stats()
+        .inspect_err(|err| tracing::debug!("program statistics: {err:#}"))
+        .ok()
 }
 
 /// One read of the kernel map into `table`; exported for tests. The table
@@ -327,7 +422,8 @@ pub fn poll_once(
     for (key, last) in &retired {
         table.retire(key, last);
     }
-    table.expire(idle_cutoff_ns);
+    outcome.entries = snapshot.len() - retired.len();
+    outcome.expired = table.expire(idle_cutoff_ns);
     Ok(outcome)
 }
 

@@ -1,4 +1,4 @@
-//! The HTTP API: `/api/v1/flows` and `/healthz`.
+//! The HTTP API: `/api/v1/...`, `/metrics` and `/healthz`.
 
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/containers", get(containers))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -80,6 +81,29 @@ impl FlowJson {
             interface,
             src: src_end,
             dst: dst_end,
+        }
+    }
+}
+
+async fn metrics(State(state): State<Arc<AgentState>>) -> axum::response::Response {
+    use axum::{http::StatusCode, response::IntoResponse as _};
+    // Rendering thousands of series is CPU work: off the async workers.
+    let rendered = tokio::task::spawn_blocking(move || state.render_metrics()).await;
+    match rendered {
+        Ok(Ok(text)) => (
+            [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+            text,
+        )
+            .into_response(),
+        // A scrape that fails says so: Prometheus marks the target down
+        // instead of recording a partial picture.
+        Ok(Err(err)) => {
+            tracing::error!("{err:#}");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}\n")).into_response()
+        }
+        Err(join) => {
+            tracing::error!("rendering /metrics: {join}");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
 }

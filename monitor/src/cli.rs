@@ -1,7 +1,7 @@
 //! Command-line interface. Every setting has an embedded default: `crossmon
 //! run` needs no flag and no file.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use monitor_common::MAX_CAPTURE;
@@ -9,6 +9,7 @@ use monitor_common::MAX_CAPTURE;
 use crate::{
     agent::AgentConfig,
     datapath::{AttachMode, DatapathConfig},
+    metrics::MetricsConfig,
 };
 
 /// Default address of the HTTP API: loopback only, since flows reveal who
@@ -44,6 +45,11 @@ pub struct RunArgs {
     /// Address of the HTTP API (`/api/v1/flows`, `/healthz`).
     #[arg(long, default_value = DEFAULT_LISTEN, env = "CROSSMON_LISTEN")]
     pub listen: SocketAddr,
+
+    /// TLS and basic auth for the HTTP endpoint, in the Prometheus
+    /// exporter-toolkit format (`tls_server_config`, `basic_auth_users`).
+    #[arg(long, value_name = "FILE")]
+    pub web_config: Option<PathBuf>,
 
     /// Do not talk to the Docker engine: attach to every veth on a bridge,
     /// and flows carry addresses only.
@@ -84,6 +90,15 @@ pub struct RunArgs {
     /// Flows idle this long are dropped from the kernel map and the API.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+
+    /// Series per traffic metric family (flows, connections); label
+    /// combinations beyond it are counted in an `other` series.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_series: u32,
+
+    /// How long the series of a removed container stay in `/metrics`.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub series_grace: Duration,
 
     /// `auto`: TCX links where the kernel has them (6.6+), clsact before;
     /// `clsact`: netlink clsact filters always.
@@ -146,6 +161,11 @@ impl RunArgs {
             idle_timeout: self.idle_timeout,
             use_docker: !self.no_docker,
             docker_host: self.docker_host.clone(),
+            web_config: self.web_config.clone(),
+            metrics: MetricsConfig {
+                max_series: self.max_series as usize,
+                grace_ns: u64::try_from(self.series_grace.as_nanos()).unwrap_or(u64::MAX),
+            },
         }
     }
 }

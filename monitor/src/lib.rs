@@ -11,3 +11,5 @@ pub mod doctor;
 pub mod event_log;
 pub mod flows;
 pub mod links;
+pub mod metrics;
+pub mod web_config;

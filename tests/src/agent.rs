@@ -67,6 +67,14 @@ impl Agent {
     /// `crossmon run --poll-interval 200ms --listen <free port> EXTRA`,
     /// once `/healthz` answers.
     pub fn start(extra: &[&str]) -> Agent {
+        Self::start_with(extra, |addr| {
+            get(addr, "/healthz").is_some_and(|(status, _)| status == 200)
+        })
+    }
+
+    /// Like [`Agent::start`], once `ready(address)` holds: for an API behind
+    /// TLS or basic auth, which the plain `get` cannot reach.
+    pub fn start_with(extra: &[&str], mut ready: impl FnMut(SocketAddr) -> bool) -> Agent {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .expect("address");
@@ -83,9 +91,7 @@ impl Agent {
             .spawn()
             .expect("starting crossmon (built by `cargo xtask test`)");
         let agent = Agent { child, addr };
-        wait_until("/healthz", || {
-            get(addr, "/healthz").is_some_and(|(status, _)| status == 200)
-        });
+        wait_until("the agent's API", || ready(addr));
         agent
     }
 

@@ -10,6 +10,8 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
+use crate::scratch::Scratch;
+
 pub const IMAGE: &str = "crossmon-test/busybox:1";
 const APPLETS: &[&str] = &[
     "sh", "sleep", "ping", "nc", "cat", "echo", "ip", "wget", "httpd",
@@ -113,7 +115,8 @@ pub fn restart_own_dockerd(while_down: impl FnOnce()) -> anyhow::Result<bool> {
 }
 
 fn build_image() -> anyhow::Result<()> {
-    let root = tempdir("crossmon-busybox")?;
+    let scratch = Scratch::new("busybox");
+    let root = scratch.dir().display().to_string();
     let bin = format!("{root}/bin");
     std::fs::create_dir_all(&bin)?;
     std::fs::copy("/bin/busybox", format!("{bin}/busybox"))
@@ -127,21 +130,10 @@ fn build_image() -> anyhow::Result<()> {
             &format!("tar -C {root} -c . | docker import - {IMAGE} >/dev/null"),
         ])
         .status()?;
-    let _ = std::fs::remove_dir_all(&root);
     if !status.success() {
         bail!("docker import of the busybox image failed");
     }
     Ok(())
-}
-
-fn tempdir(prefix: &str) -> anyhow::Result<String> {
-    let path = format!(
-        "/tmp/{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    std::fs::create_dir_all(&path)?;
-    Ok(path)
 }
 
 /// A unique name for this process: `xm<pid>-<n>-<what>`.

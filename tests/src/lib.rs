@@ -3,9 +3,12 @@
 
 pub mod agent;
 pub mod docker;
+pub mod exposition;
 pub mod frames;
 pub mod mib;
 pub mod net;
+pub mod prometheus;
+pub mod scratch;
 pub mod traffic;
 
 use std::path::PathBuf;

@@ -1,17 +1,26 @@
 //! The test harness itself, in the running kernel and without crossmon:
 //! a test net comes up silent, carries exactly the traffic the helpers say
 //! they sent, delivers raw frames unchanged, and leaves nothing behind.
+//! And the real Prometheus server and promtool the exporter's tests use.
 
 use std::{
-    net::{IpAddr, SocketAddr, UdpSocket},
+    io::{BufRead as _, BufReader, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    panic::AssertUnwindSafe,
     process::Command,
     time::Duration,
 };
 
 use integration_tests::{
+    agent::wait_until,
     frames::{self, Ends, ETH_P_IP, ETH_P_IPV6},
     mib::{snmp6_counter, snmp_counter},
+    prometheus::{
+        prometheus_installed, promtool_check_metrics, promtool_check_rules, promtool_test_rules,
+        Prometheus, Scrape, Tls,
+    },
     require_root,
+    scratch::Scratch,
     traffic::{self, RawSocket},
     TestNet,
 };
@@ -300,4 +309,163 @@ fn a_vlan_tag_arrives_as_metadata_and_a_hand_built_chain_reaches_a_socket() {
     let (len, from) = sink.recv_from(&mut buffer).expect("datagram");
     assert_eq!(&buffer[..len], b"chain");
     assert_eq!(from, SocketAddr::from((a.ip6(), 1000)));
+}
+
+const DEMO: &str = "# HELP demo_total A demo.\n# TYPE demo_total counter\ndemo_total{a=\"b\"} 42\n";
+
+/// An HTTP server on a loopback port, answering each request with
+/// `respond(request head)`; it lives as long as the test process.
+fn serve(respond: impl Fn(&str) -> (u16, &'static str) + Send + 'static) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let addr = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            while reader.read_line(&mut head).is_ok_and(|n| n > 2) {}
+            let (status, body) = respond(&head);
+            let _ = write!(
+                reader.get_mut(),
+                "HTTP/1.1 {status} X\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn prometheus_scrapes_a_target_evaluates_rules_and_answers_queries() {
+    if !prometheus_installed() {
+        return;
+    }
+    let scratch = Scratch::new("harness-rules");
+    let rules = scratch.write(
+        "rules.yml",
+        "groups:\n  - name: demo\n    rules:\n\
+         \x20     - record: demo:doubled\n        expr: demo_total * 2\n\
+         \x20     - alert: DemoHigh\n        expr: demo_total > 40\n        labels: {severity: page}\n",
+    );
+    promtool_check_rules(&rules).expect("promtool check rules");
+    let unit_test = |doubled: u32| {
+        format!(
+            "rule_files: [rules.yml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n\
+             \x20   input_series:\n      - series: 'demo_total{{a=\"b\"}}'\n        values: '42x3'\n\
+             \x20   promql_expr_test:\n      - expr: demo:doubled\n        eval_time: 1m\n\
+             \x20       exp_samples:\n          - labels: 'demo:doubled{{a=\"b\"}}'\n\
+             \x20           value: {doubled}\n\
+             \x20   alert_rule_test:\n      - eval_time: 1m\n        alertname: DemoHigh\n\
+             \x20       exp_alerts:\n          - exp_labels: {{severity: page, a: b}}\n"
+        )
+    };
+    promtool_test_rules(&scratch.write("right.yml", &unit_test(84))).expect("promtool test rules");
+    let wrong = promtool_test_rules(&scratch.write("wrong.yml", &unit_test(85)));
+    assert!(
+        wrong.as_ref().is_err_and(|e| e.contains("got:")),
+        "{wrong:?}"
+    );
+    let broken = scratch.write(
+        "broken.yml",
+        "groups:\n  - name: demo\n    rules:\n      - record: x\n        expr: demo_total *\n",
+    );
+    let broken = promtool_check_rules(&broken);
+    assert!(
+        broken.as_ref().is_err_and(|e| e.contains("parse error")),
+        "{broken:?}"
+    );
+
+    let target = serve(|_| (200, DEMO));
+    let prometheus = Prometheus::start(&Scrape {
+        job: "demo".to_owned(),
+        rule_files: vec![rules],
+        ..Scrape::new(target)
+    });
+    prometheus.wait_for_target_up();
+    prometheus.wait_for_value("demo_total", 42.0);
+    let samples = prometheus.query("demo_total");
+    let labels = &samples[0].labels;
+    assert_eq!(
+        (labels["a"].as_str(), labels["job"].as_str()),
+        ("b", "demo"),
+        "{samples:?}"
+    );
+    assert_eq!(labels["instance"], target.to_string());
+    prometheus.wait_for_value(r#"demo:doubled{a="b"}"#, 84.0);
+    prometheus.wait_for_value(r#"ALERTS{alertname="DemoHigh",alertstate="firing"}"#, 1.0);
+
+    let scalar = prometheus.query("scalar(demo_total) / 4 + 0.5");
+    assert_eq!(
+        scalar
+            .iter()
+            .map(|s| (s.labels.len(), s.value))
+            .collect::<Vec<_>>(),
+        [(0, 11.0)]
+    );
+    let refused = std::panic::catch_unwind(AssertUnwindSafe(|| prometheus.query("sum(demo_total")));
+    let message = refused.expect_err("a bad query panics");
+    let message = message.downcast_ref::<String>().expect("panic message");
+    assert!(message.contains("parse error"), "{message}");
+}
+
+#[test]
+fn prometheus_scrapes_with_basic_auth_and_speaks_https_when_told() {
+    if !prometheus_installed() {
+        return;
+    }
+    // `prometheus:secret`
+    let target = serve(|head| {
+        if head.contains("Basic cHJvbWV0aGV1czpzZWNyZXQ=") {
+            (200, DEMO)
+        } else {
+            (401, "who are you?")
+        }
+    });
+    let with = |password: &str| Scrape {
+        basic_auth: Some(("prometheus".to_owned(), password.to_owned())),
+        ..Scrape::new(target)
+    };
+    let allowed = Prometheus::start(&with("secret"));
+    let refused = Prometheus::start(&with("guess"));
+    let scratch = Scratch::new("harness-tls");
+    let certificate = rcgen::generate_simple_self_signed(["localhost".to_owned()])
+        .expect("self-signed certificate");
+    let tls = Prometheus::start(&Scrape {
+        https: Some(Tls {
+            ca_file: scratch.write("ca.pem", &certificate.cert.pem()),
+            server_name: Some("localhost".to_owned()),
+        }),
+        ..with("secret")
+    });
+
+    allowed.wait_for_target_up();
+    allowed.wait_for_value("demo_total", 42.0);
+    for (prometheus, error) in [(&refused, "401"), (&tls, "HTTPS")] {
+        wait_until("a scrape", || prometheus.target_health().0 != "unknown");
+        let (health, last_error) = prometheus.target_health();
+        assert_eq!(health, "down", "{last_error}");
+        assert!(last_error.contains(error), "{last_error}");
+    }
+}
+
+#[test]
+fn promtool_check_metrics_accepts_clean_text_and_names_each_problem() {
+    if !prometheus_installed() {
+        return;
+    }
+    promtool_check_metrics(DEMO).expect("a clean exposition");
+    for (text, problem) in [
+        (
+            "# HELP demo A demo.\n# TYPE demo counter\ndemo 1\n",
+            "\"_total\" suffix",
+        ),
+        ("# TYPE demo gauge\ndemo 1\n", "no help text"),
+        ("demo_total{a=\"b\" 42\n", "parsing error"),
+    ] {
+        let verdict = promtool_check_metrics(text);
+        assert!(
+            verdict.as_ref().is_err_and(|e| e.contains(problem)),
+            "{text}: {verdict:?}"
+        );
+    }
 }

@@ -33,6 +33,10 @@ const PACKAGES: &[&str] = &[
     // registry is needed).
     "docker.io",
     "busybox-static",
+    // A real Prometheus server and promtool for the exporter's tests; curl
+    // for HTTPS and basic-auth checks of the endpoint.
+    "prometheus",
+    "curl",
 ];
 
 /// rust-src for `-Z build-std=core`; clippy for the eBPF crate's lint pass.

@@ -39,6 +39,14 @@ pub enum AttachMode {
     Clsact,
 }
 
+/// The kernel's run statistics of one program.
+#[derive(Clone, Debug)]
+pub struct ProgramRunStats {
+    pub name: &'static str,
+    pub run_time: std::time::Duration,
+    pub run_count: u64,
+}
+
 /// The loaded programs and where they are attached.
 pub struct Programs {
     ebpf: Ebpf,
@@ -157,6 +165,29 @@ impl Programs {
 
     pub fn is_attached(&self, ifindex: u32) -> bool {
         self.attached.contains_key(&ifindex)
+    }
+
+    /// What the kernel measured of each program (zero unless
+    /// `kernel.bpf_stats_enabled` is on).
+    pub fn run_stats(&self) -> anyhow::Result<Vec<ProgramRunStats>> {
+        [PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER]
+            .into_iter()
+            .map(|name| {
+                let program: &SchedClassifier = self
+                    .ebpf
+                    .program(name)
+                    .with_context(|| format!("program {name} missing"))?
+                    .try_into()?;
+                let info = program
+                    .info()
+                    .with_context(|| format!("BPF_OBJ_GET_INFO_BY_FD of {name}"))?;
+                Ok(ProgramRunStats {
+                    name,
+                    run_time: info.run_time(),
+                    run_count: info.run_count(),
+                })
+            })
+            .collect()
     }
 
     /// Runs one program on a synthetic frame through `BPF_PROG_TEST_RUN`, no

@@ -8,7 +8,7 @@ mod flow_map;
 mod load;
 pub mod preflight;
 
-pub use attach::{AttachMode, Programs, VethAttachment};
+pub use attach::{AttachMode, ProgramRunStats, Programs, VethAttachment};
 pub use counters::{Counters, KernelCounters};
 pub use events::{Event, EventRing};
 pub use flow_map::FlowMap;

@@ -9,6 +9,7 @@
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use monitor_common::{Direction, FlowKey, FlowStats};
@@ -32,7 +33,7 @@ pub enum EndKind {
 }
 
 /// One end of a flow, as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct FlowEnd {
     pub kind: EndKind,
     pub name: Option<String>,
@@ -42,6 +43,10 @@ pub struct FlowEnd {
     pub compose_service: Option<String>,
     pub network: Option<String>,
     pub ip: Option<String>,
+    /// The container itself, for what the API does not show (labels,
+    /// exposed ports).
+    #[serde(skip)]
+    pub container: Option<Arc<Container>>,
 }
 
 impl FlowEnd {
@@ -55,10 +60,11 @@ impl FlowEnd {
             compose_service: None,
             network: None,
             ip: Some(ip.to_string()),
+            container: None,
         }
     }
 
-    fn container(container: &Container, endpoint: &Endpoint, ip: IpAddr) -> Self {
+    fn container(container: &Arc<Container>, endpoint: &Endpoint, ip: IpAddr) -> Self {
         Self {
             kind: EndKind::Container,
             name: Some(container.name.clone()),
@@ -68,6 +74,7 @@ impl FlowEnd {
             compose_service: container.compose_service.clone(),
             network: Some(endpoint.network.clone()),
             ip: Some(ip.to_string()),
+            container: Some(container.clone()),
         }
     }
 }
@@ -79,7 +86,7 @@ pub struct Directory {
     by_veth: HashMap<u32, (String, usize)>,
     gateways: HashMap<IpAddr, String>,
     host: HashSet<IpAddr>,
-    containers: HashMap<String, Container>,
+    containers: HashMap<String, Arc<Container>>,
 }
 
 impl Directory {
@@ -111,7 +118,7 @@ impl Directory {
             }
             directory
                 .containers
-                .insert(container.id.clone(), container.clone());
+                .insert(container.id.clone(), Arc::new(container.clone()));
         }
         directory
     }

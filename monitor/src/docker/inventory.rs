@@ -2,7 +2,7 @@
 //! endpoints, and the host-side veth of each endpoint.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
 
@@ -62,11 +62,20 @@ pub struct Container {
     pub endpoints: Vec<Endpoint>,
     pub posture: Posture,
     pub labels: BTreeMap<String, String>,
+    /// Ports the image or `--expose` declares, as (port, IP protocol).
+    pub exposed_ports: BTreeSet<(u16, u8)>,
 }
 
 impl Container {
     pub fn short_id(&self) -> &str {
         self.id.get(..12).unwrap_or(&self.id)
+    }
+
+    /// `crossmon.metrics=off`: the operator asked for no series naming it.
+    pub fn metrics_off(&self) -> bool {
+        self.labels
+            .get("crossmon.metrics")
+            .is_some_and(|v| v.eq_ignore_ascii_case("off"))
     }
 }
 
@@ -184,6 +193,12 @@ fn container(inspect: ContainerInspectResponse) -> Option<Container> {
     let posture = Posture::of(&inspect);
     let config = inspect.config.unwrap_or_default();
     let labels: BTreeMap<String, String> = config.labels.unwrap_or_default().into_iter().collect();
+    let exposed_ports = config
+        .exposed_ports
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|spec| exposed_port(spec))
+        .collect();
     let endpoints = inspect
         .network_settings
         .and_then(|settings| settings.networks)
@@ -213,7 +228,19 @@ fn container(inspect: ContainerInspectResponse) -> Option<Container> {
         endpoints,
         posture,
         labels,
+        exposed_ports,
     })
+}
+
+/// `80/tcp`, `53/udp` (a bare port is TCP, as in Docker).
+fn exposed_port(spec: &str) -> Option<(u16, u8)> {
+    let (port, protocol) = spec.split_once('/').unwrap_or((spec, "tcp"));
+    let protocol = match protocol {
+        "tcp" => monitor_common::ip_proto::TCP,
+        "udp" => monitor_common::ip_proto::UDP,
+        _ => return None,
+    };
+    Some((port.parse().ok()?, protocol))
 }
 
 fn endpoint(network: String, settings: EndpointSettings) -> Endpoint {
@@ -292,5 +319,15 @@ mod tests {
         assert_eq!(parse_mac("02:42:ac:11:00"), None);
         assert_eq!(parse_mac("02:42:ac:11:00:02:03"), None);
         assert_eq!(parse_mac("zz:42:ac:11:00:02"), None);
+    }
+
+    #[test]
+    fn exposed_ports_parse_as_docker_writes_them() {
+        use monitor_common::ip_proto::{TCP, UDP};
+        assert_eq!(exposed_port("80/tcp"), Some((80, TCP)));
+        assert_eq!(exposed_port("53/udp"), Some((53, UDP)));
+        assert_eq!(exposed_port("8080"), Some((8080, TCP)));
+        assert_eq!(exposed_port("132/sctp"), None);
+        assert_eq!(exposed_port("http/tcp"), None);
     }
 }

@@ -17,6 +17,19 @@ pub struct Posture {
 }
 
 impl Posture {
+    /// Every fact by name, as `crossmon_container_posture` shows it.
+    pub fn checks(&self) -> [(&'static str, bool); 7] {
+        [
+            ("privileged", self.privileged),
+            ("runs_as_root", self.runs_as_root),
+            ("cap_net_raw", self.cap_net_raw),
+            ("cap_net_admin", self.cap_net_admin),
+            ("host_network", self.host_network),
+            ("host_pid", self.host_pid),
+            ("docker_socket_mounted", self.docker_socket_mounted),
+        ]
+    }
+
     pub fn of(inspect: &ContainerInspectResponse) -> Self {
         let host = inspect.host_config.as_ref();
         let privileged = host.and_then(|h| h.privileged).unwrap_or(false);

@@ -33,6 +33,10 @@ pub struct PollOutcome {
     /// Kernel entries that vanished without us removing them (LRU eviction):
     /// anything counted after our previous read of them is lost.
     pub evicted: usize,
+    /// Entries left in the kernel map after the poll.
+    pub entries: usize,
+    /// Flows the table forgot (idle too long), with their final totals.
+    pub expired: Vec<FlowRecord>,
 }
 
 impl FlowTable {

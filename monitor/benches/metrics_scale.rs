@@ -1,0 +1,171 @@
+//! `/metrics` at scale: render time and size, and the memory of the
+//! structures behind it, at 1k, 10k and 50k traffic series. Run by
+//! `cargo bench -p monitor --bench metrics_scale`.
+//!
+//! Series come from flows between 200 synthetic containers on exposed
+//! ports, labelled and rendered by the agent's own code; only the kernel
+//! and the HTTP layer are left out.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr},
+    time::{Duration, Instant},
+};
+
+use monitor::{
+    datapath::KernelCounters,
+    docker::{Container, Directory, Endpoint, Inventory, Posture},
+    event_log::EventTotals,
+    flows::{FlowTable, PollOutcome},
+    metrics::{AgentSnapshot, Metrics, MetricsConfig, TrafficMetrics},
+};
+use monitor_common::{ip_proto, Direction, FlowKey, FlowStats};
+
+const CONTAINERS: u32 = 200;
+const RUNS: usize = 5;
+
+fn container_ip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0x0a00_0000 + 2 + i)
+}
+
+fn inventory(ports: &BTreeSet<(u16, u8)>) -> Inventory {
+    let mut inventory = Inventory::default();
+    for i in 0..CONTAINERS {
+        let id = format!("{i:064x}");
+        inventory.containers.insert(
+            id.clone(),
+            Container {
+                id,
+                name: format!("shop-service-{i:03}-1"),
+                image: "registry.example/shop/service:1.4.2".into(),
+                compose_project: Some("shop".into()),
+                compose_service: Some(format!("service-{i:03}")),
+                network_mode: "shop_default".into(),
+                pid: None,
+                endpoints: vec![Endpoint {
+                    network: "shop_default".into(),
+                    network_id: "n".repeat(64),
+                    ip: Some(IpAddr::V4(container_ip(i))),
+                    ipv6: None,
+                    mac: None,
+                    gateway: None,
+                    host_ifindex: Some(1000 + i),
+                }],
+                posture: Posture::default(),
+                labels: BTreeMap::new(),
+                exposed_ports: ports.clone(),
+            },
+        );
+    }
+    inventory
+}
+
+/// `series` flows, each its own (source, destination, port) series.
+fn flows(series: u32) -> (FlowTable, BTreeSet<(u16, u8)>) {
+    let mut table = FlowTable::new();
+    let mut ports = BTreeSet::new();
+    let mut outcome = PollOutcome::default();
+    table.begin_poll();
+    for i in 0..series {
+        let (src, dst) = (i % CONTAINERS, (i / CONTAINERS) % CONTAINERS);
+        let port = 8000 + (i / (CONTAINERS * CONTAINERS)) as u16;
+        ports.insert((port, ip_proto::TCP));
+        let key = FlowKey {
+            src_addr: container_ip(src).to_ipv6_mapped().octets(),
+            dst_addr: container_ip(dst).to_ipv6_mapped().octets(),
+            src_port: 40000,
+            dst_port: port,
+            protocol: ip_proto::TCP,
+            ip_version: 4,
+            ..FlowKey::ZERO
+        };
+        let stats = FlowStats {
+            packets: 10,
+            bytes: 6000,
+            first_seen_ns: 1,
+            last_seen_ns: 1,
+            ifindex: 1000 + src,
+            direction: Direction::FromContainer as u8,
+            ..FlowStats::default()
+        };
+        table.observe(&key, &stats, &mut outcome);
+    }
+    table.end_poll(&mut outcome);
+    (table, ports)
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    println!("| series | /metrics bytes | render (median of {RUNS}) | update per poll | RSS |");
+    println!("|---:|---:|---:|---:|---:|");
+    for series in [1_000u32, 10_000, 50_000] {
+        let before = rss_bytes();
+        let (table, ports) = flows(series);
+        let inventory = inventory(&ports);
+        let directory = Directory::new(Some(&inventory), Default::default());
+        let metrics = Metrics::new(MetricsConfig {
+            max_series: 100_000,
+            grace_ns: u64::MAX,
+        })?;
+        let started = Instant::now();
+        metrics
+            .traffic()
+            .update(&table, &[], &directory, Some(&inventory), 2);
+        let update = started.elapsed();
+        let snapshot = |traffic: &TrafficMetrics| AgentSnapshot {
+            attached_interfaces: CONTAINERS as usize,
+            flows: table.len(),
+            flow_map_entries: table.len(),
+            flow_map_capacity: 65_536,
+            flows_evicted: 0,
+            kernel: KernelCounters::default(),
+            events: EventTotals::default(),
+            docker_up: true,
+            engine: None,
+            programs: None,
+            containers: traffic.known_containers().cloned().collect(),
+            series: traffic.series_counts(),
+        };
+        let mut times = Vec::new();
+        let mut size = 0;
+        for _ in 0..RUNS {
+            let started = Instant::now();
+            size = metrics.render(snapshot)?.len();
+            times.push(started.elapsed());
+        }
+        let made = metrics.traffic().series_counts()[0].1;
+        anyhow::ensure!(
+            made == series as usize,
+            "expected {series} series, made {made}"
+        );
+        let after = rss_bytes();
+        println!(
+            "| {series} | {size} | {:.1} ms | {:.1} ms | {:.1} MiB (+{:.1}) |",
+            median(times).as_secs_f64() * 1e3,
+            update.as_secs_f64() * 1e3,
+            mib(after),
+            mib(after.saturating_sub(before)),
+        );
+    }
+    Ok(())
+}

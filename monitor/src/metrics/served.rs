@@ -1,0 +1,156 @@
+//! Which ports are served: the evidence that lets a destination port be a
+//! label without a scan turning every probed port into a series.
+//!
+//! A port is served by an address when that address answered a SYN from it
+//! (a SYN-ACK), or answered a UDP datagram from it. Docker's exposed ports
+//! count too, but come from the inventory, not from here.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use monitor_common::ip_proto;
+
+use crate::{datapath::events::key_addrs, flows::FlowRecord};
+
+/// (address, port, IP protocol) to when it last answered (monotonic ns).
+#[derive(Default)]
+pub struct ServedPorts {
+    served: HashMap<(IpAddr, u16, u8), u64>,
+    capacity: usize,
+}
+
+impl ServedPorts {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            served: HashMap::new(),
+            capacity,
+        }
+    }
+
+    /// Learns from one flow and its reverse (if counted): the side that
+    /// answered serves the port it answered from.
+    pub fn learn(&mut self, flow: &FlowRecord, reverse: Option<&FlowRecord>, now_ns: u64) {
+        let Some(server) = answering_side(flow, reverse) else {
+            return;
+        };
+        if self.served.len() >= self.capacity && !self.served.contains_key(&server) {
+            // A host answering on every port is not a service map; what is
+            // known stays, the rest is labelled `ephemeral`.
+            return;
+        }
+        self.served.insert(server, now_ns);
+    }
+
+    pub fn contains(&self, ip: IpAddr, port: u16, protocol: u8) -> bool {
+        self.served.contains_key(&(ip, port, protocol))
+    }
+
+    /// Forgets what was last confirmed before `cutoff_ns`.
+    pub fn expire(&mut self, cutoff_ns: u64) {
+        self.served.retain(|_, seen| *seen >= cutoff_ns);
+    }
+}
+
+/// The (address, port, protocol) that answered in this pair of flows.
+fn answering_side(flow: &FlowRecord, reverse: Option<&FlowRecord>) -> Option<(IpAddr, u16, u8)> {
+    let key = &flow.key;
+    let (src, dst) = key_addrs(key);
+    match key.protocol {
+        // SYN-ACKs come from the listening side.
+        ip_proto::TCP if flow.stats.syn_ack > 0 => Some((src, key.src_port, key.protocol)),
+        ip_proto::TCP if reverse?.stats.syn_ack > 0 => Some((dst, key.dst_port, key.protocol)),
+        // The flow that began first asked; the other answered.
+        ip_proto::UDP => {
+            let reverse = reverse?;
+            if reverse.stats.first_seen_ns > flow.stats.first_seen_ns {
+                Some((dst, key.dst_port, key.protocol))
+            } else {
+                Some((src, key.src_port, key.protocol))
+            }
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::{FlowKey, FlowStats};
+
+    use super::*;
+
+    fn record(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, stats: FlowStats) -> FlowRecord {
+        let mapped = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_ipv6_mapped().octets();
+        FlowRecord {
+            key: FlowKey {
+                src_addr: mapped(src),
+                dst_addr: mapped(dst),
+                src_port: sport,
+                dst_port: dport,
+                protocol: ip_proto::TCP,
+                ip_version: 4,
+                ..FlowKey::ZERO
+            },
+            stats,
+        }
+    }
+
+    fn stats(first: u64, syn: u32, syn_ack: u32) -> FlowStats {
+        FlowStats {
+            packets: 1,
+            first_seen_ns: first,
+            last_seen_ns: first,
+            syn,
+            syn_ack,
+            ..FlowStats::default()
+        }
+    }
+
+    const CLIENT: [u8; 4] = [10, 0, 0, 2];
+    const SERVER: [u8; 4] = [10, 0, 0, 3];
+
+    #[test]
+    fn a_syn_ack_marks_the_answering_port_from_either_flow() {
+        let request = record(CLIENT, 40000, SERVER, 80, stats(1, 1, 0));
+        let answer = record(SERVER, 80, CLIENT, 40000, stats(2, 0, 1));
+        for (flow, reverse) in [(&request, &answer), (&answer, &request)] {
+            let mut served = ServedPorts::new(10);
+            served.learn(flow, Some(reverse), 5);
+            assert!(served.contains(SERVER.into(), 80, ip_proto::TCP));
+            assert!(!served.contains(CLIENT.into(), 40000, ip_proto::TCP));
+        }
+    }
+
+    #[test]
+    fn a_refused_or_unanswered_syn_serves_nothing() {
+        let mut served = ServedPorts::new(10);
+        let request = record(CLIENT, 40000, SERVER, 81, stats(1, 1, 0));
+        let rst = record(SERVER, 81, CLIENT, 40000, stats(2, 0, 0));
+        served.learn(&request, Some(&rst), 5);
+        served.learn(&request, None, 5);
+        assert!(!served.contains(SERVER.into(), 81, ip_proto::TCP));
+    }
+
+    #[test]
+    fn the_later_udp_flow_is_the_answer() {
+        let mut query = record(CLIENT, 50000, SERVER, 53, stats(1, 0, 0));
+        let mut reply = record(SERVER, 53, CLIENT, 50000, stats(2, 0, 0));
+        query.key.protocol = ip_proto::UDP;
+        reply.key.protocol = ip_proto::UDP;
+        let mut served = ServedPorts::new(10);
+        served.learn(&reply, Some(&query), 5);
+        assert!(served.contains(SERVER.into(), 53, ip_proto::UDP));
+        assert!(!served.contains(CLIENT.into(), 50000, ip_proto::UDP));
+    }
+
+    #[test]
+    fn capacity_and_expiry_bound_the_set() {
+        let mut served = ServedPorts::new(1);
+        for (port, seen) in [(80, 5), (81, 6)] {
+            let answer = record(SERVER, port, CLIENT, 40000, stats(2, 0, 1));
+            served.learn(&answer, None, seen);
+        }
+        assert!(served.contains(SERVER.into(), 80, ip_proto::TCP));
+        assert!(!served.contains(SERVER.into(), 81, ip_proto::TCP));
+        served.expire(6);
+        assert!(!served.contains(SERVER.into(), 80, ip_proto::TCP));
+    }
+}

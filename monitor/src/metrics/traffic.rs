@@ -1,0 +1,440 @@
+//! Traffic counters: each poll adds what every flow counted since the
+//! previous one to its series, so series only grow, and their sum is the
+//! kernel's count whatever happens to flows (eviction, expiry, relabelling).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use monitor_common::{ip_proto, FlowKey};
+use prometheus::{IntCounterVec, Opts, Registry};
+
+use super::{
+    book::SeriesBook,
+    labels::{ConnectionLabels, FlowLabels, CONNECTION_LABEL_NAMES, FLOW_LABEL_NAMES},
+    served::ServedPorts,
+};
+use crate::{
+    docker::{Container, Directory, Inventory},
+    flows::{FlowRecord, FlowTable},
+};
+
+/// A SYN with neither SYN-ACK nor RST in answer after this long is
+/// `unanswered` (Linux retries a SYN after 1 s and 3 s).
+const UNANSWERED_AFTER_NS: u64 = 5_000_000_000;
+
+#[derive(Clone, Copy, Debug)]
+pub struct MetricsConfig {
+    /// Series per traffic metric family; beyond, traffic is counted in the
+    /// `other` series.
+    pub max_series: usize,
+    /// How long series of a departed container stay.
+    pub grace_ns: u64,
+}
+
+pub struct TrafficMetrics {
+    packets: IntCounterVec,
+    bytes: IntCounterVec,
+    connections: IntCounterVec,
+    dropped: IntCounterVec,
+    flow_series: SeriesBook<FlowLabels>,
+    connection_series: SeriesBook<ConnectionLabels>,
+    /// What each flow has added to its series so far.
+    exported: HashMap<FlowKey, Exported>,
+    served: ServedPorts,
+    /// Containers (by name) seen in the inventory, and those that left it,
+    /// kept for the grace period so their info series can still be joined.
+    present: HashMap<String, Arc<Container>>,
+    departed: HashMap<String, (Arc<Container>, u64)>,
+    grace_ns: u64,
+}
+
+#[derive(Default)]
+struct Exported {
+    packets: u64,
+    bytes: u64,
+    connection_counted: bool,
+}
+
+impl TrafficMetrics {
+    pub fn new(registry: &Registry, config: MetricsConfig) -> prometheus::Result<Self> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let vec = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(vec.clone()))?;
+            Ok::<_, prometheus::Error>(vec)
+        };
+        Ok(Self {
+            packets: counter(
+                "crossmon_flow_packets_total",
+                "Packets between two ends, counted once where they entered the host.",
+                &FLOW_LABEL_NAMES,
+            )?,
+            bytes: counter(
+                "crossmon_flow_bytes_total",
+                "Bytes of IP packets (IP header included) between two ends.",
+                &FLOW_LABEL_NAMES,
+            )?,
+            connections: counter(
+                "crossmon_connections_total",
+                "TCP connection attempts by result: established (SYN-ACK), refused (RST), unanswered.",
+                &CONNECTION_LABEL_NAMES,
+            )?,
+            dropped: counter(
+                "crossmon_series_dropped_total",
+                "Label combinations refused by the series cap and counted in the `other` series instead.",
+                &["metric"],
+            )?,
+            flow_series: SeriesBook::new(config.max_series),
+            connection_series: SeriesBook::new(config.max_series),
+            exported: HashMap::new(),
+            served: ServedPorts::new(config.max_series.saturating_mul(4)),
+            present: HashMap::new(),
+            departed: HashMap::new(),
+            grace_ns: config.grace_ns,
+        })
+    }
+
+    /// Adds what flows counted since the last update. `expired` are flows
+    /// the table just forgot, with their final totals.
+    pub fn update(
+        &mut self,
+        table: &FlowTable,
+        expired: &[FlowRecord],
+        directory: &Directory,
+        inventory: Option<&Inventory>,
+        now_ns: u64,
+    ) {
+        let ended: HashMap<FlowKey, FlowRecord> = expired.iter().map(|r| (r.key, *r)).collect();
+        let find = |key: &FlowKey| table.get(key).or_else(|| ended.get(key).copied());
+        let changed: Vec<(FlowRecord, bool)> = table
+            .records()
+            .map(|record| (record, false))
+            .chain(expired.iter().map(|record| (*record, true)))
+            .filter(|(record, _)| self.needs_update(record))
+            .collect();
+        // Learn every answer of this round before labelling any flow, so
+        // both directions of a new connection get the same port label.
+        for (record, _) in &changed {
+            self.served
+                .learn(record, find(&record.key.reversed()).as_ref(), now_ns);
+        }
+        for (record, ended) in &changed {
+            let ends = directory.ends(&record.key, &record.stats);
+            let labels = FlowLabels::of(record, &ends, &self.served);
+            self.add_traffic(record, &labels, now_ns);
+            let reverse = find(&record.key.reversed());
+            if let Some(result) = connection_result(record, reverse.as_ref(), *ended, now_ns) {
+                self.add_connection(&record.key, &labels, result, now_ns);
+            }
+        }
+        for key in ended.keys() {
+            self.exported.remove(key);
+        }
+        self.follow_containers(inventory, now_ns);
+        self.sweep(now_ns);
+    }
+
+    /// Whether a flow has uncounted traffic or an undecided connection.
+    fn needs_update(&self, record: &FlowRecord) -> bool {
+        let Some(exported) = self.exported.get(&record.key) else {
+            return true;
+        };
+        exported.packets != record.stats.packets
+            || exported.bytes != record.stats.bytes
+            || (is_connection_attempt(record) && !exported.connection_counted)
+    }
+
+    fn add_traffic(&mut self, record: &FlowRecord, labels: &FlowLabels, now_ns: u64) {
+        let exported = self.exported.entry(record.key).or_default();
+        // Totals only grow (the table keeps evicted counts); wrapping is
+        // the kernel's u64 counters wrapping.
+        let packets = record.stats.packets.wrapping_sub(exported.packets);
+        let bytes = record.stats.bytes.wrapping_sub(exported.bytes);
+        if packets == 0 && bytes == 0 {
+            return;
+        }
+        exported.packets = record.stats.packets;
+        exported.bytes = record.stats.bytes;
+        let admitted = self
+            .flow_series
+            .admit(labels.clone(), &FlowLabels::overflow(), now_ns);
+        if admitted.newly_refused {
+            self.dropped.with_label_values(&["flow"]).inc();
+        }
+        let values = admitted.labels.values();
+        self.packets.with_label_values(&values).inc_by(packets);
+        self.bytes.with_label_values(&values).inc_by(bytes);
+    }
+
+    fn add_connection(
+        &mut self,
+        key: &FlowKey,
+        flow: &FlowLabels,
+        result: &'static str,
+        now_ns: u64,
+    ) {
+        let exported = self.exported.entry(*key).or_default();
+        if exported.connection_counted {
+            return;
+        }
+        exported.connection_counted = true;
+        let admitted = self.connection_series.admit(
+            ConnectionLabels::of(flow, result),
+            &ConnectionLabels::overflow(),
+            now_ns,
+        );
+        if admitted.newly_refused {
+            self.dropped.with_label_values(&["connections"]).inc();
+        }
+        self.connections
+            .with_label_values(&admitted.labels.values())
+            .inc();
+    }
+
+    /// Notes which containers left, and which came back.
+    fn follow_containers(&mut self, inventory: Option<&Inventory>, now_ns: u64) {
+        let Some(inventory) = inventory else {
+            return;
+        };
+        let now: HashMap<String, Arc<Container>> = inventory
+            .containers
+            .values()
+            .map(|c| (c.name.clone(), Arc::new(c.clone())))
+            .collect();
+        for (name, container) in self.present.drain() {
+            if !now.contains_key(&name) {
+                self.departed.insert(name, (container, now_ns));
+            }
+        }
+        self.departed.retain(|name, _| !now.contains_key(name));
+        self.present = now;
+    }
+
+    /// Removes the series of containers departed longer than the grace
+    /// period, and answers learnt as long ago.
+    fn sweep(&mut self, now_ns: u64) {
+        let cutoff = now_ns.saturating_sub(self.grace_ns);
+        self.served.expire(cutoff);
+        let gone: HashSet<String> = self
+            .departed
+            .iter()
+            .filter(|(_, (_, left))| *left < cutoff)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for labels in self.flow_series.sweep(cutoff, |l| {
+            gone.contains(&l.source) || gone.contains(&l.destination)
+        }) {
+            let values = labels.values();
+            // Absent only if never incremented: nothing to remove then.
+            let _ = self.packets.remove_label_values(&values);
+            let _ = self.bytes.remove_label_values(&values);
+        }
+        for labels in self.connection_series.sweep(cutoff, |l| {
+            gone.contains(&l.source) || gone.contains(&l.destination)
+        }) {
+            let _ = self.connections.remove_label_values(&labels.values());
+        }
+        self.departed.retain(|name, _| !gone.contains(name));
+    }
+
+    /// Running containers, and departed ones within their grace period.
+    pub fn known_containers(&self) -> impl Iterator<Item = &Arc<Container>> {
+        self.present
+            .values()
+            .chain(self.departed.values().map(|(container, _)| container))
+    }
+
+    /// Series of each traffic family, for the agent's own metrics.
+    pub fn series_counts(&self) -> [(&'static str, usize); 2] {
+        [
+            ("flow", self.flow_series.len()),
+            ("connections", self.connection_series.len()),
+        ]
+    }
+}
+
+/// A flow that opened with a SYN from its source.
+fn is_connection_attempt(record: &FlowRecord) -> bool {
+    record.key.protocol == ip_proto::TCP && record.stats.syn > 0
+}
+
+/// The result of a connection attempt, once known.
+fn connection_result(
+    flow: &FlowRecord,
+    reverse: Option<&FlowRecord>,
+    ended: bool,
+    now_ns: u64,
+) -> Option<&'static str> {
+    if !is_connection_attempt(flow) {
+        return None;
+    }
+    if let Some(reverse) = reverse {
+        if reverse.stats.syn_ack > 0 {
+            return Some("established");
+        }
+        if reverse.stats.rst > 0 {
+            return Some("refused");
+        }
+    }
+    let waited = now_ns.saturating_sub(flow.stats.first_seen_ns);
+    (ended || waited >= UNANSWERED_AFTER_NS).then_some("unanswered")
+}
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::{Direction, FlowStats};
+
+    use super::*;
+    use crate::flows::PollOutcome;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn key(src: u8, sport: u16, dst: u8, dport: u16) -> FlowKey {
+        let mapped = |last| {
+            std::net::Ipv4Addr::new(10, 0, 0, last)
+                .to_ipv6_mapped()
+                .octets()
+        };
+        FlowKey {
+            src_addr: mapped(src),
+            dst_addr: mapped(dst),
+            src_port: sport,
+            dst_port: dport,
+            protocol: ip_proto::TCP,
+            ip_version: 4,
+            ..FlowKey::ZERO
+        }
+    }
+
+    fn stats(packets: u64, syn: u32, syn_ack: u32, rst: u32) -> FlowStats {
+        FlowStats {
+            packets,
+            bytes: packets * 60,
+            first_seen_ns: SECOND,
+            last_seen_ns: SECOND,
+            syn,
+            syn_ack,
+            rst,
+            direction: Direction::FromContainer as u8,
+            ..FlowStats::default()
+        }
+    }
+
+    fn table(flows: &[(FlowKey, FlowStats)]) -> FlowTable {
+        let mut table = FlowTable::new();
+        let mut outcome = PollOutcome::default();
+        table.begin_poll();
+        for (key, stats) in flows {
+            table.observe(key, stats, &mut outcome);
+        }
+        table.end_poll(&mut outcome);
+        table
+    }
+
+    fn metrics(max_series: usize) -> (Registry, TrafficMetrics) {
+        let registry = Registry::new();
+        let config = MetricsConfig {
+            max_series,
+            grace_ns: 10 * SECOND,
+        };
+        let traffic = TrafficMetrics::new(&registry, config).expect("registered");
+        (registry, traffic)
+    }
+
+    /// Value of `name`'s series whose labels include all of `matching`.
+    fn value(registry: &Registry, name: &str, matching: &[(&str, &str)]) -> f64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric())
+            .filter(|metric| {
+                matching.iter().all(|(label, value)| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .any(|pair| pair.name() == *label && pair.value() == *value)
+                })
+            })
+            .map(|metric| metric.get_counter().value())
+            .sum()
+    }
+
+    #[test]
+    fn connection_results_and_served_ports_come_from_the_answers() {
+        let (registry, mut traffic) = metrics(100);
+        let directory = Directory::default();
+        let flows = table(&[
+            // Established: SYN, SYN-ACK back.
+            (key(1, 40000, 2, 80), stats(3, 1, 0, 0)),
+            (key(2, 80, 1, 40000), stats(2, 0, 1, 0)),
+            // Refused: SYN, RST back.
+            (key(1, 40001, 2, 81), stats(1, 1, 0, 0)),
+            (key(2, 81, 1, 40001), stats(1, 0, 0, 1)),
+            // Not answered yet.
+            (key(1, 40002, 2, 82), stats(1, 1, 0, 0)),
+        ]);
+        traffic.update(&flows, &[], &directory, None, 2 * SECOND);
+        let connections = |result| {
+            value(
+                &registry,
+                "crossmon_connections_total",
+                &[("result", result)],
+            )
+        };
+        assert_eq!(connections("established"), 1.0);
+        assert_eq!(connections("refused"), 1.0);
+        assert_eq!(connections("unanswered"), 0.0);
+        let packets = |port| {
+            value(
+                &registry,
+                "crossmon_flow_packets_total",
+                &[("destination_port", port)],
+            )
+        };
+        assert_eq!(packets("80"), 3.0);
+        assert_eq!(packets("ephemeral"), 2.0 + 1.0 + 1.0 + 1.0);
+
+        // Five seconds without an answer: unanswered, once.
+        for now in [7, 8] {
+            traffic.update(&flows, &[], &directory, None, now * SECOND);
+        }
+        assert_eq!(connections("unanswered"), 1.0);
+    }
+
+    #[test]
+    fn counters_add_deltas_and_final_counts_of_expired_flows() {
+        let (registry, mut traffic) = metrics(100);
+        let directory = Directory::default();
+        let udp = stats(2, 0, 0, 0);
+        let flow_key = FlowKey {
+            protocol: ip_proto::UDP,
+            ..key(1, 40000, 2, 53)
+        };
+        traffic.update(&table(&[(flow_key, udp)]), &[], &directory, None, SECOND);
+        let expired = FlowRecord {
+            key: flow_key,
+            stats: FlowStats {
+                packets: 5,
+                bytes: 300,
+                ..udp
+            },
+        };
+        traffic.update(&FlowTable::new(), &[expired], &directory, None, 2 * SECOND);
+        assert_eq!(value(&registry, "crossmon_flow_packets_total", &[]), 5.0);
+        assert_eq!(value(&registry, "crossmon_flow_bytes_total", &[]), 300.0);
+        // Forgotten: the same key later counts as a new flow from zero.
+        traffic.update(
+            &table(&[(flow_key, udp)]),
+            &[],
+            &directory,
+            None,
+            3 * SECOND,
+        );
+        assert_eq!(value(&registry, "crossmon_flow_packets_total", &[]), 7.0);
+    }
+}

@@ -1,0 +1,271 @@
+//! The exporter against real containers and a real Prometheus server: exact
+//! counts through PromQL, joins on container info, bounded series under a
+//! port scan, and series of removed containers going away.
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use integration_tests::{
+    agent::{get_json, wait_until, Agent},
+    docker::{engine, Container, DockerNetwork, IMAGE},
+    exposition::{parse, scrape, select, sum, Sample},
+    net::in_netns,
+    prometheus::{prometheus_installed, Prometheus, Scrape},
+    require_root,
+};
+
+fn docker_ready() -> bool {
+    if !require_root() {
+        return false;
+    }
+    engine().expect("a Docker engine and the test image");
+    true
+}
+
+fn wait_attached(agent: &Agent, names: &[&str]) {
+    wait_until("containers attached", || {
+        let list = get_json(agent.addr, "/api/v1/containers");
+        names.iter().all(|name| {
+            list.as_array().is_some_and(|all| {
+                all.iter()
+                    .any(|c| c["name"] == *name && c["attached"] == true)
+            })
+        })
+    });
+}
+
+fn ping(from: &Container, to: &str, count: u32) {
+    from.exec(&["ping", "-q", "-c", &count.to_string(), to])
+        .unwrap_or_else(|err| panic!("ping {to} from {}: {err:#}", from.name));
+}
+
+/// One TCP connection from `client` to `server:port` that `server` accepts
+/// (a listener in its namespace), then closed by both.
+fn connect_accepted(client: &Container, server: &Container, ip: &str, port: u16) {
+    let listener = in_netns(&server.netns().expect("netns"), || {
+        Ok(TcpListener::bind(("0.0.0.0", port))?)
+    })
+    .expect("listener in the server");
+    let target: SocketAddr = format!("{ip}:{port}").parse().expect("address");
+    in_netns(&client.netns().expect("netns"), || {
+        let stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+        let (accepted, _) = listener.accept()?;
+        drop((stream, accepted));
+        Ok(())
+    })
+    .expect("connection accepted");
+}
+
+/// SYNs from `client` to each of `ports` on `ip`, none listening: each is
+/// refused with a RST.
+fn connect_refused(client: &Container, ip: &str, ports: std::ops::Range<u16>) {
+    in_netns(&client.netns().expect("netns"), || {
+        for port in ports {
+            let target: SocketAddr = format!("{ip}:{port}").parse()?;
+            let err = TcpStream::connect_timeout(&target, Duration::from_secs(2))
+                .expect_err("nothing listens");
+            anyhow::ensure!(
+                err.kind() == std::io::ErrorKind::ConnectionRefused,
+                "port {port}: {err}"
+            );
+        }
+        Ok(())
+    })
+    .expect("refused connections");
+}
+
+fn samples_when(agent: &Agent, what: &str, ready: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    wait_until(what, || {
+        samples = parse(&scrape(agent.addr));
+        ready(&samples)
+    });
+    samples
+}
+
+#[test]
+fn prometheus_scrapes_exact_traffic_between_named_containers() {
+    if !docker_ready() || !prometheus_installed() {
+        return;
+    }
+    let net = DockerNetwork::create("prom", &[]).expect("network");
+    let on_net = ["--network", net.name.as_str()];
+    let server = Container::run("server", &on_net).expect("server");
+    let client = Container::run(
+        "client",
+        &[
+            &on_net[..],
+            &[
+                "-l",
+                "com.docker.compose.project=shop",
+                "-l",
+                "com.docker.compose.service=cart",
+            ],
+        ]
+        .concat(),
+    )
+    .expect("client");
+    let hidden = Container::run(
+        "hidden",
+        &[&on_net[..], &["-l", "crossmon.metrics=off"]].concat(),
+    )
+    .expect("hidden");
+    let agent = Agent::start(&["--series-grace", "1s"]);
+    wait_attached(&agent, &[&server.name, &client.name, &hidden.name]);
+    let prometheus = Prometheus::start(&Scrape::new(agent.addr));
+    prometheus.wait_for_target_up();
+
+    let server_ip = server.ip(&net.name).expect("ip");
+    ping(&client, &server_ip, 5);
+    connect_accepted(&client, &server, &server_ip, 8080);
+    connect_refused(&client, &server_ip, 8081..8082);
+    ping(&hidden, &server_ip, 2);
+
+    let client_name = client.name.clone();
+    let (c, s) = (client_name.as_str(), server.name.as_str());
+    prometheus.wait_for_value(
+        &format!(
+            r#"sum(crossmon_flow_packets_total{{source="{c}",destination="{s}",protocol="icmp"}})"#
+        ),
+        5.0,
+    );
+    prometheus.wait_for_value(
+        &format!(
+            r#"sum(crossmon_flow_bytes_total{{source="{s}",destination="{c}",protocol="icmp",destination_port="none",source_network="{}"}})"#,
+            net.name
+        ),
+        5.0 * 84.0,
+    );
+    for (port, result) in [("8080", "established"), ("ephemeral", "refused")] {
+        prometheus.wait_for_value(
+            &format!(
+                r#"crossmon_connections_total{{source="{c}",destination="{s}",destination_port="{port}",protocol="tcp",result="{result}"}}"#
+            ),
+            1.0,
+        );
+    }
+    prometheus.wait_for_value(
+        &format!(
+            r#"sum(crossmon_connections_total{{source="{c}",result="unanswered"}}) or vector(0)"#
+        ),
+        0.0,
+    );
+
+    // Container info, and a join through it: traffic by compose service.
+    let info = prometheus.query(&format!(r#"crossmon_container_info{{container="{c}"}}"#));
+    assert_eq!(info.len(), 1, "{info:?}");
+    let labels = &info[0].labels;
+    assert_eq!(labels["image"], IMAGE);
+    assert_eq!(labels["network"], net.name);
+    assert_eq!(labels["ip"], client.ip(&net.name).expect("ip"));
+    assert_eq!(labels["compose_project"], "shop");
+    assert_eq!(labels["compose_service"], "cart");
+    assert_eq!(labels["container_id"].len(), 12);
+    prometheus.wait_for_value(
+        &format!(
+            r#"sum by (compose_service) (
+                 crossmon_flow_packets_total{{destination="{s}",protocol="icmp"}}
+               * on (source) group_left (compose_service)
+                 label_replace(crossmon_container_info, "source", "$1", "container", "(.*)")
+               )"#
+        ),
+        5.0,
+    );
+
+    // The opted-out container is counted, under `aggregate` only.
+    prometheus.wait_for_value(
+        &format!(
+            r#"sum(crossmon_flow_packets_total{{source="aggregate",destination="{s}",protocol="icmp"}})"#
+        ),
+        2.0,
+    );
+    let hidden_name = hidden.name.as_str();
+    let samples = parse(&scrape(agent.addr));
+    assert!(
+        !samples
+            .iter()
+            .any(|s| s.labels.values().any(|v| v == hidden_name)),
+        "no series names the opted-out container"
+    );
+    assert_eq!(
+        sum(
+            &samples,
+            "crossmon_container_posture",
+            &[("container", s), ("check", "runs_as_root")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &samples,
+            "crossmon_container_posture",
+            &[("container", s), ("check", "privileged")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        select(&samples, "crossmon_docker_engine_info", &[]).count(),
+        1
+    );
+    assert_eq!(sum(&samples, "crossmon_docker_up", &[]), 1.0);
+
+    // Removed: its series go once the grace period (1 s) has passed.
+    drop(client);
+    samples_when(&agent, "the removed container's series gone", |samples| {
+        !samples.iter().any(|s| s.labels.values().any(|v| v == c))
+    });
+}
+
+#[test]
+fn a_port_scan_does_not_create_a_series_per_port() {
+    if !docker_ready() {
+        return;
+    }
+    let net = DockerNetwork::create("scan", &[]).expect("network");
+    let on_net = ["--network", net.name.as_str()];
+    let target = Container::run("target", &on_net).expect("target");
+    let scanner = Container::run("scanner", &on_net).expect("scanner");
+    let agent = Agent::start(&[]);
+    wait_attached(&agent, &[&target.name, &scanner.name]);
+
+    let target_ip = target.ip(&net.name).expect("ip");
+    connect_refused(&scanner, &target_ip, 20_000..25_000);
+
+    let (from, to) = (scanner.name.as_str(), target.name.as_str());
+    let samples = samples_when(&agent, "5000 refused connections", |s| {
+        sum(
+            s,
+            "crossmon_connections_total",
+            &[("source", from), ("destination", to), ("result", "refused")],
+        ) == 5000.0
+    });
+    let between = |name| {
+        samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && s.labels.get("protocol").map(String::as_str) == Some("tcp")
+                    && s.labels.values().any(|v| v == from)
+            })
+            .collect::<Vec<_>>()
+    };
+    // SYNs one way, RSTs back: two series, whatever the number of ports.
+    let flows = between("crossmon_flow_packets_total");
+    assert_eq!(flows.len(), 2, "{flows:#?}");
+    assert_eq!(between("crossmon_connections_total").len(), 1);
+    assert_eq!(
+        sum(
+            &samples,
+            "crossmon_flow_packets_total",
+            &[
+                ("source", from),
+                ("destination", to),
+                ("destination_port", "ephemeral")
+            ]
+        ),
+        5000.0
+    );
+    assert_eq!(sum(&samples, "crossmon_series_dropped_total", &[]), 0.0);
+}

@@ -1,0 +1,177 @@
+//! `/metrics` of the real binary over test networks: exact counts, the
+//! exposition promtool accepts, bounded series and counts that survive a
+//! full flow map.
+
+use std::{
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use integration_tests::{
+    agent::{our_programs_on, wait_until, Agent},
+    exposition::{parse, scrape, select, sum, Sample},
+    prometheus::{prometheus_installed, promtool_check_metrics},
+    require_root, traffic, TestNet,
+};
+
+/// The agent's samples once `ready` holds for them.
+fn samples_when(agent: &Agent, what: &str, ready: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    wait_until(what, || {
+        samples = parse(&scrape(agent.addr));
+        ready(&samples)
+    });
+    samples
+}
+
+fn attached(net: &TestNet) {
+    for host in net.hosts() {
+        wait_until("attachment", || {
+            our_programs_on(host.veth_name()).len() == 2
+        });
+    }
+}
+
+/// A SYN to a closed port: the kernel answers RST.
+fn refused(from: &integration_tests::Host, to: IpAddr, port: u16) {
+    let result = from
+        .run(|| {
+            Ok(TcpStream::connect_timeout(
+                &SocketAddr::new(to, port),
+                Duration::from_secs(2),
+            ))
+        })
+        .expect("connect from the namespace");
+    let err = result.expect_err("nothing listens there");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+#[test]
+fn metrics_count_packets_and_connection_results_exactly() {
+    if !require_root() || !prometheus_installed() {
+        return;
+    }
+    let net = TestNet::new(2).expect("test network");
+    let agent = Agent::start(&["--no-docker"]);
+    attached(&net);
+    let (a, b) = (net.host(0), net.host(1));
+
+    traffic::ping(a, b.ip4().into(), 5, 56).expect("ping");
+    let exchange = traffic::tcp_exchange(a, b, b.ip4().into(), 8080, b"hello", b"world")
+        .expect("tcp exchange");
+    refused(a, b.ip4().into(), 8081);
+
+    // Without Docker both ends are `unknown`; the port label tells the
+    // served port from everything else.
+    let samples = samples_when(&agent, "connection results", |s| {
+        sum(s, "crossmon_connections_total", &[]) == 2.0
+            && sum(s, "crossmon_flow_packets_total", &[("protocol", "tcp")])
+                == (exchange.client.segments + exchange.server.segments + 2) as f64
+    });
+    let icmp = [("protocol", "icmp"), ("destination_port", "none")];
+    assert_eq!(sum(&samples, "crossmon_flow_packets_total", &icmp), 10.0);
+    assert_eq!(
+        sum(&samples, "crossmon_flow_bytes_total", &icmp),
+        10.0 * 84.0
+    );
+    let to_server = [("protocol", "tcp"), ("destination_port", "8080")];
+    assert_eq!(
+        sum(&samples, "crossmon_flow_packets_total", &to_server),
+        exchange.client.segments as f64,
+        "the client's segments, all to the served port"
+    );
+    // The refused SYN and its RST: to an unserved port, and back.
+    let unserved = [("protocol", "tcp"), ("destination_port", "ephemeral")];
+    assert_eq!(
+        sum(&samples, "crossmon_flow_packets_total", &unserved),
+        (exchange.server.segments + 2) as f64
+    );
+    for (result, port) in [("established", "8080"), ("refused", "ephemeral")] {
+        assert_eq!(
+            sum(
+                &samples,
+                "crossmon_connections_total",
+                &[("result", result), ("destination_port", port)]
+            ),
+            1.0,
+            "{result}"
+        );
+    }
+    assert_eq!(sum(&samples, "crossmon_attached_interfaces", &[]), 2.0);
+    assert_eq!(sum(&samples, "crossmon_docker_up", &[]), 0.0);
+    assert_eq!(
+        sum(&samples, "crossmon_flow_map_capacity", &[]),
+        f64::from(monitor_common::DEFAULT_FLOW_CAPACITY)
+    );
+    assert_eq!(select(&samples, "crossmon_build_info", &[]).count(), 1);
+    promtool_check_metrics(&scrape(agent.addr)).expect("promtool check metrics");
+}
+
+#[test]
+fn series_beyond_the_cap_fold_into_other_and_are_counted() {
+    if !require_root() {
+        return;
+    }
+    let net = TestNet::new(2).expect("test network");
+    let agent = Agent::start(&["--no-docker", "--max-series", "1"]);
+    attached(&net);
+    let (a, b) = (net.host(0), net.host(1));
+    // Two label combinations: ICMP, then UDP to an unserved port.
+    traffic::ping(a, b.ip4().into(), 1, 56).expect("ping");
+    samples_when(&agent, "the ICMP series", |s| {
+        sum(s, "crossmon_flow_packets_total", &[("protocol", "icmp")]) == 2.0
+    });
+    traffic::udp_send(a, b, b.ip4().into(), 9999, &[b"x", b"y", b"z"]).expect("udp");
+    let samples = samples_when(&agent, "the overflow series", |s| {
+        sum(s, "crossmon_flow_packets_total", &[("protocol", "other")]) == 3.0
+    });
+    let other = select(
+        &samples,
+        "crossmon_flow_packets_total",
+        &[("protocol", "other")],
+    )
+    .next()
+    .expect("overflow series");
+    assert!(other.labels.values().all(|v| v == "other"), "{other:?}");
+    assert_eq!(
+        sum(
+            &samples,
+            "crossmon_series_dropped_total",
+            &[("metric", "flow")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        select(&samples, "crossmon_flow_packets_total", &[]).count(),
+        2
+    );
+    assert_eq!(
+        sum(&samples, "crossmon_flow_packets_total", &[]),
+        5.0,
+        "every packet is still counted"
+    );
+}
+
+#[test]
+fn counts_survive_a_full_flow_map() {
+    if !require_root() {
+        return;
+    }
+    let net = TestNet::new(2).expect("test network");
+    // Room for 8 flows; 20 make the kernel evict.
+    let agent = Agent::start(&["--no-docker", "--flow-capacity", "8"]);
+    attached(&net);
+    let (a, b) = (net.host(0), net.host(1));
+    for i in 0..20u16 {
+        traffic::udp_send(a, b, b.ip4().into(), 7000 + i, &[b"one", b"two"]).expect("udp");
+        // One poll (200 ms) between flows, as flows come and go in life:
+        // whatever a poll read stays counted after an eviction.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let samples = samples_when(&agent, "all 40 packets", |s| {
+        sum(s, "crossmon_flow_packets_total", &[]) == 40.0
+    });
+    assert_eq!(sum(&samples, "crossmon_flow_bytes_total", &[]), 40.0 * 31.0);
+    assert!(sum(&samples, "crossmon_flows_evicted_total", &[]) > 0.0);
+    assert!(sum(&samples, "crossmon_flow_map_entries", &[]) <= 8.0);
+}
