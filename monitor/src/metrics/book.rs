@@ -1,5 +1,6 @@
-//! The set of label combinations one metric family exports: bounded by a
-//! cap, with an overflow series, and pruned of containers long gone.
+//! The series of one metric family: values by label combination, bounded by
+//! a cap (with one overflow series beyond it), pruned of containers long
+//! gone.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,72 +10,81 @@ use std::{
 /// Label value of the overflow series, and of every label in it.
 pub const OTHER: &str = "other";
 
-pub struct SeriesBook<L> {
-    series: HashMap<L, u64>,
+pub struct SeriesBook<L, V> {
+    series: HashMap<L, Series<V>>,
+    /// The overflow series' labels; in `series` once first used, beyond
+    /// the cap.
+    overflow: L,
     capacity: usize,
     /// Combinations refused, so that each is reported once.
     refused: HashSet<L>,
+    dropped: u64,
 }
 
-/// Where [`SeriesBook::admit`] put a combination.
-pub struct Admitted<L> {
-    pub labels: L,
-    /// First refusal of this combination: count it as dropped.
-    pub newly_refused: bool,
+struct Series<V> {
+    value: V,
+    updated_ns: u64,
 }
 
 /// How far the memory of refused combinations goes before it restarts, so
 /// that a flood of them costs bounded memory (they may then count twice).
 const REFUSED_MEMORY: usize = 100_000;
 
-impl<L: Clone + Eq + Hash> SeriesBook<L> {
-    pub fn new(capacity: usize) -> Self {
+impl<L: Clone + Eq + Hash, V: Default> SeriesBook<L, V> {
+    pub fn new(capacity: usize, overflow: L) -> Self {
         Self {
             series: HashMap::new(),
+            overflow,
             capacity,
             refused: HashSet::new(),
+            dropped: 0,
         }
     }
 
-    /// The series to add to for `labels` at `now_ns`: `labels` themselves,
-    /// or `overflow` once `capacity` combinations exist.
-    pub fn admit(&mut self, labels: L, overflow: &L, now_ns: u64) -> Admitted<L> {
-        if let Some(seen) = self.series.get_mut(&labels) {
-            *seen = now_ns;
-            return Admitted {
-                labels,
-                newly_refused: false,
-            };
-        }
-        if self.series.len() < self.capacity {
-            self.series.insert(labels.clone(), now_ns);
-            return Admitted {
-                labels,
-                newly_refused: false,
-            };
-        }
-        if self.refused.len() >= REFUSED_MEMORY {
-            self.refused.clear();
-        }
-        Admitted {
-            newly_refused: self.refused.insert(labels),
-            labels: overflow.clone(),
-        }
-    }
-
-    /// Removes and returns the series `gone` says belong to departed
-    /// containers and that nothing updated since `cutoff_ns`.
-    pub fn sweep(&mut self, cutoff_ns: u64, gone: impl Fn(&L) -> bool) -> Vec<L> {
-        let mut removed = Vec::new();
-        self.series.retain(|labels, seen| {
-            if *seen >= cutoff_ns || !gone(labels) {
-                return true;
+    /// The value to update for `labels` at `now_ns`: their own series, or
+    /// the overflow series once `capacity` combinations exist.
+    pub fn value(&mut self, labels: L, now_ns: u64) -> &mut V {
+        let overflow_used = usize::from(self.series.contains_key(&self.overflow));
+        let labels = if self.series.contains_key(&labels)
+            || self.series.len() - overflow_used < self.capacity
+        {
+            labels
+        } else {
+            if self.refused.len() >= REFUSED_MEMORY {
+                self.refused.clear();
             }
-            removed.push(labels.clone());
-            false
+            if self.refused.insert(labels) {
+                self.dropped += 1;
+            }
+            self.overflow.clone()
+        };
+        let series = self.series.entry(labels).or_insert_with(|| Series {
+            value: V::default(),
+            updated_ns: now_ns,
         });
+        series.updated_ns = now_ns;
+        &mut series.value
+    }
+
+    /// Removes the series `gone` says belong to departed containers and
+    /// that nothing updated since `cutoff_ns`; returns how many.
+    pub fn sweep(&mut self, cutoff_ns: u64, gone: impl Fn(&L) -> bool) -> usize {
+        let before = self.series.len();
+        self.series
+            .retain(|labels, series| series.updated_ns >= cutoff_ns || !gone(labels));
         self.refused.retain(|labels| !gone(labels));
-        removed
+        before - self.series.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&L, &V)> {
+        self.series
+            .iter()
+            .map(|(labels, series)| (labels, &series.value))
+    }
+
+    /// Combinations refused by the cap so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     pub fn len(&self) -> usize {
@@ -86,32 +96,40 @@ impl<L: Clone + Eq + Hash> SeriesBook<L> {
 mod tests {
     use super::*;
 
+    fn book(capacity: usize) -> SeriesBook<String, u64> {
+        SeriesBook::new(capacity, OTHER.to_owned())
+    }
+
+    fn values(book: &SeriesBook<String, u64>) -> Vec<(String, u64)> {
+        let mut all: Vec<_> = book.iter().map(|(l, v)| (l.clone(), *v)).collect();
+        all.sort();
+        all
+    }
+
     #[test]
     fn combinations_beyond_the_cap_fold_into_the_overflow_once_counted() {
-        let mut book = SeriesBook::new(2);
-        let other = OTHER.to_owned();
-        let mut admit = |labels: &str, now| {
-            let admitted = book.admit(labels.to_owned(), &other, now);
-            (admitted.labels, admitted.newly_refused)
-        };
-        assert_eq!(admit("a", 1), ("a".to_owned(), false));
-        assert_eq!(admit("b", 1), ("b".to_owned(), false));
-        assert_eq!(admit("c", 1), (OTHER.to_owned(), true));
-        assert_eq!(admit("c", 2), (OTHER.to_owned(), false));
-        // Known combinations keep their series.
-        assert_eq!(admit("a", 3), ("a".to_owned(), false));
-        assert_eq!(book.len(), 2);
+        let mut book = book(2);
+        for (labels, now) in [("a", 1), ("b", 1), ("c", 1), ("c", 2), ("d", 2), ("a", 3)] {
+            *book.value(labels.to_owned(), now) += 1;
+        }
+        assert_eq!(
+            values(&book),
+            [("a".into(), 2), ("b".into(), 1), (OTHER.into(), 3)]
+        );
+        // `c` twice and `d` once: two combinations refused.
+        assert_eq!(book.dropped(), 2);
     }
 
     #[test]
     fn only_stale_series_of_departed_ends_are_swept() {
-        let mut book = SeriesBook::new(10);
-        let other = OTHER.to_owned();
+        let mut book = book(10);
         for (labels, now) in [("gone-old", 1), ("gone-recent", 9), ("alive-old", 1)] {
-            book.admit(labels.to_owned(), &other, now);
+            *book.value(labels.to_owned(), now) += 1;
         }
-        let removed = book.sweep(5, |l| l.starts_with("gone"));
-        assert_eq!(removed, vec!["gone-old".to_owned()]);
-        assert_eq!(book.len(), 2);
+        assert_eq!(book.sweep(5, |l| l.starts_with("gone")), 1);
+        assert_eq!(
+            values(&book),
+            [("alive-old".into(), 1), ("gone-recent".into(), 1)]
+        );
     }
 }

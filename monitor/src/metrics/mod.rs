@@ -5,6 +5,7 @@ mod book;
 mod labels;
 mod served;
 mod state;
+mod text;
 mod traffic;
 
 pub use labels::{AGGREGATE, EPHEMERAL, NO_PORT};
@@ -28,8 +29,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(config: MetricsConfig) -> anyhow::Result<Self> {
         let registry = Registry::new();
-        let traffic =
-            TrafficMetrics::new(&registry, config).context("registering traffic metrics")?;
+        let traffic = TrafficMetrics::new(config);
         let render_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "crossmon_scrape_duration_seconds",
@@ -61,12 +61,11 @@ impl Metrics {
         snapshot: impl FnOnce(&TrafficMetrics) -> AgentSnapshot,
     ) -> anyhow::Result<String> {
         let timer = self.render_seconds.start_timer();
-        let mut families = {
-            let traffic = self.traffic();
-            let mut families = self.registry.gather();
-            families.extend(snapshot(&traffic).families());
-            families
-        };
+        // The traffic lock is held throughout, so that the traffic series
+        // and the agent's view of them (series counts) are one moment.
+        let traffic = self.traffic();
+        let mut families = self.registry.gather();
+        families.extend(snapshot(&traffic).families());
         // A family without series (no containers yet) is not exposed.
         families.retain(|family| !family.get_metric().is_empty());
         families.sort_by(|a, b| a.name().cmp(b.name()));
@@ -74,7 +73,9 @@ impl Metrics {
         TextEncoder::new()
             .encode(&families, &mut text)
             .context("encoding /metrics")?;
+        let mut text = String::from_utf8(text).context("encoding /metrics")?;
+        traffic.encode(&mut text);
         timer.observe_duration();
-        String::from_utf8(text).context("encoding /metrics")
+        Ok(text)
     }
 }

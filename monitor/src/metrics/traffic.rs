@@ -8,12 +8,12 @@ use std::{
 };
 
 use monitor_common::{ip_proto, FlowKey};
-use prometheus::{IntCounterVec, Opts, Registry};
 
 use super::{
     book::SeriesBook,
     labels::{ConnectionLabels, FlowLabels, CONNECTION_LABEL_NAMES, FLOW_LABEL_NAMES},
     served::ServedPorts,
+    text,
 };
 use crate::{
     docker::{Container, Directory, Inventory},
@@ -34,12 +34,8 @@ pub struct MetricsConfig {
 }
 
 pub struct TrafficMetrics {
-    packets: IntCounterVec,
-    bytes: IntCounterVec,
-    connections: IntCounterVec,
-    dropped: IntCounterVec,
-    flow_series: SeriesBook<FlowLabels>,
-    connection_series: SeriesBook<ConnectionLabels>,
+    flows: SeriesBook<FlowLabels, FlowCounts>,
+    connections: SeriesBook<ConnectionLabels, u64>,
     /// What each flow has added to its series so far.
     exported: HashMap<FlowKey, Exported>,
     served: ServedPorts,
@@ -50,6 +46,15 @@ pub struct TrafficMetrics {
     grace_ns: u64,
 }
 
+/// Which count of a flow series a family shows.
+type CountOf = fn(&FlowCounts) -> u64;
+
+#[derive(Default)]
+struct FlowCounts {
+    packets: u64,
+    bytes: u64,
+}
+
 #[derive(Default)]
 struct Exported {
     packets: u64,
@@ -58,41 +63,16 @@ struct Exported {
 }
 
 impl TrafficMetrics {
-    pub fn new(registry: &Registry, config: MetricsConfig) -> prometheus::Result<Self> {
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let vec = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(vec.clone()))?;
-            Ok::<_, prometheus::Error>(vec)
-        };
-        Ok(Self {
-            packets: counter(
-                "crossmon_flow_packets_total",
-                "Packets between two ends, counted once where they entered the host.",
-                &FLOW_LABEL_NAMES,
-            )?,
-            bytes: counter(
-                "crossmon_flow_bytes_total",
-                "Bytes of IP packets (IP header included) between two ends.",
-                &FLOW_LABEL_NAMES,
-            )?,
-            connections: counter(
-                "crossmon_connections_total",
-                "TCP connection attempts by result: established (SYN-ACK), refused (RST), unanswered.",
-                &CONNECTION_LABEL_NAMES,
-            )?,
-            dropped: counter(
-                "crossmon_series_dropped_total",
-                "Label combinations refused by the series cap and counted in the `other` series instead.",
-                &["metric"],
-            )?,
-            flow_series: SeriesBook::new(config.max_series),
-            connection_series: SeriesBook::new(config.max_series),
+    pub fn new(config: MetricsConfig) -> Self {
+        Self {
+            flows: SeriesBook::new(config.max_series, FlowLabels::overflow()),
+            connections: SeriesBook::new(config.max_series, ConnectionLabels::overflow()),
             exported: HashMap::new(),
             served: ServedPorts::new(config.max_series.saturating_mul(4)),
             present: HashMap::new(),
             departed: HashMap::new(),
             grace_ns: config.grace_ns,
-        })
+        }
     }
 
     /// Adds what flows counted since the last update. `expired` are flows
@@ -156,15 +136,9 @@ impl TrafficMetrics {
         }
         exported.packets = record.stats.packets;
         exported.bytes = record.stats.bytes;
-        let admitted = self
-            .flow_series
-            .admit(labels.clone(), &FlowLabels::overflow(), now_ns);
-        if admitted.newly_refused {
-            self.dropped.with_label_values(&["flow"]).inc();
-        }
-        let values = admitted.labels.values();
-        self.packets.with_label_values(&values).inc_by(packets);
-        self.bytes.with_label_values(&values).inc_by(bytes);
+        let counts = self.flows.value(labels.clone(), now_ns);
+        counts.packets = counts.packets.wrapping_add(packets);
+        counts.bytes = counts.bytes.wrapping_add(bytes);
     }
 
     fn add_connection(
@@ -179,17 +153,9 @@ impl TrafficMetrics {
             return;
         }
         exported.connection_counted = true;
-        let admitted = self.connection_series.admit(
-            ConnectionLabels::of(flow, result),
-            &ConnectionLabels::overflow(),
-            now_ns,
-        );
-        if admitted.newly_refused {
-            self.dropped.with_label_values(&["connections"]).inc();
-        }
-        self.connections
-            .with_label_values(&admitted.labels.values())
-            .inc();
+        *self
+            .connections
+            .value(ConnectionLabels::of(flow, result), now_ns) += 1;
     }
 
     /// Notes which containers left, and which came back.
@@ -225,19 +191,13 @@ impl TrafficMetrics {
         if gone.is_empty() {
             return;
         }
-        for labels in self.flow_series.sweep(cutoff, |l| {
-            gone.contains(&l.source) || gone.contains(&l.destination)
-        }) {
-            let values = labels.values();
-            // Absent only if never incremented: nothing to remove then.
-            let _ = self.packets.remove_label_values(&values);
-            let _ = self.bytes.remove_label_values(&values);
-        }
-        for labels in self.connection_series.sweep(cutoff, |l| {
-            gone.contains(&l.source) || gone.contains(&l.destination)
-        }) {
-            let _ = self.connections.remove_label_values(&labels.values());
-        }
+        let names_gone = |source: &String, destination: &String| {
+            gone.contains(source) || gone.contains(destination)
+        };
+        self.flows
+            .sweep(cutoff, |l| names_gone(&l.source, &l.destination));
+        self.connections
+            .sweep(cutoff, |l| names_gone(&l.source, &l.destination));
         self.departed.retain(|name, _| !gone.contains(name));
     }
 
@@ -251,10 +211,62 @@ impl TrafficMetrics {
     /// Series of each traffic family, for the agent's own metrics.
     pub fn series_counts(&self) -> [(&'static str, usize); 2] {
         [
-            ("flow", self.flow_series.len()),
-            ("connections", self.connection_series.len()),
+            ("flow", self.flows.len()),
+            ("connections", self.connections.len()),
         ]
     }
+
+    /// The traffic families in the text format.
+    pub fn encode(&self, out: &mut String) {
+        let flow_families: [(&str, &str, CountOf); 2] = [
+            (
+                "crossmon_flow_packets_total",
+                "Packets between two ends, counted once where they entered the host.",
+                |c| c.packets,
+            ),
+            (
+                "crossmon_flow_bytes_total",
+                "Bytes of IP packets (IP header included) between two ends.",
+                |c| c.bytes,
+            ),
+        ];
+        for (name, help, value) in flow_families {
+            text::header(out, name, help, "counter");
+            for (labels, counts) in self.flows.iter() {
+                let pairs = pairs(FLOW_LABEL_NAMES, labels.values());
+                text::sample(out, name, &pairs, value(counts));
+            }
+        }
+        let name = "crossmon_connections_total";
+        text::header(
+            out,
+            name,
+            "TCP connection attempts by result: established (SYN-ACK), refused (RST), unanswered.",
+            "counter",
+        );
+        for (labels, count) in self.connections.iter() {
+            let pairs = pairs(CONNECTION_LABEL_NAMES, labels.values());
+            text::sample(out, name, &pairs, *count);
+        }
+        let name = "crossmon_series_dropped_total";
+        text::header(
+            out,
+            name,
+            "Label combinations refused by the series cap and counted in the `other` series instead.",
+            "counter",
+        );
+        text::sample(out, name, &[("metric", "flow")], self.flows.dropped());
+        text::sample(
+            out,
+            name,
+            &[("metric", "connections")],
+            self.connections.dropped(),
+        );
+    }
+}
+
+fn pairs<'a>(names: [&'a str; 5], values: [&'a str; 5]) -> [(&'a str, &'a str); 5] {
+    [0, 1, 2, 3, 4].map(|i| (names[i], values[i]))
 }
 
 /// A flow that opened with a SYN from its source.
@@ -335,38 +347,40 @@ mod tests {
         table
     }
 
-    fn metrics(max_series: usize) -> (Registry, TrafficMetrics) {
-        let registry = Registry::new();
-        let config = MetricsConfig {
+    fn metrics(max_series: usize) -> TrafficMetrics {
+        TrafficMetrics::new(MetricsConfig {
             max_series,
             grace_ns: 10 * SECOND,
-        };
-        let traffic = TrafficMetrics::new(&registry, config).expect("registered");
-        (registry, traffic)
+        })
     }
 
-    /// Value of `name`'s series whose labels include all of `matching`.
-    fn value(registry: &Registry, name: &str, matching: &[(&str, &str)]) -> f64 {
-        registry
-            .gather()
+    fn matches(names: [&str; 5], values: [&str; 5], matching: &[(&str, &str)]) -> bool {
+        matching
             .iter()
-            .filter(|family| family.name() == name)
-            .flat_map(|family| family.get_metric())
-            .filter(|metric| {
-                matching.iter().all(|(label, value)| {
-                    metric
-                        .get_label()
-                        .iter()
-                        .any(|pair| pair.name() == *label && pair.value() == *value)
-                })
-            })
-            .map(|metric| metric.get_counter().value())
+            .all(|(label, value)| pairs(names, values).contains(&(*label, *value)))
+    }
+
+    fn packets(traffic: &TrafficMetrics, matching: &[(&str, &str)]) -> u64 {
+        traffic
+            .flows
+            .iter()
+            .filter(|(labels, _)| matches(FLOW_LABEL_NAMES, labels.values(), matching))
+            .map(|(_, counts)| counts.packets)
+            .sum()
+    }
+
+    fn connections(traffic: &TrafficMetrics, result: &str) -> u64 {
+        traffic
+            .connections
+            .iter()
+            .filter(|(labels, _)| labels.result == result)
+            .map(|(_, n)| n)
             .sum()
     }
 
     #[test]
     fn connection_results_and_served_ports_come_from_the_answers() {
-        let (registry, mut traffic) = metrics(100);
+        let mut traffic = metrics(100);
         let directory = Directory::default();
         let flows = table(&[
             // Established: SYN, SYN-ACK back.
@@ -379,36 +393,23 @@ mod tests {
             (key(1, 40002, 2, 82), stats(1, 1, 0, 0)),
         ]);
         traffic.update(&flows, &[], &directory, None, 2 * SECOND);
-        let connections = |result| {
-            value(
-                &registry,
-                "crossmon_connections_total",
-                &[("result", result)],
-            )
-        };
-        assert_eq!(connections("established"), 1.0);
-        assert_eq!(connections("refused"), 1.0);
-        assert_eq!(connections("unanswered"), 0.0);
-        let packets = |port| {
-            value(
-                &registry,
-                "crossmon_flow_packets_total",
-                &[("destination_port", port)],
-            )
-        };
-        assert_eq!(packets("80"), 3.0);
-        assert_eq!(packets("ephemeral"), 2.0 + 1.0 + 1.0 + 1.0);
+        assert_eq!(connections(&traffic, "established"), 1);
+        assert_eq!(connections(&traffic, "refused"), 1);
+        assert_eq!(connections(&traffic, "unanswered"), 0);
+        let to_port = |port| packets(&traffic, &[("destination_port", port)]);
+        assert_eq!(to_port("80"), 3);
+        assert_eq!(to_port("ephemeral"), 2 + 1 + 1 + 1);
 
         // Five seconds without an answer: unanswered, once.
         for now in [7, 8] {
             traffic.update(&flows, &[], &directory, None, now * SECOND);
         }
-        assert_eq!(connections("unanswered"), 1.0);
+        assert_eq!(connections(&traffic, "unanswered"), 1);
     }
 
     #[test]
     fn counters_add_deltas_and_final_counts_of_expired_flows() {
-        let (registry, mut traffic) = metrics(100);
+        let mut traffic = metrics(100);
         let directory = Directory::default();
         let udp = stats(2, 0, 0, 0);
         let flow_key = FlowKey {
@@ -425,8 +426,9 @@ mod tests {
             },
         };
         traffic.update(&FlowTable::new(), &[expired], &directory, None, 2 * SECOND);
-        assert_eq!(value(&registry, "crossmon_flow_packets_total", &[]), 5.0);
-        assert_eq!(value(&registry, "crossmon_flow_bytes_total", &[]), 300.0);
+        assert_eq!(packets(&traffic, &[]), 5);
+        let bytes: u64 = traffic.flows.iter().map(|(_, c)| c.bytes).sum();
+        assert_eq!(bytes, 300);
         // Forgotten: the same key later counts as a new flow from zero.
         traffic.update(
             &table(&[(flow_key, udp)]),
@@ -435,6 +437,6 @@ mod tests {
             None,
             3 * SECOND,
         );
-        assert_eq!(value(&registry, "crossmon_flow_packets_total", &[]), 7.0);
+        assert_eq!(packets(&traffic, &[]), 7);
     }
 }
