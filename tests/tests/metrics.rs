@@ -175,3 +175,57 @@ fn counts_survive_a_full_flow_map() {
     assert!(sum(&samples, "crossmon_flows_evicted_total", &[]) > 0.0);
     assert!(sum(&samples, "crossmon_flow_map_entries", &[]) <= 8.0);
 }
+
+/// `kernel.bpf_stats_enabled` on for the life of the guard, as it was after.
+struct BpfStats(String);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> BpfStats {
+        let before = std::fs::read_to_string(BPF_STATS).expect("reading bpf_stats_enabled");
+        std::fs::write(BPF_STATS, "1").expect("enabling bpf_stats");
+        BpfStats(before)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, self.0.trim());
+    }
+}
+
+#[test]
+fn program_run_time_is_exported_when_the_kernel_keeps_it() {
+    if !require_root() {
+        return;
+    }
+    let net = TestNet::new(2).expect("test network");
+    let agent = Agent::start(&["--no-docker"]);
+    attached(&net);
+    let samples = parse(&scrape(agent.addr));
+    assert_eq!(
+        select(&samples, "crossmon_program_runs_total", &[]).count(),
+        0,
+        "not exported while the kernel does not count"
+    );
+    let _stats = BpfStats::enable();
+    let (a, b) = (net.host(0), net.host(1));
+    traffic::ping(a, b.ip4().into(), 10, 56).expect("ping");
+    // Each echo request leaves a through one veth and reaches b through
+    // the other: one run of each program per packet, at least (other
+    // tests' veths may add more).
+    let samples = samples_when(&agent, "program statistics", |s| {
+        ["from_container", "to_container"]
+            .iter()
+            .all(|program| sum(s, "crossmon_program_runs_total", &[("program", program)]) >= 20.0)
+    });
+    for program in ["from_container", "to_container"] {
+        let seconds = sum(
+            &samples,
+            "crossmon_program_run_seconds_total",
+            &[("program", program)],
+        );
+        assert!(seconds > 0.0 && seconds < 1.0, "{program}: {seconds} s");
+    }
+}
