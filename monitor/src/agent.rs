@@ -24,6 +24,7 @@ use crate::{
         self, preflight, Counters, DatapathConfig, EventRing, FlowMap, KernelCounters,
         ProgramRunStats, Programs,
     },
+    detect::{AlertLog, AlertSink, Detectors},
     docker::{self, directory::host_addresses, Directory, Inventory},
     event_log::EventLog,
     flows::{FlowTable, PollOutcome},
@@ -48,6 +49,10 @@ pub struct AgentConfig {
     /// `--web-config`: TLS and basic auth of the HTTP endpoint.
     pub web_config: Option<PathBuf>,
     pub metrics: MetricsConfig,
+    /// `--alert-log`: `-` for standard output, `None` for no log.
+    pub alert_log: Option<PathBuf>,
+    /// The same kind of alert for the same pair is not repeated sooner.
+    pub alert_cooldown: Duration,
 }
 
 /// What the API serves, updated by the background tasks.
@@ -60,6 +65,7 @@ pub struct AgentState {
     /// The programs' run statistics, when the kernel keeps them.
     programs: RwLock<Option<Vec<ProgramRunStats>>>,
     pub metrics: Metrics,
+    pub detectors: Detectors,
     interfaces: RwLock<BTreeMap<u32, String>>,
     kernel: RwLock<KernelCounters>,
     pub events: EventLog,
@@ -78,6 +84,14 @@ impl AgentState {
             flow_map_capacity: config.datapath.flow_capacity,
             programs: RwLock::default(),
             metrics: Metrics::new(config.metrics)?,
+            detectors: Detectors::new(AlertSink::new(
+                config
+                    .alert_log
+                    .as_deref()
+                    .map(AlertLog::open)
+                    .transpose()?,
+                u64::try_from(config.alert_cooldown.as_nanos()).unwrap_or(u64::MAX),
+            )),
             interfaces: RwLock::default(),
             kernel: RwLock::default(),
             events: EventLog::default(),
@@ -102,6 +116,12 @@ impl AgentState {
             programs: read(&self.programs).clone(),
             containers: traffic.known_containers().cloned().collect(),
             series: traffic.series_counts(),
+            alerts: self
+                .detectors
+                .sink()
+                .counts()
+                .map(|((kind, severity, source), n)| (*kind, *severity, source.clone(), *n))
+                .collect(),
         })
     }
 
@@ -144,14 +164,24 @@ impl AgentState {
             .fetch_add(outcome.evicted as u64, Ordering::Relaxed);
         let directory = read(&self.directory).clone();
         let inventory = self.inventory();
-        let mut traffic = self.metrics.traffic();
-        traffic.update(
-            &read(&self.flows),
+        let flows = read(&self.flows);
+        self.metrics.traffic().update(
+            &flows,
             &outcome.expired,
             &directory,
             inventory.as_deref(),
             now_ns,
         );
+        self.detectors
+            .on_poll(&flows, &outcome.expired, &directory, now_ns);
+    }
+
+    /// Checks a batch of kernel events, then keeps it for the API.
+    fn record_events(&self, events: &mut Vec<datapath::Event>, undecodable: usize) {
+        let directory = read(&self.directory).clone();
+        self.detectors
+            .on_events(events, &directory, clock::monotonic_ns());
+        self.events.record(events.drain(..), undecodable);
     }
 
     /// Attached interfaces and known flows.
@@ -428,7 +458,7 @@ pub fn poll_once(
 }
 
 async fn consume_events(ring: EventRing, state: Arc<AgentState>) -> anyhow::Result<()> {
-    ring.follow(|batch, undecodable| state.events.record(batch.drain(..), undecodable))
+    ring.follow(|batch, undecodable| state.record_events(batch, undecodable))
         .await
 }
 

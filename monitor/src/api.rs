@@ -9,6 +9,7 @@ use crate::{
     agent::AgentState,
     clock,
     datapath::{events::key_addrs, Event},
+    detect::Alert,
     docker::{FlowEnd, Posture},
     flows::{protocol_name, tcp_flag_names, FlowRecord},
 };
@@ -18,6 +19,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/events", get(events))
         .route("/api/v1/containers", get(containers))
+        .route("/api/v1/alerts", get(alerts))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -106,6 +108,11 @@ async fn metrics(State(state): State<Arc<AgentState>>) -> axum::response::Respon
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// Recent alerts, newest first.
+async fn alerts(State(state): State<Arc<AgentState>>) -> Json<Vec<Alert>> {
+    Json(state.detectors.sink().recent().cloned().collect())
 }
 
 async fn flows(State(state): State<Arc<AgentState>>) -> Json<Vec<FlowJson>> {

@@ -100,6 +100,16 @@ pub struct RunArgs {
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub series_grace: Duration,
 
+    /// Where alerts go, one JSON line each: a file appended to, or `-` for
+    /// standard output.
+    #[arg(long, default_value = "-", value_name = "PATH")]
+    pub alert_log: PathBuf,
+
+    /// The same kind of alert for the same pair of ends is not repeated
+    /// within this time.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub alert_cooldown: Duration,
+
     /// `auto`: TCX links where the kernel has them (6.6+), clsact before;
     /// `clsact`: netlink clsact filters always.
     #[arg(long, value_enum, default_value_t = AttachModeArg::Auto)]
@@ -162,6 +172,8 @@ impl RunArgs {
             use_docker: !self.no_docker,
             docker_host: self.docker_host.clone(),
             web_config: self.web_config.clone(),
+            alert_log: Some(self.alert_log.clone()),
+            alert_cooldown: self.alert_cooldown,
             metrics: MetricsConfig {
                 max_series: self.max_series as usize,
                 grace_ns: u64::try_from(self.series_grace.as_nanos()).unwrap_or(u64::MAX),

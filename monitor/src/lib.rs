@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod datapath;
+pub mod detect;
 pub mod docker;
 pub mod doctor;
 pub mod event_log;

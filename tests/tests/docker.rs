@@ -312,6 +312,66 @@ fn a_spoofed_source_address_is_attributed_to_the_sending_container() {
         framed.ip(&net.name).expect("ip").as_str()
     );
     assert_eq!(spoofed["dst_port"], 5555);
+
+    // The lie is an alert, naming the liar and whom it posed as.
+    let alert = self::alert(&agent, "ip_spoof");
+    assert_eq!(alert["severity"], "critical");
+    assert_eq!(alert["source"]["name"], attacker.name.as_str());
+    assert_eq!(alert["destination"]["name"], victim.name.as_str());
+    assert_eq!(
+        alert["evidence"]["claimed_ip"],
+        framed.ip(&net.name).expect("ip").as_str()
+    );
+    assert_eq!(
+        alert["evidence"]["assigned_ips"][0],
+        attacker.ip(&net.name).expect("ip").as_str()
+    );
+    assert!(alert["summary"]
+        .as_str()
+        .is_some_and(|s| s.contains(framed.name.as_str())));
+
+    // A gratuitous ARP reply claiming the victim's address for the
+    // attacker's MAC: the classic poisoning frame.
+    let attacker_mac = attacker.mac(&net.name).expect("mac");
+    let poison = frames::arp_reply(
+        attacker_mac,
+        attacker_mac,
+        ip(&victim),
+        framed.mac(&net.name).expect("mac"),
+        ip(&framed),
+    );
+    for _ in 0..3 {
+        socket.send(&poison).expect("send");
+    }
+    let alert = self::alert(&agent, "arp_spoof");
+    assert_eq!(alert["source"]["name"], attacker.name.as_str());
+    assert_eq!(alert["destination"]["name"], victim.name.as_str());
+    assert_eq!(
+        alert["evidence"]["sender_ip"],
+        victim.ip(&net.name).expect("ip").as_str()
+    );
+    // Three frames, one alert: the same kind and pair within the cooldown.
+    let alerts = get_json(agent.addr, "/api/v1/alerts");
+    let kinds: Vec<&str> = alerts
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .filter_map(|a| a["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["arp_spoof", "ip_spoof"], "newest first, once each");
+}
+
+/// The newest alert of `kind` in `/api/v1/alerts`, once there is one.
+fn alert(agent: &Agent, kind: &str) -> Value {
+    let mut found = Value::Null;
+    wait_until(&format!("a {kind} alert"), || {
+        found = get_json(agent.addr, "/api/v1/alerts")
+            .as_array()
+            .and_then(|all| all.iter().find(|a| a["kind"] == kind).cloned())
+            .unwrap_or(Value::Null);
+        !found.is_null()
+    });
+    found
 }
 
 #[test]

@@ -133,6 +133,20 @@ impl Directory {
         ))
     }
 
+    /// The container and endpoint behind a host-side veth.
+    pub fn veth_owner(&self, ifindex: u32) -> Option<(&Arc<Container>, &Endpoint)> {
+        let (id, index) = self.by_veth.get(&ifindex)?;
+        let container = self.containers.get(id)?;
+        Some((container, container.endpoints.get(*index)?))
+    }
+
+    /// The container end behind a host-side veth, with its own address.
+    pub fn by_veth_end(&self, ifindex: u32) -> Option<FlowEnd> {
+        let (_, endpoint) = self.veth_owner(ifindex)?;
+        let ip = endpoint.ip.or(endpoint.ipv6)?;
+        self.slot(self.by_veth.get(&ifindex), ip)
+    }
+
     /// Who has address `ip`.
     pub fn by_address(&self, ip: IpAddr) -> FlowEnd {
         if let Some(end) = self.slot(self.by_ip.get(&ip), ip) {

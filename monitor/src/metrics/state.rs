@@ -7,6 +7,7 @@ use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricT
 
 use crate::{
     datapath::{KernelCounters, ProgramRunStats},
+    detect::Severity,
     docker::{Container, EngineInfo},
     event_log::EventTotals,
 };
@@ -26,6 +27,8 @@ pub struct AgentSnapshot {
     pub programs: Option<Vec<ProgramRunStats>>,
     pub containers: Vec<Arc<Container>>,
     pub series: [(&'static str, usize); 2],
+    /// Alerts raised: (kind, severity, source, count).
+    pub alerts: Vec<(&'static str, Severity, String, u64)>,
 }
 
 type Row = (Vec<(&'static str, String)>, f64);
@@ -178,6 +181,23 @@ impl AgentSnapshot {
                     .collect(),
             ),
         ];
+        families.push(counter(
+            "crossmon_alerts_total",
+            "Alerts raised (after de-duplication), by kind, severity and source.",
+            self.alerts
+                .iter()
+                .map(|(kind, severity, source, n)| {
+                    (
+                        vec![
+                            ("kind", (*kind).to_owned()),
+                            ("severity", severity.name().to_owned()),
+                            ("source", source.clone()),
+                        ],
+                        *n as f64,
+                    )
+                })
+                .collect(),
+        ));
         if let Some(engine) = &self.engine {
             families.push(gauge(
                 "crossmon_docker_engine_info",

@@ -1,0 +1,51 @@
+//! An alert: what happened, between whom, and the evidence. The JSON form
+//! is the alert log's schema (documented in the README) and a contract.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::docker::FlowEnd;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Alert {
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// `ip_spoof`, `arp_spoof`, ...
+    pub kind: &'static str,
+    pub severity: Severity,
+    pub source: FlowEnd,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<FlowEnd>,
+    /// One sentence for a human.
+    pub summary: String,
+    /// Facts behind the alert: counts, addresses, ports, window.
+    pub evidence: Value,
+}
+
+impl Alert {
+    /// The name an alert is counted and de-duplicated under for an end.
+    pub fn end_name(end: &FlowEnd) -> String {
+        end.name
+            .clone()
+            .or_else(|| end.ip.clone())
+            .unwrap_or_else(|| "unknown".to_owned())
+    }
+}

@@ -1,0 +1,163 @@
+//! `ip_spoof` and `arp_spoof`: a container claiming an address Docker did
+//! not give it. The sender is known from the veth the packet came in on,
+//! so the claim can be checked against what the engine assigned.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use monitor_common::Direction;
+use serde_json::json;
+
+use super::{Alert, Severity};
+use crate::{
+    clock,
+    datapath::events::{key_addrs, ArpPacket, Seen},
+    docker::{inventory::parse_mac, Container, Directory, Endpoint},
+    flows::{protocol_name, FlowRecord},
+};
+
+fn rfc3339(ns: u64) -> String {
+    clock::to_utc(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// Addresses a container may send from on any of its networks. IPv6
+/// link-local addresses are the kernel's own, not Docker's, and the
+/// unspecified address is what address probes (DHCP, DAD) carry.
+fn owns(container: &Container, ip: IpAddr) -> bool {
+    let link_local_v6 = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+    ip.is_unspecified()
+        || link_local_v6
+        || container
+            .endpoints
+            .iter()
+            .any(|e| e.ip == Some(ip) || e.ipv6 == Some(ip))
+}
+
+fn assigned(container: &Container) -> Vec<String> {
+    container
+        .endpoints
+        .iter()
+        .flat_map(|e| [e.ip, e.ipv6])
+        .flatten()
+        .map(|ip| ip.to_string())
+        .collect()
+}
+
+/// What checking one flow for a spoofed source found.
+pub enum Check {
+    /// The veth's container is not known yet: check again later.
+    Undecided,
+    Clean,
+    Spoofed(Box<Alert>),
+}
+
+/// A flow a container sent with a source address that is not its own.
+pub fn ip_spoof(record: &FlowRecord, directory: &Directory) -> Check {
+    if Direction::from_u8(record.stats.direction) != Some(Direction::FromContainer) {
+        return Check::Clean;
+    }
+    let Some((container, _)) = directory.veth_owner(record.stats.ifindex) else {
+        return Check::Undecided;
+    };
+    let (src, dst) = key_addrs(&record.key);
+    if owns(container, src) {
+        return Check::Clean;
+    }
+    let (source, destination) = directory.ends(&record.key, &record.stats);
+    let claimed = directory.by_address(src);
+    let posing_as = claimed
+        .name
+        .as_deref()
+        .map(|name| format!(" (that of {name})"))
+        .unwrap_or_default();
+    Check::Spoofed(Box::new(Alert {
+        time: rfc3339(record.stats.first_seen_ns),
+        kind: "ip_spoof",
+        severity: Severity::Critical,
+        summary: format!(
+            "{} sent {} packets from {src}{posing_as}, not an address Docker gave it",
+            container.name,
+            protocol_name(record.key.protocol),
+        ),
+        evidence: json!({
+            "claimed_ip": src.to_string(),
+            "assigned_ips": assigned(container),
+            "destination_ip": dst.to_string(),
+            "destination_port": record.key.dst_port,
+            "protocol": protocol_name(record.key.protocol),
+            "packets": record.stats.packets,
+            "first_seen": rfc3339(record.stats.first_seen_ns),
+        }),
+        source,
+        destination: Some(destination),
+    }))
+}
+
+/// An ARP packet a container sent claiming a MAC or IPv4 address that is
+/// not its own on that network.
+pub fn arp_spoof(
+    seen: &Seen,
+    eth_src: [u8; 6],
+    arp: &ArpPacket,
+    directory: &Directory,
+) -> Option<Alert> {
+    if seen.direction != Direction::FromContainer {
+        return None;
+    }
+    let (container, endpoint) = directory.veth_owner(seen.ifindex)?;
+    let own_mac = endpoint.mac.as_deref().and_then(parse_mac)?;
+    let wrong_mac = [Some(eth_src), arp.sender_mac]
+        .into_iter()
+        .flatten()
+        .find(|mac| *mac != own_mac);
+    let wrong_ip = arp
+        .sender_ip
+        .filter(|ip| !ip.is_unspecified() && !claims_own(endpoint, *ip));
+    let claim = match (wrong_ip, wrong_mac) {
+        (Some(ip), _) => format!("claims {ip}"),
+        (None, Some(mac)) => format!("sends as MAC {}", mac_text(mac)),
+        (None, None) => return None,
+    };
+    let source = directory.by_veth_end(seen.ifindex)?;
+    // Whose address the claim takes over, if anyone's.
+    let victim = wrong_ip.map(|ip| directory.by_address(IpAddr::V4(ip)));
+    let victim_name = victim
+        .as_ref()
+        .and_then(|v| v.name.clone())
+        .map(|name| format!(", the address of {name}"))
+        .unwrap_or_default();
+    Some(Alert {
+        time: rfc3339(seen.timestamp_ns),
+        kind: "arp_spoof",
+        severity: Severity::Critical,
+        summary: format!(
+            "{} on {}: ARP {} {claim}{victim_name}",
+            container.name,
+            endpoint.network,
+            match arp.operation {
+                Some(1) => "request",
+                Some(2) => "reply",
+                _ => "packet",
+            },
+        ),
+        evidence: json!({
+            "operation": arp.operation,
+            "eth_src": mac_text(eth_src),
+            "sender_mac": arp.sender_mac.map(mac_text),
+            "sender_ip": arp.sender_ip.map(|ip| ip.to_string()),
+            "target_ip": arp.target_ip.map(|ip| ip.to_string()),
+            "assigned_mac": mac_text(own_mac),
+            "assigned_ip": endpoint.ip.map(|ip| ip.to_string()),
+            "network": endpoint.network,
+        }),
+        source,
+        destination: victim,
+    })
+}
+
+fn claims_own(endpoint: &Endpoint, ip: Ipv4Addr) -> bool {
+    endpoint.ip == Some(IpAddr::V4(ip))
+}
