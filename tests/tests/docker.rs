@@ -361,6 +361,41 @@ fn a_spoofed_source_address_is_attributed_to_the_sending_container() {
     assert_eq!(kinds, ["arp_spoof", "ip_spoof"], "newest first, once each");
 }
 
+#[test]
+fn a_container_reaching_for_the_docker_api_on_the_host_is_alerted() {
+    if !docker_ready() {
+        return;
+    }
+    let net = DockerNetwork::create("hostapi", &[]).expect("network");
+    let curious = Container::run("curious", &["--network", &net.name]).expect("container");
+    let agent = Agent::start(&[]);
+    container(&agent, &curious.name, attached);
+    let gateway = docker(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{(index .IPAM.Config 0).Gateway}}",
+        &net.name,
+    ])
+    .expect("gateway");
+    let gateway = String::from_utf8_lossy(&gateway.stdout).trim().to_owned();
+    // The gateway of the network this test made: the host's address on
+    // its bridge. Refused, dropped or (if something listens) accepted:
+    // the attempt is the evidence.
+    let target: std::net::SocketAddr = format!("{gateway}:2375").parse().expect("address");
+    integration_tests::net::in_netns(&curious.netns().expect("netns"), || {
+        let _ = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1));
+        Ok(())
+    })
+    .expect("connection attempt");
+    let alert = alert(&agent, "host_access");
+    assert_eq!(alert["severity"], "critical");
+    assert_eq!(alert["source"]["name"], curious.name.as_str());
+    assert_eq!(alert["destination"]["kind"], "gateway");
+    assert_eq!(alert["evidence"]["destination_port"], 2375);
+    assert_eq!(alert["evidence"]["destination_ip"], gateway.as_str());
+}
+
 /// The newest alert of `kind` in `/api/v1/alerts`, once there is one.
 fn alert(agent: &Agent, kind: &str) -> Value {
     let mut found = Value::Null;

@@ -2,6 +2,7 @@
 //! de-duplicated, logged as JSON lines and counted.
 
 mod alert;
+mod host_access;
 mod sink;
 mod spoof;
 
@@ -23,8 +24,9 @@ use crate::{
 
 pub struct Detectors {
     sink: Mutex<AlertSink>,
-    /// Flows already checked for a spoofed source: the check depends only
-    /// on the flow's key and veth, so once per flow is enough.
+    /// Flows already checked by the per-flow detectors (spoofed source,
+    /// host access): they depend only on the flow's key, veth and opening,
+    /// so once per flow is enough.
     spoof_checked: Mutex<HashSet<FlowKey>>,
 }
 
@@ -64,6 +66,7 @@ impl Detectors {
                 spoof::Check::Clean => {}
                 spoof::Check::Spoofed(alert) => alerts.push(*alert),
             }
+            alerts.extend(host_access::host_access(&record, directory));
             checked.insert(record.key);
         }
         for record in expired {

@@ -1,0 +1,82 @@
+//! `host_access`: a container opening connections to the host on ports
+//! that hand over the host (the Docker API, SSH) or to a cloud metadata
+//! address (instance credentials).
+
+use std::net::IpAddr;
+
+use monitor_common::{ip_proto, Direction};
+use serde_json::json;
+
+use super::{Alert, Severity};
+use crate::{
+    clock,
+    datapath::events::key_addrs,
+    docker::{Directory, EndKind},
+    flows::{protocol_name, FlowRecord},
+};
+
+/// SSH, the Docker API in clear and over TLS.
+pub const SENSITIVE_HOST_PORTS: [u16; 3] = [22, 2375, 2376];
+
+/// AWS, GCP, Azure, OpenStack (IPv4) and AWS (IPv6) instance metadata.
+const METADATA: [&str; 2] = ["169.254.169.254", "fd00:ec2::254"];
+
+/// A connection attempt from a container to a sensitive host port or a
+/// metadata address; `None` for anything else.
+pub fn host_access(record: &FlowRecord, directory: &Directory) -> Option<Alert> {
+    if Direction::from_u8(record.stats.direction) != Some(Direction::FromContainer)
+        || !opens(record)
+    {
+        return None;
+    }
+    let (_, dst) = key_addrs(&record.key);
+    let (source, destination) = directory.ends(&record.key, &record.stats);
+    let metadata = METADATA
+        .iter()
+        .any(|address| address.parse::<IpAddr>().is_ok_and(|m| m == dst));
+    let to_host = matches!(destination.kind, EndKind::Gateway | EndKind::Host)
+        && SENSITIVE_HOST_PORTS.contains(&record.key.dst_port);
+    if !metadata && !to_host {
+        return None;
+    }
+    let who = source.name.clone().unwrap_or_else(|| "a container".into());
+    let summary = if metadata {
+        format!("{who} contacted the cloud metadata address {dst}")
+    } else {
+        format!(
+            "{who} opened a connection to the host ({dst}) on port {}",
+            record.key.dst_port
+        )
+    };
+    Some(Alert {
+        time: clock::to_utc(record.stats.first_seen_ns)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        kind: "host_access",
+        severity: if metadata || record.key.dst_port != 22 {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        },
+        summary,
+        evidence: json!({
+            "destination_ip": dst.to_string(),
+            "destination_port": record.key.dst_port,
+            "protocol": protocol_name(record.key.protocol),
+            "metadata_address": metadata,
+            "packets": record.stats.packets,
+            "syn": record.stats.syn,
+        }),
+        source,
+        destination: Some(destination),
+    })
+}
+
+/// A TCP flow that began with a SYN, or any UDP flow (metadata and SSH
+/// are TCP, but a probe may not be).
+fn opens(record: &FlowRecord) -> bool {
+    match record.key.protocol {
+        ip_proto::TCP => record.stats.syn > 0,
+        ip_proto::UDP => true,
+        _ => false,
+    }
+}
