@@ -140,7 +140,7 @@ fn main() -> anyhow::Result<()> {
             flows_evicted: 0,
             kernel: KernelCounters::default(),
             events: EventTotals::default(),
-            docker_up: true,
+            docker_up: Some(true),
             engine: None,
             programs: None,
             containers: traffic.known_containers().cloned().collect(),

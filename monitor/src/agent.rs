@@ -24,7 +24,7 @@ use crate::{
         self, preflight, Counters, DatapathConfig, EventRing, FlowMap, KernelCounters,
         ProgramRunStats, Programs,
     },
-    detect::{AlertLog, AlertSink, Detectors},
+    detect::{config::DetectConfig, AlertLog, AlertSink, Detectors},
     docker::{self, directory::host_addresses, Directory, Inventory},
     event_log::EventLog,
     flows::{FlowTable, PollOutcome},
@@ -53,6 +53,9 @@ pub struct AgentConfig {
     pub alert_log: Option<PathBuf>,
     /// The same kind of alert for the same pair is not repeated sooner.
     pub alert_cooldown: Duration,
+    pub detect: DetectConfig,
+    /// What outlives the process: the new-connection baseline.
+    pub state_dir: PathBuf,
 }
 
 /// What the API serves, updated by the background tasks.
@@ -73,6 +76,8 @@ pub struct AgentState {
     directory: RwLock<Arc<Directory>>,
     /// Whether the Docker engine answers right now.
     pub docker_up: Arc<AtomicBool>,
+    /// False with `--no-docker`: no engine to be up or down.
+    use_docker: bool,
 }
 
 impl AgentState {
@@ -84,20 +89,25 @@ impl AgentState {
             flow_map_capacity: config.datapath.flow_capacity,
             programs: RwLock::default(),
             metrics: Metrics::new(config.metrics)?,
-            detectors: Detectors::new(AlertSink::new(
-                config
-                    .alert_log
-                    .as_deref()
-                    .map(AlertLog::open)
-                    .transpose()?,
-                u64::try_from(config.alert_cooldown.as_nanos()).unwrap_or(u64::MAX),
-            )),
+            detectors: Detectors::new(
+                config.detect.clone(),
+                AlertSink::new(
+                    config
+                        .alert_log
+                        .as_deref()
+                        .map(AlertLog::open)
+                        .transpose()?,
+                    u64::try_from(config.alert_cooldown.as_nanos()).unwrap_or(u64::MAX),
+                ),
+                &config.state_dir,
+            )?,
             interfaces: RwLock::default(),
             kernel: RwLock::default(),
             events: EventLog::default(),
             inventory: RwLock::default(),
             directory: RwLock::new(Arc::new(Directory::new(None, host_addresses()))),
             docker_up: Arc::default(),
+            use_docker: config.use_docker,
         })
     }
 
@@ -111,7 +121,9 @@ impl AgentState {
             flows_evicted: self.flows_evicted.load(Ordering::Relaxed),
             kernel: self.kernel_counters(),
             events: self.events.totals(),
-            docker_up: self.docker_up.load(Ordering::Relaxed),
+            docker_up: self
+                .use_docker
+                .then(|| self.docker_up.load(Ordering::Relaxed)),
             engine: self.inventory().map(|i| i.engine.clone()),
             programs: read(&self.programs).clone(),
             containers: traffic.known_containers().cloned().collect(),
@@ -224,6 +236,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         "crossmon running"
     );
 
+    std::fs::create_dir_all(&config.state_dir).with_context(|| {
+        format!(
+            "creating the state directory {}",
+            config.state_dir.display()
+        )
+    })?;
     let state = Arc::new(AgentState::new(&config)?);
     let programs = Arc::new(Mutex::new(datapath.programs));
     let mut tasks = JoinSet::new();

@@ -9,6 +9,7 @@ use monitor_common::MAX_CAPTURE;
 use crate::{
     agent::AgentConfig,
     datapath::{AttachMode, DatapathConfig},
+    detect::config::DetectConfig,
     metrics::MetricsConfig,
 };
 
@@ -30,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach to every container veth on a Linux bridge and serve the API.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check the kernel, privileges and the Docker engine, one line each;
     /// exit status 0 only when all is well.
     Doctor {
@@ -100,6 +101,15 @@ pub struct RunArgs {
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub series_grace: Duration,
 
+    /// Detector settings (TOML); every key has a default, see the README.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Where crossmon keeps what must survive a restart (the baseline of
+    /// known connections).
+    #[arg(long, default_value = "/var/lib/crossmon", value_name = "DIR")]
+    pub state_dir: PathBuf,
+
     /// Where alerts go, one JSON line each: a file appended to, or `-` for
     /// standard output.
     #[arg(long, default_value = "-", value_name = "PATH")]
@@ -145,8 +155,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl RunArgs {
-    pub fn agent_config(&self) -> AgentConfig {
-        AgentConfig {
+    /// The agent's configuration; fails on an unreadable or invalid
+    /// `--config` file.
+    pub fn agent_config(&self) -> anyhow::Result<AgentConfig> {
+        let detect = match &self.config {
+            Some(path) => DetectConfig::load(path)?,
+            None => DetectConfig::default(),
+        };
+        Ok(AgentConfig {
             listen: self.listen,
             datapath: DatapathConfig {
                 flow_capacity: self.flow_capacity,
@@ -172,13 +188,15 @@ impl RunArgs {
             use_docker: !self.no_docker,
             docker_host: self.docker_host.clone(),
             web_config: self.web_config.clone(),
+            detect,
+            state_dir: self.state_dir.clone(),
             alert_log: Some(self.alert_log.clone()),
             alert_cooldown: self.alert_cooldown,
             metrics: MetricsConfig {
                 max_series: self.max_series as usize,
                 grace_ns: u64::try_from(self.series_grace.as_nanos()).unwrap_or(u64::MAX),
             },
-        }
+        })
     }
 }
 
@@ -198,7 +216,7 @@ mod tests {
         else {
             panic!("`crossmon run` must parse");
         };
-        let config = args.agent_config();
+        let config = args.agent_config().expect("defaults are valid");
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert!(config.datapath.validate().is_ok());
     }

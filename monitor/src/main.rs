@@ -29,7 +29,14 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run(args) => runtime.block_on(monitor::agent::run(args.agent_config())),
+        Command::Run(args) => match args.agent_config() {
+            Ok(config) => runtime.block_on(monitor::agent::run(config)),
+            // Bad configuration is a usage error, like a bad flag.
+            Err(err) => {
+                eprintln!("crossmon: {err:#}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Doctor { docker_host } => {
             return if runtime.block_on(monitor::doctor::run(docker_host.as_deref())) {
                 ExitCode::SUCCESS

@@ -10,7 +10,7 @@ use std::{
 use aya::programs::{tc::TcAttachType, SchedClassifier};
 use serde_json::Value;
 
-use crate::crossmon_bin;
+use crate::{crossmon_bin, scratch::Scratch};
 
 pub const OUR_PROGRAMS: [&str; 2] = ["from_container", "to_container"];
 
@@ -61,11 +61,14 @@ pub fn our_programs_on(interface: &str) -> Vec<String> {
 pub struct Agent {
     child: Child,
     pub addr: SocketAddr,
+    /// The agent's own `--state-dir`, unless the test chose one.
+    _state: Option<Scratch>,
 }
 
 impl Agent {
-    /// `crossmon run --poll-interval 200ms --listen <free port> EXTRA`,
-    /// once `/healthz` answers.
+    /// `crossmon run --poll-interval 200ms --listen <free port> EXTRA`
+    /// (with a fresh `--state-dir` unless EXTRA names one), once `/healthz`
+    /// answers.
     pub fn start(extra: &[&str]) -> Agent {
         Self::start_with(extra, |addr| {
             get(addr, "/healthz").is_some_and(|(status, _)| status == 200)
@@ -78,7 +81,9 @@ impl Agent {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .expect("address");
-        let child = Command::new(crossmon_bin())
+        let state = (!extra.contains(&"--state-dir")).then(|| Scratch::new("state"));
+        let mut command = Command::new(crossmon_bin());
+        command
             .args([
                 "run",
                 "--poll-interval",
@@ -86,13 +91,55 @@ impl Agent {
                 "--listen",
                 &addr.to_string(),
             ])
-            .args(extra)
+            .args(extra);
+        if let Some(state) = &state {
+            command.arg("--state-dir").arg(state.dir());
+        }
+        let child = command
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting crossmon (built by `cargo xtask test`)");
-        let agent = Agent { child, addr };
+        let agent = Agent {
+            child,
+            addr,
+            _state: state,
+        };
         wait_until("the agent's API", || ready(addr));
         agent
+    }
+
+    /// Waits until `/api/v1/containers` shows every one of `names` attached.
+    pub fn wait_attached(&self, names: &[&str]) {
+        wait_until("containers attached", || {
+            let list = get_json(self.addr, "/api/v1/containers");
+            names.iter().all(|name| {
+                list.as_array().is_some_and(|all| {
+                    all.iter()
+                        .any(|c| c["name"] == *name && c["attached"] == true)
+                })
+            })
+        });
+    }
+
+    /// Every alert in `/api/v1/alerts`, newest first.
+    pub fn alerts(&self) -> Vec<Value> {
+        match get_json(self.addr, "/api/v1/alerts") {
+            Value::Array(all) => all,
+            other => panic!("/api/v1/alerts is not a list: {other}"),
+        }
+    }
+
+    /// The newest alert of `kind` whose `select` holds, once there is one.
+    pub fn wait_for_alert(&self, kind: &str, select: impl Fn(&Value) -> bool) -> Value {
+        let mut found = None;
+        wait_until(&format!("a {kind} alert"), || {
+            found = self
+                .alerts()
+                .into_iter()
+                .find(|a| a["kind"] == kind && select(a));
+            found.is_some()
+        });
+        found.unwrap_or_default()
     }
 
     /// SIGTERM, then the exit status and what it logged.

@@ -3,6 +3,7 @@
 //! and networks and containers that remove themselves on drop.
 
 use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -10,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::scratch::Scratch;
+use crate::{net::in_netns, scratch::Scratch};
 
 pub const IMAGE: &str = "crossmon-test/busybox:1";
 const APPLETS: &[&str] = &[
@@ -18,6 +19,16 @@ const APPLETS: &[&str] = &[
 ];
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// True when the Docker tests can run: as root, with an engine and the
+/// test image (started and built when missing).
+pub fn docker_ready() -> bool {
+    if !crate::require_root() {
+        return false;
+    }
+    engine().expect("a Docker engine and the test image");
+    true
+}
 
 /// `docker ARGS`, failing with stderr.
 pub fn docker(args: &[&str]) -> anyhow::Result<Output> {
@@ -182,6 +193,49 @@ impl Container {
         args.extend([IMAGE, "sleep", "3600"]);
         docker(&args)?;
         Ok(Self { name })
+    }
+
+    /// `ping -c COUNT TO` inside the container; every reply required.
+    pub fn ping(&self, to: &str, count: u32) {
+        self.exec(&["ping", "-q", "-c", &count.to_string(), to])
+            .unwrap_or_else(|err| panic!("ping {to} from {}: {err:#}", self.name));
+    }
+
+    /// SYNs from this container to each of `ports` on `ip`, none
+    /// listening: each must be refused with a RST.
+    pub fn connect_refused(&self, ip: &str, ports: std::ops::Range<u16>) {
+        in_netns(&self.netns().expect("netns"), || {
+            for port in ports {
+                let target: SocketAddr = format!("{ip}:{port}").parse()?;
+                let err = TcpStream::connect_timeout(&target, Duration::from_secs(2))
+                    .expect_err("nothing listens");
+                anyhow::ensure!(
+                    err.kind() == std::io::ErrorKind::ConnectionRefused,
+                    "port {port}: {err}"
+                );
+            }
+            Ok(())
+        })
+        .expect("refused connections");
+    }
+
+    /// `count` TCP connections from this container to `server`'s `ip:port`,
+    /// accepted by a listener in the server's namespace, then closed.
+    pub fn connect_accepted(&self, server: &Container, ip: &str, port: u16, count: usize) {
+        let listener = in_netns(&server.netns().expect("netns"), || {
+            Ok(TcpListener::bind(("0.0.0.0", port))?)
+        })
+        .expect("listener in the server");
+        let target: SocketAddr = format!("{ip}:{port}").parse().expect("address");
+        in_netns(&self.netns().expect("netns"), || {
+            for _ in 0..count {
+                let stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+                let (accepted, _) = listener.accept()?;
+                drop((stream, accepted));
+            }
+            Ok(())
+        })
+        .expect("connections accepted");
     }
 
     pub fn exec(&self, command: &[&str]) -> anyhow::Result<Output> {

@@ -18,6 +18,20 @@ pub fn scrape(addr: SocketAddr) -> String {
     body
 }
 
+/// The samples of the agent at `addr` once `ready` holds for them.
+pub fn samples_when(
+    addr: SocketAddr,
+    what: &str,
+    ready: impl Fn(&[Sample]) -> bool,
+) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    crate::agent::wait_until(what, || {
+        samples = parse(&scrape(addr));
+        ready(&samples)
+    });
+    samples
+}
+
 /// Every sample line of an exposition (comments skipped). Label values
 /// may hold escaped quotes and backslashes.
 pub fn parse(text: &str) -> Vec<Sample> {

@@ -6,20 +6,11 @@ use std::time::{Duration, Instant};
 
 use integration_tests::{
     agent::{get_json, our_programs_on, wait_until, Agent},
-    docker::{docker, engine, Container, DockerNetwork, IMAGE},
+    docker::{docker, docker_ready, Container, DockerNetwork, IMAGE},
     frames::{self, ETH_P_IP},
-    require_root,
     traffic::RawSocket,
 };
 use serde_json::Value;
-
-fn docker_ready() -> bool {
-    if !require_root() {
-        return false;
-    }
-    engine().expect("a Docker engine and the test image");
-    true
-}
 
 /// The container named `name` in `/api/v1/containers`, once `ready` holds.
 fn container(agent: &Agent, name: &str, ready: impl Fn(&Value) -> bool) -> Value {
@@ -65,11 +56,6 @@ fn flow(agent: &Agent, src: &str, dst: &str, protocol: &str, packets: u64) -> Va
     found
 }
 
-fn ping(from: &Container, to: &str, count: u32) {
-    from.exec(&["ping", "-q", "-c", &count.to_string(), to])
-        .unwrap_or_else(|err| panic!("ping {to} from {}: {err:#}", from.name));
-}
-
 #[test]
 fn flows_between_named_containers_on_two_networks_and_docker0() {
     if !docker_ready() {
@@ -108,8 +94,8 @@ fn flows_between_named_containers_on_two_networks_and_docker0() {
         .iter()
         .all(|n| n["attached"] == true));
 
-    ping(&web, &api.ip(&front.name).expect("ip"), 3);
-    ping(&api, &db.ip(&back.name).expect("ip"), 4);
+    web.ping(&api.ip(&front.name).expect("ip"), 3);
+    api.ping(&db.ip(&back.name).expect("ip"), 4);
     let gateway = docker(&[
         "inspect",
         "-f",
@@ -118,7 +104,7 @@ fn flows_between_named_containers_on_two_networks_and_docker0() {
     ])
     .expect("docker0 gateway");
     let gateway = String::from_utf8_lossy(&gateway.stdout).trim().to_owned();
-    ping(&legacy, &gateway, 2);
+    legacy.ping(&gateway, 2);
 
     let request = flow(&agent, &web.name, &api.name, "icmp", 3);
     assert_eq!(request["bytes"], 3 * 84);
@@ -263,7 +249,7 @@ fn the_mapping_follows_restart_rename_connect_and_a_burst_of_short_lived_contain
     });
 
     // Counts are right for the renamed container after all that.
-    ping(&a, &b.ip(&net.name).expect("ip"), 3);
+    a.ping(&b.ip(&net.name).expect("ip"), 3);
     assert_eq!(flow(&agent, &a.name, &b.name, "icmp", 3)["bytes"], 3 * 84);
 }
 
@@ -314,7 +300,7 @@ fn a_spoofed_source_address_is_attributed_to_the_sending_container() {
     assert_eq!(spoofed["dst_port"], 5555);
 
     // The lie is an alert, naming the liar and whom it posed as.
-    let alert = self::alert(&agent, "ip_spoof");
+    let alert = agent.wait_for_alert("ip_spoof", |_| true);
     assert_eq!(alert["severity"], "critical");
     assert_eq!(alert["source"]["name"], attacker.name.as_str());
     assert_eq!(alert["destination"]["name"], victim.name.as_str());
@@ -343,7 +329,7 @@ fn a_spoofed_source_address_is_attributed_to_the_sending_container() {
     for _ in 0..3 {
         socket.send(&poison).expect("send");
     }
-    let alert = self::alert(&agent, "arp_spoof");
+    let alert = agent.wait_for_alert("arp_spoof", |_| true);
     assert_eq!(alert["source"]["name"], attacker.name.as_str());
     assert_eq!(alert["destination"]["name"], victim.name.as_str());
     assert_eq!(
@@ -388,25 +374,12 @@ fn a_container_reaching_for_the_docker_api_on_the_host_is_alerted() {
         Ok(())
     })
     .expect("connection attempt");
-    let alert = alert(&agent, "host_access");
+    let alert = agent.wait_for_alert("host_access", |_| true);
     assert_eq!(alert["severity"], "critical");
     assert_eq!(alert["source"]["name"], curious.name.as_str());
     assert_eq!(alert["destination"]["kind"], "gateway");
     assert_eq!(alert["evidence"]["destination_port"], 2375);
     assert_eq!(alert["evidence"]["destination_ip"], gateway.as_str());
-}
-
-/// The newest alert of `kind` in `/api/v1/alerts`, once there is one.
-fn alert(agent: &Agent, kind: &str) -> Value {
-    let mut found = Value::Null;
-    wait_until(&format!("a {kind} alert"), || {
-        found = get_json(agent.addr, "/api/v1/alerts")
-            .as_array()
-            .and_then(|all| all.iter().find(|a| a["kind"] == kind).cloned())
-            .unwrap_or(Value::Null);
-        !found.is_null()
-    });
-    found
 }
 
 #[test]

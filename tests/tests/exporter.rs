@@ -2,88 +2,12 @@
 //! counts through PromQL, joins on container info, bounded series under a
 //! port scan, and series of removed containers going away.
 
-use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
-    time::Duration,
-};
-
 use integration_tests::{
-    agent::{get_json, wait_until, Agent},
-    docker::{engine, Container, DockerNetwork, IMAGE},
-    exposition::{parse, scrape, select, sum, Sample},
-    net::in_netns,
+    agent::Agent,
+    docker::{docker_ready, Container, DockerNetwork, IMAGE},
+    exposition::{parse, samples_when, scrape, select, sum},
     prometheus::{prometheus_installed, Prometheus, Scrape},
-    require_root,
 };
-
-fn docker_ready() -> bool {
-    if !require_root() {
-        return false;
-    }
-    engine().expect("a Docker engine and the test image");
-    true
-}
-
-fn wait_attached(agent: &Agent, names: &[&str]) {
-    wait_until("containers attached", || {
-        let list = get_json(agent.addr, "/api/v1/containers");
-        names.iter().all(|name| {
-            list.as_array().is_some_and(|all| {
-                all.iter()
-                    .any(|c| c["name"] == *name && c["attached"] == true)
-            })
-        })
-    });
-}
-
-fn ping(from: &Container, to: &str, count: u32) {
-    from.exec(&["ping", "-q", "-c", &count.to_string(), to])
-        .unwrap_or_else(|err| panic!("ping {to} from {}: {err:#}", from.name));
-}
-
-/// One TCP connection from `client` to `server:port` that `server` accepts
-/// (a listener in its namespace), then closed by both.
-fn connect_accepted(client: &Container, server: &Container, ip: &str, port: u16) {
-    let listener = in_netns(&server.netns().expect("netns"), || {
-        Ok(TcpListener::bind(("0.0.0.0", port))?)
-    })
-    .expect("listener in the server");
-    let target: SocketAddr = format!("{ip}:{port}").parse().expect("address");
-    in_netns(&client.netns().expect("netns"), || {
-        let stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
-        let (accepted, _) = listener.accept()?;
-        drop((stream, accepted));
-        Ok(())
-    })
-    .expect("connection accepted");
-}
-
-/// SYNs from `client` to each of `ports` on `ip`, none listening: each is
-/// refused with a RST.
-fn connect_refused(client: &Container, ip: &str, ports: std::ops::Range<u16>) {
-    in_netns(&client.netns().expect("netns"), || {
-        for port in ports {
-            let target: SocketAddr = format!("{ip}:{port}").parse()?;
-            let err = TcpStream::connect_timeout(&target, Duration::from_secs(2))
-                .expect_err("nothing listens");
-            anyhow::ensure!(
-                err.kind() == std::io::ErrorKind::ConnectionRefused,
-                "port {port}: {err}"
-            );
-        }
-        Ok(())
-    })
-    .expect("refused connections");
-}
-
-fn samples_when(agent: &Agent, what: &str, ready: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
-    let mut samples = Vec::new();
-    wait_until(what, || {
-        samples = parse(&scrape(agent.addr));
-        ready(&samples)
-    });
-    samples
-}
 
 #[test]
 fn prometheus_scrapes_exact_traffic_between_named_containers() {
@@ -113,15 +37,15 @@ fn prometheus_scrapes_exact_traffic_between_named_containers() {
     )
     .expect("hidden");
     let agent = Agent::start(&["--series-grace", "1s"]);
-    wait_attached(&agent, &[&server.name, &client.name, &hidden.name]);
+    agent.wait_attached(&[&server.name, &client.name, &hidden.name]);
     let prometheus = Prometheus::start(&Scrape::new(agent.addr));
     prometheus.wait_for_target_up();
 
     let server_ip = server.ip(&net.name).expect("ip");
-    ping(&client, &server_ip, 5);
-    connect_accepted(&client, &server, &server_ip, 8080);
-    connect_refused(&client, &server_ip, 8081..8082);
-    ping(&hidden, &server_ip, 2);
+    client.ping(&server_ip, 5);
+    client.connect_accepted(&server, &server_ip, 8080, 1);
+    client.connect_refused(&server_ip, 8081..8082);
+    hidden.ping(&server_ip, 2);
 
     let client_name = client.name.clone();
     let (c, s) = (client_name.as_str(), server.name.as_str());
@@ -213,9 +137,11 @@ fn prometheus_scrapes_exact_traffic_between_named_containers() {
 
     // Removed: its series go once the grace period (1 s) has passed.
     drop(client);
-    samples_when(&agent, "the removed container's series gone", |samples| {
-        !samples.iter().any(|s| s.labels.values().any(|v| v == c))
-    });
+    samples_when(
+        agent.addr,
+        "the removed container's series gone",
+        |samples| !samples.iter().any(|s| s.labels.values().any(|v| v == c)),
+    );
 }
 
 #[test]
@@ -228,13 +154,13 @@ fn a_port_scan_does_not_create_a_series_per_port() {
     let target = Container::run("target", &on_net).expect("target");
     let scanner = Container::run("scanner", &on_net).expect("scanner");
     let agent = Agent::start(&[]);
-    wait_attached(&agent, &[&target.name, &scanner.name]);
+    agent.wait_attached(&[&target.name, &scanner.name]);
 
     let target_ip = target.ip(&net.name).expect("ip");
-    connect_refused(&scanner, &target_ip, 20_000..25_000);
+    scanner.connect_refused(&target_ip, 20_000..25_000);
 
     let (from, to) = (scanner.name.as_str(), target.name.as_str());
-    let samples = samples_when(&agent, "5000 refused connections", |s| {
+    let samples = samples_when(agent.addr, "5000 refused connections", |s| {
         sum(
             s,
             "crossmon_connections_total",

@@ -15,15 +15,12 @@ use crate::{
     flows::{protocol_name, FlowRecord},
 };
 
-/// SSH, the Docker API in clear and over TLS.
-pub const SENSITIVE_HOST_PORTS: [u16; 3] = [22, 2375, 2376];
-
 /// AWS, GCP, Azure, OpenStack (IPv4) and AWS (IPv6) instance metadata.
 const METADATA: [&str; 2] = ["169.254.169.254", "fd00:ec2::254"];
 
-/// A connection attempt from a container to a sensitive host port or a
+/// A connection attempt from a container to one of the host's `ports` or a
 /// metadata address; `None` for anything else.
-pub fn host_access(record: &FlowRecord, directory: &Directory) -> Option<Alert> {
+pub fn host_access(record: &FlowRecord, directory: &Directory, ports: &[u16]) -> Option<Alert> {
     if Direction::from_u8(record.stats.direction) != Some(Direction::FromContainer)
         || !opens(record)
     {
@@ -35,7 +32,7 @@ pub fn host_access(record: &FlowRecord, directory: &Directory) -> Option<Alert> 
         .iter()
         .any(|address| address.parse::<IpAddr>().is_ok_and(|m| m == dst));
     let to_host = matches!(destination.kind, EndKind::Gateway | EndKind::Host)
-        && SENSITIVE_HOST_PORTS.contains(&record.key.dst_port);
+        && ports.contains(&record.key.dst_port);
     if !metadata && !to_host {
         return None;
     }

@@ -1,47 +1,122 @@
 //! Detections: alerts on attacks between containers, each with evidence,
 //! de-duplicated, logged as JSON lines and counted.
+//!
+//! After each poll every flow is looked at once for what its key alone
+//! tells (a spoofed source, a reach for the host), and once its outcome is
+//! known as an attempt of its source (scans, sweeps, isolation, new
+//! edges); its SYNs and bytes feed the flood and spike windows.
 
 mod alert;
+mod baseline;
+pub mod config;
+mod flood;
 mod host_access;
+mod isolation;
+mod probes;
+mod scan;
 mod sink;
+mod spike;
 mod spoof;
 
 pub use alert::{Alert, Severity};
 pub use sink::{AlertLog, AlertSink};
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
+    net::IpAddr,
+    path::Path,
     sync::{Mutex, MutexGuard},
 };
 
-use monitor_common::FlowKey;
+use monitor_common::{ip_proto, Direction, FlowKey};
 
 use crate::{
-    datapath::Event,
-    docker::Directory,
-    flows::{FlowRecord, FlowTable},
+    clock,
+    datapath::{events::key_addrs, Event},
+    docker::{Directory, FlowEnd},
+    flows::{
+        outcome::{self, Outcome},
+        FlowRecord, FlowTable,
+    },
 };
+use config::DetectConfig;
+
+/// An attempt of a container to reach a destination, with its outcome.
+pub struct Attempt {
+    pub record: FlowRecord,
+    pub outcome: Outcome,
+    pub source: FlowEnd,
+    pub destination: FlowEnd,
+    pub destination_ip: IpAddr,
+}
+
+impl Attempt {
+    pub fn time(&self) -> String {
+        clock::to_utc(self.record.stats.first_seen_ns)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+
+    pub fn has_ports(&self) -> bool {
+        matches!(self.record.key.protocol, ip_proto::TCP | ip_proto::UDP)
+    }
+}
+
+/// What the detectors remember of one flow.
+#[derive(Default)]
+struct Seen {
+    /// The per-key checks ran (spoofing, host access).
+    checked: bool,
+    /// Its outcome as an attempt was fed to the detectors, or it is not an
+    /// attempt.
+    decided: bool,
+    syns: u32,
+    completed: bool,
+    bytes: u64,
+}
+
+struct State {
+    config: DetectConfig,
+    flows: HashMap<FlowKey, Seen>,
+    scans: scan::ScanDetector,
+    floods: flood::FloodDetector,
+    spikes: spike::SpikeDetector,
+    baseline: Option<baseline::Baseline>,
+}
 
 pub struct Detectors {
     sink: Mutex<AlertSink>,
-    /// Flows already checked by the per-flow detectors (spoofed source,
-    /// host access): they depend only on the flow's key, veth and opening,
-    /// so once per flow is enough.
-    spoof_checked: Mutex<HashSet<FlowKey>>,
+    state: Mutex<State>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Detectors {
-    pub fn new(sink: AlertSink) -> Self {
-        Self {
+    /// `state_dir` keeps the `new_connection` baseline.
+    pub fn new(config: DetectConfig, sink: AlertSink, state_dir: &Path) -> anyhow::Result<Self> {
+        let baseline = config
+            .new_connection
+            .enabled
+            .then(|| baseline::Baseline::open(state_dir, config.new_connection.learning_period))
+            .transpose()?;
+        Ok(Self {
             sink: Mutex::new(sink),
-            spoof_checked: Mutex::default(),
-        }
+            state: Mutex::new(State {
+                scans: scan::ScanDetector::new(config.port_scan.clone(), config.host_sweep.clone()),
+                floods: flood::FloodDetector::new(config.syn_flood.clone()),
+                spikes: spike::SpikeDetector::new(config.traffic_spike.clone()),
+                baseline,
+                config,
+                flows: HashMap::new(),
+            }),
+        })
     }
 
     pub fn sink(&self) -> MutexGuard<'_, AlertSink> {
-        self.sink
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.sink)
     }
 
     /// After each poll of the flow map.
@@ -52,27 +127,38 @@ impl Detectors {
         directory: &Directory,
         now_ns: u64,
     ) {
-        let mut checked = self
-            .spoof_checked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut alerts = Vec::new();
-        for record in table.records() {
-            if checked.contains(&record.key) {
-                continue;
+        {
+            let mut state = lock(&self.state);
+            let ended: HashMap<FlowKey, FlowRecord> = expired.iter().map(|r| (r.key, *r)).collect();
+            let find = |key: &FlowKey| table.get(key).or_else(|| ended.get(key).copied());
+            let records = table
+                .records()
+                .map(|r| (r, false))
+                .chain(expired.iter().map(|r| (*r, true)));
+            for (record, is_ended) in records {
+                let reverse = find(&record.key.reversed());
+                state.flow(
+                    &record,
+                    reverse.as_ref(),
+                    is_ended,
+                    directory,
+                    now_ns,
+                    &mut alerts,
+                );
             }
-            match spoof::ip_spoof(&record, directory) {
-                spoof::Check::Undecided => continue,
-                spoof::Check::Clean => {}
-                spoof::Check::Spoofed(alert) => alerts.push(*alert),
+            for key in ended.keys() {
+                state.flows.remove(key);
             }
-            alerts.extend(host_access::host_access(&record, directory));
-            checked.insert(record.key);
+            state.scans.expire(now_ns);
+            state.floods.check(now_ns, &mut alerts);
+            state.spikes.check(now_ns, &mut alerts);
+            if let Some(baseline) = &mut state.baseline {
+                if let Err(err) = baseline.save() {
+                    tracing::warn!("saving the new-connection baseline: {err:#}");
+                }
+            }
         }
-        for record in expired {
-            checked.remove(&record.key);
-        }
-        drop(checked);
         let mut sink = self.sink();
         for alert in alerts {
             sink.raise(alert, now_ns);
@@ -81,6 +167,9 @@ impl Detectors {
 
     /// For each batch of events from the kernel.
     pub fn on_events(&self, events: &[Event], directory: &Directory, now_ns: u64) {
+        if !lock(&self.state).config.arp_spoof.enabled {
+            return;
+        }
         let alerts: Vec<Alert> = events
             .iter()
             .filter_map(|event| match event {
@@ -93,6 +182,98 @@ impl Detectors {
         let mut sink = self.sink();
         for alert in alerts {
             sink.raise(alert, now_ns);
+        }
+    }
+}
+
+impl State {
+    fn flow(
+        &mut self,
+        record: &FlowRecord,
+        reverse: Option<&FlowRecord>,
+        ended: bool,
+        directory: &Directory,
+        now_ns: u64,
+        alerts: &mut Vec<Alert>,
+    ) {
+        let seen = self.flows.entry(record.key).or_default();
+        let changed = seen.bytes != record.stats.bytes || !seen.decided || !seen.checked;
+        if !changed {
+            return;
+        }
+        // Only flows a watched container sent: the sender is known by its
+        // veth. Flows towards containers are the other side's business.
+        if Direction::from_u8(record.stats.direction) != Some(Direction::FromContainer) {
+            seen.checked = true;
+            seen.decided = true;
+            return;
+        }
+        if directory.veth_owner(record.stats.ifindex).is_none() {
+            // Not known yet (a container just started): look again later.
+            return;
+        }
+        let (source, destination) = directory.ends(&record.key, &record.stats);
+        if !seen.checked {
+            seen.checked = true;
+            if self.config.ip_spoof.enabled {
+                if let spoof::Check::Spoofed(alert) = spoof::ip_spoof(record, directory) {
+                    alerts.push(*alert);
+                }
+            }
+            if self.config.host_access.enabled {
+                alerts.extend(host_access::host_access(
+                    record,
+                    directory,
+                    &self.config.host_access.ports,
+                ));
+            }
+        }
+        let new_bytes = record.stats.bytes.saturating_sub(seen.bytes);
+        seen.bytes = record.stats.bytes;
+        self.spikes
+            .observe(&source, &destination, new_bytes, now_ns);
+        if record.key.protocol == ip_proto::TCP {
+            let syns = u64::from(record.stats.syn.saturating_sub(seen.syns));
+            seen.syns = record.stats.syn;
+            let completed = !seen.completed && outcome::handshake_completed(record);
+            seen.completed |= completed;
+            if syns > 0 || completed {
+                let (_, dst) = key_addrs(&record.key);
+                self.floods.observe(
+                    (dst, record.key.dst_port),
+                    &destination,
+                    &source,
+                    syns,
+                    u64::from(completed),
+                    now_ns,
+                );
+            }
+        }
+        if seen.decided {
+            return;
+        }
+        if !outcome::is_attempt(record, reverse) {
+            seen.decided = true;
+            return;
+        }
+        let Some(outcome) = outcome::outcome(record, reverse, ended, now_ns) else {
+            return;
+        };
+        seen.decided = true;
+        let (_, destination_ip) = key_addrs(&record.key);
+        let attempt = Attempt {
+            record: *record,
+            outcome,
+            source,
+            destination,
+            destination_ip,
+        };
+        self.scans.observe(&attempt, now_ns, alerts);
+        if self.config.isolation_violation.enabled {
+            alerts.extend(isolation::isolation_violation(&attempt, directory));
+        }
+        if let Some(baseline) = &mut self.baseline {
+            alerts.extend(baseline.observe(&attempt));
         }
     }
 }

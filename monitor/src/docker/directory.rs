@@ -87,6 +87,8 @@ pub struct Directory {
     gateways: HashMap<IpAddr, String>,
     host: HashSet<IpAddr>,
     containers: HashMap<String, Arc<Container>>,
+    /// Network id to whether its containers may talk to each other.
+    inter_container: HashMap<String, bool>,
 }
 
 impl Directory {
@@ -99,6 +101,9 @@ impl Directory {
             return directory;
         };
         for network in inventory.networks.values() {
+            directory
+                .inter_container
+                .insert(network.id.clone(), network.inter_container_communication);
             for gateway in &network.gateways {
                 directory.gateways.insert(*gateway, network.name.clone());
             }
@@ -138,6 +143,21 @@ impl Directory {
         let (id, index) = self.by_veth.get(&ifindex)?;
         let container = self.containers.get(id)?;
         Some((container, container.endpoints.get(*index)?))
+    }
+
+    /// Whether Docker's configuration lets `a` and `b` talk: they share a
+    /// network that allows inter-container communication.
+    pub fn may_talk(&self, a: &Container, b: &Container) -> bool {
+        a.endpoints.iter().any(|ea| {
+            b.endpoints.iter().any(|eb| {
+                ea.network_id == eb.network_id
+                    && self
+                        .inter_container
+                        .get(&ea.network_id)
+                        .copied()
+                        .unwrap_or(true)
+            })
+        })
     }
 
     /// The container end behind a host-side veth, with its own address.

@@ -1,6 +1,7 @@
 //! Flow aggregation in user space: per-CPU merging and cumulative totals
 //! that survive the kernel map evicting or expiring entries.
 
+pub mod outcome;
 mod record;
 mod table;
 

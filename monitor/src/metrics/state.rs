@@ -21,7 +21,8 @@ pub struct AgentSnapshot {
     pub flows_evicted: u64,
     pub kernel: KernelCounters,
     pub events: EventTotals,
-    pub docker_up: bool,
+    /// `None` with `--no-docker`: the gauge is not exported then.
+    pub docker_up: Option<bool>,
     pub engine: Option<EngineInfo>,
     /// `None` unless `kernel.bpf_stats_enabled` is on.
     pub programs: Option<Vec<ProgramRunStats>>,
@@ -169,8 +170,8 @@ impl AgentSnapshot {
             ),
             gauge(
                 "crossmon_docker_up",
-                "Whether the Docker engine answers (1) or not (0).",
-                single(flag(self.docker_up)),
+                "Whether the Docker engine answers (1) or not (0); absent with --no-docker.",
+                self.docker_up.map(flag).map(single).unwrap_or_default(),
             ),
             gauge(
                 "crossmon_series",

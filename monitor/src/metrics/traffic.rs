@@ -17,12 +17,11 @@ use super::{
 };
 use crate::{
     docker::{Container, Directory, Inventory},
-    flows::{FlowRecord, FlowTable},
+    flows::{
+        outcome::{self, Outcome},
+        FlowRecord, FlowTable,
+    },
 };
-
-/// A SYN with neither SYN-ACK nor RST in answer after this long is
-/// `unanswered` (Linux retries a SYN after 1 s and 3 s).
-const UNANSWERED_AFTER_NS: u64 = 5_000_000_000;
 
 #[derive(Clone, Copy, Debug)]
 pub struct MetricsConfig {
@@ -274,7 +273,7 @@ fn is_connection_attempt(record: &FlowRecord) -> bool {
     record.key.protocol == ip_proto::TCP && record.stats.syn > 0
 }
 
-/// The result of a connection attempt, once known.
+/// The result of a TCP connection attempt, once known.
 fn connection_result(
     flow: &FlowRecord,
     reverse: Option<&FlowRecord>,
@@ -284,16 +283,7 @@ fn connection_result(
     if !is_connection_attempt(flow) {
         return None;
     }
-    if let Some(reverse) = reverse {
-        if reverse.stats.syn_ack > 0 {
-            return Some("established");
-        }
-        if reverse.stats.rst > 0 {
-            return Some("refused");
-        }
-    }
-    let waited = now_ns.saturating_sub(flow.stats.first_seen_ns);
-    (ended || waited >= UNANSWERED_AFTER_NS).then_some("unanswered")
+    outcome::outcome(flow, reverse, ended, now_ns).map(Outcome::name)
 }
 
 #[cfg(test)]

@@ -1,0 +1,294 @@
+//! Detections against real containers: each attack raises its alert with
+//! the right ends and evidence, benign traffic next to it raises none.
+
+use std::{net::SocketAddr, time::Duration};
+
+use integration_tests::{
+    agent::Agent,
+    docker::{docker_ready, Container, DockerNetwork},
+    frames::{self, ETH_P_IP},
+    net::in_netns,
+    scratch::Scratch,
+    traffic::RawSocket,
+};
+use serde_json::Value;
+
+/// `crossmon run --config FILE` with `toml` as the file.
+fn agent_with_config(scratch: &Scratch, toml: &str, extra: &[&str]) -> Agent {
+    let config = scratch.write("crossmon.toml", toml);
+    let config = config.to_str().expect("UTF-8 path");
+    Agent::start(&[&["--config", config][..], extra].concat())
+}
+
+fn alerts_naming(agent: &Agent, name: &str) -> Vec<Value> {
+    agent
+        .alerts()
+        .into_iter()
+        .filter(|a| a["source"]["name"] == name || a["destination"]["name"] == name)
+        .collect()
+}
+
+fn ipv4(container: &Container, network: &str) -> [u8; 4] {
+    container
+        .ip(network)
+        .expect("ip")
+        .parse::<std::net::Ipv4Addr>()
+        .expect("IPv4")
+        .octets()
+}
+
+#[test]
+fn scans_and_sweeps_are_alerted_and_a_busy_client_is_not() {
+    if !docker_ready() {
+        return;
+    }
+    let net = DockerNetwork::create("scan", &[]).expect("network");
+    let on_net = ["--network", net.name.as_str()];
+    let target = Container::run("target", &on_net).expect("target");
+    let scanner = Container::run("scanner", &on_net).expect("scanner");
+    let client = Container::run("client", &on_net).expect("client");
+    let server = Container::run("server", &on_net).expect("server");
+    let others: Vec<Container> = (0..3)
+        .map(|_| Container::run("other", &on_net).expect("container"))
+        .collect();
+    let scratch = Scratch::new("detect");
+    // Four distinct refused destinations make a sweep here.
+    let agent = agent_with_config(&scratch, "[host_sweep]\nthreshold = 4\n", &[]);
+    let mut names = vec![
+        target.name.as_str(),
+        scanner.name.as_str(),
+        client.name.as_str(),
+        server.name.as_str(),
+    ];
+    names.extend(others.iter().map(|c| c.name.as_str()));
+    agent.wait_attached(&names);
+
+    // Benign: 30 connections to the one port a server serves.
+    let server_ip = server.ip(&net.name).expect("ip");
+    client.connect_accepted(&server, &server_ip, 8080, 30);
+    // The scan: 30 closed ports of the target.
+    let target_ip = target.ip(&net.name).expect("ip");
+    scanner.connect_refused(&target_ip, 30_000..30_030);
+    let scan = agent.wait_for_alert("port_scan", |_| true);
+    assert_eq!(scan["source"]["name"], scanner.name.as_str());
+    assert_eq!(scan["destination"]["name"], target.name.as_str());
+    assert_eq!(
+        scan["evidence"]["outcomes"]["refused"], 20,
+        "alerted at the threshold"
+    );
+    assert_eq!(scan["evidence"]["ports_sample"][0], 30_000);
+    // The sweep: three more addresses, one port each.
+    for other in &others {
+        scanner.connect_refused(&other.ip(&net.name).expect("ip"), 80..81);
+    }
+    let sweep = agent.wait_for_alert("host_sweep", |_| true);
+    assert_eq!(sweep["source"]["name"], scanner.name.as_str());
+    assert_eq!(sweep["evidence"]["distinct_destinations"], 4);
+    assert!(sweep.get("destination").is_none());
+
+    // One alert per kind and pair (the cooldown), none about the client.
+    std::thread::sleep(Duration::from_secs(1));
+    let kinds: Vec<String> = alerts_naming(&agent, &scanner.name)
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(kinds, ["host_sweep", "port_scan"]);
+    assert_eq!(alerts_naming(&agent, &client.name), Vec::<Value>::new());
+}
+
+#[test]
+fn a_syn_flood_is_alerted_naming_the_flooder() {
+    if !docker_ready() {
+        return;
+    }
+    let net = DockerNetwork::create("flood", &[]).expect("network");
+    let on_net = ["--network", net.name.as_str()];
+    let victim = Container::run("victim", &on_net).expect("victim");
+    let flooder = Container::run("flooder", &on_net).expect("flooder");
+    let scratch = Scratch::new("detect");
+    let agent = agent_with_config(&scratch, "[syn_flood]\nmin_syns = 300\n", &[]);
+    agent.wait_attached(&[&victim.name, &flooder.name]);
+    // 400 SYNs from 400 source ports, never followed by an ACK.
+    let socket = RawSocket::open_in(&flooder.netns().expect("netns")).expect("raw socket");
+    let (src, dst) = (ipv4(&flooder, &net.name), ipv4(&victim, &net.name));
+    let (src_mac, dst_mac) = (
+        flooder.mac(&net.name).expect("mac"),
+        victim.mac(&net.name).expect("mac"),
+    );
+    for port in 40_000..40_400u16 {
+        let segment = frames::tcp(port, 80, monitor_common::tcp_flag::SYN, &[]);
+        let packet = frames::ipv4(src, dst, 6, &[], 0, &segment);
+        socket
+            .send(&frames::ethernet(dst_mac, src_mac, ETH_P_IP, &packet))
+            .expect("send");
+    }
+    let flood = agent.wait_for_alert("syn_flood", |_| true);
+    assert_eq!(flood["source"]["name"], flooder.name.as_str());
+    assert_eq!(flood["destination"]["name"], victim.name.as_str());
+    assert_eq!(flood["evidence"]["destination_port"], 80);
+    assert_eq!(flood["evidence"]["completed"], 0);
+    assert!(flood["evidence"]["syns"].as_u64().is_some_and(|n| n >= 300));
+}
+
+#[test]
+fn new_connections_are_learnt_then_alerted_and_survive_restarts_and_recreation() {
+    if !docker_ready() {
+        return;
+    }
+    let net = DockerNetwork::create("edges", &[]).expect("network");
+    let service = |name: &str| {
+        vec![
+            "--network".to_owned(),
+            net.name.clone(),
+            "-l".to_owned(),
+            "com.docker.compose.project=shop".to_owned(),
+            "-l".to_owned(),
+            format!("com.docker.compose.service={name}"),
+        ]
+    };
+    let run = |what: &str| {
+        let options = service(what);
+        let options: Vec<&str> = options.iter().map(String::as_str).collect();
+        Container::run(what, &options).expect("container")
+    };
+    let web = run("web");
+    let mut api = run("api");
+    let state = Scratch::new("state");
+    let state_dir = state.dir().to_str().expect("UTF-8").to_owned();
+    let scratch = Scratch::new("detect");
+    let config = "[new_connection]\nlearning_period = \"3s\"\n";
+    let agent = agent_with_config(&scratch, config, &["--state-dir", &state_dir]);
+    agent.wait_attached(&[&web.name, &api.name]);
+    // Learnt: web -> api:8080 while learning.
+    web.connect_accepted(&api, &api.ip(&net.name).expect("ip"), 8080, 1);
+    std::thread::sleep(Duration::from_secs(4));
+    drop(agent);
+
+    // Re-created with (possibly) another address, and a restarted agent:
+    // the known edge stays quiet, a new port is news.
+    drop(api);
+    api = run("api");
+    let agent = agent_with_config(&scratch, config, &["--state-dir", &state_dir]);
+    agent.wait_attached(&[&web.name, &api.name]);
+    let api_ip = api.ip(&net.name).expect("ip");
+    web.connect_accepted(&api, &api_ip, 8080, 1);
+    web.connect_accepted(&api, &api_ip, 9090, 1);
+    let alert = agent.wait_for_alert("new_connection", |_| true);
+    assert_eq!(alert["evidence"]["source_service"], "shop/web");
+    assert_eq!(alert["evidence"]["destination_service"], "shop/api");
+    assert_eq!(alert["evidence"]["destination_port"], 9090);
+    std::thread::sleep(Duration::from_secs(1));
+    let news: Vec<Value> = agent
+        .alerts()
+        .into_iter()
+        .filter(|a| a["kind"] == "new_connection")
+        .collect();
+    assert_eq!(news.len(), 1, "only the new port: {news:#?}");
+}
+
+#[test]
+fn a_spike_on_one_edge_is_alerted_above_the_floor() {
+    if !docker_ready() {
+        return;
+    }
+    let net = DockerNetwork::create("spike", &[]).expect("network");
+    let on_net = ["--network", net.name.as_str()];
+    let inside = Container::run("inside", &on_net).expect("container");
+    let drop_box = Container::run("dropbox", &on_net).expect("container");
+    let scratch = Scratch::new("detect");
+    let config = "[traffic_spike]\nwindow = \"1s\"\nwarmup_windows = 3\nfactor = 10.0\nmin_bytes = 1000000\n";
+    let agent = agent_with_config(&scratch, config, &[]);
+    agent.wait_attached(&[&inside.name, &drop_box.name]);
+    let target: SocketAddr = format!("{}:9999", drop_box.ip(&net.name).expect("ip"))
+        .parse()
+        .expect("address");
+    let send = |datagrams: usize| {
+        in_netns(&inside.netns().expect("netns"), || {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            for _ in 0..datagrams {
+                socket.send_to(&[0u8; 1000], target)?;
+            }
+            Ok(())
+        })
+        .expect("udp");
+    };
+    // A few quiet seconds (about 10 kB each), then 3 MB in one.
+    for _ in 0..5 {
+        send(10);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(alerts_naming(&agent, &inside.name).is_empty());
+    send(3000);
+    let spike = agent.wait_for_alert("traffic_spike", |_| true);
+    assert_eq!(spike["source"]["name"], inside.name.as_str());
+    assert_eq!(spike["destination"]["name"], drop_box.name.as_str());
+    assert!(spike["evidence"]["bytes"]
+        .as_u64()
+        .is_some_and(|b| b >= 3_000_000));
+}
+
+#[test]
+fn traffic_between_isolated_networks_that_gets_through_is_alerted() {
+    if !docker_ready() {
+        return;
+    }
+    let one = DockerNetwork::create("isol-one", &[]).expect("network");
+    let two = DockerNetwork::create("isol-two", &[]).expect("network");
+    let a = Container::run("a", &["--network", &one.name]).expect("a");
+    let b = Container::run("b", &["--network", &two.name]).expect("b");
+    let agent = Agent::start(&[]);
+    agent.wait_attached(&[&a.name, &b.name]);
+    let (a_ip, b_ip) = (a.ip(&one.name).expect("ip"), b.ip(&two.name).expect("ip"));
+    // Docker's isolation holds: the attempt goes unanswered, no alert.
+    let blocked = a.exec(&["ping", "-q", "-c", "1", "-W", "1", &b_ip]);
+    assert!(blocked.is_err(), "Docker isolates the two networks");
+    // A rule in DOCKER-USER (evaluated before Docker's own) opens the way
+    // between exactly these two containers: isolation bypassed.
+    let _bypass = Bypass::between(&a_ip, &b_ip);
+    a.ping(&b_ip, 2);
+    let alert = agent.wait_for_alert("isolation_violation", |_| true);
+    assert_eq!(alert["source"]["name"], a.name.as_str());
+    assert_eq!(alert["destination"]["name"], b.name.as_str());
+    assert_eq!(alert["evidence"]["outcome"], "answered");
+    assert_eq!(alert["evidence"]["source_networks"][0], one.name.as_str());
+    assert_eq!(
+        alert["evidence"]["destination_networks"][0],
+        two.name.as_str()
+    );
+}
+
+/// ACCEPT rules in DOCKER-USER between two addresses, removed on drop.
+struct Bypass(Vec<Vec<String>>);
+
+impl Bypass {
+    fn between(a: &str, b: &str) -> Bypass {
+        let rules: Vec<Vec<String>> = [(a, b), (b, a)]
+            .iter()
+            .map(|(from, to)| {
+                ["DOCKER-USER", "-s", from, "-d", to, "-j", "ACCEPT"]
+                    .map(str::to_owned)
+                    .to_vec()
+            })
+            .collect();
+        for rule in &rules {
+            let status = std::process::Command::new("iptables")
+                .arg("-I")
+                .args(rule)
+                .status()
+                .expect("iptables");
+            assert!(status.success(), "iptables -I {rule:?}");
+        }
+        Bypass(rules)
+    }
+}
+
+impl Drop for Bypass {
+    fn drop(&mut self) {
+        for rule in &self.0 {
+            let _ = std::process::Command::new("iptables")
+                .arg("-D")
+                .args(rule)
+                .status();
+        }
+    }
+}
