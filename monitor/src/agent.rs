@@ -27,6 +27,7 @@ use crate::{
     detect::{config::DetectConfig, AlertLog, AlertSink, Detectors},
     docker::{self, directory::host_addresses, Directory, Inventory},
     event_log::EventLog,
+    flow_log::{FlowLog, FlowLogConfig},
     flows::{FlowTable, PollOutcome},
     links,
     metrics::{AgentSnapshot, Metrics, MetricsConfig},
@@ -56,6 +57,7 @@ pub struct AgentConfig {
     pub detect: DetectConfig,
     /// What outlives the process: the new-connection baseline.
     pub state_dir: PathBuf,
+    pub flow_log: Option<FlowLogConfig>,
 }
 
 /// What the API serves, updated by the background tasks.
@@ -69,6 +71,7 @@ pub struct AgentState {
     programs: RwLock<Option<Vec<ProgramRunStats>>>,
     pub metrics: Metrics,
     pub detectors: Detectors,
+    flow_log: Option<Mutex<FlowLog>>,
     interfaces: RwLock<BTreeMap<u32, String>>,
     kernel: RwLock<KernelCounters>,
     pub events: EventLog,
@@ -101,6 +104,12 @@ impl AgentState {
                 ),
                 &config.state_dir,
             )?,
+            flow_log: config
+                .flow_log
+                .as_ref()
+                .map(|flow_log| FlowLog::open(flow_log).map(Mutex::new))
+                .transpose()
+                .context("the flow log")?,
             interfaces: RwLock::default(),
             kernel: RwLock::default(),
             events: EventLog::default(),
@@ -186,6 +195,12 @@ impl AgentState {
         );
         self.detectors
             .on_poll(&flows, &outcome.expired, &directory, now_ns);
+        if let Some(flow_log) = &self.flow_log {
+            flow_log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .on_poll(&flows, &outcome.expired, &directory, now_ns);
+        }
     }
 
     /// Checks a batch of kernel events, then keeps it for the API.

@@ -10,6 +10,7 @@ use crate::{
     agent::AgentConfig,
     datapath::{AttachMode, DatapathConfig},
     detect::config::DetectConfig,
+    flow_log::FlowLogConfig,
     metrics::MetricsConfig,
 };
 
@@ -110,6 +111,23 @@ pub struct RunArgs {
     #[arg(long, default_value = "/var/lib/crossmon", value_name = "DIR")]
     pub state_dir: PathBuf,
 
+    /// A JSON line per connection when it ends (and at `--flow-log-interval`
+    /// while it lasts) in this file, rotated by size.
+    #[arg(long, value_name = "PATH")]
+    pub flow_log: Option<PathBuf>,
+
+    /// How often a connection still active is logged again.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub flow_log_interval: Duration,
+
+    /// The flow log rotates at this size (MiB)...
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub flow_log_max_mib: u64,
+
+    /// ...keeping this many older files.
+    #[arg(long, default_value_t = 5)]
+    pub flow_log_keep: u32,
+
     /// Where alerts go, one JSON line each: a file appended to, or `-` for
     /// standard output.
     #[arg(long, default_value = "-", value_name = "PATH")]
@@ -190,6 +208,12 @@ impl RunArgs {
             web_config: self.web_config.clone(),
             detect,
             state_dir: self.state_dir.clone(),
+            flow_log: self.flow_log.as_ref().map(|path| FlowLogConfig {
+                path: path.clone(),
+                interval: self.flow_log_interval,
+                max_bytes: self.flow_log_max_mib.saturating_mul(1024 * 1024),
+                keep: self.flow_log_keep,
+            }),
             alert_log: Some(self.alert_log.clone()),
             alert_cooldown: self.alert_cooldown,
             metrics: MetricsConfig {

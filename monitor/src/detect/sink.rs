@@ -3,50 +3,46 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    fs::{File, OpenOptions},
-    io::{LineWriter, Write as _},
-    path::{Path, PathBuf},
+    io::Write as _,
+    path::Path,
 };
 
 use anyhow::Context as _;
 
 use super::{Alert, Severity};
+use crate::rotating::RotatingFile;
 
 /// Alerts the API keeps, newest first.
 const RECENT: usize = 1000;
 
+/// An alert log file rotates at this size, keeping this many old files.
+const LOG_MAX_BYTES: u64 = 100 * 1024 * 1024;
+const LOG_KEEP: u32 = 5;
+
 pub enum AlertLog {
     Stdout,
-    File(LineWriter<File>, PathBuf),
+    File(RotatingFile),
 }
 
 impl AlertLog {
-    /// `-` is standard output; anything else a file appended to.
+    /// `-` is standard output; anything else a file appended to (and
+    /// rotated at 100 MiB, five old files kept).
     pub fn open(path: &Path) -> anyhow::Result<AlertLog> {
         if path.as_os_str() == "-" {
             return Ok(AlertLog::Stdout);
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening the alert log {}", path.display()))?;
-        Ok(AlertLog::File(LineWriter::new(file), path.to_owned()))
+        let file = RotatingFile::open(path, LOG_MAX_BYTES, LOG_KEEP).context("the alert log")?;
+        Ok(AlertLog::File(file))
     }
 
     fn write(&mut self, line: &str) {
         let written = match self {
-            AlertLog::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
-            AlertLog::File(file, _) => writeln!(file, "{line}"),
+            AlertLog::Stdout => writeln!(std::io::stdout().lock(), "{line}").map_err(Into::into),
+            AlertLog::File(file) => file.write_line(line),
         };
         if let Err(err) = written {
-            // The alert stays in the API and the counters; say once per
-            // failure where it could not go.
-            let target = match self {
-                AlertLog::Stdout => "standard output".to_owned(),
-                AlertLog::File(_, path) => path.display().to_string(),
-            };
-            tracing::warn!("writing an alert to {target}: {err}");
+            // The alert stays in the API and the counters.
+            tracing::warn!("writing an alert to the alert log: {err:#}");
         }
     }
 }

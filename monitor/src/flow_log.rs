@@ -1,0 +1,217 @@
+//! `--flow-log PATH`: one JSON line per connection when it ends, and at an
+//! interval while it lasts, for investigation and SIEM ingestion. A line
+//! joins the two directions of a connection: both ends named, packets and
+//! bytes each way, the TCP outcome. The file rotates by size.
+
+use std::{collections::HashMap, path::PathBuf, time::Duration};
+
+use monitor_common::{ip_proto, FlowKey};
+use serde::Serialize;
+
+use crate::{
+    clock,
+    datapath::events::key_addrs,
+    docker::{Directory, FlowEnd},
+    flows::{outcome, protocol_name, tcp_flag_names, FlowRecord, FlowTable},
+    rotating::RotatingFile,
+};
+
+#[derive(Clone, Debug)]
+pub struct FlowLogConfig {
+    pub path: PathBuf,
+    /// A connection still active is logged again after this long.
+    pub interval: Duration,
+    pub max_bytes: u64,
+    pub keep: u32,
+}
+
+/// One line of the flow log. Field names are a contract (README).
+#[derive(Serialize)]
+struct FlowLine {
+    time: String,
+    /// `update` while the connection lasts, `end` once it went idle.
+    event: &'static str,
+    src: FlowEnd,
+    dst: FlowEnd,
+    src_ip: String,
+    dst_ip: String,
+    src_port: u16,
+    dst_port: u16,
+    protocol: &'static str,
+    first_seen: String,
+    last_seen: String,
+    /// From `src` to `dst`, and back.
+    packets: u64,
+    bytes: u64,
+    reply_packets: u64,
+    reply_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tcp: Option<TcpLine>,
+    /// `established`, `refused`, `answered`, `unanswered`; absent while
+    /// unknown or when the connection began before crossmon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct TcpLine {
+    flags: Vec<&'static str>,
+    reply_flags: Vec<&'static str>,
+    syn: u32,
+    syn_ack: u32,
+    rst: u32,
+    fin: u32,
+}
+
+pub struct FlowLog {
+    file: RotatingFile,
+    interval_ns: u64,
+    /// Connections (by the key of their initiating flow) to when they were
+    /// last logged.
+    logged: HashMap<FlowKey, u64>,
+    /// Final counts of answer flows that ended before their initiator.
+    ended_answers: HashMap<FlowKey, FlowRecord>,
+}
+
+fn rfc3339(ns: u64) -> String {
+    clock::to_utc(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Whether `flow` carries the connection's line: the initiating flow, or
+/// for a connection that began before crossmon, the lower key.
+fn leads(flow: &FlowRecord, reverse: Option<&FlowRecord>) -> bool {
+    let Some(reverse) = reverse else {
+        return true;
+    };
+    match (
+        outcome::is_attempt(flow, Some(reverse)),
+        outcome::is_attempt(reverse, Some(flow)),
+    ) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => bytes_of(&flow.key) < bytes_of(&reverse.key),
+    }
+}
+
+fn bytes_of(key: &FlowKey) -> ([u8; 16], [u8; 16], u16, u16) {
+    (key.src_addr, key.dst_addr, key.src_port, key.dst_port)
+}
+
+impl FlowLog {
+    pub fn open(config: &FlowLogConfig) -> anyhow::Result<FlowLog> {
+        Ok(FlowLog {
+            file: RotatingFile::open(&config.path, config.max_bytes, config.keep)?,
+            interval_ns: u64::try_from(config.interval.as_nanos()).unwrap_or(u64::MAX),
+            logged: HashMap::new(),
+            ended_answers: HashMap::new(),
+        })
+    }
+
+    /// After each poll: lines for connections that ended, and for those
+    /// active and not logged within the interval.
+    pub fn on_poll(
+        &mut self,
+        table: &FlowTable,
+        expired: &[FlowRecord],
+        directory: &Directory,
+        now_ns: u64,
+    ) {
+        let ended: HashMap<FlowKey, FlowRecord> = expired.iter().map(|r| (r.key, *r)).collect();
+        let find = |key: &FlowKey| {
+            table
+                .get(key)
+                .or_else(|| ended.get(key).copied())
+                .or_else(|| self.ended_answers.get(key).copied())
+        };
+        let mut lines = Vec::new();
+        let mut answers_ended = Vec::new();
+        let mut written = Vec::new();
+        for (record, is_ended) in table
+            .records()
+            .map(|r| (r, false))
+            .chain(expired.iter().map(|r| (*r, true)))
+        {
+            let reverse = find(&record.key.reversed());
+            if !leads(&record, reverse.as_ref()) {
+                if is_ended {
+                    answers_ended.push(record);
+                }
+                continue;
+            }
+            let last = self.logged.get(&record.key).copied();
+            let since = last.unwrap_or(record.stats.first_seen_ns);
+            let due = now_ns.saturating_sub(since) >= self.interval_ns
+                && last.is_none_or(|at| record.stats.last_seen_ns > at);
+            if !is_ended && !due {
+                continue;
+            }
+            lines.push(self.line(&record, reverse.as_ref(), is_ended, directory, now_ns));
+            written.push((record.key, is_ended));
+        }
+        for (key, is_ended) in written {
+            if is_ended {
+                self.logged.remove(&key);
+                self.ended_answers.remove(&key.reversed());
+            } else {
+                self.logged.insert(key, now_ns);
+            }
+        }
+        for answer in answers_ended {
+            // Kept until its initiator ends; bounded like the table.
+            if table.get(&answer.key.reversed()).is_some() {
+                self.ended_answers.insert(answer.key, answer);
+            }
+        }
+        for line in lines {
+            if let Err(err) = self.file.write_line(&line) {
+                tracing::warn!("flow log: {err:#}");
+                break;
+            }
+        }
+    }
+
+    fn line(
+        &self,
+        record: &FlowRecord,
+        reverse: Option<&FlowRecord>,
+        ended: bool,
+        directory: &Directory,
+        now_ns: u64,
+    ) -> String {
+        let (src, dst) = key_addrs(&record.key);
+        let (src_end, dst_end) = directory.ends(&record.key, &record.stats);
+        let stats = &record.stats;
+        let reply = reverse.map(|r| r.stats).unwrap_or_default();
+        let last_seen = stats.last_seen_ns.max(reply.last_seen_ns);
+        let outcome = outcome::is_attempt(record, reverse)
+            .then(|| outcome::outcome(record, reverse, ended, now_ns))
+            .flatten();
+        let line = FlowLine {
+            time: rfc3339(if ended { last_seen } else { now_ns }),
+            event: if ended { "end" } else { "update" },
+            src: src_end,
+            dst: dst_end,
+            src_ip: src.to_string(),
+            dst_ip: dst.to_string(),
+            src_port: record.key.src_port,
+            dst_port: record.key.dst_port,
+            protocol: protocol_name(record.key.protocol),
+            first_seen: rfc3339(stats.first_seen_ns),
+            last_seen: rfc3339(last_seen),
+            packets: stats.packets,
+            bytes: stats.bytes,
+            reply_packets: reply.packets,
+            reply_bytes: reply.bytes,
+            tcp: (record.key.protocol == ip_proto::TCP).then(|| TcpLine {
+                flags: tcp_flag_names(stats.tcp_flags),
+                reply_flags: tcp_flag_names(reply.tcp_flags),
+                syn: stats.syn,
+                syn_ack: reply.syn_ack,
+                rst: stats.rst + reply.rst,
+                fin: stats.fin + reply.fin,
+            }),
+            outcome: outcome.map(outcome::Outcome::name),
+        };
+        serde_json::to_string(&line).unwrap_or_default()
+    }
+}
