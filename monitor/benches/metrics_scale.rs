@@ -145,6 +145,7 @@ fn main() -> anyhow::Result<()> {
             programs: None,
             containers: traffic.known_containers().cloned().collect(),
             series: traffic.series_counts(),
+            protocols: Vec::new(),
             alerts: Vec::new(),
         };
         let mut times = Vec::new();

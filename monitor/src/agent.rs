@@ -103,6 +103,7 @@ impl AgentState {
                     u64::try_from(config.alert_cooldown.as_nanos()).unwrap_or(u64::MAX),
                 ),
                 &config.state_dir,
+                config.metrics.max_series,
             )?,
             flow_log: config
                 .flow_log
@@ -137,6 +138,7 @@ impl AgentState {
             programs: read(&self.programs).clone(),
             containers: traffic.known_containers().cloned().collect(),
             series: traffic.series_counts(),
+            protocols: self.detectors.protocol_counts(),
             alerts: self
                 .detectors
                 .sink()

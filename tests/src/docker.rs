@@ -3,6 +3,7 @@
 //! and networks and containers that remove themselves on drop.
 
 use std::{
+    io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -220,8 +221,17 @@ impl Container {
     }
 
     /// `count` TCP connections from this container to `server`'s `ip:port`,
-    /// accepted by a listener in the server's namespace, then closed.
-    pub fn connect_accepted(&self, server: &Container, ip: &str, port: u16, count: usize) {
+    /// accepted by a listener in the server's namespace; each sends
+    /// `request` (possibly nothing), which the server reads whole, then both
+    /// close.
+    pub fn tcp_sessions(
+        &self,
+        server: &Container,
+        ip: &str,
+        port: u16,
+        count: usize,
+        request: &[u8],
+    ) {
         let listener = in_netns(&server.netns().expect("netns"), || {
             Ok(TcpListener::bind(("0.0.0.0", port))?)
         })
@@ -229,9 +239,18 @@ impl Container {
         let target: SocketAddr = format!("{ip}:{port}").parse().expect("address");
         in_netns(&self.netns().expect("netns"), || {
             for _ in 0..count {
-                let stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
-                let (accepted, _) = listener.accept()?;
-                drop((stream, accepted));
+                let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+                let (mut accepted, _) = listener.accept()?;
+                stream.write_all(request)?;
+                stream.shutdown(std::net::Shutdown::Write)?;
+                let mut received = Vec::new();
+                accepted.set_read_timeout(Some(Duration::from_secs(5)))?;
+                accepted.read_to_end(&mut received)?;
+                anyhow::ensure!(
+                    received == request,
+                    "the server got {} bytes",
+                    received.len()
+                );
             }
             Ok(())
         })

@@ -65,7 +65,7 @@ fn scans_and_sweeps_are_alerted_and_a_busy_client_is_not() {
 
     // Benign: 30 connections to the one port a server serves.
     let server_ip = server.ip(&net.name).expect("ip");
-    client.connect_accepted(&server, &server_ip, 8080, 30);
+    client.tcp_sessions(&server, &server_ip, 8080, 30, b"");
     // The scan: 30 closed ports of the target.
     let target_ip = target.ip(&net.name).expect("ip");
     scanner.connect_refused(&target_ip, 30_000..30_030);
@@ -160,7 +160,7 @@ fn new_connections_are_learnt_then_alerted_and_survive_restarts_and_recreation()
     let agent = agent_with_config(&scratch, config, &["--state-dir", &state_dir]);
     agent.wait_attached(&[&web.name, &api.name]);
     // Learnt: web -> api:8080 while learning.
-    web.connect_accepted(&api, &api.ip(&net.name).expect("ip"), 8080, 1);
+    web.tcp_sessions(&api, &api.ip(&net.name).expect("ip"), 8080, 1, b"");
     std::thread::sleep(Duration::from_secs(4));
     drop(agent);
 
@@ -171,8 +171,8 @@ fn new_connections_are_learnt_then_alerted_and_survive_restarts_and_recreation()
     let agent = agent_with_config(&scratch, config, &["--state-dir", &state_dir]);
     agent.wait_attached(&[&web.name, &api.name]);
     let api_ip = api.ip(&net.name).expect("ip");
-    web.connect_accepted(&api, &api_ip, 8080, 1);
-    web.connect_accepted(&api, &api_ip, 9090, 1);
+    web.tcp_sessions(&api, &api_ip, 8080, 1, b"");
+    web.tcp_sessions(&api, &api_ip, 9090, 1, b"");
     let alert = agent.wait_for_alert("new_connection", |_| true);
     assert_eq!(alert["evidence"]["source_service"], "shop/web");
     assert_eq!(alert["evidence"]["destination_service"], "shop/api");
@@ -291,4 +291,85 @@ impl Drop for Bypass {
                 .status();
         }
     }
+}
+
+/// The first bytes of a TLS 1.2 ClientHello record (enough to be told).
+const CLIENT_HELLO: &[u8] = &[
+    0x16, 0x03, 0x01, 0x00, 0x31, 0x01, 0x00, 0x00, 0x2d, 0x03, 0x03, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a,
+    0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a,
+    0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x00, 0x00, 0x02, 0x13, 0x01,
+    0x01, 0x00, 0x00, 0x00,
+];
+
+#[test]
+fn cleartext_where_tls_is_required_is_alerted_and_every_protocol_counted() {
+    if !docker_ready() {
+        return;
+    }
+    let net = DockerNetwork::create("tls", &[]).expect("network");
+    let on_net = ["--network", net.name.as_str()];
+    let client = Container::run("client", &on_net).expect("client");
+    let web = Container::run("web", &on_net).expect("web");
+    let cache = Container::run(
+        "cache",
+        &[&on_net[..], &["-l", "crossmon.tls=required"]].concat(),
+    )
+    .expect("cache");
+    let agent = Agent::start(&[]);
+    agent.wait_attached(&[&client.name, &web.name, &cache.name]);
+    let (web_ip, cache_ip) = (
+        web.ip(&net.name).expect("ip"),
+        cache.ip(&net.name).expect("ip"),
+    );
+    let http = b"GET /admin HTTP/1.1\r\nHost: web\r\n\r\n";
+    // Cleartext HTTP on a TLS port: alerted.
+    client.tcp_sessions(&web, &web_ip, 8443, 1, http);
+    // TLS on a TLS port, and HTTP where nobody asked for TLS: counted only.
+    client.tcp_sessions(&web, &web_ip, 443, 1, CLIENT_HELLO);
+    client.tcp_sessions(&web, &web_ip, 8080, 1, http);
+    // Redis to a container that declares TLS required: alerted.
+    client.tcp_sessions(&cache, &cache_ip, 6379, 1, b"*1\r\n$4\r\nPING\r\n");
+
+    let on_tls_port =
+        agent.wait_for_alert("cleartext", |a| a["evidence"]["destination_port"] == 8443);
+    assert_eq!(on_tls_port["source"]["name"], client.name.as_str());
+    assert_eq!(on_tls_port["destination"]["name"], web.name.as_str());
+    assert_eq!(on_tls_port["evidence"]["protocol"], "http");
+    let labelled = agent.wait_for_alert("cleartext", |a| a["evidence"]["destination_port"] == 6379);
+    assert_eq!(labelled["evidence"]["protocol"], "redis");
+    assert!(labelled["evidence"]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("crossmon.tls=required")));
+    // No payload leaves in the alert.
+    assert!(!labelled.to_string().contains("PING"));
+
+    let (c, w) = (client.name.as_str(), web.name.as_str());
+    let counted = |protocol: &str, encrypted: &str| {
+        integration_tests::exposition::sum(
+            &integration_tests::exposition::parse(&integration_tests::exposition::scrape(
+                agent.addr,
+            )),
+            "crossmon_connection_protocols_total",
+            &[
+                ("source", c),
+                ("destination", w),
+                ("protocol", protocol),
+                ("encrypted", encrypted),
+            ],
+        )
+    };
+    integration_tests::agent::wait_until("protocols counted", || {
+        counted("http", "false") == 2.0 && counted("tls", "true") == 1.0
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let cleartext: Vec<Value> = agent
+        .alerts()
+        .into_iter()
+        .filter(|a| a["kind"] == "cleartext")
+        .collect();
+    assert_eq!(
+        cleartext.len(),
+        2,
+        "not the TLS one, not the plain port: {cleartext:#?}"
+    );
 }

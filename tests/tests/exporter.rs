@@ -43,7 +43,7 @@ fn prometheus_scrapes_exact_traffic_between_named_containers() {
 
     let server_ip = server.ip(&net.name).expect("ip");
     client.ping(&server_ip, 5);
-    client.connect_accepted(&server, &server_ip, 8080, 1);
+    client.tcp_sessions(&server, &server_ip, 8080, 1, b"");
     client.connect_refused(&server_ip, 8081..8082);
     hidden.ping(&server_ip, 2);
 

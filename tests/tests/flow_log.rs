@@ -38,7 +38,7 @@ fn connections_that_end_are_logged_once_with_both_directions() {
     agent.wait_attached(&[&client.name, &server.name]);
     let server_ip = server.ip(&net.name).expect("ip");
     client.ping(&server_ip, 3);
-    client.connect_accepted(&server, &server_ip, 8080, 1);
+    client.tcp_sessions(&server, &server_ip, 8080, 1, b"");
 
     let mut logged = Vec::new();
     wait_until("both connections logged as ended", || {

@@ -8,17 +8,20 @@
 
 mod alert;
 mod baseline;
+mod cleartext;
 pub mod config;
 mod flood;
 mod host_access;
 mod isolation;
 mod probes;
+mod protocols;
 mod scan;
 mod sink;
 mod spike;
 mod spoof;
 
 pub use alert::{Alert, Severity};
+pub use cleartext::ProtocolLabels;
 pub use sink::{AlertLog, AlertSink};
 
 use std::{
@@ -80,6 +83,7 @@ struct State {
     scans: scan::ScanDetector,
     floods: flood::FloodDetector,
     spikes: spike::SpikeDetector,
+    cleartext: cleartext::CleartextDetector,
     baseline: Option<baseline::Baseline>,
 }
 
@@ -96,7 +100,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Detectors {
     /// `state_dir` keeps the `new_connection` baseline.
-    pub fn new(config: DetectConfig, sink: AlertSink, state_dir: &Path) -> anyhow::Result<Self> {
+    /// `max_series` bounds the protocol counts as it bounds traffic series.
+    pub fn new(
+        config: DetectConfig,
+        sink: AlertSink,
+        state_dir: &Path,
+        max_series: usize,
+    ) -> anyhow::Result<Self> {
         let baseline = config
             .new_connection
             .enabled
@@ -108,6 +118,7 @@ impl Detectors {
                 scans: scan::ScanDetector::new(config.port_scan.clone(), config.host_sweep.clone()),
                 floods: flood::FloodDetector::new(config.syn_flood.clone()),
                 spikes: spike::SpikeDetector::new(config.traffic_spike.clone()),
+                cleartext: cleartext::CleartextDetector::new(config.cleartext.clone(), max_series),
                 baseline,
                 config,
                 flows: HashMap::new(),
@@ -153,6 +164,7 @@ impl Detectors {
             state.scans.expire(now_ns);
             state.floods.check(now_ns, &mut alerts);
             state.spikes.check(now_ns, &mut alerts);
+            state.cleartext.check(table, directory, now_ns, &mut alerts);
             if let Some(baseline) = &mut state.baseline {
                 if let Err(err) = baseline.save() {
                     tracing::warn!("saving the new-connection baseline: {err:#}");
@@ -165,9 +177,27 @@ impl Detectors {
         }
     }
 
+    /// Connections counted by (source, destination, protocol, encrypted).
+    pub fn protocol_counts(&self) -> Vec<(ProtocolLabels, u64)> {
+        lock(&self.state)
+            .cleartext
+            .counts()
+            .map(|(labels, n)| (labels.clone(), *n))
+            .collect()
+    }
+
     /// For each batch of events from the kernel.
     pub fn on_events(&self, events: &[Event], directory: &Directory, now_ns: u64) {
-        if !lock(&self.state).config.arp_spoof.enabled {
+        let arp_spoof = {
+            let mut state = lock(&self.state);
+            for event in events {
+                if let Event::Payload { key, data, .. } = event {
+                    state.cleartext.sample(key, data, now_ns);
+                }
+            }
+            state.config.arp_spoof.enabled
+        };
+        if !arp_spoof {
             return;
         }
         let alerts: Vec<Alert> = events

@@ -1,7 +1,7 @@
 //! `GET /metrics`: the Prometheus exposition of traffic between containers,
 //! of who the containers are, and of the agent's own health.
 
-mod book;
+pub(crate) mod book;
 mod labels;
 mod served;
 mod state;

@@ -7,7 +7,7 @@ use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricT
 
 use crate::{
     datapath::{KernelCounters, ProgramRunStats},
-    detect::Severity,
+    detect::{ProtocolLabels, Severity},
     docker::{Container, EngineInfo},
     event_log::EventTotals,
 };
@@ -28,6 +28,8 @@ pub struct AgentSnapshot {
     pub programs: Option<Vec<ProgramRunStats>>,
     pub containers: Vec<Arc<Container>>,
     pub series: [(&'static str, usize); 2],
+    /// Connections by (source, destination, protocol, encrypted).
+    pub protocols: Vec<(ProtocolLabels, u64)>,
     /// Alerts raised: (kind, severity, source, count).
     pub alerts: Vec<(&'static str, Severity, String, u64)>,
 }
@@ -182,6 +184,24 @@ impl AgentSnapshot {
                     .collect(),
             ),
         ];
+        families.push(counter(
+            "crossmon_connection_protocols_total",
+            "Connections by the protocol their first payload bytes show, and whether they were encrypted.",
+            self.protocols
+                .iter()
+                .map(|((source, destination, protocol, encrypted), n)| {
+                    (
+                        vec![
+                            ("source", source.clone()),
+                            ("destination", destination.clone()),
+                            ("protocol", (*protocol).to_owned()),
+                            ("encrypted", encrypted.to_string()),
+                        ],
+                        *n as f64,
+                    )
+                })
+                .collect(),
+        ));
         families.push(counter(
             "crossmon_alerts_total",
             "Alerts raised (after de-duplication), by kind, severity and source.",

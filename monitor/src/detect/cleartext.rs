@@ -1,0 +1,248 @@
+//! `cleartext`: what protocol each connection speaks, from the first
+//! payload bytes of both sides, counted by protocol and encryption; an
+//! alert where TLS is required and the connection is not encrypted.
+//!
+//! TLS is required on the well-known TLS ports and `tls_ports`, for the
+//! destinations named in `require_tls` (compose service, container name or
+//! port), and for containers labelled `crossmon.tls=required`.
+
+use std::collections::HashMap;
+
+use monitor_common::FlowKey;
+use serde_json::json;
+
+use super::{
+    baseline,
+    config::Cleartext,
+    protocols::{classify, tls_expected, Protocol},
+    Alert, Severity,
+};
+use crate::{
+    clock,
+    docker::{Directory, FlowEnd},
+    flows::{outcome, protocol_name, FlowRecord, FlowTable},
+    metrics::book::SeriesBook,
+};
+
+/// Samples a connection waits for, at most, before its verdict.
+const SETTLE_NS: u64 = 2_000_000_000;
+/// Flows with samples awaiting a verdict; beyond, new ones are ignored.
+const MAX_PENDING: usize = 50_000;
+/// Samples kept per flow (the kernel sends up to two per CPU).
+const SAMPLES_PER_FLOW: usize = 4;
+
+/// (source, destination, protocol, encrypted).
+pub type ProtocolLabels = (String, String, &'static str, bool);
+
+struct Pending {
+    first_ns: u64,
+    samples: Vec<Vec<u8>>,
+}
+
+pub struct CleartextDetector {
+    config: Cleartext,
+    /// Payload samples by the flow they came on.
+    pending: HashMap<FlowKey, Pending>,
+    counts: SeriesBook<ProtocolLabels, u64>,
+}
+
+/// What the samples of one connection showed.
+struct Verdict {
+    protocol: Protocol,
+    encrypted: bool,
+    client_opened_with_tls: bool,
+    samples: usize,
+}
+
+impl CleartextDetector {
+    pub fn new(config: Cleartext, max_series: usize) -> Self {
+        Self {
+            config,
+            pending: HashMap::new(),
+            counts: SeriesBook::new(max_series, ("other".into(), "other".into(), "other", false)),
+        }
+    }
+
+    /// A payload sample from the kernel.
+    pub fn sample(&mut self, key: &FlowKey, data: &[u8], now_ns: u64) {
+        if !self.config.enabled || data.is_empty() {
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(key) {
+            return;
+        }
+        let pending = self.pending.entry(*key).or_insert_with(|| Pending {
+            first_ns: now_ns,
+            samples: Vec::new(),
+        });
+        if pending.samples.len() < SAMPLES_PER_FLOW {
+            pending.samples.push(data.to_vec());
+        }
+    }
+
+    /// Decides the connections whose samples have settled.
+    pub fn check(
+        &mut self,
+        table: &FlowTable,
+        directory: &Directory,
+        now_ns: u64,
+        alerts: &mut Vec<Alert>,
+    ) {
+        // Group the settled samples by connection, keyed by its client flow.
+        let mut connections: HashMap<FlowKey, Vec<(bool, Vec<u8>)>> = HashMap::new();
+        let mut done = Vec::new();
+        for (key, pending) in &self.pending {
+            let record = table.get(key);
+            let settled = now_ns.saturating_sub(pending.first_ns) >= SETTLE_NS;
+            if !settled {
+                continue;
+            }
+            done.push(*key);
+            let Some(record) = record else {
+                continue;
+            };
+            let from_client = client_side(&record, table.get(&key.reversed()).as_ref());
+            let client = if from_client { *key } else { key.reversed() };
+            let samples = connections.entry(client).or_default();
+            samples.extend(pending.samples.iter().map(|s| (from_client, s.clone())));
+        }
+        for key in done {
+            self.pending.remove(&key);
+        }
+        for (client, samples) in connections {
+            let Some(record) = table.get(&client) else {
+                continue;
+            };
+            let verdict = verdict(&samples, client.dst_port);
+            let (source, destination) = directory.ends(&record.key, &record.stats);
+            *self.counts.value(
+                (
+                    Alert::end_name(&source),
+                    Alert::end_name(&destination),
+                    verdict.protocol.name(),
+                    verdict.encrypted,
+                ),
+                now_ns,
+            ) += 1;
+            // Judged only when crossmon saw the connection open: samples
+            // taken mid-stream (TLS records past the handshake) tell no
+            // protocol.
+            let opened_seen = outcome::is_attempt(&record, table.get(&client.reversed()).as_ref());
+            if let Some(reason) = self.tls_required(&record, &destination) {
+                if !verdict.encrypted && opened_seen {
+                    alerts.push(alert(
+                        &record,
+                        source,
+                        destination,
+                        &verdict,
+                        &reason,
+                        now_ns,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Why this connection must be encrypted, if it must.
+    fn tls_required(&self, record: &FlowRecord, destination: &FlowEnd) -> Option<String> {
+        let port = record.key.dst_port;
+        if tls_expected(port, &self.config.tls_ports) {
+            return Some(format!("port {port} expects TLS"));
+        }
+        let names = [
+            Some(baseline::service(destination)),
+            destination.compose_service.clone(),
+            destination.name.clone(),
+            Some(port.to_string()),
+        ];
+        if let Some(name) = names
+            .into_iter()
+            .flatten()
+            .find(|name| self.config.require_tls.contains(name))
+        {
+            return Some(format!("require_tls names {name}"));
+        }
+        let labelled = destination.container.as_ref().is_some_and(|c| {
+            c.labels
+                .get("crossmon.tls")
+                .is_some_and(|v| v.eq_ignore_ascii_case("required"))
+        });
+        labelled.then(|| "the destination is labelled crossmon.tls=required".to_owned())
+    }
+
+    /// Connections by (source, destination, protocol, encrypted).
+    pub fn counts(&self) -> impl Iterator<Item = (&ProtocolLabels, &u64)> {
+        self.counts.iter()
+    }
+}
+
+/// Whether `record` is the client's side of its connection: the side that
+/// opened it, or for one that began before crossmon, the side sending to
+/// the lower port.
+fn client_side(record: &FlowRecord, reverse: Option<&FlowRecord>) -> bool {
+    if outcome::is_attempt(record, reverse) {
+        return true;
+    }
+    match reverse {
+        Some(reverse) if outcome::is_attempt(reverse, Some(record)) => false,
+        _ => record.key.dst_port < record.key.src_port,
+    }
+}
+
+fn verdict(samples: &[(bool, Vec<u8>)], dst_port: u16) -> Verdict {
+    let classified: Vec<(bool, Protocol)> = samples
+        .iter()
+        .map(|(from_client, data)| (*from_client, classify(data, *from_client, dst_port)))
+        .collect();
+    let known = |from_client: bool| {
+        classified
+            .iter()
+            .find(|(side, p)| *side == from_client && *p != Protocol::Unknown)
+            .map(|(_, p)| *p)
+    };
+    Verdict {
+        protocol: known(true).or(known(false)).unwrap_or(Protocol::Unknown),
+        encrypted: classified.iter().any(|(_, p)| p.is_encrypted()),
+        client_opened_with_tls: classified
+            .iter()
+            .find(|(side, _)| *side)
+            .is_some_and(|(_, p)| matches!(p, Protocol::Tls | Protocol::Quic)),
+        samples: samples.len(),
+    }
+}
+
+fn alert(
+    record: &FlowRecord,
+    source: FlowEnd,
+    destination: FlowEnd,
+    verdict: &Verdict,
+    reason: &str,
+    now_ns: u64,
+) -> Alert {
+    let what = match verdict.protocol {
+        Protocol::Unknown => "traffic that is not TLS".to_owned(),
+        protocol => format!("cleartext {}", protocol.name()),
+    };
+    Alert {
+        time: clock::to_utc(now_ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        kind: "cleartext",
+        severity: Severity::Warning,
+        summary: format!(
+            "{} sent {what} to {} on port {} ({reason})",
+            Alert::end_name(&source),
+            Alert::end_name(&destination),
+            record.key.dst_port
+        ),
+        // Never the payload itself: only what was made of it.
+        evidence: json!({
+            "protocol": verdict.protocol.name(),
+            "client_opened_with_tls": verdict.client_opened_with_tls,
+            "samples": verdict.samples,
+            "destination_port": record.key.dst_port,
+            "transport": protocol_name(record.key.protocol),
+            "reason": reason,
+        }),
+        source,
+        destination: Some(destination),
+    }
+}
