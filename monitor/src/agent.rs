@@ -201,7 +201,13 @@ impl AgentState {
             flow_log
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .on_poll(&flows, &outcome.expired, &directory, now_ns);
+                .on_poll(
+                    &flows,
+                    &outcome.expired,
+                    &directory,
+                    &|key| self.detectors.payload_verdict(key),
+                    now_ns,
+                );
         }
     }
 

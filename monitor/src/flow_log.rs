@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::{
     clock,
     datapath::events::key_addrs,
+    detect::PayloadVerdict,
     docker::{Directory, FlowEnd},
     flows::{outcome, protocol_name, tcp_flag_names, FlowRecord, FlowTable},
     rotating::RotatingFile,
@@ -51,6 +52,9 @@ struct FlowLine {
     /// unknown or when the connection began before crossmon.
     #[serde(skip_serializing_if = "Option::is_none")]
     outcome: Option<&'static str>,
+    /// What the first payload bytes showed: `{protocol, encrypted}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<PayloadVerdict>,
 }
 
 #[derive(Serialize)]
@@ -109,11 +113,14 @@ impl FlowLog {
 
     /// After each poll: lines for connections that ended, and for those
     /// active and not logged within the interval.
+    /// `payload` gives the verdict on a connection's payload by the key of
+    /// its client flow.
     pub fn on_poll(
         &mut self,
         table: &FlowTable,
         expired: &[FlowRecord],
         directory: &Directory,
+        payload: &dyn Fn(&FlowKey) -> Option<PayloadVerdict>,
         now_ns: u64,
     ) {
         let ended: HashMap<FlowKey, FlowRecord> = expired.iter().map(|r| (r.key, *r)).collect();
@@ -145,7 +152,15 @@ impl FlowLog {
             if !is_ended && !due {
                 continue;
             }
-            lines.push(self.line(&record, reverse.as_ref(), is_ended, directory, now_ns));
+            let verdict = payload(&record.key);
+            lines.push(self.line(
+                &record,
+                reverse.as_ref(),
+                is_ended,
+                directory,
+                verdict,
+                now_ns,
+            ));
             written.push((record.key, is_ended));
         }
         for (key, is_ended) in written {
@@ -176,6 +191,7 @@ impl FlowLog {
         reverse: Option<&FlowRecord>,
         ended: bool,
         directory: &Directory,
+        payload: Option<PayloadVerdict>,
         now_ns: u64,
     ) -> String {
         let (src, dst) = key_addrs(&record.key);
@@ -211,6 +227,7 @@ impl FlowLog {
                 fin: stats.fin + reply.fin,
             }),
             outcome: outcome.map(outcome::Outcome::name),
+            payload,
         };
         serde_json::to_string(&line).unwrap_or_default()
     }

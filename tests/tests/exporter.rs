@@ -135,6 +135,9 @@ fn prometheus_scrapes_exact_traffic_between_named_containers() {
     );
     assert_eq!(sum(&samples, "crossmon_docker_up", &[]), 1.0);
 
+    // Pings, a connection, a refused port: nothing worth an alert.
+    assert_eq!(agent.alerts(), Vec::<serde_json::Value>::new());
+
     // Removed: its series go once the grace period (1 s) has passed.
     drop(client);
     samples_when(

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     clock,
     docker::{Directory, FlowEnd},
-    flows::{outcome, protocol_name, FlowRecord, FlowTable},
+    flows::{outcome, protocol_name, FlowRecord},
     metrics::book::SeriesBook,
 };
 
@@ -44,6 +44,15 @@ pub struct CleartextDetector {
     /// Payload samples by the flow they came on.
     pending: HashMap<FlowKey, Pending>,
     counts: SeriesBook<ProtocolLabels, u64>,
+    /// Verdicts by client flow, while the flow lasts (for the flow log).
+    verdicts: HashMap<FlowKey, PayloadVerdict>,
+}
+
+/// What a connection's payload showed, as the flow log records it.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct PayloadVerdict {
+    pub protocol: &'static str,
+    pub encrypted: bool,
 }
 
 /// What the samples of one connection showed.
@@ -60,6 +69,7 @@ impl CleartextDetector {
             config,
             pending: HashMap::new(),
             counts: SeriesBook::new(max_series, ("other".into(), "other".into(), "other", false)),
+            verdicts: HashMap::new(),
         }
     }
 
@@ -81,18 +91,21 @@ impl CleartextDetector {
     }
 
     /// Decides the connections whose samples have settled.
+    /// `find` looks a flow up among the live and the just-ended ones.
     pub fn check(
         &mut self,
-        table: &FlowTable,
+        find: &dyn Fn(&FlowKey) -> Option<FlowRecord>,
         directory: &Directory,
         now_ns: u64,
         alerts: &mut Vec<Alert>,
     ) {
+        // Flows that ended a poll ago have been logged: forget them.
+        self.verdicts.retain(|key, _| find(key).is_some());
         // Group the settled samples by connection, keyed by its client flow.
         let mut connections: HashMap<FlowKey, Vec<(bool, Vec<u8>)>> = HashMap::new();
         let mut done = Vec::new();
         for (key, pending) in &self.pending {
-            let record = table.get(key);
+            let record = find(key);
             let settled = now_ns.saturating_sub(pending.first_ns) >= SETTLE_NS;
             if !settled {
                 continue;
@@ -101,7 +114,7 @@ impl CleartextDetector {
             let Some(record) = record else {
                 continue;
             };
-            let from_client = client_side(&record, table.get(&key.reversed()).as_ref());
+            let from_client = client_side(&record, find(&key.reversed()).as_ref());
             let client = if from_client { *key } else { key.reversed() };
             let samples = connections.entry(client).or_default();
             samples.extend(pending.samples.iter().map(|s| (from_client, s.clone())));
@@ -110,10 +123,17 @@ impl CleartextDetector {
             self.pending.remove(&key);
         }
         for (client, samples) in connections {
-            let Some(record) = table.get(&client) else {
+            let Some(record) = find(&client) else {
                 continue;
             };
             let verdict = verdict(&samples, client.dst_port);
+            self.verdicts.insert(
+                client,
+                PayloadVerdict {
+                    protocol: verdict.protocol.name(),
+                    encrypted: verdict.encrypted,
+                },
+            );
             let (source, destination) = directory.ends(&record.key, &record.stats);
             *self.counts.value(
                 (
@@ -127,7 +147,7 @@ impl CleartextDetector {
             // Judged only when crossmon saw the connection open: samples
             // taken mid-stream (TLS records past the handshake) tell no
             // protocol.
-            let opened_seen = outcome::is_attempt(&record, table.get(&client.reversed()).as_ref());
+            let opened_seen = outcome::is_attempt(&record, find(&client.reversed()).as_ref());
             if let Some(reason) = self.tls_required(&record, &destination) {
                 if !verdict.encrypted && opened_seen {
                     alerts.push(alert(
@@ -168,6 +188,11 @@ impl CleartextDetector {
                 .is_some_and(|v| v.eq_ignore_ascii_case("required"))
         });
         labelled.then(|| "the destination is labelled crossmon.tls=required".to_owned())
+    }
+
+    /// The verdict on the connection whose client flow is `key`, if any.
+    pub fn verdict(&self, key: &FlowKey) -> Option<PayloadVerdict> {
+        self.verdicts.get(key).copied()
     }
 
     /// Connections by (source, destination, protocol, encrypted).

@@ -21,7 +21,7 @@ mod spike;
 mod spoof;
 
 pub use alert::{Alert, Severity};
-pub use cleartext::ProtocolLabels;
+pub use cleartext::{PayloadVerdict, ProtocolLabels};
 pub use sink::{AlertLog, AlertSink};
 
 use std::{
@@ -164,7 +164,7 @@ impl Detectors {
             state.scans.expire(now_ns);
             state.floods.check(now_ns, &mut alerts);
             state.spikes.check(now_ns, &mut alerts);
-            state.cleartext.check(table, directory, now_ns, &mut alerts);
+            state.cleartext.check(&find, directory, now_ns, &mut alerts);
             if let Some(baseline) = &mut state.baseline {
                 if let Err(err) = baseline.save() {
                     tracing::warn!("saving the new-connection baseline: {err:#}");
@@ -175,6 +175,12 @@ impl Detectors {
         for alert in alerts {
             sink.raise(alert, now_ns);
         }
+    }
+
+    /// What the payload of the connection whose client flow is `key`
+    /// showed, once decided.
+    pub fn payload_verdict(&self, key: &FlowKey) -> Option<PayloadVerdict> {
+        lock(&self.state).cleartext.verdict(key)
     }
 
     /// Connections counted by (source, destination, protocol, encrypted).
@@ -213,6 +219,13 @@ impl Detectors {
         for alert in alerts {
             sink.raise(alert, now_ns);
         }
+    }
+}
+
+fn is_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_multicast() || v4.is_broadcast()),
+        IpAddr::V6(v6) => !v6.is_multicast(),
     }
 }
 
@@ -282,7 +295,10 @@ impl State {
         if seen.decided {
             return;
         }
-        if !outcome::is_attempt(record, reverse) {
+        let (_, destination_ip) = key_addrs(&record.key);
+        // Multicast and broadcast reach no one in particular (IPv6
+        // neighbour and router discovery, mDNS): not an attempt on a host.
+        if !outcome::is_attempt(record, reverse) || !is_unicast(destination_ip) {
             seen.decided = true;
             return;
         }
@@ -290,7 +306,6 @@ impl State {
             return;
         };
         seen.decided = true;
-        let (_, destination_ip) = key_addrs(&record.key);
         let attempt = Attempt {
             record: *record,
             outcome,

@@ -303,6 +303,62 @@ mod tests {
     }
 
     #[test]
+    fn containers_may_talk_on_a_shared_network_that_allows_it() {
+        use std::collections::BTreeMap;
+
+        use super::super::{inventory::Network, Posture};
+
+        let network = |id: &str, icc: bool| Network {
+            id: id.into(),
+            name: id.into(),
+            driver: "bridge".into(),
+            bridge: None,
+            gateways: Vec::new(),
+            inter_container_communication: icc,
+        };
+        let container = |id: &str, networks: &[&str]| Container {
+            id: id.into(),
+            name: id.into(),
+            image: String::new(),
+            compose_project: None,
+            compose_service: None,
+            network_mode: String::new(),
+            pid: None,
+            endpoints: networks
+                .iter()
+                .map(|n| Endpoint {
+                    network: (*n).into(),
+                    network_id: (*n).into(),
+                    ip: None,
+                    ipv6: None,
+                    mac: None,
+                    gateway: None,
+                    host_ifindex: None,
+                })
+                .collect(),
+            posture: Posture::default(),
+            labels: BTreeMap::new(),
+            exposed_ports: Default::default(),
+        };
+        let inventory = Inventory {
+            networks: [network("open", true), network("closed", false)]
+                .into_iter()
+                .map(|n| (n.id.clone(), n))
+                .collect(),
+            ..Inventory::default()
+        };
+        let directory = Directory::new(Some(&inventory), HashSet::new());
+        let (a, b, c) = (
+            container("a", &["open", "closed"]),
+            container("b", &["open"]),
+            container("c", &["closed"]),
+        );
+        assert!(directory.may_talk(&a, &b));
+        assert!(!directory.may_talk(&a, &c), "only a network without ICC");
+        assert!(!directory.may_talk(&b, &c), "no network at all");
+    }
+
+    #[test]
     fn host_addresses_include_loopback() {
         assert!(host_addresses().contains(&IpAddr::from([127, 0, 0, 1])));
     }
