@@ -173,6 +173,14 @@ impl DockerNetwork {
     }
 }
 
+impl DockerNetwork {
+    /// A container on this network only.
+    pub fn run(&self, what: &str) -> Container {
+        Container::run(what, &["--network", &self.name])
+            .unwrap_or_else(|err| panic!("running {what} on {}: {err:#}", self.name))
+    }
+}
+
 impl Drop for DockerNetwork {
     fn drop(&mut self) {
         let _ = docker(&["network", "rm", &self.name]);

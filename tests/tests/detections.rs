@@ -43,14 +43,11 @@ fn scans_and_sweeps_are_alerted_and_a_busy_client_is_not() {
         return;
     }
     let net = DockerNetwork::create("scan", &[]).expect("network");
-    let on_net = ["--network", net.name.as_str()];
-    let target = Container::run("target", &on_net).expect("target");
-    let scanner = Container::run("scanner", &on_net).expect("scanner");
-    let client = Container::run("client", &on_net).expect("client");
-    let server = Container::run("server", &on_net).expect("server");
-    let others: Vec<Container> = (0..3)
-        .map(|_| Container::run("other", &on_net).expect("container"))
-        .collect();
+    let target = net.run("target");
+    let scanner = net.run("scanner");
+    let client = net.run("client");
+    let server = net.run("server");
+    let others: Vec<Container> = (0..3).map(|_| net.run("other")).collect();
     let scratch = Scratch::new("detect");
     // Four distinct refused destinations make a sweep here.
     let agent = agent_with_config(&scratch, "[host_sweep]\nthreshold = 4\n", &[]);
@@ -102,9 +99,8 @@ fn a_syn_flood_is_alerted_naming_the_flooder() {
         return;
     }
     let net = DockerNetwork::create("flood", &[]).expect("network");
-    let on_net = ["--network", net.name.as_str()];
-    let victim = Container::run("victim", &on_net).expect("victim");
-    let flooder = Container::run("flooder", &on_net).expect("flooder");
+    let victim = net.run("victim");
+    let flooder = net.run("flooder");
     let scratch = Scratch::new("detect");
     let agent = agent_with_config(&scratch, "[syn_flood]\nmin_syns = 300\n", &[]);
     agent.wait_attached(&[&victim.name, &flooder.name]);
@@ -192,9 +188,8 @@ fn a_spike_on_one_edge_is_alerted_above_the_floor() {
         return;
     }
     let net = DockerNetwork::create("spike", &[]).expect("network");
-    let on_net = ["--network", net.name.as_str()];
-    let inside = Container::run("inside", &on_net).expect("container");
-    let drop_box = Container::run("dropbox", &on_net).expect("container");
+    let inside = net.run("inside");
+    let drop_box = net.run("dropbox");
     let scratch = Scratch::new("detect");
     let config = "[traffic_spike]\nwindow = \"1s\"\nwarmup_windows = 3\nfactor = 10.0\nmin_bytes = 1000000\n";
     let agent = agent_with_config(&scratch, config, &[]);
@@ -308,8 +303,8 @@ fn cleartext_where_tls_is_required_is_alerted_and_every_protocol_counted() {
     }
     let net = DockerNetwork::create("tls", &[]).expect("network");
     let on_net = ["--network", net.name.as_str()];
-    let client = Container::run("client", &on_net).expect("client");
-    let web = Container::run("web", &on_net).expect("web");
+    let client = net.run("client");
+    let web = net.run("web");
     let cache = Container::run(
         "cache",
         &[&on_net[..], &["-l", "crossmon.tls=required"]].concat(),

@@ -169,8 +169,8 @@ fn the_mapping_follows_restart_rename_connect_and_a_burst_of_short_lived_contain
     }
     let net = DockerNetwork::create("life", &[]).expect("network");
     let other = DockerNetwork::create("other", &[]).expect("network");
-    let mut a = Container::run("a", &["--network", &net.name]).expect("a");
-    let b = Container::run("b", &["--network", &net.name]).expect("b");
+    let mut a = net.run("a");
+    let b = net.run("b");
     let agent = Agent::start(&[]);
     let before = container(&agent, &b.name, attached)["networks"][0]["ifindex"].clone();
 
@@ -259,9 +259,9 @@ fn a_spoofed_source_address_is_attributed_to_the_sending_container() {
         return;
     }
     let net = DockerNetwork::create("spoof", &[]).expect("network");
-    let attacker = Container::run("attacker", &["--network", &net.name]).expect("attacker");
-    let victim = Container::run("victim", &["--network", &net.name]).expect("victim");
-    let framed = Container::run("framed", &["--network", &net.name]).expect("framed");
+    let attacker = net.run("attacker");
+    let victim = net.run("victim");
+    let framed = net.run("framed");
     let agent = Agent::start(&[]);
     for name in [&attacker.name, &victim.name, &framed.name] {
         container(&agent, name, attached);
@@ -353,7 +353,7 @@ fn a_container_reaching_for_the_docker_api_on_the_host_is_alerted() {
         return;
     }
     let net = DockerNetwork::create("hostapi", &[]).expect("network");
-    let curious = Container::run("curious", &["--network", &net.name]).expect("container");
+    let curious = net.run("curious");
     let agent = Agent::start(&[]);
     container(&agent, &curious.name, attached);
     let gateway = docker(&[
@@ -422,8 +422,8 @@ fn a_dockerd_restart_loses_no_count_of_flows_that_continue() {
         return;
     }
     let net = DockerNetwork::create("restart", &[]).expect("network");
-    let a = Container::run("a", &["--network", &net.name]).expect("a");
-    let b = Container::run("b", &["--network", &net.name]).expect("b");
+    let a = net.run("a");
+    let b = net.run("b");
     let agent = Agent::start(&[]);
     container(&agent, &a.name, attached);
     container(&agent, &b.name, attached);

@@ -16,7 +16,7 @@ fn prometheus_scrapes_exact_traffic_between_named_containers() {
     }
     let net = DockerNetwork::create("prom", &[]).expect("network");
     let on_net = ["--network", net.name.as_str()];
-    let server = Container::run("server", &on_net).expect("server");
+    let server = net.run("server");
     let client = Container::run(
         "client",
         &[
@@ -153,9 +153,8 @@ fn a_port_scan_does_not_create_a_series_per_port() {
         return;
     }
     let net = DockerNetwork::create("scan", &[]).expect("network");
-    let on_net = ["--network", net.name.as_str()];
-    let target = Container::run("target", &on_net).expect("target");
-    let scanner = Container::run("scanner", &on_net).expect("scanner");
+    let target = net.run("target");
+    let scanner = net.run("scanner");
     let agent = Agent::start(&[]);
     agent.wait_attached(&[&target.name, &scanner.name]);
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use integration_tests::{
     agent::{wait_until, Agent},
-    docker::{docker_ready, Container, DockerNetwork},
+    docker::{docker_ready, DockerNetwork},
     scratch::Scratch,
 };
 use serde_json::Value;
@@ -24,9 +24,8 @@ fn connections_that_end_are_logged_once_with_both_directions() {
         return;
     }
     let net = DockerNetwork::create("flowlog", &[]).expect("network");
-    let on_net = ["--network", net.name.as_str()];
-    let client = Container::run("client", &on_net).expect("client");
-    let server = Container::run("server", &on_net).expect("server");
+    let client = net.run("client");
+    let server = net.run("server");
     let scratch = Scratch::new("flowlog");
     let path = scratch.path("flows.jsonl");
     let agent = Agent::start(&[

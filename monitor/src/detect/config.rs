@@ -10,8 +10,8 @@ use serde::{Deserialize, Deserializer};
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DetectConfig {
-    pub port_scan: PortScan,
-    pub host_sweep: HostSweep,
+    pub port_scan: Scan,
+    pub host_sweep: Scan,
     pub syn_flood: SynFlood,
     pub new_connection: NewConnection,
     pub traffic_spike: TrafficSpike,
@@ -35,44 +35,22 @@ impl Default for Toggle {
     }
 }
 
-/// One source probing many ports of one destination.
+/// `port_scan` (one source, many ports of one destination) and
+/// `host_sweep` (one source, many destinations) alike.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct PortScan {
+pub struct Scan {
     pub enabled: bool,
     #[serde(deserialize_with = "duration")]
     pub window: Duration,
-    /// Alert when the distinct ports tried within the window weigh this
-    /// much: a refused or unanswered port weighs 1, an answered one
+    /// Alert when the distinct targets tried within the window weigh this
+    /// much: a refused or unanswered one weighs 1, an answered one
     /// `answered_weight`.
     pub threshold: f64,
     pub answered_weight: f64,
 }
 
-impl Default for PortScan {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            window: Duration::from_secs(60),
-            threshold: 20.0,
-            answered_weight: 0.25,
-        }
-    }
-}
-
-/// One source contacting many distinct destinations.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HostSweep {
-    pub enabled: bool,
-    #[serde(deserialize_with = "duration")]
-    pub window: Duration,
-    /// As for `port_scan`, over distinct destination addresses.
-    pub threshold: f64,
-    pub answered_weight: f64,
-}
-
-impl Default for HostSweep {
+impl Default for Scan {
     fn default() -> Self {
         Self {
             enabled: true,

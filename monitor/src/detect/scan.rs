@@ -8,15 +8,15 @@ use std::net::IpAddr;
 use serde_json::json;
 
 use super::{
-    config::{HostSweep, PortScan},
+    config::Scan,
     probes::{Probes, Tried},
     Alert, Attempt, Severity,
 };
 use crate::flows::{outcome::Outcome, protocol_name};
 
 pub struct ScanDetector {
-    port_scan: PortScan,
-    host_sweep: HostSweep,
+    port_scan: Scan,
+    host_sweep: Scan,
     ports: Probes<(String, IpAddr), u16>,
     hosts: Probes<String, IpAddr>,
 }
@@ -34,7 +34,7 @@ fn nanos(duration: std::time::Duration) -> u64 {
 }
 
 impl ScanDetector {
-    pub fn new(port_scan: PortScan, host_sweep: HostSweep) -> Self {
+    pub fn new(port_scan: Scan, host_sweep: Scan) -> Self {
         Self {
             ports: Probes::new(nanos(port_scan.window)),
             hosts: Probes::new(nanos(host_sweep.window)),
