@@ -1,5 +1,6 @@
-//! Project tasks: set-up, running the agent, the test tiers.
+//! Project tasks: set-up, running the agent, the test tiers, the bench.
 
+mod bench;
 mod cmd;
 mod run;
 mod setup;
@@ -32,6 +33,20 @@ enum Task {
     },
     /// Formatting and clippy on the host crates and the eBPF crate.
     Lint,
+    /// Set up, then measure what crossmon costs the traffic it watches,
+    /// next to no monitor, tcpdump and softflowd; writes BENCHMARKS.md.
+    Bench {
+        /// Repetitions of every monitor and workload (at least 5 for
+        /// BENCHMARKS.md; fewer only print the table).
+        #[arg(long, default_value_t = 5)]
+        repetitions: usize,
+        /// Measured seconds of each workload run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Measured seconds of each run of the per-program cost pass.
+        #[arg(long, default_value_t = 2)]
+        cost_seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +63,18 @@ fn main() -> anyhow::Result<()> {
         Task::Lint => {
             setup::run()?;
             test::lint()
+        }
+        Task::Bench {
+            repetitions,
+            seconds,
+            cost_seconds,
+        } => {
+            setup::run()?;
+            bench::run(&bench::Options {
+                repetitions,
+                seconds,
+                cost_seconds,
+            })
         }
     }
 }

@@ -29,6 +29,10 @@ const PACKAGES: &[&str] = &[
     // Program inspection and throughput, in tests and benchmarks.
     "bpftool",
     "iperf3",
+    // The libpcap flow exporter `cargo xtask bench` compares crossmon with
+    // (tcpdump, above, is the other libpcap monitor). Its service is not
+    // started in containers without systemd; the bench runs its own.
+    "softflowd",
     // A real Docker engine, and a busybox image built from local files (no
     // registry is needed).
     "docker.io",

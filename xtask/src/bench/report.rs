@@ -1,0 +1,332 @@
+//! Medians, ratios to the bare path, the targets of issue 7, and
+//! BENCHMARKS.md.
+
+use std::fmt::Write as _;
+
+use super::{
+    monitor::{Kind, Monitor},
+    workload::Workload,
+};
+use crate::cmd;
+
+/// One workload run under one monitor.
+pub struct Measurement {
+    pub repetition: usize,
+    pub monitor: usize,
+    pub workload: Workload,
+    pub value: f64,
+    /// Another program sat on the bench veths through three tries, and the
+    /// figure was kept anyway.
+    pub disturbed: bool,
+}
+
+/// One program's mean cost over one workload run with statistics on.
+pub struct ProgramCost {
+    pub monitor: usize,
+    pub workload: Workload,
+    pub program: String,
+    pub ns_per_run: f64,
+}
+
+/// Per packet, per program, at default settings (issue 7).
+pub const NS_PER_RUN_TARGET: f64 = 150.0;
+
+/// `MONITORS[0]` is the bare path, `MONITORS[1]` crossmon at default
+/// settings.
+const BARE: usize = 0;
+const CROSSMON: usize = 1;
+
+pub struct Report<'a> {
+    pub monitors: &'a [Monitor],
+    pub measurements: Vec<Measurement>,
+    pub costs: Vec<ProgramCost>,
+}
+
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+impl Report<'_> {
+    fn values(&self, monitor: usize, workload: Workload) -> Vec<f64> {
+        self.measurements
+            .iter()
+            .filter(|m| m.monitor == monitor && m.workload == workload)
+            .map(|m| m.value)
+            .collect()
+    }
+
+    fn median(&self, monitor: usize, workload: Workload) -> Option<f64> {
+        median(self.values(monitor, workload))
+    }
+
+    fn ratio(&self, monitor: usize, workload: Workload) -> Option<f64> {
+        Some(self.median(monitor, workload)? / self.median(BARE, workload)?)
+    }
+
+    /// Program names of `monitor`'s costs, in first-seen order.
+    fn programs(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for cost in &self.costs {
+            if !names.contains(&cost.program.as_str()) {
+                names.push(&cost.program);
+            }
+        }
+        names
+    }
+
+    fn cost(&self, monitor: usize, workload: Workload, program: &str) -> Option<f64> {
+        median(
+            self.costs
+                .iter()
+                .filter(|c| c.monitor == monitor && c.workload == workload && c.program == program)
+                .map(|c| c.ns_per_run)
+                .collect(),
+        )
+    }
+
+    /// The medians table: one row per workload, one column per monitor,
+    /// each cell the median and its ratio to the bare path.
+    pub fn throughput_table(&self) -> String {
+        let mut out = String::from("| workload |");
+        for monitor in self.monitors {
+            let _ = write!(out, " {} |", monitor.name);
+        }
+        out.push_str(" spread of bare runs |\n|---|");
+        out.push_str(&"---:|".repeat(self.monitors.len() + 1));
+        out.push('\n');
+        for workload in Workload::ALL {
+            let _ = write!(out, "| {}, {} |", workload.title(), workload.unit());
+            for (i, _) in self.monitors.iter().enumerate() {
+                let cell = match (self.median(i, workload), self.ratio(i, workload)) {
+                    (Some(value), _) if i == BARE => workload.display(value),
+                    (Some(value), Some(ratio)) => {
+                        format!("{} ({ratio:.2})", workload.display(value))
+                    }
+                    _ => "n/a".to_owned(),
+                };
+                let _ = write!(out, " {cell} |");
+            }
+            let _ = writeln!(out, " {} |", self.spread(BARE, workload));
+        }
+        out
+    }
+
+    /// (max - min) / median of a monitor's runs: how far apart two runs
+    /// of the same thing land on this machine, to read ratios against.
+    fn spread(&self, monitor: usize, workload: Workload) -> String {
+        let values = self.values(monitor, workload);
+        let (min, max) = values
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
+        match median(values) {
+            Some(median) if median > 0.0 => format!("{:.0} %", (max - min) / median * 100.0),
+            _ => "n/a".to_owned(),
+        }
+    }
+
+    /// Mean ns per program run, medians over the repetitions.
+    pub fn cost_table(&self) -> String {
+        let measured: Vec<usize> = (0..self.monitors.len())
+            .filter(|&i| self.costs.iter().any(|c| c.monitor == i))
+            .collect();
+        let mut out = String::from("| program, workload |");
+        for &i in &measured {
+            let _ = write!(out, " {} |", self.monitors[i].name);
+        }
+        out.push_str("\n|---|");
+        out.push_str(&"---:|".repeat(measured.len()));
+        out.push('\n');
+        for program in self.programs() {
+            for workload in Workload::ALL {
+                let _ = write!(out, "| `{program}`, {} |", workload.title());
+                for &i in &measured {
+                    let cell = self
+                        .cost(i, workload, program)
+                        .map_or_else(|| "n/a".to_owned(), |ns| format!("{ns:.0} ns"));
+                    let _ = write!(out, " {cell} |");
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// One line per target of issue 7, each `pass` or `miss`.
+    pub fn targets(&self) -> Vec<String> {
+        let verdict = |ok: bool| if ok { "pass" } else { "miss" };
+        let mut lines = Vec::new();
+        for workload in Workload::ALL {
+            let ratio = self.ratio(CROSSMON, workload);
+            lines.push(format!(
+                "{}: crossmon at {} of bare (target >= {:.2}): {}",
+                workload.title(),
+                ratio.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.3}")),
+                workload.target(),
+                verdict(ratio.is_some_and(|r| r >= workload.target()))
+            ));
+        }
+        let worst = self
+            .programs()
+            .into_iter()
+            .flat_map(|program| {
+                Workload::ALL.map(|workload| {
+                    self.cost(CROSSMON, workload, program)
+                        .map(|ns| (ns, program, workload))
+                })
+            })
+            .flatten()
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        lines.push(match worst {
+            Some((ns, program, workload)) => format!(
+                "ns per packet per program at default settings: at most {ns:.0} (`{program}`, {}) \
+                 (target <= {NS_PER_RUN_TARGET:.0}): {}",
+                workload.title(),
+                verdict(ns <= NS_PER_RUN_TARGET)
+            ),
+            None => "ns per packet per program: not measured: miss".to_owned(),
+        });
+        let pcap: Vec<usize> = (0..self.monitors.len())
+            .filter(|&i| matches!(self.monitors[i].kind, Kind::Tcpdump | Kind::Softflowd))
+            .collect();
+        let behind: Vec<String> = Workload::ALL
+            .iter()
+            .flat_map(|&workload| pcap.iter().map(move |&i| (workload, i)))
+            .filter(|&(workload, i)| {
+                match (self.median(CROSSMON, workload), self.median(i, workload)) {
+                    (Some(ours), Some(theirs)) => ours <= theirs,
+                    _ => true,
+                }
+            })
+            .map(|(workload, i)| format!("{} on {}", self.monitors[i].name, workload.title()))
+            .collect();
+        lines.push(if behind.is_empty() {
+            "crossmon ahead of both pcap monitors on every workload: pass".to_owned()
+        } else {
+            format!(
+                "crossmon ahead of both pcap monitors on every workload: miss (not ahead of {})",
+                behind.join(", ")
+            )
+        });
+        lines
+    }
+
+    /// Every figure, in repetition order, for anyone who doubts a median.
+    pub fn raw_table(&self) -> String {
+        let mut out =
+            String::from("| workload | monitor | runs, in repetition order |\n|---|---|---|\n");
+        for workload in Workload::ALL {
+            for (i, monitor) in self.monitors.iter().enumerate() {
+                let mut runs: Vec<&Measurement> = self
+                    .measurements
+                    .iter()
+                    .filter(|m| m.monitor == i && m.workload == workload)
+                    .collect();
+                runs.sort_by_key(|m| m.repetition);
+                let runs: Vec<String> = runs
+                    .iter()
+                    .map(|m| {
+                        let mark = if m.disturbed { "*" } else { "" };
+                        format!("{}{mark}", workload.display(m.value))
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "| {}, {} | {} | {} |",
+                    workload.title(),
+                    workload.unit(),
+                    monitor.name,
+                    runs.join(", ")
+                );
+            }
+        }
+        out
+    }
+
+    pub fn disturbed(&self) -> usize {
+        self.measurements.iter().filter(|m| m.disturbed).count()
+    }
+}
+
+/// The machine and the conditions of the run.
+pub struct Machine {
+    pub date: String,
+    pub kernel: String,
+    pub cpu: String,
+    pub cores: usize,
+    pub memory: String,
+    pub os: String,
+    pub revision: String,
+    pub tools: String,
+}
+
+impl Machine {
+    pub fn describe() -> Self {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let field = |text: &str, key: &str| {
+            text.lines()
+                .find_map(|line| {
+                    let (k, v) = line.split_once([':', '='])?;
+                    (k.trim() == key).then(|| v.trim().trim_matches('"').to_owned())
+                })
+                .unwrap_or_else(|| "unknown".to_owned())
+        };
+        let run = |program: &str, args: &[&str]| {
+            cmd::output(program, cmd::command(program).args(args))
+                .map(|out| out.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".to_owned())
+        };
+        let cpuinfo = read("/proc/cpuinfo");
+        let dirty = !run("git", &["status", "--porcelain"]).is_empty();
+        Machine {
+            date: run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+            cpu: field(&cpuinfo, "model name"),
+            cores: cpuinfo
+                .lines()
+                .filter(|line| line.starts_with("processor"))
+                .count(),
+            memory: field(&read("/proc/meminfo"), "MemTotal"),
+            os: field(&read("/etc/os-release"), "PRETTY_NAME"),
+            revision: format!(
+                "{}{}",
+                run("git", &["rev-parse", "--short", "HEAD"]),
+                if dirty {
+                    " with uncommitted changes"
+                } else {
+                    ""
+                }
+            ),
+            tools: run(
+                "dpkg-query",
+                &[
+                    "-W",
+                    "-f=${Package} ${Version}, ",
+                    "iperf3",
+                    "tcpdump",
+                    "softflowd",
+                ],
+            )
+            .trim_end_matches(',')
+            .to_owned(),
+        }
+    }
+}
+
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
