@@ -217,9 +217,11 @@ fn a_spike_on_one_edge_is_alerted_above_the_floor() {
     let spike = agent.wait_for_alert("traffic_spike", |_| true);
     assert_eq!(spike["source"]["name"], inside.name.as_str());
     assert_eq!(spike["destination"]["name"], drop_box.name.as_str());
+    // 3000 datagrams of 1028 IP bytes; the burst may straddle two windows,
+    // and the one that alerted holds more than the floor.
     assert!(spike["evidence"]["bytes"]
         .as_u64()
-        .is_some_and(|b| b >= 3_000_000));
+        .is_some_and(|b| (1_000_000..=3_084_000).contains(&b)));
 }
 
 #[test]
