@@ -3,7 +3,11 @@
 //! joins the two directions of a connection: both ends named, packets and
 //! bytes each way, the TCP outcome. The file rotates by size.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    time::Duration,
+};
 
 use monitor_common::{ip_proto, FlowKey};
 use serde::Serialize;
@@ -75,6 +79,9 @@ pub struct FlowLog {
     logged: HashMap<FlowKey, u64>,
     /// Final counts of answer flows that ended before their initiator.
     ended_answers: HashMap<FlowKey, FlowRecord>,
+    /// Initiators logged as ended while their answer flow lasts: the
+    /// answer must not lead a line of its own once alone.
+    ended_leaders: HashSet<FlowKey>,
 }
 
 fn rfc3339(ns: u64) -> String {
@@ -108,6 +115,7 @@ impl FlowLog {
             interval_ns: u64::try_from(config.interval.as_nanos()).unwrap_or(u64::MAX),
             logged: HashMap::new(),
             ended_answers: HashMap::new(),
+            ended_leaders: HashSet::new(),
         })
     }
 
@@ -133,12 +141,19 @@ impl FlowLog {
         let mut lines = Vec::new();
         let mut answers_ended = Vec::new();
         let mut written = Vec::new();
+        let mut finished_answers = Vec::new();
         for (record, is_ended) in table
             .records()
             .map(|r| (r, false))
             .chain(expired.iter().map(|r| (*r, true)))
         {
             let reverse = find(&record.key.reversed());
+            if self.ended_leaders.contains(&record.key.reversed()) {
+                if is_ended {
+                    finished_answers.push(record.key);
+                }
+                continue;
+            }
             if !leads(&record, reverse.as_ref()) {
                 if is_ended {
                     answers_ended.push(record);
@@ -163,10 +178,17 @@ impl FlowLog {
             ));
             written.push((record.key, is_ended));
         }
+        for key in finished_answers {
+            self.ended_leaders.remove(&key.reversed());
+        }
         for (key, is_ended) in written {
             if is_ended {
                 self.logged.remove(&key);
-                self.ended_answers.remove(&key.reversed());
+                if self.ended_answers.remove(&key.reversed()).is_none()
+                    && table.get(&key.reversed()).is_some()
+                {
+                    self.ended_leaders.insert(key);
+                }
             } else {
                 self.logged.insert(key, now_ns);
             }
@@ -223,8 +245,8 @@ impl FlowLog {
                 reply_flags: tcp_flag_names(reply.tcp_flags),
                 syn: stats.syn,
                 syn_ack: reply.syn_ack,
-                rst: stats.rst + reply.rst,
-                fin: stats.fin + reply.fin,
+                rst: stats.rst.saturating_add(reply.rst),
+                fin: stats.fin.saturating_add(reply.fin),
             }),
             outcome: outcome.map(outcome::Outcome::name),
             payload,

@@ -95,7 +95,10 @@ impl Agent {
         if let Some(state) = &state {
             command.arg("--state-dir").arg(state.dir());
         }
+        // Standard output carries the alert log (`--alert-log -`); tests
+        // read alerts from the API.
         let child = command
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting crossmon (built by `cargo xtask test`)");

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Alert, Attempt, Severity};
-use crate::{docker::FlowEnd, flows::protocol_name};
+use crate::{docker::FlowEnd, flows::protocol_name, metrics::labels};
 
 /// source, destination, port ("" where the protocol has none), protocol.
 type Edge = (String, String, String, String);
@@ -35,11 +35,12 @@ pub struct Baseline {
 }
 
 /// How a service is named in the baseline: `project/service` for compose
-/// services, else the container's name, else the kind of end.
+/// services, else the container's name, else the kind of end (`gateway`,
+/// `host`, `external`, `unknown`): never an address, which changes.
 pub fn service(end: &FlowEnd) -> String {
     match (&end.compose_project, &end.compose_service) {
         (Some(project), Some(service)) => format!("{project}/{service}"),
-        _ => Alert::end_name(end),
+        _ => labels::end_name(end),
     }
 }
 

@@ -21,7 +21,7 @@ use crate::{
     clock,
     docker::{Directory, FlowEnd},
     flows::{outcome, protocol_name, FlowRecord},
-    metrics::book::SeriesBook,
+    metrics::{book::SeriesBook, labels},
 };
 
 /// Samples a connection waits for, at most, before its verdict.
@@ -123,6 +123,11 @@ impl CleartextDetector {
             self.pending.remove(&key);
         }
         for (client, samples) in connections {
+            // Judged once: later samples (another CPU's budget, TLS records
+            // past the handshake) tell nothing new.
+            if self.verdicts.contains_key(&client) {
+                continue;
+            }
             let Some(record) = find(&client) else {
                 continue;
             };
@@ -137,8 +142,8 @@ impl CleartextDetector {
             let (source, destination) = directory.ends(&record.key, &record.stats);
             *self.counts.value(
                 (
-                    Alert::end_name(&source),
-                    Alert::end_name(&destination),
+                    labels::end_name(&source),
+                    labels::end_name(&destination),
                     verdict.protocol.name(),
                     verdict.encrypted,
                 ),

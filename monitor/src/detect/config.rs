@@ -201,6 +201,19 @@ impl DetectConfig {
 
     /// Values serde accepts but that make no sense.
     fn check(&self) -> anyhow::Result<()> {
+        // Windows close once per poll at most; shorter ones only cost.
+        for (key, window) in [
+            ("port_scan.window", self.port_scan.window),
+            ("host_sweep.window", self.host_sweep.window),
+            ("syn_flood.window", self.syn_flood.window),
+            ("traffic_spike.window", self.traffic_spike.window),
+        ] {
+            anyhow::ensure!(
+                window >= Duration::from_secs(1),
+                "{key} = {}: must be at least 1s",
+                humantime::format_duration(window)
+            );
+        }
         let ratios = [
             ("port_scan.answered_weight", self.port_scan.answered_weight),
             (
@@ -266,5 +279,6 @@ mod tests {
         assert!(error("[syn_flood]\nmin_syns = -1\n").contains("min_syns"));
         assert!(error("[port_scan]\nanswered_weight = 2.0\n").contains("port_scan.answered_weight"));
         assert!(error("[traffic_spike]\nwindow = \"0s\"\n").contains("longer than zero"));
+        assert!(error("[traffic_spike]\nwindow = \"1us\"\n").contains("at least 1s"));
     }
 }

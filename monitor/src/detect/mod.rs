@@ -73,7 +73,8 @@ struct Seen {
     /// attempt.
     decided: bool,
     syns: u32,
-    completed: bool,
+    fins: u32,
+    acked: bool,
     bytes: u64,
 }
 
@@ -278,16 +279,22 @@ impl State {
         if record.key.protocol == ip_proto::TCP {
             let syns = u64::from(record.stats.syn.saturating_sub(seen.syns));
             seen.syns = record.stats.syn;
-            let completed = !seen.completed && outcome::handshake_completed(record);
-            seen.completed |= completed;
-            if syns > 0 || completed {
+            // A connection completed when its client acknowledged (first
+            // one of this flow) or closed it (each later one, as a busy
+            // client reuses the 4-tuple): a flooder does neither.
+            let first_ack = !seen.acked && outcome::handshake_completed(record);
+            seen.acked |= first_ack;
+            let fins = record.stats.fin.saturating_sub(seen.fins);
+            seen.fins = record.stats.fin;
+            let completed = u64::from(fins).max(u64::from(first_ack));
+            if syns > 0 || completed > 0 {
                 let (_, dst) = key_addrs(&record.key);
                 self.floods.observe(
                     (dst, record.key.dst_port),
                     &destination,
                     &source,
                     syns,
-                    u64::from(completed),
+                    completed,
                     now_ns,
                 );
             }

@@ -1,5 +1,9 @@
 //! Distinct targets (ports, addresses) one source tried within a sliding
 //! window, each weighted by how the attempt ended: the evidence of a scan.
+//!
+//! Recording is O(1); the window slides once per poll; the full summary
+//! (outcomes, a sample of targets) is built only when asked for, so a
+//! scan of every port costs no more than its attempts.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -12,7 +16,7 @@ use crate::flows::outcome::Outcome;
 #[derive(Debug)]
 pub struct Tried<T> {
     pub score: f64,
-    /// Attempts by outcome name.
+    /// Distinct targets by the outcome of their heaviest attempt.
     pub outcomes: BTreeMap<&'static str, u32>,
     /// The lowest targets tried, for the evidence.
     pub sample: Vec<T>,
@@ -21,9 +25,14 @@ pub struct Tried<T> {
 
 const SAMPLE: usize = 20;
 
+struct Window<T> {
+    targets: HashMap<T, (f64, Outcome, u64)>,
+    score: f64,
+}
+
 pub struct Probes<K, T> {
     window_ns: u64,
-    by_source: HashMap<K, HashMap<T, (f64, Outcome, u64)>>,
+    by_source: HashMap<K, Window<T>>,
 }
 
 impl<K: Eq + Hash, T: Eq + Hash + Ord + Copy> Probes<K, T> {
@@ -34,7 +43,7 @@ impl<K: Eq + Hash, T: Eq + Hash + Ord + Copy> Probes<K, T> {
         }
     }
 
-    /// Records one attempt and returns what `source` tried in the window.
+    /// Records one attempt and returns the source's score in the window.
     /// A target tried again keeps its heaviest weight.
     pub fn record(
         &mut self,
@@ -43,38 +52,53 @@ impl<K: Eq + Hash, T: Eq + Hash + Ord + Copy> Probes<K, T> {
         weight: f64,
         outcome: Outcome,
         now_ns: u64,
-    ) -> Tried<T> {
-        let cutoff = now_ns.saturating_sub(self.window_ns);
-        let targets = self.by_source.entry(source).or_default();
-        targets.retain(|_, (_, _, at)| *at >= cutoff);
-        let entry = targets.entry(target).or_insert((weight, outcome, now_ns));
-        if weight >= entry.0 {
-            *entry = (weight, outcome, now_ns);
-        }
-        entry.2 = now_ns;
-        let mut tried = Tried {
+    ) -> f64 {
+        let window = self.by_source.entry(source).or_insert_with(|| Window {
+            targets: HashMap::new(),
             score: 0.0,
-            outcomes: BTreeMap::new(),
-            sample: Vec::new(),
-            distinct: targets.len(),
-        };
-        for (weight, outcome, _) in targets.values() {
-            tried.score += weight;
-            *tried.outcomes.entry(outcome.name()).or_default() += 1;
+        });
+        match window.targets.get_mut(&target) {
+            Some(entry) => {
+                if weight > entry.0 {
+                    window.score += weight - entry.0;
+                    *entry = (weight, outcome, now_ns);
+                }
+                entry.2 = now_ns;
+            }
+            None => {
+                window.targets.insert(target, (weight, outcome, now_ns));
+                window.score += weight;
+            }
         }
-        let mut sample: Vec<T> = targets.keys().copied().collect();
-        sample.sort_unstable();
-        sample.truncate(SAMPLE);
-        tried.sample = sample;
-        tried
+        window.score
     }
 
-    /// Forgets sources with nothing tried within the window.
+    /// What `source` tried within the window, in full.
+    pub fn summary(&self, source: &K) -> Option<Tried<T>> {
+        let window = self.by_source.get(source)?;
+        let mut outcomes = BTreeMap::new();
+        for (_, outcome, _) in window.targets.values() {
+            *outcomes.entry(outcome.name()).or_default() += 1;
+        }
+        let mut sample: Vec<T> = window.targets.keys().copied().collect();
+        sample.sort_unstable();
+        sample.truncate(SAMPLE);
+        Some(Tried {
+            score: window.score,
+            outcomes,
+            sample,
+            distinct: window.targets.len(),
+        })
+    }
+
+    /// Slides the window: forgets targets last tried before it, and
+    /// sources with none left.
     pub fn expire(&mut self, now_ns: u64) {
         let cutoff = now_ns.saturating_sub(self.window_ns);
-        self.by_source.retain(|_, targets| {
-            targets.retain(|_, (_, _, at)| *at >= cutoff);
-            !targets.is_empty()
+        self.by_source.retain(|_, window| {
+            window.targets.retain(|_, (_, _, at)| *at >= cutoff);
+            window.score = window.targets.values().map(|(w, _, _)| w).sum();
+            !window.targets.is_empty()
         });
     }
 }
@@ -90,14 +114,15 @@ mod tests {
         probes.record("a", 2, 0.25, Outcome::Established, 1);
         // The same port again counts once, at its heaviest.
         probes.record("a", 1, 0.25, Outcome::Established, 2);
-        let tried = probes.record("a", 3, 1.0, Outcome::Unanswered, 3);
-        assert_eq!(tried.distinct, 3);
-        assert_eq!(tried.score, 2.25);
-        assert_eq!(tried.sample, [1, 2, 3]);
-        // Ports 1 and 2 were last tried at 2 and 1: out of a window ending at 13.
-        let tried = probes.record("a", 4, 1.0, Outcome::Refused, 13);
-        assert_eq!((tried.distinct, tried.score), (2, 2.0));
+        assert_eq!(probes.record("a", 3, 1.0, Outcome::Unanswered, 3), 2.25);
+        let tried = probes.summary(&"a").expect("tried");
+        assert_eq!((tried.distinct, tried.sample), (3, vec![1, 2, 3]));
+        assert_eq!(tried.outcomes["refused"], 1);
+        // Ports 1 and 2 were last tried at 2 and 1: out of a window ending
+        // at 13.
+        probes.expire(13);
+        assert_eq!(probes.record("a", 4, 1.0, Outcome::Refused, 13), 2.0);
         probes.expire(100);
-        assert!(probes.by_source.is_empty());
+        assert!(probes.summary(&"a").is_none());
     }
 }

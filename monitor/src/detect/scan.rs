@@ -3,7 +3,7 @@
 //! unanswered attempts weigh most: a scanner mostly finds nothing, a
 //! busy client mostly finds its servers.
 
-use std::net::IpAddr;
+use std::{collections::HashMap, net::IpAddr};
 
 use serde_json::json;
 
@@ -19,6 +19,10 @@ pub struct ScanDetector {
     host_sweep: Scan,
     ports: Probes<(String, IpAddr), u16>,
     hosts: Probes<String, IpAddr>,
+    /// The poll that last alerted on a key: evidence is built at most once
+    /// per poll and source, however many attempts it makes.
+    alerted_ports: HashMap<(String, IpAddr), u64>,
+    alerted_hosts: HashMap<String, u64>,
 }
 
 fn weight(outcome: Outcome, answered_weight: f64) -> f64 {
@@ -40,33 +44,44 @@ impl ScanDetector {
             hosts: Probes::new(nanos(host_sweep.window)),
             port_scan,
             host_sweep,
+            alerted_ports: HashMap::new(),
+            alerted_hosts: HashMap::new(),
         }
     }
 
     pub fn observe(&mut self, attempt: &Attempt, now_ns: u64, alerts: &mut Vec<Alert>) {
         let source = Alert::end_name(&attempt.source);
         if self.port_scan.enabled && attempt.has_ports() {
-            let tried = self.ports.record(
-                (source.clone(), attempt.destination_ip),
+            let key = (source.clone(), attempt.destination_ip);
+            let score = self.ports.record(
+                key.clone(),
                 attempt.record.key.dst_port,
                 weight(attempt.outcome, self.port_scan.answered_weight),
                 attempt.outcome,
                 now_ns,
             );
-            if tried.score >= self.port_scan.threshold {
-                alerts.push(self.port_scan_alert(attempt, &source, &tried));
+            if score >= self.port_scan.threshold
+                && self.alerted_ports.insert(key.clone(), now_ns) != Some(now_ns)
+            {
+                if let Some(tried) = self.ports.summary(&key) {
+                    alerts.push(self.port_scan_alert(attempt, &source, &tried));
+                }
             }
         }
         if self.host_sweep.enabled {
-            let tried = self.hosts.record(
+            let score = self.hosts.record(
                 source.clone(),
                 attempt.destination_ip,
                 weight(attempt.outcome, self.host_sweep.answered_weight),
                 attempt.outcome,
                 now_ns,
             );
-            if tried.score >= self.host_sweep.threshold {
-                alerts.push(self.host_sweep_alert(attempt, &source, &tried));
+            if score >= self.host_sweep.threshold
+                && self.alerted_hosts.insert(source.clone(), now_ns) != Some(now_ns)
+            {
+                if let Some(tried) = self.hosts.summary(&source) {
+                    alerts.push(self.host_sweep_alert(attempt, &source, &tried));
+                }
             }
         }
     }
@@ -74,6 +89,8 @@ impl ScanDetector {
     pub fn expire(&mut self, now_ns: u64) {
         self.ports.expire(now_ns);
         self.hosts.expire(now_ns);
+        self.alerted_ports.retain(|_, at| *at == now_ns);
+        self.alerted_hosts.retain(|_, at| *at == now_ns);
     }
 
     fn port_scan_alert(&self, attempt: &Attempt, source: &str, tried: &Tried<u16>) -> Alert {

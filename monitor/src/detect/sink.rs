@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 
 use super::{Alert, Severity};
-use crate::rotating::RotatingFile;
+use crate::{metrics::labels, rotating::RotatingFile};
 
 /// Alerts the API keeps, newest first.
 const RECENT: usize = 1000;
@@ -90,9 +90,11 @@ impl AlertSink {
             self.last
                 .retain(|_, last| now_ns.saturating_sub(*last) < cooldown);
         }
+        // The metric's `source` follows the traffic metrics' naming: no
+        // addresses, opted-out containers as `aggregate`.
         *self
             .counts
-            .entry((alert.kind, alert.severity, source))
+            .entry((alert.kind, alert.severity, labels::end_name(&alert.source)))
             .or_default() += 1;
         if let Some(log) = &mut self.log {
             match serde_json::to_string(&alert) {

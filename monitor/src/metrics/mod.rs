@@ -2,7 +2,7 @@
 //! of who the containers are, and of the agent's own health.
 
 pub(crate) mod book;
-mod labels;
+pub(crate) mod labels;
 mod served;
 mod state;
 mod text;
