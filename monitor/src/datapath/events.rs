@@ -211,11 +211,19 @@ impl EventRing {
     pub async fn follow(self, mut each: impl FnMut(&mut Vec<Event>, usize)) -> anyhow::Result<()> {
         let mut ring = readable(self)?;
         let mut batch = Vec::new();
+        // The programs wake the agent only when the ring fills up (see
+        // `wakeup` in monitor-ebpf): between wakeups, drain on a timer.
+        let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let mut guard = ring.readable_mut().await?;
-            let undecodable = guard.get_inner_mut().drain(&mut batch);
-            guard.clear_ready();
-            each(&mut batch, undecodable);
+            tokio::select! {
+                guard = ring.readable_mut() => guard?.clear_ready(),
+                _ = tick.tick() => {}
+            }
+            let undecodable = ring.get_mut().drain(&mut batch);
+            if !batch.is_empty() || undecodable > 0 {
+                each(&mut batch, undecodable);
+            }
             batch.clear();
         }
     }
@@ -226,6 +234,9 @@ impl AsRawFd for EventRing {
         self.ring.as_raw_fd()
     }
 }
+
+/// How often the ring is drained when the programs did not wake the agent.
+const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Registers a map or logger fd with the tokio reactor.
 pub fn readable<T: AsRawFd>(inner: T) -> anyhow::Result<AsyncFd<T>> {
