@@ -482,16 +482,27 @@ pub fn poll_once(
         table.end_poll(&mut outcome);
     }
     let mut retired = Vec::new();
+    let mut failed = None;
     for (key, stats) in snapshot.iter() {
         if stats.last_seen_ns < idle_cutoff_ns {
-            if let Some(last) = flows.take(key)? {
-                retired.push((*key, last));
+            match flows.take(key) {
+                Ok(Some(last)) => retired.push((*key, last)),
+                Ok(None) => {}
+                // What was taken so far is out of the kernel map: it must
+                // reach the table before the error is reported.
+                Err(err) => {
+                    failed = Some(err);
+                    break;
+                }
             }
         }
     }
     let mut table = write(table);
     for (key, last) in &retired {
         table.retire(key, last);
+    }
+    if let Some(err) = failed {
+        return Err(err);
     }
     outcome.entries = snapshot.len() - retired.len();
     outcome.expired = table.expire(idle_cutoff_ns);

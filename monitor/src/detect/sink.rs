@@ -52,6 +52,7 @@ pub struct AlertSink {
     cooldown_ns: u64,
     /// (kind, source, destination) to when it last alerted (monotonic).
     last: HashMap<(&'static str, String, String), u64>,
+    pruned_ns: u64,
     recent: VecDeque<Alert>,
     /// (kind, severity, source) to alerts raised.
     counts: HashMap<(&'static str, Severity, String), u64>,
@@ -63,6 +64,7 @@ impl AlertSink {
             log,
             cooldown_ns,
             last: HashMap::new(),
+            pruned_ns: 0,
             recent: VecDeque::new(),
             counts: HashMap::new(),
         }
@@ -84,11 +86,14 @@ impl AlertSink {
             }
         }
         self.last.insert(key, now_ns);
-        // Pairs quiet for a cooldown would alert again anyway: forget them.
+        // Pairs quiet for a cooldown would alert again anyway: forget them,
+        // at most once per tenth of a cooldown so that a flood of distinct
+        // alerts does not rescan the map on each.
         let cooldown = self.cooldown_ns;
-        if self.last.len() > 10_000 {
+        if self.last.len() > 10_000 && now_ns.saturating_sub(self.pruned_ns) >= cooldown / 10 {
             self.last
                 .retain(|_, last| now_ns.saturating_sub(*last) < cooldown);
+            self.pruned_ns = now_ns;
         }
         // The metric's `source` follows the traffic metrics' naming: no
         // addresses, opted-out containers as `aggregate`.
