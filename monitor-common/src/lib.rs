@@ -95,6 +95,30 @@ impl FlowKey {
         _pad: [0; 2],
     };
 
+    /// An IPv4 flow, its addresses stored IPv4-mapped as the programs do.
+    pub const fn ipv4(
+        src: [u8; 4],
+        src_port: u16,
+        dst: [u8; 4],
+        dst_port: u16,
+        protocol: u8,
+    ) -> FlowKey {
+        const fn mapped(a: [u8; 4]) -> [u8; 16] {
+            [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+            ]
+        }
+        FlowKey {
+            src_addr: mapped(src),
+            dst_addr: mapped(dst),
+            src_port,
+            dst_port,
+            protocol,
+            ip_version: 4,
+            _pad: [0; 2],
+        }
+    }
+
     /// The flow of the answers: addresses and ports swapped.
     pub fn reversed(&self) -> FlowKey {
         FlowKey {

@@ -70,15 +70,13 @@ fn flows(series: u32) -> (FlowTable, BTreeSet<(u16, u8)>) {
         let (src, dst) = (i % CONTAINERS, (i / CONTAINERS) % CONTAINERS);
         let port = 8000 + (i / (CONTAINERS * CONTAINERS)) as u16;
         ports.insert((port, ip_proto::TCP));
-        let key = FlowKey {
-            src_addr: container_ip(src).to_ipv6_mapped().octets(),
-            dst_addr: container_ip(dst).to_ipv6_mapped().octets(),
-            src_port: 40000,
-            dst_port: port,
-            protocol: ip_proto::TCP,
-            ip_version: 4,
-            ..FlowKey::ZERO
-        };
+        let key = FlowKey::ipv4(
+            container_ip(src).octets(),
+            40000,
+            container_ip(dst).octets(),
+            port,
+            ip_proto::TCP,
+        );
         let stats = FlowStats {
             packets: 10,
             bytes: 6000,

@@ -35,10 +35,6 @@ impl RotatingFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Appends one line (a line is never split across files).
     pub fn write_line(&mut self, line: &str) -> anyhow::Result<()> {
         let length = line.len() as u64 + 1;

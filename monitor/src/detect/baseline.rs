@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Alert, Attempt, Severity};
-use crate::{docker::FlowEnd, flows::protocol_name, metrics::labels};
+use crate::{flows::protocol_name, metrics::labels};
 
 /// source, destination, port ("" where the protocol has none), protocol.
 type Edge = (String, String, String, String);
@@ -32,16 +32,6 @@ pub struct Baseline {
     learning: Duration,
     stored: Stored,
     dirty: bool,
-}
-
-/// How a service is named in the baseline: `project/service` for compose
-/// services, else the container's name, else the kind of end (`gateway`,
-/// `host`, `external`, `unknown`): never an address, which changes.
-pub fn service(end: &FlowEnd) -> String {
-    match (&end.compose_project, &end.compose_service) {
-        (Some(project), Some(service)) => format!("{project}/{service}"),
-        _ => labels::end_name(end),
-    }
 }
 
 fn unix_now() -> u64 {
@@ -88,8 +78,8 @@ impl Baseline {
         };
         let protocol = protocol_name(attempt.record.key.protocol);
         let edge = (
-            service(&attempt.source),
-            service(&attempt.destination),
+            labels::service_name(&attempt.source),
+            labels::service_name(&attempt.destination),
             port.clone(),
             protocol.to_owned(),
         );

@@ -12,7 +12,6 @@ use monitor_common::FlowKey;
 use serde_json::json;
 
 use super::{
-    baseline,
     config::Cleartext,
     protocols::{classify, tls_expected, Protocol},
     Alert, Severity,
@@ -175,7 +174,7 @@ impl CleartextDetector {
             return Some(format!("port {port} expects TLS"));
         }
         let names = [
-            Some(baseline::service(destination)),
+            Some(labels::service_name(destination)),
             destination.compose_service.clone(),
             destination.name.clone(),
             Some(port.to_string()),

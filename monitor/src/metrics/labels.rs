@@ -144,6 +144,17 @@ pub fn end_name(end: &FlowEnd) -> String {
     }
 }
 
+/// How a service is named where names must outlive containers (the
+/// new-connection baseline, `require_tls`): `project/service` for compose
+/// services, else the container's name, else the kind of end (`gateway`,
+/// `host`, `external`, `unknown`): never an address, which changes.
+pub fn service_name(end: &FlowEnd) -> String {
+    match (&end.compose_project, &end.compose_service) {
+        (Some(project), Some(service)) => format!("{project}/{service}"),
+        _ => end_name(end),
+    }
+}
+
 fn destination_port(key: &FlowKey, dst: &FlowEnd, served: &ServedPorts) -> String {
     if !matches!(key.protocol, ip_proto::TCP | ip_proto::UDP) {
         return NO_PORT.to_owned();

@@ -8,7 +8,6 @@ mod state;
 mod text;
 mod traffic;
 
-pub use labels::{AGGREGATE, EPHEMERAL, NO_PORT};
 pub use state::AgentSnapshot;
 pub use traffic::{MetricsConfig, TrafficMetrics};
 

@@ -78,17 +78,8 @@ mod tests {
     use super::*;
 
     fn record(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, stats: FlowStats) -> FlowRecord {
-        let mapped = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_ipv6_mapped().octets();
         FlowRecord {
-            key: FlowKey {
-                src_addr: mapped(src),
-                dst_addr: mapped(dst),
-                src_port: sport,
-                dst_port: dport,
-                protocol: ip_proto::TCP,
-                ip_version: 4,
-                ..FlowKey::ZERO
-            },
+            key: FlowKey::ipv4(src, sport, dst, dport, ip_proto::TCP),
             stats,
         }
     }

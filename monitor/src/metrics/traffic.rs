@@ -121,7 +121,9 @@ impl TrafficMetrics {
         };
         exported.packets != record.stats.packets
             || exported.bytes != record.stats.bytes
-            || (is_connection_attempt(record) && !exported.connection_counted)
+            || (record.key.protocol == ip_proto::TCP
+                && outcome::is_attempt(record, None)
+                && !exported.connection_counted)
     }
 
     fn add_traffic(&mut self, record: &FlowRecord, labels: &FlowLabels, now_ns: u64) {
@@ -268,11 +270,6 @@ fn pairs<'a>(names: [&'a str; 5], values: [&'a str; 5]) -> [(&'a str, &'a str); 
     [0, 1, 2, 3, 4].map(|i| (names[i], values[i]))
 }
 
-/// A flow that opened with a SYN from its source.
-fn is_connection_attempt(record: &FlowRecord) -> bool {
-    record.key.protocol == ip_proto::TCP && record.stats.syn > 0
-}
-
 /// The result of a TCP connection attempt, once known.
 fn connection_result(
     flow: &FlowRecord,
@@ -280,7 +277,7 @@ fn connection_result(
     ended: bool,
     now_ns: u64,
 ) -> Option<&'static str> {
-    if !is_connection_attempt(flow) {
+    if flow.key.protocol != ip_proto::TCP || !outcome::is_attempt(flow, reverse) {
         return None;
     }
     outcome::outcome(flow, reverse, ended, now_ns).map(Outcome::name)
@@ -296,20 +293,13 @@ mod tests {
     const SECOND: u64 = 1_000_000_000;
 
     fn key(src: u8, sport: u16, dst: u8, dport: u16) -> FlowKey {
-        let mapped = |last| {
-            std::net::Ipv4Addr::new(10, 0, 0, last)
-                .to_ipv6_mapped()
-                .octets()
-        };
-        FlowKey {
-            src_addr: mapped(src),
-            dst_addr: mapped(dst),
-            src_port: sport,
-            dst_port: dport,
-            protocol: ip_proto::TCP,
-            ip_version: 4,
-            ..FlowKey::ZERO
-        }
+        FlowKey::ipv4(
+            [10, 0, 0, src],
+            sport,
+            [10, 0, 0, dst],
+            dport,
+            ip_proto::TCP,
+        )
     }
 
     fn stats(packets: u64, syn: u32, syn_ack: u32, rst: u32) -> FlowStats {
