@@ -48,7 +48,7 @@ pub struct AgentConfig {
     pub use_docker: bool,
     pub docker_host: Option<String>,
     /// `--web-config`: TLS and basic auth of the HTTP endpoint.
-    pub web_config: Option<PathBuf>,
+    pub web_config: Option<WebConfig>,
     pub metrics: MetricsConfig,
     /// `--alert-log`: `-` for standard output, `None` for no log.
     pub alert_log: Option<PathBuf>,
@@ -243,11 +243,6 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 /// Runs until SIGINT or SIGTERM, then detaches from every interface.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    let web = config
-        .web_config
-        .as_deref()
-        .map(WebConfig::load)
-        .transpose()?;
     let report = preflight::check()?;
     let datapath = datapath::load(&config.datapath)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -292,7 +287,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tasks.spawn(forward_ebpf_logs(logger));
     }
     let app = api::router(state.clone());
-    tasks.spawn(web_config::serve(listener, app, web));
+    tasks.spawn(web_config::serve(listener, app, config.web_config.clone()));
 
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
     let outcome = tokio::select! {

@@ -1,7 +1,11 @@
 //! Command-line interface. Every setting has an embedded default: `crossmon
 //! run` needs no flag and no file.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use monitor_common::MAX_CAPTURE;
@@ -12,6 +16,7 @@ use crate::{
     detect::config::DetectConfig,
     flow_log::FlowLogConfig,
     metrics::MetricsConfig,
+    web_config::WebConfig,
 };
 
 /// Default address of the HTTP API: loopback only, since flows reveal who
@@ -37,7 +42,7 @@ pub enum Command {
     /// exit status 0 only when all is well.
     Doctor {
         /// The Docker engine (default: `$DOCKER_HOST`, else the local socket).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_docker_host)]
         docker_host: Option<String>,
     },
 }
@@ -60,7 +65,7 @@ pub struct RunArgs {
 
     /// The Docker engine: `unix:///path/docker.sock` or `tcp://host:port`
     /// (default: `$DOCKER_HOST`, else the local socket).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_docker_host)]
     pub docker_host: Option<String>,
 
     /// Flows the kernel map holds; the least recently used is evicted beyond.
@@ -172,15 +177,77 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// What bollard connects to: a unix socket path or an HTTP endpoint.
+fn parse_docker_host(text: &str) -> Result<String, String> {
+    let valid = match text.split_once("://") {
+        Some(("unix", path)) => path.starts_with('/'),
+        Some(("tcp" | "http", address)) => address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()),
+        _ => false,
+    };
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("expected unix:///path/to/docker.sock or tcp://host:port".into())
+    }
+}
+
+/// A file crossmon writes must have a directory to live in.
+fn writable_path(flag: &str, path: &Path) -> anyhow::Result<()> {
+    if path == Path::new("-") {
+        return Ok(());
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    anyhow::ensure!(
+        dir.is_dir(),
+        "{flag} {}: no directory {}",
+        path.display(),
+        dir.display()
+    );
+    anyhow::ensure!(
+        !path.is_dir(),
+        "{flag} {}: is a directory, not a file",
+        path.display()
+    );
+    Ok(())
+}
+
 impl RunArgs {
-    /// The agent's configuration; fails on an unreadable or invalid
-    /// `--config` file.
+    /// The agent's configuration, every value checked: an invalid one
+    /// (a bad `--config` or `--web-config` file, `$DOCKER_HOST`, a log in a
+    /// missing directory) is an error naming it.
     pub fn agent_config(&self) -> anyhow::Result<AgentConfig> {
         let detect = match &self.config {
             Some(path) => DetectConfig::load(path)?,
             None => DetectConfig::default(),
         };
-        Ok(AgentConfig {
+        let web_config = self
+            .web_config
+            .as_deref()
+            .map(WebConfig::load)
+            .transpose()?;
+        if let (false, None, Some(env)) = (
+            self.no_docker,
+            &self.docker_host,
+            std::env::var_os("DOCKER_HOST"),
+        ) {
+            let env = env.to_string_lossy();
+            parse_docker_host(&env).map_err(|err| anyhow::anyhow!("DOCKER_HOST={env}: {err}"))?;
+        }
+        writable_path("--alert-log", &self.alert_log)?;
+        if let Some(path) = &self.flow_log {
+            writable_path("--flow-log", path)?;
+        }
+        anyhow::ensure!(
+            !self.state_dir.exists() || self.state_dir.is_dir(),
+            "--state-dir {}: not a directory",
+            self.state_dir.display()
+        );
+        let config = AgentConfig {
             listen: self.listen,
             datapath: DatapathConfig {
                 flow_capacity: self.flow_capacity,
@@ -205,7 +272,7 @@ impl RunArgs {
             idle_timeout: self.idle_timeout,
             use_docker: !self.no_docker,
             docker_host: self.docker_host.clone(),
-            web_config: self.web_config.clone(),
+            web_config,
             detect,
             state_dir: self.state_dir.clone(),
             flow_log: self.flow_log.as_ref().map(|path| FlowLogConfig {
@@ -220,7 +287,9 @@ impl RunArgs {
                 max_series: self.max_series as usize,
                 grace_ns: u64::try_from(self.series_grace.as_nanos()).unwrap_or(u64::MAX),
             },
-        })
+        };
+        config.datapath.validate()?;
+        Ok(config)
     }
 }
 

@@ -117,36 +117,3 @@ fn without_privileges_it_fails_with_one_line_naming_the_capability() {
     );
 }
 
-#[test]
-fn bad_flags_are_refused_with_status_2() {
-    let output = Command::new(crossmon_bin())
-        .args(["run", "--payload-bytes", "4096"])
-        .output()
-        .expect("crossmon");
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--payload-bytes"));
-}
-
-#[test]
-fn a_bad_config_file_is_refused_with_status_2_naming_the_key() {
-    let scratch = integration_tests::scratch::Scratch::new("config");
-    for (text, named) in [
-        ("[port_scan]\nthreshhold = 5\n", "threshhold"),
-        ("[syn_flood]\nwindow = \"often\"\n", "window"),
-        ("[new_connection]\nlearning_period = 5\n", "learning_period"),
-        ("[portscan]\n", "portscan"),
-    ] {
-        let config = scratch.write("crossmon.toml", text);
-        let output = Command::new(crossmon_bin())
-            .args(["run", "--config"])
-            .arg(&config)
-            .output()
-            .expect("crossmon");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{text}: {stderr}");
-        assert!(
-            stderr.contains(named) && stderr.contains("crossmon.toml"),
-            "{text}: {stderr}"
-        );
-    }
-}

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use integration_tests::{
-    agent::Agent,
+    agent::{get_json, Agent},
     docker::{docker_ready, Container, DockerNetwork},
     frames::{self, ETH_P_IP},
     net::in_netns,
@@ -342,13 +342,34 @@ fn cleartext_where_tls_is_required_is_alerted_and_every_protocol_counted() {
     assert_eq!(on_tls_port["source"]["name"], client.name.as_str());
     assert_eq!(on_tls_port["destination"]["name"], web.name.as_str());
     assert_eq!(on_tls_port["evidence"]["protocol"], "http");
+    // By default the alert quotes the verb only.
+    assert_eq!(
+        on_tls_port["evidence"]["excerpt"],
+        format!("GET [{} bytes redacted]", http.len() - 3)
+    );
     let labelled = agent.wait_for_alert("cleartext", |a| a["evidence"]["destination_port"] == 6379);
     assert_eq!(labelled["evidence"]["protocol"], "redis");
     assert!(labelled["evidence"]["reason"]
         .as_str()
         .is_some_and(|r| r.contains("crossmon.tls=required")));
-    // No payload leaves in the alert.
-    assert!(!labelled.to_string().contains("PING"));
+    assert_eq!(
+        labelled["evidence"]["excerpt"], "[14 bytes redacted]",
+        "RESP opens with no verb"
+    );
+    // The payload leaves through no door: alerts, metrics, events, flows.
+    for (door, text) in [
+        (
+            "alerts",
+            serde_json::to_string(&agent.alerts()).expect("json"),
+        ),
+        ("metrics", integration_tests::exposition::scrape(agent.addr)),
+        ("events", get_json(agent.addr, "/api/v1/events").to_string()),
+        ("flows", get_json(agent.addr, "/api/v1/flows").to_string()),
+    ] {
+        for secret in ["/admin", "PING", "Host: web"] {
+            assert!(!text.contains(secret), "{secret:?} left through {door}");
+        }
+    }
 
     let (c, w) = (client.name.as_str(), web.name.as_str());
     let counted = |protocol: &str, encrypted: &str| {
@@ -378,5 +399,24 @@ fn cleartext_where_tls_is_required_is_alerted_and_every_protocol_counted() {
         cleartext.len(),
         2,
         "not the TLS one, not the plain port: {cleartext:#?}"
+    );
+}
+
+#[test]
+fn an_operator_cap_lets_alerts_quote_that_many_payload_bytes() {
+    if !docker_ready() {
+        return;
+    }
+    let net = DockerNetwork::create("quote", &[]).expect("network");
+    let (client, web) = (net.run("client"), net.run("web"));
+    let scratch = Scratch::new("detect");
+    let agent = agent_with_config(&scratch, "[cleartext]\nalert_payload_bytes = 12\n", &[]);
+    agent.wait_attached(&[&client.name, &web.name]);
+    let http = b"GET /admin HTTP/1.1\r\nHost: web\r\n\r\n";
+    client.tcp_sessions(&web, &web.ip(&net.name).expect("ip"), 8443, 1, http);
+    let alert = agent.wait_for_alert("cleartext", |a| a["evidence"]["destination_port"] == 8443);
+    assert_eq!(
+        alert["evidence"]["excerpt"],
+        format!("GET /admin H [{} more bytes]", http.len() - 12)
     );
 }

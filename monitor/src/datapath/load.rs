@@ -60,7 +60,7 @@ impl DatapathConfig {
         let page = page_size();
         if !self.ring_bytes.is_power_of_two() || self.ring_bytes < page {
             bail!(
-                "the ring buffer size must be a power of two of at least one page ({page} bytes), got {}",
+                "--ring-bytes {}: the ring buffer size must be a power of two of at least one page ({page} bytes)",
                 self.ring_bytes
             );
         }

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::{
     config::Cleartext,
+    excerpt::excerpt,
     protocols::{classify, tls_expected, Protocol},
     Alert, Severity,
 };
@@ -154,12 +155,19 @@ impl CleartextDetector {
             let opened_seen = outcome::is_attempt(&record, find(&client.reversed()).as_ref());
             if let Some(reason) = self.tls_required(&record, &destination) {
                 if !verdict.encrypted && opened_seen {
+                    let first = samples
+                        .iter()
+                        .find(|(from_client, _)| *from_client)
+                        .or(samples.first())
+                        .map(|(_, data)| data.as_slice())
+                        .unwrap_or_default();
+                    let excerpt = excerpt(first, self.config.alert_payload_bytes);
                     alerts.push(alert(
                         &record,
-                        source,
-                        destination,
+                        (source, destination),
                         &verdict,
                         &reason,
+                        excerpt,
                         now_ns,
                     ));
                 }
@@ -242,10 +250,10 @@ fn verdict(samples: &[(bool, Vec<u8>)], dst_port: u16) -> Verdict {
 
 fn alert(
     record: &FlowRecord,
-    source: FlowEnd,
-    destination: FlowEnd,
+    (source, destination): (FlowEnd, FlowEnd),
     verdict: &Verdict,
     reason: &str,
+    excerpt: String,
     now_ns: u64,
 ) -> Alert {
     let what = match verdict.protocol {
@@ -262,8 +270,10 @@ fn alert(
             Alert::end_name(&destination),
             record.key.dst_port
         ),
-        // Never the payload itself: only what was made of it.
+        // The payload only as `excerpt` allows: redacted unless the
+        // operator raised the cap.
         evidence: json!({
+            "excerpt": excerpt,
             "protocol": verdict.protocol.name(),
             "client_opened_with_tls": verdict.client_opened_with_tls,
             "samples": verdict.samples,

@@ -5,9 +5,10 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
+use monitor_common::MAX_CAPTURE;
 use serde::{Deserialize, Deserializer};
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DetectConfig {
     pub port_scan: Scan,
@@ -23,7 +24,7 @@ pub struct DetectConfig {
 }
 
 /// A detector without settings of its own.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Toggle {
     pub enabled: bool,
@@ -37,7 +38,7 @@ impl Default for Toggle {
 
 /// `port_scan` (one source, many ports of one destination) and
 /// `host_sweep` (one source, many destinations) alike.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Scan {
     pub enabled: bool,
@@ -62,7 +63,7 @@ impl Default for Scan {
 }
 
 /// Many SYNs to one destination, few handshakes completed.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SynFlood {
     pub enabled: bool,
@@ -86,7 +87,7 @@ impl Default for SynFlood {
 }
 
 /// A service talking to a service (and port) it never talked to before.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct NewConnection {
     pub enabled: bool,
@@ -105,7 +106,7 @@ impl Default for NewConnection {
 }
 
 /// Bytes on one edge far above its own moving baseline.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrafficSpike {
     pub enabled: bool,
@@ -134,7 +135,7 @@ impl Default for TrafficSpike {
 }
 
 /// Cleartext between containers where TLS is required.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Cleartext {
     pub enabled: bool,
@@ -143,6 +144,9 @@ pub struct Cleartext {
     /// Compose services, container names or ports (as text) whose
     /// connections must be encrypted.
     pub require_tls: Vec<String>,
+    /// Payload bytes an alert may quote (escaped). 0: only the protocol's
+    /// opening word and how many bytes were withheld.
+    pub alert_payload_bytes: usize,
 }
 
 impl Default for Cleartext {
@@ -151,12 +155,13 @@ impl Default for Cleartext {
             enabled: true,
             tls_ports: Vec::new(),
             require_tls: Vec::new(),
+            alert_payload_bytes: 0,
         }
     }
 }
 
 /// Containers reaching for the host's sensitive ports.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HostAccess {
     pub enabled: bool,
@@ -241,6 +246,33 @@ impl DetectConfig {
                 "{key} = {value}: must be above 0"
             );
         }
+        anyhow::ensure!(
+            self.traffic_spike.factor > 1.0,
+            "traffic_spike.factor = {}: must be above 1 (a spike exceeds its baseline)",
+            self.traffic_spike.factor
+        );
+        anyhow::ensure!(
+            self.syn_flood.min_syns > 0,
+            "syn_flood.min_syns = 0: must be at least 1"
+        );
+        for (key, ports) in [
+            ("cleartext.tls_ports", &self.cleartext.tls_ports),
+            ("host_access.ports", &self.host_access.ports),
+        ] {
+            anyhow::ensure!(!ports.contains(&0), "{key}: port 0 is no port");
+        }
+        anyhow::ensure!(
+            self.cleartext
+                .require_tls
+                .iter()
+                .all(|name| !name.trim().is_empty()),
+            "cleartext.require_tls: an empty name matches nothing"
+        );
+        anyhow::ensure!(
+            self.cleartext.alert_payload_bytes <= MAX_CAPTURE,
+            "cleartext.alert_payload_bytes = {}: at most {MAX_CAPTURE} (what the kernel captures)",
+            self.cleartext.alert_payload_bytes
+        );
         Ok(())
     }
 }
@@ -268,6 +300,58 @@ mod tests {
         assert_eq!(config.port_scan.answered_weight, 0.25);
         assert_eq!(config.cleartext.require_tls, ["db", "5432"]);
         assert!(!config.arp_spoof.enabled);
+    }
+
+    /// `deploy/crossmon.toml`: every key, at its default.
+    const EVERY_KEY: &str = include_str!("../../../deploy/crossmon.toml");
+
+    #[test]
+    fn the_documented_file_holds_every_default() {
+        assert_eq!(
+            DetectConfig::parse(EVERY_KEY).expect("valid"),
+            DetectConfig::default()
+        );
+    }
+
+    /// Every key of the documented file, with values it must refuse: the
+    /// error names the key.
+    #[test]
+    fn every_key_refuses_its_invalid_values_naming_it() {
+        let bad: &[(&str, &[&str])] = &[
+            ("enabled", &["\"yes\"", "1"]),
+            ("window", &["\"0s\"", "\"soon\"", "60", "\"500ms\""]),
+            ("threshold", &["0.0", "-1.0", "nan", "inf", "\"20\""]),
+            ("answered_weight", &["2.0", "-0.1", "nan"]),
+            ("min_syns", &["0", "-1"]),
+            ("max_completed_ratio", &["1.5", "-1.0"]),
+            ("learning_period", &["\"0s\"", "5"]),
+            ("factor", &["1.0", "0.5", "-inf"]),
+            ("min_bytes", &["-1", "\"lots\""]),
+            ("warmup_windows", &["-1", "4294967296"]),
+            ("tls_ports", &["[0]", "[70000]", "9443"]),
+            ("require_tls", &["[\"\"]", "[5432]"]),
+            ("alert_payload_bytes", &["513", "-1"]),
+            ("ports", &["[0]", "[-22]"]),
+        ];
+        let documented: toml::Table = toml::from_str(EVERY_KEY).expect("TOML");
+        for (table, keys) in &documented {
+            let keys = keys.as_table().expect("a table per detector");
+            for key in keys.keys() {
+                let values = bad
+                    .iter()
+                    .find(|(name, _)| name == key)
+                    .unwrap_or_else(|| panic!("no invalid value tried for {table}.{key}"))
+                    .1;
+                for value in values {
+                    let text = format!("[{table}]\n{key} = {value}\n");
+                    let error = match DetectConfig::parse(&text) {
+                        Ok(_) => panic!("{text:?} was accepted"),
+                        Err(error) => format!("{error:#}"),
+                    };
+                    assert!(error.contains(key.as_str()), "{text:?}: {error}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod alert;
 mod baseline;
 mod cleartext;
 pub mod config;
+mod excerpt;
 mod flood;
 mod host_access;
 mod isolation;

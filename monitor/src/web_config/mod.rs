@@ -28,11 +28,22 @@ use self::{
 };
 
 /// A loaded and checked `--web-config` file.
+#[derive(Clone)]
 pub struct WebConfig {
     /// `None`: plain HTTP.
     tls: Option<Arc<ServerConfig>>,
     /// `None`: nothing to check or add around requests.
     policy: Option<Arc<HttpPolicy>>,
+}
+
+/// Secrets stay out of debug output: only what is switched on.
+impl std::fmt::Debug for WebConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebConfig")
+            .field("tls", &self.tls.is_some())
+            .field("policy", &self.policy.is_some())
+            .finish()
+    }
 }
 
 impl WebConfig {
@@ -177,9 +188,7 @@ mod tests {
         assert!(err.contains("invalid web config: tls_server_config: invalid type: sequence, expected a map of TLS settings"), "{err}");
         let err = format!(
             "{:#}",
-            WebConfig::load(&scratch.0.join("absent.yml"))
-                .err()
-                .expect("absent")
+            WebConfig::load(&scratch.0.join("absent.yml")).expect_err("absent")
         );
         assert!(err.contains("absent.yml: reading the file"), "{err}");
     }
