@@ -32,6 +32,8 @@ pub const GLOBAL_PAYLOAD_BYTES: &str = "PAYLOAD_BYTES";
 pub const GLOBAL_PAYLOAD_PACKETS: &str = "PAYLOAD_PACKETS";
 /// Name of the global holding N of the 1-in-N random packet-head samples (0 = off).
 pub const GLOBAL_SAMPLE_RATE: &str = "SAMPLE_RATE";
+/// Name of the global that switches new-flow events on (1) or off (0).
+pub const GLOBAL_NEW_FLOW_EVENTS: &str = "NEW_FLOW_EVENTS";
 
 /// Largest number of bytes one capture event can carry.
 pub const MAX_CAPTURE: usize = 512;

@@ -5,7 +5,7 @@ use monitor_common::{tcp_flag, Counter, Direction, FlowStats};
 
 use crate::{
     events::{self, Seen},
-    maps::{bump, FLOWS},
+    maps::{bump, FLOWS, NEW_FLOW_EVENTS},
     parse::IpPacket,
 };
 
@@ -40,6 +40,7 @@ pub fn account(seen: &Seen, packet: &IpPacket, segments: u32) -> Accounted {
             if FLOWS
                 .insert(packet.key, FlowStats::default(), u64::from(BPF_NOEXIST))
                 .is_ok()
+                && NEW_FLOW_EVENTS.load() != 0
             {
                 events::new_flow(seen, &packet.key);
             }

@@ -31,6 +31,8 @@ pub static PAYLOAD_BYTES: Global<u32> = Global::new(128);
 pub static PAYLOAD_PACKETS: Global<u32> = Global::new(2);
 #[no_mangle]
 pub static SAMPLE_RATE: Global<u32> = Global::new(0);
+#[no_mangle]
+pub static NEW_FLOW_EVENTS: Global<u32> = Global::new(1);
 
 #[inline(always)]
 pub fn bump(counter: Counter) {

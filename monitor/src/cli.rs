@@ -86,6 +86,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0)]
     pub sample_rate: u32,
 
+    /// `off`: no event per new flow, for counting only (with
+    /// `--payload-bytes 0`); flows still appear at the next poll.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub new_flow_events: Switch,
+
     /// Ring buffer size in bytes (a power of two, at least one page).
     #[arg(long, default_value_t = monitor_common::DEFAULT_RING_BYTES)]
     pub ring_bytes: u32,
@@ -151,6 +156,12 @@ pub struct RunArgs {
     /// Forward the programs' aya-log output at this level (off by default).
     #[arg(long, value_enum, default_value_t = EbpfLog::Off)]
     pub ebpf_log: EbpfLog,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -255,6 +266,7 @@ impl RunArgs {
                 payload_bytes: self.payload_bytes,
                 payload_packets: self.payload_packets,
                 sample_rate: self.sample_rate,
+                new_flow_events: self.new_flow_events == Switch::On,
                 ebpf_log: match self.ebpf_log {
                     EbpfLog::Off => None,
                     EbpfLog::Error => Some(log::LevelFilter::Error),

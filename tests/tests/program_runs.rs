@@ -468,3 +468,34 @@ fn events_that_do_not_fit_the_ring_are_counted_as_lost() {
         "every sample is either delivered or counted lost"
     );
 }
+
+#[test]
+fn with_new_flow_events_off_flows_are_counted_and_nothing_is_sent() {
+    let config = DatapathConfig {
+        new_flow_events: false,
+        payload_bytes: 0,
+        ..DatapathConfig::default()
+    };
+    let Some(mut dp) = load(config) else { return };
+    for port in 0..5u16 {
+        let frame = ethernet(
+            B,
+            A,
+            ETH_P_IP,
+            &ipv4(
+                IP_A,
+                IP_B,
+                ip_proto::UDP,
+                &[],
+                0,
+                &udp(4000 + port, 53, b"query"),
+            ),
+        );
+        pass(&mut dp, PROGRAM_FROM_CONTAINER, &frame);
+        pass(&mut dp, PROGRAM_FROM_CONTAINER, &frame);
+    }
+    let flows = flows(&mut dp);
+    assert_eq!(flows.len(), 5);
+    assert!(flows.values().all(|stats| stats.packets == 2));
+    assert_eq!(events(&mut dp), [], "counting only: no event at all");
+}

@@ -8,8 +8,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use monitor_common::{
-    COUNTED_IFACES_MAP, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, GLOBAL_PAYLOAD_BYTES,
-    GLOBAL_PAYLOAD_PACKETS, GLOBAL_SAMPLE_RATE, MAX_CAPTURE,
+    COUNTED_IFACES_MAP, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, GLOBAL_NEW_FLOW_EVENTS,
+    GLOBAL_PAYLOAD_BYTES, GLOBAL_PAYLOAD_PACKETS, GLOBAL_SAMPLE_RATE, MAX_CAPTURE,
 };
 
 use super::{
@@ -33,6 +33,9 @@ pub struct DatapathConfig {
     pub payload_packets: u32,
     /// 1-in-N random packet-head samples (0 = off).
     pub sample_rate: u32,
+    /// An event for each new flow (the detectors' fastest signal; the flow
+    /// map holds every flow either way).
+    pub new_flow_events: bool,
     /// Level of the programs' aya-log output; `None` keeps them silent.
     pub ebpf_log: Option<log::LevelFilter>,
     pub attach_mode: AttachMode,
@@ -46,6 +49,7 @@ impl Default for DatapathConfig {
             payload_bytes: 128,
             payload_packets: 2,
             sample_rate: 0,
+            new_flow_events: true,
             ebpf_log: None,
             attach_mode: AttachMode::Auto,
         }
@@ -106,6 +110,11 @@ pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
         .override_global(GLOBAL_PAYLOAD_BYTES, &config.payload_bytes, true)
         .override_global(GLOBAL_PAYLOAD_PACKETS, &config.payload_packets, true)
         .override_global(GLOBAL_SAMPLE_RATE, &config.sample_rate, true)
+        .override_global(
+            GLOBAL_NEW_FLOW_EVENTS,
+            &u32::from(config.new_flow_events),
+            true,
+        )
         .override_global("AYA_LOG_LEVEL", &log_level, true)
         .load(OBJECT)
         .map_err(super::preflight::explain_load_error)?;

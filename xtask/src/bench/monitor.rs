@@ -53,9 +53,9 @@ pub const MONITORS: &[Monitor] = &[
     },
     Monitor {
         name: "crossmon counting",
-        kind: Kind::Crossmon(&["--payload-bytes", "0"]),
-        description: "`crossmon run --no-docker --payload-bytes 0`: payload sampling off; \
-                      new-flow events are still sent (crossmon has no switch for them yet)",
+        kind: Kind::Crossmon(&["--payload-bytes", "0", "--new-flow-events", "off"]),
+        description: "`crossmon run --no-docker --payload-bytes 0 --new-flow-events off`: \
+                      counting only, no payload sample and no new-flow event",
     },
     Monitor {
         name: "tcpdump",
