@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod docker;
+pub mod docker_proxy;
 pub mod exposition;
 pub mod frames;
 pub mod mib;

@@ -2,12 +2,17 @@
 //! both ends of every flow, exact counts, and the mapping kept right while
 //! containers come, go, move and lie about their address.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use integration_tests::{
     agent::{get_json, our_programs_on, wait_until, Agent},
     docker::{docker, docker_ready, Container, DockerNetwork, IMAGE},
+    docker_proxy::{DockerProxy, Request},
     frames::{self, ETH_P_IP},
+    scratch::Scratch,
     traffic::RawSocket,
 };
 use serde_json::Value;
@@ -162,8 +167,52 @@ fn flows_between_named_containers_on_two_networks_and_docker0() {
     assert!(health["docker_engine"]["api_version"].is_string());
 }
 
+/// The engine's own socket, where the harness's dockerd listens.
+const ENGINE: &str = "/var/run/docker.sock";
+
+/// What crossmon may ask the engine: reads only, of these endpoints.
+fn assert_read_only(requests: &[Request], expected: &[&str]) {
+    let endpoint = |path: &str| -> String {
+        let path = path.split('?').next().unwrap_or_default();
+        // `/v1.41/containers/ID/json` -> `/containers/{id}/json`.
+        let path = match path.strip_prefix("/v1.") {
+            Some(rest) => rest.find('/').map_or("", |at| &rest[at..]),
+            None => path,
+        };
+        match path.strip_prefix("/containers/") {
+            Some(rest) if rest != "json" => format!(
+                "/containers/{{id}}/{}",
+                rest.split_once('/').map_or("", |(_, tail)| tail)
+            ),
+            _ => path.to_owned(),
+        }
+    };
+    const READS: &[&str] = &[
+        "/_ping",
+        "/version",
+        "/info",
+        "/networks",
+        "/containers/json",
+        "/containers/{id}/json",
+        "/events",
+    ];
+    for request in requests {
+        assert!(
+            matches!(request.method.as_str(), "GET" | "HEAD")
+                && READS.contains(&endpoint(&request.path).as_str()),
+            "crossmon sent the engine {request:?}; all requests: {requests:#?}"
+        );
+    }
+    for wanted in expected {
+        assert!(
+            requests.iter().any(|r| endpoint(&r.path) == *wanted),
+            "no {wanted} among {requests:#?}"
+        );
+    }
+}
+
 #[test]
-fn the_mapping_follows_restart_rename_connect_and_a_burst_of_short_lived_containers() {
+fn the_mapping_follows_restart_rename_connect_and_a_burst_of_short_lived_containers_reading_only() {
     if !docker_ready() {
         return;
     }
@@ -171,7 +220,10 @@ fn the_mapping_follows_restart_rename_connect_and_a_burst_of_short_lived_contain
     let other = DockerNetwork::create("other", &[]).expect("network");
     let mut a = net.run("a");
     let b = net.run("b");
-    let agent = Agent::start(&[]);
+    // Every request crossmon sends the engine passes through the proxy.
+    let scratch = Scratch::new("docker-proxy");
+    let proxy = DockerProxy::start(&scratch.path("docker.sock"), Path::new(ENGINE)).expect("proxy");
+    let agent = Agent::start(&["--docker-host", &proxy.url()]);
     let before = container(&agent, &b.name, attached)["networks"][0]["ifindex"].clone();
 
     let started = Instant::now();
@@ -251,6 +303,17 @@ fn the_mapping_follows_restart_rename_connect_and_a_burst_of_short_lived_contain
     // Counts are right for the renamed container after all that.
     a.ping(&b.ip(&net.name).expect("ip"), 3);
     assert_eq!(flow(&agent, &a.name, &b.name, "icmp", 3)["bytes"], 3 * 84);
+
+    // Through all of it, crossmon only read from the engine.
+    assert_read_only(
+        &proxy.requests(),
+        &[
+            "/networks",
+            "/containers/json",
+            "/containers/{id}/json",
+            "/events",
+        ],
+    );
 }
 
 #[test]
@@ -387,8 +450,10 @@ fn doctor_passes_here_and_fails_on_a_dead_docker_socket() {
     if !docker_ready() {
         return;
     }
+    let scratch = Scratch::new("docker-proxy");
+    let proxy = DockerProxy::start(&scratch.path("docker.sock"), Path::new(ENGINE)).expect("proxy");
     let healthy = std::process::Command::new(integration_tests::crossmon_bin())
-        .arg("doctor")
+        .args(["doctor", "--docker-host", &proxy.url()])
         .output()
         .expect("crossmon doctor");
     let text = String::from_utf8_lossy(&healthy.stdout);
@@ -407,6 +472,8 @@ fn doctor_passes_here_and_fails_on_a_dead_docker_socket() {
             "no {check} line:\n{text}"
         );
     }
+    // Its "read-only access works" is proven by reading, never by writing.
+    assert_read_only(&proxy.requests(), &["/version", "/containers/json"]);
     let dead = std::process::Command::new(integration_tests::crossmon_bin())
         .args(["doctor", "--docker-host", "unix:///nonexistent/docker.sock"])
         .output()

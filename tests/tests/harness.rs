@@ -469,3 +469,40 @@ fn promtool_check_metrics_accepts_clean_text_and_names_each_problem() {
         );
     }
 }
+
+/// The proxy that proves crossmon only reads from the engine must see a
+/// write when one is sent: here the docker CLI asks to pause a container
+/// that does not exist (the engine refuses; nothing changes).
+#[test]
+fn the_docker_proxy_records_every_request_writes_included() {
+    if !integration_tests::docker::docker_ready() {
+        return;
+    }
+    let scratch = Scratch::new("docker-proxy");
+    let proxy = integration_tests::docker_proxy::DockerProxy::start(
+        &scratch.path("docker.sock"),
+        std::path::Path::new("/var/run/docker.sock"),
+    )
+    .expect("proxy");
+    let host = proxy.url();
+    let version = Command::new("docker")
+        .args(["-H", &host, "version", "--format", "{{.Server.Version}}"])
+        .output()
+        .expect("docker version");
+    assert!(version.status.success(), "answers pass through the proxy");
+    let paused = Command::new("docker")
+        .args(["-H", &host, "pause", "crossmon-no-such-container"])
+        .output()
+        .expect("docker pause");
+    assert!(!paused.status.success());
+    let requests = proxy.requests();
+    assert!(
+        requests.iter().any(|r| r.method == "POST"
+            && r.path
+                .ends_with("/containers/crossmon-no-such-container/pause")),
+        "{requests:#?}"
+    );
+    assert!(requests
+        .iter()
+        .any(|r| r.method == "GET" && r.path.ends_with("/version")));
+}
