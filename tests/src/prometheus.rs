@@ -176,12 +176,17 @@ impl Prometheus {
 
     /// An instant query; panics with Prometheus' message when it refuses it.
     pub fn query(&self, promql: &str) -> Vec<Sample> {
-        let data = self
-            .api(&format!("/api/v1/query?query={}", percent_encode(promql)))
-            .unwrap_or_else(|error| panic!("{promql}: {error}"));
+        self.try_query(promql)
+            .unwrap_or_else(|error| panic!("{promql}: {error}"))
+    }
+
+    /// An instant query, or Prometheus' message when it refuses it: for a
+    /// test that reports every refused expression at once.
+    pub fn try_query(&self, promql: &str) -> Result<Vec<Sample>, String> {
+        let data = self.api(&format!("/api/v1/query?query={}", percent_encode(promql)))?;
         let result = &data["result"];
         match data["resultType"].as_str() {
-            Some("vector") => result
+            Some("vector") => Ok(result
                 .as_array()
                 .expect("vector result")
                 .iter()
@@ -196,12 +201,14 @@ impl Prometheus {
                         .collect(),
                     value: sample_value(&element["value"]),
                 })
-                .collect(),
-            Some("scalar") => vec![Sample {
+                .collect()),
+            Some("scalar") => Ok(vec![Sample {
                 labels: BTreeMap::new(),
                 value: sample_value(result),
-            }],
-            other => panic!("{promql}: a {other:?} result, not an instant vector or scalar"),
+            }]),
+            other => Err(format!(
+                "a {other:?} result, not an instant vector or scalar"
+            )),
         }
     }
 
