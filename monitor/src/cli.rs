@@ -334,4 +334,95 @@ mod tests {
         assert!(parse(&["run", "--listen", "nowhere"]).is_err());
         assert!(parse(&["run", "--bogus"]).is_err());
     }
+
+    mod properties {
+        use proptest::{collection, prelude::*, sample::select};
+
+        use super::{parse, parse_docker_host, parse_duration, Duration};
+
+        /// Flags and values, right or not, as an operator might type them.
+        fn argument() -> impl Strategy<Value = String> {
+            prop_oneof![
+                select(
+                    &[
+                        "--poll-interval",
+                        "--idle-timeout",
+                        "--payload-bytes",
+                        "--flow-capacity",
+                        "--ring-bytes",
+                        "--docker-host",
+                        "--no-docker",
+                        "--listen",
+                        "--attach-mode",
+                        "--ebpf-log",
+                        "1s",
+                        "0s",
+                        "-1",
+                        "513",
+                        "4294967296",
+                        "unix:///run/docker.sock",
+                        "tcp://:1",
+                        "[::1]:9810",
+                    ][..]
+                )
+                .prop_map(str::to_owned),
+                any::<String>(),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn durations_are_positive_or_refused(text in any::<String>()) {
+                if let Ok(duration) = parse_duration(&text) {
+                    prop_assert!(!duration.is_zero());
+                }
+            }
+
+            #[test]
+            fn durations_read_as_written(
+                n in 1u64..1_000_000,
+                (unit, seconds) in select(&[("s", 1u64), ("m", 60), ("h", 3600), ("d", 86_400)][..]),
+            ) {
+                prop_assert_eq!(
+                    parse_duration(&format!("{n}{unit}")),
+                    Ok(Duration::from_secs(n * seconds))
+                );
+                prop_assert_eq!(
+                    parse_duration(&format!("{n}ms")),
+                    Ok(Duration::from_millis(n))
+                );
+            }
+
+            #[test]
+            fn docker_hosts_are_kept_as_given_or_refused(
+                text in any::<String>(),
+                path in "/[a-z./]{0,20}",
+                host in "[a-z0-9.-]{1,20}",
+                port in any::<u16>(),
+            ) {
+                if let Ok(kept) = parse_docker_host(&text) {
+                    prop_assert_eq!(kept, text);
+                }
+                let unix = format!("unix://{path}");
+                prop_assert_eq!(parse_docker_host(&unix), Ok(unix.clone()));
+                for scheme in ["tcp", "http"] {
+                    let address = format!("{scheme}://{host}:{port}");
+                    prop_assert_eq!(parse_docker_host(&address), Ok(address.clone()));
+                }
+                let without_port = format!("tcp://{host}");
+                let relative = format!("unix://{}", path.trim_start_matches('/'));
+                prop_assert!(parse_docker_host(&without_port).is_err());
+                prop_assert!(parse_docker_host(&relative).is_err());
+            }
+
+            #[test]
+            fn any_command_line_parses_or_is_refused(
+                arguments in collection::vec(argument(), 0..6),
+            ) {
+                let mut line = vec!["run"];
+                line.extend(arguments.iter().map(String::as_str));
+                let _ = parse(&line);
+            }
+        }
+    }
 }

@@ -60,16 +60,9 @@ pub async fn run(docker_host: Option<&str>) -> bool {
             "no kernel BTF; crossmon's programs do not need it",
         );
     }
-    match machine
-        .blocker()
-        .filter(|reason| reason.contains("capability"))
-    {
-        Some(reason) => report.line(Verdict::Fail, "capabilities", reason),
-        None => report.line(
-            Verdict::Ok,
-            "capabilities",
-            "CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN (or CAP_SYS_ADMIN)",
-        ),
+    match machine.missing_capability() {
+        Some(cap) => report.line(Verdict::Fail, "capabilities", cap.missing()),
+        None => report.line(Verdict::Ok, "capabilities", machine.capabilities_used()),
     }
     if machine.tcx {
         report.line(

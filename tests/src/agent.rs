@@ -1,16 +1,18 @@
 //! The `crossmon` binary as a process under test, and its HTTP API.
 
 use std::{
-    io::{Read as _, Write as _},
+    collections::BTreeSet,
+    io::{BufRead as _, BufReader, Read, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use aya::programs::{tc::TcAttachType, SchedClassifier};
 use serde_json::Value;
 
-use crate::{crossmon_bin, scratch::Scratch};
+use crate::{crossmon_bin, scratch::Scratch, tc_hooks};
 
 pub const OUR_PROGRAMS: [&str; 2] = ["from_container", "to_container"];
 
@@ -40,20 +42,25 @@ pub fn get_json(addr: SocketAddr, path: &str) -> Value {
     serde_json::from_str(&body).expect("JSON body")
 }
 
-pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+pub fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    wait_within(what, Duration::from_secs(20), done);
+}
+
+/// Like [`wait_until`], for things allowed to take `limit`.
+pub fn wait_within(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
+/// Names of crossmon's programs on `interface`, TCX links and clsact
+/// filters alike.
 pub fn our_programs_on(interface: &str) -> Vec<String> {
-    [TcAttachType::Ingress, TcAttachType::Egress]
+    tc_hooks::programs_on(interface)
         .into_iter()
-        .filter_map(|direction| SchedClassifier::query_tcx(interface, direction).ok())
-        .flat_map(|(_, programs)| programs)
-        .filter_map(|program| program.name_as_str().map(str::to_owned))
+        .map(|program| program.name)
         .filter(|name| OUR_PROGRAMS.contains(&name.as_str()))
         .collect()
 }
@@ -61,6 +68,10 @@ pub fn our_programs_on(interface: &str) -> Vec<String> {
 pub struct Agent {
     child: Child,
     pub addr: SocketAddr,
+    /// Everything it wrote to stderr so far, read as it comes: a full pipe
+    /// would block the agent's logging.
+    log: Arc<Mutex<String>>,
+    log_reader: Option<JoinHandle<()>>,
     /// The agent's own `--state-dir`, unless the test chose one.
     _state: Option<Scratch>,
 }
@@ -70,19 +81,40 @@ impl Agent {
     /// (with a fresh `--state-dir` unless EXTRA names one), once `/healthz`
     /// answers.
     pub fn start(extra: &[&str]) -> Agent {
-        Self::start_with(extra, |addr| {
+        Self::start_under(&[], extra)
+    }
+
+    /// Like [`Agent::start`], run by `wrapper` (`setpriv ... `, which execs
+    /// it: the pid stays the agent's).
+    pub fn start_under(wrapper: &[&str], extra: &[&str]) -> Agent {
+        Self::launch(wrapper, extra, |addr| {
             get(addr, "/healthz").is_some_and(|(status, _)| status == 200)
         })
     }
 
     /// Like [`Agent::start`], once `ready(address)` holds: for an API behind
     /// TLS or basic auth, which the plain `get` cannot reach.
-    pub fn start_with(extra: &[&str], mut ready: impl FnMut(SocketAddr) -> bool) -> Agent {
+    pub fn start_with(extra: &[&str], ready: impl FnMut(SocketAddr) -> bool) -> Agent {
+        Self::launch(&[], extra, ready)
+    }
+
+    fn launch(
+        wrapper: &[&str],
+        extra: &[&str],
+        mut ready: impl FnMut(SocketAddr) -> bool,
+    ) -> Agent {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .expect("address");
         let state = (!extra.contains(&"--state-dir")).then(|| Scratch::new("state"));
-        let mut command = Command::new(crossmon_bin());
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(crossmon_bin());
+                command
+            }
+            None => Command::new(crossmon_bin()),
+        };
         command
             .args([
                 "run",
@@ -97,14 +129,21 @@ impl Agent {
         }
         // Standard output carries the alert log (`--alert-log -`); tests
         // read alerts from the API.
-        let child = command
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting crossmon (built by `cargo xtask test`)");
+        let log = Arc::new(Mutex::new(String::new()));
+        let log_reader = child.stderr.take().map(|stderr| {
+            let log = log.clone();
+            std::thread::spawn(move || collect_lines(stderr, &log))
+        });
         let agent = Agent {
             child,
             addr,
+            log,
+            log_reader,
             _state: state,
         };
         wait_until("the agent's API", || ready(addr));
@@ -122,6 +161,45 @@ impl Agent {
                 })
             })
         });
+    }
+
+    /// The container named `name` in `/api/v1/containers`, once `ready`
+    /// holds for it.
+    pub fn container(&self, name: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let mut found = Value::Null;
+        wait_until(&format!("{name} in /api/v1/containers"), || {
+            found = get_json(self.addr, "/api/v1/containers")
+                .as_array()
+                .and_then(|all| all.iter().find(|c| c["name"] == name).cloned())
+                .unwrap_or(Value::Null);
+            !found.is_null() && ready(&found)
+        });
+        found
+    }
+
+    /// The flow `src -> dst` (container or end names) of `protocol`, once
+    /// it has counted exactly `packets` packets.
+    pub fn named_flow(&self, src: &str, dst: &str, protocol: &str, packets: u64) -> Value {
+        let mut found = Value::Null;
+        wait_until(
+            &format!("{src} -> {dst} ({protocol}) with {packets} packets"),
+            || {
+                found = get_json(self.addr, "/api/v1/flows")
+                    .as_array()
+                    .and_then(|all| {
+                        all.iter()
+                            .find(|f| {
+                                f["src"]["name"] == src
+                                    && f["dst"]["name"] == dst
+                                    && f["protocol"] == protocol
+                            })
+                            .cloned()
+                    })
+                    .unwrap_or(Value::Null);
+                found["packets"] == packets
+            },
+        );
+        found
     }
 
     /// Every alert in `/api/v1/alerts`, newest first.
@@ -145,32 +223,78 @@ impl Agent {
         found.unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Ids of the BPF programs it holds (its two classifiers).
+    pub fn programs(&self) -> BTreeSet<u32> {
+        tc_hooks::held_by(self.pid())
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would end it: nothing of its
+    /// own runs after. Returns what it logged.
+    pub fn kill(mut self) -> String {
+        self.child.kill().expect("SIGKILL to crossmon");
+        self.child.wait().expect("wait");
+        self.finish_log()
+    }
+
     /// SIGTERM, then the exit status and what it logged.
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.terminate().expect("crossmon did not exit on SIGTERM");
+        (status, self.finish_log())
+    }
+
+    /// SIGTERM, and the exit status once it exited within 10 s.
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
+        while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("wait") {
-                break status;
+                return Some(status);
             }
-            assert!(
-                Instant::now() < deadline,
-                "crossmon did not exit on SIGTERM"
-            );
             std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut log = String::new();
-        if let Some(mut stderr) = self.child.stderr.take() {
-            let _ = stderr.read_to_string(&mut log);
         }
-        (status, log)
+        None
+    }
+
+    /// The whole log of an agent that exited.
+    fn finish_log(&mut self) -> String {
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+        self.log()
+    }
+}
+
+fn collect_lines(stderr: impl Read, log: &Mutex<String>) {
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { return };
+        let mut log = log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        log.push_str(&line);
+        log.push('\n');
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGTERM first: an agent in clsact mode killed outright would
+        // leave its filters on every container's veth.
+        if self.terminate().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! tests need around them. Everything here needs root.
 
 pub mod agent;
+pub mod caps;
+pub mod corpus;
 pub mod docker;
 pub mod docker_proxy;
 pub mod exposition;
@@ -10,6 +12,7 @@ pub mod mib;
 pub mod net;
 pub mod prometheus;
 pub mod scratch;
+pub mod tc_hooks;
 pub mod traffic;
 
 use std::path::PathBuf;

@@ -17,48 +17,8 @@ use integration_tests::{
 };
 use serde_json::Value;
 
-/// The container named `name` in `/api/v1/containers`, once `ready` holds.
-fn container(agent: &Agent, name: &str, ready: impl Fn(&Value) -> bool) -> Value {
-    let mut found = Value::Null;
-    wait_until(&format!("{name} in /api/v1/containers"), || {
-        let list = get_json(agent.addr, "/api/v1/containers");
-        found = list
-            .as_array()
-            .and_then(|all| all.iter().find(|c| c["name"] == name).cloned())
-            .unwrap_or(Value::Null);
-        !found.is_null() && ready(&found)
-    });
-    found
-}
-
 fn attached(c: &Value) -> bool {
     c["attached"] == true
-}
-
-/// The flow `src -> dst` (by container or end name) of `protocol`, once
-/// it has `packets` packets.
-fn flow(agent: &Agent, src: &str, dst: &str, protocol: &str, packets: u64) -> Value {
-    let mut found = Value::Null;
-    wait_until(
-        &format!("{src} -> {dst} ({protocol}) with {packets} packets"),
-        || {
-            let flows = get_json(agent.addr, "/api/v1/flows");
-            found = flows
-                .as_array()
-                .and_then(|all| {
-                    all.iter()
-                        .find(|f| {
-                            f["src"]["name"] == src
-                                && f["dst"]["name"] == dst
-                                && f["protocol"] == protocol
-                        })
-                        .cloned()
-                })
-                .unwrap_or(Value::Null);
-            found["packets"] == packets
-        },
-    );
-    found
 }
 
 #[test]
@@ -88,9 +48,9 @@ fn flows_between_named_containers_on_two_networks_and_docker0() {
 
     let agent = Agent::start(&[]);
     for name in [&web.name, &api.name, &db.name, &legacy.name] {
-        container(&agent, name, attached);
+        agent.container(name, attached);
     }
-    let api_json = container(&agent, &api.name, |c| {
+    let api_json = agent.container(&api.name, |c| {
         c["networks"].as_array().is_some_and(|n| n.len() == 2)
     });
     assert!(api_json["networks"]
@@ -111,7 +71,7 @@ fn flows_between_named_containers_on_two_networks_and_docker0() {
     let gateway = String::from_utf8_lossy(&gateway.stdout).trim().to_owned();
     legacy.ping(&gateway, 2);
 
-    let request = flow(&agent, &web.name, &api.name, "icmp", 3);
+    let request = agent.named_flow(&web.name, &api.name, "icmp", 3);
     assert_eq!(request["bytes"], 3 * 84);
     assert_eq!(request["src"]["kind"], "container");
     assert_eq!(request["src"]["image"], IMAGE);
@@ -125,11 +85,11 @@ fn flows_between_named_containers_on_two_networks_and_docker0() {
         api.ip(&front.name).expect("ip").as_str()
     );
     assert_eq!(
-        flow(&agent, &api.name, &web.name, "icmp", 3)["bytes"],
+        agent.named_flow(&api.name, &web.name, "icmp", 3)["bytes"],
         3 * 84
     );
 
-    let there = flow(&agent, &api.name, &db.name, "icmp", 4);
+    let there = agent.named_flow(&api.name, &db.name, "icmp", 4);
     assert_eq!(
         (
             there["src"]["network"].as_str(),
@@ -138,11 +98,11 @@ fn flows_between_named_containers_on_two_networks_and_docker0() {
         (Some(back.name.as_str()), Some(back.name.as_str()))
     );
     assert_eq!(
-        flow(&agent, &db.name, &api.name, "icmp", 4)["bytes"],
+        agent.named_flow(&db.name, &api.name, "icmp", 4)["bytes"],
         4 * 84
     );
 
-    let to_host = flow(&agent, &legacy.name, "gateway", "icmp", 2);
+    let to_host = agent.named_flow(&legacy.name, "gateway", "icmp", 2);
     assert_eq!(
         (
             to_host["dst"]["kind"].as_str(),
@@ -150,10 +110,10 @@ fn flows_between_named_containers_on_two_networks_and_docker0() {
         ),
         (Some("gateway"), Some("bridge"))
     );
-    let from_host = flow(&agent, "gateway", &legacy.name, "icmp", 2);
+    let from_host = agent.named_flow("gateway", &legacy.name, "icmp", 2);
     assert_eq!(from_host["direction"], "to_container");
 
-    let host_mode = container(&agent, &on_host.name, |_| true);
+    let host_mode = agent.container(&on_host.name, |_| true);
     assert_eq!(
         (
             host_mode["network_mode"].as_str(),
@@ -224,21 +184,21 @@ fn the_mapping_follows_restart_rename_connect_and_a_burst_of_short_lived_contain
     let scratch = Scratch::new("docker-proxy");
     let proxy = DockerProxy::start(&scratch.path("docker.sock"), Path::new(ENGINE)).expect("proxy");
     let agent = Agent::start(&["--docker-host", &proxy.url()]);
-    let before = container(&agent, &b.name, attached)["networks"][0]["ifindex"].clone();
+    let before = agent.container(&b.name, attached)["networks"][0]["ifindex"].clone();
 
     let started = Instant::now();
     docker(&["restart", "-t", "0", &b.name]).expect("restart");
-    let after = container(&agent, &b.name, |c| {
+    let after = agent.container(&b.name, |c| {
         attached(c) && c["networks"][0]["ifindex"] != before
     });
     eprintln!("restart re-attached in {:?}", started.elapsed());
     assert_ne!(after["networks"][0]["interface"], Value::Null);
 
     a.rename("renamed").expect("rename");
-    container(&agent, &a.name, attached);
+    agent.container(&a.name, attached);
 
     docker(&["network", "connect", &other.name, &b.name]).expect("connect");
-    let connected = container(&agent, &b.name, |c| {
+    let connected = agent.container(&b.name, |c| {
         attached(c) && c["networks"].as_array().is_some_and(|n| n.len() == 2)
     });
     let added = connected["networks"]
@@ -250,7 +210,7 @@ fn the_mapping_follows_restart_rename_connect_and_a_burst_of_short_lived_contain
         })
         .expect("the new endpoint");
     docker(&["network", "disconnect", &other.name, &b.name]).expect("disconnect");
-    container(&agent, &b.name, |c| {
+    agent.container(&b.name, |c| {
         c["networks"].as_array().is_some_and(|n| n.len() == 1)
     });
     let removed_veth = added["interface"].as_str().expect("interface").to_owned();
@@ -302,7 +262,7 @@ fn the_mapping_follows_restart_rename_connect_and_a_burst_of_short_lived_contain
 
     // Counts are right for the renamed container after all that.
     a.ping(&b.ip(&net.name).expect("ip"), 3);
-    assert_eq!(flow(&agent, &a.name, &b.name, "icmp", 3)["bytes"], 3 * 84);
+    assert_eq!(agent.named_flow(&a.name, &b.name, "icmp", 3)["bytes"], 3 * 84);
 
     // Through all of it, crossmon only read from the engine.
     assert_read_only(
@@ -327,7 +287,7 @@ fn a_spoofed_source_address_is_attributed_to_the_sending_container() {
     let framed = net.run("framed");
     let agent = Agent::start(&[]);
     for name in [&attacker.name, &victim.name, &framed.name] {
-        container(&agent, name, attached);
+        agent.container(name, attached);
     }
     let ip = |c: &Container| -> [u8; 4] {
         c.ip(&net.name)
@@ -351,7 +311,7 @@ fn a_spoofed_source_address_is_attributed_to_the_sending_container() {
         socket.send(&frame).expect("send");
     }
     std::thread::sleep(Duration::from_millis(300));
-    let spoofed = flow(&agent, &attacker.name, &victim.name, "udp", 3);
+    let spoofed = agent.named_flow(&attacker.name, &victim.name, "udp", 3);
     assert_eq!(
         spoofed["src_ip"],
         framed.ip(&net.name).expect("ip").as_str()
@@ -418,7 +378,7 @@ fn a_container_reaching_for_the_docker_api_on_the_host_is_alerted() {
     let net = DockerNetwork::create("hostapi", &[]).expect("network");
     let curious = net.run("curious");
     let agent = Agent::start(&[]);
-    container(&agent, &curious.name, attached);
+    agent.container(&curious.name, attached);
     let gateway = docker(&[
         "network",
         "inspect",
@@ -481,51 +441,4 @@ fn doctor_passes_here_and_fails_on_a_dead_docker_socket() {
     let text = String::from_utf8_lossy(&dead.stdout);
     assert!(!dead.status.success());
     assert!(text.lines().any(|l| l.starts_with("FAIL docker")), "{text}");
-}
-
-#[test]
-fn a_dockerd_restart_loses_no_count_of_flows_that_continue() {
-    if !docker_ready() {
-        return;
-    }
-    let net = DockerNetwork::create("restart", &[]).expect("network");
-    let a = net.run("a");
-    let b = net.run("b");
-    let agent = Agent::start(&[]);
-    container(&agent, &a.name, attached);
-    container(&agent, &b.name, attached);
-
-    // 40 pings over 8 s, across the engine's restart (live-restore keeps
-    // the containers running).
-    let target = b.ip(&net.name).expect("ip");
-    docker(&[
-        "exec", "-d", &a.name, "ping", "-q", "-c", "40", "-i", "0.2", &target,
-    ])
-    .expect("ping");
-    std::thread::sleep(Duration::from_secs(1));
-    let restarted = integration_tests::docker::restart_own_dockerd(|| {
-        wait_until("crossmon to notice the engine is gone", || {
-            get_json(agent.addr, "/healthz")["docker_up"] == false
-        });
-        std::thread::sleep(Duration::from_secs(1));
-    })
-    .expect("restarting dockerd");
-    if !restarted {
-        eprintln!(
-            "skipping: the running dockerd was not started by the tests, so they do not restart it"
-        );
-        return;
-    }
-    wait_until("crossmon to reconnect", || {
-        get_json(agent.addr, "/healthz")["docker_up"] == true
-    });
-    assert_eq!(flow(&agent, &a.name, &b.name, "icmp", 40)["bytes"], 40 * 84);
-    assert_eq!(flow(&agent, &b.name, &a.name, "icmp", 40)["bytes"], 40 * 84);
-    let (status, log) = agent.stop();
-    assert!(status.success());
-    assert_eq!(
-        log.matches("Docker engine unreachable").count(),
-        1,
-        "one line per outage:\n{log}"
-    );
 }

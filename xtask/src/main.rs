@@ -1,7 +1,9 @@
-//! Project tasks: set-up, running the agent, the test tiers, the bench.
+//! Project tasks: set-up, running the agent, the test tiers, the bench,
+//! the sidecar image.
 
 mod bench;
 mod cmd;
+mod image;
 mod run;
 mod setup;
 mod test;
@@ -33,6 +35,12 @@ enum Task {
     },
     /// Formatting and clippy on the host crates and the eBPF crate.
     Lint,
+    /// Set up, build the agent static and the sidecar image around it
+    /// (`FROM scratch`, no registry needed; a Docker engine must run).
+    Image {
+        #[arg(long, default_value = image::DEFAULT_TAG)]
+        tag: String,
+    },
     /// Set up, then measure what crossmon costs the traffic it watches,
     /// next to no monitor, tcpdump and softflowd; writes BENCHMARKS.md.
     Bench {
@@ -63,6 +71,10 @@ fn main() -> anyhow::Result<()> {
         Task::Lint => {
             setup::run()?;
             test::lint()
+        }
+        Task::Image { tag } => {
+            setup::run()?;
+            image::build(&tag)
         }
         Task::Bench {
             repetitions,

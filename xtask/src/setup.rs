@@ -37,6 +37,9 @@ const PACKAGES: &[&str] = &[
     // registry is needed).
     "docker.io",
     "busybox-static",
+    // The compose file's check, and the sidecar test's `up` (compose v1:
+    // Debian has no v2 plugin).
+    "docker-compose",
     // A real Prometheus server and promtool for the exporter's tests; curl
     // for HTTPS and basic-auth checks of the endpoint.
     "prometheus",

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::cmd;
+use crate::{cmd, image};
 
 pub fn lint() -> anyhow::Result<()> {
     let mut tiers = Tiers::default();
@@ -27,6 +27,12 @@ pub fn all(test_args: &[String]) -> anyhow::Result<()> {
         cmd::cargo().args(["build", "--package", "monitor", "--bin", "crossmon"]),
     )?;
     let binary = cmd::target_dir().join("debug/crossmon");
+    // The sidecar tests build the image from this context in the engine
+    // their harness makes sure of (starting dockerd when none runs).
+    tiers.run("static crossmon for the sidecar image", || {
+        image::stage_context()?;
+        Ok("static crossmon".to_owned())
+    })?;
     let mut totals = Totals::default();
     tiers.run("tests (single-threaded, as root)", || {
         // One test at a time: tests load programs, create namespaces and
@@ -35,6 +41,7 @@ pub fn all(test_args: &[String]) -> anyhow::Result<()> {
         totals = run_counting(
             cmd::cargo()
                 .env("CROSSMON_BIN", &binary)
+                .env("CROSSMON_IMAGE_CONTEXT", image::context_dir())
                 .args(["test", "--workspace", "--exclude", "monitor-ebpf", "--"])
                 .args(test_args)
                 .arg("--test-threads=1"),
@@ -67,6 +74,12 @@ fn lint_tiers(tiers: &mut Tiers) -> anyhow::Result<()> {
         cmd::cargo()
             .args(["clippy", "--workspace", "--exclude", "monitor-ebpf"])
             .args(["--all-targets", "--", "-D", "warnings"]),
+    )?;
+    // Compose checks the file as `docker compose up` reads it; no engine
+    // needed.
+    tiers.command(
+        "compose file",
+        cmd::command("docker-compose").args(["--file", "docker-compose.yml", "config", "--quiet"]),
     )?;
     // Its own pass, as it builds: nightly, the BPF target, core from
     // rust-src. Checks the lib and the `crossmon` program binary.

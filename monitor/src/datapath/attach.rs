@@ -83,6 +83,7 @@ impl Programs {
             if let Err(err) = tc::qdisc_add_clsact(name) {
                 tracing::debug!("adding clsact to {name}: {err}");
             }
+            remove_leftover_filters(name);
         }
         let options = || {
             if tcx {
@@ -223,6 +224,33 @@ impl Programs {
     fn unmark(&mut self, ifindex: u32) {
         // Absent already is fine.
         let _ = self.counted_ifaces.remove(&ifindex);
+    }
+}
+
+/// Netlink filters outlive the process that added them (TCX links do
+/// not): a crossmon killed without detaching leaves its classifiers running
+/// into maps nobody reads. They are known by their programs' names, and
+/// removed before attaching so an interface never runs two copies. Two
+/// agents in clsact mode on one host would remove each other's; the API
+/// address they would share stops the second before it attaches.
+fn remove_leftover_filters(interface: &str) {
+    for (direction, program) in [
+        (TcAttachType::Ingress, PROGRAM_FROM_CONTAINER),
+        (TcAttachType::Egress, PROGRAM_TO_CONTAINER),
+    ] {
+        match tc::qdisc_detach_program(interface, direction, program) {
+            Ok(()) => tracing::warn!(
+                interface,
+                program,
+                "removed the clsact filter a previous crossmon left (it stopped without detaching)"
+            ),
+            Err(tc::TcError::IoError(err)) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => tracing::warn!(
+                interface,
+                program,
+                "looking for filters a previous crossmon left: {err}"
+            ),
+        }
     }
 }
 

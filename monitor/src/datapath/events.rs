@@ -355,4 +355,229 @@ mod tests {
             let _ = decode(&vec![3u8; len]);
         }
     }
+
+    mod properties {
+        use proptest::{collection::vec, prelude::*};
+
+        use super::{bytes_of, *};
+
+        const SIZES: [usize; 3] = [
+            size_of::<NewFlowEvent>(),
+            size_of::<CaptureEvent>(),
+            size_of::<ArpEvent>(),
+        ];
+
+        fn direction() -> impl Strategy<Value = Direction> {
+            prop_oneof![Just(Direction::FromContainer), Just(Direction::ToContainer)]
+        }
+
+        fn header(kind: EventKind) -> impl Strategy<Value = EventHeader> {
+            (direction(), any::<u32>(), any::<u64>()).prop_map(
+                move |(direction, ifindex, timestamp_ns)| EventHeader {
+                    kind: kind as u8,
+                    direction: direction as u8,
+                    _pad: [0; 2],
+                    ifindex,
+                    timestamp_ns,
+                },
+            )
+        }
+
+        fn key() -> impl Strategy<Value = FlowKey> {
+            (
+                any::<[u8; 16]>(),
+                any::<[u8; 16]>(),
+                any::<(u16, u16, u8, u8)>(),
+            )
+                .prop_map(
+                    |(src_addr, dst_addr, (src_port, dst_port, protocol, ip_version))| FlowKey {
+                        src_addr,
+                        dst_addr,
+                        src_port,
+                        dst_port,
+                        protocol,
+                        ip_version,
+                        _pad: [0; 2],
+                    },
+                )
+        }
+
+        /// A captured length: mostly within the buffer, sometimes any value.
+        fn captured_len(max: usize) -> impl Strategy<Value = u32> {
+            prop_oneof![0..=max as u32, any::<u32>()]
+        }
+
+        fn seen(header: &EventHeader) -> Seen {
+            Seen {
+                direction: Direction::from_u8(header.direction).expect("a valid direction"),
+                ifindex: header.ifindex,
+                timestamp_ns: header.timestamp_ns,
+            }
+        }
+
+        /// Noise, and noise of a record's exact size that starts like one.
+        fn records_or_noise() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                vec(any::<u8>(), 0..1200),
+                (prop::sample::select(SIZES.to_vec()), 0u8..6, 0u8..3).prop_flat_map(
+                    |(size, kind, direction)| {
+                        vec(any::<u8>(), size).prop_map(move |mut record| {
+                            record[0] = kind;
+                            record[1] = direction;
+                            record
+                        })
+                    }
+                ),
+            ]
+        }
+
+        /// Every length from empty to one byte past the record, but its own.
+        fn assert_other_lengths_refused(record: &[u8]) -> Result<(), TestCaseError> {
+            let mut longer = record.to_vec();
+            longer.push(0);
+            prop_assert!(decode(&longer).is_err());
+            for len in 0..record.len() {
+                prop_assert!(decode(&record[..len]).is_err(), "{len} bytes decoded");
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_decode_or_fail_cleanly(bytes in records_or_noise()) {
+                if decode(&bytes).is_ok() {
+                    prop_assert!(SIZES.contains(&bytes.len()));
+                    prop_assert!(EventKind::from_u8(bytes[0]).is_some());
+                    prop_assert!(Direction::from_u8(bytes[1]).is_some());
+                }
+            }
+
+            #[test]
+            fn new_flow_records_round_trip(header in header(EventKind::NewFlow), key in key()) {
+                let record = bytes_of(&NewFlowEvent { header, key });
+                prop_assert_eq!(
+                    decode(&record),
+                    Ok(Event::NewFlow { seen: seen(&header), key })
+                );
+                assert_other_lengths_refused(&record)?;
+            }
+
+            #[test]
+            fn capture_records_round_trip(
+                kind in prop_oneof![Just(EventKind::Payload), Just(EventKind::PacketSample)],
+                direction in direction(),
+                key in key(),
+                original_len in any::<u32>(),
+                captured_len in captured_len(MAX_CAPTURE),
+                data in vec(any::<u8>(), MAX_CAPTURE),
+            ) {
+                let header = EventHeader {
+                    direction: direction as u8,
+                    ..super::header(kind)
+                };
+                let event = CaptureEvent {
+                    header,
+                    key,
+                    original_len,
+                    captured_len,
+                    data: data.clone().try_into().expect("MAX_CAPTURE bytes"),
+                };
+                let record = bytes_of(&event);
+                let captured = data[..(captured_len as usize).min(MAX_CAPTURE)].to_vec();
+                let expected = if kind == EventKind::Payload {
+                    Event::Payload {
+                        seen: seen(&header),
+                        key,
+                        payload_len: original_len,
+                        data: captured,
+                    }
+                } else {
+                    Event::PacketSample {
+                        seen: seen(&header),
+                        frame_len: original_len,
+                        data: captured,
+                    }
+                };
+                prop_assert_eq!(decode(&record), Ok(expected));
+                assert_other_lengths_refused(&record)?;
+            }
+
+            #[test]
+            fn arp_records_round_trip(
+                header in header(EventKind::Arp),
+                eth_dst in any::<[u8; 6]>(),
+                eth_src in any::<[u8; 6]>(),
+                captured_len in captured_len(ARP_LEN),
+                arp in any::<[u8; ARP_LEN]>(),
+                ethernet_ipv4 in any::<bool>(),
+            ) {
+                let mut arp = arp;
+                if ethernet_ipv4 {
+                    arp[..6].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
+                }
+                let event = ArpEvent {
+                    header,
+                    eth_dst,
+                    eth_src,
+                    captured_len,
+                    arp,
+                    _pad: [0; 4],
+                };
+                let record = bytes_of(&event);
+                let captured = &arp[..(captured_len as usize).min(ARP_LEN)];
+                prop_assert_eq!(
+                    decode(&record),
+                    Ok(Event::Arp {
+                        seen: seen(&header),
+                        eth_src,
+                        eth_dst,
+                        arp: ArpPacket::parse(captured),
+                    })
+                );
+                assert_other_lengths_refused(&record)?;
+            }
+
+            #[test]
+            fn arp_fields_are_read_only_when_present_and_ethernet_ipv4(
+                bytes in vec(any::<u8>(), 0..40),
+                ethernet_ipv4 in any::<bool>(),
+            ) {
+                let mut bytes = bytes;
+                if ethernet_ipv4 && bytes.len() >= 6 {
+                    bytes[..6].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
+                }
+                let arp = ArpPacket::parse(&bytes);
+                let is_ethernet_ipv4 = bytes.get(..6) == Some(&[0, 1, 8, 0, 6, 4][..]);
+                prop_assert_eq!(
+                    arp.operation,
+                    bytes.get(6..8).map(|b| u16::from_be_bytes([b[0], b[1]]))
+                );
+                prop_assert_eq!(
+                    arp.sender_mac.is_some(),
+                    is_ethernet_ipv4 && bytes.len() >= 14
+                );
+                prop_assert_eq!(
+                    arp.target_ip.is_some(),
+                    is_ethernet_ipv4 && bytes.len() >= 28
+                );
+                if let Some(ip) = arp.target_ip {
+                    prop_assert_eq!(&ip.octets()[..], &bytes[24..28]);
+                }
+            }
+
+            #[test]
+            fn key_addresses_are_ipv4_only_when_mapped_and_version_4(key in key()) {
+                let (src, dst) = key_addrs(&key);
+                let mapped = |raw: [u8; 16]| std::net::Ipv6Addr::from(raw).to_ipv4_mapped();
+                prop_assert_eq!(
+                    src.is_ipv4(),
+                    key.ip_version == 4 && mapped(key.src_addr).is_some()
+                );
+                prop_assert_eq!(
+                    dst.is_ipv4(),
+                    key.ip_version == 4 && mapped(key.dst_addr).is_some()
+                );
+            }
+        }
+    }
 }

@@ -9,10 +9,62 @@ use aya::{programs::ProgramError, util::KernelVersion, EbpfError};
 /// map batch lookups (5.6), lookup-and-delete on hash maps (5.14).
 pub const MIN_KERNEL: (u8, u8, u16) = (5, 14, 0);
 
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+/// A capability crossmon needs, and what for.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Capability {
+    pub name: &'static str,
+    /// Its number (`capability.h`): the bit in `/proc/PID/status` masks.
+    pub bit: u32,
+    /// Completes "needed to ...".
+    pub needed_to: &'static str,
+    /// CAP_SYS_ADMIN grants it too (the kernel's `bpf_capable` and
+    /// `perfmon_capable`): the way on engines that refuse `--cap-add BPF`
+    /// (Docker before 23.0).
+    pub sys_admin_grants: bool,
+}
+
+/// Exactly what crossmon needs; each was taken away in turn and the agent
+/// failed without it (tests/tests/privileges.rs). Container namespaces are
+/// read over rtnetlink by namespace id, so neither CAP_SYS_ADMIN (setns)
+/// nor CAP_SYS_PTRACE (`/proc/PID/ns`) is needed.
+pub const CAPABILITIES: [Capability; 3] = [
+    Capability {
+        name: "CAP_BPF",
+        bit: 39,
+        needed_to: "create the BPF maps and load the programs",
+        sys_admin_grants: true,
+    },
+    Capability {
+        name: "CAP_PERFMON",
+        bit: 38,
+        needed_to: "have the programs accepted by the verifier, which otherwise applies its rules for unprivileged programs",
+        sys_admin_grants: true,
+    },
+    Capability {
+        name: "CAP_NET_ADMIN",
+        bit: 12,
+        needed_to: "load TC programs, attach them to the veths and list the interfaces of containers' network namespaces",
+        sys_admin_grants: false,
+    },
+];
+
+/// Stands in for the capabilities whose `sys_admin_grants` is set.
+pub const CAP_SYS_ADMIN: u32 = 21;
+
+impl Capability {
+    /// The line for an agent that lacks it.
+    pub fn missing(&self) -> String {
+        let instead = if self.sys_admin_grants {
+            " (or CAP_SYS_ADMIN, which grants it too)"
+        } else {
+            ""
+        };
+        format!(
+            "missing capability {}: needed to {}{instead}",
+            self.name, self.needed_to
+        )
+    }
+}
 
 /// What the machine offers, as far as crossmon cares.
 #[derive(Debug)]
@@ -45,21 +97,38 @@ impl Report {
             None => return Some("cannot read the kernel version (uname)".into()),
             Some(_) => {}
         }
-        if let Some(caps) = self.effective_caps {
-            let has = |cap: u32| caps & (1 << cap) != 0;
-            let bpf_ok = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
-            if !bpf_ok {
-                return Some(
-                    "missing capability: loading the programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); run as root or grant them".into(),
-                );
-            }
-            if !has(CAP_NET_ADMIN) {
-                return Some(
-                    "missing capability: attaching to interfaces needs CAP_NET_ADMIN; run as root or grant it".into(),
-                );
-            }
+        self.missing_capability().map(Capability::missing)
+    }
+
+    /// The first capability of [`CAPABILITIES`] the process lacks; `None`
+    /// also when the set cannot be read (then the kernel will tell).
+    pub fn missing_capability(&self) -> Option<&'static Capability> {
+        let caps = self.effective_caps?;
+        let has = |bit: u32| caps & (1 << bit) != 0;
+        let granted =
+            |cap: &Capability| has(cap.bit) || (cap.sys_admin_grants && has(CAP_SYS_ADMIN));
+        CAPABILITIES.iter().find(|cap| !granted(cap))
+    }
+
+    /// The capabilities that satisfy [`CAPABILITIES`] here, by name: CAP_BPF
+    /// and CAP_PERFMON, or CAP_SYS_ADMIN standing for what it grants.
+    pub fn capabilities_used(&self) -> String {
+        let Some(caps) = self.effective_caps else {
+            return "unknown (/proc/self/status unreadable)".into();
+        };
+        let has = |bit: u32| caps & (1 << bit) != 0;
+        let (held, missing): (Vec<&Capability>, Vec<&Capability>) =
+            CAPABILITIES.iter().partition(|cap| has(cap.bit));
+        let stood_in: Vec<&str> = missing
+            .iter()
+            .filter(|cap| cap.sys_admin_grants && has(CAP_SYS_ADMIN))
+            .map(|cap| cap.name)
+            .collect();
+        let mut names: Vec<String> = held.iter().map(|cap| cap.name.to_owned()).collect();
+        if !stood_in.is_empty() {
+            names.insert(0, format!("CAP_SYS_ADMIN (for {})", stood_in.join(" and ")));
         }
-        None
+        names.join(", ")
     }
 }
 
@@ -96,7 +165,7 @@ pub fn explain_load_error(err: EbpfError) -> anyhow::Error {
     let permission = matches!(&err, EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. }) if io_error.kind() == ErrorKind::PermissionDenied);
     if permission {
         return anyhow::anyhow!(
-            "creating BPF maps was refused (EPERM): crossmon needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN), and the memlock limit must allow the maps"
+            "creating BPF maps was refused (EPERM): crossmon needs CAP_BPF (or CAP_SYS_ADMIN), and the memlock limit must allow the maps"
         );
     }
     anyhow::Error::new(err).context(format!("loading the eBPF object failed: {text}"))
@@ -111,7 +180,7 @@ pub fn explain_program_error(name: &str, err: ProgramError) -> anyhow::Error {
         tracing::debug!("verifier log for {name}:\n{verifier_log}");
         if io_error.kind() == ErrorKind::PermissionDenied {
             return anyhow::anyhow!(
-                "the kernel refused to load program {name} (EPERM): crossmon needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (or CAP_SYS_ADMIN)"
+                "the kernel refused to load program {name} (EPERM): crossmon needs CAP_BPF, CAP_PERFMON (or CAP_SYS_ADMIN for both) and CAP_NET_ADMIN"
             );
         }
         return anyhow::anyhow!(
@@ -125,6 +194,10 @@ pub fn explain_program_error(name: &str, err: ProgramError) -> anyhow::Error {
 mod tests {
     use super::*;
 
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+
     fn report(kernel: (u8, u8, u16), caps: &[u32]) -> Report {
         Report {
             kernel: Some(KernelVersion::new(kernel.0, kernel.1, kernel.2)),
@@ -135,24 +208,40 @@ mod tests {
     }
 
     #[test]
-    fn a_capable_recent_machine_has_no_blocker() {
+    fn the_documented_sets_have_no_blocker() {
+        let new = report((6, 1, 0), &[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN]);
+        assert_eq!(new.blocker(), None);
         assert_eq!(
-            report((6, 1, 0), &[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN]).blocker(),
-            None
+            new.capabilities_used(),
+            "CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN"
         );
+        let old = report((5, 15, 0), &[CAP_SYS_ADMIN, CAP_NET_ADMIN]);
+        assert_eq!(old.blocker(), None);
         assert_eq!(
-            report((5, 15, 0), &[CAP_SYS_ADMIN, CAP_NET_ADMIN]).blocker(),
-            None
+            old.capabilities_used(),
+            "CAP_SYS_ADMIN (for CAP_BPF and CAP_PERFMON), CAP_NET_ADMIN"
         );
     }
 
     #[test]
-    fn each_blocker_names_what_is_missing() {
+    fn each_missing_capability_is_named_alone() {
+        let all = [CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN];
+        for cap in &CAPABILITIES {
+            let rest: Vec<u32> = all.iter().copied().filter(|b| *b != cap.bit).collect();
+            let blocker = report((6, 6, 0), &rest).blocker().unwrap_or_default();
+            assert!(
+                blocker.starts_with(&format!("missing capability {}: needed to ", cap.name)),
+                "{blocker}"
+            );
+            assert_eq!(blocker.lines().count(), 1);
+        }
+        let no_net_admin = report((6, 6, 0), &[CAP_SYS_ADMIN]).blocker();
+        assert!(no_net_admin.is_some_and(|m| m.contains("CAP_NET_ADMIN")));
+    }
+
+    #[test]
+    fn an_old_kernel_is_named() {
         let old = report((5, 10, 0), &[CAP_SYS_ADMIN, CAP_NET_ADMIN]).blocker();
         assert!(old.is_some_and(|m| m.contains("too old") && m.contains("5.14")));
-        let no_bpf = report((6, 6, 0), &[CAP_NET_ADMIN]).blocker();
-        assert!(no_bpf.is_some_and(|m| m.contains("CAP_BPF")));
-        let no_net_admin = report((6, 6, 0), &[CAP_BPF, CAP_PERFMON]).blocker();
-        assert!(no_net_admin.is_some_and(|m| m.contains("CAP_NET_ADMIN")));
     }
 }

@@ -365,4 +365,146 @@ mod tests {
         assert!(error("[traffic_spike]\nwindow = \"0s\"\n").contains("longer than zero"));
         assert!(error("[traffic_spike]\nwindow = \"1us\"\n").contains("at least 1s"));
     }
+
+    mod properties {
+        use proptest::{collection, prelude::*, sample::select};
+
+        use super::{DetectConfig, EVERY_KEY, MAX_CAPTURE};
+
+        /// (table, key) of every documented setting.
+        fn documented_keys() -> Vec<(String, String)> {
+            let documented: toml::Table = toml::from_str(EVERY_KEY).expect("TOML");
+            documented
+                .iter()
+                .flat_map(|(table, keys)| {
+                    let keys = keys.as_table().expect("a table per detector");
+                    keys.keys().map(|key| (table.clone(), key.clone()))
+                })
+                .collect()
+        }
+
+        /// TOML text of a string (JSON's escapes are TOML's).
+        fn quoted(text: &str) -> String {
+            serde_json::to_string(text).expect("a string serializes")
+        }
+
+        fn float(value: f64) -> String {
+            match value {
+                v if v.is_nan() => "nan".into(),
+                v if v.is_infinite() => (if v > 0.0 { "inf" } else { "-inf" }).into(),
+                v => format!("{v:e}"),
+            }
+        }
+
+        fn duration(units: &'static [&'static str], max: u64) -> impl Strategy<Value = String> {
+            (0..=max, select(units)).prop_map(|(n, unit)| quoted(&format!("{n}{unit}")))
+        }
+
+        /// A value of any TOML type, in the ranges where settings change
+        /// meaning and far beyond.
+        fn any_value() -> impl Strategy<Value = String> {
+            let scalar = prop_oneof![
+                any::<bool>().prop_map(|b| b.to_string()),
+                any::<i64>().prop_map(|n| n.to_string()),
+                (-2i64..70_000).prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(float),
+                (-2.0f64..3.0).prop_map(float),
+                duration(
+                    &["ns", "us", "ms", "s", "m", "h", "d", "y", "", "x"],
+                    u64::MAX
+                ),
+                any::<String>().prop_map(|text| quoted(&text)),
+            ];
+            prop_oneof![
+                4 => scalar.clone(),
+                1 => collection::vec(scalar, 0..4).prop_map(|items| format!("[{}]", items.join(", "))),
+            ]
+        }
+
+        /// A value the setting `key` must accept.
+        fn valid_value(key: &str) -> BoxedStrategy<String> {
+            let ports = || {
+                collection::vec(1u16.., 0..4)
+                    .prop_map(|ports| format!("{ports:?}"))
+                    .boxed()
+            };
+            match key {
+                "enabled" => any::<bool>().prop_map(|b| b.to_string()).boxed(),
+                "window" => (1u64..100_000, select(&["s", "m", "h"][..]))
+                    .prop_map(|(n, unit)| quoted(&format!("{n}{unit}")))
+                    .boxed(),
+                "learning_period" => duration(&["ns", "s", "day"], 10_000)
+                    .prop_filter("longer than zero", |text| !text.starts_with("\"0"))
+                    .boxed(),
+                "threshold" => (1e-6f64..1e9).prop_map(float).boxed(),
+                "answered_weight" | "max_completed_ratio" => (0.0f64..=1.0).prop_map(float).boxed(),
+                "factor" => (1.001f64..1e6).prop_map(float).boxed(),
+                "min_syns" => (1..=i64::MAX).prop_map(|n| n.to_string()).boxed(),
+                "min_bytes" => (0..=i64::MAX).prop_map(|n| n.to_string()).boxed(),
+                "warmup_windows" => any::<u32>().prop_map(|n| n.to_string()).boxed(),
+                "alert_payload_bytes" => (0..=MAX_CAPTURE).prop_map(|n| n.to_string()).boxed(),
+                "tls_ports" | "ports" => ports(),
+                "require_tls" => collection::vec("[a-z0-9-]{1,12}", 0..3)
+                    .prop_map(|names| format!("{names:?}"))
+                    .boxed(),
+                other => panic!("no valid values known for {other}: add them here"),
+            }
+        }
+
+        /// Documents setting some of the keys, each to a value from `values`.
+        fn documents(
+            values: impl Fn(&str) -> BoxedStrategy<String>,
+        ) -> impl Strategy<Value = (String, Vec<String>)> {
+            let settings: Vec<_> = documented_keys()
+                .into_iter()
+                .map(|(table, key)| {
+                    let value = values(&key);
+                    (any::<bool>(), value).prop_map(move |(set, value)| {
+                        set.then(|| (table.clone(), key.clone(), value))
+                    })
+                })
+                .collect();
+            settings.prop_map(|settings| {
+                let mut text = String::new();
+                let mut keys = Vec::new();
+                let mut table = String::new();
+                for (name, key, value) in settings.into_iter().flatten() {
+                    if name != table {
+                        text.push_str(&format!("[{name}]\n"));
+                        table = name;
+                    }
+                    text.push_str(&format!("{key} = {value}\n"));
+                    keys.push(key);
+                }
+                (text, keys)
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_text_is_a_config_or_an_error(text in any::<String>()) {
+                let _ = DetectConfig::parse(&text);
+            }
+
+            #[test]
+            fn valid_values_are_accepted((text, _) in documents(valid_value)) {
+                if let Err(error) = DetectConfig::parse(&text) {
+                    prop_assert!(false, "{text}refused: {error:#}");
+                }
+            }
+
+            #[test]
+            fn refusals_name_a_key_that_was_set(
+                (text, keys) in documents(|_| any_value().boxed()),
+            ) {
+                if let Err(error) = DetectConfig::parse(&text) {
+                    let error = format!("{error:#}");
+                    prop_assert!(
+                        keys.iter().any(|key| error.contains(key.as_str())),
+                        "{text}refused without naming a key set: {error}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -17,3 +17,10 @@ pub async fn connect(host: Option<&str>) -> anyhow::Result<Docker> {
         .await
         .context("reaching the Docker engine")
 }
+
+/// Where [`connect`] goes for `host`, as operators write it: for log lines.
+pub fn endpoint(host: Option<&str>) -> String {
+    host.map(str::to_owned)
+        .or_else(|| std::env::var("DOCKER_HOST").ok())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned())
+}

@@ -15,8 +15,13 @@ use bollard::query_parameters::EventsOptionsBuilder;
 use futures::StreamExt as _;
 use tokio::sync::watch;
 
-use super::{connect, inventory::ProbeCache, EngineInfo, Inventory};
+use super::{
+    client::{connect, endpoint},
+    inventory::ProbeCache,
+    EngineInfo, Inventory,
+};
 
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Containers start in bursts (compose up): one sync per burst.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -29,24 +34,37 @@ pub async fn follow(
     inventory: watch::Sender<Option<Arc<Inventory>>>,
     up: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
+    let endpoint = endpoint(host.as_deref());
     let mut cache = ProbeCache::default();
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = FIRST_BACKOFF;
     // One warning per outage (also when the engine is absent at start),
     // then quiet retries until it answers again.
     let mut outage_reported = false;
     loop {
-        let err = match session(host.as_deref(), &inventory, &mut cache, &up, &mut backoff).await {
+        let connection = session(
+            host.as_deref(),
+            &endpoint,
+            outage_reported,
+            &inventory,
+            &mut cache,
+            &up,
+        );
+        let err = match connection.await {
             Ok(never) => match never {},
             Err(err) => err,
         };
         if up.swap(false, Ordering::Relaxed) {
+            // It answered since the last failure: a new outage, from the
+            // shortest wait.
             outage_reported = false;
+            backoff = FIRST_BACKOFF;
         }
         if outage_reported {
             tracing::debug!("Docker engine unreachable: {err:#}; retry in {backoff:?}");
         } else {
             tracing::warn!(
-                "Docker engine unreachable: {err:#}; counting goes on, reconnecting with backoff"
+                "Docker engine unreachable at {endpoint}: {err:#}; counting goes on, \
+                 retrying in {backoff:?}, backing off to {MAX_BACKOFF:?}"
             );
             outage_reported = true;
         }
@@ -55,12 +73,16 @@ pub async fn follow(
     }
 }
 
+/// One connection: sync, then follow events until something fails.
+/// `after_outage`: the engine was unreachable before, this is it coming
+/// back (which the log line says).
 async fn session(
     host: Option<&str>,
+    endpoint: &str,
+    after_outage: bool,
     inventory: &watch::Sender<Option<Arc<Inventory>>>,
     cache: &mut ProbeCache,
     up: &AtomicBool,
-    backoff: &mut Duration,
 ) -> anyhow::Result<std::convert::Infallible> {
     let docker = connect(host).await?;
     // bollard opens the stream lazily, at the first poll, i.e. after the
@@ -94,15 +116,21 @@ async fn session(
     let mut events = docker.events(Some(options));
     let engine = EngineInfo::of(&docker).await?;
     let synced = Inventory::sync(&docker, &engine, cache).await?;
-    tracing::info!(
-        version = %synced.engine.version,
-        api = %synced.engine.api_version,
-        containers = synced.containers.len(),
-        "Docker engine connected"
-    );
+    let containers = synced.containers.len();
+    let (version, api) = (&synced.engine.version, &synced.engine.api_version);
+    if after_outage {
+        tracing::info!(
+            "Docker engine back at {endpoint}: resynced {containers} containers \
+             (engine {version}, API {api})"
+        );
+    } else {
+        tracing::info!(
+            "Docker engine connected at {endpoint}: {containers} containers \
+             (engine {version}, API {api})"
+        );
+    }
     inventory.send_replace(Some(Arc::new(synced)));
     up.store(true, Ordering::Relaxed);
-    *backoff = Duration::from_secs(1);
     loop {
         match events.next().await {
             None => anyhow::bail!("the event stream ended"),

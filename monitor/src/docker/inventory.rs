@@ -274,9 +274,7 @@ async fn map_veths(
     macs.sort();
     let key = (container.id.clone(), pid, macs);
     if !cache.links.contains_key(&key) {
-        // The probe blocks on its own thread: keep it off the async workers.
-        let probe = tokio::task::spawn_blocking(move || netns::container_links(pid)).await;
-        match probe.map_err(anyhow::Error::from).and_then(|links| links) {
+        match netns::container_links(pid).await {
             Ok(links) => {
                 cache.links.insert(key.clone(), links);
             }
@@ -305,6 +303,9 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     }
     parts.next().is_none().then_some(mac)
 }
+
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 mod tests {

@@ -1,13 +1,24 @@
-//! The host-side veth of a container's interface, read from inside the
+//! The host-side veth of a container's interface, read from the
 //! container's network namespace: a veth's `IFLA_LINK` there is its peer's
 //! ifindex in the root namespace. Exact, unlike guessing from names or
 //! creation order.
+//!
+//! The namespace is read from outside, over the agent's own rtnetlink
+//! socket: its id in the root namespace (`RTM_GETNSID` by pid) and a link
+//! dump aimed at that id (`IFLA_TARGET_NETNSID`, Linux 4.20). Entering it
+//! with `setns` would need CAP_SYS_ADMIN, and opening `/proc/PID/ns/net` of
+//! a process with other capabilities CAP_SYS_PTRACE; this way needs only
+//! the CAP_NET_ADMIN that attaching needs anyway.
 
-use std::{fs::File, os::fd::AsRawFd as _};
-
-use anyhow::Context as _;
-use futures::TryStreamExt as _;
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
+use anyhow::{bail, Context as _};
+use futures::{StreamExt as _, TryStreamExt as _};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+use netlink_packet_route::{
+    link::{InfoKind, LinkAttribute, LinkInfo},
+    nsid::{NsidAttribute, NsidMessage},
+    RouteNetlinkMessage,
+};
+use rtnetlink::Handle;
 
 /// An interface inside a container with a peer outside.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,37 +29,26 @@ pub struct ContainerLink {
     pub peer_ifindex: u32,
 }
 
-/// Lists the veths inside the network namespace of process `pid`.
-pub fn container_links(pid: u32) -> anyhow::Result<Vec<ContainerLink>> {
-    let path = format!("/proc/{pid}/ns/net");
-    let netns = File::open(&path).with_context(|| format!("opening {path}"))?;
-    // setns affects only the calling thread, so it gets a thread (and a
-    // small runtime for the netlink socket created there) of its own.
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: a valid namespace fd; changes this thread only.
-                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error())
-                        .with_context(|| format!("entering the network namespace of pid {pid}"));
-                }
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .build()
-                    .context("starting a netlink runtime")?
-                    .block_on(list_veths())
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the namespace probe of pid {pid} panicked"))?
-    })
-}
+/// `NETNSA_NSID_NOT_ASSIGNED`: the namespace has no id in ours yet.
+const NSID_NOT_ASSIGNED: i32 = -1;
 
-async fn list_veths() -> anyhow::Result<Vec<ContainerLink>> {
-    let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-    tokio::spawn(connection);
-    let mut dump = handle.link().get().execute();
+/// Lists the veths inside the network namespace of process `pid` (a pid
+/// of the agent's PID namespace: the host's, for Docker's `State.Pid`).
+pub async fn container_links(pid: u32) -> anyhow::Result<Vec<ContainerLink>> {
+    let handle = crate::links::connect()?;
+    let nsid = namespace_id(&handle, pid).await?;
+    let mut request = handle.link().get();
+    request
+        .message_mut()
+        .attributes
+        .push(LinkAttribute::IfNetnsId(nsid));
+    let mut dump = request.execute();
     let mut links = Vec::new();
-    while let Some(message) = dump.try_next().await.context("listing links")? {
+    while let Some(message) = dump
+        .try_next()
+        .await
+        .with_context(|| format!("listing the links of pid {pid}'s network namespace"))?
+    {
         let mut link = ContainerLink {
             name: String::new(),
             mac: None,
@@ -73,4 +73,157 @@ async fn list_veths() -> anyhow::Result<Vec<ContainerLink>> {
         }
     }
     Ok(links)
+}
+
+/// The id of pid's network namespace in ours. Moving a veth end into a
+/// namespace usually gives it one; if not, the kernel is asked to pick one
+/// (ids live as long as the namespace, as `ip netns set` ones do).
+async fn namespace_id(handle: &Handle, pid: u32) -> anyhow::Result<i32> {
+    let assigned = query_nsid(handle, pid).await?;
+    if assigned != NSID_NOT_ASSIGNED {
+        return Ok(assigned);
+    }
+    let assign = nsid_message(vec![
+        NsidAttribute::Pid(pid),
+        NsidAttribute::Id(NSID_NOT_ASSIGNED),
+    ]);
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewNsId(assign));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut answers = handle
+        .clone()
+        .request(request)
+        .context("asking for a network namespace id")?;
+    while let Some(answer) = answers.next().await {
+        if let NetlinkPayload::Error(err) = answer.payload {
+            if let Some(code) = err.code {
+                // EEXIST: another process assigned one meanwhile.
+                if code.get() != -libc::EEXIST {
+                    return Err(err.to_io())
+                        .with_context(|| format!("assigning an id to pid {pid}'s namespace"));
+                }
+            }
+        }
+    }
+    match query_nsid(handle, pid).await? {
+        NSID_NOT_ASSIGNED => bail!("pid {pid}'s network namespace got no id"),
+        nsid => Ok(nsid),
+    }
+}
+
+async fn query_nsid(handle: &Handle, pid: u32) -> anyhow::Result<i32> {
+    let query = nsid_message(vec![NsidAttribute::Pid(pid)]);
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(query));
+    request.header.flags = NLM_F_REQUEST;
+    let mut answers = handle
+        .clone()
+        .request(request)
+        .context("asking for a network namespace id")?;
+    while let Some(answer) = answers.next().await {
+        match answer.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(message)) => {
+                if let Some(nsid) = message.attributes.iter().find_map(|a| match a {
+                    NsidAttribute::Id(id) => Some(*id),
+                    _ => None,
+                }) {
+                    return Ok(nsid);
+                }
+            }
+            NetlinkPayload::Error(err) => {
+                return Err(err.to_io()).with_context(|| {
+                    format!("reading the network namespace id of pid {pid} (is it in our PID namespace?)")
+                });
+            }
+            _ => {}
+        }
+    }
+    bail!("no answer for the network namespace id of pid {pid}")
+}
+
+/// `NsidMessage` is `#[non_exhaustive]`: no struct literal.
+fn nsid_message(attributes: Vec<NsidAttribute>) -> NsidMessage {
+    let mut message = NsidMessage::default();
+    message.attributes = attributes;
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command};
+
+    use super::*;
+
+    /// A process in a network namespace of its own, killed on drop.
+    struct Isolated(Child);
+
+    impl Isolated {
+        fn start() -> Self {
+            let child = Command::new("unshare")
+                .args(["--net", "sleep", "60"])
+                .spawn()
+                .expect("unshare (util-linux)");
+            let ours = std::fs::read_link("/proc/self/ns/net").expect("our netns");
+            let path = format!("/proc/{}/ns/net", child.id());
+            // unshare switches namespaces before it execs sleep.
+            while std::fs::read_link(&path).ok().as_ref() == Some(&ours) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Self(child)
+        }
+
+        fn pid(&self) -> u32 {
+            self.0.id()
+        }
+    }
+
+    impl Drop for Isolated {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(
+            root || std::env::var_os("CI").is_none(),
+            "namespace tests must run as root in CI"
+        );
+        root
+    }
+
+    fn ip(args: &[&str]) {
+        let status = Command::new("ip").args(args).status().expect("ip");
+        assert!(status.success(), "ip {args:?}");
+    }
+
+    #[tokio::test]
+    async fn a_namespace_without_an_id_gets_one_and_its_veth_names_its_peer() {
+        if !root() {
+            return;
+        }
+        let isolated = Isolated::start();
+        let pid = isolated.pid();
+        let handle = crate::links::connect().expect("rtnetlink");
+        // A fresh namespace with no link to ours has no id in ours yet.
+        assert_eq!(query_nsid(&handle, pid).await.ok(), Some(NSID_NOT_ASSIGNED));
+        assert_eq!(container_links(pid).await.expect("probe"), Vec::new());
+        assert_ne!(query_nsid(&handle, pid).await.ok(), Some(NSID_NOT_ASSIGNED));
+
+        let (host, inside) = (format!("xmh{pid}"), format!("xmc{pid}"));
+        let pid_arg = pid.to_string();
+        ip(&[
+            "link", "add", &host, "type", "veth", "peer", "name", &inside, "netns", &pid_arg,
+        ]);
+        let ifindex = std::fs::read_to_string(format!("/sys/class/net/{host}/ifindex"));
+        let links = container_links(pid).await;
+        ip(&["link", "del", &host]);
+        let links = links.expect("probe");
+        assert_eq!(links.len(), 1, "{links:?}");
+        assert_eq!(links[0].name, inside);
+        assert_eq!(
+            Some(links[0].peer_ifindex),
+            ifindex.ok().and_then(|i| i.trim().parse().ok())
+        );
+    }
 }

@@ -8,7 +8,13 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use axum::http::HeaderValue;
-use base64::{engine::general_purpose::STANDARD, Engine as _};
+use base64::{
+    alphabet,
+    engine::{
+        general_purpose::{GeneralPurpose, NO_PAD, STANDARD},
+        Engine as _,
+    },
+};
 use tokio::sync::Semaphore;
 
 use super::credential_tags::CredentialTags;
@@ -16,7 +22,10 @@ use super::credential_tags::CredentialTags;
 /// A bcrypt hash of a password no user has: unknown users are checked
 /// against it, so that the time an answer takes does not tell which user
 /// names exist. Cost 10, the cost exporter-toolkit's documentation suggests.
-const DECOY_HASH: &str = "$2b$10$UcgNHprW2h1mUA05XBZK/uZNhx47Fc1mnxi2pqdeZ.c9YPb.nOPXG";
+pub(super) const DECOY_HASH: &str = "$2b$10$UcgNHprW2h1mUA05XBZK/uZNhx47Fc1mnxi2pqdeZ.c9YPb.nOPXG";
+
+/// bcrypt's own base64: its alphabet, no padding.
+const BCRYPT_BASE64: GeneralPurpose = GeneralPurpose::new(&alphabet::BCRYPT, NO_PAD);
 
 /// Verified credentials kept at most; only successful checks enter, so only
 /// holders of a password can fill it, and a full cache is simply emptied.
@@ -136,11 +145,12 @@ fn check_bcrypt_hash(hash: &str) -> anyhow::Result<()> {
                 .is_ok_and(|cost| (4..=31).contains(&cost)),
         "the cost is not a number from 04 to 31"
     );
+    // 22 characters of salt and 31 of hash, each in bcrypt's base64 with
+    // the unused bits of its last character zero: bcrypt refuses others
+    // when a password is checked, which would fail every login.
+    let decodes = |part: Option<&str>| part.is_some_and(|part| BCRYPT_BASE64.decode(part).is_ok());
     ensure!(
-        rest.len() == 53
-            && rest
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/'),
+        rest.len() == 53 && decodes(rest.get(..22)) && decodes(rest.get(22..)),
         "salt and hash are not 53 characters of bcrypt's base64; {FORM}"
     );
     Ok(())
@@ -188,6 +198,11 @@ mod tests {
         let wrong_cost = DECOY_HASH.replace("$10$", "$03$");
         let err = scratch.error(&format!("basic_auth_users:\n  alice: '{wrong_cost}'\n"));
         assert!(err.contains("cost"), "{err}");
+        // Bits past the hash's 23 bytes set: bcrypt could never check it.
+        let unusable = DECOY_HASH.replace("nOPXG", "nOPXH");
+        assert!(bcrypt::verify("x", &unusable).is_err());
+        let err = scratch.error(&format!("basic_auth_users:\n  alice: '{unusable}'\n"));
+        assert!(err.contains("bcrypt's base64"), "{err}");
         let config = scratch
             .load(&format!("basic_auth_users:\n  alice: '{DECOY_HASH}'\n"))
             .expect("a bcrypt hash");
@@ -236,5 +251,65 @@ mod tests {
         assert!(auth.allows(Some(&basic("alice", "right"))).await);
         assert!(!auth.allows(Some(&basic("alice", "righ"))).await);
         assert_eq!(lock(&auth.verified).len(), 1);
+    }
+
+    mod properties {
+        use proptest::{collection, prelude::*, sample::select};
+
+        use super::{basic, basic_credentials, check_bcrypt_hash, HeaderValue};
+
+        const BCRYPT_ALPHABET: &str =
+            "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+        /// `$version$cost$salt-and-hash`, each part right or nearly so.
+        fn hash_like() -> impl Strategy<Value = String> {
+            let version = select(&["2a", "2b", "2x", "2y", "2", "2c", "3a", ""][..]);
+            let cost = select(&["04", "05", "4", "+5", "00", "03", "31", "32", "1O", ""][..]);
+            let alphabet: Vec<char> = BCRYPT_ALPHABET.chars().collect();
+            let rest = prop_oneof![
+                4 => collection::vec(select(alphabet), 53).prop_map(String::from_iter),
+                1 => "[./A-Za-z0-9]{50,56}",
+                1 => any::<String>(),
+            ];
+            (version, cost, rest)
+                .prop_map(|(version, cost, rest)| format!("${version}${cost}${rest}"))
+        }
+
+        proptest! {
+            #[test]
+            fn accepted_hashes_work_and_refused_ones_are_not_echoed(
+                hash in prop_oneof![3 => hash_like(), 1 => any::<String>()],
+            ) {
+                match check_bcrypt_hash(&hash) {
+                    Ok(()) => {
+                        // Cheap costs only: bcrypt at cost 31 takes days.
+                        let cost: u32 = hash[4..6].parse().expect("a checked cost");
+                        if cost <= 5 {
+                            let verified = bcrypt::verify("password", &hash);
+                            prop_assert!(verified.is_ok(), "{hash} accepted, then {verified:?}");
+                        }
+                    }
+                    Err(error) => {
+                        let error = format!("{error:#}");
+                        prop_assert!(hash.len() < 8 || !error.contains(&hash), "{error}");
+                    }
+                }
+            }
+
+            #[test]
+            fn basic_credentials_round_trip(user in "[^:]*", password in any::<String>()) {
+                prop_assert_eq!(
+                    basic_credentials(&basic(&user, &password)),
+                    Some((user.into_bytes(), password.into_bytes()))
+                );
+            }
+
+            #[test]
+            fn any_authorization_header_is_read_or_refused(value in any::<Vec<u8>>()) {
+                if let Ok(header) = HeaderValue::from_bytes(&value) {
+                    let _ = basic_credentials(&header);
+                }
+            }
+        }
     }
 }

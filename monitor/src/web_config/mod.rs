@@ -15,6 +15,8 @@ mod fixtures;
 mod headers;
 mod pem;
 mod policy;
+#[cfg(test)]
+mod properties;
 mod tls;
 
 use std::{path::Path, sync::Arc};
