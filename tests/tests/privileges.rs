@@ -99,13 +99,7 @@ fn without_any_one_capability_the_agent_names_it_and_exits() {
         );
 
         // doctor tells the same, on its capabilities line.
-        let doctor = Command::new(&setpriv[0])
-            .args(&setpriv[1..])
-            .arg(integration_tests::crossmon_bin())
-            .args(["doctor", "--docker-host", "unix:///nonexistent/docker.sock"])
-            .output()
-            .expect("crossmon doctor under setpriv");
-        let report = String::from_utf8_lossy(&doctor.stdout);
+        let (doctor, report) = doctor_under(&setpriv);
         assert!(!doctor.status.success());
         let line = report
             .lines()
@@ -128,13 +122,7 @@ fn doctor_names_the_capabilities_it_runs_with() {
     }
     let (set, _) = old_engine_set();
     let setpriv = caps::setpriv_only(&set);
-    let doctor = Command::new(&setpriv[0])
-        .args(&setpriv[1..])
-        .arg(integration_tests::crossmon_bin())
-        .args(["doctor", "--docker-host", "unix:///nonexistent/docker.sock"])
-        .output()
-        .expect("crossmon doctor under setpriv");
-    let report = String::from_utf8_lossy(&doctor.stdout);
+    let (_, report) = doctor_under(&setpriv);
     let (granted, held): (Vec<&Capability>, Vec<&Capability>) =
         CAPABILITIES.iter().partition(|cap| cap.sys_admin_grants);
     let expected = format!(
@@ -147,4 +135,17 @@ fn doctor_names_the_capabilities_it_runs_with() {
         report.lines().any(|line| line.starts_with("ok   programs")),
         "the programs load with CAP_SYS_ADMIN in place of CAP_BPF and CAP_PERFMON:\n{report}"
     );
+}
+
+/// `crossmon doctor` run by `setpriv` (no engine: only the capabilities
+/// line matters), and its report.
+fn doctor_under(setpriv: &[String]) -> (std::process::Output, String) {
+    let doctor = Command::new(&setpriv[0])
+        .args(&setpriv[1..])
+        .arg(integration_tests::crossmon_bin())
+        .args(["doctor", "--docker-host", "unix:///nonexistent/docker.sock"])
+        .output()
+        .expect("crossmon doctor under setpriv");
+    let report = String::from_utf8_lossy(&doctor.stdout).into_owned();
+    (doctor, report)
 }

@@ -56,8 +56,10 @@ struct Compose {
 }
 
 impl Compose {
-    fn run(&self, args: &[&str]) -> Output {
-        let output = Command::new("docker-compose")
+    /// `docker-compose` on the shipped file, as this test's project.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("docker-compose");
+        command
             .current_dir(ROOT)
             .args([
                 "--project-name",
@@ -66,7 +68,13 @@ impl Compose {
                 "docker-compose.yml",
             ])
             .args(args)
-            .envs(self.env.iter().map(|(key, value)| (key, value)))
+            .envs(self.env.iter().map(|(key, value)| (key, value)));
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let output = self
+            .command(args)
             .output()
             .expect("running docker-compose (package docker-compose)");
         assert!(
@@ -80,16 +88,8 @@ impl Compose {
 
 impl Drop for Compose {
     fn drop(&mut self) {
-        let _ = Command::new("docker-compose")
-            .current_dir(ROOT)
-            .args([
-                "--project-name",
-                &self.project,
-                "--file",
-                "docker-compose.yml",
-            ])
-            .args(["down", "--volumes", "--timeout", "5"])
-            .envs(self.env.iter().map(|(key, value)| (key, value)))
+        let _ = self
+            .command(&["down", "--volumes", "--timeout", "5"])
             .output();
     }
 }
