@@ -116,4 +116,3 @@ fn without_privileges_it_fails_with_one_line_naming_the_capability() {
         "{stderr}"
     );
 }
-

@@ -262,7 +262,10 @@ fn the_mapping_follows_restart_rename_connect_and_a_burst_of_short_lived_contain
 
     // Counts are right for the renamed container after all that.
     a.ping(&b.ip(&net.name).expect("ip"), 3);
-    assert_eq!(agent.named_flow(&a.name, &b.name, "icmp", 3)["bytes"], 3 * 84);
+    assert_eq!(
+        agent.named_flow(&a.name, &b.name, "icmp", 3)["bytes"],
+        3 * 84
+    );
 
     // Through all of it, crossmon only read from the engine.
     assert_read_only(
