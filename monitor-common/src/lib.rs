@@ -309,6 +309,133 @@ pub struct ArpEvent {
 }
 const _: () = assert!(size_of::<ArpEvent>() == 64);
 
+/// `ARRAY<u32>` of [`POLICY_STATE_LEN`] entries indexed by [`PolicyState`]:
+/// the policy mode and the generation of the policy maps in force.
+pub const POLICY_STATE_MAP: &str = "POLICY_STATE";
+/// `HASH<PolicyIfaceKey, PolicyIface>`: each policed veth's own addresses.
+pub const POLICY_IFACES_MAP: &str = "POLICY_IFACES";
+/// `HASH<PolicyRuleKey, PolicyRuleValue>`: what a veth may send to each
+/// container address of its network.
+pub const POLICY_RULES_MAP: &str = "POLICY_RULES";
+/// `PERCPU_ARRAY<u64>` of `2 * POLICY_SLOTS`: packets that broke the policy,
+/// by slot; slot `s` counts those passed (observe, `alert`), `POLICY_SLOTS +
+/// s` those dropped.
+pub const POLICY_COUNTS_MAP: &str = "POLICY_COUNTS";
+/// `LRU_PERCPU_HASH<FlowKey, DeniedStats>`: flows that broke the policy, for
+/// the agent's alerts (drained at each poll).
+pub const POLICY_DENIED_MAP: &str = "POLICY_DENIED";
+
+/// Distinct names a policy's counters can carry in one run (rules,
+/// network defaults, the two spoofing slots).
+pub const POLICY_SLOTS: u32 = 1024;
+/// Slot of packets sent from an address that is not the sender's own.
+pub const POLICY_SLOT_SPOOFED_SOURCE: u32 = 0;
+/// Slot of ARP packets claiming an address or MAC not the sender's own.
+pub const POLICY_SLOT_SPOOFED_ARP: u32 = 1;
+/// The `protocol` of a [`PolicyRuleKey`] that says only "this address is a
+/// container on the veth's network" and carries the network's default.
+/// 255 is IANA's reserved protocol number: never a real packet's.
+pub const POLICY_PEER_PROTOCOL: u8 = 255;
+
+/// Entries of the `POLICY_STATE` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyState {
+    /// A [`PolicyMode`] value.
+    Mode = 0,
+    /// The generation (0 or 1) whose entries the programs read.
+    Generation = 1,
+}
+pub const POLICY_STATE_LEN: u32 = 2;
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyMode {
+    /// No policy: one array lookup per packet, nothing else.
+    Off = 0,
+    /// Violations counted and alerted, nothing dropped.
+    Observe = 1,
+    /// `deny` drops at the sender's veth.
+    Enforce = 2,
+}
+
+/// What a policy says about a packet.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyAction {
+    Allow = 0,
+    /// Passed, counted and alerted.
+    Alert = 1,
+    /// Dropped in enforce mode; as `Alert` in observe mode.
+    Deny = 2,
+}
+
+/// Key of a veth's entry in one generation of the policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyIfaceKey {
+    pub ifindex: u32,
+    pub generation: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<PolicyIfaceKey>() == 8);
+
+/// The addresses Docker gave the container behind a veth: what it may send
+/// from (IPv6 link-local and unspecified sources are always its own).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyIface {
+    /// IPv4-mapped; all zero when it has none.
+    pub ipv4: [u8; 16],
+    /// All zero when it has none.
+    pub ipv6: [u8; 16],
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<PolicyIface>() == 40);
+
+/// `protocol` [`POLICY_PEER_PROTOCOL`] with port 0 marks a container
+/// address; `dst_port` 0 with a real protocol is any port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyRuleKey {
+    /// The sender's host-side veth.
+    pub ifindex: u32,
+    pub generation: u8,
+    pub protocol: u8,
+    pub dst_port: u16,
+    /// Network byte order, IPv4-mapped for IPv4.
+    pub dst_addr: [u8; 16],
+}
+const _: () = assert!(size_of::<PolicyRuleKey>() == 24);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyRuleValue {
+    /// Counter slot of the rule or default.
+    pub slot: u32,
+    /// A [`PolicyAction`] value.
+    pub action: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<PolicyRuleValue>() == 8);
+
+/// A flow that broke the policy, as counted by one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeniedStats {
+    pub packets: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// The sender's host-side veth.
+    pub ifindex: u32,
+    /// Counter slot of the rule, default or spoofing check that judged it.
+    pub slot: u32,
+    /// Packets of these dropped (the rest were passed and counted).
+    pub dropped: u64,
+}
+const _: () = assert!(size_of::<DeniedStats>() == 40);
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -321,4 +448,9 @@ mod user {
     unsafe impl aya::Pod for NewFlowEvent {}
     unsafe impl aya::Pod for CaptureEvent {}
     unsafe impl aya::Pod for ArpEvent {}
+    unsafe impl aya::Pod for PolicyIfaceKey {}
+    unsafe impl aya::Pod for PolicyIface {}
+    unsafe impl aya::Pod for PolicyRuleKey {}
+    unsafe impl aya::Pod for PolicyRuleValue {}
+    unsafe impl aya::Pod for DeniedStats {}
 }

@@ -1,9 +1,11 @@
 //! crossmon's TC classifiers, attached to both directions of the host-side
 //! veth of every container on a Linux bridge.
 //!
-//! They only observe: every path returns `TC_ACT_UNSPEC` (TCX_NEXT), which
+//! They observe: every path returns `TC_ACT_UNSPEC` (TCX_NEXT), which
 //! passes the packet unchanged *and* lets later programs on the same hook run
-//! (`TC_ACT_OK` and `TC_ACT_PIPE` would end a TCX chain).
+//! (`TC_ACT_OK` and `TC_ACT_PIPE` would end a TCX chain). The one exception
+//! is a flow policy in enforce mode: a packet it denies is dropped
+//! (`TC_ACT_SHOT`) where the container sent it.
 #![no_std]
 #![no_main]
 
@@ -11,9 +13,10 @@ mod events;
 mod flow;
 mod maps;
 mod parse;
+mod policy;
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC,
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::classifier,
     programs::TcContext,
@@ -26,6 +29,7 @@ use crate::{
     flow::Accounted,
     maps::{bump, counted_at_ingress, PAYLOAD_BYTES, PAYLOAD_PACKETS, SAMPLE_RATE},
     parse::{Frame, Malformed},
+    policy::Verdict,
 };
 
 /// Bytes of a random packet-head sample: Ethernet, IP and transport
@@ -35,7 +39,18 @@ const PACKET_HEAD_BYTES: u32 = 128;
 /// Packets a container sends (TC ingress of its host-side veth).
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
-    observe(&ctx, Direction::FromContainer);
+    let seen = seen(&ctx, Direction::FromContainer);
+    let frame = parse::parse(&ctx);
+    if policy::judge(&ctx, &seen, &frame) == Verdict::Drop {
+        // Not counted as a flow: the flow map holds only what passed,
+        // which is what tells a reply from an attempt. A dropped ARP
+        // packet still reaches the spoofing detector.
+        if let Ok(Frame::Arp(offset)) = frame {
+            events::arp(&ctx, &seen, offset);
+        }
+        return TC_ACT_SHOT;
+    }
+    observe(&ctx, &seen, frame);
     TC_ACT_UNSPEC
 }
 
@@ -48,27 +63,34 @@ pub fn to_container(ctx: TcContext) -> i32 {
     // container. The cheap check comes first; routed traffic is recognised
     // by its flow (see `flow::account`).
     if !counted_at_ingress(came_in_through) {
-        observe(&ctx, Direction::ToContainer);
+        observe(
+            &ctx,
+            &seen(&ctx, Direction::ToContainer),
+            parse::parse(&ctx),
+        );
     }
     TC_ACT_UNSPEC
 }
 
 #[inline(always)]
-fn observe(ctx: &TcContext, direction: Direction) {
-    let seen = Seen {
+fn seen(ctx: &TcContext, direction: Direction) -> Seen {
+    Seen {
         direction,
-        // SAFETY: as above.
+        // SAFETY: `skb` is the context pointer the kernel handed to the program.
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
         // SAFETY: helper without preconditions.
         now_ns: unsafe { bpf_ktime_get_ns() },
-    };
+    }
+}
 
+#[inline(always)]
+fn observe(ctx: &TcContext, seen: &Seen, frame: Result<Frame, Malformed>) {
     let rate = SAMPLE_RATE.load();
     // SAFETY: helper without preconditions.
     if rate != 0 && unsafe { bpf_get_prandom_u32() } % rate == 0 {
         events::capture(
             ctx,
-            &seen,
+            seen,
             EventKind::PacketSample,
             &FlowKey::ZERO,
             0,
@@ -77,7 +99,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
         );
     }
 
-    match parse::parse(ctx) {
+    match frame {
         Ok(Frame::Ip(packet)) => {
             // SAFETY: as above.
             let (gso_segs, gso_size) =
@@ -89,7 +111,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
             } else {
                 gso_segs
             };
-            let slot = match flow::account(&seen, &packet, segments) {
+            let slot = match flow::account(seen, &packet, segments) {
                 Accounted::Counted(slot) => slot,
                 Accounted::Duplicate => return,
                 Accounted::Refused => {
@@ -115,7 +137,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
             if limit != 0 && packet.payload_len != 0 && is_tcp_or_udp && !sampled_enough() {
                 events::capture(
                     ctx,
-                    &seen,
+                    seen,
                     EventKind::Payload,
                     &packet.key,
                     packet.payload_offset,
@@ -125,8 +147,8 @@ fn observe(ctx: &TcContext, direction: Direction) {
             }
         }
         Ok(Frame::Arp(offset)) => {
-            if direction == Direction::FromContainer {
-                events::arp(ctx, &seen, offset);
+            if seen.direction == Direction::FromContainer {
+                events::arp(ctx, seen, offset);
             }
         }
         Ok(Frame::Other) => bump(Counter::NonIp),

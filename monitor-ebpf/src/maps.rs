@@ -1,11 +1,15 @@
 //! Maps and load-time settings shared by the programs.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     Global,
 };
-use monitor_common::{Counter, FlowKey, FlowStats, DEFAULT_FLOW_CAPACITY, DEFAULT_RING_BYTES};
+use monitor_common::{
+    Counter, DeniedStats, FlowKey, FlowStats, PolicyIface, PolicyIfaceKey, PolicyRuleKey,
+    PolicyRuleValue, DEFAULT_FLOW_CAPACITY, DEFAULT_RING_BYTES, POLICY_SLOTS, POLICY_STATE_LEN,
+};
 
 /// Per-CPU values: the hot path never contends on a cache line or needs
 /// atomics; the agent sums the CPUs. The agent resizes it at load.
@@ -23,6 +27,28 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 /// `monitor_common::COUNTED_IFACES_MAP`.
 #[map]
 pub static COUNTED_IFACES: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// The policy's mode and generation, set by the agent at run time; see
+/// `monitor_common::POLICY_STATE_MAP` and the other policy maps.
+#[map]
+pub static POLICY_STATE: Array<u32> = Array::with_max_entries(POLICY_STATE_LEN, 0);
+
+/// Two generations of every policed veth (the one in force and the next).
+/// Not preallocated: without a policy they cost no memory.
+#[map]
+pub static POLICY_IFACES: HashMap<PolicyIfaceKey, PolicyIface> =
+    HashMap::with_max_entries(2 * 4096, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static POLICY_RULES: HashMap<PolicyRuleKey, PolicyRuleValue> =
+    HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static POLICY_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * POLICY_SLOTS, 0);
+
+#[map]
+pub static POLICY_DENIED: LruPerCpuHashMap<FlowKey, DeniedStats> =
+    LruPerCpuHashMap::with_max_entries(4096, 0);
 
 // Set by the agent at load time; the verifier sees them as constants.
 #[no_mangle]

@@ -31,6 +31,7 @@ use crate::{
     flows::{FlowTable, PollOutcome},
     links,
     metrics::{AgentSnapshot, Metrics, MetricsConfig},
+    policy::{self, in_force, Learner, PolicyConfig, PolicyInForce},
     web_config::{self, WebConfig},
 };
 
@@ -58,6 +59,16 @@ pub struct AgentConfig {
     /// What outlives the process: the new-connection baseline.
     pub state_dir: PathBuf,
     pub flow_log: Option<FlowLogConfig>,
+    /// `--policy FILE [--enforce]`.
+    pub policy: Option<PolicyConfig>,
+    /// `crossmon policy learn`: run this long, then write the policy.
+    pub learn: Option<LearnConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LearnConfig {
+    pub duration: Duration,
+    pub output: PathBuf,
 }
 
 /// What the API serves, updated by the background tasks.
@@ -81,6 +92,8 @@ pub struct AgentState {
     pub docker_up: Arc<AtomicBool>,
     /// False with `--no-docker`: no engine to be up or down.
     use_docker: bool,
+    /// Present while learning a policy.
+    learner: Option<Mutex<Learner>>,
 }
 
 impl AgentState {
@@ -118,6 +131,7 @@ impl AgentState {
             directory: RwLock::new(Arc::new(Directory::new(None, host_addresses()))),
             docker_up: Arc::default(),
             use_docker: config.use_docker,
+            learner: config.learn.as_ref().map(|_| Mutex::default()),
         })
     }
 
@@ -197,6 +211,12 @@ impl AgentState {
         );
         self.detectors
             .on_poll(&flows, &outcome.expired, &directory, now_ns);
+        if let Some(learner) = &self.learner {
+            learner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .on_poll(&flows, &outcome.expired, &directory, now_ns);
+        }
         if let Some(flow_log) = &self.flow_log {
             flow_log
                 .lock()
@@ -208,6 +228,42 @@ impl AgentState {
                     &|key| self.detectors.payload_verdict(key),
                     now_ns,
                 );
+        }
+    }
+
+    /// Alerts for the flows that broke the policy since the last poll.
+    fn record_policy_violations(&self, policy: &Mutex<PolicyInForce>, now_ns: u64) {
+        let directory = read(&self.directory).clone();
+        let (denied, names, mode) = {
+            let mut policy = in_force::lock(policy);
+            let denied = policy.drain_denied();
+            let names: Vec<String> = denied
+                .iter()
+                .map(|(_, stats)| policy.slot_name(stats.slot))
+                .collect();
+            (denied, names, policy.config.mode_name())
+        };
+        for ((key, stats), rule) in denied.iter().zip(names) {
+            if stats.slot == monitor_common::POLICY_SLOT_SPOOFED_SOURCE {
+                // Dropped, it never reached the flow map `ip_spoof`
+                // reads; passed, it did too (the cooldown keeps it one).
+                let record = crate::flows::FlowRecord {
+                    key: *key,
+                    stats: FlowStats {
+                        packets: stats.packets,
+                        first_seen_ns: stats.first_seen_ns,
+                        last_seen_ns: stats.last_seen_ns,
+                        ifindex: stats.ifindex,
+                        direction: monitor_common::Direction::FromContainer as u8,
+                        ..FlowStats::default()
+                    },
+                };
+                self.detectors.on_spoofed_drop(&record, &directory, now_ns);
+            } else if let Some(alert) =
+                policy::alerts::violation(key, stats, &rule, mode, &directory)
+            {
+                self.detectors.sink().raise(alert, now_ns);
+            }
         }
     }
 
@@ -263,6 +319,28 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let state = Arc::new(AgentState::new(&config)?);
     let programs = Arc::new(Mutex::new(datapath.programs));
     let mut tasks = JoinSet::new();
+    let policy = match config.policy.clone() {
+        Some(policy_config) => {
+            tracing::info!(
+                file = %policy_config.path.display(),
+                mode = policy_config.mode_name(),
+                rules = policy_config.policy.rules.len(),
+                "flow policy in force"
+            );
+            let policy = Arc::new(Mutex::new(PolicyInForce::start(
+                policy_config,
+                datapath.policy,
+            )?));
+            state
+                .metrics
+                .register(Box::new(policy::metrics::PolicyCollector::new(
+                    policy.clone(),
+                )?))?;
+            tasks.spawn(in_force::follow_file(policy.clone()));
+            Some(policy)
+        }
+        None => None,
+    };
     let inventory = if config.use_docker {
         let (sender, receiver) = watch::channel(None);
         tasks.spawn(docker::follow(
@@ -274,13 +352,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     } else {
         None
     };
-    tasks.spawn(follow_links(programs.clone(), state.clone(), inventory));
+    tasks.spawn(follow_links(
+        programs.clone(),
+        state.clone(),
+        inventory,
+        policy.clone(),
+    ));
     tasks.spawn(poll_flows(
         datapath.flows,
         datapath.counters,
         programs.clone(),
         state.clone(),
         config.clone(),
+        policy,
     ));
     tasks.spawn(consume_events(datapath.events, state.clone()));
     if let Some(logger) = datapath.ebpf_logger {
@@ -290,9 +374,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tasks.spawn(web_config::serve(listener, app, config.web_config.clone()));
 
     let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let learnt = async {
+        match &config.learn {
+            Some(learn) => tokio::time::sleep(learn.duration).await,
+            None => std::future::pending().await,
+        }
+    };
     let outcome = tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = terminate.recv() => Ok(()),
+        () = learnt => Ok(()),
         Some(done) = tasks.join_next() => match done {
             Ok(Ok(())) => Err(anyhow::anyhow!("a background task ended unexpectedly")),
             Ok(Err(err)) => Err(err),
@@ -302,6 +393,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tasks.shutdown().await;
     let detached = lock(&programs).detach_all();
     tracing::info!("detached from {detached} interfaces, exiting");
+    if let (Ok(()), Some(learn), Some(learner)) = (&outcome, &config.learn, &state.learner) {
+        let learner = learner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        learner.write(&learn.output, learn.duration)?;
+        tracing::info!("policy written to {}", learn.output.display());
+    }
     outcome
 }
 
@@ -318,6 +416,7 @@ async fn follow_links(
     programs: Arc<Mutex<Programs>>,
     state: Arc<AgentState>,
     mut inventory: Option<watch::Receiver<Option<Arc<Inventory>>>>,
+    policy: Option<Arc<Mutex<PolicyInForce>>>,
 ) -> anyhow::Result<()> {
     let (handle, changes) = links::watch()?;
     let mut changes = std::pin::pin!(changes);
@@ -331,6 +430,10 @@ async fn follow_links(
             ports.retain(|port| endpoints.contains(&port.ifindex));
             known
         });
+        // A container's policy is in force before its veth is attached.
+        if let Some(policy) = &policy {
+            in_force::lock(policy).on_inventory(known.clone());
+        }
         // Also without Docker: a new bridge brings a new host address.
         state.set_inventory(known);
         {
@@ -404,6 +507,7 @@ async fn poll_flows(
     programs: Arc<Mutex<Programs>>,
     state: Arc<AgentState>,
     config: AgentConfig,
+    policy: Option<Arc<Mutex<PolicyInForce>>>,
 ) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(config.poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -430,6 +534,9 @@ async fn poll_flows(
             // A failed read loses nothing: the kernel keeps counting and
             // the next poll reads it.
             Err(err) => tracing::warn!("reading the flow map: {err:#}"),
+        }
+        if let Some(policy) = &policy {
+            state.record_policy_violations(policy, now);
         }
         match counters.read() {
             Ok(kernel) => *write(&state.kernel) = kernel,

@@ -7,15 +7,17 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use monitor_common::MAX_CAPTURE;
 
 use crate::{
-    agent::AgentConfig,
+    agent::{AgentConfig, LearnConfig},
     datapath::{AttachMode, DatapathConfig},
     detect::config::DetectConfig,
     flow_log::FlowLogConfig,
     metrics::MetricsConfig,
+    policy::{Policy, PolicyConfig},
     web_config::WebConfig,
 };
 
@@ -41,6 +43,35 @@ pub enum Command {
     /// Check the kernel, privileges and the Docker engine, one line each;
     /// exit status 0 only when all is well.
     Doctor {
+        /// The Docker engine (default: `$DOCKER_HOST`, else the local socket).
+        #[arg(long, value_parser = parse_docker_host)]
+        docker_host: Option<String>,
+    },
+    /// Least-privilege flow policies: learn one, check one.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Watch the host's containers for a while (no agent needed) and write
+    /// a policy allowing what they did.
+    Learn {
+        /// How long to watch, e.g. `10m`, `1h`.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Duration,
+        /// Where to write the policy (YAML).
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// The Docker engine (default: `$DOCKER_HOST`, else the local socket).
+        #[arg(long, value_parser = parse_docker_host)]
+        docker_host: Option<String>,
+    },
+    /// Validate a policy file and print what it would allow and deny
+    /// between the containers running now; exit status 2 when invalid.
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
         /// The Docker engine (default: `$DOCKER_HOST`, else the local socket).
         #[arg(long, value_parser = parse_docker_host)]
         docker_host: Option<String>,
@@ -153,6 +184,16 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = AttachModeArg::Auto)]
     pub attach_mode: AttachModeArg,
 
+    /// A flow policy (YAML, see the README) judged at each container's
+    /// veth; violations are counted and alerted (observe mode). Reloaded
+    /// on SIGHUP and when the file changes.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_docker")]
+    pub policy: Option<PathBuf>,
+
+    /// Drop what the policy denies (enforce mode).
+    #[arg(long, requires = "policy")]
+    pub enforce: bool,
+
     /// Forward the programs' aya-log output at this level (off by default).
     #[arg(long, value_enum, default_value_t = EbpfLog::Off)]
     pub ebpf_log: EbpfLog,
@@ -253,6 +294,20 @@ impl RunArgs {
         if let Some(path) = &self.flow_log {
             writable_path("--flow-log", path)?;
         }
+        let policy = match &self.policy {
+            Some(path) => Some(PolicyConfig {
+                path: path.clone(),
+                enforce: self.enforce,
+                policy: Policy::load(path).context("--policy")?,
+            }),
+            None => None,
+        };
+        // clsact filters outlive a crashed agent: enforcement would go on
+        // with no one to change or end it.
+        anyhow::ensure!(
+            !(self.enforce && matches!(self.attach_mode, AttachModeArg::Clsact)),
+            "--enforce needs TCX links (--attach-mode auto on kernel 6.6+): clsact filters outlive a crashed agent, so enforcement would not stop with it"
+        );
         anyhow::ensure!(
             !self.state_dir.exists() || self.state_dir.is_dir(),
             "--state-dir {}: not a directory",
@@ -294,6 +349,8 @@ impl RunArgs {
                 keep: self.flow_log_keep,
             }),
             alert_log: Some(self.alert_log.clone()),
+            policy,
+            learn: None,
             alert_cooldown: self.alert_cooldown,
             metrics: MetricsConfig {
                 max_series: self.max_series as usize,
@@ -303,6 +360,40 @@ impl RunArgs {
         config.datapath.validate()?;
         Ok(config)
     }
+}
+
+/// The agent `crossmon policy learn` runs: every default, no API beyond an
+/// ephemeral loopback port, no alert log, nothing kept on disk but the
+/// policy it writes.
+pub fn learn_config(
+    duration: Duration,
+    output: &Path,
+    docker_host: Option<&str>,
+) -> anyhow::Result<AgentConfig> {
+    writable_path("--output", output)?;
+    let mut line = vec![
+        "crossmon",
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--poll-interval",
+        "250ms",
+    ];
+    if let Some(host) = docker_host {
+        line.extend(["--docker-host", host]);
+    }
+    let Command::Run(args) = Cli::try_parse_from(line)?.command else {
+        anyhow::bail!("`crossmon run` did not parse as itself");
+    };
+    let mut config = args.agent_config()?;
+    config.alert_log = None;
+    config.detect.new_connection.enabled = false;
+    config.state_dir = std::env::temp_dir();
+    config.learn = Some(LearnConfig {
+        duration,
+        output: output.to_owned(),
+    });
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -324,6 +415,39 @@ mod tests {
         let config = args.agent_config().expect("defaults are valid");
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert!(config.datapath.validate().is_ok());
+    }
+
+    #[test]
+    fn enforce_needs_a_policy_and_tcx() {
+        assert!(parse(&["run", "--enforce"]).is_err());
+        assert!(parse(&["run", "--policy", "p.yaml", "--no-docker"]).is_err());
+        let path = std::env::temp_dir().join(format!("crossmon-cli-{}.yaml", std::process::id()));
+        std::fs::write(&path, "version: 1\n").expect("write");
+        let file = path.to_str().expect("UTF-8");
+        let Ok(Cli {
+            command: Command::Run(args),
+        }) = parse(&[
+            "run",
+            "--policy",
+            file,
+            "--enforce",
+            "--attach-mode",
+            "clsact",
+        ])
+        else {
+            panic!("parses");
+        };
+        let err = args.agent_config().expect_err("clsact refused");
+        assert!(err.to_string().contains("--enforce needs TCX"), "{err}");
+        let Ok(Cli {
+            command: Command::Run(args),
+        }) = parse(&["run", "--policy", file, "--enforce"])
+        else {
+            panic!("parses");
+        };
+        let config = args.agent_config().expect("valid");
+        let _ = std::fs::remove_file(&path);
+        assert!(config.policy.is_some_and(|p| p.enforce));
     }
 
     #[test]

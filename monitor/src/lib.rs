@@ -14,5 +14,6 @@ pub mod flow_log;
 pub mod flows;
 pub mod links;
 pub mod metrics;
+pub mod policy;
 pub mod rotating;
 pub mod web_config;

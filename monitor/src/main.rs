@@ -1,7 +1,7 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
-use monitor::cli::{Cli, Command};
+use monitor::cli::{learn_config, Cli, Command, PolicyCommand};
 use tracing_subscriber::EnvFilter;
 
 /// netlink-packet-route warns about every attribute newer than itself, once
@@ -40,6 +40,29 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+        Command::Policy(PolicyCommand::Learn {
+            duration,
+            output,
+            docker_host,
+        }) => match learn_config(duration, &output, docker_host.as_deref()) {
+            Ok(config) => runtime.block_on(monitor::agent::run(config)),
+            Err(err) => {
+                eprintln!("crossmon: {err:#}");
+                return ExitCode::from(2);
+            }
+        },
+        Command::Policy(PolicyCommand::Check { file, docker_host }) => {
+            let policy = match monitor::policy::Policy::load(&file) {
+                Ok(policy) => policy,
+                Err(err) => {
+                    eprintln!("crossmon: {err:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            runtime
+                .block_on(monitor::policy::check::run(&policy, docker_host.as_deref()))
+                .map(|table| print!("{table}"))
+        }
         Command::Doctor { docker_host } => {
             return if runtime.block_on(monitor::doctor::run(docker_host.as_deref())) {
                 ExitCode::SUCCESS

@@ -265,6 +265,45 @@ impl Container {
         .expect("connections accepted");
     }
 
+    /// A TCP connection from this container to `server`'s `ip:port`, where
+    /// a listener waits, must go unanswered: dropped on the way, neither
+    /// accepted nor refused.
+    pub fn tcp_blocked(&self, server: &Container, ip: &str, port: u16) {
+        let _listener = in_netns(&server.netns().expect("netns"), || {
+            Ok(TcpListener::bind(("0.0.0.0", port))?)
+        })
+        .expect("listener in the server");
+        let target: SocketAddr = format!("{ip}:{port}").parse().expect("address");
+        let outcome = in_netns(&self.netns().expect("netns"), || {
+            Ok(TcpStream::connect_timeout(&target, Duration::from_secs(2)))
+        })
+        .expect("connecting");
+        match outcome {
+            Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {}
+            other => panic!(
+                "{} -> {target}: expected no answer, got {other:?}",
+                self.name
+            ),
+        }
+    }
+
+    /// The name of this container's host-side veth (of its `eth0`).
+    pub fn host_veth(&self) -> anyhow::Result<String> {
+        let iflink = text(docker(&[
+            "exec",
+            &self.name,
+            "cat",
+            "/sys/class/net/eth0/iflink",
+        ])?);
+        for entry in std::fs::read_dir("/sys/class/net")?.flatten() {
+            let index = std::fs::read_to_string(entry.path().join("ifindex")).unwrap_or_default();
+            if index.trim() == iflink {
+                return Ok(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        bail!("no host interface has ifindex {iflink}")
+    }
+
     pub fn exec(&self, command: &[&str]) -> anyhow::Result<Output> {
         let mut args = vec!["exec", self.name.as_str()];
         args.extend(command);

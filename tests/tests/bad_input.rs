@@ -104,11 +104,12 @@ fn every_run_flag_with_an_invalid_value_exits_2_naming_it() {
         ("alert-cooldown", &["0s", "later"]),
         ("attach-mode", &["xdp", ""]),
         ("ebpf-log", &["loud"]),
+        ("policy", &["/nonexistent/policy.yaml", a_file]),
     ];
     let covered: BTreeSet<String> = cases
         .iter()
         .map(|(flag, _)| (*flag).to_owned())
-        .chain(["no-docker".to_owned()])
+        .chain(["no-docker".to_owned(), "enforce".to_owned()])
         .collect();
     assert_eq!(
         flags_of("run"),
@@ -127,6 +128,7 @@ fn every_run_flag_with_an_invalid_value_exits_2_naming_it() {
     }
     // A switch takes no value.
     assert_refused(&["run", "--no-docker=yes"], &[], "--no-docker");
+    assert_refused(&["run", "--enforce=yes"], &[], "--enforce");
     assert_refused(&["run", "--bogus"], &[], "--bogus");
 }
 
@@ -170,4 +172,60 @@ fn a_bad_config_file_exits_2_naming_the_key() {
         assert_refused(&["run", "--config", config], &[], named);
         assert_refused(&["run", "--config", config], &[], "crossmon.toml");
     }
+}
+
+#[test]
+fn a_bad_policy_or_its_misuse_exits_2_naming_it() {
+    let scratch = Scratch::new("policy");
+    let good = scratch.write("good.yaml", "version: 1\n");
+    let good = good.to_str().expect("UTF-8 path");
+    for (text, named) in [
+        ("version: 1\nrulez: []\n", "rulez"),
+        ("version: 1\ndefaults: {\"*\": block}\n", "block"),
+        (
+            "version: 1\nrules:\n  - {name: a, from: {service: w}, to: {}}\n",
+            "rules[0] (a): to: no selector",
+        ),
+    ] {
+        let policy = scratch.write("policy.yaml", text);
+        let policy = policy.to_str().expect("UTF-8 path");
+        assert_refused(&["run", "--policy", policy], &[], named);
+        assert_refused(&["policy", "check", policy], &[], named);
+    }
+    // Enforcement needs a policy, and links that die with the agent.
+    assert_refused(&["run", "--enforce"], &[], "--policy");
+    assert_refused(
+        &["run", "--policy", good, "--no-docker"],
+        &[],
+        "--no-docker",
+    );
+    assert_refused(
+        &[
+            "run",
+            "--policy",
+            good,
+            "--enforce",
+            "--attach-mode",
+            "clsact",
+        ],
+        &[],
+        "--enforce",
+    );
+    assert_refused(
+        &[
+            "policy",
+            "learn",
+            "--duration",
+            "1s",
+            "--output",
+            "/nonexistent/p.yaml",
+        ],
+        &[],
+        "--output",
+    );
+    assert_refused(
+        &["policy", "learn", "--duration", "0s", "--output", good],
+        &[],
+        "--duration",
+    );
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::SchedClassifier,
     EbpfLoader,
 };
@@ -10,10 +10,11 @@ use aya_log::EbpfLogger;
 use monitor_common::{
     COUNTED_IFACES_MAP, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, GLOBAL_NEW_FLOW_EVENTS,
     GLOBAL_PAYLOAD_BYTES, GLOBAL_PAYLOAD_PACKETS, GLOBAL_SAMPLE_RATE, MAX_CAPTURE,
+    POLICY_COUNTS_MAP, POLICY_DENIED_MAP, POLICY_IFACES_MAP, POLICY_RULES_MAP, POLICY_STATE_MAP,
 };
 
 use super::{
-    AttachMode, Counters, EventRing, FlowMap, Programs, PROGRAM_FROM_CONTAINER,
+    AttachMode, Counters, EventRing, FlowMap, PolicyMaps, Programs, PROGRAM_FROM_CONTAINER,
     PROGRAM_TO_CONTAINER,
 };
 
@@ -91,6 +92,8 @@ pub struct Datapath {
     pub flows: FlowMap,
     pub events: EventRing,
     pub counters: Counters,
+    /// The flow policy's maps (mode `off` until a policy is written).
+    pub policy: PolicyMaps,
     /// Present when `ebpf_log` is set: drain it with [`EbpfLogger::flush`]
     /// when its fd is readable.
     pub ebpf_logger: Option<EbpfLogger<&'static dyn log::Log>>,
@@ -142,11 +145,19 @@ pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
     let counters = Counters::new(PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?);
     let counted: HashMap<MapData, u32, u8> =
         HashMap::try_from(take_map(&mut ebpf, COUNTED_IFACES_MAP)?)?;
+    let policy = PolicyMaps::new(
+        Array::try_from(take_map(&mut ebpf, POLICY_STATE_MAP)?)?,
+        HashMap::try_from(take_map(&mut ebpf, POLICY_IFACES_MAP)?)?,
+        HashMap::try_from(take_map(&mut ebpf, POLICY_RULES_MAP)?)?,
+        PerCpuArray::try_from(take_map(&mut ebpf, POLICY_COUNTS_MAP)?)?,
+        PerCpuHashMap::try_from(take_map(&mut ebpf, POLICY_DENIED_MAP)?)?,
+    );
     Ok(Datapath {
         programs: Programs::new(ebpf, counted, config.attach_mode),
         flows,
         events,
         counters,
+        policy,
         ebpf_logger,
     })
 }

@@ -6,6 +6,7 @@ mod counters;
 pub mod events;
 mod flow_map;
 mod load;
+mod policy_maps;
 pub mod preflight;
 
 pub use attach::{AttachMode, ProgramRunStats, Programs, VethAttachment};
@@ -13,6 +14,7 @@ pub use counters::{Counters, KernelCounters};
 pub use events::{Event, EventRing};
 pub use flow_map::FlowMap;
 pub use load::{load, Datapath, DatapathConfig};
+pub use policy_maps::{PolicyMaps, SlotCounts};
 
 /// Names of the classifiers in the object, as the kernel lists them.
 pub const PROGRAM_FROM_CONTAINER: &str = "from_container";

@@ -194,6 +194,17 @@ impl Detectors {
             .collect()
     }
 
+    /// A flow the policy dropped for its spoofed source: it never reached
+    /// the flow map, where `ip_spoof` is otherwise found.
+    pub fn on_spoofed_drop(&self, record: &FlowRecord, directory: &Directory, now_ns: u64) {
+        if !lock(&self.state).config.ip_spoof.enabled {
+            return;
+        }
+        if let spoof::Check::Spoofed(alert) = spoof::ip_spoof(record, directory) {
+            self.sink().raise(*alert, now_ns);
+        }
+    }
+
     /// For each batch of events from the kernel.
     pub fn on_events(&self, events: &[Event], directory: &Directory, now_ns: u64) {
         let arp_spoof = {

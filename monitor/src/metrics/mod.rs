@@ -4,7 +4,7 @@
 pub(crate) mod book;
 pub(crate) mod labels;
 mod served;
-mod state;
+pub(crate) mod state;
 mod text;
 mod traffic;
 
@@ -45,6 +45,13 @@ impl Metrics {
             traffic: Mutex::new(traffic),
             render_seconds,
         })
+    }
+
+    /// Adds families read at scrape time (the policy's counters).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) -> anyhow::Result<()> {
+        self.registry
+            .register(collector)
+            .context("registering a metrics collector")
     }
 
     /// The traffic counters, to update after each poll.

@@ -34,7 +34,7 @@ pub struct AgentSnapshot {
     pub alerts: Vec<(&'static str, Severity, String, u64)>,
 }
 
-type Row = (Vec<(&'static str, String)>, f64);
+pub(crate) type Row = (Vec<(&'static str, String)>, f64);
 
 fn family(name: &str, help: &str, kind: MetricType, rows: Vec<Row>) -> MetricFamily {
     let mut family = MetricFamily::default();
@@ -67,11 +67,11 @@ fn family(name: &str, help: &str, kind: MetricType, rows: Vec<Row>) -> MetricFam
     family
 }
 
-fn gauge(name: &str, help: &str, rows: Vec<Row>) -> MetricFamily {
+pub(crate) fn gauge(name: &str, help: &str, rows: Vec<Row>) -> MetricFamily {
     family(name, help, MetricType::GAUGE, rows)
 }
 
-fn counter(name: &str, help: &str, rows: Vec<Row>) -> MetricFamily {
+pub(crate) fn counter(name: &str, help: &str, rows: Vec<Row>) -> MetricFamily {
     family(name, help, MetricType::COUNTER, rows)
 }
 

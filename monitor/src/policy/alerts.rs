@@ -1,0 +1,60 @@
+//! `policy_violation`: a container sent what the policy does not allow,
+//! with the rule or network default that judged it.
+
+use monitor_common::{DeniedStats, FlowKey};
+use serde_json::json;
+
+use crate::{
+    clock,
+    datapath::events::key_addrs,
+    detect::{Alert, Severity},
+    docker::Directory,
+    flows::protocol_name,
+};
+
+/// The alert for a flow that broke the policy under counter `rule`;
+/// `None` while its sender is not known yet.
+pub fn violation(
+    key: &FlowKey,
+    stats: &DeniedStats,
+    rule: &str,
+    mode: &str,
+    directory: &Directory,
+) -> Option<Alert> {
+    let source = directory.by_veth_end(stats.ifindex)?;
+    let (_, dst_ip) = key_addrs(key);
+    let destination = directory.by_address(dst_ip);
+    let name = |end: &crate::docker::FlowEnd| Alert::end_name(end);
+    let protocol = protocol_name(key.protocol);
+    let verdict = if stats.dropped > 0 {
+        "dropped"
+    } else {
+        "passed"
+    };
+    let time =
+        clock::to_utc(stats.first_seen_ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    Some(Alert {
+        summary: format!(
+            "{} sent {protocol} to {} port {} against the policy ({rule}): {verdict}",
+            name(&source),
+            name(&destination),
+            key.dst_port,
+        ),
+        evidence: json!({
+            "rule": rule,
+            "mode": mode,
+            "verdict": verdict,
+            "protocol": protocol,
+            "destination_ip": dst_ip.to_string(),
+            "destination_port": key.dst_port,
+            "packets": stats.packets,
+            "dropped": stats.dropped,
+            "first_seen": time,
+        }),
+        time,
+        kind: "policy_violation",
+        severity: Severity::Warning,
+        source,
+        destination: Some(destination),
+    })
+}
