@@ -213,6 +213,26 @@ impl Programs {
         Ok((result.return_value as i32, out))
     }
 
+    /// Runs program `name` on `frame` `repeat` times in the kernel
+    /// (BPF_PROG_TEST_RUN): its verdict and the mean time of one run, as
+    /// the kernel measures it around the program alone.
+    pub fn time_runs(
+        &mut self,
+        name: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<(i32, std::time::Duration)> {
+        let result = self
+            .program(name)?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {name}, {repeat} times"))?;
+        Ok((result.return_value as i32, result.duration))
+    }
+
     fn program(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {
         self.ebpf
             .program_mut(name)

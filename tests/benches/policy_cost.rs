@@ -1,0 +1,134 @@
+//! What enforcing a flow policy costs a packet: `from_container` timed by
+//! the kernel around the program alone (BPF_PROG_TEST_RUN, many runs per
+//! measure) on one frame, without a policy, then with one in observe and in
+//! enforce mode, on a frame the policy allows and on one it denies. Run by
+//! `cargo xtask bench` (root: it loads the programs).
+//!
+//! The policy is compiled from a synthetic inventory: the bench network is
+//! no Docker network, and what is timed is the kernel's part alone.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use integration_tests::{frames::*, scratch::Scratch};
+use monitor::{
+    datapath::{self, DatapathConfig, Programs, PROGRAM_FROM_CONTAINER},
+    docker::{Container, Endpoint, Inventory, Posture},
+    policy::{Policy, PolicyConfig, PolicyInForce},
+};
+use monitor_common::{ip_proto, tcp_flag};
+
+/// Runs per measure, and measures per figure (the median is kept).
+const REPEAT: u32 = 200_000;
+const MEASURES: usize = 7;
+/// BPF_PROG_TEST_RUN runs a classifier as if on the loopback device.
+const TEST_RUN_IFINDEX: u32 = 1;
+const CLIENT: [u8; 4] = [10, 9, 0, 2];
+const SERVER: [u8; 4] = [10, 9, 0, 3];
+const OTHER: [u8; 4] = [10, 9, 0, 4];
+const POLICY: &str = "version: 1\ndefaults: {\"*\": deny}\nrules:\n  - {name: client-server, from: {container: client}, to: {container: server}, protocol: tcp, ports: [80]}\n";
+const TC_ACT_SHOT: i32 = 2;
+
+fn container(name: &str, ip: [u8; 4], ifindex: u32) -> Container {
+    Container {
+        id: format!("{name}-id"),
+        name: name.to_owned(),
+        image: String::new(),
+        compose_project: None,
+        compose_service: None,
+        network_mode: "bench".to_owned(),
+        pid: None,
+        endpoints: vec![Endpoint {
+            network: "bench".to_owned(),
+            network_id: "bench-id".to_owned(),
+            ip: Some(ip.into()),
+            ipv6: None,
+            mac: Some(format!("02:00:00:00:00:{:02x}", ip[3])),
+            gateway: Some([10, 9, 0, 1].into()),
+            host_ifindex: Some(ifindex),
+        }],
+        posture: Posture::default(),
+        labels: BTreeMap::new(),
+        exposed_ports: Default::default(),
+    }
+}
+
+fn inventory() -> Arc<Inventory> {
+    let mut inventory = Inventory::default();
+    for c in [
+        container("client", CLIENT, TEST_RUN_IFINDEX),
+        container("server", SERVER, 1001),
+        container("other", OTHER, 1002),
+    ] {
+        inventory.containers.insert(c.id.clone(), c);
+    }
+    Arc::new(inventory)
+}
+
+/// A data segment of an established connection, client to `dst`:80.
+fn segment(dst: [u8; 4]) -> Vec<u8> {
+    let mac = |ip: [u8; 4]| [2, 0, 0, 0, 0, ip[3]];
+    let tcp = tcp(40_000, 80, tcp_flag::ACK | tcp_flag::PSH, &[0; 64]);
+    ethernet(
+        mac(dst),
+        mac(CLIENT),
+        ETH_P_IP,
+        &ipv4(CLIENT, dst, ip_proto::TCP, &[], 0, &tcp),
+    )
+}
+
+/// Median ns per run, and the verdict.
+fn time(programs: &mut Programs, frame: &[u8]) -> anyhow::Result<(f64, i32)> {
+    let mut times = Vec::new();
+    let mut verdict = 0;
+    for _ in 0..MEASURES {
+        let (v, mean) = programs.time_runs(PROGRAM_FROM_CONTAINER, frame, REPEAT)?;
+        verdict = v;
+        times.push(mean);
+    }
+    times.sort();
+    Ok((times[MEASURES / 2].as_secs_f64() * 1e9, verdict))
+}
+
+fn ns(duration: f64) -> String {
+    format!("{duration:.0} ns")
+}
+
+fn main() -> anyhow::Result<()> {
+    let scratch = Scratch::new("policy-cost");
+    let path = scratch.write("policy.yaml", POLICY);
+    let (allowed, denied) = (segment(SERVER), segment(OTHER));
+
+    let mut bare = datapath::load(&DatapathConfig::default())?;
+    let (none, _) = time(&mut bare.programs, &allowed)?;
+    drop(bare);
+
+    println!("| policy | allowed packet | denied packet |");
+    println!("|---|---:|---:|");
+    println!("| none (mode off) | {} | {} |", ns(none), ns(none));
+    for enforce in [false, true] {
+        let mut loaded = datapath::load(&DatapathConfig::default())?;
+        let config = PolicyConfig {
+            policy: Policy::load(&path)?,
+            path: path.clone(),
+            enforce,
+        };
+        let mut policy = PolicyInForce::start(config, loaded.policy)?;
+        policy.on_inventory(Some(inventory()));
+        let (pass, _) = time(&mut loaded.programs, &allowed)?;
+        let (deny, verdict) = time(&mut loaded.programs, &denied)?;
+        anyhow::ensure!(
+            (verdict == TC_ACT_SHOT) == enforce,
+            "the denied packet got verdict {verdict}"
+        );
+        println!(
+            "| {} | {} (+{}) | {} (+{}){} |",
+            if enforce { "enforce" } else { "observe" },
+            ns(pass),
+            ns(pass - none),
+            ns(deny),
+            ns(deny - none),
+            if enforce { ", dropped" } else { ", passed" },
+        );
+    }
+    Ok(())
+}
