@@ -17,7 +17,7 @@ use crate::{
     datapath::events::key_addrs,
     detect::PayloadVerdict,
     docker::{Directory, FlowEnd},
-    flows::{outcome, protocol_name, tcp_flag_names, FlowRecord, FlowTable},
+    flows::{outcome, protocol_name, tcp_flag_names, FlowRecord, FlowTable, PollView},
     rotating::RotatingFile,
 };
 
@@ -131,22 +131,17 @@ impl FlowLog {
         payload: &dyn Fn(&FlowKey) -> Option<PayloadVerdict>,
         now_ns: u64,
     ) {
-        let ended: HashMap<FlowKey, FlowRecord> = expired.iter().map(|r| (r.key, *r)).collect();
+        let flows = PollView::new(table, expired);
         let find = |key: &FlowKey| {
-            table
-                .get(key)
-                .or_else(|| ended.get(key).copied())
+            flows
+                .find(key)
                 .or_else(|| self.ended_answers.get(key).copied())
         };
         let mut lines = Vec::new();
         let mut answers_ended = Vec::new();
         let mut written = Vec::new();
         let mut finished_answers = Vec::new();
-        for (record, is_ended) in table
-            .records()
-            .map(|r| (r, false))
-            .chain(expired.iter().map(|r| (*r, true)))
-        {
+        for (record, is_ended) in flows.records() {
             let reverse = find(&record.key.reversed());
             if self.ended_leaders.contains(&record.key.reversed()) {
                 if is_ended {

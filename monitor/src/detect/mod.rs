@@ -40,7 +40,7 @@ use crate::{
     docker::{Directory, FlowEnd},
     flows::{
         outcome::{self, Outcome},
-        FlowRecord, FlowTable,
+        FlowRecord, FlowTable, PollView,
     },
 };
 use config::DetectConfig;
@@ -143,13 +143,9 @@ impl Detectors {
         let mut alerts = Vec::new();
         {
             let mut state = lock(&self.state);
-            let ended: HashMap<FlowKey, FlowRecord> = expired.iter().map(|r| (r.key, *r)).collect();
-            let find = |key: &FlowKey| table.get(key).or_else(|| ended.get(key).copied());
-            let records = table
-                .records()
-                .map(|r| (r, false))
-                .chain(expired.iter().map(|r| (*r, true)));
-            for (record, is_ended) in records {
+            let flows = PollView::new(table, expired);
+            let find = |key: &FlowKey| flows.find(key);
+            for (record, is_ended) in flows.records() {
                 let reverse = find(&record.key.reversed());
                 state.flow(
                     &record,
@@ -160,7 +156,7 @@ impl Detectors {
                     &mut alerts,
                 );
             }
-            for key in ended.keys() {
+            for key in flows.ended() {
                 state.flows.remove(key);
             }
             state.scans.expire(now_ns);

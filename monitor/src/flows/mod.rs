@@ -2,9 +2,11 @@
 //! that survive the kernel map evicting or expiring entries.
 
 pub mod outcome;
+mod poll_view;
 mod record;
 mod table;
 
+pub use poll_view::PollView;
 pub use record::{protocol_name, tcp_flag_names, FlowRecord};
 pub use table::{FlowTable, PollOutcome};
 

@@ -19,7 +19,7 @@ use crate::{
     docker::{Container, Directory, Inventory},
     flows::{
         outcome::{self, Outcome},
-        FlowRecord, FlowTable,
+        FlowRecord, FlowTable, PollView,
     },
 };
 
@@ -84,12 +84,10 @@ impl TrafficMetrics {
         inventory: Option<&Inventory>,
         now_ns: u64,
     ) {
-        let ended: HashMap<FlowKey, FlowRecord> = expired.iter().map(|r| (r.key, *r)).collect();
-        let find = |key: &FlowKey| table.get(key).or_else(|| ended.get(key).copied());
-        let changed: Vec<(FlowRecord, bool)> = table
+        let flows = PollView::new(table, expired);
+        let find = |key: &FlowKey| flows.find(key);
+        let changed: Vec<(FlowRecord, bool)> = flows
             .records()
-            .map(|record| (record, false))
-            .chain(expired.iter().map(|record| (*record, true)))
             .filter(|(record, _)| self.needs_update(record))
             .collect();
         // Learn every answer of this round before labelling any flow, so
@@ -107,7 +105,7 @@ impl TrafficMetrics {
                 self.add_connection(&record.key, &labels, result, now_ns);
             }
         }
-        for key in ended.keys() {
+        for key in flows.ended() {
             self.exported.remove(key);
         }
         self.follow_containers(inventory, now_ns);

@@ -23,7 +23,7 @@ use crate::{
     docker::{Container, Directory},
     flows::{
         outcome::{self, Outcome},
-        FlowRecord, FlowTable,
+        FlowRecord, FlowTable, PollView,
     },
 };
 
@@ -62,17 +62,12 @@ impl Learner {
         directory: &Directory,
         now_ns: u64,
     ) {
-        let ended: BTreeMap<FlowKey, FlowRecord> = expired.iter().map(|r| (r.key, *r)).collect();
-        let find = |key: &FlowKey| table.get(key).or_else(|| ended.get(key).copied());
-        let records = table
-            .records()
-            .map(|r| (r, false))
-            .chain(expired.iter().map(|r| (*r, true)));
-        for (record, is_ended) in records {
+        let flows = PollView::new(table, expired);
+        for (record, is_ended) in flows.records() {
             if self.decided.contains(&record.key) {
                 continue;
             }
-            let reverse = find(&record.key.reversed());
+            let reverse = flows.find(&record.key.reversed());
             if let Some(done) = self.attempt(&record, reverse.as_ref(), is_ended, directory, now_ns)
             {
                 if done {
@@ -80,7 +75,7 @@ impl Learner {
                 }
             }
         }
-        for key in ended.keys() {
+        for key in flows.ended() {
             self.decided.remove(key);
         }
     }
