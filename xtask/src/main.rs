@@ -42,7 +42,9 @@ enum Task {
         tag: String,
     },
     /// Set up, then measure what crossmon costs the traffic it watches,
-    /// next to no monitor, tcpdump and softflowd; writes BENCHMARKS.md.
+    /// next to no monitor, tcpdump and softflowd, then what the agent
+    /// itself costs and how many new flows a second its events carry;
+    /// writes BENCHMARKS.md.
     Bench {
         /// Repetitions of every monitor and workload (at least 5 for
         /// BENCHMARKS.md; fewer only print the table).
@@ -54,6 +56,10 @@ enum Task {
         /// Measured seconds of each run of the per-program cost pass.
         #[arg(long, default_value_t = 2)]
         cost_seconds: u64,
+        /// Run one pass only, and only print (BENCHMARKS.md is left as it
+        /// is).
+        #[arg(long, value_enum)]
+        only: Option<bench::Pass>,
     },
 }
 
@@ -80,12 +86,14 @@ fn main() -> anyhow::Result<()> {
             repetitions,
             seconds,
             cost_seconds,
+            only,
         } => {
             setup::run()?;
             bench::run(&bench::Options {
                 repetitions,
                 seconds,
                 cost_seconds,
+                only,
             })
         }
     }

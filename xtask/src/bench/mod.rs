@@ -13,11 +13,17 @@
 //! workloads of each crossmon session: run-time statistics add two clock
 //! reads to every program run, which must not be charged to crossmon's
 //! throughput.
+//!
+//! The agent's own cost and its event path follow, in a pass of their own
+//! (`agent_cost`), with the bridge to themselves.
 
+mod agent_cost;
 mod monitor;
 mod net;
 mod programs;
+mod render_scale;
 mod report;
+mod udp_flows;
 mod workload;
 
 use std::{
@@ -45,6 +51,18 @@ pub struct Options {
     pub seconds: u64,
     /// Measured seconds of each workload run in the per-program cost pass.
     pub cost_seconds: u64,
+    /// One pass only; BENCHMARKS.md is then left as it is.
+    pub only: Option<Pass>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pass {
+    /// The workloads under each monitor, and the per-program cost.
+    Throughput,
+    /// The agent's CPU and memory at 1k, 10k and 100k active flows,
+    /// `/metrics` render time and size at 1k, 10k and 50k series, the
+    /// new-flow event rate carried without loss (about 3 minutes).
+    Agent,
 }
 
 /// Issue 7 asks for at least this many; fewer make a quick try whose
@@ -139,11 +157,19 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     );
     let _lock = lock()?;
 
+    let throughput = options.only != Some(Pass::Agent);
+    let agent_pass = options.only != Some(Pass::Throughput);
     println!("==> build crossmon (release)");
     cmd::status(
         "building the agent",
         cmd::cargo().args(["build", "--release", "--package", "monitor"]),
     )?;
+    let render_bench = if agent_pass {
+        println!("==> build the metrics_scale bench (release)");
+        Some(render_scale::build()?)
+    } else {
+        None
+    };
     let crossmon = cmd::target_dir().join("release/crossmon");
     let log_dir = cmd::target_dir().join("bench");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
@@ -176,9 +202,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         monitors: MONITORS,
         measurements: Vec::new(),
         costs: Vec::new(),
+        agent: None,
     };
     let bench_started = Instant::now();
-    for repetition in 0..options.repetitions {
+    let repetitions = if throughput { options.repetitions } else { 0 };
+    for repetition in 0..repetitions {
         for slot in 0..MONITORS.len() {
             let index = (slot + repetition) % MONITORS.len();
             let monitor = &MONITORS[index];
@@ -227,13 +255,27 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let bench_time = bench_started.elapsed();
     let br_netfilter = net.br_netfilter;
     drop(iperf);
+    if let Some(render_bench) = &render_bench {
+        report.agent = Some(agent_cost::run(&net, &crossmon, &log_dir, render_bench)?);
+    }
     drop(net);
 
-    let table = report.throughput_table();
-    let costs = report.cost_table();
-    let targets = report.targets();
-    println!("\n{table}\nMean ns per program run (run-time statistics pass):\n\n{costs}");
-    for target in &targets {
+    if throughput {
+        println!(
+            "\n{}\nMean ns per program run (run-time statistics pass):\n\n{}",
+            report.throughput_table(),
+            report.cost_table()
+        );
+    }
+    if let Some(agent) = &report.agent {
+        println!(
+            "\nAgent cost:\n\n{}\nEvent path:\n\n{}\n{}\n",
+            agent.cost_table(),
+            agent.event_table(),
+            agent.event_summary()
+        );
+    }
+    for target in report.targets() {
         println!("{target}");
     }
     if report.disturbed() > 0 {
@@ -244,13 +286,19 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     let total = started.elapsed();
     println!(
-        "bench: {} repetitions in {}, {} in all with the build",
-        options.repetitions,
+        "bench: {repetitions} repetitions in {}, the agent pass in {}, {} in all with the builds",
         minutes(bench_time),
+        report
+            .agent
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |agent| minutes(agent.elapsed)),
         minutes(total)
     );
-    if options.repetitions < MIN_REPETITIONS {
-        println!("note: fewer than {MIN_REPETITIONS} repetitions: BENCHMARKS.md is left as it is");
+    if options.repetitions < MIN_REPETITIONS || options.only.is_some() {
+        println!(
+            "note: fewer than {MIN_REPETITIONS} repetitions, or one pass only: BENCHMARKS.md is \
+             left as it is"
+        );
         return Ok(());
     }
     let path = cmd::workspace_root().join("BENCHMARKS.md");
@@ -372,12 +420,16 @@ fn benchmarks_md(
     line(
         &mut md,
         &format!(
-            "- {} repetitions, {} s per workload run ({} s in the cost pass), {} for the whole \
-         bench; load average {}",
+            "- {} repetitions, {} s per workload run ({} s in the cost pass), {} for them; {} for \
+             the agent pass; load average {}",
             options.repetitions,
             options.seconds,
             options.cost_seconds,
             minutes(conditions.bench_time),
+            report
+                .agent
+                .as_ref()
+                .map_or_else(|| "n/a".to_owned(), |agent| minutes(agent.elapsed)),
             conditions.load
         ),
     );
@@ -404,6 +456,10 @@ fn benchmarks_md(
     line(&mut md, "");
     md.push_str(&report.cost_table());
     line(&mut md, "");
+    if let Some(agent) = &report.agent {
+        md.push_str(&agent.markdown());
+        line(&mut md, "");
+    }
     line(&mut md, "## How it was measured");
     line(&mut md, "");
     line(

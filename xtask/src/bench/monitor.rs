@@ -88,11 +88,13 @@ impl Monitor {
             child: None,
             programs: BTreeMap::new(),
             log: log.clone(),
+            api: None,
         };
-        let api = free_loopback_port()?;
         let command = match self.kind {
             Kind::Bare => return Ok(session),
             Kind::Crossmon(extra) => {
+                let api = free_loopback_port()?;
+                session.api = Some(api);
                 let mut command = cmd::command(crossmon);
                 command
                     .args(["run", "--no-docker", "--listen"])
@@ -124,9 +126,9 @@ impl Monitor {
             }
         };
         session.spawn(command)?;
-        match self.kind {
-            Kind::Crossmon(_) => session.wait_crossmon(net, api)?,
-            _ => session.wait_capturing()?,
+        match session.api {
+            Some(api) => session.wait_crossmon(net, api)?,
+            None => session.wait_capturing()?,
         }
         Ok(session)
     }
@@ -147,6 +149,8 @@ pub struct Session {
     /// The BPF programs the monitor holds (crossmon only), id to name.
     pub programs: BTreeMap<u32, String>,
     log: PathBuf,
+    /// crossmon's HTTP API.
+    api: Option<SocketAddr>,
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -165,8 +169,14 @@ impl Session {
         Ok(())
     }
 
-    fn pid(&self) -> Option<u32> {
+    pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// crossmon's HTTP API.
+    pub fn api(&self) -> anyhow::Result<SocketAddr> {
+        self.api
+            .with_context(|| format!("{} has no HTTP API", self.name))
     }
 
     /// Fails, with the end of its log, if the monitor has exited.
@@ -188,7 +198,9 @@ impl Session {
         Ok(())
     }
 
-    fn wait_until(&mut self, what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    /// Waits for `done`, failing with the end of the log after
+    /// [`START_TIMEOUT`] or if the monitor exits.
+    pub fn wait_until(&mut self, what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         while !done() {
             self.check_running()?;
@@ -321,6 +333,25 @@ fn log_tail(log: &Path) -> String {
     let _ = File::open(log).and_then(|mut file| file.read_to_string(&mut text));
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// crossmon's `/metrics` at `api`, as text.
+pub fn metrics(api: SocketAddr) -> anyhow::Result<String> {
+    get(api, "/metrics").with_context(|| format!("GET http://{api}/metrics"))
+}
+
+/// The value of `series` (`name` or `name{label="value",...}`, as the
+/// agent writes it) in a `/metrics` text.
+pub fn sample(metrics: &str, series: &str) -> anyhow::Result<f64> {
+    metrics
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then_some(value)
+        })
+        .with_context(|| format!("no {series} in /metrics"))?
+        .parse()
+        .with_context(|| format!("parsing the value of {series}"))
 }
 
 /// A minimal HTTP/1.0 GET, for the agent's API on loopback.

@@ -232,6 +232,16 @@ impl BenchNet {
         let _ = ip(&["link", "del", BRIDGE]);
     }
 
+    /// From now on the server answers datagrams to closed ports with ICMP
+    /// port-unreachable once an hour (after at most the few of its initial
+    /// burst) instead of once a second: each answer could otherwise be a
+    /// new flow of its own when a full flow map has evicted the last one.
+    pub fn quiet_icmp(&self) -> anyhow::Result<()> {
+        in_netns(&self.server().netns, || {
+            sysctl("net/ipv4/icmp_ratelimit", "3600000")
+        })
+    }
+
     pub fn client(&self) -> &Host {
         &self.hosts[0]
     }

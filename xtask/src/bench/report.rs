@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{
+    agent_cost::AgentCost,
     monitor::{Kind, Monitor},
     workload::Workload,
 };
@@ -40,6 +41,16 @@ pub struct Report<'a> {
     pub monitors: &'a [Monitor],
     pub measurements: Vec<Measurement>,
     pub costs: Vec<ProgramCost>,
+    /// The agent pass, unless it was left out.
+    pub agent: Option<AgentCost>,
+}
+
+pub fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "pass"
+    } else {
+        "miss"
+    }
 }
 
 pub fn median(mut values: Vec<f64>) -> Option<f64> {
@@ -159,9 +170,21 @@ impl Report<'_> {
         out
     }
 
-    /// One line per target of issue 7, each `pass` or `miss`.
+    /// One line per target of issue 7 of the passes that ran, each `pass`
+    /// or `miss`.
     pub fn targets(&self) -> Vec<String> {
-        let verdict = |ok: bool| if ok { "pass" } else { "miss" };
+        let mut lines = if self.measurements.is_empty() {
+            Vec::new()
+        } else {
+            self.throughput_targets()
+        };
+        if let Some(agent) = &self.agent {
+            lines.extend(agent.targets());
+        }
+        lines
+    }
+
+    fn throughput_targets(&self) -> Vec<String> {
         let mut lines = Vec::new();
         for workload in Workload::ALL {
             let ratio = self.ratio(CROSSMON, workload);

@@ -235,7 +235,7 @@ fn set_int_option(
 }
 
 /// A transient send or receive error: the loop goes on.
-fn transient(err: &std::io::Error) -> bool {
+pub fn transient(err: &std::io::Error) -> bool {
     matches!(
         err.kind(),
         ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted

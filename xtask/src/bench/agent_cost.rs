@@ -1,0 +1,561 @@
+//! What the agent itself costs, and how many new flows a second its event
+//! path carries (issue 7, workloads 5 and 6): CPU and memory at 1k, 10k and
+//! 100k active flows, `/metrics` at 1k, 10k and 50k series, new-flow events
+//! at rising rates. Fresh crossmon sessions, after the throughput runs.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context as _};
+
+use super::{
+    minutes,
+    monitor::{metrics, sample, Kind, Monitor, Session},
+    net::BenchNet,
+    render_scale::{self, RenderScale},
+    report::{median, verdict},
+    sleep,
+    udp_flows::{Pattern, Sent, UdpFlows},
+};
+
+/// Active flows of the cost runs, and how many runs of each (one at 100k,
+/// the slowest to warm up).
+const FLOW_COUNTS: [(u64, usize); 3] = [(1_000, 3), (10_000, 3), (100_000, 1)];
+/// Measured time of each cost run: 8 polls or so, and a clock tick
+/// (10 ms) is 0.125 % of a core over it.
+const WINDOW: Duration = Duration::from_secs(8);
+/// Enough flow-map room for the most flows measured (the default holds
+/// 65536).
+const FLOW_CAPACITY: &str = "262144";
+
+const COST_MONITOR: Monitor = Monitor {
+    name: "crossmon agent cost",
+    kind: Kind::Crossmon(&["--flow-capacity", FLOW_CAPACITY]),
+    description: "`crossmon run --no-docker --flow-capacity 262144`",
+};
+const EVENT_MONITOR: Monitor = Monitor {
+    name: "crossmon event path",
+    kind: Kind::Crossmon(&[]),
+    description: "`crossmon run --no-docker`, default settings",
+};
+
+/// New flows offered per second, step after step.
+const OFFERED: [f64; 9] = [10e3, 15e3, 20e3, 25e3, 35e3, 50e3, 100e3, 200e3, 400e3];
+const STEP: Duration = Duration::from_secs(3);
+/// A step that sent less than this share of its offered rate found the
+/// sender's limit: no higher step would send more.
+const SATURATED: f64 = 0.9;
+/// Longer than the agent's poll interval (1 s), which is when it reads
+/// the kernel's lost counters.
+const SETTLE: Duration = Duration::from_millis(1200);
+const SETTLE_READINGS: usize = 8;
+
+const CPU_TARGET_PERCENT: f64 = 2.0;
+const CPU_TARGET_FLOWS: u64 = 1_000;
+const RSS_TARGET_MIB: f64 = 64.0;
+const RSS_TARGET_FLOWS: u64 = 100_000;
+const RENDER_TARGET_MS: f64 = 50.0;
+const RENDER_TARGET_SERIES: u64 = 10_000;
+
+/// One cost run.
+pub struct CostRun {
+    pub flows: u64,
+    /// Seen by the agent when the window started (`crossmon_flows`).
+    pub seen: u64,
+    pub cpu_percent: f64,
+    pub rss_mib: f64,
+    pub peak_rss_mib: f64,
+    /// Datagrams per second the sender kept up: below `flows` each flow
+    /// went a little longer than a second between datagrams.
+    pub sent_rate: f64,
+}
+
+/// One step of the event path.
+pub struct EventStep {
+    pub offered: f64,
+    /// New flows per second the sender managed.
+    pub achieved: f64,
+    pub flows: u64,
+    pub events: u64,
+    pub lost: u64,
+    /// Packets the flow map refused (no flow, so no event).
+    pub refused: u64,
+}
+
+impl EventStep {
+    fn lossless(&self) -> bool {
+        self.lost == 0 && self.refused == 0
+    }
+
+    /// Every flow sent is an event, a loss or a refusal, and nothing else
+    /// made new flows.
+    fn accounted(&self) -> bool {
+        self.events + self.lost + self.refused == self.flows
+    }
+}
+
+pub struct AgentCost {
+    pub runs: Vec<CostRun>,
+    pub render: RenderScale,
+    pub steps: Vec<EventStep>,
+    pub elapsed: Duration,
+}
+
+pub fn run(
+    net: &BenchNet,
+    crossmon: &Path,
+    log_dir: &Path,
+    render_bench: &Path,
+) -> anyhow::Result<AgentCost> {
+    let started = Instant::now();
+    net.quiet_icmp()?;
+    let mut runs = Vec::new();
+    for (flows, repetitions) in FLOW_COUNTS {
+        for repetition in 1..=repetitions {
+            let run = cost_run(net, crossmon, log_dir, flows)?;
+            println!(
+                "[agent {repetition}/{repetitions}] {flows} active flows ({} seen): {:.2} % of \
+                 one core, RSS {:.1} MiB (peak {:.1})",
+                run.seen, run.cpu_percent, run.rss_mib, run.peak_rss_mib
+            );
+            runs.push(run);
+        }
+    }
+    let render = render_scale::run(render_bench)?;
+    println!(
+        "[agent] /metrics rendered (metrics_scale):\n{}",
+        render.table
+    );
+    let steps = event_path(net, crossmon, log_dir)?;
+    let elapsed = started.elapsed();
+    println!("agent cost and event path: {}", minutes(elapsed));
+    Ok(AgentCost {
+        runs,
+        render,
+        steps,
+        elapsed,
+    })
+}
+
+fn cost_run(
+    net: &BenchNet,
+    crossmon: &Path,
+    log_dir: &Path,
+    flows: u64,
+) -> anyhow::Result<CostRun> {
+    let mut session = COST_MONITOR.start(net, crossmon, log_dir)?;
+    let pid = session.pid().context("crossmon was not started")?;
+    let api = session.api()?;
+    let ticks_per_second = ticks_per_second()?;
+    let (mut run, sent) =
+        UdpFlows::new(net).send_while(flows as f64, Pattern::Cycle(flows), || {
+            let seen = wait_for_flows(&mut session, api, flows)?;
+            let (ticks, at) = (cpu_ticks(pid)?, Instant::now());
+            sleep(WINDOW)?;
+            let busy = cpu_ticks(pid)?.saturating_sub(ticks) as f64 / ticks_per_second;
+            let cpu_percent = busy / at.elapsed().as_secs_f64() * 100.0;
+            let path = format!("/proc/{pid}/status");
+            let status =
+                std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+            let mib = |key| {
+                status_kib(&status, key)
+                    .map(|kib| kib as f64 / 1024.0)
+                    .with_context(|| format!("no {key} in {path}"))
+            };
+            let (rss_mib, peak_rss_mib) = (mib("VmRSS")?, mib("VmHWM")?);
+            // After the readings: a scrape costs the agent CPU too.
+            let still = flows_seen(api)?;
+            ensure!(
+                still >= flows,
+                "crossmon tracked {still} flows at the end of the window, not {flows}"
+            );
+            Ok(CostRun {
+                flows,
+                seen,
+                cpu_percent,
+                rss_mib,
+                peak_rss_mib,
+                sent_rate: 0.0,
+            })
+        })?;
+    session.stop()?;
+    run.sent_rate = sent.rate();
+    if run.sent_rate < 0.95 * flows as f64 {
+        println!(
+            "  note: the sender kept up {:.0} datagrams/s, not {flows}: each flow went a little \
+             longer than a second between datagrams",
+            run.sent_rate
+        );
+    }
+    Ok(run)
+}
+
+/// Waits until the agent tracks `flows` flows; returns how many it tracks.
+fn wait_for_flows(session: &mut Session, api: SocketAddr, flows: u64) -> anyhow::Result<u64> {
+    let mut seen = 0;
+    session.wait_until(&format!("crossmon_flows >= {flows}"), || {
+        seen = flows_seen(api).unwrap_or(0);
+        seen >= flows
+    })?;
+    Ok(seen)
+}
+
+fn flows_seen(api: SocketAddr) -> anyhow::Result<u64> {
+    Ok(sample(&metrics(api)?, "crossmon_flows")? as u64)
+}
+
+fn ticks_per_second() -> anyhow::Result<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ensure!(ticks > 0, "sysconf(_SC_CLK_TCK) failed");
+    Ok(ticks as f64)
+}
+
+/// User and system time of every thread of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_cpu_ticks(&stat).with_context(|| format!("no utime and stime in {path}"))
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The
+/// command name (field 2) may hold spaces and parentheses: fields are
+/// counted after its last `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some(field(14)? + field(15)?)
+}
+
+/// A `kB` value of `/proc/PID/status`.
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(key)?.strip_prefix(':')?;
+        value.trim().strip_suffix(" kB")?.trim().parse().ok()
+    })
+}
+
+/// The agent's new-flow counters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct EventCounters {
+    events: u64,
+    lost: u64,
+    refused: u64,
+}
+
+fn event_counters(api: SocketAddr) -> anyhow::Result<EventCounters> {
+    let text = metrics(api)?;
+    let read = |series| sample(&text, series).map(|value| value as u64);
+    Ok(EventCounters {
+        events: read(r#"crossmon_events_total{kind="new_flow"}"#)?,
+        lost: read(r#"crossmon_events_lost_total{kind="new_flow"}"#)?,
+        refused: read(r#"crossmon_frames_skipped_total{reason="map_update_failed"}"#)?,
+    })
+}
+
+/// The counters once two readings a poll apart agree: the ring drained and
+/// the kernel's counters read.
+fn settled(api: SocketAddr) -> anyhow::Result<EventCounters> {
+    let mut last = event_counters(api)?;
+    for _ in 0..SETTLE_READINGS {
+        sleep(SETTLE)?;
+        let now = event_counters(api)?;
+        if now == last {
+            return Ok(now);
+        }
+        last = now;
+    }
+    println!("  warning: the new-flow counters still moved after {SETTLE_READINGS} readings");
+    Ok(last)
+}
+
+fn event_path(net: &BenchNet, crossmon: &Path, log_dir: &Path) -> anyhow::Result<Vec<EventStep>> {
+    let mut session = EVENT_MONITOR.start(net, crossmon, log_dir)?;
+    let api = session.api()?;
+    let mut sender = UdpFlows::new(net);
+    // A hundred flows first, which spend the server's ICMP burst: its
+    // port-unreachables make a flow of their own.
+    sender.send_while(1e3, Pattern::Fresh, || sleep(Duration::from_millis(100)))?;
+    let mut before = settled(api)?;
+    let mut steps = Vec::new();
+    for offered in OFFERED {
+        let ((), sent) = sender.send_while(offered, Pattern::Fresh, || sleep(STEP))?;
+        session.check_running()?;
+        let after = settled(api)?;
+        let step = event_step(offered, &sent, before, after);
+        println!(
+            "[events] offered {offered:.0} new flows/s, sent {:.0}/s: {} flows, {} events, {} \
+             lost, {} refused by the map",
+            step.achieved, step.flows, step.events, step.lost, step.refused
+        );
+        if !step.accounted() {
+            println!(
+                "  warning: events + lost + refused = {}, not the {} flows sent (datagrams \
+                 dropped before the programs, or other traffic on a watched veth)",
+                step.events + step.lost + step.refused,
+                step.flows
+            );
+        }
+        let saturated = step.achieved < SATURATED * offered;
+        steps.push(step);
+        before = after;
+        if saturated {
+            println!("  the sender is at its limit: no higher step");
+            break;
+        }
+    }
+    session.stop()?;
+    Ok(steps)
+}
+
+fn event_step(offered: f64, sent: &Sent, before: EventCounters, after: EventCounters) -> EventStep {
+    EventStep {
+        offered,
+        achieved: sent.rate(),
+        flows: sent.datagrams,
+        events: after.events.saturating_sub(before.events),
+        lost: after.lost.saturating_sub(before.lost),
+        refused: after.refused.saturating_sub(before.refused),
+    }
+}
+
+/// The highest step with no loss, every lower step lossless too.
+fn sustained(steps: &[EventStep]) -> Option<&EventStep> {
+    steps.iter().take_while(|step| step.lossless()).last()
+}
+
+impl AgentCost {
+    fn median_at(&self, flows: u64, figure: impl Fn(&CostRun) -> f64) -> Option<f64> {
+        median(
+            self.runs
+                .iter()
+                .filter(|run| run.flows == flows)
+                .map(figure)
+                .collect(),
+        )
+    }
+
+    /// Medians over the runs at each flow count.
+    pub fn cost_table(&self) -> String {
+        let mut out = String::from(
+            "| active flows | datagrams/s sent | agent CPU, % of one core | runs | RSS at the end \
+             | peak RSS |\n|---:|---:|---:|---|---:|---:|\n",
+        );
+        for (flows, _) in FLOW_COUNTS {
+            let runs: Vec<String> = self
+                .runs
+                .iter()
+                .filter(|run| run.flows == flows)
+                .map(|run| format!("{:.2}", run.cpu_percent))
+                .collect();
+            let cell = |figure: Option<f64>, unit: &str| {
+                figure.map_or_else(|| "n/a".to_owned(), |value| format!("{value:.2}{unit}"))
+            };
+            let _ = writeln!(
+                out,
+                "| {flows} | {} | {} | {} | {} | {} |",
+                self.median_at(flows, |run| run.sent_rate)
+                    .map_or_else(|| "n/a".to_owned(), |rate| format!("{rate:.0}")),
+                cell(self.median_at(flows, |run| run.cpu_percent), ""),
+                runs.join(", "),
+                cell(self.median_at(flows, |run| run.rss_mib), " MiB"),
+                cell(self.median_at(flows, |run| run.peak_rss_mib), " MiB"),
+            );
+        }
+        out
+    }
+
+    pub fn event_table(&self) -> String {
+        let mut out = String::from(
+            "| offered, new flows/s | sent, new flows/s | new-flow events | lost | refused by \
+             the map | all accounted for |\n|---:|---:|---:|---:|---:|---|\n",
+        );
+        for step in &self.steps {
+            let _ = writeln!(
+                out,
+                "| {:.0} | {:.0} | {} | {} | {} | {} |",
+                step.offered,
+                step.achieved,
+                step.events,
+                step.lost,
+                step.refused,
+                if step.accounted() { "yes" } else { "no" }
+            );
+        }
+        out
+    }
+
+    /// The sustained rate, and what was lost above it.
+    pub fn event_summary(&self) -> String {
+        let mut out = match sustained(&self.steps) {
+            Some(step) => format!(
+                "Highest rate with zero loss: {:.0} new flows/s (offered {:.0}).",
+                step.achieved, step.offered
+            ),
+            None => "Loss at every rate tried.".to_owned(),
+        };
+        let above: Vec<String> = self
+            .steps
+            .iter()
+            .skip_while(|step| step.lossless())
+            .map(|step| {
+                format!(
+                    "{:.0}/s sent: {} of {} lost ({:.1} %), {} refused",
+                    step.achieved,
+                    step.lost,
+                    step.flows,
+                    step.lost as f64 / step.flows.max(1) as f64 * 100.0,
+                    step.refused
+                )
+            })
+            .collect();
+        if above.is_empty() {
+            out.push_str(" No step lost any.");
+        } else {
+            let _ = write!(out, " Above it: {}.", above.join("; "));
+        }
+        if self
+            .steps
+            .last()
+            .is_some_and(|step| step.achieved < SATURATED * step.offered)
+        {
+            out.push_str(" The last step is the sender's limit, not the agent's.");
+        }
+        out
+    }
+
+    /// One line per target of issue 7 about the agent, each `pass` or `miss`.
+    pub fn targets(&self) -> Vec<String> {
+        let cpu = self.median_at(CPU_TARGET_FLOWS, |run| run.cpu_percent);
+        let rss = self.median_at(RSS_TARGET_FLOWS, |run| run.rss_mib);
+        let render = self.render.render_ms(RENDER_TARGET_SERIES);
+        let shown =
+            |figure: Option<f64>| figure.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"));
+        vec![
+            format!(
+                "agent CPU at {CPU_TARGET_FLOWS} active flows: {} % of one core (target < \
+                 {CPU_TARGET_PERCENT:.0} %): {}",
+                shown(cpu),
+                verdict(cpu.is_some_and(|cpu| cpu < CPU_TARGET_PERCENT))
+            ),
+            format!(
+                "agent RSS at {RSS_TARGET_FLOWS} active flows: {} MiB (target <= \
+                 {RSS_TARGET_MIB:.0} MiB): {}",
+                shown(rss),
+                verdict(rss.is_some_and(|rss| rss <= RSS_TARGET_MIB))
+            ),
+            format!(
+                "/metrics at {RENDER_TARGET_SERIES} series rendered in {} ms (target < \
+                 {RENDER_TARGET_MS:.0} ms): {}",
+                shown(render),
+                verdict(render.is_some_and(|ms| ms < RENDER_TARGET_MS))
+            ),
+        ]
+    }
+
+    /// The two sections of BENCHMARKS.md.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(
+            md,
+            "## Agent cost\n\n\
+             {}, started fresh for each run, while the client namespace keeps N distinct UDP \
+             flows active (one 16-byte datagram per flow per second, paced, to ports nobody \
+             listens on) and nothing else crosses the bridge. The flow map is raised from its \
+             default 65536 so that 100k flows fit. Where the sender could not keep one \
+             datagram per flow per second (second column), flows still stayed active: each went \
+             a little longer between datagrams, well within the idle timeout. Once `crossmon_flows` on `/metrics` shows \
+             all N, the agent's user and system time (`/proc/PID/stat`, every thread) is read \
+             over {} s, then its RSS (`VmRSS`) and peak RSS (`VmHWM`). The programs run in \
+             the kernel on the sending CPU and are not in these figures: their cost is in the \
+             table above. Medians; the runs column lists each run's CPU.\n",
+            COST_MONITOR.description,
+            WINDOW.as_secs()
+        );
+        md.push_str(&self.cost_table());
+        let _ = writeln!(
+            md,
+            "\n`/metrics` render time and size, as `cargo bench -p monitor --bench \
+             metrics_scale` measures them with the agent's own labelling and rendering code \
+             (series between 200 synthetic containers; no kernel, no HTTP):\n"
+        );
+        md.push_str(&self.render.table);
+        let _ = writeln!(
+            md,
+            "\n## Event path\n\n\
+             {}: a 4 MiB ring buffer, drained every 50 ms or when a quarter full. The client \
+             sends one datagram to each new 5-tuple, never used before in the run, at offered \
+             rates stepping up, {} s each; every flow queues a new-flow event and, at default \
+             settings, a payload sample in the same ring. Per step, the increase of \
+             `crossmon_events_total{{kind=\"new_flow\"}}`, `crossmon_events_lost_total\
+             {{kind=\"new_flow\"}}` and `crossmon_frames_skipped_total\
+             {{reason=\"map_update_failed\"}}`, read once they stop moving; the last column \
+             checks that they add up to the flows sent. The server's ICMP rate limit is raised \
+             for the agent passes, so that its port-unreachable answers make no flows.\n",
+            EVENT_MONITOR.description,
+            STEP.as_secs()
+        );
+        md.push_str(&self.event_table());
+        let _ = writeln!(md, "\n{}", self.event_summary());
+        md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_of_a_stat_line() {
+        // A command name with a space and a parenthesis, as a process may
+        // name itself.
+        let stat = "4242 (cross mon)) S 1 4242 4242 0 -1 4194560 1234 0 0 0 \
+                    250 75 0 0 20 0 9 0 123456 987654321 5120 18446744073709551615";
+        assert_eq!(parse_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_cpu_ticks("4242 (crossmon) S 1"), None);
+    }
+
+    #[test]
+    fn kib_of_a_status_line() {
+        let status = "Name:\tcrossmon\nVmHWM:\t   30720 kB\nVmRSS:\t   20480 kB\n";
+        assert_eq!(status_kib(status, "VmRSS"), Some(20_480));
+        assert_eq!(status_kib(status, "VmHWM"), Some(30_720));
+        assert_eq!(status_kib(status, "VmSwap"), None);
+    }
+
+    fn step(offered: f64, lost: u64, refused: u64) -> EventStep {
+        EventStep {
+            offered,
+            achieved: offered,
+            flows: 1000,
+            events: 1000 - lost - refused,
+            lost,
+            refused,
+        }
+    }
+
+    #[test]
+    fn sustained_rate_is_the_last_before_a_loss() {
+        let steps = [
+            step(10e3, 0, 0),
+            step(25e3, 0, 0),
+            step(50e3, 7, 0),
+            // Lucky above a loss: not sustained.
+            step(100e3, 0, 0),
+        ];
+        assert_eq!(sustained(&steps).map(|s| s.offered), Some(25e3));
+        assert_eq!(sustained(&steps[..2]).map(|s| s.offered), Some(25e3));
+        assert!(sustained(&[step(10e3, 1, 0)]).is_none());
+        assert!(sustained(&[step(10e3, 0, 1)]).is_none());
+        assert!(steps.iter().all(EventStep::accounted));
+        let short = EventStep {
+            events: 990,
+            ..step(10e3, 0, 0)
+        };
+        assert!(!short.accounted());
+    }
+}
