@@ -3,37 +3,16 @@
 //! labelling and rendering code (no kernel, no HTTP). Built with the agent,
 //! run in the agent pass, its table kept as it prints it.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-};
+use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
-
-use crate::cmd;
+use super::cargo_bench;
 
 const BENCH: &str = "metrics_scale";
 
 /// Builds the bench (release, like `cargo bench`) and returns its
 /// executable.
 pub fn build() -> anyhow::Result<PathBuf> {
-    let messages = cmd::output(
-        "building the metrics_scale bench",
-        cmd::cargo()
-            .args(["bench", "--package", "monitor", "--bench", BENCH])
-            .args(["--no-run", "--message-format=json"])
-            // Cargo's progress, as the agent's build shows it.
-            .stderr(Stdio::inherit()),
-    )?;
-    messages
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|message| {
-            message.pointer("/target/name").and_then(|n| n.as_str()) == Some(BENCH)
-                && message.get("reason").and_then(|r| r.as_str()) == Some("compiler-artifact")
-        })
-        .and_then(|artifact| Some(PathBuf::from(artifact.get("executable")?.as_str()?)))
-        .context("cargo named no executable for the metrics_scale bench")
+    cargo_bench::build("monitor", BENCH)
 }
 
 /// The bench's Markdown table: series, `/metrics` bytes, render time,
@@ -43,8 +22,9 @@ pub struct RenderScale {
 }
 
 pub fn run(executable: &Path) -> anyhow::Result<RenderScale> {
-    let table = cmd::output("the metrics_scale bench", &mut cmd::command(executable))?;
-    Ok(RenderScale { table })
+    Ok(RenderScale {
+        table: cargo_bench::table(executable)?,
+    })
 }
 
 impl RenderScale {

@@ -43,6 +43,8 @@ pub struct Report<'a> {
     pub costs: Vec<ProgramCost>,
     /// The agent pass, unless it was left out.
     pub agent: Option<AgentCost>,
+    /// The policy_cost bench's table (with the throughput pass).
+    pub policy_cost: Option<String>,
 }
 
 pub fn verdict(ok: bool) -> &'static str {
