@@ -7,12 +7,16 @@
 //! The policy is compiled from a synthetic inventory: the bench network is
 //! no Docker network, and what is timed is the kernel's part alone.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
-use integration_tests::{frames::*, scratch::Scratch};
+use integration_tests::{
+    frames::*,
+    scratch::Scratch,
+    synthetic::{self, container, TEST_RUN_IFINDEX},
+};
 use monitor::{
     datapath::{self, DatapathConfig, Programs, PROGRAM_FROM_CONTAINER},
-    docker::{Container, Endpoint, Inventory, Posture},
+    docker::Inventory,
     policy::{Policy, PolicyConfig, PolicyInForce},
 };
 use monitor_common::{ip_proto, tcp_flag};
@@ -20,48 +24,28 @@ use monitor_common::{ip_proto, tcp_flag};
 /// Runs per measure, and measures per figure (the median is kept).
 const REPEAT: u32 = 200_000;
 const MEASURES: usize = 7;
-/// BPF_PROG_TEST_RUN runs a classifier as if on the loopback device.
-const TEST_RUN_IFINDEX: u32 = 1;
 const CLIENT: [u8; 4] = [10, 9, 0, 2];
 const SERVER: [u8; 4] = [10, 9, 0, 3];
 const OTHER: [u8; 4] = [10, 9, 0, 4];
 const POLICY: &str = "version: 1\ndefaults: {\"*\": deny}\nrules:\n  - {name: client-server, from: {container: client}, to: {container: server}, protocol: tcp, ports: [80]}\n";
 const TC_ACT_SHOT: i32 = 2;
 
-fn container(name: &str, ip: [u8; 4], ifindex: u32) -> Container {
-    Container {
-        id: format!("{name}-id"),
-        name: name.to_owned(),
-        image: String::new(),
-        compose_project: None,
-        compose_service: None,
-        network_mode: "bench".to_owned(),
-        pid: None,
-        endpoints: vec![Endpoint {
-            network: "bench".to_owned(),
-            network_id: "bench-id".to_owned(),
-            ip: Some(ip.into()),
-            ipv6: None,
-            mac: Some(format!("02:00:00:00:00:{:02x}", ip[3])),
-            gateway: Some([10, 9, 0, 1].into()),
-            host_ifindex: Some(ifindex),
-        }],
-        posture: Posture::default(),
-        labels: BTreeMap::new(),
-        exposed_ports: Default::default(),
-    }
-}
-
+/// client (behind the veth test runs use), server and other on one network.
 fn inventory() -> Arc<Inventory> {
-    let mut inventory = Inventory::default();
-    for c in [
-        container("client", CLIENT, TEST_RUN_IFINDEX),
-        container("server", SERVER, 1001),
-        container("other", OTHER, 1002),
-    ] {
-        inventory.containers.insert(c.id.clone(), c);
-    }
-    Arc::new(inventory)
+    let on_bench = |name, ip: [u8; 4], ifindex| {
+        container(
+            name,
+            "bench",
+            (ip, [2, 0, 0, 0, 0, ip[3]]),
+            [10, 9, 0, 1],
+            ifindex,
+        )
+    };
+    synthetic::inventory([
+        on_bench("client", CLIENT, TEST_RUN_IFINDEX),
+        on_bench("server", SERVER, 1001),
+        on_bench("other", OTHER, 1002),
+    ])
 }
 
 /// A data segment of an established connection, client to `dst`:80.

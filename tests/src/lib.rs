@@ -12,6 +12,7 @@ pub mod mib;
 pub mod net;
 pub mod prometheus;
 pub mod scratch;
+pub mod synthetic;
 pub mod tc_hooks;
 pub mod traffic;
 

@@ -3,7 +3,6 @@
 //! against real containers.
 
 use std::{
-    collections::BTreeMap,
     net::{SocketAddr, UdpSocket},
     process::{Command, Stdio},
     sync::{Arc, Mutex},
@@ -19,6 +18,7 @@ use integration_tests::{
     net::in_netns,
     require_root,
     scratch::Scratch,
+    synthetic::{self, container, TEST_RUN_IFINDEX},
     tc_hooks,
     traffic::RawSocket,
 };
@@ -27,7 +27,7 @@ use monitor::{
         self, Datapath, DatapathConfig, Event, EventRing, FlowMap, Programs,
         PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
     },
-    docker::{Container as Seen, Endpoint, Inventory, Posture},
+    docker::Inventory,
     policy::{Policy, PolicyConfig, PolicyInForce},
 };
 use monitor_common::{ip_proto, tcp_flag};
@@ -41,44 +41,14 @@ const IP_WEB: [u8; 4] = [10, 9, 0, 2];
 const IP_API: [u8; 4] = [10, 9, 0, 3];
 const IP_DB: [u8; 4] = [10, 9, 0, 4];
 const IP_GATEWAY: [u8; 4] = [10, 9, 0, 1];
-/// BPF_PROG_TEST_RUN runs a classifier as if on the loopback device.
-const TEST_RUN_IFINDEX: u32 = 1;
-
-fn seen(name: &str, ip: [u8; 4], mac: Mac, ifindex: u32) -> Seen {
-    Seen {
-        id: format!("{name}-id"),
-        name: name.to_owned(),
-        image: String::new(),
-        compose_project: None,
-        compose_service: None,
-        network_mode: "front".to_owned(),
-        pid: None,
-        endpoints: vec![Endpoint {
-            network: "front".to_owned(),
-            network_id: "front-id".to_owned(),
-            ip: Some(ip.into()),
-            ipv6: None,
-            mac: Some(mac.map(|b| format!("{b:02x}")).join(":")),
-            gateway: Some(IP_GATEWAY.into()),
-            host_ifindex: Some(ifindex),
-        }],
-        posture: Posture::default(),
-        labels: BTreeMap::new(),
-        exposed_ports: Default::default(),
-    }
-}
-
 /// web (behind the veth test runs use), api and db on one network.
 fn inventory() -> Arc<Inventory> {
-    let mut inventory = Inventory::default();
-    for c in [
-        seen("web", IP_WEB, WEB, TEST_RUN_IFINDEX),
-        seen("api", IP_API, API, 1001),
-        seen("db", IP_DB, [2, 0, 0, 0, 0, 0x0c], 1002),
-    ] {
-        inventory.containers.insert(c.id.clone(), c);
-    }
-    Arc::new(inventory)
+    let on_front = |name, address, ifindex| container(name, "front", address, IP_GATEWAY, ifindex);
+    synthetic::inventory([
+        on_front("web", (IP_WEB, WEB), TEST_RUN_IFINDEX),
+        on_front("api", (IP_API, API), 1001),
+        on_front("db", (IP_DB, [2, 0, 0, 0, 0, 0x0c]), 1002),
+    ])
 }
 
 /// The loaded programs, their maps, and the policy in force in them.
