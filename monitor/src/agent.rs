@@ -17,6 +17,7 @@ use futures::StreamExt as _;
 use monitor_common::{FlowKey, FlowStats};
 use tokio::{signal::unix::SignalKind, sync::watch, task::JoinSet};
 
+use crate::sync::{lock, read, write};
 use crate::{
     api::{self, FlowJson},
     clock,
@@ -212,22 +213,16 @@ impl AgentState {
         self.detectors
             .on_poll(&flows, &outcome.expired, &directory, now_ns);
         if let Some(learner) = &self.learner {
-            learner
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .on_poll(&flows, &outcome.expired, &directory, now_ns);
+            lock(learner).on_poll(&flows, &outcome.expired, &directory, now_ns);
         }
         if let Some(flow_log) = &self.flow_log {
-            flow_log
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .on_poll(
-                    &flows,
-                    &outcome.expired,
-                    &directory,
-                    &|key| self.detectors.payload_verdict(key),
-                    now_ns,
-                );
+            lock(flow_log).on_poll(
+                &flows,
+                &outcome.expired,
+                &directory,
+                &|key| self.detectors.payload_verdict(key),
+                now_ns,
+            );
         }
     }
 
@@ -235,7 +230,7 @@ impl AgentState {
     fn record_policy_violations(&self, policy: &Mutex<PolicyInForce>, now_ns: u64) {
         let directory = read(&self.directory).clone();
         let (denied, names, mode) = {
-            let mut policy = in_force::lock(policy);
+            let mut policy = lock(policy);
             let denied = policy.drain_denied();
             let names: Vec<String> = denied
                 .iter()
@@ -283,18 +278,6 @@ impl AgentState {
     pub fn kernel_counters(&self) -> KernelCounters {
         *read(&self.kernel)
     }
-}
-
-/// A poisoned lock only means a task panicked mid-update; the data is
-/// counters and maps that stay usable, so keep serving them.
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs until SIGINT or SIGTERM, then detaches from every interface.
@@ -394,19 +377,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let detached = lock(&programs).detach_all();
     tracing::info!("detached from {detached} interfaces, exiting");
     if let (Ok(()), Some(learn), Some(learner)) = (&outcome, &config.learn, &state.learner) {
-        let learner = learner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let learner = lock(learner);
         learner.write(&learn.output, learn.duration)?;
         tracing::info!("policy written to {}", learn.output.display());
     }
     outcome
-}
-
-fn lock(programs: &Mutex<Programs>) -> std::sync::MutexGuard<'_, Programs> {
-    programs
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Attaches to the bridge-enslaved veths that are container endpoints (to
@@ -432,7 +407,7 @@ async fn follow_links(
         });
         // A container's policy is in force before its veth is attached.
         if let Some(policy) = &policy {
-            in_force::lock(policy).on_inventory(known.clone());
+            lock(policy).on_inventory(known.clone());
         }
         // Also without Docker: a new bridge brings a new host address.
         state.set_inventory(known);

@@ -12,6 +12,7 @@ use std::{
 use serde::Serialize;
 
 use crate::datapath::Event;
+use crate::sync::lock;
 
 /// Latest events kept for the API; older ones are only counted.
 const HISTORY: usize = 1024;
@@ -39,10 +40,7 @@ impl EventLog {
     pub fn record(&self, events: impl Iterator<Item = Event>, undecodable: usize) {
         self.undecodable
             .fetch_add(undecodable as u64, Ordering::Relaxed);
-        let mut recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut recent = lock(&self.recent);
         for event in events {
             let counter = match event {
                 Event::NewFlow { .. } => &self.new_flow,
@@ -70,10 +68,7 @@ impl EventLog {
 
     /// The latest events, oldest first.
     pub fn recent(&self) -> Vec<Event> {
-        let recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let recent = lock(&self.recent);
         recent.iter().cloned().collect()
     }
 }

@@ -16,4 +16,5 @@ pub mod links;
 pub mod metrics;
 pub mod policy;
 pub mod rotating;
+mod sync;
 pub mod web_config;

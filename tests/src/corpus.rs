@@ -43,23 +43,15 @@ const IPV6_EXTENSIONS: [u8; 8] = [
     NEXTHDR_HIP,
     NEXTHDR_SHIM6,
 ];
-/// Values a protocol or next-header byte is set to: transports, every
-/// extension header, ESP and "no next header".
-const PROTOCOLS: [u8; 15] = [
+/// Values a protocol or next-header byte is set to besides every
+/// extension header: transports, ESP, "no next header" and GRE.
+const PROTOCOLS: [u8; 7] = [
     frames::IPPROTO_TCP,
     frames::IPPROTO_UDP,
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
     IPPROTO_ESP,
     IPPROTO_NONE,
-    frames::IPPROTO_HOPOPTS,
-    NEXTHDR_ROUTING,
-    frames::IPPROTO_FRAGMENT,
-    NEXTHDR_AUTH,
-    frames::IPPROTO_DSTOPTS,
-    NEXTHDR_MOBILITY,
-    NEXTHDR_HIP,
-    NEXTHDR_SHIM6,
     IPPROTO_GRE,
 ];
 /// Ethertypes an ethertype field is set to: the ones the parser follows,
@@ -517,7 +509,12 @@ impl Field {
             Width::HighNibble | Width::LowNibble => (0..16).collect(),
             Width::Byte => {
                 let mut values: Vec<u16> = (0..=8).collect();
-                values.extend(PROTOCOLS.map(u16::from));
+                values.extend(
+                    PROTOCOLS
+                        .iter()
+                        .chain(&IPV6_EXTENSIONS)
+                        .map(|&p| u16::from(p)),
+                );
                 values.extend([0x7f, 0x80, 0xfe, 0xff, rng.u16(..256)]);
                 values.extend([current.wrapping_sub(1), current + 1].map(|v| v & 0xff));
                 values

@@ -34,6 +34,7 @@ use std::{
 
 use monitor_common::{ip_proto, Direction, FlowKey};
 
+use crate::sync::lock;
 use crate::{
     clock,
     datapath::{events::key_addrs, Event},
@@ -92,12 +93,6 @@ struct State {
 pub struct Detectors {
     sink: Mutex<AlertSink>,
     state: Mutex<State>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Detectors {

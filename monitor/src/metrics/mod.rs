@@ -19,6 +19,8 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::sync::lock;
+
 pub struct Metrics {
     registry: Registry,
     traffic: Mutex<TrafficMetrics>,
@@ -56,9 +58,7 @@ impl Metrics {
 
     /// The traffic counters, to update after each poll.
     pub fn traffic(&self) -> std::sync::MutexGuard<'_, TrafficMetrics> {
-        self.traffic
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.traffic)
     }
 
     /// The text exposition format.

@@ -4,11 +4,13 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
 use monitor_common::{DeniedStats, FlowKey, PolicyMode};
+
+use crate::sync::lock;
 use tokio::signal::unix::SignalKind;
 
 use super::{
@@ -185,12 +187,6 @@ fn modified(config: &PolicyConfig) -> Option<SystemTime> {
     std::fs::metadata(&config.path)
         .and_then(|m| m.modified())
         .ok()
-}
-
-pub fn lock(policy: &Mutex<PolicyInForce>) -> MutexGuard<'_, PolicyInForce> {
-    policy
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Reloads on SIGHUP and when the file's modification time changes.

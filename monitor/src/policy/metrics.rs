@@ -7,8 +7,9 @@ use prometheus::{
     proto::MetricFamily,
 };
 
-use super::in_force::{lock, PolicyInForce};
+use super::in_force::PolicyInForce;
 use crate::metrics::state::{counter, gauge};
+use crate::sync::lock;
 
 const DROPS: &str = "crossmon_policy_drops_total";
 const DROPS_HELP: &str =

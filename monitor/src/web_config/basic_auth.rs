@@ -18,6 +18,7 @@ use base64::{
 use tokio::sync::Semaphore;
 
 use super::credential_tags::CredentialTags;
+use crate::sync::lock;
 
 /// A bcrypt hash of a password no user has: unknown users are checked
 /// against it, so that the time an answer takes does not tell which user
@@ -174,14 +175,6 @@ fn basic_credentials(value: &HeaderValue) -> Option<(Vec<u8>, Vec<u8>)> {
 /// which does not export it.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
-}
-
-/// A poisoned lock only means a request panicked mid-insert; the set of
-/// verified credentials stays valid.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
