@@ -60,6 +60,13 @@ enum Task {
         /// is).
         #[arg(long, value_enum)]
         only: Option<bench::Pass>,
+        /// Run this workload only (repeat for more); only prints.
+        #[arg(long = "workload", value_enum)]
+        workloads: Vec<bench::Workload>,
+        /// Run this monitor only, by its name in the table (repeat for
+        /// more); only prints.
+        #[arg(long = "monitor")]
+        monitors: Vec<String>,
     },
 }
 
@@ -87,6 +94,8 @@ fn main() -> anyhow::Result<()> {
             seconds,
             cost_seconds,
             only,
+            workloads,
+            monitors,
         } => {
             setup::run()?;
             bench::run(&bench::Options {
@@ -94,6 +103,8 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 cost_seconds,
                 only,
+                workloads,
+                monitors,
             })
         }
     }

@@ -27,6 +27,8 @@ mod report;
 mod udp_flows;
 mod workload;
 
+pub use workload::Workload;
+
 use std::{
     fs::File,
     os::fd::AsRawFd as _,
@@ -41,7 +43,7 @@ use self::{
     net::BenchNet,
     programs::RunTimeStats,
     report::{load_average, Machine, Measurement, ProgramCost, Report},
-    workload::{IperfServer, Workload},
+    workload::IperfServer,
 };
 use crate::cmd;
 
@@ -54,6 +56,29 @@ pub struct Options {
     pub cost_seconds: u64,
     /// One pass only; BENCHMARKS.md is then left as it is.
     pub only: Option<Pass>,
+    /// These workloads only (all when empty); BENCHMARKS.md is then left
+    /// as it is.
+    pub workloads: Vec<Workload>,
+    /// These monitors only, by name (all when empty); as above.
+    pub monitors: Vec<String>,
+}
+
+impl Options {
+    /// A quick look at part of the bench: printed, never written.
+    fn partial(&self) -> bool {
+        self.repetitions < MIN_REPETITIONS
+            || self.only.is_some()
+            || !self.workloads.is_empty()
+            || !self.monitors.is_empty()
+    }
+
+    fn runs_workload(&self, workload: Workload) -> bool {
+        self.workloads.is_empty() || self.workloads.contains(&workload)
+    }
+
+    fn runs_monitor(&self, name: &str) -> bool {
+        self.monitors.is_empty() || self.monitors.iter().any(|m| m == name)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -156,6 +181,17 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         "not found: {}; `cargo xtask setup` installs them",
         missing.join(", ")
     );
+    if let Some(unknown) = options
+        .monitors
+        .iter()
+        .find(|name| !MONITORS.iter().any(|m| m.name == name.as_str()))
+    {
+        let known: Vec<&str> = MONITORS.iter().map(|m| m.name).collect();
+        bail!(
+            "no monitor named {unknown:?}; the monitors are {}",
+            known.join(", ")
+        );
+    }
     let _lock = lock()?;
 
     let throughput = options.only != Some(Pass::Agent);
@@ -220,6 +256,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         for slot in 0..MONITORS.len() {
             let index = (slot + repetition) % MONITORS.len();
             let monitor = &MONITORS[index];
+            if !options.runs_monitor(monitor.name) {
+                continue;
+            }
             interrupted()?;
             let mut session = monitor.start(&net, &crossmon, &log_dir)?;
             let mut line = format!(
@@ -228,7 +267,10 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
                 options.repetitions,
                 monitor.name
             );
-            for workload in Workload::ALL {
+            for workload in Workload::ALL
+                .into_iter()
+                .filter(|w| options.runs_workload(*w))
+            {
                 let (value, disturbed) = measure(&net, &mut session, workload, options.seconds)?;
                 line.push_str(&format!(
                     "  {} {}{}",
@@ -245,7 +287,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
                 });
             }
             if monitor.is_crossmon() {
-                let costs = program_costs(&net, &session, options.cost_seconds)?;
+                let costs = program_costs(&net, &session, options)?;
                 for (workload, program, ns_per_run) in costs {
                     if workload == Workload::SmallUdp {
                         line.push_str(&format!("  {program} {ns_per_run:.0} ns"));
@@ -313,10 +355,10 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             .map_or_else(|| "-".to_owned(), |agent| minutes(agent.elapsed)),
         minutes(total)
     );
-    if options.repetitions < MIN_REPETITIONS || options.only.is_some() {
+    if options.partial() {
         println!(
-            "note: fewer than {MIN_REPETITIONS} repetitions, or one pass only: BENCHMARKS.md is \
-             left as it is"
+            "note: fewer than {MIN_REPETITIONS} repetitions, or part of the bench only: \
+             BENCHMARKS.md is left as it is"
         );
         return Ok(());
     }
@@ -375,13 +417,16 @@ fn measure(
 fn program_costs(
     net: &BenchNet,
     session: &Session,
-    seconds: u64,
+    options: &Options,
 ) -> anyhow::Result<Vec<(Workload, String, f64)>> {
     let _stats = RunTimeStats::enable()?;
     let mut costs = Vec::new();
-    for workload in Workload::ALL {
+    for workload in Workload::ALL
+        .into_iter()
+        .filter(|w| options.runs_workload(*w))
+    {
         let before = session.program_counters()?;
-        workload.run(net, seconds)?;
+        workload.run(net, options.cost_seconds)?;
         for (program, after) in session.program_counters()? {
             let before = before.get(&program).copied().unwrap_or_default();
             let runs = after.run_cnt.saturating_sub(before.run_cnt);

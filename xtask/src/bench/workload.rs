@@ -19,10 +19,15 @@ use super::{
 };
 use crate::cmd;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
+    /// TCP bulk throughput (iperf3).
+    #[value(name = "bulk")]
     TcpBulk,
+    /// UDP with 64-byte payloads, packets per second.
+    #[value(name = "udp")]
     SmallUdp,
+    /// New TCP connections per second.
     Churn,
 }
 
