@@ -11,15 +11,19 @@ use crate::{
 
 /// What became of a packet.
 pub enum Accounted {
-    /// Counted; this CPU's slot of the flow.
+    /// Counted into a flow already in the map; this CPU's slot of it.
     Counted(*mut FlowStats),
+    /// The packet opened its flow: the entry was created with it counted.
+    Created,
     /// Already counted where it left a container (see [`account`]).
     Duplicate,
     /// The map refused the entry (counted in `FlowUpdateFailed`).
     Refused,
 }
 
-/// Counts the packet into its flow.
+/// Counts the packet into its flow. A packet that opens a flow is counted
+/// in the value the entry is created with: one map operation, not three.
+/// `first_samples` is what the new entry's `payload_samples` starts at.
 ///
 /// A packet leaving the host towards a container whose flow this CPU
 /// already counted *from* a container is that same packet, bridged or
@@ -31,28 +35,50 @@ pub enum Accounted {
 /// super-packets whole, and what the flow should show is the segments the
 /// wire would carry, each with its own headers.
 #[inline(always)]
-pub fn account(seen: &Seen, packet: &IpPacket, segments: u32) -> Accounted {
-    let slot = match FLOWS.get_ptr_mut(packet.key) {
-        Some(slot) => slot,
-        None => {
-            // NOEXIST makes exactly one CPU win the creation of a flow, so
-            // the new-flow event is sent once even when CPUs race.
-            if FLOWS
-                .insert(packet.key, FlowStats::default(), u64::from(BPF_NOEXIST))
-                .is_ok()
-                && NEW_FLOW_EVENTS.load() != 0
-            {
-                events::new_flow(seen, &packet.key);
-            }
-            match FLOWS.get_ptr_mut(packet.key) {
-                Some(slot) => slot,
-                None => {
-                    bump(Counter::FlowUpdateFailed);
-                    return Accounted::Refused;
-                }
-            }
-        }
+pub fn account(seen: &Seen, packet: &IpPacket, segments: u32, first_samples: u8) -> Accounted {
+    if let Some(slot) = FLOWS.get_ptr_mut(packet.key) {
+        return count_into(slot, seen, packet, segments);
+    }
+    let mut stats = FlowStats {
+        packets: 0,
+        bytes: 0,
+        first_seen_ns: seen.now_ns,
+        last_seen_ns: seen.now_ns,
+        syn: 0,
+        syn_ack: 0,
+        rst: 0,
+        fin: 0,
+        tcp_flags: 0,
+        payload_samples: first_samples,
+        direction: seen.direction as u8,
+        _pad: 0,
+        ifindex: seen.ifindex,
     };
+    count(&mut stats, seen, packet, segments);
+    // NOEXIST makes exactly one CPU win the creation of a flow, so the
+    // new-flow event is sent once even when CPUs race. A per-CPU entry
+    // created here holds the value in this CPU's slot and zeros elsewhere.
+    if FLOWS
+        .insert(packet.key, stats, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        if NEW_FLOW_EVENTS.load() != 0 {
+            events::new_flow(seen, &packet.key);
+        }
+        return Accounted::Created;
+    }
+    // Another CPU created it first: count into this CPU's slot of it.
+    match FLOWS.get_ptr_mut(packet.key) {
+        Some(slot) => count_into(slot, seen, packet, segments),
+        None => {
+            bump(Counter::FlowUpdateFailed);
+            Accounted::Refused
+        }
+    }
+}
+
+#[inline(always)]
+fn count_into(slot: *mut FlowStats, seen: &Seen, packet: &IpPacket, segments: u32) -> Accounted {
     // SAFETY: a per-CPU slot is only written by programs on this CPU, and
     // programs do not nest on one CPU for the same hook.
     let stats = unsafe { &mut *slot };
@@ -67,6 +93,12 @@ pub fn account(seen: &Seen, packet: &IpPacket, segments: u32) -> Accounted {
         stats.ifindex = seen.ifindex;
         stats.direction = seen.direction as u8;
     }
+    count(stats, seen, packet, segments);
+    Accounted::Counted(slot)
+}
+
+#[inline(always)]
+fn count(stats: &mut FlowStats, seen: &Seen, packet: &IpPacket, segments: u32) {
     stats.last_seen_ns = seen.now_ns;
     let extra_segments = u64::from(segments.max(1) - 1);
     stats.packets = stats.packets.wrapping_add(1 + extra_segments);
@@ -91,5 +123,4 @@ pub fn account(seen: &Seen, packet: &IpPacket, segments: u32) -> Accounted {
             stats.fin = stats.fin.wrapping_add(1);
         }
     }
-    Accounted::Counted(slot)
 }

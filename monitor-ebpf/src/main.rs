@@ -22,7 +22,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
-use monitor_common::{ip_proto, Counter, Direction, EventKind, FlowKey};
+use monitor_common::{ip_proto, Counter, Direction, EventKind, FlowKey, FlowStats};
 
 use crate::{
     events::Seen,
@@ -111,8 +111,13 @@ fn observe(ctx: &TcContext, seen: &Seen, frame: Result<Frame, Malformed>) {
             } else {
                 gso_segs
             };
-            let slot = match flow::account(seen, &packet, segments) {
-                Accounted::Counted(slot) => slot,
+            let is_tcp_or_udp = matches!(packet.key.protocol, ip_proto::TCP | ip_proto::UDP);
+            let limit = PAYLOAD_BYTES.load();
+            let wants_sample = limit != 0 && packet.payload_len != 0 && is_tcp_or_udp;
+            let first_samples = u8::from(wants_sample && PAYLOAD_PACKETS.load() != 0);
+            let sample = match flow::account(seen, &packet, segments, first_samples) {
+                Accounted::Counted(slot) => wants_sample && !sampled_enough(slot),
+                Accounted::Created => first_samples != 0,
                 Accounted::Duplicate => return,
                 Accounted::Refused => {
                     debug!(ctx, "flow map refused an entry on ifindex {}", seen.ifindex);
@@ -123,18 +128,7 @@ fn observe(ctx: &TcContext, seen: &Seen, frame: Result<Frame, Malformed>) {
             if packet.l4_truncated {
                 bump(Counter::Malformed);
             }
-            let sampled_enough = || {
-                // SAFETY: this CPU's slot, as in `flow::account`.
-                let stats = unsafe { &mut *slot };
-                if u32::from(stats.payload_samples) >= PAYLOAD_PACKETS.load() {
-                    return true;
-                }
-                stats.payload_samples = stats.payload_samples.saturating_add(1);
-                false
-            };
-            let is_tcp_or_udp = matches!(packet.key.protocol, ip_proto::TCP | ip_proto::UDP);
-            let limit = PAYLOAD_BYTES.load();
-            if limit != 0 && packet.payload_len != 0 && is_tcp_or_udp && !sampled_enough() {
+            if sample {
                 events::capture(
                     ctx,
                     seen,
@@ -157,6 +151,19 @@ fn observe(ctx: &TcContext, seen: &Seen, frame: Result<Frame, Malformed>) {
             debug!(ctx, "malformed frame on ifindex {}", seen.ifindex);
         }
     }
+}
+
+/// Whether this CPU already sent the flow's share of payload samples;
+/// counts one more otherwise.
+#[inline(always)]
+fn sampled_enough(slot: *mut FlowStats) -> bool {
+    // SAFETY: this CPU's slot, as in `flow::account`.
+    let stats = unsafe { &mut *slot };
+    if u32::from(stats.payload_samples) >= PAYLOAD_PACKETS.load() {
+        return true;
+    }
+    stats.payload_samples = stats.payload_samples.saturating_add(1);
+    false
 }
 
 #[cfg(not(test))]

@@ -3,11 +3,7 @@
 //! joins the two directions of a connection: both ends named, packets and
 //! bytes each way, the TCP outcome. The file rotates by size.
 
-use std::{
-    collections::{HashMap, HashSet},
-    path::PathBuf,
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use monitor_common::{ip_proto, FlowKey};
 use serde::Serialize;
@@ -17,7 +13,9 @@ use crate::{
     datapath::events::key_addrs,
     detect::PayloadVerdict,
     docker::{Directory, FlowEnd},
-    flows::{outcome, protocol_name, tcp_flag_names, FlowRecord, FlowTable, PollView},
+    flows::{
+        outcome, protocol_name, tcp_flag_names, ByFlow, FlowRecord, FlowSet, FlowTable, PollView,
+    },
     rotating::RotatingFile,
 };
 
@@ -76,12 +74,12 @@ pub struct FlowLog {
     interval_ns: u64,
     /// Connections (by the key of their initiating flow) to when they were
     /// last logged.
-    logged: HashMap<FlowKey, u64>,
+    logged: ByFlow<u64>,
     /// Final counts of answer flows that ended before their initiator.
-    ended_answers: HashMap<FlowKey, FlowRecord>,
+    ended_answers: ByFlow<FlowRecord>,
     /// Initiators logged as ended while their answer flow lasts: the
     /// answer must not lead a line of its own once alone.
-    ended_leaders: HashSet<FlowKey>,
+    ended_leaders: FlowSet,
 }
 
 fn rfc3339(ns: u64) -> String {
@@ -113,9 +111,9 @@ impl FlowLog {
         Ok(FlowLog {
             file: RotatingFile::open(&config.path, config.max_bytes, config.keep)?,
             interval_ns: u64::try_from(config.interval.as_nanos()).unwrap_or(u64::MAX),
-            logged: HashMap::new(),
-            ended_answers: HashMap::new(),
-            ended_leaders: HashSet::new(),
+            logged: ByFlow::default(),
+            ended_answers: ByFlow::default(),
+            ended_leaders: FlowSet::default(),
         })
     }
 

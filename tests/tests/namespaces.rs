@@ -474,7 +474,6 @@ fn idle_flows_are_taken_out_and_evicted_flows_keep_their_counts() {
     let mut monitor = Monitor::attach_with(&net, config);
     let (a, b) = (net.host(0), net.host(1));
     let table = std::sync::RwLock::new(FlowTable::new());
-    let mut snapshot = Vec::new();
     let mut ports = Vec::new();
     for i in 0..20u16 {
         // Read after every flow, as the agent does on its interval: what
@@ -482,7 +481,7 @@ fn idle_flows_are_taken_out_and_evicted_flows_keep_their_counts() {
         let port =
             traffic::udp_send(a, b, b.ip4().into(), 6000 + i, &[b"one", b"two"]).expect("udp");
         ports.push((port, 6000 + i));
-        agent::poll_once(&mut monitor.datapath.flows, &table, &mut snapshot, 0).expect("poll");
+        agent::poll_once(&mut monitor.datapath.flows, &table, 0).expect("poll");
     }
     for (src_port, dst_port) in &ports {
         let record = table
@@ -506,7 +505,7 @@ fn idle_flows_are_taken_out_and_evicted_flows_keep_their_counts() {
     // Everything is idle against a cutoff of "now": taken out of the kernel
     // map (atomically with its last counts) and out of the table.
     let now = monitor::clock::monotonic_ns();
-    agent::poll_once(&mut monitor.datapath.flows, &table, &mut snapshot, now).expect("poll");
+    agent::poll_once(&mut monitor.datapath.flows, &table, now).expect("poll");
     assert!(monitor.flows().is_empty());
     assert!(table.read().expect("table").is_empty());
 }

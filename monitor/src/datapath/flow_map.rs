@@ -26,6 +26,8 @@ pub struct FlowMap {
     cpus: usize,
     keys: Vec<FlowKey>,
     values: Vec<FlowStats>,
+    /// One batch, its values summed over CPUs.
+    batch: Vec<(FlowKey, FlowStats)>,
 }
 
 impl FlowMap {
@@ -41,6 +43,7 @@ impl FlowMap {
             cpus,
             keys: vec![FlowKey::ZERO; BATCH],
             values: vec![FlowStats::default(); BATCH * cpus],
+            batch: Vec::with_capacity(BATCH),
         })
     }
 
@@ -55,6 +58,20 @@ impl FlowMap {
 
     /// Calls `each` with every flow and its statistics summed over CPUs.
     pub fn for_each(&mut self, mut each: impl FnMut(&FlowKey, &FlowStats)) -> anyhow::Result<()> {
+        self.for_each_batch(|batch| {
+            for (key, stats) in batch {
+                each(key, stats);
+            }
+        })
+    }
+
+    /// Calls `each` with the flows of every syscall's batch (up to 4096),
+    /// statistics summed over CPUs: a consumer can lock what it updates per
+    /// batch, and nothing holds the whole map's contents at once.
+    pub fn for_each_batch(
+        &mut self,
+        mut each: impl FnMut(&[(FlowKey, FlowStats)]),
+    ) -> anyhow::Result<()> {
         // The kernel's batch cursor for hash maps is a bucket index (u32).
         let mut cursor = 0u64;
         let mut first = true;
@@ -72,10 +89,12 @@ impl FlowMap {
             let result = sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
             // SAFETY: the kernel wrote back how many entries it filled.
             let filled = unsafe { attr.batch.count } as usize;
+            self.batch.clear();
             for (i, key) in self.keys.iter().take(filled.min(BATCH)).enumerate() {
                 let per_cpu = &self.values[i * self.cpus..(i + 1) * self.cpus];
-                each(key, &merge_cpus(per_cpu));
+                self.batch.push((*key, merge_cpus(per_cpu)));
             }
+            each(&self.batch);
             match result {
                 Ok(()) => first = false,
                 // ENOENT: the walk reached the end (possibly with a last chunk).

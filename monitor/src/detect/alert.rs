@@ -45,7 +45,7 @@ impl Alert {
     pub fn end_name(end: &FlowEnd) -> String {
         end.name
             .clone()
-            .or_else(|| end.ip.clone())
+            .or_else(|| end.ip.map(|ip| ip.to_string()))
             .unwrap_or_else(|| "unknown".to_owned())
     }
 }

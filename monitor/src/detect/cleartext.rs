@@ -6,8 +6,6 @@
 //! destinations named in `require_tls` (compose service, container name or
 //! port), and for containers labelled `crossmon.tls=required`.
 
-use std::collections::HashMap;
-
 use monitor_common::FlowKey;
 use serde_json::json;
 
@@ -20,7 +18,7 @@ use super::{
 use crate::{
     clock,
     docker::{Directory, FlowEnd},
-    flows::{outcome, protocol_name, FlowRecord},
+    flows::{outcome, protocol_name, ByFlow, FlowRecord},
     metrics::{book::SeriesBook, labels},
 };
 
@@ -42,16 +40,14 @@ struct Pending {
 pub struct CleartextDetector {
     config: Cleartext,
     /// Payload samples by the flow they came on.
-    pending: HashMap<FlowKey, Pending>,
+    pending: ByFlow<Pending>,
     counts: SeriesBook<ProtocolLabels, u64>,
-    /// Verdicts by client flow, while the flow lasts (for the flow log).
-    verdicts: HashMap<FlowKey, PayloadVerdict>,
 }
 
 /// What a connection's payload showed, as the flow log records it.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct PayloadVerdict {
-    pub protocol: &'static str,
+    pub protocol: Protocol,
     pub encrypted: bool,
 }
 
@@ -67,14 +63,13 @@ impl CleartextDetector {
     pub fn new(config: Cleartext, max_series: usize) -> Self {
         Self {
             config,
-            pending: HashMap::new(),
+            pending: ByFlow::default(),
             counts: SeriesBook::new(max_series, ("other".into(), "other".into(), "other", false)),
-            verdicts: HashMap::new(),
         }
     }
 
-    /// A payload sample from the kernel.
-    pub fn sample(&mut self, key: &FlowKey, data: &[u8], now_ns: u64) {
+    /// A payload sample from the kernel, taken at `at_ns` (monotonic).
+    pub fn sample(&mut self, key: &FlowKey, data: &[u8], at_ns: u64) {
         if !self.config.enabled || data.is_empty() {
             return;
         }
@@ -82,7 +77,7 @@ impl CleartextDetector {
             return;
         }
         let pending = self.pending.entry(*key).or_insert_with(|| Pending {
-            first_ns: now_ns,
+            first_ns: at_ns,
             samples: Vec::new(),
         });
         if pending.samples.len() < SAMPLES_PER_FLOW {
@@ -90,19 +85,20 @@ impl CleartextDetector {
         }
     }
 
-    /// Decides the connections whose samples have settled.
-    /// `find` looks a flow up among the live and the just-ended ones.
+    /// Decides the connections whose samples have settled, and returns
+    /// the verdicts by client flow. `find` looks a flow up among the live
+    /// and the just-ended ones; `judged` tells a connection decided before.
     pub fn check(
         &mut self,
         find: &dyn Fn(&FlowKey) -> Option<FlowRecord>,
+        judged: &dyn Fn(&FlowKey) -> bool,
         directory: &Directory,
         now_ns: u64,
         alerts: &mut Vec<Alert>,
-    ) {
-        // Flows that ended a poll ago have been logged: forget them.
-        self.verdicts.retain(|key, _| find(key).is_some());
+    ) -> Vec<(FlowKey, PayloadVerdict)> {
+        let mut verdicts = Vec::new();
         // Group the settled samples by connection, keyed by its client flow.
-        let mut connections: HashMap<FlowKey, Vec<(bool, Vec<u8>)>> = HashMap::new();
+        let mut connections: ByFlow<Vec<(bool, Vec<u8>)>> = ByFlow::default();
         let mut done = Vec::new();
         for (key, pending) in &self.pending {
             let record = find(key);
@@ -125,20 +121,20 @@ impl CleartextDetector {
         for (client, samples) in connections {
             // Judged once: later samples (another CPU's budget, TLS records
             // past the handshake) tell nothing new.
-            if self.verdicts.contains_key(&client) {
+            if judged(&client) {
                 continue;
             }
             let Some(record) = find(&client) else {
                 continue;
             };
             let verdict = verdict(&samples, client.dst_port);
-            self.verdicts.insert(
+            verdicts.push((
                 client,
                 PayloadVerdict {
-                    protocol: verdict.protocol.name(),
+                    protocol: verdict.protocol,
                     encrypted: verdict.encrypted,
                 },
-            );
+            ));
             let (source, destination) = directory.ends(&record.key, &record.stats);
             *self.counts.value(
                 (
@@ -173,6 +169,7 @@ impl CleartextDetector {
                 }
             }
         }
+        verdicts
     }
 
     /// Why this connection must be encrypted, if it must.
@@ -200,11 +197,6 @@ impl CleartextDetector {
                 .is_some_and(|v| v.eq_ignore_ascii_case("required"))
         });
         labelled.then(|| "the destination is labelled crossmon.tls=required".to_owned())
-    }
-
-    /// The verdict on the connection whose client flow is `key`, if any.
-    pub fn verdict(&self, key: &FlowKey) -> Option<PayloadVerdict> {
-        self.verdicts.get(key).copied()
     }
 
     /// Connections by (source, destination, protocol, encrypted).

@@ -26,7 +26,6 @@ pub use cleartext::{PayloadVerdict, ProtocolLabels};
 pub use sink::{AlertLog, AlertSink};
 
 use std::{
-    collections::HashMap,
     net::IpAddr,
     path::Path,
     sync::{Mutex, MutexGuard},
@@ -41,7 +40,7 @@ use crate::{
     docker::{Directory, FlowEnd},
     flows::{
         outcome::{self, Outcome},
-        FlowRecord, FlowTable, PollView,
+        ByFlow, FlowRecord, FlowTable, PollView,
     },
 };
 use config::DetectConfig;
@@ -78,11 +77,16 @@ struct Seen {
     fins: u32,
     acked: bool,
     bytes: u64,
+    /// What the payload of the connection showed, on its client flow.
+    payload: Option<PayloadVerdict>,
 }
 
 struct State {
     config: DetectConfig,
-    flows: HashMap<FlowKey, Seen>,
+    flows: ByFlow<Seen>,
+    /// Flows that ended at the previous poll: forgotten at the next one,
+    /// once the flow log has read their payload verdicts.
+    ended: Vec<FlowKey>,
     scans: scan::ScanDetector,
     floods: flood::FloodDetector,
     spikes: spike::SpikeDetector,
@@ -118,7 +122,8 @@ impl Detectors {
                 cleartext: cleartext::CleartextDetector::new(config.cleartext.clone(), max_series),
                 baseline,
                 config,
-                flows: HashMap::new(),
+                flows: ByFlow::default(),
+                ended: Vec::new(),
             }),
         })
     }
@@ -140,24 +145,25 @@ impl Detectors {
             let mut state = lock(&self.state);
             let flows = PollView::new(table, expired);
             let find = |key: &FlowKey| flows.find(key);
+            let state = &mut *state;
+            for key in state.ended.drain(..) {
+                state.flows.remove(&key);
+            }
             for (record, is_ended) in flows.records() {
-                let reverse = find(&record.key.reversed());
-                state.flow(
-                    &record,
-                    reverse.as_ref(),
-                    is_ended,
-                    directory,
-                    now_ns,
-                    &mut alerts,
-                );
+                state.flow(&record, &find, is_ended, directory, now_ns, &mut alerts);
             }
-            for key in flows.ended() {
-                state.flows.remove(key);
-            }
+            state.ended.extend(flows.ended());
             state.scans.expire(now_ns);
             state.floods.check(now_ns, &mut alerts);
             state.spikes.check(now_ns, &mut alerts);
-            state.cleartext.check(&find, directory, now_ns, &mut alerts);
+            let seen = &state.flows;
+            let judged = |key: &FlowKey| seen.get(key).is_some_and(|s| s.payload.is_some());
+            let verdicts = state
+                .cleartext
+                .check(&find, &judged, directory, now_ns, &mut alerts);
+            for (client, verdict) in verdicts {
+                state.flows.entry(client).or_default().payload = Some(verdict);
+            }
             if let Some(baseline) = &mut state.baseline {
                 if let Err(err) = baseline.save() {
                     tracing::warn!("saving the new-connection baseline: {err:#}");
@@ -173,7 +179,7 @@ impl Detectors {
     /// What the payload of the connection whose client flow is `key`
     /// showed, once decided.
     pub fn payload_verdict(&self, key: &FlowKey) -> Option<PayloadVerdict> {
-        lock(&self.state).cleartext.verdict(key)
+        lock(&self.state).flows.get(key)?.payload
     }
 
     /// Connections counted by (source, destination, protocol, encrypted).
@@ -201,8 +207,14 @@ impl Detectors {
         let arp_spoof = {
             let mut state = lock(&self.state);
             for event in events {
-                if let Event::Payload { key, data, .. } = event {
-                    state.cleartext.sample(key, data, now_ns);
+                if let Event::Payload {
+                    key, data, seen, ..
+                } = event
+                {
+                    // The packet's own time, on the clock flows expire by:
+                    // settled by the poll its flow ends at, however late
+                    // the ring was read.
+                    state.cleartext.sample(key, data, seen.timestamp_ns);
                 }
             }
             state.config.arp_spoof.enabled
@@ -234,29 +246,30 @@ fn is_unicast(ip: IpAddr) -> bool {
 }
 
 impl State {
+    /// `find` looks up the reverse flow, only for a flow that changed: most
+    /// of a busy host's flows did not since the last poll.
     fn flow(
         &mut self,
         record: &FlowRecord,
-        reverse: Option<&FlowRecord>,
+        find: &dyn Fn(&FlowKey) -> Option<FlowRecord>,
         ended: bool,
         directory: &Directory,
         now_ns: u64,
         alerts: &mut Vec<Alert>,
     ) {
+        // Only flows a watched container sent: the sender is known by its
+        // veth. Flows towards containers are the other side's business; a
+        // veth with no container yet (one just started) is looked at again
+        // at the next poll. Neither is remembered: at 100k flows that is
+        // megabytes.
+        if Direction::from_u8(record.stats.direction) != Some(Direction::FromContainer)
+            || directory.veth_owner(record.stats.ifindex).is_none()
+        {
+            return;
+        }
         let seen = self.flows.entry(record.key).or_default();
         let changed = seen.bytes != record.stats.bytes || !seen.decided || !seen.checked;
         if !changed {
-            return;
-        }
-        // Only flows a watched container sent: the sender is known by its
-        // veth. Flows towards containers are the other side's business.
-        if Direction::from_u8(record.stats.direction) != Some(Direction::FromContainer) {
-            seen.checked = true;
-            seen.decided = true;
-            return;
-        }
-        if directory.veth_owner(record.stats.ifindex).is_none() {
-            // Not known yet (a container just started): look again later.
             return;
         }
         let (source, destination) = directory.ends(&record.key, &record.stats);
@@ -306,6 +319,8 @@ impl State {
             return;
         }
         let (_, destination_ip) = key_addrs(&record.key);
+        let reverse = find(&record.key.reversed());
+        let reverse = reverse.as_ref();
         // Multicast and broadcast reach no one in particular (IPv6
         // neighbour and router discovery, mDNS): not an attempt on a host.
         if !outcome::is_attempt(record, reverse) || !is_unicast(destination_ip) {

@@ -42,7 +42,7 @@ pub struct FlowEnd {
     pub compose_project: Option<String>,
     pub compose_service: Option<String>,
     pub network: Option<String>,
-    pub ip: Option<String>,
+    pub ip: Option<IpAddr>,
     /// The container itself, for what the API does not show (labels,
     /// exposed ports).
     #[serde(skip)]
@@ -59,7 +59,7 @@ impl FlowEnd {
             compose_project: None,
             compose_service: None,
             network: None,
-            ip: Some(ip.to_string()),
+            ip: Some(ip),
             container: None,
         }
     }
@@ -73,7 +73,7 @@ impl FlowEnd {
             compose_project: container.compose_project.clone(),
             compose_service: container.compose_service.clone(),
             network: Some(endpoint.network.clone()),
-            ip: Some(ip.to_string()),
+            ip: Some(ip),
             container: Some(container.clone()),
         }
     }

@@ -10,7 +10,16 @@ pub use poll_view::PollView;
 pub use record::{protocol_name, tcp_flag_names, FlowRecord};
 pub use table::{FlowTable, PollOutcome};
 
-use monitor_common::FlowStats;
+use std::collections::{HashMap, HashSet};
+
+use monitor_common::{FlowKey, FlowStats};
+
+/// A map keyed by flow. Keys are whatever containers write in their
+/// headers, so the hash is seeded at random; foldhash hashes a 40-byte key
+/// several times faster than std's SipHash, which took a sixth of the
+/// agent's time at 100k flows.
+pub type ByFlow<V> = HashMap<FlowKey, V, foldhash::fast::RandomState>;
+pub type FlowSet = HashSet<FlowKey, foldhash::fast::RandomState>;
 
 /// Sums the per-CPU slots of one flow. Slots of CPUs that never saw the flow
 /// are all zero and must not drag `first_seen` to 0.

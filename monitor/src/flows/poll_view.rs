@@ -2,16 +2,14 @@
 //! flow log, policy learning): the live ones and those that ended at this
 //! poll, each findable by key, so a flow's reverse is found wherever it is.
 
-use std::collections::HashMap;
-
 use monitor_common::FlowKey;
 
-use super::{FlowRecord, FlowTable};
+use super::{ByFlow, FlowRecord, FlowTable};
 
 pub struct PollView<'a> {
     table: &'a FlowTable,
     expired: &'a [FlowRecord],
-    ended: HashMap<FlowKey, FlowRecord>,
+    ended: ByFlow<FlowRecord>,
 }
 
 impl<'a> PollView<'a> {

@@ -5,22 +5,21 @@
 //! The table keeps what earlier incarnations counted, so totals never go
 //! down. An incarnation is recognised by its first-seen time.
 
-use std::collections::HashMap;
-
 use monitor_common::{FlowKey, FlowStats};
 
-use super::FlowRecord;
+use super::{ByFlow, FlowRecord};
 
 #[derive(Default)]
 pub struct FlowTable {
-    flows: HashMap<FlowKey, Entry>,
+    flows: ByFlow<Entry>,
     /// Poll generation, to spot flows absent from the latest read.
     generation: u64,
 }
 
 struct Entry {
-    /// Totals of kernel incarnations that ended.
-    settled: FlowStats,
+    /// Totals of kernel incarnations that ended, boxed: most flows never
+    /// have one before they expire, and the table holds every flow.
+    settled: Option<Box<FlowStats>>,
     /// Latest read of the live kernel entry (zero when none).
     live: FlowStats,
     generation: u64,
@@ -55,14 +54,14 @@ impl FlowTable {
         let entry = self.flows.entry(*key).or_insert_with(|| {
             outcome.new_flows += 1;
             Entry {
-                settled: FlowStats::default(),
+                settled: None,
                 live: FlowStats::default(),
                 generation,
             }
         });
         if is_newer_incarnation(&entry.live, current) {
             // Evicted and re-created between two reads.
-            settle(&mut entry.settled, &entry.live);
+            entry.settle_live();
             outcome.evicted += 1;
         }
         entry.live = *current;
@@ -74,8 +73,7 @@ impl FlowTable {
         let generation = self.generation;
         for entry in self.flows.values_mut() {
             if entry.generation != generation && entry.live.first_seen_ns != 0 {
-                settle(&mut entry.settled, &entry.live);
-                entry.live = FlowStats::default();
+                entry.settle_live();
                 outcome.evicted += 1;
             }
         }
@@ -86,10 +84,10 @@ impl FlowTable {
         if let Some(entry) = self.flows.get_mut(key) {
             if is_newer_incarnation(&entry.live, last) {
                 // Evicted and re-created between our read and the take.
-                settle(&mut entry.settled, &entry.live);
+                entry.settle_live();
             }
-            settle(&mut entry.settled, last);
-            entry.live = FlowStats::default();
+            entry.live = *last;
+            entry.settle_live();
         }
     }
 
@@ -137,9 +135,24 @@ impl FlowTable {
 
 impl Entry {
     fn total(&self) -> FlowStats {
-        let mut total = self.settled;
-        settle(&mut total, &self.live);
-        total
+        match &self.settled {
+            Some(settled) => {
+                let mut total = **settled;
+                settle(&mut total, &self.live);
+                total
+            }
+            None => self.live,
+        }
+    }
+
+    /// Adds the live incarnation to the settled totals and clears it.
+    fn settle_live(&mut self) {
+        if self.live.first_seen_ns == 0 {
+            return;
+        }
+        let settled = self.settled.get_or_insert_default();
+        settle(settled, &self.live);
+        self.live = FlowStats::default();
     }
 }
 

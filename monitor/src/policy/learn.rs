@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use monitor_common::{ip_proto, Direction, FlowKey};
+use monitor_common::{ip_proto, Direction};
 
 use super::select::Selector;
 use crate::{
@@ -23,7 +23,7 @@ use crate::{
     docker::{Container, Directory},
     flows::{
         outcome::{self, Outcome},
-        FlowRecord, FlowTable, PollView,
+        FlowRecord, FlowSet, FlowTable, PollView,
     },
 };
 
@@ -48,7 +48,7 @@ struct Learnt {
 pub struct Learner {
     edges: BTreeMap<Edge, Learnt>,
     /// Flows already learnt from, or that are not attempts.
-    decided: HashSet<FlowKey>,
+    decided: FlowSet,
     containers: BTreeSet<String>,
     networks: BTreeSet<String>,
 }
@@ -261,6 +261,7 @@ fn unique_name(taken: &mut HashSet<String>, learnt: &Learnt, edge: &Edge) -> Str
 mod tests {
     use super::*;
     use crate::policy::{evaluate::evaluate, select::tests::container, Action};
+    use monitor_common::FlowKey;
 
     #[test]
     fn learnt_edges_read_back_as_a_policy_allowing_exactly_them() {

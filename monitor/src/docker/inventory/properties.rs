@@ -476,7 +476,7 @@ proptest! {
             for ip in [endpoint.ip, endpoint.ipv6].into_iter().flatten() {
                 let end = directory.by_address(ip);
                 prop_assert_eq!(end.kind, EndKind::Container);
-                prop_assert_eq!(end.ip, Some(ip.to_string()));
+                prop_assert_eq!(end.ip, Some(ip));
             }
             if let Some(ifindex) = endpoint.host_ifindex {
                 let owner = directory.veth_owner(ifindex);
