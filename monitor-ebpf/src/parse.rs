@@ -68,8 +68,21 @@ fn bytes<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u8; N], Malf
     ctx.load::<[u8; N]>(offset).map_err(|_| Malformed)
 }
 
+/// Ethernet and IPv4 headers, without options.
+const ETH_IPV4_HLEN: usize = ETH_HLEN + 20;
+
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Frame, Malformed> {
+    // Most frames are untagged IPv4: one copy brings both headers, where
+    // the walk below takes two (a helper call costs more than its bytes).
+    if let Ok(head) = bytes::<ETH_IPV4_HLEN>(ctx, 0) {
+        if u16::from_be_bytes([head[12], head[13]]) == ETH_P_IP {
+            let Ok(ip) = <&[u8; 20]>::try_from(&head[ETH_HLEN..]) else {
+                return Err(Malformed);
+            };
+            return ipv4_header(ctx, ETH_HLEN, ip).map(Frame::Ip);
+        }
+    }
     let mut ethertype = be16(ctx, 12)?;
     let mut offset = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
@@ -92,6 +105,12 @@ fn ipv4(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
     // One helper call for the whole fixed header: each call costs more
     // than the bytes it copies.
     let h: [u8; 20] = bytes(ctx, offset)?;
+    ipv4_header(ctx, offset, &h)
+}
+
+/// An IPv4 packet whose fixed header `h` is at `offset`.
+#[inline(always)]
+fn ipv4_header(ctx: &TcContext, offset: usize, h: &[u8; 20]) -> Result<IpPacket, Malformed> {
     let header_len = usize::from(h[0] & 0x0f) * 4;
     if h[0] >> 4 != 4 || header_len < 20 {
         return Err(Malformed);
