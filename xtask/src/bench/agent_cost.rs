@@ -472,7 +472,10 @@ impl AgentCost {
              all N, the agent's user and system time (`/proc/PID/stat`, every thread) is read \
              over {} s, then its RSS (`VmRSS`) and peak RSS (`VmHWM`). The programs run in \
              the kernel on the sending CPU and are not in these figures: their cost is in the \
-             table above. Medians; the runs column lists each run's CPU.\n",
+             table above. Without Docker, no flow has a container sender, so the detectors keep \
+             no state per flow; with Docker, each flow a container sends adds their 64-byte \
+             entry and its hash table's slack (about 8 MiB at 100k, by those sizes; not \
+             measured here). Medians; the runs column lists each run's CPU.\n",
             COST_MONITOR.description,
             WINDOW.as_secs()
         );
