@@ -500,8 +500,9 @@ async fn poll_flows(
                 }
                 state.record_poll(&outcome, now);
             }
-            // A failed read loses nothing: the kernel keeps counting and
-            // the next poll reads it.
+            // A failed read loses no traffic: the kernel keeps counting and
+            // the next poll reads it. Evictions noticed in the part read
+            // before the failure go unreported.
             Err(err) => tracing::warn!("reading the flow map: {err:#}"),
         }
         if let Some(policy) = &policy {

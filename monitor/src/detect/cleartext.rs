@@ -22,8 +22,12 @@ use crate::{
     metrics::{book::SeriesBook, labels},
 };
 
-/// Samples a connection waits for, at most, before its verdict.
+/// Samples a connection waits for, at most, before its verdict, from its
+/// first sampled packet: settled by the poll its flow expires at.
 const SETTLE_NS: u64 = 2_000_000_000;
+/// And from when that sample was read: an answer's sample queued behind it
+/// in the ring is read by then, even when the agent fell behind.
+const READ_GRACE_NS: u64 = 500_000_000;
 /// Flows with samples awaiting a verdict; beyond, new ones are ignored.
 const MAX_PENDING: usize = 50_000;
 /// Samples kept per flow (the kernel sends up to two per CPU).
@@ -33,7 +37,9 @@ const SAMPLES_PER_FLOW: usize = 4;
 pub type ProtocolLabels = (String, String, &'static str, bool);
 
 struct Pending {
+    /// When the first sample's packet was seen, and when it was read.
     first_ns: u64,
+    read_ns: u64,
     samples: Vec<Vec<u8>>,
 }
 
@@ -68,8 +74,9 @@ impl CleartextDetector {
         }
     }
 
-    /// A payload sample from the kernel, taken at `at_ns` (monotonic).
-    pub fn sample(&mut self, key: &FlowKey, data: &[u8], at_ns: u64) {
+    /// A payload sample from the kernel, of a packet seen at `at_ns` and
+    /// read at `now_ns` (monotonic).
+    pub fn sample(&mut self, key: &FlowKey, data: &[u8], at_ns: u64, now_ns: u64) {
         if !self.config.enabled || data.is_empty() {
             return;
         }
@@ -78,6 +85,7 @@ impl CleartextDetector {
         }
         let pending = self.pending.entry(*key).or_insert_with(|| Pending {
             first_ns: at_ns,
+            read_ns: now_ns,
             samples: Vec::new(),
         });
         if pending.samples.len() < SAMPLES_PER_FLOW {
@@ -102,7 +110,8 @@ impl CleartextDetector {
         let mut done = Vec::new();
         for (key, pending) in &self.pending {
             let record = find(key);
-            let settled = now_ns.saturating_sub(pending.first_ns) >= SETTLE_NS;
+            let settled = now_ns.saturating_sub(pending.first_ns) >= SETTLE_NS
+                && now_ns.saturating_sub(pending.read_ns) >= READ_GRACE_NS;
             if !settled {
                 continue;
             }

@@ -211,10 +211,7 @@ impl Detectors {
                     key, data, seen, ..
                 } = event
                 {
-                    // The packet's own time, on the clock flows expire by:
-                    // settled by the poll its flow ends at, however late
-                    // the ring was read.
-                    state.cleartext.sample(key, data, seen.timestamp_ns);
+                    state.cleartext.sample(key, data, seen.timestamp_ns, now_ns);
                 }
             }
             state.config.arp_spoof.enabled
