@@ -68,19 +68,26 @@ fn bytes<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u8; N], Malf
     ctx.load::<[u8; N]>(offset).map_err(|_| Malformed)
 }
 
-/// Ethernet and IPv4 headers, without options.
-const ETH_IPV4_HLEN: usize = ETH_HLEN + 20;
+/// Bytes of a transport header the counting reads: TCP's ports, offset
+/// and flags (UDP's header is 8 of them).
+const L4_HEAD: usize = 14;
+/// Ethernet, an IPv4 header without options and the transport's head.
+const ETH_IPV4_L4_HEAD: usize = ETH_HLEN + 20 + L4_HEAD;
 
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Frame, Malformed> {
-    // Most frames are untagged IPv4: one copy brings both headers, where
-    // the walk below takes two (a helper call costs more than its bytes).
-    if let Ok(head) = bytes::<ETH_IPV4_HLEN>(ctx, 0) {
+    // Most frames are untagged IPv4 TCP or UDP: one copy brings all three
+    // headers, where the walk below takes three (a helper call costs more
+    // than its bytes). Shorter frames take the walk.
+    if let Ok(head) = bytes::<ETH_IPV4_L4_HEAD>(ctx, 0) {
         if u16::from_be_bytes([head[12], head[13]]) == ETH_P_IP {
-            let Ok(ip) = <&[u8; 20]>::try_from(&head[ETH_HLEN..]) else {
+            let (Ok(ip), Ok(l4)) = (
+                <&[u8; 20]>::try_from(&head[ETH_HLEN..ETH_HLEN + 20]),
+                <&[u8; L4_HEAD]>::try_from(&head[ETH_HLEN + 20..]),
+            ) else {
                 return Err(Malformed);
             };
-            return ipv4_header(ctx, ETH_HLEN, ip).map(Frame::Ip);
+            return ipv4_header(ctx, ETH_HLEN, ip, Some(l4)).map(Frame::Ip);
         }
     }
     let mut ethertype = be16(ctx, 12)?;
@@ -105,12 +112,18 @@ fn ipv4(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
     // One helper call for the whole fixed header: each call costs more
     // than the bytes it copies.
     let h: [u8; 20] = bytes(ctx, offset)?;
-    ipv4_header(ctx, offset, &h)
+    ipv4_header(ctx, offset, &h, None)
 }
 
-/// An IPv4 packet whose fixed header `h` is at `offset`.
+/// An IPv4 packet whose fixed header `h` is at `offset`; `after` holds the
+/// bytes that follow it, when the caller copied them too.
 #[inline(always)]
-fn ipv4_header(ctx: &TcContext, offset: usize, h: &[u8; 20]) -> Result<IpPacket, Malformed> {
+fn ipv4_header(
+    ctx: &TcContext,
+    offset: usize,
+    h: &[u8; 20],
+    after: Option<&[u8; L4_HEAD]>,
+) -> Result<IpPacket, Malformed> {
     let header_len = usize::from(h[0] & 0x0f) * 4;
     if h[0] >> 4 != 4 || header_len < 20 {
         return Err(Malformed);
@@ -128,12 +141,15 @@ fn ipv4_header(ctx: &TcContext, offset: usize, h: &[u8; 20]) -> Result<IpPacket,
     // Only the first fragment carries the transport header.
     if fragment & 0x1fff == 0 {
         let more_fragments = fragment & 0x2000 != 0;
+        // Without options, the transport header is what followed.
+        let l4_head = after.filter(|_| header_len == 20);
         transport(
             ctx,
             &mut packet,
             offset + header_len,
             l4_len,
             more_fragments,
+            l4_head,
         );
     }
     Ok(packet)
@@ -200,7 +216,7 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
     let l4_len = (usize::from(payload_len) + offset + IPV6_HLEN).checked_sub(l4);
     match l4_len {
         Some(l4_len) if chain_ok && first_fragment => {
-            transport(ctx, &mut packet, l4, l4_len, more_fragments)
+            transport(ctx, &mut packet, l4, l4_len, more_fragments, None)
         }
         Some(_) if chain_ok => {}
         _ => packet.l4_truncated = true,
@@ -211,7 +227,8 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<IpPacket, Malformed> {
 /// Fills ports, TCP flags and the payload span. A cut-short transport header
 /// leaves the ports at 0 and marks the packet, which is still counted.
 /// `more_fragments`: the first fragment of a larger datagram, whose UDP
-/// length covers fragments still to come.
+/// length covers fragments still to come. `copied`: the header's first
+/// bytes, when the caller has them already.
 #[inline(always)]
 fn transport(
     ctx: &TcContext,
@@ -219,41 +236,68 @@ fn transport(
     offset: usize,
     l4_len: usize,
     more_fragments: bool,
+    copied: Option<&[u8; L4_HEAD]>,
 ) {
     match packet.key.protocol {
-        ip_proto::TCP => match bytes::<14>(ctx, offset) {
-            Ok(h) => {
-                let header_len = usize::from(h[12] >> 4) * 4;
-                packet.key.src_port = u16::from_be_bytes([h[0], h[1]]);
-                packet.key.dst_port = u16::from_be_bytes([h[2], h[3]]);
-                packet.tcp_flags = h[13];
-                if header_len < 20 || header_len > l4_len {
-                    packet.l4_truncated = true;
-                    return;
-                }
-                packet.payload_offset = offset + header_len;
-                packet.payload_len = (l4_len - header_len) as u32;
-                packet.headers_len += header_len as u32;
+        ip_proto::TCP => {
+            let loaded;
+            let h = match copied {
+                Some(h) => h,
+                None => match bytes::<L4_HEAD>(ctx, offset) {
+                    Ok(h) => {
+                        loaded = h;
+                        &loaded
+                    }
+                    Err(Malformed) => {
+                        packet.l4_truncated = true;
+                        return;
+                    }
+                },
+            };
+            let header_len = usize::from(h[12] >> 4) * 4;
+            packet.key.src_port = u16::from_be_bytes([h[0], h[1]]);
+            packet.key.dst_port = u16::from_be_bytes([h[2], h[3]]);
+            packet.tcp_flags = h[13];
+            if header_len < 20 || header_len > l4_len {
+                packet.l4_truncated = true;
+                return;
             }
-            Err(Malformed) => packet.l4_truncated = true,
-        },
-        ip_proto::UDP => match bytes::<8>(ctx, offset) {
-            Ok(h) => {
-                packet.key.src_port = u16::from_be_bytes([h[0], h[1]]);
-                packet.key.dst_port = u16::from_be_bytes([h[2], h[3]]);
-                let udp_len = usize::from(u16::from_be_bytes([h[4], h[5]]));
-                // This packet's part of the datagram.
-                let here = if more_fragments { l4_len } else { udp_len };
-                if udp_len < 8 || here < 8 || here > l4_len {
-                    packet.l4_truncated = true;
-                    return;
-                }
-                packet.payload_offset = offset + 8;
-                packet.payload_len = (here - 8) as u32;
-                packet.headers_len += 8;
+            packet.payload_offset = offset + header_len;
+            packet.payload_len = (l4_len - header_len) as u32;
+            packet.headers_len += header_len as u32;
+        }
+        ip_proto::UDP => {
+            let loaded;
+            let h = match copied {
+                Some(h) => &h[..8],
+                None => match bytes::<8>(ctx, offset) {
+                    Ok(h) => {
+                        loaded = h;
+                        &loaded[..]
+                    }
+                    Err(Malformed) => {
+                        packet.l4_truncated = true;
+                        return;
+                    }
+                },
+            };
+            let [p0, p1, p2, p3, l0, l1, ..] = *h else {
+                packet.l4_truncated = true;
+                return;
+            };
+            packet.key.src_port = u16::from_be_bytes([p0, p1]);
+            packet.key.dst_port = u16::from_be_bytes([p2, p3]);
+            let udp_len = usize::from(u16::from_be_bytes([l0, l1]));
+            // This packet's part of the datagram.
+            let here = if more_fragments { l4_len } else { udp_len };
+            if udp_len < 8 || here < 8 || here > l4_len {
+                packet.l4_truncated = true;
+                return;
             }
-            Err(Malformed) => packet.l4_truncated = true,
-        },
+            packet.payload_offset = offset + 8;
+            packet.payload_len = (here - 8) as u32;
+            packet.headers_len += 8;
+        }
         _ => {}
     }
 }
