@@ -239,66 +239,54 @@ fn transport(
     copied: Option<&[u8; L4_HEAD]>,
 ) {
     match packet.key.protocol {
-        ip_proto::TCP => {
-            let loaded;
-            let h = match copied {
-                Some(h) => h,
-                None => match bytes::<L4_HEAD>(ctx, offset) {
-                    Ok(h) => {
-                        loaded = h;
-                        &loaded
-                    }
-                    Err(Malformed) => {
-                        packet.l4_truncated = true;
-                        return;
-                    }
-                },
-            };
-            let header_len = usize::from(h[12] >> 4) * 4;
-            packet.key.src_port = u16::from_be_bytes([h[0], h[1]]);
-            packet.key.dst_port = u16::from_be_bytes([h[2], h[3]]);
-            packet.tcp_flags = h[13];
-            if header_len < 20 || header_len > l4_len {
-                packet.l4_truncated = true;
-                return;
+        ip_proto::TCP => match l4_head::<L4_HEAD>(ctx, offset, copied) {
+            Ok(h) => {
+                let header_len = usize::from(h[12] >> 4) * 4;
+                packet.key.src_port = u16::from_be_bytes([h[0], h[1]]);
+                packet.key.dst_port = u16::from_be_bytes([h[2], h[3]]);
+                packet.tcp_flags = h[13];
+                if header_len < 20 || header_len > l4_len {
+                    packet.l4_truncated = true;
+                    return;
+                }
+                packet.payload_offset = offset + header_len;
+                packet.payload_len = (l4_len - header_len) as u32;
+                packet.headers_len += header_len as u32;
             }
-            packet.payload_offset = offset + header_len;
-            packet.payload_len = (l4_len - header_len) as u32;
-            packet.headers_len += header_len as u32;
-        }
-        ip_proto::UDP => {
-            let loaded;
-            let h = match copied {
-                Some(h) => &h[..8],
-                None => match bytes::<8>(ctx, offset) {
-                    Ok(h) => {
-                        loaded = h;
-                        &loaded[..]
-                    }
-                    Err(Malformed) => {
-                        packet.l4_truncated = true;
-                        return;
-                    }
-                },
-            };
-            let [p0, p1, p2, p3, l0, l1, ..] = *h else {
-                packet.l4_truncated = true;
-                return;
-            };
-            packet.key.src_port = u16::from_be_bytes([p0, p1]);
-            packet.key.dst_port = u16::from_be_bytes([p2, p3]);
-            let udp_len = usize::from(u16::from_be_bytes([l0, l1]));
-            // This packet's part of the datagram.
-            let here = if more_fragments { l4_len } else { udp_len };
-            if udp_len < 8 || here < 8 || here > l4_len {
-                packet.l4_truncated = true;
-                return;
+            Err(Malformed) => packet.l4_truncated = true,
+        },
+        ip_proto::UDP => match l4_head::<8>(ctx, offset, copied) {
+            Ok(h) => {
+                packet.key.src_port = u16::from_be_bytes([h[0], h[1]]);
+                packet.key.dst_port = u16::from_be_bytes([h[2], h[3]]);
+                let udp_len = usize::from(u16::from_be_bytes([h[4], h[5]]));
+                // This packet's part of the datagram.
+                let here = if more_fragments { l4_len } else { udp_len };
+                if udp_len < 8 || here < 8 || here > l4_len {
+                    packet.l4_truncated = true;
+                    return;
+                }
+                packet.payload_offset = offset + 8;
+                packet.payload_len = (here - 8) as u32;
+                packet.headers_len += 8;
             }
-            packet.payload_offset = offset + 8;
-            packet.payload_len = (here - 8) as u32;
-            packet.headers_len += 8;
-        }
+            Err(Malformed) => packet.l4_truncated = true,
+        },
         _ => {}
+    }
+}
+
+/// The transport header's first `N` bytes: from `copied` when the caller
+/// has them, else copied from the packet now.
+#[inline(always)]
+fn l4_head<const N: usize>(
+    ctx: &TcContext,
+    offset: usize,
+    copied: Option<&[u8; L4_HEAD]>,
+) -> Result<[u8; N], Malformed> {
+    match copied.and_then(|head| head.first_chunk::<N>()) {
+        Some(head) => Ok(*head),
+        None => bytes::<N>(ctx, offset),
     }
 }
 
