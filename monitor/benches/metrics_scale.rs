@@ -16,7 +16,7 @@ use monitor::{
     datapath::KernelCounters,
     docker::{Container, Directory, Endpoint, Inventory, Posture},
     event_log::EventTotals,
-    flows::{FlowTable, PollOutcome},
+    flows::{FlowTable, PollOutcome, PollView},
     metrics::{AgentSnapshot, Metrics, MetricsConfig, TrafficMetrics},
 };
 use monitor_common::{ip_proto, Direction, FlowKey, FlowStats};
@@ -128,7 +128,7 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         metrics
             .traffic()
-            .update(&table, &[], &directory, Some(&inventory), 2);
+            .update(&PollView::new(&table, &[]), &directory, Some(&inventory), 2);
         let update = started.elapsed();
         let snapshot = |traffic: &TrafficMetrics| AgentSnapshot {
             attached_interfaces: CONTAINERS as usize,

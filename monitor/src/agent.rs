@@ -29,7 +29,7 @@ use crate::{
     docker::{self, directory::host_addresses, Directory, Inventory},
     event_log::EventLog,
     flow_log::{FlowLog, FlowLogConfig},
-    flows::{FlowTable, PollOutcome},
+    flows::{FlowTable, PollOutcome, PollView},
     links,
     metrics::{AgentSnapshot, Metrics, MetricsConfig},
     policy::{self, in_force, Learner, PolicyConfig, PolicyInForce},
@@ -202,23 +202,20 @@ impl AgentState {
             .fetch_add(outcome.evicted as u64, Ordering::Relaxed);
         let directory = read(&self.directory).clone();
         let inventory = self.inventory();
-        let flows = read(&self.flows);
-        self.metrics.traffic().update(
-            &flows,
-            &outcome.expired,
-            &directory,
-            inventory.as_deref(),
-            now_ns,
-        );
-        self.detectors
-            .on_poll(&flows, &outcome.expired, &directory, now_ns);
+        let table = read(&self.flows);
+        // One view for every consumer: each reads the same live and ended
+        // flows, and the index of the ended ones is built once.
+        let flows = PollView::new(&table, &outcome.expired);
+        self.metrics
+            .traffic()
+            .update(&flows, &directory, inventory.as_deref(), now_ns);
+        self.detectors.on_poll(&flows, &directory, now_ns);
         if let Some(learner) = &self.learner {
-            lock(learner).on_poll(&flows, &outcome.expired, &directory, now_ns);
+            lock(learner).on_poll(&flows, &directory, now_ns);
         }
         if let Some(flow_log) = &self.flow_log {
             lock(flow_log).on_poll(
                 &flows,
-                &outcome.expired,
                 &directory,
                 &|key| self.detectors.payload_verdict(key),
                 now_ns,

@@ -13,9 +13,7 @@ use crate::{
     datapath::events::key_addrs,
     detect::PayloadVerdict,
     docker::{Directory, FlowEnd},
-    flows::{
-        outcome, protocol_name, tcp_flag_names, ByFlow, FlowRecord, FlowSet, FlowTable, PollView,
-    },
+    flows::{outcome, protocol_name, tcp_flag_names, ByFlow, FlowRecord, FlowSet, PollView},
     rotating::RotatingFile,
 };
 
@@ -123,13 +121,11 @@ impl FlowLog {
     /// its client flow.
     pub fn on_poll(
         &mut self,
-        table: &FlowTable,
-        expired: &[FlowRecord],
+        flows: &PollView,
         directory: &Directory,
         payload: &dyn Fn(&FlowKey) -> Option<PayloadVerdict>,
         now_ns: u64,
     ) {
-        let flows = PollView::new(table, expired);
         let find = |key: &FlowKey| {
             flows
                 .find(key)
@@ -178,7 +174,7 @@ impl FlowLog {
             if is_ended {
                 self.logged.remove(&key);
                 if self.ended_answers.remove(&key.reversed()).is_none()
-                    && table.get(&key.reversed()).is_some()
+                    && flows.is_live(&key.reversed())
                 {
                     self.ended_leaders.insert(key);
                 }
@@ -188,7 +184,7 @@ impl FlowLog {
         }
         for answer in answers_ended {
             // Kept until its initiator ends; bounded like the table.
-            if table.get(&answer.key.reversed()).is_some() {
+            if flows.is_live(&answer.key.reversed()) {
                 self.ended_answers.insert(answer.key, answer);
             }
         }

@@ -40,7 +40,7 @@ use crate::{
     docker::{Directory, FlowEnd},
     flows::{
         outcome::{self, Outcome},
-        ByFlow, FlowRecord, FlowTable, PollView,
+        ByFlow, FlowRecord, PollView,
     },
 };
 use config::DetectConfig;
@@ -133,17 +133,10 @@ impl Detectors {
     }
 
     /// After each poll of the flow map.
-    pub fn on_poll(
-        &self,
-        table: &FlowTable,
-        expired: &[FlowRecord],
-        directory: &Directory,
-        now_ns: u64,
-    ) {
+    pub fn on_poll(&self, flows: &PollView, directory: &Directory, now_ns: u64) {
         let mut alerts = Vec::new();
         {
             let mut state = lock(&self.state);
-            let flows = PollView::new(table, expired);
             let find = |key: &FlowKey| flows.find(key);
             let state = &mut *state;
             for key in state.ended.drain(..) {

@@ -28,6 +28,11 @@ impl<'a> PollView<'a> {
         self.table.get(key).or_else(|| self.ended.get(key).copied())
     }
 
+    /// Whether a flow is live (in the table, not ended).
+    pub fn is_live(&self, key: &FlowKey) -> bool {
+        self.table.get(key).is_some()
+    }
+
     /// Every flow, with whether it ended at this poll.
     pub fn records(&self) -> impl Iterator<Item = (FlowRecord, bool)> + '_ {
         self.table

@@ -19,7 +19,7 @@ use crate::{
     docker::{Container, Directory, Inventory},
     flows::{
         outcome::{self, Outcome},
-        ByFlow, FlowRecord, FlowTable, PollView,
+        ByFlow, FlowRecord, PollView,
     },
 };
 
@@ -78,13 +78,11 @@ impl TrafficMetrics {
     /// the table just forgot, with their final totals.
     pub fn update(
         &mut self,
-        table: &FlowTable,
-        expired: &[FlowRecord],
+        flows: &PollView,
         directory: &Directory,
         inventory: Option<&Inventory>,
         now_ns: u64,
     ) {
-        let flows = PollView::new(table, expired);
         let find = |key: &FlowKey| flows.find(key);
         // Learn every answer of this round before labelling any flow, so
         // both directions of a new connection get the same port label.
@@ -290,7 +288,7 @@ mod tests {
     use monitor_common::{Direction, FlowStats};
 
     use super::*;
-    use crate::flows::PollOutcome;
+    use crate::flows::{FlowTable, PollOutcome};
 
     const SECOND: u64 = 1_000_000_000;
 
@@ -374,7 +372,7 @@ mod tests {
             // Not answered yet.
             (key(1, 40002, 2, 82), stats(1, 1, 0, 0)),
         ]);
-        traffic.update(&flows, &[], &directory, None, 2 * SECOND);
+        traffic.update(&PollView::new(&flows, &[]), &directory, None, 2 * SECOND);
         assert_eq!(connections(&traffic, "established"), 1);
         assert_eq!(connections(&traffic, "refused"), 1);
         assert_eq!(connections(&traffic, "unanswered"), 0);
@@ -384,7 +382,7 @@ mod tests {
 
         // Five seconds without an answer: unanswered, once.
         for now in [7, 8] {
-            traffic.update(&flows, &[], &directory, None, now * SECOND);
+            traffic.update(&PollView::new(&flows, &[]), &directory, None, now * SECOND);
         }
         assert_eq!(connections(&traffic, "unanswered"), 1);
     }
@@ -398,7 +396,12 @@ mod tests {
             protocol: ip_proto::UDP,
             ..key(1, 40000, 2, 53)
         };
-        traffic.update(&table(&[(flow_key, udp)]), &[], &directory, None, SECOND);
+        traffic.update(
+            &PollView::new(&table(&[(flow_key, udp)]), &[]),
+            &directory,
+            None,
+            SECOND,
+        );
         let expired = FlowRecord {
             key: flow_key,
             stats: FlowStats {
@@ -407,14 +410,18 @@ mod tests {
                 ..udp
             },
         };
-        traffic.update(&FlowTable::new(), &[expired], &directory, None, 2 * SECOND);
+        traffic.update(
+            &PollView::new(&FlowTable::new(), &[expired]),
+            &directory,
+            None,
+            2 * SECOND,
+        );
         assert_eq!(packets(&traffic, &[]), 5);
         let bytes: u64 = traffic.flows.iter().map(|(_, c)| c.bytes).sum();
         assert_eq!(bytes, 300);
         // Forgotten: the same key later counts as a new flow from zero.
         traffic.update(
-            &table(&[(flow_key, udp)]),
-            &[],
+            &PollView::new(&table(&[(flow_key, udp)]), &[]),
             &directory,
             None,
             3 * SECOND,

@@ -23,7 +23,7 @@ use crate::{
     docker::{Container, Directory},
     flows::{
         outcome::{self, Outcome},
-        FlowRecord, FlowSet, FlowTable, PollView,
+        FlowRecord, FlowSet, PollView,
     },
 };
 
@@ -55,14 +55,7 @@ pub struct Learner {
 
 impl Learner {
     /// After each poll of the flow map.
-    pub fn on_poll(
-        &mut self,
-        table: &FlowTable,
-        expired: &[FlowRecord],
-        directory: &Directory,
-        now_ns: u64,
-    ) {
-        let flows = PollView::new(table, expired);
+    pub fn on_poll(&mut self, flows: &PollView, directory: &Directory, now_ns: u64) {
         for (record, is_ended) in flows.records() {
             if self.decided.contains(&record.key) {
                 continue;
