@@ -345,8 +345,21 @@ pub enum PolicyState {
     Mode = 0,
     /// The generation (0 or 1) whose entries the programs read.
     Generation = 1,
+    /// Enforce mode's lease: until this time, in [`lease_units`] of
+    /// CLOCK_MONOTONIC, `deny` drops; after it the programs only observe.
+    /// The agent renews it at every poll, so enforcement ends with the
+    /// agent even where its programs outlive it (clsact filters).
+    EnforceUntil = 2,
 }
-pub const POLICY_STATE_LEN: u32 = 2;
+pub const POLICY_STATE_LEN: u32 = 3;
+
+/// A monotonic time in the units of [`PolicyState::EnforceUntil`]: 2^30 ns
+/// (about 1.07 s), so a `u32` lasts 146 years of uptime and the programs
+/// convert with one shift.
+#[inline(always)]
+pub const fn lease_units(monotonic_ns: u64) -> u32 {
+    (monotonic_ns >> 30) as u32
+}
 
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

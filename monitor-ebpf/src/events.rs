@@ -113,17 +113,21 @@ pub fn arp(ctx: &TcContext, seen: &Seen, offset: usize) {
     entry.submit(wakeup());
 }
 
-/// Copies `min(wanted, MAX)` bytes from the packet to `dst`, which holds
-/// `max`; returns how many were copied (0 on failure). The verifier needs
-/// to see `1 <= len <= max` checked right before the call; `black_box` keeps
-/// LLVM from dropping a check it can prove redundant from facts the verifier
-/// does not track.
+/// Copies `min(wanted, max)` bytes from the packet to `dst`, which holds
+/// `max`; returns how many were copied (0 on failure).
+///
+/// The helper's length must be proven `1 <= len <= max`. Verifiers before
+/// 6.8 learn nothing from `len != 0`, so the check is one unsigned
+/// comparison of `len - 1` against `max`, after which `len - 1 + 1` has
+/// both bounds on every kernel. `black_box` keeps LLVM from folding the
+/// subtraction and the addition back into a `len` it checked differently.
 #[inline(always)]
 unsafe fn copy_bytes(ctx: &TcContext, offset: usize, dst: *mut u8, wanted: u32, max: usize) -> u32 {
-    let len = core::hint::black_box(wanted.min(max as u32));
-    if len == 0 || len > max as u32 {
+    let below = core::hint::black_box(wanted.min(max as u32).wrapping_sub(1));
+    if below >= max as u32 {
         return 0;
     }
+    let len = below + 1;
     // SAFETY: `dst` holds `max` bytes and `len <= max`.
     let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), offset as u32, dst.cast(), len) };
     if ret == 0 {

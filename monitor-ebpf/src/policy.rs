@@ -7,8 +7,8 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::TcContext};
 use monitor_common::{
-    ip_proto, DeniedStats, FlowKey, PolicyAction, PolicyIface, PolicyIfaceKey, PolicyMode,
-    PolicyRuleKey, PolicyRuleValue, PolicyState, POLICY_PEER_PROTOCOL, POLICY_SLOTS,
+    ip_proto, lease_units, DeniedStats, FlowKey, PolicyAction, PolicyIface, PolicyIfaceKey,
+    PolicyMode, PolicyRuleKey, PolicyRuleValue, PolicyState, POLICY_PEER_PROTOCOL, POLICY_SLOTS,
     POLICY_SLOT_SPOOFED_ARP, POLICY_SLOT_SPOOFED_SOURCE,
 };
 
@@ -29,7 +29,7 @@ pub enum Verdict {
 pub fn judge(ctx: &TcContext, seen: &Seen, frame: &Result<Frame, Malformed>) -> Verdict {
     let mode = POLICY_STATE.get(PolicyState::Mode as u32).copied();
     let enforce = match mode {
-        Some(m) if m == PolicyMode::Enforce as u32 => true,
+        Some(m) if m == PolicyMode::Enforce as u32 => lease_held(seen.now_ns),
         Some(m) if m == PolicyMode::Observe as u32 => false,
         _ => return Verdict::Pass,
     };
@@ -53,6 +53,15 @@ pub fn judge(ctx: &TcContext, seen: &Seen, frame: &Result<Frame, Malformed>) -> 
         Ok(Frame::Arp(offset)) => arp(ctx, iface, *offset, enforce),
         _ => Verdict::Pass,
     }
+}
+
+/// Whether the agent's enforce lease still runs: a dead agent's programs
+/// (clsact filters stay after it) go back to observing within a lease.
+#[inline(always)]
+fn lease_held(now_ns: u64) -> bool {
+    POLICY_STATE
+        .get(PolicyState::EnforceUntil as u32)
+        .is_some_and(|until| lease_units(now_ns) <= *until)
 }
 
 #[inline(always)]

@@ -302,12 +302,6 @@ impl RunArgs {
             }),
             None => None,
         };
-        // clsact filters outlive a crashed agent: enforcement would go on
-        // with no one to change or end it.
-        anyhow::ensure!(
-            !(self.enforce && matches!(self.attach_mode, AttachModeArg::Clsact)),
-            "--enforce needs TCX links (--attach-mode auto on kernel 6.6+): clsact filters outlive a crashed agent, so enforcement would not stop with it"
-        );
         anyhow::ensure!(
             !self.state_dir.exists() || self.state_dir.is_dir(),
             "--state-dir {}: not a directory",
@@ -418,36 +412,25 @@ mod tests {
     }
 
     #[test]
-    fn enforce_needs_a_policy_and_tcx() {
+    fn enforce_needs_a_policy_and_works_in_both_attach_modes() {
         assert!(parse(&["run", "--enforce"]).is_err());
         assert!(parse(&["run", "--policy", "p.yaml", "--no-docker"]).is_err());
         let path = std::env::temp_dir().join(format!("crossmon-cli-{}.yaml", std::process::id()));
         std::fs::write(&path, "version: 1\n").expect("write");
         let file = path.to_str().expect("UTF-8");
-        let Ok(Cli {
-            command: Command::Run(args),
-        }) = parse(&[
-            "run",
-            "--policy",
-            file,
-            "--enforce",
-            "--attach-mode",
-            "clsact",
-        ])
-        else {
-            panic!("parses");
-        };
-        let err = args.agent_config().expect_err("clsact refused");
-        assert!(err.to_string().contains("--enforce needs TCX"), "{err}");
-        let Ok(Cli {
-            command: Command::Run(args),
-        }) = parse(&["run", "--policy", file, "--enforce"])
-        else {
-            panic!("parses");
-        };
-        let config = args.agent_config().expect("valid");
+        // clsact filters outlive the agent, but its enforce lease does not
+        // (datapath::ENFORCE_LEASE): enforcement is accepted there too.
+        for mode in ["auto", "clsact"] {
+            let Ok(Cli {
+                command: Command::Run(args),
+            }) = parse(&["run", "--policy", file, "--enforce", "--attach-mode", mode])
+            else {
+                panic!("parses");
+            };
+            let config = args.agent_config().expect("valid");
+            assert!(config.policy.is_some_and(|p| p.enforce), "{mode}");
+        }
         let _ = std::fs::remove_file(&path);
-        assert!(config.policy.is_some_and(|p| p.enforce));
     }
 
     #[test]

@@ -40,16 +40,14 @@ pub async fn run(docker_host: Option<&str>) -> bool {
     let mut report = Report { failed: false };
     let machine = preflight::Report::gather();
     let (major, minor, _) = preflight::MIN_KERNEL;
-    match (machine.kernel, machine.blocker()) {
-        (Some(kernel), Some(reason)) if reason.contains("kernel") => {
-            report.line(Verdict::Fail, "kernel", format!("{kernel}: {reason}"));
-        }
-        (Some(kernel), _) => report.line(
+    match (machine.kernel, machine.kernel_blocker()) {
+        (_, Some(reason)) => report.line(Verdict::Fail, "kernel", reason),
+        (Some(kernel), None) => report.line(
             Verdict::Ok,
             "kernel",
             format!("{kernel} (needs {major}.{minor}+)"),
         ),
-        (None, _) => report.line(Verdict::Fail, "kernel", "cannot read the kernel version"),
+        (None, None) => report.line(Verdict::Fail, "kernel", "cannot read the kernel version"),
     }
     if machine.btf {
         report.line(Verdict::Ok, "btf", "/sys/kernel/btf/vmlinux present");
@@ -64,6 +62,10 @@ pub async fn run(docker_host: Option<&str>) -> bool {
         Some(cap) => report.line(Verdict::Fail, "capabilities", cap.missing()),
         None => report.line(Verdict::Ok, "capabilities", machine.capabilities_used()),
     }
+    let enforce_ends = format!(
+        "--enforce drops only while the agent renews its lease: within {} s of the agent's death the programs go back to observing",
+        datapath::ENFORCE_LEASE.as_secs() + 2
+    );
     if machine.tcx {
         report.line(
             Verdict::Ok,
@@ -74,15 +76,19 @@ pub async fn run(docker_host: Option<&str>) -> bool {
         report.line(
             Verdict::Ok,
             "attach",
-            "legacy clsact filters (no TCX before kernel 6.6)",
+            "legacy clsact filters (no TCX before kernel 6.6): they outlive a killed agent until its next start removes them",
         );
     }
     match datapath::load(&DatapathConfig::default()) {
-        Ok(_) => report.line(
-            Verdict::Ok,
-            "programs",
-            "loaded and accepted by the verifier",
-        ),
+        Ok(loaded) => {
+            report.line(
+                Verdict::Ok,
+                "programs",
+                "loaded and accepted by the verifier",
+            );
+            report.line(Verdict::Ok, "expiry", loaded.flows.expiry().describe());
+            report.line(Verdict::Ok, "enforce", enforce_ends);
+        }
         Err(err) => report.line(Verdict::Fail, "programs", format!("{err:#}")),
     }
     if bpffs_mounted() {

@@ -192,24 +192,12 @@ fn a_bad_policy_or_its_misuse_exits_2_naming_it() {
         assert_refused(&["run", "--policy", policy], &[], named);
         assert_refused(&["policy", "check", policy], &[], named);
     }
-    // Enforcement needs a policy, and links that die with the agent.
+    // Enforcement needs a policy.
     assert_refused(&["run", "--enforce"], &[], "--policy");
     assert_refused(
         &["run", "--policy", good, "--no-docker"],
         &[],
         "--no-docker",
-    );
-    assert_refused(
-        &[
-            "run",
-            "--policy",
-            good,
-            "--enforce",
-            "--attach-mode",
-            "clsact",
-        ],
-        &[],
-        "--enforce",
     );
     assert_refused(
         &[

@@ -273,6 +273,27 @@ fn the_kernel_drops_what_the_compiled_policy_denies_and_nothing_else() {
     );
 }
 
+/// A killed agent's clsact filters stay attached; its lease does not: left
+/// unrenewed, enforce mode lapses into observing, and a renewal brings it
+/// back.
+#[test]
+fn an_enforce_lease_left_unrenewed_lapses_into_observing() {
+    let scratch = Scratch::new("policy");
+    let Some((mut dp, mut policy)) = policy_in_force(&scratch, WEB_TO_API_80, true) else {
+        return;
+    };
+    let denied = tcp_frame(IP_WEB, IP_API, 40_001, 81, tcp_flag::SYN);
+    let from = PROGRAM_FROM_CONTAINER;
+    assert_eq!(verdict(&mut dp, from, &denied), TC_ACT_SHOT);
+    // The lease is kept in units of 2^30 ns: it ends within 1.1 s after.
+    std::thread::sleep(datapath::ENFORCE_LEASE + Duration::from_millis(1_200));
+    assert_eq!(verdict(&mut dp, from, &denied), TC_ACT_UNSPEC);
+    assert_eq!(counts(&policy, "default:front"), (1, 1));
+    policy.renew_lease();
+    assert_eq!(verdict(&mut dp, from, &denied), TC_ACT_SHOT);
+    assert_eq!(counts(&policy, "default:front"), (1, 2));
+}
+
 #[test]
 fn in_observe_mode_violations_are_counted_and_passed() {
     let scratch = Scratch::new("policy");

@@ -3,7 +3,8 @@
 //! aya 0.14 has no batch operations, so this module issues
 //! `BPF_MAP_LOOKUP_BATCH` (kernel 5.6) and `BPF_MAP_LOOKUP_AND_DELETE_ELEM`
 //! (hash maps: kernel 5.14) itself, on the fd aya opened. One batch call
-//! replaces two syscalls per flow of a key-by-key walk.
+//! replaces two syscalls per flow of a key-by-key walk. Before 5.14 an idle
+//! flow is taken out by a lookup and a delete (see [`Expiry`]).
 
 use std::{
     io,
@@ -21,8 +22,31 @@ use crate::flows::merge_cpus;
 /// Flows fetched per syscall.
 const BATCH: usize = 4096;
 
+/// How idle flows leave the map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM`: read and deleted in one call.
+    LookupAndDelete,
+    /// Kernels before 5.14: a lookup, then a delete. A packet counted in
+    /// between (microseconds, on a flow already idle for the idle timeout)
+    /// is lost uncounted.
+    LookupThenDelete,
+}
+
+impl Expiry {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::LookupAndDelete => "idle flows read and deleted in one call",
+            Self::LookupThenDelete => {
+                "idle flows read, then deleted (no lookup-and-delete on hash maps before 5.14): a packet in between is lost"
+            }
+        }
+    }
+}
+
 pub struct FlowMap {
     map: MapData,
+    expiry: Expiry,
     cpus: usize,
     keys: Vec<FlowKey>,
     values: Vec<FlowStats>,
@@ -38,13 +62,37 @@ impl FlowMap {
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, err)| anyhow::anyhow!("{path}: {err}"))
             .context("counting possible CPUs")?;
-        Ok(Self {
+        let mut flows = Self {
             map,
+            expiry: Expiry::LookupAndDelete,
             cpus,
             keys: vec![FlowKey::ZERO; BATCH],
             values: vec![FlowStats::default(); BATCH * cpus],
             batch: Vec::with_capacity(BATCH),
-        })
+        };
+        flows.expiry = flows.probe_expiry();
+        Ok(flows)
+    }
+
+    /// Asks the kernel for a flow no packet has: ENOENT where it knows the
+    /// command on hash maps, ENOTSUPP (524) or EINVAL where it does not.
+    fn probe_expiry(&mut self) -> Expiry {
+        match self.lookup_and_delete(&FlowKey::ZERO) {
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(524 | libc::EINVAL | libc::EOPNOTSUPP)
+                ) =>
+            {
+                Expiry::LookupThenDelete
+            }
+            _ => Expiry::LookupAndDelete,
+        }
+    }
+
+    /// How this kernel lets idle flows be taken out.
+    pub fn expiry(&self) -> Expiry {
+        self.expiry
     }
 
     /// Capacity the kernel allocated.
@@ -105,10 +153,24 @@ impl FlowMap {
     }
 
     /// Removes a flow and returns its statistics, read and deleted in one
-    /// call: no packet counted before the call is lost. A program that
-    /// looked the entry up just before may still add one packet to the
-    /// freed element; it is not seen.
+    /// call where the kernel can (see [`Expiry`]): no packet counted before
+    /// the call is lost. A program that looked the entry up just before may
+    /// still add one packet to the freed element; it is not seen.
     pub fn take(&mut self, key: &FlowKey) -> anyhow::Result<Option<FlowStats>> {
+        let taken = match self.expiry {
+            Expiry::LookupAndDelete => self.lookup_and_delete(key),
+            Expiry::LookupThenDelete => self.lookup_then_delete(key),
+        };
+        match taken {
+            Ok(()) => Ok(Some(merge_cpus(&self.values[..self.cpus]))),
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(err) => Err(err).with_context(|| format!("taking a flow out ({:?})", self.expiry)),
+        }
+    }
+
+    /// One element command on `key`, its per-CPU values read into the
+    /// first `cpus` slots of `values`.
+    fn element(&mut self, cmd: bpf_cmd, key: &FlowKey) -> io::Result<()> {
         let values = &mut self.values[..self.cpus];
         // SAFETY: as above.
         let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
@@ -117,10 +179,19 @@ impl FlowMap {
         elem.map_fd = self.map.fd().as_fd().as_raw_fd() as u32;
         elem.key = std::ptr::from_ref(key) as u64;
         elem.__bindgen_anon_1.value = values.as_mut_ptr() as u64;
-        match sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
-            Ok(()) => Ok(Some(merge_cpus(values))),
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(err) => Err(err).context("BPF_MAP_LOOKUP_AND_DELETE_ELEM on the flow map"),
+        sys_bpf(cmd, &mut attr)
+    }
+
+    fn lookup_and_delete(&mut self, key: &FlowKey) -> io::Result<()> {
+        self.element(bpf_cmd::BPF_MAP_LOOKUP_AND_DELETE_ELEM, key)
+    }
+
+    fn lookup_then_delete(&mut self, key: &FlowKey) -> io::Result<()> {
+        self.element(bpf_cmd::BPF_MAP_LOOKUP_ELEM, key)?;
+        match self.element(bpf_cmd::BPF_MAP_DELETE_ELEM, key) {
+            // Gone in between (evicted): what was read is still its last count.
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
         }
     }
 }

@@ -102,6 +102,7 @@ pub struct Datapath {
 /// Loads and verifies both classifiers; attaches nothing.
 pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
     config.validate()?;
+    super::preflight::raise_memlock_limit();
     // aya-log's level 0 disables every log statement in the programs.
     let log_level: u8 = match config.ebpf_log {
         None | Some(log::LevelFilter::Off) => 0,

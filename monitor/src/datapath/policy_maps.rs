@@ -7,16 +7,21 @@
 //! as it was until the next switch clears it, long after any program that
 //! read it has finished.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap};
 use monitor_common::{
-    DeniedStats, FlowKey, PolicyIface, PolicyIfaceKey, PolicyMode, PolicyRuleKey, PolicyRuleValue,
-    PolicyState, POLICY_SLOTS,
+    lease_units, DeniedStats, FlowKey, PolicyIface, PolicyIfaceKey, PolicyMode, PolicyRuleKey,
+    PolicyRuleValue, PolicyState, POLICY_SLOTS,
 };
 
 use crate::policy::compile::Compiled;
+
+/// How long enforce mode holds without the agent renewing it. Renewed every
+/// 2 s (the policy file check), so a live agent never lets it lapse and a
+/// dead or wedged one stops dropping within 10 to 12 s.
+pub const ENFORCE_LEASE: Duration = Duration::from_secs(10);
 
 pub struct PolicyMaps {
     state: Array<MapData, u32>,
@@ -117,6 +122,9 @@ impl PolicyMaps {
             self.apply(&step)
                 .with_context(|| format!("writing the policy maps ({step:?})"))?;
             if let Step::Activate(generation) = step {
+                if mode == PolicyMode::Enforce {
+                    self.renew_lease()?;
+                }
                 self.state
                     .set(PolicyState::Mode as u32, mode as u32, 0)
                     .context("setting the policy mode")?;
@@ -124,6 +132,14 @@ impl PolicyMaps {
             }
         }
         Ok(true)
+    }
+
+    /// Extends enforce mode by [`ENFORCE_LEASE`] from now.
+    pub fn renew_lease(&mut self) -> anyhow::Result<()> {
+        let until = crate::clock::monotonic_ns().saturating_add(ENFORCE_LEASE.as_nanos() as u64);
+        self.state
+            .set(PolicyState::EnforceUntil as u32, lease_units(until), 0)
+            .context("renewing the enforce lease")
     }
 
     /// One step, and the record of what the kernel holds kept exact, so a

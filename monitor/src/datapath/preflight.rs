@@ -7,7 +7,7 @@ use aya::{programs::ProgramError, util::KernelVersion, EbpfError};
 
 /// Oldest kernel with everything the datapath uses: ring buffers (5.8),
 /// map batch lookups (5.6), lookup-and-delete on hash maps (5.14).
-pub const MIN_KERNEL: (u8, u8, u16) = (5, 14, 0);
+pub const MIN_KERNEL: (u8, u8, u16) = (5, 10, 0);
 
 /// A capability crossmon needs, and what for.
 #[derive(Debug, PartialEq, Eq)]
@@ -87,17 +87,20 @@ impl Report {
 
     /// The first reason crossmon cannot run here, if any.
     pub fn blocker(&self) -> Option<String> {
+        self.kernel_blocker()
+            .or_else(|| self.missing_capability().map(Capability::missing))
+    }
+
+    /// Why this kernel cannot run crossmon, if it cannot.
+    pub fn kernel_blocker(&self) -> Option<String> {
         let (major, minor, patch) = MIN_KERNEL;
         match self.kernel {
-            Some(kernel) if kernel < KernelVersion::new(major, minor, patch) => {
-                return Some(format!(
-                    "kernel {kernel} is too old: crossmon needs Linux {major}.{minor} or newer (BPF ring buffer, map batch operations)"
-                ));
-            }
-            None => return Some("cannot read the kernel version (uname)".into()),
-            Some(_) => {}
+            Some(kernel) if kernel < KernelVersion::new(major, minor, patch) => Some(format!(
+                "kernel {kernel} is too old: crossmon needs Linux {major}.{minor} or newer (BPF ring buffer, map batch operations)"
+            )),
+            None => Some("cannot read the kernel version (uname)".into()),
+            Some(_) => None,
         }
-        self.missing_capability().map(Capability::missing)
     }
 
     /// The first capability of [`CAPABILITIES`] the process lacks; `None`
@@ -144,6 +147,30 @@ pub fn check() -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK, often 64 KiB or
+/// 8 MiB: far below the flow map. Lifted as far as the process may (to
+/// unlimited with CAP_SYS_RESOURCE, else to the hard limit); later kernels
+/// charge the memory cgroup and ignore it.
+pub fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit and getrlimit read or fill a valid rlimit.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) == 0 {
+            return;
+        }
+        let mut limit = unlimited;
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) != 0 {
+                tracing::debug!("RLIMIT_MEMLOCK left as it is");
+            }
+        }
+    }
+}
+
 /// TCX (BPF links on the TC hooks) arrived in Linux 6.6; aya picks it
 /// there and falls back to netlink `clsact` filters before.
 pub fn has_tcx() -> bool {
@@ -172,22 +199,42 @@ pub fn explain_load_error(err: EbpfError) -> anyhow::Error {
 }
 
 pub fn explain_program_error(name: &str, err: ProgramError) -> anyhow::Error {
-    if let ProgramError::LoadError {
+    let ProgramError::LoadError {
         io_error,
         verifier_log,
     } = &err
-    {
-        tracing::debug!("verifier log for {name}:\n{verifier_log}");
-        if io_error.kind() == ErrorKind::PermissionDenied {
-            return anyhow::anyhow!(
-                "the kernel refused to load program {name} (EPERM): crossmon needs CAP_BPF, CAP_PERFMON (or CAP_SYS_ADMIN for both) and CAP_NET_ADMIN"
-            );
-        }
-        return anyhow::anyhow!(
-            "the kernel's verifier rejected program {name} ({io_error}); run with RUST_LOG=debug for the verifier log"
-        );
+    else {
+        return anyhow::Error::new(err).context(format!("loading program {name}"));
+    };
+    let log = verifier_log.to_string();
+    tracing::debug!("verifier log for {name}:\n{log}");
+    // EPERM with no verifier output: the kernel refused before verifying,
+    // for want of a capability. Anything the verifier said is a rejection,
+    // whatever the errno (EACCES, EINVAL, E2BIG ...).
+    if io_error.raw_os_error() == Some(libc::EPERM) && log.trim().is_empty() {
+        let missing = Report::gather()
+            .missing_capability()
+            .map_or_else(|| "capabilities look complete, so a security module (LSM) or a sysctl like kernel.unprivileged_bpf_disabled may have refused it".to_owned(), Capability::missing);
+        return anyhow::anyhow!("the kernel refused to load program {name} (EPERM): {missing}");
     }
-    anyhow::Error::new(err).context(format!("loading program {name}"))
+    let kernel = KernelVersion::current().map_or_else(|_| "unknown".to_owned(), |k| k.to_string());
+    anyhow::anyhow!(
+        "the verifier of kernel {kernel} rejected program {name} ({io_error}); its last lines:\n{}\n(the whole log with RUST_LOG=debug)",
+        last_lines(&log, VERIFIER_TAIL)
+    )
+}
+
+/// Lines of the verifier log shown with a rejection: the refused
+/// instruction, the reason and the summary.
+const VERIFIER_TAIL: usize = 8;
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|line| format!("  {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]
@@ -241,7 +288,16 @@ mod tests {
 
     #[test]
     fn an_old_kernel_is_named() {
-        let old = report((5, 10, 0), &[CAP_SYS_ADMIN, CAP_NET_ADMIN]).blocker();
-        assert!(old.is_some_and(|m| m.contains("too old") && m.contains("5.14")));
+        let old = report((5, 4, 0), &[CAP_SYS_ADMIN, CAP_NET_ADMIN]).blocker();
+        assert!(old.is_some_and(|m| m.contains("too old") && m.contains("5.10")));
+        let oldest = report((5, 10, 0), &[CAP_SYS_ADMIN, CAP_NET_ADMIN]).blocker();
+        assert_eq!(oldest, None);
+    }
+
+    #[test]
+    fn the_tail_of_a_verifier_log_keeps_its_last_lines() {
+        let log = "0: (b7) r0 = 0\n\n1: (95) exit\nR0 invalid\nprocessed 2 insns\n";
+        assert_eq!(last_lines(log, 2), "  R0 invalid\n  processed 2 insns");
+        assert_eq!(last_lines(log, 10).lines().count(), 4);
     }
 }

@@ -127,6 +127,15 @@ impl PolicyInForce {
         }
     }
 
+    /// Keeps enforce mode in force (see [`crate::datapath::ENFORCE_LEASE`]).
+    pub fn renew_lease(&mut self) {
+        if self.config.enforce {
+            if let Err(err) = self.maps.renew_lease() {
+                tracing::error!("{err:#}: enforcement stops when the lease runs out");
+            }
+        }
+    }
+
     fn reload_if_changed(&mut self) {
         if modified(&self.config) != self.modified {
             self.reload("the file changed");
@@ -189,14 +198,19 @@ fn modified(config: &PolicyConfig) -> Option<SystemTime> {
         .ok()
 }
 
-/// Reloads on SIGHUP and when the file's modification time changes.
+/// Reloads on SIGHUP and when the file's modification time changes;
+/// renews the enforce lease on the same tick.
 pub async fn follow_file(policy: Arc<Mutex<PolicyInForce>>) -> anyhow::Result<()> {
     let mut hangup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let mut ticker = tokio::time::interval(FILE_CHECK);
     loop {
         tokio::select! {
             _ = hangup.recv() => lock(&policy).reload("SIGHUP"),
-            _ = ticker.tick() => lock(&policy).reload_if_changed(),
+            _ = ticker.tick() => {
+                let mut policy = lock(&policy);
+                policy.renew_lease();
+                policy.reload_if_changed();
+            }
         }
     }
 }
