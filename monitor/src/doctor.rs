@@ -79,12 +79,17 @@ pub async fn run(docker_host: Option<&str>) -> bool {
             "legacy clsact filters (no TCX before kernel 6.6): they outlive a killed agent until its next start removes them",
         );
     }
+    let started = std::time::Instant::now();
     match datapath::load(&DatapathConfig::default()) {
         Ok(loaded) => {
             report.line(
                 Verdict::Ok,
                 "programs",
-                "loaded and accepted by the verifier",
+                format!(
+                    "loaded and accepted by the verifier in {} ms ({})",
+                    started.elapsed().as_millis(),
+                    verified(&loaded.programs)
+                ),
             );
             report.line(Verdict::Ok, "expiry", loaded.flows.expiry().describe());
             report.line(Verdict::Ok, "enforce", enforce_ends);
@@ -168,6 +173,24 @@ async fn docker_checks(report: &mut Report, host: Option<&str>) {
             "containers",
             format!("{detail}; not watched: {}", other.join(", ")),
         );
+    }
+}
+
+/// "from_container: 1234 instructions verified, ..." where the kernel says.
+fn verified(programs: &datapath::Programs) -> String {
+    match programs.run_stats() {
+        Ok(stats) => stats
+            .iter()
+            .map(|program| match program.verified_instructions {
+                Some(count) => format!("{}: {count} instructions verified", program.name),
+                None => format!(
+                    "{}: verified instructions not reported before 5.16",
+                    program.name
+                ),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(err) => format!("program info unreadable: {err:#}"),
     }
 }
 

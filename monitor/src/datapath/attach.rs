@@ -45,6 +45,9 @@ pub struct ProgramRunStats {
     pub name: &'static str,
     pub run_time: std::time::Duration,
     pub run_count: u64,
+    /// Instructions the verifier processed to accept it (kernels 5.16+
+    /// report it).
+    pub verified_instructions: Option<u32>,
 }
 
 /// The loaded programs and where they are attached.
@@ -186,6 +189,7 @@ impl Programs {
                     name,
                     run_time: info.run_time(),
                     run_count: info.run_count(),
+                    verified_instructions: info.verified_instruction_count(),
                 })
             })
             .collect()
