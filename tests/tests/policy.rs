@@ -21,10 +21,11 @@ use integration_tests::{
     synthetic::{self, container, TEST_RUN_IFINDEX},
     tc_hooks,
     traffic::RawSocket,
+    Host, TestNet,
 };
 use monitor::{
     datapath::{
-        self, Datapath, DatapathConfig, Event, EventRing, FlowMap, Programs,
+        self, AttachMode, Datapath, DatapathConfig, Event, EventRing, FlowMap, Programs,
         PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
     },
     docker::Inventory,
@@ -273,6 +274,73 @@ fn the_kernel_drops_what_the_compiled_policy_denies_and_nothing_else() {
     );
 }
 
+const WEB_TO_API_UDP_7000: &str = "version: 1\ndefaults: {\"*\": deny}\nrules:\n  - {name: web-api, from: {container: web}, to: {container: api}, protocol: udp, ports: [7000]}\n";
+
+/// Enforcement on a real bridge, in both attach modes (TCX links and
+/// clsact filters drop through different kernel paths): the allowed port
+/// gets every datagram, the denied one none, each drop counted.
+#[test]
+fn enforce_drops_denied_datagrams_on_real_veths_in_both_attach_modes() {
+    if !require_root() {
+        return;
+    }
+    for attach_mode in [AttachMode::Auto, AttachMode::Clsact] {
+        let net = TestNet::new(2).expect("test network");
+        let Datapath {
+            mut programs,
+            policy: maps,
+            ..
+        } = datapath::load(&DatapathConfig {
+            attach_mode,
+            ..DatapathConfig::default()
+        })
+        .expect("the programs load");
+        let scratch = Scratch::new("policy");
+        let path = scratch.write("policy.yaml", WEB_TO_API_UDP_7000);
+        let config = PolicyConfig {
+            policy: Policy::load(&path).expect("valid"),
+            path,
+            enforce: true,
+        };
+        let mut policy = PolicyInForce::start(config, maps).expect("in force");
+        let (web, api) = (net.host(0), net.host(1));
+        let gateway = net.gateway_v4().octets();
+        let identity = |name, host: &Host| {
+            container(
+                name,
+                "front",
+                (host.ip4().octets(), host.mac()),
+                gateway,
+                host.veth_ifindex(),
+            )
+        };
+        policy.on_inventory(Some(synthetic::inventory([
+            identity("web", web),
+            identity("api", api),
+        ])));
+        for host in net.hosts() {
+            programs
+                .attach(host.veth_name(), host.veth_ifindex(), net.bridge_ifindex())
+                .expect("attach");
+        }
+        let netns = |host: &Host| format!("/var/run/netns/{}", host.netns_name());
+        let to = |port: u16| format!("{}:{port}", api.ip4());
+        let mode = format!("{attach_mode:?}");
+        assert_eq!(
+            datagrams_delivered(&netns(web), &netns(api), &to(7000), 5),
+            5,
+            "{mode}: allowed"
+        );
+        assert_eq!(
+            datagrams_delivered(&netns(web), &netns(api), &to(7001), 5),
+            0,
+            "{mode}: denied"
+        );
+        assert_eq!(counts(&policy, "default:front"), (0, 5), "{mode}");
+        assert_eq!(programs.detach_all(), 2, "{mode}");
+    }
+}
+
 /// A killed agent's clsact filters stay attached; its lease does not: left
 /// unrenewed, enforce mode lapses into observing, and a renewal brings it
 /// back.
@@ -402,14 +470,21 @@ fn policy_count(agent: &Agent, family: &str, rule: &str) -> f64 {
 /// `count` UDP datagrams from `from` to `to`'s `ip:port`; how many `to`
 /// received.
 fn udp_delivered(from: &Container, to: &Container, ip: &str, port: u16, count: usize) -> usize {
-    let receiver = in_netns(&to.netns().expect("netns"), || {
-        let socket = UdpSocket::bind(("0.0.0.0", port))?;
+    let (from, to) = (from.netns().expect("netns"), to.netns().expect("netns"));
+    datagrams_delivered(&from, &to, &format!("{ip}:{port}"), count)
+}
+
+/// `count` datagrams sent from the namespace at path `from` to `target`;
+/// how many a socket bound in namespace `to` received.
+fn datagrams_delivered(from: &str, to: &str, target: &str, count: usize) -> usize {
+    let target: SocketAddr = target.parse().expect("address");
+    let receiver = in_netns(to, || {
+        let socket = UdpSocket::bind(("0.0.0.0", target.port()))?;
         socket.set_read_timeout(Some(Duration::from_millis(500)))?;
         Ok(socket)
     })
     .expect("receiver");
-    let target: SocketAddr = format!("{ip}:{port}").parse().expect("address");
-    in_netns(&from.netns().expect("netns"), || {
+    in_netns(from, || {
         let socket = UdpSocket::bind("0.0.0.0:0")?;
         for _ in 0..count {
             socket.send_to(b"policy", target)?;
