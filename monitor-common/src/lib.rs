@@ -41,6 +41,15 @@ pub const MAX_CAPTURE: usize = 512;
 pub const DEFAULT_RING_BYTES: u32 = 1 << 22;
 /// Default flow map capacity.
 pub const DEFAULT_FLOW_CAPACITY: u32 = 65_536;
+/// Default of [`GLOBAL_PAYLOAD_BYTES`]: the programs' initial value and the
+/// agent's `--payload-bytes`, one number for both.
+pub const DEFAULT_PAYLOAD_BYTES: u32 = 128;
+/// Default of [`GLOBAL_PAYLOAD_PACKETS`] (`--payload-packets`).
+pub const DEFAULT_PAYLOAD_PACKETS: u32 = 2;
+/// Default of [`GLOBAL_SAMPLE_RATE`] (`--sample-rate`): off.
+pub const DEFAULT_SAMPLE_RATE: u32 = 0;
+/// Default of [`GLOBAL_NEW_FLOW_EVENTS`] (`--new-flow-events`): on.
+pub const DEFAULT_NEW_FLOW_EVENTS: u32 = 1;
 
 /// IP protocol numbers the programs parse beyond the IP header.
 pub mod ip_proto {
@@ -151,6 +160,14 @@ impl Direction {
             _ => None,
         }
     }
+
+    /// `from_container` or `to_container`, as the API and logs name it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::FromContainer => "from_container",
+            Self::ToContainer => "to_container",
+        }
+    }
 }
 
 /// Statistics of one flow as counted by one CPU; user space sums the CPUs.
@@ -180,6 +197,21 @@ pub struct FlowStats {
     pub ifindex: u32,
 }
 const _: () = assert!(size_of::<FlowStats>() == 56);
+
+impl FlowStats {
+    /// Where the flow was counted. A byte that is no [`Direction`] (never
+    /// written by the programs) reads as sent by the container, the side
+    /// the agent names flows from.
+    pub fn direction(&self) -> Direction {
+        Direction::from_u8(self.direction).unwrap_or(Direction::FromContainer)
+    }
+
+    /// Whether a watched container sent the flow (counted at its veth's
+    /// TC ingress), as opposed to received it.
+    pub fn from_container(&self) -> bool {
+        Direction::from_u8(self.direction) == Some(Direction::FromContainer)
+    }
+}
 
 /// Indexes of the `COUNTERS` per-CPU array.
 #[repr(u32)]

@@ -8,7 +8,9 @@ use aya_ebpf::{
 };
 use monitor_common::{
     Counter, DeniedStats, FlowKey, FlowStats, PolicyIface, PolicyIfaceKey, PolicyRuleKey,
-    PolicyRuleValue, DEFAULT_FLOW_CAPACITY, DEFAULT_RING_BYTES, POLICY_SLOTS, POLICY_STATE_LEN,
+    PolicyRuleValue, DEFAULT_FLOW_CAPACITY, DEFAULT_NEW_FLOW_EVENTS, DEFAULT_PAYLOAD_BYTES,
+    DEFAULT_PAYLOAD_PACKETS, DEFAULT_RING_BYTES, DEFAULT_SAMPLE_RATE, POLICY_SLOTS,
+    POLICY_STATE_LEN,
 };
 
 /// Per-CPU values: the hot path never contends on a cache line or needs
@@ -52,13 +54,13 @@ pub static POLICY_DENIED: LruPerCpuHashMap<FlowKey, DeniedStats> =
 
 // Set by the agent at load time; the verifier sees them as constants.
 #[no_mangle]
-pub static PAYLOAD_BYTES: Global<u32> = Global::new(128);
+pub static PAYLOAD_BYTES: Global<u32> = Global::new(DEFAULT_PAYLOAD_BYTES);
 #[no_mangle]
-pub static PAYLOAD_PACKETS: Global<u32> = Global::new(2);
+pub static PAYLOAD_PACKETS: Global<u32> = Global::new(DEFAULT_PAYLOAD_PACKETS);
 #[no_mangle]
-pub static SAMPLE_RATE: Global<u32> = Global::new(0);
+pub static SAMPLE_RATE: Global<u32> = Global::new(DEFAULT_SAMPLE_RATE);
 #[no_mangle]
-pub static NEW_FLOW_EVENTS: Global<u32> = Global::new(1);
+pub static NEW_FLOW_EVENTS: Global<u32> = Global::new(DEFAULT_NEW_FLOW_EVENTS);
 
 #[inline(always)]
 pub fn bump(counter: Counter) {

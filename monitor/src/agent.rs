@@ -66,6 +66,46 @@ pub struct AgentConfig {
     pub learn: Option<LearnConfig>,
 }
 
+impl AgentConfig {
+    /// `--listen`: loopback only, since flows reveal who talks to whom;
+    /// publish it deliberately.
+    pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        9810,
+    ));
+    pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+    pub const DEFAULT_ALERT_COOLDOWN: Duration = Duration::from_secs(5 * 60);
+    pub const DEFAULT_STATE_DIR: &'static str = "/var/lib/crossmon";
+    /// `--alert-log`: standard output.
+    pub const DEFAULT_ALERT_LOG: &'static str = "-";
+}
+
+/// Every setting at its default: what `crossmon run` does without flags
+/// (the command line takes its defaults from here and from the
+/// `DEFAULT_*` constants of each part).
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            listen: Self::DEFAULT_LISTEN,
+            datapath: DatapathConfig::default(),
+            poll_interval: Self::DEFAULT_POLL_INTERVAL,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            use_docker: true,
+            docker_host: None,
+            web_config: None,
+            metrics: MetricsConfig::default(),
+            alert_log: Some(PathBuf::from(Self::DEFAULT_ALERT_LOG)),
+            alert_cooldown: Self::DEFAULT_ALERT_COOLDOWN,
+            detect: DetectConfig::default(),
+            state_dir: PathBuf::from(Self::DEFAULT_STATE_DIR),
+            flow_log: None,
+            policy: None,
+            learn: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct LearnConfig {
     pub duration: Duration,

@@ -59,7 +59,6 @@ impl FlowJson {
     ) -> Self {
         let (src, dst) = key_addrs(&record.key);
         let stats = &record.stats;
-        let rfc3339 = |ns| clock::to_utc(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         Self {
             src_ip: src.to_string(),
             dst_ip: dst.to_string(),
@@ -69,17 +68,14 @@ impl FlowJson {
             ip_version: record.key.ip_version,
             packets: stats.packets,
             bytes: stats.bytes,
-            first_seen: rfc3339(stats.first_seen_ns),
-            last_seen: rfc3339(stats.last_seen_ns),
+            first_seen: clock::rfc3339_ms(stats.first_seen_ns),
+            last_seen: clock::rfc3339_ms(stats.last_seen_ns),
             tcp_flags: tcp_flag_names(stats.tcp_flags),
             syn: stats.syn,
             syn_ack: stats.syn_ack,
             rst: stats.rst,
             fin: stats.fin,
-            direction: match monitor_common::Direction::from_u8(stats.direction) {
-                Some(monitor_common::Direction::ToContainer) => "to_container",
-                _ => "from_container",
-            },
+            direction: stats.direction().name(),
             interface,
             src: src_end,
             dst: dst_end,
@@ -206,13 +202,9 @@ impl EventJson {
         };
         let mut json = Self {
             kind,
-            direction: match seen.direction {
-                monitor_common::Direction::FromContainer => "from_container",
-                monitor_common::Direction::ToContainer => "to_container",
-            },
+            direction: seen.direction.name(),
             ifindex: seen.ifindex,
-            timestamp: clock::to_utc(seen.timestamp_ns)
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            timestamp: clock::rfc3339_ms(seen.timestamp_ns),
             flow: None,
             payload_len: None,
             captured_len: None,

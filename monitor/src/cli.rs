@@ -21,10 +21,6 @@ use crate::{
     web_config::WebConfig,
 };
 
-/// Default address of the HTTP API: loopback only, since flows reveal who
-/// talks to whom; publish it deliberately with `--listen`.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9810";
-
 #[derive(Debug, Parser)]
 #[command(
     name = "crossmon",
@@ -81,7 +77,7 @@ pub enum PolicyCommand {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Address of the HTTP API (`/api/v1/flows`, `/healthz`).
-    #[arg(long, default_value = DEFAULT_LISTEN, env = "CROSSMON_LISTEN")]
+    #[arg(long, default_value_t = AgentConfig::DEFAULT_LISTEN, env = "CROSSMON_LISTEN")]
     pub listen: SocketAddr,
 
     /// TLS and basic auth for the HTTP endpoint, in the Prometheus
@@ -106,20 +102,20 @@ pub struct RunArgs {
 
     /// Payload bytes captured from the first payload packets of each flow
     /// (0 turns payload sampling off).
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(0..=MAX_CAPTURE as i64))]
+    #[arg(long, default_value_t = monitor_common::DEFAULT_PAYLOAD_BYTES, value_parser = clap::value_parser!(u32).range(0..=MAX_CAPTURE as i64))]
     pub payload_bytes: u32,
 
     /// Payload-carrying packets sampled per flow (counted per CPU).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=255))]
+    #[arg(long, default_value_t = monitor_common::DEFAULT_PAYLOAD_PACKETS, value_parser = clap::value_parser!(u32).range(0..=255))]
     pub payload_packets: u32,
 
     /// Send 1 in N packets' heads to user space (0 = off).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = monitor_common::DEFAULT_SAMPLE_RATE)]
     pub sample_rate: u32,
 
     /// `off`: no event per new flow, for counting only (with
     /// `--payload-bytes 0`); flows still appear at the next poll.
-    #[arg(long, value_enum, default_value_t = Switch::On)]
+    #[arg(long, value_enum, default_value_t = Switch::of(monitor_common::DEFAULT_NEW_FLOW_EVENTS != 0))]
     pub new_flow_events: Switch,
 
     /// Ring buffer size in bytes (a power of two, at least one page).
@@ -127,21 +123,21 @@ pub struct RunArgs {
     pub ring_bytes: u32,
 
     /// How often the flow map is read, e.g. `1s`, `500ms`.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub poll_interval: Duration,
+    #[arg(long, default_value_t = AgentConfig::DEFAULT_POLL_INTERVAL.into(), value_parser = duration_arg)]
+    pub poll_interval: humantime::Duration,
 
     /// Flows idle this long are dropped from the kernel map and the API.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    pub idle_timeout: Duration,
+    #[arg(long, default_value_t = AgentConfig::DEFAULT_IDLE_TIMEOUT.into(), value_parser = duration_arg)]
+    pub idle_timeout: humantime::Duration,
 
     /// Series per traffic metric family (flows, connections); label
     /// combinations beyond it are counted in an `other` series.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = MetricsConfig::DEFAULT_MAX_SERIES, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_series: u32,
 
     /// How long the series of a removed container stay in `/metrics`.
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
-    pub series_grace: Duration,
+    #[arg(long, default_value_t = MetricsConfig::DEFAULT_GRACE.into(), value_parser = duration_arg)]
+    pub series_grace: humantime::Duration,
 
     /// Detector settings (TOML); every key has a default, see the README.
     #[arg(long, value_name = "FILE")]
@@ -149,7 +145,7 @@ pub struct RunArgs {
 
     /// Where crossmon keeps what must survive a restart (the baseline of
     /// known connections).
-    #[arg(long, default_value = "/var/lib/crossmon", value_name = "DIR")]
+    #[arg(long, default_value = AgentConfig::DEFAULT_STATE_DIR, value_name = "DIR")]
     pub state_dir: PathBuf,
 
     /// A JSON line per connection when it ends (and at `--flow-log-interval`
@@ -158,26 +154,26 @@ pub struct RunArgs {
     pub flow_log: Option<PathBuf>,
 
     /// How often a connection still active is logged again.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    pub flow_log_interval: Duration,
+    #[arg(long, default_value_t = FlowLogConfig::DEFAULT_INTERVAL.into(), value_parser = duration_arg)]
+    pub flow_log_interval: humantime::Duration,
 
     /// The flow log rotates at this size (MiB)...
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = FlowLogConfig::DEFAULT_MAX_MIB, value_parser = clap::value_parser!(u64).range(1..))]
     pub flow_log_max_mib: u64,
 
     /// ...keeping this many older files.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = FlowLogConfig::DEFAULT_KEEP)]
     pub flow_log_keep: u32,
 
     /// Where alerts go, one JSON line each: a file appended to, or `-` for
     /// standard output.
-    #[arg(long, default_value = "-", value_name = "PATH")]
+    #[arg(long, default_value = AgentConfig::DEFAULT_ALERT_LOG, value_name = "PATH")]
     pub alert_log: PathBuf,
 
     /// The same kind of alert for the same pair of ends is not repeated
     /// within this time.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    pub alert_cooldown: Duration,
+    #[arg(long, default_value_t = AgentConfig::DEFAULT_ALERT_COOLDOWN.into(), value_parser = duration_arg)]
+    pub alert_cooldown: humantime::Duration,
 
     /// `auto`: TCX links where the kernel has them (6.6+), clsact before;
     /// `clsact`: netlink clsact filters always.
@@ -205,6 +201,16 @@ pub enum Switch {
     Off,
 }
 
+impl Switch {
+    const fn of(on: bool) -> Switch {
+        if on {
+            Switch::On
+        } else {
+            Switch::Off
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum AttachModeArg {
     Auto,
@@ -227,6 +233,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("must be longer than zero".into());
     }
     Ok(duration)
+}
+
+/// [`parse_duration`] in the type clap shows defaults with (`5m`, `1s`).
+fn duration_arg(text: &str) -> Result<humantime::Duration, String> {
+    parse_duration(text).map(Into::into)
 }
 
 /// What bollard connects to: a unix socket path or an HTTP endpoint.
@@ -268,6 +279,15 @@ fn writable_path(flag: &str, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `$DOCKER_HOST`, when the engine is found through it, must be one.
+fn check_docker_host_env() -> anyhow::Result<()> {
+    if let Some(env) = std::env::var_os("DOCKER_HOST") {
+        let env = env.to_string_lossy();
+        parse_docker_host(&env).map_err(|err| anyhow::anyhow!("DOCKER_HOST={env}: {err}"))?;
+    }
+    Ok(())
+}
+
 impl RunArgs {
     /// The agent's configuration, every value checked: an invalid one
     /// (a bad `--config` or `--web-config` file, `$DOCKER_HOST`, a log in a
@@ -282,13 +302,8 @@ impl RunArgs {
             .as_deref()
             .map(WebConfig::load)
             .transpose()?;
-        if let (false, None, Some(env)) = (
-            self.no_docker,
-            &self.docker_host,
-            std::env::var_os("DOCKER_HOST"),
-        ) {
-            let env = env.to_string_lossy();
-            parse_docker_host(&env).map_err(|err| anyhow::anyhow!("DOCKER_HOST={env}: {err}"))?;
+        if !self.no_docker && self.docker_host.is_none() {
+            check_docker_host_env()?;
         }
         writable_path("--alert-log", &self.alert_log)?;
         if let Some(path) = &self.flow_log {
@@ -329,8 +344,8 @@ impl RunArgs {
                     AttachModeArg::Clsact => AttachMode::Clsact,
                 },
             },
-            poll_interval: self.poll_interval,
-            idle_timeout: self.idle_timeout,
+            poll_interval: self.poll_interval.into(),
+            idle_timeout: self.idle_timeout.into(),
             use_docker: !self.no_docker,
             docker_host: self.docker_host.clone(),
             web_config,
@@ -338,17 +353,18 @@ impl RunArgs {
             state_dir: self.state_dir.clone(),
             flow_log: self.flow_log.as_ref().map(|path| FlowLogConfig {
                 path: path.clone(),
-                interval: self.flow_log_interval,
+                interval: self.flow_log_interval.into(),
                 max_bytes: self.flow_log_max_mib.saturating_mul(1024 * 1024),
                 keep: self.flow_log_keep,
             }),
             alert_log: Some(self.alert_log.clone()),
             policy,
             learn: None,
-            alert_cooldown: self.alert_cooldown,
+            alert_cooldown: self.alert_cooldown.into(),
             metrics: MetricsConfig {
                 max_series: self.max_series as usize,
-                grace_ns: u64::try_from(self.series_grace.as_nanos()).unwrap_or(u64::MAX),
+                grace_ns: u64::try_from(Duration::from(self.series_grace).as_nanos())
+                    .unwrap_or(u64::MAX),
             },
         };
         config.datapath.validate()?;
@@ -365,28 +381,23 @@ pub fn learn_config(
     docker_host: Option<&str>,
 ) -> anyhow::Result<AgentConfig> {
     writable_path("--output", output)?;
-    let mut line = vec![
-        "crossmon",
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--poll-interval",
-        "250ms",
-    ];
-    if let Some(host) = docker_host {
-        line.extend(["--docker-host", host]);
+    if docker_host.is_none() {
+        check_docker_host_env()?;
     }
-    let Command::Run(args) = Cli::try_parse_from(line)?.command else {
-        anyhow::bail!("`crossmon run` did not parse as itself");
+    let mut config = AgentConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        poll_interval: Duration::from_millis(250),
+        docker_host: docker_host.map(str::to_owned),
+        alert_log: None,
+        state_dir: std::env::temp_dir(),
+        learn: Some(LearnConfig {
+            duration,
+            output: output.to_owned(),
+        }),
+        ..AgentConfig::default()
     };
-    let mut config = args.agent_config()?;
-    config.alert_log = None;
     config.detect.new_connection.enabled = false;
-    config.state_dir = std::env::temp_dir();
-    config.learn = Some(LearnConfig {
-        duration,
-        output: output.to_owned(),
-    });
+    config.datapath.validate()?;
     Ok(config)
 }
 
@@ -407,8 +418,13 @@ mod tests {
             panic!("`crossmon run` must parse");
         };
         let config = args.agent_config().expect("defaults are valid");
-        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.listen, AgentConfig::DEFAULT_LISTEN);
         assert!(config.datapath.validate().is_ok());
+        // The command line's defaults are the agent's, not a copy of them.
+        assert_eq!(
+            format!("{config:?}"),
+            format!("{:?}", AgentConfig::default())
+        );
     }
 
     #[test]

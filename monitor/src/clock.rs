@@ -27,3 +27,9 @@ pub fn to_utc(monotonic: u64) -> DateTime<Utc> {
     let nanos = realtime.saturating_sub(age);
     DateTime::from_timestamp_nanos(i64::try_from(nanos).unwrap_or(i64::MAX))
 }
+
+/// A monotonic timestamp as crossmon writes every time (API, alerts, logs):
+/// RFC 3339 in UTC with milliseconds, e.g. `2026-12-03T10:15:30.123Z`.
+pub fn rfc3339_ms(monotonic: u64) -> String {
+    to_utc(monotonic).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -26,6 +26,15 @@ pub struct FlowLogConfig {
     pub keep: u32,
 }
 
+impl FlowLogConfig {
+    /// `--flow-log-interval`.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5 * 60);
+    /// `--flow-log-max-mib`.
+    pub const DEFAULT_MAX_MIB: u64 = 100;
+    /// `--flow-log-keep`.
+    pub const DEFAULT_KEEP: u32 = 5;
+}
+
 /// One line of the flow log. Field names are a contract (README).
 #[derive(Serialize)]
 struct FlowLine {
@@ -78,10 +87,6 @@ pub struct FlowLog {
     /// Initiators logged as ended while their answer flow lasts: the
     /// answer must not lead a line of its own once alone.
     ended_leaders: FlowSet,
-}
-
-fn rfc3339(ns: u64) -> String {
-    clock::to_utc(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Whether `flow` carries the connection's line: the initiating flow, or
@@ -214,7 +219,7 @@ impl FlowLog {
             .then(|| outcome::outcome(record, reverse, ended, now_ns))
             .flatten();
         let line = FlowLine {
-            time: rfc3339(if ended { last_seen } else { now_ns }),
+            time: clock::rfc3339_ms(if ended { last_seen } else { now_ns }),
             event: if ended { "end" } else { "update" },
             src: src_end,
             dst: dst_end,
@@ -223,8 +228,8 @@ impl FlowLog {
             src_port: record.key.src_port,
             dst_port: record.key.dst_port,
             protocol: protocol_name(record.key.protocol),
-            first_seen: rfc3339(stats.first_seen_ns),
-            last_seen: rfc3339(last_seen),
+            first_seen: clock::rfc3339_ms(stats.first_seen_ns),
+            last_seen: clock::rfc3339_ms(last_seen),
             packets: stats.packets,
             bytes: stats.bytes,
             reply_packets: reply.packets,

@@ -47,10 +47,10 @@ impl Default for DatapathConfig {
         Self {
             flow_capacity: monitor_common::DEFAULT_FLOW_CAPACITY,
             ring_bytes: monitor_common::DEFAULT_RING_BYTES,
-            payload_bytes: 128,
-            payload_packets: 2,
-            sample_rate: 0,
-            new_flow_events: true,
+            payload_bytes: monitor_common::DEFAULT_PAYLOAD_BYTES,
+            payload_packets: monitor_common::DEFAULT_PAYLOAD_PACKETS,
+            sample_rate: monitor_common::DEFAULT_SAMPLE_RATE,
+            new_flow_events: monitor_common::DEFAULT_NEW_FLOW_EVENTS != 0,
             ebpf_log: None,
             attach_mode: AttachMode::Auto,
         }

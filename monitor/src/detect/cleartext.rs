@@ -262,7 +262,7 @@ fn alert(
         protocol => format!("cleartext {}", protocol.name()),
     };
     Alert {
-        time: clock::to_utc(now_ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        time: clock::rfc3339_ms(now_ns),
         kind: "cleartext",
         severity: Severity::Warning,
         summary: format!(

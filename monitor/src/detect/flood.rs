@@ -106,7 +106,7 @@ impl FloodDetector {
                 .map(|(name, (n, _))| (name, *n))
                 .collect();
             alerts.push(Alert {
-                time: clock::to_utc(now_ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                time: clock::rfc3339_ms(now_ns),
                 kind: "syn_flood",
                 severity: Severity::Critical,
                 summary: format!(

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use monitor_common::{ip_proto, Direction};
+use monitor_common::ip_proto;
 use serde_json::json;
 
 use super::{Alert, Severity};
@@ -21,9 +21,7 @@ const METADATA: [&str; 2] = ["169.254.169.254", "fd00:ec2::254"];
 /// A connection attempt from a container to one of the host's `ports` or a
 /// metadata address; `None` for anything else.
 pub fn host_access(record: &FlowRecord, directory: &Directory, ports: &[u16]) -> Option<Alert> {
-    if Direction::from_u8(record.stats.direction) != Some(Direction::FromContainer)
-        || !opens(record)
-    {
+    if !record.stats.from_container() || !opens(record) {
         return None;
     }
     let (_, dst) = key_addrs(&record.key);
@@ -46,8 +44,7 @@ pub fn host_access(record: &FlowRecord, directory: &Directory, ports: &[u16]) ->
         )
     };
     Some(Alert {
-        time: clock::to_utc(record.stats.first_seen_ns)
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        time: clock::rfc3339_ms(record.stats.first_seen_ns),
         kind: "host_access",
         severity: if metadata || record.key.dst_port != 22 {
             Severity::Critical

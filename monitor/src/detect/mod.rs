@@ -31,7 +31,7 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use monitor_common::{ip_proto, Direction, FlowKey};
+use monitor_common::{ip_proto, FlowKey};
 
 use crate::sync::lock;
 use crate::{
@@ -56,8 +56,7 @@ pub struct Attempt {
 
 impl Attempt {
     pub fn time(&self) -> String {
-        clock::to_utc(self.record.stats.first_seen_ns)
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        clock::rfc3339_ms(self.record.stats.first_seen_ns)
     }
 
     pub fn has_ports(&self) -> bool {
@@ -252,9 +251,7 @@ impl State {
         // veth with no container yet (one just started) is looked at again
         // at the next poll. Neither is remembered: at 100k flows that is
         // megabytes.
-        if Direction::from_u8(record.stats.direction) != Some(Direction::FromContainer)
-            || directory.veth_owner(record.stats.ifindex).is_none()
-        {
+        if !record.stats.from_container() || directory.veth_owner(record.stats.ifindex).is_none() {
             return;
         }
         let seen = self.flows.entry(record.key).or_default();

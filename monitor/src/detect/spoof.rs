@@ -15,10 +15,6 @@ use crate::{
     flows::{protocol_name, FlowRecord},
 };
 
-fn rfc3339(ns: u64) -> String {
-    clock::to_utc(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 fn mac_text(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
@@ -56,7 +52,7 @@ pub enum Check {
 
 /// A flow a container sent with a source address that is not its own.
 pub fn ip_spoof(record: &FlowRecord, directory: &Directory) -> Check {
-    if Direction::from_u8(record.stats.direction) != Some(Direction::FromContainer) {
+    if !record.stats.from_container() {
         return Check::Clean;
     }
     let Some((container, _)) = directory.veth_owner(record.stats.ifindex) else {
@@ -74,7 +70,7 @@ pub fn ip_spoof(record: &FlowRecord, directory: &Directory) -> Check {
         .map(|name| format!(" (that of {name})"))
         .unwrap_or_default();
     Check::Spoofed(Box::new(Alert {
-        time: rfc3339(record.stats.first_seen_ns),
+        time: clock::rfc3339_ms(record.stats.first_seen_ns),
         kind: "ip_spoof",
         severity: Severity::Critical,
         summary: format!(
@@ -89,7 +85,7 @@ pub fn ip_spoof(record: &FlowRecord, directory: &Directory) -> Check {
             "destination_port": record.key.dst_port,
             "protocol": protocol_name(record.key.protocol),
             "packets": record.stats.packets,
-            "first_seen": rfc3339(record.stats.first_seen_ns),
+            "first_seen": clock::rfc3339_ms(record.stats.first_seen_ns),
         }),
         source,
         destination: Some(destination),
@@ -130,7 +126,7 @@ pub fn arp_spoof(
         .map(|name| format!(", the address of {name}"))
         .unwrap_or_default();
     Some(Alert {
-        time: rfc3339(seen.timestamp_ns),
+        time: clock::rfc3339_ms(seen.timestamp_ns),
         kind: "arp_spoof",
         severity: Severity::Critical,
         summary: format!(

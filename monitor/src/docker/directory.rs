@@ -12,7 +12,7 @@ use std::{
     sync::Arc,
 };
 
-use monitor_common::{Direction, FlowKey, FlowStats};
+use monitor_common::{FlowKey, FlowStats};
 use serde::Serialize;
 
 use super::{Container, Endpoint, Inventory};
@@ -200,15 +200,16 @@ impl Directory {
     pub fn ends(&self, key: &FlowKey, stats: &FlowStats) -> (FlowEnd, FlowEnd) {
         let (src, dst) = key_addrs(key);
         let by_veth = |ip| self.slot(self.by_veth.get(&stats.ifindex), ip);
-        match Direction::from_u8(stats.direction) {
-            Some(Direction::FromContainer) => (
+        if stats.from_container() {
+            (
                 by_veth(src).unwrap_or_else(|| self.by_address(src)),
                 self.by_address(dst),
-            ),
-            _ => (
+            )
+        } else {
+            (
                 self.by_address(src),
                 by_veth(dst).unwrap_or_else(|| self.by_address(dst)),
-            ),
+            )
         }
     }
 }

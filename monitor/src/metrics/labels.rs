@@ -61,9 +61,9 @@ impl FlowLabels {
         served: &ServedPorts,
     ) -> FlowLabels {
         // The network where the flow was counted: the container end's.
-        let counted_end = match Direction::from_u8(record.stats.direction) {
-            Some(Direction::ToContainer) => [dst, src],
-            _ => [src, dst],
+        let counted_end = match record.stats.direction() {
+            Direction::ToContainer => [dst, src],
+            Direction::FromContainer => [src, dst],
         };
         FlowLabels {
             source: end_name(src),

@@ -32,6 +32,22 @@ pub struct MetricsConfig {
     pub grace_ns: u64,
 }
 
+impl MetricsConfig {
+    /// `--max-series`.
+    pub const DEFAULT_MAX_SERIES: u32 = 10_000;
+    /// `--series-grace`.
+    pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            max_series: Self::DEFAULT_MAX_SERIES as usize,
+            grace_ns: u64::try_from(Self::DEFAULT_GRACE.as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
 pub struct TrafficMetrics {
     flows: SeriesBook<FlowLabels, FlowCounts>,
     connections: SeriesBook<ConnectionLabels, u64>,

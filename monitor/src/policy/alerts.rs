@@ -31,8 +31,7 @@ pub fn violation(
     } else {
         "passed"
     };
-    let time =
-        clock::to_utc(stats.first_seen_ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let time = clock::rfc3339_ms(stats.first_seen_ns);
     Some(Alert {
         summary: format!(
             "{} sent {protocol} to {} port {} against the policy ({rule}): {verdict}",

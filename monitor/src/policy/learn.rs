@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use monitor_common::{ip_proto, Direction};
+use monitor_common::ip_proto;
 
 use super::select::Selector;
 use crate::{
@@ -83,7 +83,7 @@ impl Learner {
         directory: &Directory,
         now_ns: u64,
     ) -> Option<bool> {
-        if Direction::from_u8(record.stats.direction) != Some(Direction::FromContainer) {
+        if !record.stats.from_container() {
             return Some(true);
         }
         let (src, src_end) = directory.veth_owner(record.stats.ifindex)?;
