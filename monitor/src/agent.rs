@@ -19,13 +19,14 @@ use tokio::{signal::unix::SignalKind, sync::watch, task::JoinSet};
 
 use crate::sync::{lock, read, write};
 use crate::{
+    alert::{AlertLog, AlertSink},
     api::{self, FlowJson},
     clock,
     datapath::{
         self, preflight, Counters, DatapathConfig, EventRing, FlowMap, KernelCounters,
         ProgramRunStats, Programs,
     },
-    detect::{config::DetectConfig, AlertLog, AlertSink, Detectors},
+    detect::{config::DetectConfig, Detectors},
     docker::{self, directory::host_addresses, Directory, Inventory},
     event_log::EventLog,
     flow_log::{FlowLog, FlowLogConfig},
@@ -279,7 +280,7 @@ impl AgentState {
             if stats.slot == monitor_common::POLICY_SLOT_SPOOFED_SOURCE {
                 // Dropped, it never reached the flow map `ip_spoof`
                 // reads; passed, it did too (the cooldown keeps it one).
-                let record = crate::flows::FlowRecord {
+                let record = crate::model::FlowRecord {
                     key: *key,
                     stats: FlowStats {
                         packets: stats.packets,
@@ -353,7 +354,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             )?));
             state
                 .metrics
-                .register(Box::new(policy::metrics::PolicyCollector::new(
+                .register(Box::new(crate::metrics::PolicyCollector::new(
                     policy.clone(),
                 )?))?;
             tasks.spawn(in_force::follow_file(policy.clone()));

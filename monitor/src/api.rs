@@ -7,11 +7,11 @@ use serde::Serialize;
 
 use crate::{
     agent::AgentState,
+    alert::Alert,
     clock,
-    datapath::{events::key_addrs, Event},
-    detect::Alert,
+    datapath::Event,
     docker::{FlowEnd, Posture},
-    flows::{protocol_name, tcp_flag_names, FlowRecord},
+    model::{key_addrs, protocol_name, tcp_flag_names, FlowRecord},
 };
 
 pub fn router(state: Arc<AgentState>) -> Router {

@@ -10,10 +10,10 @@ use serde::Serialize;
 
 use crate::{
     clock,
-    datapath::events::key_addrs,
     detect::PayloadVerdict,
     docker::{Directory, FlowEnd},
-    flows::{outcome, protocol_name, tcp_flag_names, ByFlow, FlowRecord, FlowSet, PollView},
+    flows::{outcome, ByFlow, FlowSet, PollView},
+    model::{key_addrs, protocol_name, tcp_flag_names, FlowRecord},
     rotating::RotatingFile,
 };
 

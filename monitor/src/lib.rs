@@ -2,7 +2,9 @@
 //! Docker host. The binary (`crossmon`) is a thin CLI over this library.
 
 pub mod agent;
+pub mod alert;
 pub mod api;
+pub(crate) mod book;
 pub mod cli;
 pub mod clock;
 pub mod datapath;
@@ -14,6 +16,7 @@ pub mod flow_log;
 pub mod flows;
 pub mod links;
 pub mod metrics;
+pub mod model;
 pub mod policy;
 pub mod rotating;
 mod sync;

@@ -1,9 +1,6 @@
 //! Ring-buffer records: decoding (pure, safe on any input) and reading.
 
-use std::{
-    mem::size_of,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::{mem::size_of, net::Ipv4Addr};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -247,18 +244,6 @@ pub fn readable<T: AsRawFd>(inner: T) -> anyhow::Result<AsyncFd<T>> {
         .context("registering a BPF map fd with the async runtime")
 }
 
-/// The source and destination of a key as addresses.
-pub fn key_addrs(key: &FlowKey) -> (IpAddr, IpAddr) {
-    let convert = |raw: [u8; 16]| {
-        let v6 = std::net::Ipv6Addr::from(raw);
-        match (key.ip_version, v6.to_ipv4_mapped()) {
-            (4, Some(v4)) => IpAddr::V4(v4),
-            _ => IpAddr::V6(v6),
-        }
-    };
-    (convert(key.src_addr), convert(key.dst_addr))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,6 +345,7 @@ mod tests {
         use proptest::{collection::vec, prelude::*};
 
         use super::{bytes_of, *};
+        use crate::model::key_addrs;
 
         const SIZES: [usize; 3] = [
             size_of::<NewFlowEvent>(),

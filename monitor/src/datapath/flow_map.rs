@@ -17,7 +17,7 @@ use aya::maps::{Map, MapData};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 use monitor_common::{FlowKey, FlowStats};
 
-use crate::flows::merge_cpus;
+use crate::model::merge_cpus;
 
 /// Flows fetched per syscall.
 const BATCH: usize = 4096;

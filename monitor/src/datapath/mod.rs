@@ -14,7 +14,7 @@ pub use counters::{Counters, KernelCounters};
 pub use events::{Event, EventRing};
 pub use flow_map::{Expiry, FlowMap};
 pub use load::{load, Datapath, DatapathConfig};
-pub use policy_maps::{PolicyMaps, SlotCounts, ENFORCE_LEASE};
+pub use policy_maps::{Compiled, PolicyMaps, SlotCounts, ENFORCE_LEASE};
 
 /// Names of the classifiers in the object, as the kernel lists them.
 pub const PROGRAM_FROM_CONTAINER: &str = "from_container";

@@ -16,12 +16,19 @@ use monitor_common::{
     PolicyRuleValue, PolicyState, POLICY_SLOTS,
 };
 
-use crate::policy::compile::Compiled;
-
 /// How long enforce mode holds without the agent renewing it. Renewed every
 /// 2 s (the policy file check), so a live agent never lets it lapse and a
 /// dead or wedged one stops dropping within 10 to 12 s.
 pub const ENFORCE_LEASE: Duration = Duration::from_secs(10);
+
+/// One generation of the policy maps' entries, as `policy::compile` makes
+/// them from a policy and the containers; `generation` left 0 (the writer
+/// sets it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    pub ifaces: BTreeMap<u32, PolicyIface>,
+    pub rules: BTreeMap<PolicyRuleKey, PolicyRuleValue>,
+}
 
 pub struct PolicyMaps {
     state: Array<MapData, u32>,

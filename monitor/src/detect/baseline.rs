@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Alert, Attempt, Severity};
-use crate::{flows::protocol_name, metrics::labels};
+use crate::{docker::service_name, model::protocol_name};
 
 /// source, destination, port ("" where the protocol has none), protocol.
 type Edge = (String, String, String, String);
@@ -78,8 +78,8 @@ impl Baseline {
         };
         let protocol = protocol_name(attempt.record.key.protocol);
         let edge = (
-            labels::service_name(&attempt.source),
-            labels::service_name(&attempt.destination),
+            service_name(&attempt.source),
+            service_name(&attempt.destination),
             port.clone(),
             protocol.to_owned(),
         );

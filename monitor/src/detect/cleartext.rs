@@ -16,10 +16,11 @@ use super::{
     Alert, Severity,
 };
 use crate::{
+    book::SeriesBook,
     clock,
-    docker::{Directory, FlowEnd},
-    flows::{outcome, protocol_name, ByFlow, FlowRecord},
-    metrics::{book::SeriesBook, labels},
+    docker::{end_name, service_name, Directory, FlowEnd},
+    flows::{outcome, ByFlow},
+    model::{protocol_name, FlowRecord},
 };
 
 /// Samples a connection waits for, at most, before its verdict, from its
@@ -147,8 +148,8 @@ impl CleartextDetector {
             let (source, destination) = directory.ends(&record.key, &record.stats);
             *self.counts.value(
                 (
-                    labels::end_name(&source),
-                    labels::end_name(&destination),
+                    end_name(&source),
+                    end_name(&destination),
                     verdict.protocol.name(),
                     verdict.encrypted,
                 ),
@@ -188,7 +189,7 @@ impl CleartextDetector {
             return Some(format!("port {port} expects TLS"));
         }
         let names = [
-            Some(labels::service_name(destination)),
+            Some(service_name(destination)),
             destination.compose_service.clone(),
             destination.name.clone(),
             Some(port.to_string()),

@@ -10,9 +10,8 @@ use serde_json::json;
 use super::{Alert, Severity};
 use crate::{
     clock,
-    datapath::events::key_addrs,
     docker::{Directory, EndKind},
-    flows::{protocol_name, FlowRecord},
+    model::{key_addrs, protocol_name, FlowRecord},
 };
 
 /// AWS, GCP, Azure, OpenStack (IPv4) and AWS (IPv6) instance metadata.

@@ -7,7 +7,7 @@
 use serde_json::json;
 
 use super::{Alert, Attempt, Severity};
-use crate::{docker::Directory, flows::protocol_name};
+use crate::{docker::Directory, model::protocol_name};
 
 pub fn isolation_violation(attempt: &Attempt, directory: &Directory) -> Option<Alert> {
     if !attempt.outcome.delivered() {

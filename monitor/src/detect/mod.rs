@@ -6,7 +6,6 @@
 //! known as an attempt of its source (scans, sweeps, isolation, new
 //! edges); its SYNs and bytes feed the flood and spike windows.
 
-mod alert;
 mod baseline;
 mod cleartext;
 pub mod config;
@@ -17,13 +16,10 @@ mod isolation;
 mod probes;
 mod protocols;
 mod scan;
-mod sink;
 mod spike;
 mod spoof;
 
-pub use alert::{Alert, Severity};
 pub use cleartext::{PayloadVerdict, ProtocolLabels};
-pub use sink::{AlertLog, AlertSink};
 
 use std::{
     net::IpAddr,
@@ -35,13 +31,15 @@ use monitor_common::{ip_proto, FlowKey};
 
 use crate::sync::lock;
 use crate::{
+    alert::{Alert, AlertSink, Severity},
     clock,
-    datapath::{events::key_addrs, Event},
+    datapath::Event,
     docker::{Directory, FlowEnd},
     flows::{
         outcome::{self, Outcome},
-        ByFlow, FlowRecord, PollView,
+        ByFlow, PollView,
     },
+    model::{key_addrs, FlowRecord},
 };
 use config::DetectConfig;
 

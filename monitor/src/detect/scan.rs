@@ -12,7 +12,7 @@ use super::{
     probes::{Probes, Tried},
     Alert, Attempt, Severity,
 };
-use crate::flows::{outcome::Outcome, protocol_name};
+use crate::{flows::outcome::Outcome, model::protocol_name};
 
 pub struct ScanDetector {
     port_scan: Scan,

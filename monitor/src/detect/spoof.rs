@@ -10,9 +10,9 @@ use serde_json::json;
 use super::{Alert, Severity};
 use crate::{
     clock,
-    datapath::events::{key_addrs, ArpPacket, Seen},
+    datapath::events::{ArpPacket, Seen},
     docker::{inventory::parse_mac, Container, Directory, Endpoint},
-    flows::{protocol_name, FlowRecord},
+    model::{key_addrs, protocol_name, FlowRecord},
 };
 
 fn mac_text(mac: [u8; 6]) -> String {

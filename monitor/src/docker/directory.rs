@@ -16,7 +16,7 @@ use monitor_common::{FlowKey, FlowStats};
 use serde::Serialize;
 
 use super::{Container, Endpoint, Inventory};
-use crate::datapath::events::key_addrs;
+use crate::model::key_addrs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -271,6 +271,34 @@ pub fn host_addresses() -> HashSet<IpAddr> {
     // SAFETY: the list getifaddrs allocated.
     unsafe { libc::freeifaddrs(list) };
     addresses
+}
+
+/// Name of a container that asked not to be named (`crossmon.metrics=off`):
+/// its traffic is counted in series shared by all such containers.
+pub const AGGREGATE: &str = "aggregate";
+/// A container's name, or what kind of end it is.
+pub fn end_name(end: &FlowEnd) -> String {
+    match end.kind {
+        EndKind::Container => match &end.container {
+            Some(container) if container.metrics_off() => AGGREGATE.to_owned(),
+            _ => end.name.clone().unwrap_or_else(|| "unknown".to_owned()),
+        },
+        EndKind::Gateway => "gateway".to_owned(),
+        EndKind::Host => "host".to_owned(),
+        EndKind::External => "external".to_owned(),
+        EndKind::Unknown => "unknown".to_owned(),
+    }
+}
+
+/// How a service is named where names must outlive containers (the
+/// new-connection baseline, `require_tls`): `project/service` for compose
+/// services, else the container's name, else the kind of end (`gateway`,
+/// `host`, `external`, `unknown`): never an address, which changes.
+pub fn service_name(end: &FlowEnd) -> String {
+    match (&end.compose_project, &end.compose_service) {
+        (Some(project), Some(service)) => format!("{project}/{service}"),
+        _ => end_name(end),
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ mod netns;
 mod posture;
 
 pub use client::connect;
-pub use directory::{Directory, EndKind, FlowEnd};
+pub use directory::{end_name, service_name, Directory, EndKind, FlowEnd, AGGREGATE};
 pub use follow::follow;
 pub use inventory::{Container, Endpoint, EngineInfo, Inventory, Network};
 pub use posture::Posture;

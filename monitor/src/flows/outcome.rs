@@ -3,7 +3,7 @@
 
 use monitor_common::{ip_proto, tcp_flag};
 
-use super::FlowRecord;
+use crate::model::FlowRecord;
 
 /// An attempt with neither answer nor refusal after this long is
 /// `unanswered` (Linux retries a SYN after 1 s and 3 s).

@@ -4,7 +4,8 @@
 
 use monitor_common::FlowKey;
 
-use super::{ByFlow, FlowRecord, FlowTable};
+use super::{ByFlow, FlowTable};
+use crate::model::FlowRecord;
 
 pub struct PollView<'a> {
     table: &'a FlowTable,

@@ -7,7 +7,8 @@
 
 use monitor_common::{FlowKey, FlowStats};
 
-use super::{ByFlow, FlowRecord};
+use super::ByFlow;
+use crate::model::FlowRecord;
 
 #[derive(Default)]
 pub struct FlowTable {
@@ -169,7 +170,7 @@ fn settle(settled: &mut FlowStats, incarnation: &FlowStats) {
     if incarnation.first_seen_ns == 0 {
         return;
     }
-    *settled = super::merge_cpus(&[*settled, *incarnation]);
+    *settled = crate::model::merge_cpus(&[*settled, *incarnation]);
 }
 
 #[cfg(test)]

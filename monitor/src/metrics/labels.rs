@@ -3,16 +3,13 @@
 
 use monitor_common::{ip_proto, Direction, FlowKey};
 
-use super::{book::OTHER, served::ServedPorts};
+use super::served::ServedPorts;
 use crate::{
-    datapath::events::key_addrs,
-    docker::{EndKind, FlowEnd},
-    flows::{protocol_name, FlowRecord},
+    book::OTHER,
+    docker::{end_name, FlowEnd},
+    model::{key_addrs, protocol_name, FlowRecord},
 };
 
-/// Name of a container that asked not to be named (`crossmon.metrics=off`):
-/// its traffic is counted in series shared by all such containers.
-pub const AGGREGATE: &str = "aggregate";
 /// A destination port nothing showed to be served.
 pub const EPHEMERAL: &str = "ephemeral";
 /// The destination port of protocols without ports (ICMP).
@@ -127,31 +124,6 @@ impl ConnectionLabels {
             self.protocol,
             self.result,
         ]
-    }
-}
-
-/// A container's name, or what kind of end it is.
-pub fn end_name(end: &FlowEnd) -> String {
-    match end.kind {
-        EndKind::Container => match &end.container {
-            Some(container) if container.metrics_off() => AGGREGATE.to_owned(),
-            _ => end.name.clone().unwrap_or_else(|| "unknown".to_owned()),
-        },
-        EndKind::Gateway => "gateway".to_owned(),
-        EndKind::Host => "host".to_owned(),
-        EndKind::External => "external".to_owned(),
-        EndKind::Unknown => "unknown".to_owned(),
-    }
-}
-
-/// How a service is named where names must outlive containers (the
-/// new-connection baseline, `require_tls`): `project/service` for compose
-/// services, else the container's name, else the kind of end (`gateway`,
-/// `host`, `external`, `unknown`): never an address, which changes.
-pub fn service_name(end: &FlowEnd) -> String {
-    match (&end.compose_project, &end.compose_service) {
-        (Some(project), Some(service)) => format!("{project}/{service}"),
-        _ => end_name(end),
     }
 }
 

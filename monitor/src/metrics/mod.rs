@@ -1,13 +1,14 @@
 //! `GET /metrics`: the Prometheus exposition of traffic between containers,
 //! of who the containers are, and of the agent's own health.
 
-pub(crate) mod book;
 pub(crate) mod labels;
+mod policy;
 mod served;
 pub(crate) mod state;
 mod text;
 mod traffic;
 
+pub use policy::PolicyCollector;
 pub use state::AgentSnapshot;
 pub use traffic::{MetricsConfig, TrafficMetrics};
 

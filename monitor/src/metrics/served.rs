@@ -9,7 +9,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use monitor_common::ip_proto;
 
-use crate::{datapath::events::key_addrs, flows::FlowRecord};
+use crate::model::{key_addrs, FlowRecord};
 
 /// (address, port, IP protocol) to when it last answered (monotonic ns).
 #[derive(Default)]

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
 use crate::{
+    alert::Severity,
     datapath::{KernelCounters, ProgramRunStats},
-    detect::{ProtocolLabels, Severity},
+    detect::ProtocolLabels,
     docker::{Container, EngineInfo},
     event_log::EventTotals,
 };

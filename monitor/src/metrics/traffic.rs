@@ -10,17 +10,18 @@ use std::{
 use monitor_common::{ip_proto, FlowKey};
 
 use super::{
-    book::SeriesBook,
     labels::{ConnectionLabels, FlowLabels, CONNECTION_LABEL_NAMES, FLOW_LABEL_NAMES},
     served::ServedPorts,
     text,
 };
 use crate::{
+    book::SeriesBook,
     docker::{Container, Directory, Inventory},
     flows::{
         outcome::{self, Outcome},
-        ByFlow, FlowRecord, PollView,
+        ByFlow, PollView,
     },
+    model::FlowRecord,
 };
 
 #[derive(Clone, Copy, Debug)]

@@ -5,11 +5,10 @@ use monitor_common::{DeniedStats, FlowKey};
 use serde_json::json;
 
 use crate::{
+    alert::{Alert, Severity},
     clock,
-    datapath::events::key_addrs,
-    detect::{Alert, Severity},
     docker::Directory,
-    flows::protocol_name,
+    model::{key_addrs, protocol_name},
 };
 
 /// The alert for a flow that broke the policy under counter `rule`;

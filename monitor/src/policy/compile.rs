@@ -21,6 +21,7 @@ use super::{
     evaluate::{default_counter, evaluate},
     file::{Policy, SPOOFED_ARP, SPOOFED_SOURCE},
 };
+pub use crate::datapath::Compiled;
 use crate::docker::{inventory::parse_mac, Container, Endpoint, Inventory};
 
 /// Where counters overflow once every slot has a name.
@@ -69,13 +70,6 @@ impl SlotBook {
     pub fn name_of(&self, slot: u32) -> Option<&str> {
         self.names().find(|(s, _)| *s == slot).map(|(_, name)| name)
     }
-}
-
-/// One generation's entries, their `generation` left 0 (the writer sets it).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Compiled {
-    pub ifaces: BTreeMap<u32, PolicyIface>,
-    pub rules: BTreeMap<PolicyRuleKey, PolicyRuleValue>,
 }
 
 pub fn compile(policy: &Policy, inventory: &Inventory, slots: &mut SlotBook) -> Compiled {

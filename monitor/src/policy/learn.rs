@@ -19,12 +19,12 @@ use monitor_common::ip_proto;
 use super::select::Selector;
 use crate::{
     clock,
-    datapath::events::key_addrs,
     docker::{Container, Directory},
     flows::{
         outcome::{self, Outcome},
-        FlowRecord, FlowSet, PollView,
+        FlowSet, PollView,
     },
+    model::{key_addrs, FlowRecord},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -10,7 +10,6 @@ pub mod evaluate;
 pub mod file;
 pub mod in_force;
 pub mod learn;
-pub mod metrics;
 pub mod select;
 
 pub use file::{Action, Policy};

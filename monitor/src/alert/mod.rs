@@ -1,5 +1,10 @@
-//! An alert: what happened, between whom, and the evidence. The JSON form
-//! is the alert log's schema (documented in the README) and a contract.
+//! Alerts: what happened, between whom, and the evidence; and the sink
+//! they all go to, from the detectors and the policy alike. The JSON form
+//! is the alert log's schema (documented in docs/alerts.md) and a contract.
+
+mod sink;
+
+pub use sink::{AlertLog, AlertSink};
 
 use serde::Serialize;
 use serde_json::Value;

@@ -7,9 +7,8 @@ use prometheus::{
     proto::MetricFamily,
 };
 
-use super::in_force::PolicyInForce;
-use crate::metrics::state::{counter, gauge};
-use crate::sync::lock;
+use super::state::{counter, gauge};
+use crate::{policy::PolicyInForce, sync::lock};
 
 const DROPS: &str = "crossmon_policy_drops_total";
 const DROPS_HELP: &str =

@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 
 use super::{Alert, Severity};
-use crate::{metrics::labels, rotating::RotatingFile};
+use crate::{docker::end_name, rotating::RotatingFile};
 
 /// Alerts the API keeps, newest first.
 const RECENT: usize = 1000;
@@ -99,7 +99,7 @@ impl AlertSink {
         // addresses, opted-out containers as `aggregate`.
         *self
             .counts
-            .entry((alert.kind, alert.severity, labels::end_name(&alert.source)))
+            .entry((alert.kind, alert.severity, end_name(&alert.source)))
             .or_default() += 1;
         if let Some(log) = &mut self.log {
             match serde_json::to_string(&alert) {

@@ -1,0 +1,118 @@
+//! The vocabulary every part shares: a flow with its totals, the names
+//! crossmon gives protocols and TCP flags, a key's addresses. Plain data
+//! and pure functions, below every other module.
+
+use std::net::IpAddr;
+
+use monitor_common::{ip_proto, tcp_flag, FlowKey, FlowStats};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub key: FlowKey,
+    /// Cumulative since the flow was first seen.
+    pub stats: FlowStats,
+}
+
+pub fn protocol_name(protocol: u8) -> &'static str {
+    match protocol {
+        ip_proto::TCP => "tcp",
+        ip_proto::UDP => "udp",
+        ip_proto::ICMP => "icmp",
+        ip_proto::ICMPV6 => "icmpv6",
+        _ => "other",
+    }
+}
+
+/// Names of the set TCP flags, most significant concern first.
+pub fn tcp_flag_names(flags: u8) -> Vec<&'static str> {
+    [
+        (tcp_flag::SYN, "SYN"),
+        (tcp_flag::ACK, "ACK"),
+        (tcp_flag::FIN, "FIN"),
+        (tcp_flag::RST, "RST"),
+        (tcp_flag::PSH, "PSH"),
+        (tcp_flag::URG, "URG"),
+        (tcp_flag::ECE, "ECE"),
+        (tcp_flag::CWR, "CWR"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, name)| name)
+    .collect()
+}
+
+/// The source and destination of a key as addresses.
+pub fn key_addrs(key: &FlowKey) -> (IpAddr, IpAddr) {
+    let convert = |raw: [u8; 16]| {
+        let v6 = std::net::Ipv6Addr::from(raw);
+        match (key.ip_version, v6.to_ipv4_mapped()) {
+            (4, Some(v4)) => IpAddr::V4(v4),
+            _ => IpAddr::V6(v6),
+        }
+    };
+    (convert(key.src_addr), convert(key.dst_addr))
+}
+
+/// Sums the per-CPU slots of one flow. Slots of CPUs that never saw the flow
+/// are all zero and must not drag `first_seen` to 0.
+pub fn merge_cpus(slots: &[FlowStats]) -> FlowStats {
+    let mut total = FlowStats::default();
+    for slot in slots.iter().filter(|s| s.first_seen_ns != 0) {
+        if total.first_seen_ns == 0 || slot.first_seen_ns < total.first_seen_ns {
+            total.first_seen_ns = slot.first_seen_ns;
+            total.ifindex = slot.ifindex;
+            total.direction = slot.direction;
+        }
+        total.last_seen_ns = total.last_seen_ns.max(slot.last_seen_ns);
+        // Kernel counters wrap; so does their sum, instead of panicking.
+        total.packets = total.packets.wrapping_add(slot.packets);
+        total.bytes = total.bytes.wrapping_add(slot.bytes);
+        total.syn = total.syn.wrapping_add(slot.syn);
+        total.syn_ack = total.syn_ack.wrapping_add(slot.syn_ack);
+        total.rst = total.rst.wrapping_add(slot.rst);
+        total.fin = total.fin.wrapping_add(slot.fin);
+        total.tcp_flags |= slot.tcp_flags;
+        total.payload_samples = total.payload_samples.saturating_add(slot.payload_samples);
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(first: u64, last: u64, packets: u64, flags: u8) -> FlowStats {
+        FlowStats {
+            packets,
+            bytes: packets * 100,
+            first_seen_ns: first,
+            last_seen_ns: last,
+            syn: 1,
+            tcp_flags: flags,
+            ifindex: first as u32,
+            ..FlowStats::default()
+        }
+    }
+
+    #[test]
+    fn sums_counts_and_spans_times_across_cpus() {
+        let merged = merge_cpus(&[
+            slot(20, 30, 2, 0x02),
+            FlowStats::default(),
+            slot(10, 25, 3, 0x10),
+        ]);
+        assert_eq!(merged.packets, 5);
+        assert_eq!(merged.bytes, 500);
+        assert_eq!(merged.first_seen_ns, 10);
+        assert_eq!(merged.last_seen_ns, 30);
+        assert_eq!(merged.syn, 2);
+        assert_eq!(merged.tcp_flags, 0x12);
+        // Interface and direction of the earliest slot: where the flow began.
+        assert_eq!(merged.ifindex, 10);
+    }
+
+    #[test]
+    fn all_empty_slots_merge_to_empty() {
+        assert_eq!(merge_cpus(&[FlowStats::default(); 4]), FlowStats::default());
+    }
+}
