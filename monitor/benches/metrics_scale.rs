@@ -12,12 +12,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use monitor::{
-    datapath::KernelCounters,
-    docker::{Container, Directory, Endpoint, Inventory, Posture},
-    event_log::EventTotals,
-    flows::{FlowTable, PollOutcome, PollView},
-    metrics::{AgentSnapshot, Metrics, MetricsConfig, TrafficMetrics},
+    docker::{Container, Directory, Endpoint, Inventory, Posture, Snapshot},
+    flows::{FlowTable, PollOutcome, PollStatus, PollView},
+    metrics::{self, Metrics, MetricsConfig},
+    series::TrafficSeries,
 };
 use monitor_common::{ip_proto, Direction, FlowKey, FlowStats};
 
@@ -121,39 +123,49 @@ fn main() -> anyhow::Result<()> {
         let (table, ports) = flows(series);
         let inventory = inventory(&ports);
         let directory = Directory::new(Some(&inventory), Default::default());
-        let metrics = Metrics::new(MetricsConfig {
+        let traffic = Arc::new(Mutex::new(TrafficSeries::new(MetricsConfig {
             max_series: 100_000,
             grace_ns: u64::MAX,
-        })?;
+        })));
         let started = Instant::now();
-        metrics
-            .traffic()
+        traffic
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
             .update(&PollView::new(&table, &[]), &directory, Some(&inventory), 2);
         let update = started.elapsed();
-        let snapshot = |traffic: &TrafficMetrics| AgentSnapshot {
-            attached_interfaces: CONTAINERS as usize,
+        // Every collector the agent registers but the process's.
+        let status = Arc::new(ArcSwap::from_pointee(PollStatus {
             flows: table.len(),
             flow_map_entries: table.len(),
             flow_map_capacity: 65_536,
-            flows_evicted: 0,
-            kernel: KernelCounters::default(),
-            events: EventTotals::default(),
-            docker_up: Some(true),
-            engine: None,
-            programs: None,
-            containers: traffic.known_containers().cloned().collect(),
-            series: traffic.series_counts(),
-            protocols: Vec::new(),
-            alerts: Vec::new(),
-        };
+            ..PollStatus::default()
+        }));
+        let docker = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let mut metrics = Metrics::new();
+        metrics.register(metrics::AgentCollector {
+            poll: status.clone(),
+            docker: docker.clone(),
+        });
+        metrics.register(metrics::DatapathCollector { poll: status });
+        metrics.register(metrics::DockerCollector {
+            up: Some(Arc::new(true.into())),
+            docker,
+        });
+        metrics.register(metrics::TrafficCollector {
+            traffic: traffic.clone(),
+        });
         let mut times = Vec::new();
         let mut size = 0;
         for _ in 0..RUNS {
             let started = Instant::now();
-            size = metrics.render(snapshot)?.len();
+            size = metrics.render().len();
             times.push(started.elapsed());
         }
-        let made = metrics.traffic().series_counts()[0].1;
+        let made = traffic
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .series_counts()[0]
+            .1;
         anyhow::ensure!(
             made == series as usize,
             "expected {series} series, made {made}"

@@ -1,20 +1,48 @@
-//! The HTTP API: `/api/v1/...`, `/metrics` and `/healthz`.
+//! The HTTP API: `/api/v1/...`, `/metrics` and `/healthz`, served from
+//! what the pipeline's stages publish, never from their working state.
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc, Mutex,
+};
 
 use axum::{extract::State, routing::get, Json, Router};
 use serde::Serialize;
 
 use crate::{
-    agent::AgentState,
-    alert::Alert,
+    alert::{Alert, AlertSink},
     clock,
     datapath::Event,
-    docker::{FlowEnd, Posture},
-    model::{key_addrs, protocol_name, tcp_flag_names, FlowRecord},
+    docker::{FlowEnd, Posture, Snapshot},
+    event_log::EventLog,
+    flows::{PollStatus, TableReader},
+    metrics::{text::CONTENT_TYPE, Metrics},
+    model::{key_addrs, mac_text, protocol_name, tcp_flag_names, FlowRecord},
+    sync::{lock, Published},
 };
 
-pub fn router(state: Arc<AgentState>) -> Router {
+/// Everything the API reads: what each stage publishes for readers.
+pub struct ReadModel {
+    /// The poller's status, swapped once per poll.
+    pub poll: Published<PollStatus>,
+    /// The containers and the veths watched, swapped by the link follower.
+    pub docker: Published<Snapshot>,
+    /// Whether the Docker engine answers (false with `--no-docker`).
+    pub docker_up: Arc<AtomicBool>,
+    /// The poller's flow table, read-only.
+    pub flows: TableReader,
+    /// The ring consumer's totals and latest events.
+    pub events: Arc<EventLog>,
+    /// The alert sink's latest alerts.
+    pub alerts: Arc<Mutex<AlertSink>>,
+    /// The collectors of `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+type Model = State<Arc<ReadModel>>;
+
+pub fn router(model: ReadModel) -> Router {
+    let state = Arc::new(model);
     Router::new()
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/events", get(events))
@@ -83,22 +111,14 @@ impl FlowJson {
     }
 }
 
-async fn metrics(State(state): State<Arc<AgentState>>) -> axum::response::Response {
+async fn metrics(State(state): Model) -> axum::response::Response {
     use axum::{http::StatusCode, response::IntoResponse as _};
     // Rendering thousands of series is CPU work: off the async workers.
-    let rendered = tokio::task::spawn_blocking(move || state.render_metrics()).await;
+    let rendered = tokio::task::spawn_blocking(move || state.metrics.render()).await;
     match rendered {
-        Ok(Ok(text)) => (
-            [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-            text,
-        )
-            .into_response(),
+        Ok(text) => ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
         // A scrape that fails says so: Prometheus marks the target down
         // instead of recording a partial picture.
-        Ok(Err(err)) => {
-            tracing::error!("{err:#}");
-            (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}\n")).into_response()
-        }
         Err(join) => {
             tracing::error!("rendering /metrics: {join}");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
@@ -107,12 +127,20 @@ async fn metrics(State(state): State<Arc<AgentState>>) -> axum::response::Respon
 }
 
 /// Recent alerts, newest first.
-async fn alerts(State(state): State<Arc<AgentState>>) -> Json<Vec<Alert>> {
-    Json(state.detectors.sink().recent().cloned().collect())
+async fn alerts(State(state): Model) -> Json<Vec<Alert>> {
+    Json(lock(&state.alerts).recent().cloned().collect())
 }
 
-async fn flows(State(state): State<Arc<AgentState>>) -> Json<Vec<FlowJson>> {
-    Json(state.flows_json())
+async fn flows(State(state): Model) -> Json<Vec<FlowJson>> {
+    let docker = state.docker.load();
+    Json(state.flows.map(|record| {
+        let interface = docker.interfaces.get(&record.stats.ifindex).cloned();
+        FlowJson::new(
+            &record,
+            interface,
+            docker.directory.ends(&record.key, &record.stats),
+        )
+    }))
 }
 
 #[derive(Serialize)]
@@ -126,15 +154,15 @@ struct Health {
     events: crate::event_log::EventTotals,
 }
 
-async fn healthz(State(state): State<Arc<AgentState>>) -> Json<Health> {
-    let (attached_interfaces, flows) = state.sizes();
+async fn healthz(State(state): Model) -> Json<Health> {
+    let (poll, docker) = (state.poll.load(), state.docker.load());
     Json(Health {
         status: "ok",
-        attached_interfaces,
-        flows,
-        docker_up: state.docker_up.load(std::sync::atomic::Ordering::Relaxed),
-        docker_engine: state.inventory().map(|i| i.engine.clone()),
-        kernel: state.kernel_counters(),
+        attached_interfaces: docker.interfaces.len(),
+        flows: poll.flows,
+        docker_up: state.docker_up.load(Ordering::Relaxed),
+        docker_engine: docker.inventory.as_ref().map(|i| i.engine.clone()),
+        kernel: poll.kernel,
         events: state.events.totals(),
     })
 }
@@ -173,10 +201,6 @@ pub struct ArpJson {
     pub sender_ip: Option<String>,
     pub target_mac: Option<String>,
     pub target_ip: Option<String>,
-}
-
-fn mac(bytes: [u8; 6]) -> String {
-    bytes.map(|b| format!("{b:02x}")).join(":")
 }
 
 impl FlowKeyJson {
@@ -225,10 +249,10 @@ impl EventJson {
             Event::Arp { eth_src, arp, .. } => {
                 json.arp = Some(ArpJson {
                     operation: arp.operation,
-                    eth_src: mac(*eth_src),
-                    sender_mac: arp.sender_mac.map(mac),
+                    eth_src: mac_text(*eth_src),
+                    sender_mac: arp.sender_mac.map(mac_text),
                     sender_ip: arp.sender_ip.map(|ip| ip.to_string()),
-                    target_mac: arp.target_mac.map(mac),
+                    target_mac: arp.target_mac.map(mac_text),
                     target_ip: arp.target_ip.map(|ip| ip.to_string()),
                 });
             }
@@ -243,7 +267,7 @@ impl EventJson {
     }
 }
 
-async fn events(State(state): State<Arc<AgentState>>) -> Json<Vec<EventJson>> {
+async fn events(State(state): Model) -> Json<Vec<EventJson>> {
     Json(state.events.recent().iter().map(EventJson::new).collect())
 }
 
@@ -278,11 +302,12 @@ pub struct ContainerNetworkJson {
     pub inter_container_communication: Option<bool>,
 }
 
-async fn containers(State(state): State<Arc<AgentState>>) -> Json<Vec<ContainerJson>> {
-    let Some(inventory) = state.inventory() else {
+async fn containers(State(state): Model) -> Json<Vec<ContainerJson>> {
+    let docker = state.docker.load();
+    let Some(inventory) = &docker.inventory else {
         return Json(Vec::new());
     };
-    let attached = state.attached_interfaces();
+    let attached = &docker.interfaces;
     let list = inventory
         .containers
         .values()

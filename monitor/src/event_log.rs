@@ -1,5 +1,6 @@
-//! What the agent has received from the ring buffer: totals per kind and a
-//! bounded history of the latest events.
+//! What the agent receives from the ring buffer: the contract of the
+//! stages each batch is handed to, then the totals per kind and a bounded
+//! history of the latest events, which the ring consumer keeps.
 
 use std::{
     collections::VecDeque,
@@ -11,8 +12,30 @@ use std::{
 
 use serde::Serialize;
 
-use crate::datapath::Event;
-use crate::sync::lock;
+use crate::{datapath::Event, docker::Directory, sync::lock};
+
+/// One batch drained from the ring buffer, as every consumer sees it.
+pub struct EventBatch<'a> {
+    pub events: &'a [Event],
+    /// Records in the batch that did not decode.
+    pub undecodable: usize,
+    /// Who the addresses and veths are now.
+    pub directory: &'a Directory,
+    /// CLOCK_MONOTONIC when the batch was read.
+    pub now_ns: u64,
+}
+
+/// A stage fed by the ring buffer consumer, on its thread, per batch.
+pub trait EventConsumer: Send {
+    fn on_events(&mut self, batch: &EventBatch<'_>);
+}
+
+/// A consumer something else also reads (the detectors): locked per batch.
+impl<T: EventConsumer> EventConsumer for std::sync::Arc<Mutex<T>> {
+    fn on_events(&mut self, batch: &EventBatch<'_>) {
+        lock(self).on_events(batch);
+    }
+}
 
 /// Latest events kept for the API; older ones are only counted.
 const HISTORY: usize = 1024;

@@ -12,7 +12,7 @@ use crate::{
     clock,
     detect::PayloadVerdict,
     docker::{Directory, FlowEnd},
-    flows::{outcome, ByFlow, FlowSet, PollView},
+    flows::{outcome, ByFlow, FlowSet, Poll, PollConsumer, PollView},
     model::{key_addrs, protocol_name, tcp_flag_names, FlowRecord},
     rotating::RotatingFile,
 };
@@ -246,5 +246,22 @@ impl FlowLog {
             payload,
         };
         serde_json::to_string(&line).unwrap_or_default()
+    }
+}
+
+/// The payload verdict of a connection, by the key of its client flow.
+pub type PayloadSource = Box<dyn Fn(&FlowKey) -> Option<PayloadVerdict> + Send>;
+
+/// The flow log as the poller feeds it, with where payload verdicts come
+/// from (the detectors, which decide them).
+pub struct FlowLogging {
+    pub log: FlowLog,
+    pub payload: PayloadSource,
+}
+
+impl PollConsumer for FlowLogging {
+    fn on_poll(&mut self, poll: &Poll<'_>) {
+        self.log
+            .on_poll(&poll.flows, poll.directory, &*self.payload, poll.now_ns);
     }
 }

@@ -53,6 +53,11 @@ pub fn key_addrs(key: &FlowKey) -> (IpAddr, IpAddr) {
     (convert(key.src_addr), convert(key.dst_addr))
 }
 
+/// A MAC address as people write it: `02:42:ac:11:00:02`.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
 /// Sums the per-CPU slots of one flow. Slots of CPUs that never saw the flow
 /// are all zero and must not drag `first_seen` to 0.
 pub fn merge_cpus(slots: &[FlowStats]) -> FlowStats {

@@ -15,3 +15,12 @@ pub fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 pub fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// A value one stage publishes whole and others read: a reader gets the
+/// latest `Arc` at once, never waiting for the writer, and keeps it as
+/// long as it reads.
+pub type Published<T> = std::sync::Arc<arc_swap::ArcSwap<T>>;
+
+pub fn published<T>(value: T) -> Published<T> {
+    std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(value))
+}

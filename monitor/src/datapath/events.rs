@@ -203,26 +203,20 @@ impl EventRing {
         undecodable
     }
 
-    /// Calls `each` with every batch of events as they arrive, forever.
-    /// Must run inside a tokio runtime.
-    pub async fn follow(self, mut each: impl FnMut(&mut Vec<Event>, usize)) -> anyhow::Result<()> {
-        let mut ring = readable(self)?;
-        let mut batch = Vec::new();
-        // The programs wake the agent only when the ring fills up (see
-        // `wakeup` in monitor-ebpf): between wakeups, drain on a timer.
-        let mut tick = tokio::time::interval(DRAIN_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                guard = ring.readable_mut() => guard?.clear_ready(),
-                _ = tick.tick() => {}
-            }
-            let undecodable = ring.get_mut().drain(&mut batch);
-            if !batch.is_empty() || undecodable > 0 {
-                each(&mut batch, undecodable);
-            }
-            batch.clear();
-        }
+    /// Waits until the programs wake the agent or `timeout` passes. The
+    /// programs wake it only when the
+    /// ring fills up (see `wakeup` in monitor-ebpf): between wakeups, the
+    /// consumer drains every [`DRAIN_INTERVAL`].
+    pub fn wait(&self, timeout: std::time::Duration) {
+        let mut fd = libc::pollfd {
+            fd: self.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd, for the duration of the call; an error
+        // or interruption only shortens the wait.
+        unsafe { libc::poll(&mut fd, 1, millis) };
     }
 }
 
@@ -233,7 +227,7 @@ impl AsRawFd for EventRing {
 }
 
 /// How often the ring is drained when the programs did not wake the agent.
-const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Registers a map or logger fd with the tokio reactor.
 pub fn readable<T: AsRawFd>(inner: T) -> anyhow::Result<AsyncFd<T>> {

@@ -14,8 +14,11 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Alert, Attempt, Severity};
-use crate::{docker::service_name, model::protocol_name};
+use super::{Alert, Attempt, Detector, Findings, PollEnd, Severity};
+use crate::{
+    docker::{service_name, Directory},
+    model::protocol_name,
+};
 
 /// source, destination, port ("" where the protocol has none), protocol.
 type Edge = (String, String, String, String);
@@ -125,5 +128,17 @@ impl Baseline {
             .with_context(|| format!("replacing {}", self.path.display()))?;
         self.dirty = false;
         Ok(())
+    }
+}
+
+impl Detector for Baseline {
+    fn attempt(&mut self, attempt: &Attempt, _: &Directory, found: &mut Findings) {
+        found.alerts.extend(self.observe(attempt));
+    }
+
+    fn end_of_poll(&mut self, _: &PollEnd<'_>, _: &mut Findings) {
+        if let Err(err) = self.save() {
+            tracing::warn!("saving the new-connection baseline: {err:#}");
+        }
     }
 }

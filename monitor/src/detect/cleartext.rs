@@ -13,12 +13,13 @@ use super::{
     config::Cleartext,
     excerpt::excerpt,
     protocols::{classify, tls_expected, Protocol},
-    Alert, Severity,
+    Alert, Detector, Findings, PollEnd, Severity,
 };
 use crate::{
-    book::SeriesBook,
     clock,
+    datapath::Event,
     docker::{end_name, service_name, Directory, FlowEnd},
+    event_log::EventBatch,
     flows::{outcome, ByFlow},
     model::{protocol_name, FlowRecord},
 };
@@ -48,7 +49,6 @@ pub struct CleartextDetector {
     config: Cleartext,
     /// Payload samples by the flow they came on.
     pending: ByFlow<Pending>,
-    counts: SeriesBook<ProtocolLabels, u64>,
 }
 
 /// What a connection's payload showed, as the flow log records it.
@@ -67,18 +67,17 @@ struct Verdict {
 }
 
 impl CleartextDetector {
-    pub fn new(config: Cleartext, max_series: usize) -> Self {
+    pub fn new(config: Cleartext) -> Self {
         Self {
             config,
             pending: ByFlow::default(),
-            counts: SeriesBook::new(max_series, ("other".into(), "other".into(), "other", false)),
         }
     }
 
     /// A payload sample from the kernel, of a packet seen at `at_ns` and
     /// read at `now_ns` (monotonic).
     pub fn sample(&mut self, key: &FlowKey, data: &[u8], at_ns: u64, now_ns: u64) {
-        if !self.config.enabled || data.is_empty() {
+        if data.is_empty() {
             return;
         }
         if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(key) {
@@ -103,9 +102,8 @@ impl CleartextDetector {
         judged: &dyn Fn(&FlowKey) -> bool,
         directory: &Directory,
         now_ns: u64,
-        alerts: &mut Vec<Alert>,
-    ) -> Vec<(FlowKey, PayloadVerdict)> {
-        let mut verdicts = Vec::new();
+        found: &mut Findings,
+    ) {
         // Group the settled samples by connection, keyed by its client flow.
         let mut connections: ByFlow<Vec<(bool, Vec<u8>)>> = ByFlow::default();
         let mut done = Vec::new();
@@ -138,7 +136,7 @@ impl CleartextDetector {
                 continue;
             };
             let verdict = verdict(&samples, client.dst_port);
-            verdicts.push((
+            found.verdicts.push((
                 client,
                 PayloadVerdict {
                     protocol: verdict.protocol,
@@ -146,15 +144,12 @@ impl CleartextDetector {
                 },
             ));
             let (source, destination) = directory.ends(&record.key, &record.stats);
-            *self.counts.value(
-                (
-                    end_name(&source),
-                    end_name(&destination),
-                    verdict.protocol.name(),
-                    verdict.encrypted,
-                ),
-                now_ns,
-            ) += 1;
+            found.protocols.push((
+                end_name(&source),
+                end_name(&destination),
+                verdict.protocol.name(),
+                verdict.encrypted,
+            ));
             // Judged only when crossmon saw the connection open: samples
             // taken mid-stream (TLS records past the handshake) tell no
             // protocol.
@@ -168,7 +163,7 @@ impl CleartextDetector {
                         .map(|(_, data)| data.as_slice())
                         .unwrap_or_default();
                     let excerpt = excerpt(first, self.config.alert_payload_bytes);
-                    alerts.push(alert(
+                    found.alerts.push(alert(
                         &record,
                         (source, destination),
                         &verdict,
@@ -179,7 +174,6 @@ impl CleartextDetector {
                 }
             }
         }
-        verdicts
     }
 
     /// Why this connection must be encrypted, if it must.
@@ -208,10 +202,22 @@ impl CleartextDetector {
         });
         labelled.then(|| "the destination is labelled crossmon.tls=required".to_owned())
     }
+}
 
-    /// Connections by (source, destination, protocol, encrypted).
-    pub fn counts(&self) -> impl Iterator<Item = (&ProtocolLabels, &u64)> {
-        self.counts.iter()
+impl Detector for CleartextDetector {
+    fn events(&mut self, batch: &EventBatch<'_>, _: &mut Findings) {
+        for event in batch.events {
+            if let Event::Payload {
+                key, data, seen, ..
+            } = event
+            {
+                self.sample(key, data, seen.timestamp_ns, batch.now_ns);
+            }
+        }
+    }
+
+    fn end_of_poll(&mut self, poll: &PollEnd<'_>, found: &mut Findings) {
+        self.check(poll.find, poll.judged, poll.directory, poll.now_ns, found);
     }
 }
 

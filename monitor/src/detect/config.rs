@@ -178,6 +178,31 @@ impl Default for HostAccess {
     }
 }
 
+/// The one switch every detector's settings have: a detector switched
+/// off is left out of the registry, and nothing else checks it.
+pub trait Enabled {
+    fn enabled(&self) -> bool;
+}
+
+macro_rules! enabled {
+    ($($settings:ty),*) => {$(
+        impl Enabled for $settings {
+            fn enabled(&self) -> bool {
+                self.enabled
+            }
+        }
+    )*};
+}
+enabled!(
+    Toggle,
+    Scan,
+    SynFlood,
+    NewConnection,
+    TrafficSpike,
+    Cleartext,
+    HostAccess
+);
+
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     let duration = humantime::parse_duration(&text)

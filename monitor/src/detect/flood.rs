@@ -8,8 +8,10 @@ use std::{
 
 use serde_json::json;
 
-use super::{config::SynFlood, Alert, Severity};
-use crate::{clock, docker::FlowEnd};
+use monitor_common::ip_proto;
+
+use super::{config::SynFlood, Alert, Detector, Findings, PollEnd, Severity, Traffic};
+use crate::{clock, docker::FlowEnd, model::key_addrs};
 
 #[derive(Default)]
 struct Target {
@@ -46,9 +48,6 @@ impl FloodDetector {
         completed: u64,
         now_ns: u64,
     ) {
-        if !self.config.enabled {
-            return;
-        }
         let entry = self.targets.entry(target).or_default();
         match entry.polls.back_mut() {
             Some((at, s, c)) if *at == now_ns => {
@@ -127,5 +126,27 @@ impl FloodDetector {
                 destination: Some(end),
             });
         }
+    }
+}
+
+impl Detector for FloodDetector {
+    fn traffic(&mut self, traffic: &Traffic<'_>, now_ns: u64) {
+        let key = &traffic.record.key;
+        if key.protocol != ip_proto::TCP || (traffic.syns == 0 && traffic.completed == 0) {
+            return;
+        }
+        let (_, dst) = key_addrs(key);
+        self.observe(
+            (dst, key.dst_port),
+            traffic.destination,
+            traffic.source,
+            traffic.syns,
+            traffic.completed,
+            now_ns,
+        );
+    }
+
+    fn end_of_poll(&mut self, poll: &PollEnd<'_>, found: &mut Findings) {
+        self.check(poll.now_ns, &mut found.alerts);
     }
 }

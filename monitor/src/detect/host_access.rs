@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use monitor_common::ip_proto;
 use serde_json::json;
 
-use super::{Alert, Severity};
+use super::{config, Alert, Detector, Findings, Severity};
 use crate::{
     clock,
     docker::{Directory, EndKind},
@@ -71,5 +71,26 @@ fn opens(record: &FlowRecord) -> bool {
         ip_proto::TCP => record.stats.syn > 0,
         ip_proto::UDP => true,
         _ => false,
+    }
+}
+
+/// `host_access` as a detector: the ports it watches.
+pub struct HostAccess {
+    ports: Vec<u16>,
+}
+
+impl HostAccess {
+    pub fn new(config: config::HostAccess) -> Self {
+        Self {
+            ports: config.ports,
+        }
+    }
+}
+
+impl Detector for HostAccess {
+    fn first_look(&mut self, flow: &FlowRecord, directory: &Directory, found: &mut Findings) {
+        found
+            .alerts
+            .extend(host_access(flow, directory, &self.ports));
     }
 }

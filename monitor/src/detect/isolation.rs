@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use super::{Alert, Attempt, Severity};
+use super::{Alert, Attempt, Detector, Findings, Severity};
 use crate::{docker::Directory, model::protocol_name};
 
 pub fn isolation_violation(attempt: &Attempt, directory: &Directory) -> Option<Alert> {
@@ -47,4 +47,13 @@ pub fn isolation_violation(attempt: &Attempt, directory: &Directory) -> Option<A
         source: attempt.source.clone(),
         destination: Some(attempt.destination.clone()),
     })
+}
+
+/// `isolation_violation` as a detector.
+pub struct Isolation;
+
+impl Detector for Isolation {
+    fn attempt(&mut self, attempt: &Attempt, directory: &Directory, found: &mut Findings) {
+        found.alerts.extend(isolation_violation(attempt, directory));
+    }
 }

@@ -1,10 +1,18 @@
-//! Detections: alerts on attacks between containers, each with evidence,
-//! de-duplicated, logged as JSON lines and counted.
+//! Detections: alerts on attacks between containers, each with evidence.
 //!
-//! After each poll every flow is looked at once for what its key alone
-//! tells (a spoofed source, a reach for the host), and once its outcome is
-//! known as an attempt of its source (scans, sweeps, isolation, new
-//! edges); its SYNs and bytes feed the flood and spike windows.
+//! Every detector implements [`Detector`] and is built by [`registry`]
+//! from its settings; one switched off is not built. After each poll the
+//! registry looks at every flow a watched container sent once for what its
+//! key alone tells ([`Detector::first_look`]: a spoofed source, a reach for
+//! the host), hands what it added to [`Detector::traffic`] (flood and
+//! spike windows), and once its outcome is known hands it as an attempt of
+//! its source to [`Detector::attempt`] (scans, sweeps, isolation, new
+//! edges). Kernel events go to [`Detector::events`]. What they find goes
+//! to the alert sink, de-duplicated, logged and counted there.
+//!
+//! A new detector is one file implementing [`Detector`] and one line in
+//! [`registry`] (plus its settings in `config.rs` and `deploy/crossmon.toml`
+//! when it has any).
 
 mod baseline;
 mod cleartext;
@@ -24,24 +32,138 @@ pub use cleartext::{PayloadVerdict, ProtocolLabels};
 use std::{
     net::IpAddr,
     path::Path,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex},
 };
 
-use monitor_common::{ip_proto, FlowKey};
+use monitor_common::{ip_proto, DeniedStats, FlowKey, FlowStats};
 
-use crate::sync::lock;
 use crate::{
     alert::{Alert, AlertSink, Severity},
+    book::SeriesBook,
     clock,
-    datapath::Event,
     docker::{Directory, FlowEnd},
+    event_log::{EventBatch, EventConsumer},
     flows::{
         outcome::{self, Outcome},
-        ByFlow, PollView,
+        ByFlow, Poll, PollConsumer,
     },
     model::{key_addrs, FlowRecord},
+    sync::lock,
 };
-use config::DetectConfig;
+use config::{DetectConfig, Enabled};
+
+/// A detector: every hook has a default that does nothing, so each
+/// implements only what it looks at.
+pub trait Detector: Send {
+    /// A flow a watched container sent, the first time it is looked at.
+    fn first_look(&mut self, _flow: &FlowRecord, _directory: &Directory, _found: &mut Findings) {}
+
+    /// What a flow a watched container sent added since the last poll.
+    fn traffic(&mut self, _traffic: &Traffic<'_>, _now_ns: u64) {}
+
+    /// An attempt of a container to reach a destination, once its outcome
+    /// is known (once per flow).
+    fn attempt(&mut self, _attempt: &Attempt, _directory: &Directory, _found: &mut Findings) {}
+
+    /// After every flow of a poll was looked at: windows close here.
+    fn end_of_poll(&mut self, _poll: &PollEnd<'_>, _found: &mut Findings) {}
+
+    /// A batch of kernel events.
+    fn events(&mut self, _batch: &EventBatch<'_>, _found: &mut Findings) {}
+
+    /// A flow the policy dropped for its spoofed source: it never reached
+    /// the flow map the other hooks read.
+    fn spoofed_drop(&mut self, _flow: &FlowRecord, _directory: &Directory, _found: &mut Findings) {}
+}
+
+/// Every detector the settings switch on, in the order they look at each
+/// flow. A new detector is one line here.
+fn registry(config: &DetectConfig, state_dir: &Path) -> anyhow::Result<Vec<Box<dyn Detector>>> {
+    let mut all = Registry::default();
+    all.add(&config.ip_spoof, || spoof::IpSpoof);
+    all.add(&config.host_access, || {
+        host_access::HostAccess::new(config.host_access.clone())
+    });
+    all.add(&config.port_scan, || {
+        scan::PortScan::new(config.port_scan.clone())
+    });
+    all.add(&config.host_sweep, || {
+        scan::HostSweep::new(config.host_sweep.clone())
+    });
+    all.add(&config.syn_flood, || {
+        flood::FloodDetector::new(config.syn_flood.clone())
+    });
+    all.add(&config.traffic_spike, || {
+        spike::SpikeDetector::new(config.traffic_spike.clone())
+    });
+    all.add(&config.cleartext, || {
+        cleartext::CleartextDetector::new(config.cleartext.clone())
+    });
+    all.add(&config.isolation_violation, || isolation::Isolation);
+    all.try_add(&config.new_connection, || {
+        baseline::Baseline::open(state_dir, config.new_connection.learning_period)
+    })?;
+    all.add(&config.arp_spoof, || spoof::ArpSpoof);
+    Ok(all.detectors)
+}
+
+#[derive(Default)]
+struct Registry {
+    detectors: Vec<Box<dyn Detector>>,
+}
+
+impl Registry {
+    fn add<D: Detector + 'static>(&mut self, settings: &impl Enabled, build: impl FnOnce() -> D) {
+        if settings.enabled() {
+            self.detectors.push(Box::new(build()));
+        }
+    }
+
+    fn try_add<D: Detector + 'static>(
+        &mut self,
+        settings: &impl Enabled,
+        build: impl FnOnce() -> anyhow::Result<D>,
+    ) -> anyhow::Result<()> {
+        if settings.enabled() {
+            self.detectors.push(Box::new(build()?));
+        }
+        Ok(())
+    }
+}
+
+/// What the detectors found while looking at one poll or batch.
+#[derive(Default)]
+pub struct Findings {
+    pub alerts: Vec<Alert>,
+    /// Payload verdicts decided, by the connection's client flow.
+    pub verdicts: Vec<(FlowKey, PayloadVerdict)>,
+    /// Connections whose protocol was decided, for
+    /// `crossmon_connection_protocols_total`.
+    pub protocols: Vec<ProtocolLabels>,
+}
+
+/// What a flow a watched container sent added since the last poll.
+pub struct Traffic<'a> {
+    pub record: &'a FlowRecord,
+    pub source: &'a FlowEnd,
+    pub destination: &'a FlowEnd,
+    pub new_bytes: u64,
+    /// TCP only: SYNs sent, and handshakes completed (its first ACK, or
+    /// each FIN of a reused 4-tuple).
+    pub syns: u64,
+    pub completed: u64,
+}
+
+/// The end of a poll, for the detectors that decide then.
+pub struct PollEnd<'a> {
+    /// A flow by key, live or just ended.
+    pub find: &'a dyn Fn(&FlowKey) -> Option<FlowRecord>,
+    /// Whether a connection (by its client flow) already has a payload
+    /// verdict.
+    pub judged: &'a dyn Fn(&FlowKey) -> bool,
+    pub directory: &'a Directory,
+    pub now_ns: u64,
+}
 
 /// An attempt of a container to reach a destination, with its outcome.
 pub struct Attempt {
@@ -50,6 +172,8 @@ pub struct Attempt {
     pub source: FlowEnd,
     pub destination: FlowEnd,
     pub destination_ip: IpAddr,
+    /// CLOCK_MONOTONIC of the poll that decided it.
+    pub poll_ns: u64,
 }
 
 impl Attempt {
@@ -62,13 +186,12 @@ impl Attempt {
     }
 }
 
-/// What the detectors remember of one flow.
+/// What the registry remembers of one flow.
 #[derive(Default)]
 struct Seen {
-    /// The per-key checks ran (spoofing, host access).
+    /// The first look ran (spoofing, host access).
     checked: bool,
-    /// Its outcome as an attempt was fed to the detectors, or it is not an
-    /// attempt.
+    /// Its outcome as an attempt was handed over, or it is not an attempt.
     decided: bool,
     syns: u32,
     fins: u32,
@@ -78,163 +201,69 @@ struct Seen {
     payload: Option<PayloadVerdict>,
 }
 
-struct State {
-    config: DetectConfig,
+/// The detectors the settings switch on, and what they share: each flow's
+/// state, the alert sink, the protocol counts.
+pub struct Detectors {
+    detectors: Vec<Box<dyn Detector>>,
+    sink: Arc<Mutex<AlertSink>>,
     flows: ByFlow<Seen>,
     /// Flows that ended at the previous poll: forgotten at the next one,
     /// once the flow log has read their payload verdicts.
     ended: Vec<FlowKey>,
-    scans: scan::ScanDetector,
-    floods: flood::FloodDetector,
-    spikes: spike::SpikeDetector,
-    cleartext: cleartext::CleartextDetector,
-    baseline: Option<baseline::Baseline>,
-}
-
-pub struct Detectors {
-    sink: Mutex<AlertSink>,
-    state: Mutex<State>,
+    protocols: SeriesBook<ProtocolLabels, u64>,
 }
 
 impl Detectors {
-    /// `state_dir` keeps the `new_connection` baseline.
-    /// `max_series` bounds the protocol counts as it bounds traffic series.
+    /// `state_dir` keeps the `new_connection` baseline; `max_series`
+    /// bounds the protocol counts as it bounds traffic series.
     pub fn new(
-        config: DetectConfig,
-        sink: AlertSink,
+        config: &DetectConfig,
+        sink: Arc<Mutex<AlertSink>>,
         state_dir: &Path,
         max_series: usize,
     ) -> anyhow::Result<Self> {
-        let baseline = config
-            .new_connection
-            .enabled
-            .then(|| baseline::Baseline::open(state_dir, config.new_connection.learning_period))
-            .transpose()?;
         Ok(Self {
-            sink: Mutex::new(sink),
-            state: Mutex::new(State {
-                scans: scan::ScanDetector::new(config.port_scan.clone(), config.host_sweep.clone()),
-                floods: flood::FloodDetector::new(config.syn_flood.clone()),
-                spikes: spike::SpikeDetector::new(config.traffic_spike.clone()),
-                cleartext: cleartext::CleartextDetector::new(config.cleartext.clone(), max_series),
-                baseline,
-                config,
-                flows: ByFlow::default(),
-                ended: Vec::new(),
-            }),
+            detectors: registry(config, state_dir)?,
+            sink,
+            flows: ByFlow::default(),
+            ended: Vec::new(),
+            protocols: SeriesBook::new(
+                max_series,
+                ("other".into(), "other".into(), "other", false),
+            ),
         })
-    }
-
-    pub fn sink(&self) -> MutexGuard<'_, AlertSink> {
-        lock(&self.sink)
-    }
-
-    /// After each poll of the flow map.
-    pub fn on_poll(&self, flows: &PollView, directory: &Directory, now_ns: u64) {
-        let mut alerts = Vec::new();
-        {
-            let mut state = lock(&self.state);
-            let find = |key: &FlowKey| flows.find(key);
-            let state = &mut *state;
-            for key in state.ended.drain(..) {
-                state.flows.remove(&key);
-            }
-            for (record, is_ended) in flows.records() {
-                state.flow(&record, &find, is_ended, directory, now_ns, &mut alerts);
-            }
-            state.ended.extend(flows.ended());
-            state.scans.expire(now_ns);
-            state.floods.check(now_ns, &mut alerts);
-            state.spikes.check(now_ns, &mut alerts);
-            let seen = &state.flows;
-            let judged = |key: &FlowKey| seen.get(key).is_some_and(|s| s.payload.is_some());
-            let verdicts = state
-                .cleartext
-                .check(&find, &judged, directory, now_ns, &mut alerts);
-            for (client, verdict) in verdicts {
-                state.flows.entry(client).or_default().payload = Some(verdict);
-            }
-            if let Some(baseline) = &mut state.baseline {
-                if let Err(err) = baseline.save() {
-                    tracing::warn!("saving the new-connection baseline: {err:#}");
-                }
-            }
-        }
-        let mut sink = self.sink();
-        for alert in alerts {
-            sink.raise(alert, now_ns);
-        }
     }
 
     /// What the payload of the connection whose client flow is `key`
     /// showed, once decided.
     pub fn payload_verdict(&self, key: &FlowKey) -> Option<PayloadVerdict> {
-        lock(&self.state).flows.get(key)?.payload
+        self.flows.get(key)?.payload
     }
 
     /// Connections counted by (source, destination, protocol, encrypted).
-    pub fn protocol_counts(&self) -> Vec<(ProtocolLabels, u64)> {
-        lock(&self.state)
-            .cleartext
-            .counts()
-            .map(|(labels, n)| (labels.clone(), *n))
-            .collect()
+    pub fn protocol_counts(&self) -> impl Iterator<Item = (&ProtocolLabels, &u64)> {
+        self.protocols.iter()
     }
 
-    /// A flow the policy dropped for its spoofed source: it never reached
-    /// the flow map, where `ip_spoof` is otherwise found.
-    pub fn on_spoofed_drop(&self, record: &FlowRecord, directory: &Directory, now_ns: u64) {
-        if !lock(&self.state).config.ip_spoof.enabled {
+    fn raise(&mut self, found: Findings, now_ns: u64) {
+        for (client, verdict) in found.verdicts {
+            self.flows.entry(client).or_default().payload = Some(verdict);
+        }
+        for labels in found.protocols {
+            *self.protocols.value(labels, now_ns) += 1;
+        }
+        if found.alerts.is_empty() {
             return;
         }
-        if let spoof::Check::Spoofed(alert) = spoof::ip_spoof(record, directory) {
-            self.sink().raise(*alert, now_ns);
-        }
-    }
-
-    /// For each batch of events from the kernel.
-    pub fn on_events(&self, events: &[Event], directory: &Directory, now_ns: u64) {
-        let arp_spoof = {
-            let mut state = lock(&self.state);
-            for event in events {
-                if let Event::Payload {
-                    key, data, seen, ..
-                } = event
-                {
-                    state.cleartext.sample(key, data, seen.timestamp_ns, now_ns);
-                }
-            }
-            state.config.arp_spoof.enabled
-        };
-        if !arp_spoof {
-            return;
-        }
-        let alerts: Vec<Alert> = events
-            .iter()
-            .filter_map(|event| match event {
-                Event::Arp {
-                    seen, eth_src, arp, ..
-                } => spoof::arp_spoof(seen, *eth_src, arp, directory),
-                _ => None,
-            })
-            .collect();
-        let mut sink = self.sink();
-        for alert in alerts {
+        let mut sink = lock(&self.sink);
+        for alert in found.alerts {
             sink.raise(alert, now_ns);
         }
     }
-}
 
-fn is_unicast(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => !(v4.is_multicast() || v4.is_broadcast()),
-        IpAddr::V6(v6) => !v6.is_multicast(),
-    }
-}
-
-impl State {
-    /// `find` looks up the reverse flow, only for a flow that changed: most
-    /// of a busy host's flows did not since the last poll.
+    /// One flow of a poll. `find` looks up the reverse flow, only for a
+    /// flow that changed: most of a busy host's flows did not since the
+    /// last poll.
     fn flow(
         &mut self,
         record: &FlowRecord,
@@ -242,7 +271,7 @@ impl State {
         ended: bool,
         directory: &Directory,
         now_ns: u64,
-        alerts: &mut Vec<Alert>,
+        found: &mut Findings,
     ) {
         // Only flows a watched container sent: the sender is known by its
         // veth. Flows towards containers are the other side's business; a
@@ -260,25 +289,15 @@ impl State {
         let (source, destination) = directory.ends(&record.key, &record.stats);
         if !seen.checked {
             seen.checked = true;
-            if self.config.ip_spoof.enabled {
-                if let spoof::Check::Spoofed(alert) = spoof::ip_spoof(record, directory) {
-                    alerts.push(*alert);
-                }
-            }
-            if self.config.host_access.enabled {
-                alerts.extend(host_access::host_access(
-                    record,
-                    directory,
-                    &self.config.host_access.ports,
-                ));
+            for detector in &mut self.detectors {
+                detector.first_look(record, directory, found);
             }
         }
         let new_bytes = record.stats.bytes.saturating_sub(seen.bytes);
         seen.bytes = record.stats.bytes;
-        self.spikes
-            .observe(&source, &destination, new_bytes, now_ns);
+        let (mut syns, mut completed) = (0, 0);
         if record.key.protocol == ip_proto::TCP {
-            let syns = u64::from(record.stats.syn.saturating_sub(seen.syns));
+            syns = u64::from(record.stats.syn.saturating_sub(seen.syns));
             seen.syns = record.stats.syn;
             // A connection completed when its client acknowledged (first
             // one of this flow) or closed it (each later one, as a busy
@@ -287,18 +306,18 @@ impl State {
             seen.acked |= first_ack;
             let fins = record.stats.fin.saturating_sub(seen.fins);
             seen.fins = record.stats.fin;
-            let completed = u64::from(fins).max(u64::from(first_ack));
-            if syns > 0 || completed > 0 {
-                let (_, dst) = key_addrs(&record.key);
-                self.floods.observe(
-                    (dst, record.key.dst_port),
-                    &destination,
-                    &source,
-                    syns,
-                    completed,
-                    now_ns,
-                );
-            }
+            completed = u64::from(fins).max(u64::from(first_ack));
+        }
+        let traffic = Traffic {
+            record,
+            source: &source,
+            destination: &destination,
+            new_bytes,
+            syns,
+            completed,
+        };
+        for detector in &mut self.detectors {
+            detector.traffic(&traffic, now_ns);
         }
         if seen.decided {
             return;
@@ -322,13 +341,88 @@ impl State {
             source,
             destination,
             destination_ip,
+            poll_ns: now_ns,
         };
-        self.scans.observe(&attempt, now_ns, alerts);
-        if self.config.isolation_violation.enabled {
-            alerts.extend(isolation::isolation_violation(&attempt, directory));
+        for detector in &mut self.detectors {
+            detector.attempt(&attempt, directory, found);
         }
-        if let Some(baseline) = &mut self.baseline {
-            alerts.extend(baseline.observe(&attempt));
+    }
+}
+
+impl PollConsumer for Detectors {
+    fn on_poll(&mut self, poll: &Poll<'_>) {
+        let mut found = Findings::default();
+        let flows = &poll.flows;
+        let find = |key: &FlowKey| flows.find(key);
+        for key in std::mem::take(&mut self.ended) {
+            self.flows.remove(&key);
         }
+        for (record, is_ended) in flows.records() {
+            self.flow(
+                &record,
+                &find,
+                is_ended,
+                poll.directory,
+                poll.now_ns,
+                &mut found,
+            );
+        }
+        self.ended.extend(flows.ended());
+        {
+            let seen = &self.flows;
+            let judged = |key: &FlowKey| seen.get(key).is_some_and(|s| s.payload.is_some());
+            let end = PollEnd {
+                find: &find,
+                judged: &judged,
+                directory: poll.directory,
+                now_ns: poll.now_ns,
+            };
+            for detector in &mut self.detectors {
+                detector.end_of_poll(&end, &mut found);
+            }
+        }
+        for (key, denied) in poll.denied {
+            if denied.slot == monitor_common::POLICY_SLOT_SPOOFED_SOURCE {
+                let record = spoofed_record(key, denied);
+                for detector in &mut self.detectors {
+                    detector.spoofed_drop(&record, poll.directory, &mut found);
+                }
+            }
+        }
+        self.raise(found, poll.now_ns);
+    }
+}
+
+impl EventConsumer for Detectors {
+    fn on_events(&mut self, batch: &EventBatch<'_>) {
+        let mut found = Findings::default();
+        for detector in &mut self.detectors {
+            detector.events(batch, &mut found);
+        }
+        self.raise(found, batch.now_ns);
+    }
+}
+
+/// A flow the policy saw with a spoofed source, as the flow map would have
+/// counted it. Dropped, it never reached the flow map `ip_spoof` reads;
+/// passed, it did too (the cooldown keeps it one alert).
+fn spoofed_record(key: &FlowKey, denied: &DeniedStats) -> FlowRecord {
+    FlowRecord {
+        key: *key,
+        stats: FlowStats {
+            packets: denied.packets,
+            first_seen_ns: denied.first_seen_ns,
+            last_seen_ns: denied.last_seen_ns,
+            ifindex: denied.ifindex,
+            direction: monitor_common::Direction::FromContainer as u8,
+            ..FlowStats::default()
+        },
+    }
+}
+
+fn is_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_multicast() || v4.is_broadcast()),
+        IpAddr::V6(v6) => !v6.is_multicast(),
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use super::{config::TrafficSpike, Alert, Severity};
+use super::{config::TrafficSpike, Alert, Detector, Findings, PollEnd, Severity, Traffic};
 use crate::{clock, docker::FlowEnd};
 
 /// Weight of the newest window in the moving average.
@@ -39,7 +39,7 @@ impl SpikeDetector {
 
     /// Bytes a flow added this poll.
     pub fn observe(&mut self, source: &FlowEnd, destination: &FlowEnd, bytes: u64, now_ns: u64) {
-        if !self.config.enabled || bytes == 0 {
+        if bytes == 0 {
             return;
         }
         let key = (Alert::end_name(source), Alert::end_name(destination));
@@ -111,6 +111,21 @@ fn alert(config: &TrafficSpike, edge: &Edge, bytes: u64, now_ns: u64) -> Alert {
         }),
         source: edge.source.clone(),
         destination: Some(edge.destination.clone()),
+    }
+}
+
+impl Detector for SpikeDetector {
+    fn traffic(&mut self, traffic: &Traffic<'_>, now_ns: u64) {
+        self.observe(
+            traffic.source,
+            traffic.destination,
+            traffic.new_bytes,
+            now_ns,
+        );
+    }
+
+    fn end_of_poll(&mut self, poll: &PollEnd<'_>, found: &mut Findings) {
+        self.check(poll.now_ns, &mut found.alerts);
     }
 }
 

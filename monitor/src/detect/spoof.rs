@@ -7,17 +7,17 @@ use std::net::{IpAddr, Ipv4Addr};
 use monitor_common::Direction;
 use serde_json::json;
 
-use super::{Alert, Severity};
+use super::{Alert, Detector, Findings, Severity};
 use crate::{
     clock,
-    datapath::events::{ArpPacket, Seen},
+    datapath::{
+        events::{ArpPacket, Seen},
+        Event,
+    },
     docker::{inventory::parse_mac, Container, Directory, Endpoint},
-    model::{key_addrs, protocol_name, FlowRecord},
+    event_log::EventBatch,
+    model::{key_addrs, mac_text, protocol_name, FlowRecord},
 };
-
-fn mac_text(mac: [u8; 6]) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
-}
 
 /// Addresses a container may send from on any of its networks. IPv6
 /// link-local addresses are the kernel's own, not Docker's, and the
@@ -156,4 +156,38 @@ pub fn arp_spoof(
 
 fn claims_own(endpoint: &Endpoint, ip: Ipv4Addr) -> bool {
     endpoint.ip == Some(IpAddr::V4(ip))
+}
+
+/// `ip_spoof`: at a flow's first look, and for flows the policy dropped
+/// for their source.
+pub struct IpSpoof;
+
+impl Detector for IpSpoof {
+    fn first_look(&mut self, flow: &FlowRecord, directory: &Directory, found: &mut Findings) {
+        if let Check::Spoofed(alert) = ip_spoof(flow, directory) {
+            found.alerts.push(*alert);
+        }
+    }
+
+    fn spoofed_drop(&mut self, flow: &FlowRecord, directory: &Directory, found: &mut Findings) {
+        self.first_look(flow, directory, found);
+    }
+}
+
+/// `arp_spoof`: the ARP packets the kernel sends up.
+pub struct ArpSpoof;
+
+impl Detector for ArpSpoof {
+    fn events(&mut self, batch: &EventBatch<'_>, found: &mut Findings) {
+        for event in batch.events {
+            if let Event::Arp {
+                seen, eth_src, arp, ..
+            } = event
+            {
+                found
+                    .alerts
+                    .extend(arp_spoof(seen, *eth_src, arp, batch.directory));
+            }
+        }
+    }
 }

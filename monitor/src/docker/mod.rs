@@ -7,9 +7,11 @@ mod follow;
 pub mod inventory;
 mod netns;
 mod posture;
+mod snapshot;
 
 pub use client::connect;
 pub use directory::{end_name, service_name, Directory, EndKind, FlowEnd, AGGREGATE};
 pub use follow::follow;
 pub use inventory::{Container, Endpoint, EngineInfo, Inventory, Network};
 pub use posture::Posture;
+pub use snapshot::Snapshot;

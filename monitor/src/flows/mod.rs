@@ -1,12 +1,15 @@
 //! Flow aggregation in user space: cumulative totals that survive the
-//! kernel map evicting or expiring entries, and one view of each poll.
+//! kernel map evicting or expiring entries, one view of each poll, and the
+//! contract of the stages the poller feeds.
 
 pub mod outcome;
+mod pipeline;
 mod poll_view;
 mod table;
 
+pub use pipeline::{Poll, PollConsumer, PollStatus};
 pub use poll_view::PollView;
-pub use table::{FlowTable, PollOutcome};
+pub use table::{FlowTable, PollOutcome, TableReader};
 
 use std::collections::{HashMap, HashSet};
 

@@ -7,8 +7,10 @@
 
 use monitor_common::{FlowKey, FlowStats};
 
+use std::sync::{Arc, RwLock};
+
 use super::ByFlow;
-use crate::model::FlowRecord;
+use crate::{model::FlowRecord, sync::read};
 
 #[derive(Default)]
 pub struct FlowTable {
@@ -171,6 +173,26 @@ fn settle(settled: &mut FlowStats, incarnation: &FlowStats) {
         return;
     }
     *settled = crate::model::merge_cpus(&[*settled, *incarnation]);
+}
+
+/// The poller's table as others may read it: no way to change it. The
+/// poller writes it per batch of a read, never across a syscall, so a
+/// reader waits at most one batch. (A copy per poll for readers would cost
+/// the table's size again in memory, 12 MB at 100k flows.)
+#[derive(Clone)]
+pub struct TableReader(Arc<RwLock<FlowTable>>);
+
+impl From<Arc<RwLock<FlowTable>>> for TableReader {
+    fn from(table: Arc<RwLock<FlowTable>>) -> Self {
+        TableReader(table)
+    }
+}
+
+impl TableReader {
+    /// What `each` makes of every flow, read under one read lock.
+    pub fn map<T>(&self, each: impl FnMut(FlowRecord) -> T) -> Vec<T> {
+        read(&self.0).records().map(each).collect()
+    }
 }
 
 #[cfg(test)]

@@ -1,88 +1,103 @@
-//! `GET /metrics`: the Prometheus exposition of traffic between containers,
-//! of who the containers are, and of the agent's own health.
+//! `GET /metrics`: one collector per subsystem, registered in one list
+//! (the agent's wiring), each writing its families at scrape time from
+//! what its subsystem holds, all through one text writer.
+//!
+//! A new metric is a line in the collector of its subsystem; a new
+//! subsystem is one collector file and one `register` call.
 
-pub(crate) mod labels;
+mod agent;
+mod detect;
+mod docker;
+mod events;
 mod policy;
-mod served;
-pub(crate) mod state;
-mod text;
+mod process;
+pub mod text;
 mod traffic;
 
+pub use agent::{AgentCollector, DatapathCollector};
+pub use detect::{AlertsCollector, ProtocolsCollector};
+pub use docker::DockerCollector;
+pub use events::EventsCollector;
 pub use policy::PolicyCollector;
-pub use state::AgentSnapshot;
-pub use traffic::{MetricsConfig, TrafficMetrics};
+pub use process::ProcessCollector;
+pub use text::{Exposition, Kind};
+pub use traffic::TrafficCollector;
 
-use std::sync::Mutex;
+pub use crate::series::MetricsConfig;
 
-use anyhow::Context as _;
-use prometheus::{
-    process_collector::ProcessCollector, Encoder as _, Histogram, HistogramOpts, Registry,
-    TextEncoder,
-};
+use std::{sync::Mutex, time::Instant};
 
 use crate::sync::lock;
 
+/// The families of one subsystem.
+pub trait Collector: Send + Sync {
+    fn collect(&self, out: &mut Exposition);
+}
+
+/// Upper bounds of `crossmon_scrape_duration_seconds`.
+const SCRAPE_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
 pub struct Metrics {
-    registry: Registry,
-    traffic: Mutex<TrafficMetrics>,
-    render_seconds: Histogram,
+    collectors: Vec<Box<dyn Collector>>,
+    scrapes: Mutex<ScrapeTimes>,
+}
+
+/// `crossmon_scrape_duration_seconds`: per bucket, sum, count.
+#[derive(Default)]
+struct ScrapeTimes {
+    buckets: [u64; SCRAPE_BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    pub fn new(config: MetricsConfig) -> anyhow::Result<Self> {
-        let registry = Registry::new();
-        let traffic = TrafficMetrics::new(config);
-        let render_seconds = Histogram::with_opts(
-            HistogramOpts::new(
+    pub fn new() -> Self {
+        Self {
+            collectors: Vec::new(),
+            scrapes: Mutex::default(),
+        }
+    }
+
+    /// Adds a subsystem's families to every scrape, in registration order.
+    pub fn register(&mut self, collector: impl Collector + 'static) {
+        self.collectors.push(Box::new(collector));
+    }
+
+    /// The text exposition of everything the agent knows.
+    pub fn render(&self) -> String {
+        let started = Instant::now();
+        let mut out = Exposition::new();
+        for collector in &self.collectors {
+            collector.collect(&mut out);
+        }
+        let mut scrapes = lock(&self.scrapes);
+        {
+            let buckets: Vec<(f64, u64)> = SCRAPE_BUCKETS
+                .iter()
+                .copied()
+                .zip(scrapes.buckets.iter().copied())
+                .collect();
+            out.family(
                 "crossmon_scrape_duration_seconds",
                 "Time to render /metrics (the current scrape is counted in the next).",
+                Kind::Histogram,
             )
-            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
-        )?;
-        registry.register(Box::new(render_seconds.clone()))?;
-        registry
-            .register(Box::new(ProcessCollector::for_self()))
-            .context("registering process metrics")?;
-        Ok(Self {
-            registry,
-            traffic: Mutex::new(traffic),
-            render_seconds,
-        })
-    }
-
-    /// Adds families read at scrape time (the policy's counters).
-    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) -> anyhow::Result<()> {
-        self.registry
-            .register(collector)
-            .context("registering a metrics collector")
-    }
-
-    /// The traffic counters, to update after each poll.
-    pub fn traffic(&self) -> std::sync::MutexGuard<'_, TrafficMetrics> {
-        lock(&self.traffic)
-    }
-
-    /// The text exposition format.
-    pub fn render(
-        &self,
-        snapshot: impl FnOnce(&TrafficMetrics) -> AgentSnapshot,
-    ) -> anyhow::Result<String> {
-        let timer = self.render_seconds.start_timer();
-        // The traffic lock is held throughout, so that the traffic series
-        // and the agent's view of them (series counts) are one moment.
-        let traffic = self.traffic();
-        let mut families = self.registry.gather();
-        families.extend(snapshot(&traffic).families());
-        // A family without series (no containers yet) is not exposed.
-        families.retain(|family| !family.get_metric().is_empty());
-        families.sort_by(|a, b| a.name().cmp(b.name()));
-        let mut text = Vec::new();
-        TextEncoder::new()
-            .encode(&families, &mut text)
-            .context("encoding /metrics")?;
-        let mut text = String::from_utf8(text).context("encoding /metrics")?;
-        traffic.encode(&mut text);
-        timer.observe_duration();
-        Ok(text)
+            .histogram(&[], &buckets, scrapes.sum, scrapes.count);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        for (bound, count) in SCRAPE_BUCKETS.iter().zip(scrapes.buckets.iter_mut()) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        scrapes.sum += seconds;
+        scrapes.count += 1;
+        out.into_text()
     }
 }

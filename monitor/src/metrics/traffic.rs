@@ -1,242 +1,43 @@
-//! Traffic counters: each poll adds what every flow counted since the
-//! previous one to its series, so series only grow, and their sum is the
-//! kernel's count whatever happens to flows (eviction, expiry, relabelling).
+//! The traffic series, and who the containers named in them are.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::sync::{Arc, Mutex};
 
-use monitor_common::{ip_proto, FlowKey};
-
-use super::{
-    labels::{ConnectionLabels, FlowLabels, CONNECTION_LABEL_NAMES, FLOW_LABEL_NAMES},
-    served::ServedPorts,
-    text,
-};
+use super::{Collector, Exposition, Kind};
 use crate::{
-    book::SeriesBook,
-    docker::{Container, Directory, Inventory},
-    flows::{
-        outcome::{self, Outcome},
-        ByFlow, PollView,
-    },
-    model::FlowRecord,
+    series::{pairs, FlowCounts, TrafficSeries, CONNECTION_LABEL_NAMES, FLOW_LABEL_NAMES},
+    sync::lock,
 };
 
-#[derive(Clone, Copy, Debug)]
-pub struct MetricsConfig {
-    /// Series per traffic metric family; beyond, traffic is counted in the
-    /// `other` series.
-    pub max_series: usize,
-    /// How long series of a departed container stay.
-    pub grace_ns: u64,
+/// `crossmon_flow_{packets,bytes}_total`, `crossmon_connections_total`,
+/// the series counts, and `crossmon_container_{info,posture}` of every
+/// container that may be named in a series. Read under one lock: the
+/// series and the counts of them are one moment.
+pub struct TrafficCollector {
+    pub traffic: Arc<Mutex<TrafficSeries>>,
 }
 
-impl MetricsConfig {
-    /// `--max-series`.
-    pub const DEFAULT_MAX_SERIES: u32 = 10_000;
-    /// `--series-grace`.
-    pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            max_series: Self::DEFAULT_MAX_SERIES as usize,
-            grace_ns: u64::try_from(Self::DEFAULT_GRACE.as_nanos()).unwrap_or(u64::MAX),
+impl Collector for TrafficCollector {
+    fn collect(&self, out: &mut Exposition) {
+        let traffic = lock(&self.traffic);
+        let mut series = out.family(
+            "crossmon_series",
+            "Series of each traffic metric family (capped by --max-series).",
+            Kind::Gauge,
+        );
+        for (metric, n) in traffic.series_counts() {
+            series.sample(&[("metric", metric)], n);
         }
-    }
-}
-
-pub struct TrafficMetrics {
-    flows: SeriesBook<FlowLabels, FlowCounts>,
-    connections: SeriesBook<ConnectionLabels, u64>,
-    /// What each flow has added to its series so far.
-    exported: ByFlow<Exported>,
-    served: ServedPorts,
-    /// Containers (by name) seen in the inventory, and those that left it,
-    /// kept for the grace period so their info series can still be joined.
-    present: HashMap<String, Arc<Container>>,
-    departed: HashMap<String, (Arc<Container>, u64)>,
-    grace_ns: u64,
-}
-
-/// Which count of a flow series a family shows.
-type CountOf = fn(&FlowCounts) -> u64;
-
-#[derive(Default)]
-struct FlowCounts {
-    packets: u64,
-    bytes: u64,
-}
-
-#[derive(Default)]
-struct Exported {
-    packets: u64,
-    bytes: u64,
-    connection_counted: bool,
-}
-
-impl TrafficMetrics {
-    pub fn new(config: MetricsConfig) -> Self {
-        Self {
-            flows: SeriesBook::new(config.max_series, FlowLabels::overflow()),
-            connections: SeriesBook::new(config.max_series, ConnectionLabels::overflow()),
-            exported: ByFlow::default(),
-            served: ServedPorts::new(config.max_series.saturating_mul(4)),
-            present: HashMap::new(),
-            departed: HashMap::new(),
-            grace_ns: config.grace_ns,
+        let mut dropped = out.family(
+            "crossmon_series_dropped_total",
+            "Label combinations refused by the series cap and counted in the `other` series instead.",
+            Kind::Counter,
+        );
+        for (metric, n) in traffic.dropped() {
+            dropped.sample(&[("metric", metric)], n);
         }
-    }
-
-    /// Adds what flows counted since the last update. `expired` are flows
-    /// the table just forgot, with their final totals.
-    pub fn update(
-        &mut self,
-        flows: &PollView,
-        directory: &Directory,
-        inventory: Option<&Inventory>,
-        now_ns: u64,
-    ) {
-        let find = |key: &FlowKey| flows.find(key);
-        // Learn every answer of this round before labelling any flow, so
-        // both directions of a new connection get the same port label.
-        // Two passes rather than a list of the changed flows: at 100k busy
-        // flows that list was megabytes at every poll. Learning changes
-        // nothing `needs_update` reads, so both passes pick the same flows.
-        for (record, _) in flows.records() {
-            if self.needs_update(&record) {
-                self.served
-                    .learn(&record, find(&record.key.reversed()).as_ref(), now_ns);
-            }
-        }
-        for (record, ended) in flows.records() {
-            if !self.needs_update(&record) {
-                continue;
-            }
-            let ends = directory.ends(&record.key, &record.stats);
-            let labels = FlowLabels::of(&record, &ends, &self.served);
-            self.add_traffic(&record, &labels, now_ns);
-            let reverse = find(&record.key.reversed());
-            if let Some(result) = connection_result(&record, reverse.as_ref(), ended, now_ns) {
-                self.add_connection(&record.key, &labels, result, now_ns);
-            }
-        }
-        for key in flows.ended() {
-            self.exported.remove(key);
-        }
-        self.follow_containers(inventory, now_ns);
-        self.sweep(now_ns);
-    }
-
-    /// Whether a flow has uncounted traffic or an undecided connection.
-    fn needs_update(&self, record: &FlowRecord) -> bool {
-        let Some(exported) = self.exported.get(&record.key) else {
-            return true;
-        };
-        exported.packets != record.stats.packets
-            || exported.bytes != record.stats.bytes
-            || (record.key.protocol == ip_proto::TCP
-                && outcome::is_attempt(record, None)
-                && !exported.connection_counted)
-    }
-
-    fn add_traffic(&mut self, record: &FlowRecord, labels: &FlowLabels, now_ns: u64) {
-        let exported = self.exported.entry(record.key).or_default();
-        // Totals only grow (the table keeps evicted counts); wrapping is
-        // the kernel's u64 counters wrapping.
-        let packets = record.stats.packets.wrapping_sub(exported.packets);
-        let bytes = record.stats.bytes.wrapping_sub(exported.bytes);
-        if packets == 0 && bytes == 0 {
-            return;
-        }
-        exported.packets = record.stats.packets;
-        exported.bytes = record.stats.bytes;
-        let counts = self.flows.value(labels.clone(), now_ns);
-        counts.packets = counts.packets.wrapping_add(packets);
-        counts.bytes = counts.bytes.wrapping_add(bytes);
-    }
-
-    fn add_connection(
-        &mut self,
-        key: &FlowKey,
-        flow: &FlowLabels,
-        result: &'static str,
-        now_ns: u64,
-    ) {
-        let exported = self.exported.entry(*key).or_default();
-        if exported.connection_counted {
-            return;
-        }
-        exported.connection_counted = true;
-        *self
-            .connections
-            .value(ConnectionLabels::of(flow, result), now_ns) += 1;
-    }
-
-    /// Notes which containers left, and which came back.
-    fn follow_containers(&mut self, inventory: Option<&Inventory>, now_ns: u64) {
-        let Some(inventory) = inventory else {
-            return;
-        };
-        let now: HashMap<String, Arc<Container>> = inventory
-            .containers
-            .values()
-            .map(|c| (c.name.clone(), Arc::new(c.clone())))
-            .collect();
-        for (name, container) in self.present.drain() {
-            if !now.contains_key(&name) {
-                self.departed.insert(name, (container, now_ns));
-            }
-        }
-        self.departed.retain(|name, _| !now.contains_key(name));
-        self.present = now;
-    }
-
-    /// Removes the series of containers departed longer than the grace
-    /// period, and answers learnt as long ago.
-    fn sweep(&mut self, now_ns: u64) {
-        let cutoff = now_ns.saturating_sub(self.grace_ns);
-        self.served.expire(cutoff);
-        let gone: HashSet<String> = self
-            .departed
-            .iter()
-            .filter(|(_, (_, left))| *left < cutoff)
-            .map(|(name, _)| name.clone())
-            .collect();
-        if gone.is_empty() {
-            return;
-        }
-        let names_gone = |source: &String, destination: &String| {
-            gone.contains(source) || gone.contains(destination)
-        };
-        self.flows
-            .sweep(cutoff, |l| names_gone(&l.source, &l.destination));
-        self.connections
-            .sweep(cutoff, |l| names_gone(&l.source, &l.destination));
-        self.departed.retain(|name, _| !gone.contains(name));
-    }
-
-    /// Running containers, and departed ones within their grace period.
-    pub fn known_containers(&self) -> impl Iterator<Item = &Arc<Container>> {
-        self.present
-            .values()
-            .chain(self.departed.values().map(|(container, _)| container))
-    }
-
-    /// Series of each traffic family, for the agent's own metrics.
-    pub fn series_counts(&self) -> [(&'static str, usize); 2] {
-        [
-            ("flow", self.flows.len()),
-            ("connections", self.connections.len()),
-        ]
-    }
-
-    /// The traffic families in the text format.
-    pub fn encode(&self, out: &mut String) {
-        let flow_families: [(&str, &str, CountOf); 2] = [
+        containers(&traffic, out);
+        type Count = fn(&FlowCounts) -> u64;
+        let flow_families: [(&str, &str, Count); 2] = [
             (
                 "crossmon_flow_packets_total",
                 "Packets between two ends, counted once where they entered the host.",
@@ -249,200 +50,76 @@ impl TrafficMetrics {
             ),
         ];
         for (name, help, value) in flow_families {
-            text::header(out, name, help, "counter");
-            for (labels, counts) in self.flows.iter() {
-                let pairs = pairs(FLOW_LABEL_NAMES, labels.values());
-                text::sample(out, name, &pairs, value(counts));
+            let mut family = out.family(name, help, Kind::Counter);
+            for (labels, counts) in traffic.flow_series() {
+                family.sample(&pairs(FLOW_LABEL_NAMES, labels.values()), value(counts));
             }
         }
-        let name = "crossmon_connections_total";
-        text::header(
-            out,
-            name,
+        let mut connections = out.family(
+            "crossmon_connections_total",
             "TCP connection attempts by result: established (SYN-ACK), refused (RST), unanswered.",
-            "counter",
+            Kind::Counter,
         );
-        for (labels, count) in self.connections.iter() {
-            let pairs = pairs(CONNECTION_LABEL_NAMES, labels.values());
-            text::sample(out, name, &pairs, *count);
+        for (labels, count) in traffic.connection_series() {
+            connections.sample(&pairs(CONNECTION_LABEL_NAMES, labels.values()), *count);
         }
-        let name = "crossmon_series_dropped_total";
-        text::header(
-            out,
-            name,
-            "Label combinations refused by the series cap and counted in the `other` series instead.",
-            "counter",
-        );
-        text::sample(out, name, &[("metric", "flow")], self.flows.dropped());
-        text::sample(
-            out,
-            name,
-            &[("metric", "connections")],
-            self.connections.dropped(),
-        );
     }
 }
 
-fn pairs<'a>(names: [&'a str; 5], values: [&'a str; 5]) -> [(&'a str, &'a str); 5] {
-    [0, 1, 2, 3, 4].map(|i| (names[i], values[i]))
-}
-
-/// The result of a TCP connection attempt, once known.
-fn connection_result(
-    flow: &FlowRecord,
-    reverse: Option<&FlowRecord>,
-    ended: bool,
-    now_ns: u64,
-) -> Option<&'static str> {
-    if flow.key.protocol != ip_proto::TCP || !outcome::is_attempt(flow, reverse) {
-        return None;
-    }
-    outcome::outcome(flow, reverse, ended, now_ns).map(Outcome::name)
-}
-
-#[cfg(test)]
-mod tests {
-    use monitor_common::{Direction, FlowStats};
-
-    use super::*;
-    use crate::flows::{FlowTable, PollOutcome};
-
-    const SECOND: u64 = 1_000_000_000;
-
-    fn key(src: u8, sport: u16, dst: u8, dport: u16) -> FlowKey {
-        FlowKey::ipv4(
-            [10, 0, 0, src],
-            sport,
-            [10, 0, 0, dst],
-            dport,
-            ip_proto::TCP,
-        )
-    }
-
-    fn stats(packets: u64, syn: u32, syn_ack: u32, rst: u32) -> FlowStats {
-        FlowStats {
-            packets,
-            bytes: packets * 60,
-            first_seen_ns: SECOND,
-            last_seen_ns: SECOND,
-            syn,
-            syn_ack,
-            rst,
-            direction: Direction::FromContainer as u8,
-            ..FlowStats::default()
-        }
-    }
-
-    fn table(flows: &[(FlowKey, FlowStats)]) -> FlowTable {
-        let mut table = FlowTable::new();
-        let mut outcome = PollOutcome::default();
-        table.begin_poll();
-        for (key, stats) in flows {
-            table.observe(key, stats, &mut outcome);
-        }
-        table.end_poll(&mut outcome);
-        table
-    }
-
-    fn metrics(max_series: usize) -> TrafficMetrics {
-        TrafficMetrics::new(MetricsConfig {
-            max_series,
-            grace_ns: 10 * SECOND,
-        })
-    }
-
-    fn matches(names: [&str; 5], values: [&str; 5], matching: &[(&str, &str)]) -> bool {
-        matching
-            .iter()
-            .all(|(label, value)| pairs(names, values).contains(&(*label, *value)))
-    }
-
-    fn packets(traffic: &TrafficMetrics, matching: &[(&str, &str)]) -> u64 {
-        traffic
-            .flows
-            .iter()
-            .filter(|(labels, _)| matches(FLOW_LABEL_NAMES, labels.values(), matching))
-            .map(|(_, counts)| counts.packets)
-            .sum()
-    }
-
-    fn connections(traffic: &TrafficMetrics, result: &str) -> u64 {
-        traffic
-            .connections
-            .iter()
-            .filter(|(labels, _)| labels.result == result)
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    #[test]
-    fn connection_results_and_served_ports_come_from_the_answers() {
-        let mut traffic = metrics(100);
-        let directory = Directory::default();
-        let flows = table(&[
-            // Established: SYN, SYN-ACK back.
-            (key(1, 40000, 2, 80), stats(3, 1, 0, 0)),
-            (key(2, 80, 1, 40000), stats(2, 0, 1, 0)),
-            // Refused: SYN, RST back.
-            (key(1, 40001, 2, 81), stats(1, 1, 0, 0)),
-            (key(2, 81, 1, 40001), stats(1, 0, 0, 1)),
-            // Not answered yet.
-            (key(1, 40002, 2, 82), stats(1, 1, 0, 0)),
-        ]);
-        traffic.update(&PollView::new(&flows, &[]), &directory, None, 2 * SECOND);
-        assert_eq!(connections(&traffic, "established"), 1);
-        assert_eq!(connections(&traffic, "refused"), 1);
-        assert_eq!(connections(&traffic, "unanswered"), 0);
-        let to_port = |port| packets(&traffic, &[("destination_port", port)]);
-        assert_eq!(to_port("80"), 3);
-        assert_eq!(to_port("ephemeral"), 2 + 1 + 1 + 1);
-
-        // Five seconds without an answer: unanswered, once.
-        for now in [7, 8] {
-            traffic.update(&PollView::new(&flows, &[]), &directory, None, now * SECOND);
-        }
-        assert_eq!(connections(&traffic, "unanswered"), 1);
-    }
-
-    #[test]
-    fn counters_add_deltas_and_final_counts_of_expired_flows() {
-        let mut traffic = metrics(100);
-        let directory = Directory::default();
-        let udp = stats(2, 0, 0, 0);
-        let flow_key = FlowKey {
-            protocol: ip_proto::UDP,
-            ..key(1, 40000, 2, 53)
+/// Info and posture of every container that may be named in a series;
+/// those labelled `crossmon.metrics=off` are left out.
+fn containers(traffic: &TrafficSeries, out: &mut Exposition) {
+    let shown = || traffic.known_containers().filter(|c| !c.metrics_off());
+    let mut info = out.family(
+        "crossmon_container_info",
+        "A container on each of its networks; always 1. Join on `container`.",
+        Kind::Gauge,
+    );
+    for container in shown() {
+        let networks: Vec<(&str, String)> = if container.endpoints.is_empty() {
+            vec![(container.network_mode.as_str(), String::new())]
+        } else {
+            container
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let ip = e.ip.or(e.ipv6).map(|ip| ip.to_string());
+                    (e.network.as_str(), ip.unwrap_or_default())
+                })
+                .collect()
         };
-        traffic.update(
-            &PollView::new(&table(&[(flow_key, udp)]), &[]),
-            &directory,
-            None,
-            SECOND,
-        );
-        let expired = FlowRecord {
-            key: flow_key,
-            stats: FlowStats {
-                packets: 5,
-                bytes: 300,
-                ..udp
-            },
-        };
-        traffic.update(
-            &PollView::new(&FlowTable::new(), &[expired]),
-            &directory,
-            None,
-            2 * SECOND,
-        );
-        assert_eq!(packets(&traffic, &[]), 5);
-        let bytes: u64 = traffic.flows.iter().map(|(_, c)| c.bytes).sum();
-        assert_eq!(bytes, 300);
-        // Forgotten: the same key later counts as a new flow from zero.
-        traffic.update(
-            &PollView::new(&table(&[(flow_key, udp)]), &[]),
-            &directory,
-            None,
-            3 * SECOND,
-        );
-        assert_eq!(packets(&traffic, &[]), 7);
+        for (network, ip) in &networks {
+            info.sample(
+                &[
+                    ("container", &container.name),
+                    ("container_id", container.short_id()),
+                    ("image", &container.image),
+                    (
+                        "compose_project",
+                        container.compose_project.as_deref().unwrap_or_default(),
+                    ),
+                    (
+                        "compose_service",
+                        container.compose_service.as_deref().unwrap_or_default(),
+                    ),
+                    ("network", network),
+                    ("ip", ip),
+                ],
+                1u64,
+            );
+        }
+    }
+    let mut posture = out.family(
+        "crossmon_container_posture",
+        "Posture facts of a container: 1 when the check holds (privileged, runs_as_root, cap_net_raw, ...).",
+        Kind::Gauge,
+    );
+    for container in shown() {
+        for (check, holds) in container.posture.checks() {
+            posture.sample(
+                &[("container", &container.name), ("check", check)],
+                u64::from(holds),
+            );
+        }
     }
 }

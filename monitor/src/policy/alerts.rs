@@ -4,12 +4,51 @@
 use monitor_common::{DeniedStats, FlowKey};
 use serde_json::json;
 
+use std::sync::{Arc, Mutex};
+
+use super::PolicyInForce;
 use crate::{
-    alert::{Alert, Severity},
+    alert::{Alert, AlertSink, Severity},
     clock,
     docker::Directory,
+    flows::{Poll, PollConsumer},
     model::{key_addrs, protocol_name},
+    sync::lock,
 };
+
+/// Raises a `policy_violation` for each flow the policy judged since the
+/// previous poll. Spoofed sources are `ip_spoof`'s (a detector).
+pub struct ViolationAlerts {
+    pub policy: Arc<Mutex<PolicyInForce>>,
+    pub sink: Arc<Mutex<AlertSink>>,
+}
+
+impl PollConsumer for ViolationAlerts {
+    fn on_poll(&mut self, poll: &Poll<'_>) {
+        let judged: Vec<_> = poll
+            .denied
+            .iter()
+            .filter(|(_, stats)| stats.slot != monitor_common::POLICY_SLOT_SPOOFED_SOURCE)
+            .collect();
+        if judged.is_empty() {
+            return;
+        }
+        let (names, mode) = {
+            let policy = lock(&self.policy);
+            let names: Vec<String> = judged
+                .iter()
+                .map(|(_, stats)| policy.slot_name(stats.slot))
+                .collect();
+            (names, policy.config.mode_name())
+        };
+        let mut sink = lock(&self.sink);
+        for ((key, stats), rule) in judged.into_iter().zip(names) {
+            if let Some(alert) = violation(key, stats, &rule, mode, poll.directory) {
+                sink.raise(alert, poll.now_ns);
+            }
+        }
+    }
+}
 
 /// The alert for a flow that broke the policy under counter `rule`;
 /// `None` while its sender is not known yet.

@@ -9,7 +9,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     fmt::Write as _,
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -22,7 +22,7 @@ use crate::{
     docker::{Container, Directory},
     flows::{
         outcome::{self, Outcome},
-        FlowSet, PollView,
+        FlowSet, Poll, PollConsumer, PollView,
     },
     model::{key_addrs, FlowRecord},
 };
@@ -248,6 +248,27 @@ fn unique_name(taken: &mut HashSet<String>, learnt: &Learnt, edge: &Edge) -> Str
         n += 1;
     }
     name
+}
+
+/// `crossmon policy learn`: the learner fed by the poller, and where its
+/// policy goes when the run ends well.
+pub struct Learning {
+    pub learner: Learner,
+    pub output: PathBuf,
+    pub duration: Duration,
+}
+
+impl PollConsumer for Learning {
+    fn on_poll(&mut self, poll: &Poll<'_>) {
+        self.learner
+            .on_poll(&poll.flows, poll.directory, poll.now_ns);
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.learner.write(&self.output, self.duration)?;
+        tracing::info!("policy written to {}", self.output.display());
+        Ok(())
+    }
 }
 
 #[cfg(test)]

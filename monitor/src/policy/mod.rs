@@ -12,6 +12,7 @@ pub mod in_force;
 pub mod learn;
 pub mod select;
 
+pub use alerts::ViolationAlerts;
 pub use file::{Action, Policy};
 pub use in_force::{PolicyConfig, PolicyInForce};
-pub use learn::Learner;
+pub use learn::{Learner, Learning};

@@ -10,6 +10,11 @@ use crate::{
     model::{key_addrs, protocol_name, FlowRecord},
 };
 
+/// Label names and values, paired for the text writer.
+pub fn pairs<'a>(names: [&'a str; 5], values: [&'a str; 5]) -> [(&'a str, &'a str); 5] {
+    [0, 1, 2, 3, 4].map(|i| (names[i], values[i]))
+}
+
 /// A destination port nothing showed to be served.
 pub const EPHEMERAL: &str = "ephemeral";
 /// The destination port of protocols without ports (ICMP).

@@ -1,0 +1,13 @@
+//! The traffic series: after each poll, what every flow counted since the
+//! previous one is added to series labelled by names, not addresses, and
+//! bounded (`--max-series`), so that `/metrics` only writes them out.
+
+mod labels;
+mod served;
+mod traffic;
+
+pub use labels::{
+    pairs, ConnectionLabels, FlowLabels, CONNECTION_LABEL_NAMES, EPHEMERAL, FLOW_LABEL_NAMES,
+    NO_PORT,
+};
+pub use traffic::{FlowCounts, MetricsConfig, TrafficSeries};

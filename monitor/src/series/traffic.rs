@@ -1,0 +1,418 @@
+//! Traffic counters: each poll adds what every flow counted since the
+//! previous one to its series, so series only grow, and their sum is the
+//! kernel's count whatever happens to flows (eviction, expiry, relabelling).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use monitor_common::{ip_proto, FlowKey};
+
+use super::{
+    labels::{ConnectionLabels, FlowLabels},
+    served::ServedPorts,
+};
+use crate::{
+    book::SeriesBook,
+    docker::{Container, Directory, Inventory},
+    flows::{
+        outcome::{self, Outcome},
+        ByFlow, Poll, PollConsumer, PollView,
+    },
+    model::FlowRecord,
+};
+
+#[derive(Clone, Copy, Debug)]
+pub struct MetricsConfig {
+    /// Series per traffic metric family; beyond, traffic is counted in the
+    /// `other` series.
+    pub max_series: usize,
+    /// How long series of a departed container stay.
+    pub grace_ns: u64,
+}
+
+impl MetricsConfig {
+    /// `--max-series`.
+    pub const DEFAULT_MAX_SERIES: u32 = 10_000;
+    /// `--series-grace`.
+    pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            max_series: Self::DEFAULT_MAX_SERIES as usize,
+            grace_ns: u64::try_from(Self::DEFAULT_GRACE.as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+pub struct TrafficSeries {
+    flows: SeriesBook<FlowLabels, FlowCounts>,
+    connections: SeriesBook<ConnectionLabels, u64>,
+    /// What each flow has added to its series so far.
+    exported: ByFlow<Exported>,
+    served: ServedPorts,
+    /// Containers (by name) seen in the inventory, and those that left it,
+    /// kept for the grace period so their info series can still be joined.
+    present: HashMap<String, Arc<Container>>,
+    departed: HashMap<String, (Arc<Container>, u64)>,
+    grace_ns: u64,
+}
+
+/// What one flow series counted.
+#[derive(Clone, Copy, Default)]
+pub struct FlowCounts {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+struct Exported {
+    packets: u64,
+    bytes: u64,
+    connection_counted: bool,
+}
+
+impl TrafficSeries {
+    pub fn new(config: MetricsConfig) -> Self {
+        Self {
+            flows: SeriesBook::new(config.max_series, FlowLabels::overflow()),
+            connections: SeriesBook::new(config.max_series, ConnectionLabels::overflow()),
+            exported: ByFlow::default(),
+            served: ServedPorts::new(config.max_series.saturating_mul(4)),
+            present: HashMap::new(),
+            departed: HashMap::new(),
+            grace_ns: config.grace_ns,
+        }
+    }
+
+    /// Adds what flows counted since the last update. `expired` are flows
+    /// the table just forgot, with their final totals.
+    pub fn update(
+        &mut self,
+        flows: &PollView,
+        directory: &Directory,
+        inventory: Option<&Inventory>,
+        now_ns: u64,
+    ) {
+        let find = |key: &FlowKey| flows.find(key);
+        // Learn every answer of this round before labelling any flow, so
+        // both directions of a new connection get the same port label.
+        // Two passes rather than a list of the changed flows: at 100k busy
+        // flows that list was megabytes at every poll. Learning changes
+        // nothing `needs_update` reads, so both passes pick the same flows.
+        for (record, _) in flows.records() {
+            if self.needs_update(&record) {
+                self.served
+                    .learn(&record, find(&record.key.reversed()).as_ref(), now_ns);
+            }
+        }
+        for (record, ended) in flows.records() {
+            if !self.needs_update(&record) {
+                continue;
+            }
+            let ends = directory.ends(&record.key, &record.stats);
+            let labels = FlowLabels::of(&record, &ends, &self.served);
+            self.add_traffic(&record, &labels, now_ns);
+            let reverse = find(&record.key.reversed());
+            if let Some(result) = connection_result(&record, reverse.as_ref(), ended, now_ns) {
+                self.add_connection(&record.key, &labels, result, now_ns);
+            }
+        }
+        for key in flows.ended() {
+            self.exported.remove(key);
+        }
+        self.follow_containers(inventory, now_ns);
+        self.sweep(now_ns);
+    }
+
+    /// Whether a flow has uncounted traffic or an undecided connection.
+    fn needs_update(&self, record: &FlowRecord) -> bool {
+        let Some(exported) = self.exported.get(&record.key) else {
+            return true;
+        };
+        exported.packets != record.stats.packets
+            || exported.bytes != record.stats.bytes
+            || (record.key.protocol == ip_proto::TCP
+                && outcome::is_attempt(record, None)
+                && !exported.connection_counted)
+    }
+
+    fn add_traffic(&mut self, record: &FlowRecord, labels: &FlowLabels, now_ns: u64) {
+        let exported = self.exported.entry(record.key).or_default();
+        // Totals only grow (the table keeps evicted counts); wrapping is
+        // the kernel's u64 counters wrapping.
+        let packets = record.stats.packets.wrapping_sub(exported.packets);
+        let bytes = record.stats.bytes.wrapping_sub(exported.bytes);
+        if packets == 0 && bytes == 0 {
+            return;
+        }
+        exported.packets = record.stats.packets;
+        exported.bytes = record.stats.bytes;
+        let counts = self.flows.value(labels.clone(), now_ns);
+        counts.packets = counts.packets.wrapping_add(packets);
+        counts.bytes = counts.bytes.wrapping_add(bytes);
+    }
+
+    fn add_connection(
+        &mut self,
+        key: &FlowKey,
+        flow: &FlowLabels,
+        result: &'static str,
+        now_ns: u64,
+    ) {
+        let exported = self.exported.entry(*key).or_default();
+        if exported.connection_counted {
+            return;
+        }
+        exported.connection_counted = true;
+        *self
+            .connections
+            .value(ConnectionLabels::of(flow, result), now_ns) += 1;
+    }
+
+    /// Notes which containers left, and which came back.
+    fn follow_containers(&mut self, inventory: Option<&Inventory>, now_ns: u64) {
+        let Some(inventory) = inventory else {
+            return;
+        };
+        let now: HashMap<String, Arc<Container>> = inventory
+            .containers
+            .values()
+            .map(|c| (c.name.clone(), Arc::new(c.clone())))
+            .collect();
+        for (name, container) in self.present.drain() {
+            if !now.contains_key(&name) {
+                self.departed.insert(name, (container, now_ns));
+            }
+        }
+        self.departed.retain(|name, _| !now.contains_key(name));
+        self.present = now;
+    }
+
+    /// Removes the series of containers departed longer than the grace
+    /// period, and answers learnt as long ago.
+    fn sweep(&mut self, now_ns: u64) {
+        let cutoff = now_ns.saturating_sub(self.grace_ns);
+        self.served.expire(cutoff);
+        let gone: HashSet<String> = self
+            .departed
+            .iter()
+            .filter(|(_, (_, left))| *left < cutoff)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let names_gone = |source: &String, destination: &String| {
+            gone.contains(source) || gone.contains(destination)
+        };
+        self.flows
+            .sweep(cutoff, |l| names_gone(&l.source, &l.destination));
+        self.connections
+            .sweep(cutoff, |l| names_gone(&l.source, &l.destination));
+        self.departed.retain(|name, _| !gone.contains(name));
+    }
+
+    /// Running containers, and departed ones within their grace period.
+    pub fn known_containers(&self) -> impl Iterator<Item = &Arc<Container>> {
+        self.present
+            .values()
+            .chain(self.departed.values().map(|(container, _)| container))
+    }
+
+    /// Series of each traffic family, for the agent's own metrics.
+    pub fn series_counts(&self) -> [(&'static str, usize); 2] {
+        [
+            ("flow", self.flows.len()),
+            ("connections", self.connections.len()),
+        ]
+    }
+
+    /// `crossmon_flow_{packets,bytes}_total`: counts by labels.
+    pub fn flow_series(&self) -> impl Iterator<Item = (&FlowLabels, &FlowCounts)> {
+        self.flows.iter()
+    }
+
+    /// `crossmon_connections_total`: attempts by labels and result.
+    pub fn connection_series(&self) -> impl Iterator<Item = (&ConnectionLabels, &u64)> {
+        self.connections.iter()
+    }
+
+    /// Label combinations refused by the cap, per family.
+    pub fn dropped(&self) -> [(&'static str, u64); 2] {
+        [
+            ("flow", self.flows.dropped()),
+            ("connections", self.connections.dropped()),
+        ]
+    }
+}
+
+impl PollConsumer for TrafficSeries {
+    fn on_poll(&mut self, poll: &Poll<'_>) {
+        self.update(&poll.flows, poll.directory, poll.inventory, poll.now_ns);
+    }
+}
+
+/// The result of a TCP connection attempt, once known.
+fn connection_result(
+    flow: &FlowRecord,
+    reverse: Option<&FlowRecord>,
+    ended: bool,
+    now_ns: u64,
+) -> Option<&'static str> {
+    if flow.key.protocol != ip_proto::TCP || !outcome::is_attempt(flow, reverse) {
+        return None;
+    }
+    outcome::outcome(flow, reverse, ended, now_ns).map(Outcome::name)
+}
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::{Direction, FlowStats};
+
+    use super::*;
+    use crate::flows::{FlowTable, PollOutcome};
+    use crate::series::labels::{pairs, FLOW_LABEL_NAMES};
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn key(src: u8, sport: u16, dst: u8, dport: u16) -> FlowKey {
+        FlowKey::ipv4(
+            [10, 0, 0, src],
+            sport,
+            [10, 0, 0, dst],
+            dport,
+            ip_proto::TCP,
+        )
+    }
+
+    fn stats(packets: u64, syn: u32, syn_ack: u32, rst: u32) -> FlowStats {
+        FlowStats {
+            packets,
+            bytes: packets * 60,
+            first_seen_ns: SECOND,
+            last_seen_ns: SECOND,
+            syn,
+            syn_ack,
+            rst,
+            direction: Direction::FromContainer as u8,
+            ..FlowStats::default()
+        }
+    }
+
+    fn table(flows: &[(FlowKey, FlowStats)]) -> FlowTable {
+        let mut table = FlowTable::new();
+        let mut outcome = PollOutcome::default();
+        table.begin_poll();
+        for (key, stats) in flows {
+            table.observe(key, stats, &mut outcome);
+        }
+        table.end_poll(&mut outcome);
+        table
+    }
+
+    fn metrics(max_series: usize) -> TrafficSeries {
+        TrafficSeries::new(MetricsConfig {
+            max_series,
+            grace_ns: 10 * SECOND,
+        })
+    }
+
+    fn matches(names: [&str; 5], values: [&str; 5], matching: &[(&str, &str)]) -> bool {
+        matching
+            .iter()
+            .all(|(label, value)| pairs(names, values).contains(&(*label, *value)))
+    }
+
+    fn packets(traffic: &TrafficSeries, matching: &[(&str, &str)]) -> u64 {
+        traffic
+            .flows
+            .iter()
+            .filter(|(labels, _)| matches(FLOW_LABEL_NAMES, labels.values(), matching))
+            .map(|(_, counts)| counts.packets)
+            .sum()
+    }
+
+    fn connections(traffic: &TrafficSeries, result: &str) -> u64 {
+        traffic
+            .connections
+            .iter()
+            .filter(|(labels, _)| labels.result == result)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    #[test]
+    fn connection_results_and_served_ports_come_from_the_answers() {
+        let mut traffic = metrics(100);
+        let directory = Directory::default();
+        let flows = table(&[
+            // Established: SYN, SYN-ACK back.
+            (key(1, 40000, 2, 80), stats(3, 1, 0, 0)),
+            (key(2, 80, 1, 40000), stats(2, 0, 1, 0)),
+            // Refused: SYN, RST back.
+            (key(1, 40001, 2, 81), stats(1, 1, 0, 0)),
+            (key(2, 81, 1, 40001), stats(1, 0, 0, 1)),
+            // Not answered yet.
+            (key(1, 40002, 2, 82), stats(1, 1, 0, 0)),
+        ]);
+        traffic.update(&PollView::new(&flows, &[]), &directory, None, 2 * SECOND);
+        assert_eq!(connections(&traffic, "established"), 1);
+        assert_eq!(connections(&traffic, "refused"), 1);
+        assert_eq!(connections(&traffic, "unanswered"), 0);
+        let to_port = |port| packets(&traffic, &[("destination_port", port)]);
+        assert_eq!(to_port("80"), 3);
+        assert_eq!(to_port("ephemeral"), 2 + 1 + 1 + 1);
+
+        // Five seconds without an answer: unanswered, once.
+        for now in [7, 8] {
+            traffic.update(&PollView::new(&flows, &[]), &directory, None, now * SECOND);
+        }
+        assert_eq!(connections(&traffic, "unanswered"), 1);
+    }
+
+    #[test]
+    fn counters_add_deltas_and_final_counts_of_expired_flows() {
+        let mut traffic = metrics(100);
+        let directory = Directory::default();
+        let udp = stats(2, 0, 0, 0);
+        let flow_key = FlowKey {
+            protocol: ip_proto::UDP,
+            ..key(1, 40000, 2, 53)
+        };
+        traffic.update(
+            &PollView::new(&table(&[(flow_key, udp)]), &[]),
+            &directory,
+            None,
+            SECOND,
+        );
+        let expired = FlowRecord {
+            key: flow_key,
+            stats: FlowStats {
+                packets: 5,
+                bytes: 300,
+                ..udp
+            },
+        };
+        traffic.update(
+            &PollView::new(&FlowTable::new(), &[expired]),
+            &directory,
+            None,
+            2 * SECOND,
+        );
+        assert_eq!(packets(&traffic, &[]), 5);
+        let bytes: u64 = traffic.flows.iter().map(|(_, c)| c.bytes).sum();
+        assert_eq!(bytes, 300);
+        // Forgotten: the same key later counts as a new flow from zero.
+        traffic.update(
+            &PollView::new(&table(&[(flow_key, udp)]), &[]),
+            &directory,
+            None,
+            3 * SECOND,
+        );
+        assert_eq!(packets(&traffic, &[]), 7);
+    }
+}
