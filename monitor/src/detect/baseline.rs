@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Alert, Attempt, Detector, Findings, PollEnd, Severity};
+use super::{config::NewConnection, Alert, Attempt, Detector, Findings, PollEnd, Severity};
 use crate::{
     docker::{service_name, Directory},
     model::protocol_name,
@@ -45,7 +45,8 @@ fn unix_now() -> u64 {
 
 impl Baseline {
     /// Loads `state_dir/baseline.json`, or starts learning now.
-    pub fn open(state_dir: &Path, learning: Duration) -> anyhow::Result<Baseline> {
+    pub fn open(state_dir: &Path, config: &NewConnection) -> anyhow::Result<Baseline> {
+        let learning = config.learning_period;
         let path = state_dir.join("baseline.json");
         let stored = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)

@@ -67,9 +67,9 @@ struct Verdict {
 }
 
 impl CleartextDetector {
-    pub fn new(config: Cleartext) -> Self {
+    pub fn new(config: &Cleartext) -> Self {
         Self {
-            config,
+            config: config.clone(),
             pending: ByFlow::default(),
         }
     }

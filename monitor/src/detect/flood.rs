@@ -31,9 +31,9 @@ pub struct FloodDetector {
 }
 
 impl FloodDetector {
-    pub fn new(config: SynFlood) -> Self {
+    pub fn new(config: &SynFlood) -> Self {
         Self {
-            config,
+            config: config.clone(),
             targets: HashMap::new(),
         }
     }

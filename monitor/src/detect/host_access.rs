@@ -80,9 +80,9 @@ pub struct HostAccess {
 }
 
 impl HostAccess {
-    pub fn new(config: config::HostAccess) -> Self {
+    pub fn new(config: &config::HostAccess) -> Self {
         Self {
-            ports: config.ports,
+            ports: config.ports.clone(),
         }
     }
 }

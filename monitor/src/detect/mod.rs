@@ -80,30 +80,18 @@ pub trait Detector: Send {
 /// flow. A new detector is one line here.
 fn registry(config: &DetectConfig, state_dir: &Path) -> anyhow::Result<Vec<Box<dyn Detector>>> {
     let mut all = Registry::default();
-    all.add(&config.ip_spoof, || spoof::IpSpoof);
-    all.add(&config.host_access, || {
-        host_access::HostAccess::new(config.host_access.clone())
-    });
-    all.add(&config.port_scan, || {
-        scan::PortScan::new(config.port_scan.clone())
-    });
-    all.add(&config.host_sweep, || {
-        scan::HostSweep::new(config.host_sweep.clone())
-    });
-    all.add(&config.syn_flood, || {
-        flood::FloodDetector::new(config.syn_flood.clone())
-    });
-    all.add(&config.traffic_spike, || {
-        spike::SpikeDetector::new(config.traffic_spike.clone())
-    });
-    all.add(&config.cleartext, || {
-        cleartext::CleartextDetector::new(config.cleartext.clone())
-    });
-    all.add(&config.isolation_violation, || isolation::Isolation);
-    all.try_add(&config.new_connection, || {
-        baseline::Baseline::open(state_dir, config.new_connection.learning_period)
+    all.add(&config.ip_spoof, |_| spoof::IpSpoof);
+    all.add(&config.host_access, host_access::HostAccess::new);
+    all.add(&config.port_scan, scan::PortScan::new);
+    all.add(&config.host_sweep, scan::HostSweep::new);
+    all.add(&config.syn_flood, flood::FloodDetector::new);
+    all.add(&config.traffic_spike, spike::SpikeDetector::new);
+    all.add(&config.cleartext, cleartext::CleartextDetector::new);
+    all.add(&config.isolation_violation, |_| isolation::Isolation);
+    all.try_add(&config.new_connection, |c| {
+        baseline::Baseline::open(state_dir, c)
     })?;
-    all.add(&config.arp_spoof, || spoof::ArpSpoof);
+    all.add(&config.arp_spoof, |_| spoof::ArpSpoof);
     Ok(all.detectors)
 }
 
@@ -113,19 +101,24 @@ struct Registry {
 }
 
 impl Registry {
-    fn add<D: Detector + 'static>(&mut self, settings: &impl Enabled, build: impl FnOnce() -> D) {
+    /// Builds the detector from its settings, if they switch it on.
+    fn add<S: Enabled, D: Detector + 'static>(
+        &mut self,
+        settings: &S,
+        build: impl FnOnce(&S) -> D,
+    ) {
         if settings.enabled() {
-            self.detectors.push(Box::new(build()));
+            self.detectors.push(Box::new(build(settings)));
         }
     }
 
-    fn try_add<D: Detector + 'static>(
+    fn try_add<S: Enabled, D: Detector + 'static>(
         &mut self,
-        settings: &impl Enabled,
-        build: impl FnOnce() -> anyhow::Result<D>,
+        settings: &S,
+        build: impl FnOnce(&S) -> anyhow::Result<D>,
     ) -> anyhow::Result<()> {
         if settings.enabled() {
-            self.detectors.push(Box::new(build()?));
+            self.detectors.push(Box::new(build(settings)?));
         }
         Ok(())
     }

@@ -43,10 +43,10 @@ fn nanos(duration: std::time::Duration) -> u64 {
 }
 
 impl PortScan {
-    pub fn new(config: Scan) -> Self {
+    pub fn new(config: &Scan) -> Self {
         Self {
             ports: Probes::new(nanos(config.window)),
-            config,
+            config: config.clone(),
             alerted: HashMap::new(),
         }
     }
@@ -85,10 +85,10 @@ impl Detector for PortScan {
 }
 
 impl HostSweep {
-    pub fn new(config: Scan) -> Self {
+    pub fn new(config: &Scan) -> Self {
         Self {
             hosts: Probes::new(nanos(config.window)),
-            config,
+            config: config.clone(),
             alerted: HashMap::new(),
         }
     }

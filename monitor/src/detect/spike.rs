@@ -29,10 +29,10 @@ pub struct SpikeDetector {
 }
 
 impl SpikeDetector {
-    pub fn new(config: TrafficSpike) -> Self {
+    pub fn new(config: &TrafficSpike) -> Self {
         Self {
             window_ns: u64::try_from(config.window.as_nanos()).unwrap_or(u64::MAX),
-            config,
+            config: config.clone(),
             edges: HashMap::new(),
         }
     }
@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn a_window_far_above_the_edges_average_alerts_once_warm() {
-        let mut detector = SpikeDetector::new(TrafficSpike {
+        let mut detector = SpikeDetector::new(&TrafficSpike {
             enabled: true,
             window: Duration::from_secs(1),
             factor: 10.0,
@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn a_spike_below_the_floor_is_quiet() {
-        let mut detector = SpikeDetector::new(TrafficSpike {
+        let mut detector = SpikeDetector::new(&TrafficSpike {
             enabled: true,
             window: Duration::from_secs(1),
             factor: 2.0,
