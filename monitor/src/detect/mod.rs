@@ -419,3 +419,23 @@ fn is_unicast(ip: IpAddr) -> bool {
         IpAddr::V6(v6) => !v6.is_multicast(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_builds_every_detector_switched_on_and_none_other() {
+        let state_dir =
+            std::env::temp_dir().join(format!("crossmon-registry-{}", std::process::id()));
+        std::fs::create_dir_all(&state_dir).expect("state dir");
+        let every = registry(&DetectConfig::default(), &state_dir).expect("defaults build");
+        assert_eq!(every.len(), 10);
+        let off: DetectConfig = toml::from_str(
+            "[port_scan]\nenabled = false\n[new_connection]\nenabled = false\n[arp_spoof]\nenabled = false\n",
+        )
+        .expect("valid");
+        assert_eq!(registry(&off, &state_dir).expect("builds").len(), 7);
+        let _ = std::fs::remove_dir_all(&state_dir);
+    }
+}

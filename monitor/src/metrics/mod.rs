@@ -101,3 +101,55 @@ impl Metrics {
         out.into_text()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{atomic::AtomicBool, Arc};
+
+    use super::*;
+    use crate::{docker::Snapshot, flows::PollStatus, sync::published};
+
+    #[test]
+    fn collectors_write_their_families_in_order_and_empty_ones_not_at_all() {
+        let poll = published(PollStatus {
+            flows: 3,
+            flow_map_entries: 2,
+            flow_map_capacity: 65_536,
+            ..PollStatus::default()
+        });
+        let docker = published(Snapshot::default());
+        let mut metrics = Metrics::new();
+        metrics.register(AgentCollector {
+            poll: poll.clone(),
+            docker: docker.clone(),
+        });
+        metrics.register(DatapathCollector { poll });
+        metrics.register(DockerCollector {
+            up: Some(Arc::new(AtomicBool::new(true))),
+            docker,
+        });
+        let text = metrics.render();
+        for line in [
+            "crossmon_flows 3\n",
+            "crossmon_attached_interfaces 0\n",
+            "crossmon_flow_map_capacity 65536\n",
+            "crossmon_frames_skipped_total{reason=\"not_ip\"} 0\n",
+            "crossmon_docker_up 1\n",
+            "crossmon_scrape_duration_seconds_bucket{le=\"+Inf\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing in\n{text}");
+        }
+        // No engine answered yet, no program statistics: not exposed.
+        assert!(!text.contains("crossmon_docker_engine_info"));
+        assert!(!text.contains("crossmon_program_runs_total"));
+        let flows = text.find("# HELP crossmon_flows ").expect("flows");
+        let capacity = text
+            .find("# HELP crossmon_flow_map_capacity")
+            .expect("capacity");
+        assert!(flows < capacity, "registration order");
+        // The next scrape counts this one.
+        assert!(metrics
+            .render()
+            .contains("crossmon_scrape_duration_seconds_count 1\n"));
+    }
+}
