@@ -178,7 +178,11 @@ impl FlowMap {
         let elem = unsafe { &mut attr.__bindgen_anon_2 };
         elem.map_fd = self.map.fd().as_fd().as_raw_fd() as u32;
         elem.key = std::ptr::from_ref(key) as u64;
-        elem.__bindgen_anon_1.value = values.as_mut_ptr() as u64;
+        // The kernel refuses (EINVAL) a delete whose attr has anything set
+        // past the key.
+        if cmd != bpf_cmd::BPF_MAP_DELETE_ELEM {
+            elem.__bindgen_anon_1.value = values.as_mut_ptr() as u64;
+        }
         sys_bpf(cmd, &mut attr)
     }
 
