@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::{cmd, image};
+use crate::{cmd, image, totals::Totals};
 
 pub fn lint() -> anyhow::Result<()> {
     let mut tiers = Tiers::default();
@@ -139,51 +139,6 @@ impl Tiers {
     }
 }
 
-/// Sums of the `test result:` lines of every test binary.
-#[derive(Default)]
-struct Totals {
-    passed: u64,
-    failed: u64,
-    ignored: u64,
-}
-
-impl Totals {
-    fn ran(&self) -> u64 {
-        self.passed + self.failed + self.ignored
-    }
-
-    /// Adds `ok. 5 passed; 0 failed; 1 ignored; 0 measured; 2 filtered out;
-    /// finished in 0.01s` (after `test result: `).
-    fn add(&mut self, result: &str) {
-        let counts = result.split_once(". ").map_or(result, |(_, counts)| counts);
-        for part in counts.split(';') {
-            let mut words = part.split_whitespace();
-            let (Some(count), Some(what)) = (words.next(), words.next()) else {
-                continue;
-            };
-            let Ok(count) = count.parse::<u64>() else {
-                continue;
-            };
-            match what {
-                "passed" => self.passed += count,
-                "failed" => self.failed += count,
-                "ignored" => self.ignored += count,
-                _ => {}
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for Totals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} passed, {} failed, {} ignored",
-            self.passed, self.failed, self.ignored
-        )
-    }
-}
-
 /// Runs `cargo test`, echoing its output, and sums its `test result:`
 /// lines: cargo's own last line is often an empty doc-test run, while the
 /// sum over every test binary is what a reader of the log needs.
@@ -197,30 +152,11 @@ fn run_counting(command: &mut Command) -> anyhow::Result<Totals> {
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo test's output")?;
         println!("{line}");
-        if let Some(result) = line.strip_prefix("test result: ") {
-            totals.add(result);
-        }
+        totals.observe(&line);
     }
     let status = child.wait().context("waiting for cargo test")?;
     if !status.success() {
         bail!("cargo test failed ({status}); in the test binaries that ran: {totals}");
     }
     Ok(totals)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn totals_sum_result_lines() {
-        let mut totals = Totals::default();
-        totals.add(
-            "ok. 5 passed; 0 failed; 1 ignored; 0 measured; 2 filtered out; finished in 0.01s",
-        );
-        totals.add(
-            "FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.50s",
-        );
-        assert_eq!(totals.to_string(), "8 passed, 2 failed, 1 ignored");
-    }
 }
