@@ -7,6 +7,9 @@
 //!
 //! Each run draws a new generator seed and prints it;
 //! `CROSSMON_FUZZ_SEED=<u64>` replays one. `--nocapture` shows the counts.
+//! `CROSSMON_FUZZ_SCALE=<0..1>` runs a sample of that share of the frames
+//! (every seed still runs, and the minimum of runs shrinks with it): the
+//! VM tier of `cargo xtask test` runs a short fuzz under emulation.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -35,12 +38,13 @@ const PAYLOAD_BYTES: u32 = 128;
 /// flow and a payload or ARP record, each under 600 bytes.
 const BATCH: usize = 1024;
 const RING_BYTES: u32 = 4 << 20;
+/// At scale 1; scaled with [`Scale`].
 const MIN_RUNS_PER_PROGRAM: u64 = 100_000;
-/// Random frames of each kind beyond the systematic ones.
-const BIT_FLIPS: usize = 40_000;
-const SPLICES: usize = 25_000;
-const GARBAGE: usize = 20_000;
-const MIXED: usize = 40_000;
+/// Random frames of each kind beyond the systematic ones, at scale 1.
+const BIT_FLIPS: u64 = 40_000;
+const SPLICES: u64 = 25_000;
+const GARBAGE: u64 = 20_000;
+const MIXED: u64 = 40_000;
 
 /// Every frame goes through both. (Whether the second run of an IP frame
 /// counts as a duplicate depends on the CPUs it ran on; no check below
@@ -49,6 +53,34 @@ const PROGRAMS: [(&str, Direction); 2] = [
     (PROGRAM_TO_CONTAINER, Direction::ToContainer),
     (PROGRAM_FROM_CONTAINER, Direction::FromContainer),
 ];
+
+/// The share of the frames run: 1 (all) unless `CROSSMON_FUZZ_SCALE` says
+/// less. Systematic frames (truncations, field mutations) are sampled and
+/// random ones fewer; the seeds always run.
+#[derive(Clone, Copy, Debug)]
+struct Scale(f64);
+
+impl Scale {
+    fn from_env() -> Self {
+        match std::env::var("CROSSMON_FUZZ_SCALE") {
+            Ok(text) => match text.parse::<f64>() {
+                Ok(share) if share > 0.0 && share <= 1.0 => Self(share),
+                _ => panic!("CROSSMON_FUZZ_SCALE={text:?}: want a number in (0, 1]"),
+            },
+            Err(_) => Self(1.0),
+        }
+    }
+
+    /// Whether to run one systematic frame. At scale 1 it draws nothing,
+    /// so a seed replays the same frames as before the knob existed.
+    fn keep(self, rng: &mut Rng) -> bool {
+        self.0 >= 1.0 || rng.f64() < self.0
+    }
+
+    fn of(self, count: u64) -> u64 {
+        (count as f64 * self.0).ceil() as u64
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Category {
@@ -339,35 +371,39 @@ impl Fuzz {
         (new_flows, arps)
     }
 
-    fn run_all(&mut self, seeds: &[Seed], rng: &mut Rng) {
+    fn run_all(&mut self, seeds: &[Seed], rng: &mut Rng, scale: Scale) {
         for seed in seeds {
             self.frame(Category::Seed(seed.family), &seed.frame);
         }
         for seed in seeds {
             for cut in seed.truncations() {
-                self.frame(Category::Truncation, cut);
+                if scale.keep(rng) {
+                    self.frame(Category::Truncation, cut);
+                }
             }
         }
         for seed in seeds {
             for mutant in seed.field_mutations(rng) {
-                self.frame(Category::FieldMutation, &mutant);
+                if scale.keep(rng) {
+                    self.frame(Category::FieldMutation, &mutant);
+                }
             }
         }
         let pick = |rng: &mut Rng| &seeds[rng.usize(..seeds.len())].frame;
-        for _ in 0..BIT_FLIPS {
+        for _ in 0..scale.of(BIT_FLIPS) {
             let frame = corpus::bit_flips(pick(rng), rng);
             self.frame(Category::BitFlip, &frame);
         }
-        for _ in 0..SPLICES {
+        for _ in 0..scale.of(SPLICES) {
             let (a, b) = (pick(rng), pick(rng));
             let frame = corpus::splice(a, b, rng);
             self.frame(Category::Splice, &frame);
         }
-        for _ in 0..GARBAGE {
+        for _ in 0..scale.of(GARBAGE) {
             let frame = corpus::garbage(rng);
             self.frame(Category::Garbage, &frame);
         }
-        for _ in 0..MIXED {
+        for _ in 0..scale.of(MIXED) {
             let frame = corpus::mixed(seeds, rng);
             self.frame(Category::Mixed, &frame);
         }
@@ -450,7 +486,11 @@ fn every_frame_passes_unchanged_and_reads_back() {
         return;
     }
     let generator = generator_seed();
-    println!("fuzz seed {generator} (replay: CROSSMON_FUZZ_SEED={generator})");
+    let scale = Scale::from_env();
+    println!(
+        "fuzz seed {generator} (replay: CROSSMON_FUZZ_SEED={generator}), scale {}",
+        scale.0
+    );
     let config = DatapathConfig {
         ring_bytes: RING_BYTES,
         payload_bytes: PAYLOAD_BYTES,
@@ -463,7 +503,7 @@ fn every_frame_passes_unchanged_and_reads_back() {
     let seeds = corpus::seeds(&mut rng);
     let mut fuzz = Fuzz::new(dp);
     let started = Instant::now();
-    fuzz.run_all(&seeds, &mut rng);
+    fuzz.run_all(&seeds, &mut rng, scale);
     let elapsed = started.elapsed();
 
     println!(
@@ -495,9 +535,10 @@ fn every_frame_passes_unchanged_and_reads_back() {
         fuzz.checked
     );
     let per_program = total.runs / PROGRAMS.len() as u64;
+    let min_runs = scale.of(MIN_RUNS_PER_PROGRAM);
     assert!(
-        per_program >= MIN_RUNS_PER_PROGRAM,
-        "{per_program} runs per program"
+        per_program >= min_runs,
+        "{per_program} runs per program, fewer than {min_runs}"
     );
     assert_eq!(
         fuzz.checked.samples, total.runs,
