@@ -8,6 +8,7 @@ mod run;
 mod setup;
 mod test;
 mod totals;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -28,8 +29,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test tier.
+    /// Set up, then run every test tier, the VM kernels last.
     Test {
+        /// Run only the VM tier, on this kernel (repeat for more); set-up
+        /// and the build included, the host's tiers skipped.
+        #[arg(long = "kernel", value_enum)]
+        kernels: Vec<vm::Kernel>,
         /// Passed to `cargo test` (a test-name filter, for instance).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -78,9 +83,9 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             run::agent(&args)
         }
-        Task::Test { args } => {
+        Task::Test { kernels, args } => {
             setup::run()?;
-            test::all(&args)
+            test::all(&args, &kernels)
         }
         Task::Lint => {
             setup::run()?;

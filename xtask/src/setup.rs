@@ -44,6 +44,14 @@ const PACKAGES: &[&str] = &[
     // for HTTPS and basic-auth checks of the endpoint.
     "prometheus",
     "curl",
+    // The VM kernel tier: emulated VMs, their initramfs (cpio; objcopy
+    // strips the test binaries; xz unpacks 6.12's modules) and Debian's
+    // keys to check the kernel packages fetched.
+    "qemu-system-x86",
+    "cpio",
+    "binutils",
+    "xz-utils",
+    "debian-archive-keyring",
 ];
 
 /// rust-src for `-Z build-std=core`; clippy for the eBPF crate's lint pass.

@@ -1,14 +1,20 @@
 //! The test tiers, in the order a failure is cheapest to find. The first
-//! failure stops the run.
+//! failure stops the run, except among the VM kernels: one kernel's
+//! failure says nothing about the next, so each runs.
 
 use std::{
     io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
 use anyhow::{bail, Context as _};
 
-use crate::{cmd, image, totals::Totals};
+use crate::{
+    cmd, image,
+    totals::Totals,
+    vm::{self, Kernel},
+};
 
 pub fn lint() -> anyhow::Result<()> {
     let mut tiers = Tiers::default();
@@ -17,28 +23,51 @@ pub fn lint() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn all(test_args: &[String]) -> anyhow::Result<()> {
+/// Every tier, the VM kernels last; with `kernels`, only the VM tier for
+/// those (after building what it boots).
+pub fn all(test_args: &[String], kernels: &[Kernel]) -> anyhow::Result<()> {
     let mut tiers = Tiers::default();
-    lint_tiers(&mut tiers)?;
-    // The agent tests start the real binary: build it first so they never
-    // run a stale one, and tell them where it is.
-    tiers.command(
-        "build crossmon",
-        cmd::cargo().args(["build", "--package", "monitor", "--bin", "crossmon"]),
-    )?;
-    let binary = cmd::target_dir().join("debug/crossmon");
+    let mut totals = Totals::default();
+    let binary = if kernels.is_empty() {
+        host_tiers(&mut tiers, test_args, &mut totals)?
+    } else {
+        build_crossmon(&mut tiers)?
+    };
+    let kernels = if kernels.is_empty() {
+        &Kernel::ALL[..]
+    } else {
+        kernels
+    };
+    vm_tiers(&mut tiers, &binary, test_args, kernels, &mut totals)?;
+    tiers.summary();
+    // The last line, in the plain form log readers look for: cargo's own
+    // last line is usually an empty doc-test run ("0 passed").
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    tiers.failures()
+}
+
+/// Lint, build and the host's tests; returns the crossmon binary built.
+fn host_tiers(
+    tiers: &mut Tiers,
+    test_args: &[String],
+    totals: &mut Totals,
+) -> anyhow::Result<PathBuf> {
+    lint_tiers(tiers)?;
+    let binary = build_crossmon(tiers)?;
     // The sidecar tests build the image from this context in the engine
     // their harness makes sure of (starting dockerd when none runs).
     tiers.run("static crossmon for the sidecar image", || {
         image::stage_context()?;
         Ok("static crossmon".to_owned())
     })?;
-    let mut totals = Totals::default();
     tiers.run("tests (single-threaded, as root)", || {
         // One test at a time: tests load programs, create namespaces and
         // bridges, and count packets exactly. `test_args` (a name filter,
         // `--nocapture`) goes to every test binary.
-        totals = run_counting(
+        *totals = run_counting(
             cmd::cargo()
                 .env("CROSSMON_BIN", &binary)
                 .env("CROSSMON_IMAGE_CONTEXT", image::context_dir())
@@ -51,13 +80,41 @@ pub fn all(test_args: &[String]) -> anyhow::Result<()> {
         }
         Ok(format!("tests ({totals})"))
     })?;
-    tiers.summary();
-    // The last line, in the plain form log readers look for: cargo's own
-    // last line is usually an empty doc-test run ("0 passed").
-    println!(
-        "tests: {} passed, {} failed, {} skipped",
-        totals.passed, totals.failed, totals.ignored
-    );
+    Ok(binary)
+}
+
+/// The agent tests start the real binary: build it first so they never
+/// run a stale one, and tell them where it is.
+fn build_crossmon(tiers: &mut Tiers) -> anyhow::Result<PathBuf> {
+    tiers.command(
+        "build crossmon",
+        cmd::cargo().args(["build", "--package", "monitor", "--bin", "crossmon"]),
+    )?;
+    Ok(cmd::target_dir().join("debug/crossmon"))
+}
+
+/// The VM tier: what the VMs boot with, then one tier per kernel. Every
+/// kernel runs even when one fails; [`Tiers::failures`] says which did.
+fn vm_tiers(
+    tiers: &mut Tiers,
+    binary: &Path,
+    test_args: &[String],
+    kernels: &[Kernel],
+    totals: &mut Totals,
+) -> anyhow::Result<()> {
+    let mut staged = None;
+    tiers.run("VM test binaries and initramfs", || {
+        staged = Some(vm::stage(binary, test_args)?);
+        Ok("VM initramfs".to_owned())
+    })?;
+    let staged = staged.context("the VM initramfs was not staged")?;
+    for &kernel in kernels {
+        tiers.attempt(&format!("VM kernel {kernel}"), || {
+            let outcome = vm::run(kernel, &staged)?;
+            *totals += outcome.totals;
+            outcome.verdict()
+        });
+    }
     Ok(())
 }
 
@@ -92,10 +149,12 @@ fn lint_tiers(tiers: &mut Tiers) -> anyhow::Result<()> {
     )
 }
 
-/// The tiers passed so far, for the summary line.
+/// The tiers passed so far, for the summary line, and those failed that
+/// did not stop the run.
 #[derive(Default)]
 struct Tiers {
     passed: Vec<String>,
+    failed: Vec<String>,
 }
 
 impl Tiers {
@@ -124,6 +183,23 @@ impl Tiers {
         }
     }
 
+    /// Runs one tier like [`Tiers::run`], but a failure is printed and
+    /// recorded, and the run goes on.
+    fn attempt(&mut self, name: &str, tier: impl FnOnce() -> anyhow::Result<String>) {
+        if let Err(err) = self.run(name, tier) {
+            println!("{err:#}");
+            self.failed.push(name.to_owned());
+        }
+    }
+
+    /// An error naming the tiers [`Tiers::attempt`] saw fail.
+    fn failures(&self) -> anyhow::Result<()> {
+        if self.failed.is_empty() {
+            return Ok(());
+        }
+        bail!("tiers failed: {}", self.failed.join(", "))
+    }
+
     fn command(&mut self, name: &str, command: &mut Command) -> anyhow::Result<()> {
         self.run(name, || {
             cmd::status(name, command).map(|()| name.to_owned())
@@ -131,11 +207,19 @@ impl Tiers {
     }
 
     fn summary(&self) {
-        println!(
-            "==> all {} tiers passed: {}",
-            self.passed.len(),
-            self.passed.join(", ")
-        );
+        if self.failed.is_empty() {
+            println!(
+                "==> all {} tiers passed: {}",
+                self.passed.len(),
+                self.passed.join(", ")
+            );
+        } else {
+            println!(
+                "==> FAILED: {} (passed: {})",
+                self.failed.join(", "),
+                self.passed.join(", ")
+            );
+        }
     }
 }
 
