@@ -485,17 +485,26 @@ const _: () = assert!(size_of::<DeniedStats>() == 40);
 mod user {
     use super::*;
 
-    // SAFETY: all are repr(C), made only of integers and byte arrays, with
-    // every padding byte an explicit field, so any bit pattern is valid.
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for FlowStats {}
-    unsafe impl aya::Pod for EventHeader {}
-    unsafe impl aya::Pod for NewFlowEvent {}
-    unsafe impl aya::Pod for CaptureEvent {}
-    unsafe impl aya::Pod for ArpEvent {}
-    unsafe impl aya::Pod for PolicyIfaceKey {}
-    unsafe impl aya::Pod for PolicyIface {}
-    unsafe impl aya::Pod for PolicyRuleKey {}
-    unsafe impl aya::Pod for PolicyRuleValue {}
-    unsafe impl aya::Pod for DeniedStats {}
+    /// `aya::Pod` for each wire type.
+    macro_rules! pod {
+        ($($wire:ty),* $(,)?) => {$(
+            // SAFETY: every wire type is repr(C), made only of integers and
+            // byte arrays, with every padding byte an explicit field, so
+            // any bit pattern is valid.
+            unsafe impl aya::Pod for $wire {}
+        )*};
+    }
+    pod!(
+        FlowKey,
+        FlowStats,
+        EventHeader,
+        NewFlowEvent,
+        CaptureEvent,
+        ArpEvent,
+        PolicyIfaceKey,
+        PolicyIface,
+        PolicyRuleKey,
+        PolicyRuleValue,
+        DeniedStats,
+    );
 }

@@ -1,5 +1,9 @@
 //! Test networks built in the running kernel, and what the integration
 //! tests need around them. Everything here needs root.
+#![expect(
+    clippy::expect_used,
+    reason = "test support: a setup step that fails panics the test that called it, saying what failed"
+)]
 
 pub mod agent;
 pub mod caps;

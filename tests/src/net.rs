@@ -515,9 +515,8 @@ impl RootSniffer {
             return Err(std::io::Error::last_os_error()).context("opening an AF_PACKET socket");
         }
         // SAFETY: `fd` was just created and is owned here only.
-        Ok(RootSniffer {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(RootSniffer { fd })
     }
 
     /// The interface index of the next frame within `timeout`, if any.

@@ -1,6 +1,11 @@
 //! The `crossmon` binary end to end: started before the network exists,
 //! it attaches to new veths, serves exact flows over HTTP, and leaves
 //! nothing behind on SIGTERM.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
 
 use std::process::Command;
 

@@ -2,6 +2,11 @@
 //! a bad config file, bad environment values. Each stops crossmon at once
 //! with exit status 2 and a message naming what was wrong; none of them
 //! starts the agent, panics or hangs.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
 
 use std::{
     collections::BTreeSet,

@@ -2,6 +2,11 @@
 //! without Grafana can: the files themselves (no root), and every PromQL
 //! expression of every panel and alerting rule against a real Prometheus
 //! scraping crossmon while containers talk and one of them scans another.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
 
 use std::{
     collections::{BTreeMap, BTreeSet},

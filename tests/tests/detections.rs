@@ -1,5 +1,10 @@
 //! Detections against real containers: each attack raises its alert with
 //! the right ends and evidence, benign traffic next to it raises none.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -1,6 +1,11 @@
 //! crossmon against a real Docker engine with real containers: names on
 //! both ends of every flow, exact counts, and the mapping kept right while
 //! containers come, go, move and lie about their address.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
 
 use std::{
     path::Path,

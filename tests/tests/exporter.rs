@@ -1,6 +1,11 @@
 //! The exporter against real containers and a real Prometheus server: exact
 //! counts through PromQL, joins on container info, bounded series under a
 //! port scan, and series of removed containers going away.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
 
 use integration_tests::{
     agent::Agent,

@@ -2,6 +2,11 @@
 //! hundreds of containers coming and going, its flow map and ring buffer
 //! overrun, its endpoint under a crowd of scrapers. Each test says what the
 //! fault costs and proves the agent gets back to exact counting.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
 
 use std::{
     collections::{BTreeMap, BTreeSet},

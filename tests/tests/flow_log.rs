@@ -1,5 +1,10 @@
 //! `--flow-log`: a JSON line per connection once it ends, joining both
 //! directions with both ends named.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
 
 use std::time::Duration;
 

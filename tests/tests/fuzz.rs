@@ -10,6 +10,11 @@
 //! `CROSSMON_FUZZ_SCALE=<0..1>` runs a sample of that share of the frames
 //! (every seed still runs, and the minimum of runs shrinks with it): the
 //! VM tier of `cargo xtask test` runs a short fuzz under emulation.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -2,6 +2,11 @@
 //! a test net comes up silent, carries exactly the traffic the helpers say
 //! they sent, delivers raw frames unchanged, and leaves nothing behind.
 //! And the real Prometheus server and promtool the exporter's tests use.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},

@@ -1,6 +1,11 @@
 //! `/metrics` of the real binary over test networks: exact counts, the
 //! exposition promtool accepts, bounded series and counts that survive a
 //! full flow map.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
 
 use std::{
     net::{IpAddr, SocketAddr, TcpStream},

@@ -1,6 +1,11 @@
 //! The classifiers attached to the veths of a real bridge with three
 //! network namespaces (the shape of a Docker bridge network), checked with
 //! exact counts of real traffic.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 

@@ -1,6 +1,11 @@
 //! The flow policy: judged by the programs in the running kernel (on
 //! synthetic frames), then learnt, enforced, observed and changed live
 //! against real containers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
 
 use std::{
     net::{SocketAddr, UdpSocket},

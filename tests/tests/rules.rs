@@ -2,6 +2,11 @@
 //! with every lint fatal, their unit tests pass, and those tests see every
 //! rule both fire and stay silent. No root, no agent: promtool evaluates the
 //! rules on the series the test file describes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
 
 use std::{collections::BTreeSet, path::PathBuf};
 

@@ -2,6 +2,11 @@
 //! docker-compose.yml's own `crossmon` service (host network and PID
 //! namespace, every capability dropped but the documented ones, not
 //! privileged), watching the other containers of the real engine.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
 
 use std::{
     net::SocketAddr,

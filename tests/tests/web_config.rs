@@ -1,6 +1,11 @@
 //! `crossmon run --web-config`: the real binary serving HTTPS with basic
 //! auth, and with client certificates, checked with curl on loopback; and
 //! bad configs, which must stop it at start with the reason.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
 
 use std::{
     io::Write as _,
