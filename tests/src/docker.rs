@@ -21,14 +21,14 @@ const APPLETS: &[&str] = &[
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// True when the Docker tests can run: as root, with an engine and the
-/// test image (started and built when missing).
-pub fn docker_ready() -> bool {
-    if !crate::require_root() {
-        return false;
+/// Makes sure the Docker tests can run: as root, with an engine and the
+/// test image (started and built when missing); fails the test with one
+/// line saying why otherwise.
+pub fn docker_ready() {
+    crate::require_root();
+    if let Err(err) = engine() {
+        panic!("needs a Docker engine and the test image: {err:#}");
     }
-    engine().expect("a Docker engine and the test image");
-    true
 }
 
 /// `docker ARGS`, failing with stderr.

@@ -17,9 +17,7 @@ use serde_json::Value;
 
 #[test]
 fn agent_follows_veths_serves_flows_and_detaches_on_sigterm() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let agent = Agent::start(&["--no-docker"]);
     // Created after the agent: it must notice the new veths by itself.
     let net = TestNet::new(3).expect("test network");
@@ -98,9 +96,7 @@ fn agent_follows_veths_serves_flows_and_detaches_on_sigterm() {
 
 #[test]
 fn without_privileges_it_fails_with_one_line_naming_the_capability() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let output = Command::new("setpriv")
         .args([
             "--reuid=65534",

@@ -44,9 +44,7 @@ fn ipv4(container: &Container, network: &str) -> [u8; 4] {
 
 #[test]
 fn scans_and_sweeps_are_alerted_and_a_busy_client_is_not() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let net = DockerNetwork::create("scan", &[]).expect("network");
     let target = net.run("target");
     let scanner = net.run("scanner");
@@ -110,9 +108,7 @@ fn scans_and_sweeps_are_alerted_and_a_busy_client_is_not() {
 
 #[test]
 fn a_syn_flood_is_alerted_naming_the_flooder() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let net = DockerNetwork::create("flood", &[]).expect("network");
     let victim = net.run("victim");
     let flooder = net.run("flooder");
@@ -143,9 +139,7 @@ fn a_syn_flood_is_alerted_naming_the_flooder() {
 
 #[test]
 fn new_connections_are_learnt_then_alerted_and_survive_restarts_and_recreation() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let net = DockerNetwork::create("edges", &[]).expect("network");
     let service = |name: &str| {
         vec![
@@ -199,9 +193,7 @@ fn new_connections_are_learnt_then_alerted_and_survive_restarts_and_recreation()
 
 #[test]
 fn a_spike_on_one_edge_is_alerted_above_the_floor() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let net = DockerNetwork::create("spike", &[]).expect("network");
     let inside = net.run("inside");
     let drop_box = net.run("dropbox");
@@ -241,9 +233,7 @@ fn a_spike_on_one_edge_is_alerted_above_the_floor() {
 
 #[test]
 fn traffic_between_isolated_networks_that_gets_through_is_alerted() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let one = DockerNetwork::create("isol-one", &[]).expect("network");
     let two = DockerNetwork::create("isol-two", &[]).expect("network");
     let a = Container::run("a", &["--network", &one.name]).expect("a");
@@ -315,9 +305,7 @@ const CLIENT_HELLO: &[u8] = &[
 
 #[test]
 fn cleartext_where_tls_is_required_is_alerted_and_every_protocol_counted() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let net = DockerNetwork::create("tls", &[]).expect("network");
     let on_net = ["--network", net.name.as_str()];
     let client = net.run("client");
@@ -409,9 +397,7 @@ fn cleartext_where_tls_is_required_is_alerted_and_every_protocol_counted() {
 
 #[test]
 fn an_operator_cap_lets_alerts_quote_that_many_payload_bytes() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let net = DockerNetwork::create("quote", &[]).expect("network");
     let (client, web) = (net.run("client"), net.run("web"));
     let scratch = Scratch::new("detect");

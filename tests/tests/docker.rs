@@ -28,9 +28,7 @@ fn attached(c: &Value) -> bool {
 
 #[test]
 fn flows_between_named_containers_on_two_networks_and_docker0() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let front = DockerNetwork::create("front", &[]).expect("network");
     let back = DockerNetwork::create("back", &[]).expect("network");
     let compose = [
@@ -178,9 +176,7 @@ fn assert_read_only(requests: &[Request], expected: &[&str]) {
 
 #[test]
 fn the_mapping_follows_restart_rename_connect_and_a_burst_of_short_lived_containers_reading_only() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let net = DockerNetwork::create("life", &[]).expect("network");
     let other = DockerNetwork::create("other", &[]).expect("network");
     let mut a = net.run("a");
@@ -286,9 +282,7 @@ fn the_mapping_follows_restart_rename_connect_and_a_burst_of_short_lived_contain
 
 #[test]
 fn a_spoofed_source_address_is_attributed_to_the_sending_container() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let net = DockerNetwork::create("spoof", &[]).expect("network");
     let attacker = net.run("attacker");
     let victim = net.run("victim");
@@ -380,9 +374,7 @@ fn a_spoofed_source_address_is_attributed_to_the_sending_container() {
 
 #[test]
 fn a_container_reaching_for_the_docker_api_on_the_host_is_alerted() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let net = DockerNetwork::create("hostapi", &[]).expect("network");
     let curious = net.run("curious");
     let agent = Agent::start(&[]);
@@ -415,9 +407,7 @@ fn a_container_reaching_for_the_docker_api_on_the_host_is_alerted() {
 
 #[test]
 fn doctor_passes_here_and_fails_on_a_dead_docker_socket() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let scratch = Scratch::new("docker-proxy");
     let proxy = DockerProxy::start(&scratch.path("docker.sock"), Path::new(ENGINE)).expect("proxy");
     let healthy = std::process::Command::new(integration_tests::crossmon_bin())

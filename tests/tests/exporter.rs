@@ -16,9 +16,8 @@ use integration_tests::{
 
 #[test]
 fn prometheus_scrapes_exact_traffic_between_named_containers() {
-    if !docker_ready() || !prometheus_installed() {
-        return;
-    }
+    docker_ready();
+    prometheus_installed();
     let net = DockerNetwork::create("prom", &[]).expect("network");
     let on_net = ["--network", net.name.as_str()];
     let server = net.run("server");
@@ -154,9 +153,7 @@ fn prometheus_scrapes_exact_traffic_between_named_containers() {
 
 #[test]
 fn a_port_scan_does_not_create_a_series_per_port() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let net = DockerNetwork::create("scan", &[]).expect("network");
     let target = net.run("target");
     let scanner = net.run("scanner");

@@ -61,10 +61,8 @@ struct KilledAndRestarted {
     _net: DockerNetwork,
 }
 
-fn kill_under_traffic_then_restart(extra: &[&str]) -> Option<KilledAndRestarted> {
-    if !docker_ready() {
-        return None;
-    }
+fn kill_under_traffic_then_restart(extra: &[&str]) -> KilledAndRestarted {
+    docker_ready();
     let net = DockerNetwork::create("kill", &[]).expect("network");
     let (a, b) = (net.run("a"), net.run("b"));
     let agent = Agent::start(extra);
@@ -105,21 +103,19 @@ fn kill_under_traffic_then_restart(extra: &[&str]) -> Option<KilledAndRestarted>
     for (src, dst) in [(&a.name, &b.name), (&b.name, &a.name)] {
         assert_eq!(restarted.named_flow(src, dst, "icmp", 5)["bytes"], 5 * 84);
     }
-    Some(KilledAndRestarted {
+    KilledAndRestarted {
         left_behind,
         veths,
         restarted,
         killed_programs,
         _containers: [a, b],
         _net: net,
-    })
+    }
 }
 
 #[test]
 fn a_killed_agent_leaves_no_tcx_link_and_a_new_one_counts_exactly() {
-    let Some(run) = kill_under_traffic_then_restart(&[]) else {
-        return;
-    };
+    let run = kill_under_traffic_then_restart(&[]);
     assert_eq!(
         run.left_behind,
         Vec::new(),
@@ -132,9 +128,7 @@ fn a_killed_agent_leaves_no_tcx_link_and_a_new_one_counts_exactly() {
 
 #[test]
 fn clsact_filters_of_a_killed_agent_are_removed_by_the_next_one_and_counting_is_exact() {
-    let Some(run) = kill_under_traffic_then_restart(&["--attach-mode", "clsact"]) else {
-        return;
-    };
+    let run = kill_under_traffic_then_restart(&["--attach-mode", "clsact"]);
     // What a crash costs in clsact mode: the filters stay, running into
     // maps no one reads, until the next agent removes them.
     for veth in &run.veths {
@@ -177,9 +171,7 @@ fn docker_up_metric(agent: &Agent) -> f64 {
 
 #[test]
 fn a_docker_socket_absent_at_start_is_logged_and_identities_arrive_when_it_appears() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let net = DockerNetwork::create("late", &[]).expect("network");
     let (a, b) = (net.run("a"), net.run("b"));
     let scratch = Scratch::new("socket");
@@ -263,9 +255,7 @@ fn ping_in(netns: &str, to: &str, count: u32) {
 /// engine away from every other test for a few seconds.
 #[test]
 fn a_dockerd_restart_is_logged_counting_goes_on_and_identities_come_back() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let net = DockerNetwork::create("engine", &[]).expect("network");
     let (a, b) = (net.run("a"), net.run("b"));
     let agent = Agent::start(&[]);
@@ -413,9 +403,7 @@ fn attachments_match(agent: &Agent, programs: &BTreeSet<u32>) -> bool {
 
 #[test]
 fn two_hundred_container_lifecycles_leak_no_attachment_and_no_memory() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     const WARM_UP: usize = 20;
     const CYCLES: usize = 200;
     /// Growth allowed after warm-up: allocator slack, not a leak (a leaked
@@ -527,9 +515,7 @@ fn udp_counts(agent: &Agent, src: IpAddr, dst: IpAddr) -> BTreeMap<u16, u64> {
 
 #[test]
 fn a_flow_map_overrun_by_active_flows_counts_evictions_and_never_overcounts() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     const CAPACITY: usize = 8;
     const HOT: u16 = 3;
     const COLD: u16 = 24;
@@ -599,9 +585,7 @@ fn new_flow_events_and_losses(agent: &Agent) -> (f64, f64) {
 
 #[test]
 fn a_ring_overflow_is_counted_and_the_agent_keeps_up_afterwards() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     const BURST: u16 = 3000;
     const CALM: u16 = 20;
     let net = TestNet::new(2).expect("test network");
@@ -672,9 +656,7 @@ fn a_ring_overflow_is_counted_and_the_agent_keeps_up_afterwards() {
 
 #[test]
 fn fifty_scrapers_for_a_minute_are_all_answered_while_counting_stays_exact() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     const SCRAPERS: usize = 50;
     const DURATION: Duration = Duration::from_secs(60);
     const PINGS: u32 = 20;

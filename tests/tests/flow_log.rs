@@ -25,9 +25,7 @@ fn lines(path: &std::path::Path) -> Vec<Value> {
 
 #[test]
 fn connections_that_end_are_logged_once_with_both_directions() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let net = DockerNetwork::create("flowlog", &[]).expect("network");
     let client = net.run("client");
     let server = net.run("server");

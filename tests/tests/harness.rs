@@ -48,9 +48,7 @@ fn br_netfilter_active() -> bool {
 
 #[test]
 fn a_net_comes_up_silent_with_unique_names_and_leaves_nothing_behind() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let net = TestNet::new(3).expect("test network");
     let other = TestNet::new(1).expect("a second test network");
     assert_ne!(net.bridge_name(), other.bridge_name());
@@ -115,9 +113,7 @@ fn a_net_comes_up_silent_with_unique_names_and_leaves_nothing_behind() {
 
 #[test]
 fn pings_reach_hosts_and_the_gateway_and_are_all_the_ip_traffic_sent() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let net = TestNet::new(3).expect("test network");
     let (a, b, c) = (net.host(0), net.host(1), net.host(2));
     let echos = || snmp_counter(a, "Icmp", "OutEchos").expect("Icmp:OutEchos");
@@ -137,9 +133,7 @@ fn pings_reach_hosts_and_the_gateway_and_are_all_the_ip_traffic_sent() {
 
 #[test]
 fn udp_datagrams_arrive_and_match_the_senders_counters() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let net = TestNet::new(3).expect("test network");
     let (a, c) = (net.host(0), net.host(2));
     let payloads: [&[u8]; 3] = [b"one", &[b'x'; 500], &[b'y'; 1400]];
@@ -176,9 +170,7 @@ fn tcp_frames(frames: &[Vec<u8>], src_port: u16, dst_port: u16) -> Vec<(u64, u8)
 
 #[test]
 fn tcp_exchange_segments_and_bytes_match_what_crossed_the_wire() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let net = TestNet::new(2).expect("test network");
     let (client, server) = (net.host(0), net.host(1));
     // Below one MSS each way: every segment crosses the veth as one frame
@@ -232,9 +224,7 @@ fn tcp_exchange_segments_and_bytes_match_what_crossed_the_wire() {
 
 #[test]
 fn edge_case_frames_cross_the_bridge_byte_for_byte() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let net = TestNet::new(2).expect("test network");
     let (a, b) = (net.host(0), net.host(1));
     let ends = Ends::between(a, b, 1000, 2000);
@@ -287,9 +277,7 @@ fn edge_case_frames_cross_the_bridge_byte_for_byte() {
 
 #[test]
 fn a_vlan_tag_arrives_as_metadata_and_a_hand_built_chain_reaches_a_socket() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let net = TestNet::new(2).expect("test network");
     let (a, b) = (net.host(0), net.host(1));
     let ends = Ends::between(a, b, 1000, 2000);
@@ -342,9 +330,7 @@ fn serve(respond: impl Fn(&str) -> (u16, &'static str) + Send + 'static) -> Sock
 
 #[test]
 fn prometheus_scrapes_a_target_evaluates_rules_and_answers_queries() {
-    if !prometheus_installed() {
-        return;
-    }
+    prometheus_installed();
     let scratch = Scratch::new("harness-rules");
     let rules = scratch.write(
         "rules.yml",
@@ -415,9 +401,7 @@ fn prometheus_scrapes_a_target_evaluates_rules_and_answers_queries() {
 
 #[test]
 fn prometheus_scrapes_with_basic_auth_and_speaks_https_when_told() {
-    if !prometheus_installed() {
-        return;
-    }
+    prometheus_installed();
     // `prometheus:secret`
     let target = serve(|head| {
         if head.contains("Basic cHJvbWV0aGV1czpzZWNyZXQ=") {
@@ -455,9 +439,7 @@ fn prometheus_scrapes_with_basic_auth_and_speaks_https_when_told() {
 
 #[test]
 fn promtool_check_metrics_accepts_clean_text_and_names_each_problem() {
-    if !prometheus_installed() {
-        return;
-    }
+    prometheus_installed();
     promtool_check_metrics(DEMO).expect("a clean exposition");
     for (text, problem) in [
         (
@@ -480,9 +462,7 @@ fn promtool_check_metrics_accepts_clean_text_and_names_each_problem() {
 /// that does not exist (the engine refuses; nothing changes).
 #[test]
 fn the_docker_proxy_records_every_request_writes_included() {
-    if !integration_tests::docker::docker_ready() {
-        return;
-    }
+    integration_tests::docker::docker_ready();
     let scratch = Scratch::new("docker-proxy");
     let proxy = integration_tests::docker_proxy::DockerProxy::start(
         &scratch.path("docker.sock"),

@@ -43,9 +43,8 @@ fn refused(from: &integration_tests::Host, to: IpAddr, port: u16) {
 
 #[test]
 fn metrics_count_packets_and_connection_results_exactly() {
-    if !require_root() || !prometheus_installed() {
-        return;
-    }
+    require_root();
+    prometheus_installed();
     let net = TestNet::new(2).expect("test network");
     let agent = Agent::start(&["--no-docker"]);
     attached(&net);
@@ -108,9 +107,7 @@ fn metrics_count_packets_and_connection_results_exactly() {
 
 #[test]
 fn series_beyond_the_cap_fold_into_other_and_are_counted() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let net = TestNet::new(2).expect("test network");
     let agent = Agent::start(&["--no-docker", "--max-series", "1"]);
     attached(&net);
@@ -153,9 +150,7 @@ fn series_beyond_the_cap_fold_into_other_and_are_counted() {
 
 #[test]
 fn counts_survive_a_full_flow_map() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let net = TestNet::new(2).expect("test network");
     // Room for 8 flows; 20 make the kernel evict.
     let agent = Agent::start(&["--no-docker", "--flow-capacity", "8"]);
@@ -196,9 +191,7 @@ impl Drop for BpfStats {
 
 #[test]
 fn program_run_time_is_exported_when_the_kernel_keeps_it() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let net = TestNet::new(2).expect("test network");
     let agent = Agent::start(&["--no-docker"]);
     attached(&net);

@@ -93,20 +93,16 @@ fn key(src: IpAddr, dst: IpAddr, src_port: u16, dst_port: u16, protocol: u8) -> 
     }
 }
 
-fn setup() -> Option<(TestNet, Monitor)> {
-    if !require_root() {
-        return None;
-    }
+fn setup() -> (TestNet, Monitor) {
+    require_root();
     let net = TestNet::new(3).expect("test network");
     let monitor = Monitor::attach(&net);
-    Some((net, monitor))
+    (net, monitor)
 }
 
 #[test]
 fn icmp_is_counted_once_per_direction_over_ipv4_and_ipv6() {
-    let Some((net, mut monitor)) = setup() else {
-        return;
-    };
+    let (net, mut monitor) = setup();
     let (a, b) = (net.host(0), net.host(1));
     traffic::ping(a, b.ip4().into(), 4, 56).expect("ping");
     traffic::ping(a, b.ip6().into(), 4, 56).expect("ping -6");
@@ -138,9 +134,7 @@ fn icmp_is_counted_once_per_direction_over_ipv4_and_ipv6() {
 
 #[test]
 fn udp_is_counted_exactly_with_payload_samples_and_one_new_flow_event() {
-    let Some((net, mut monitor)) = setup() else {
-        return;
-    };
+    let (net, mut monitor) = setup();
     let (a, c) = (net.host(0), net.host(2));
     let payloads: [&[u8]; 3] = [&[b'x'; 10], &[b'y'; 100], &[b'z'; 1000]];
     for (dst, header) in [(IpAddr::from(c.ip4()), 28u64), (c.ip6().into(), 48)] {
@@ -193,9 +187,7 @@ fn udp_is_counted_exactly_with_payload_samples_and_one_new_flow_event() {
 
 #[test]
 fn tcp_segments_bytes_and_flags_match_the_senders_own_counters() {
-    let Some((net, mut monitor)) = setup() else {
-        return;
-    };
+    let (net, mut monitor) = setup();
     let (client, server) = (net.host(1), net.host(2));
     let request = b"GET / HTTP/1.1\r\nHost: crossmon\r\n\r\n";
     let response = vec![b'r'; 3000];
@@ -259,9 +251,7 @@ fn tcp_segments_bytes_and_flags_match_the_senders_own_counters() {
 
 #[test]
 fn traffic_with_the_host_is_counted_on_the_container_veth() {
-    let Some((net, mut monitor)) = setup() else {
-        return;
-    };
+    let (net, mut monitor) = setup();
     let a = net.host(0);
     traffic::ping(a, net.gateway_v4().into(), 3, 100).expect("ping gateway");
     let out = monitor.flow(
@@ -305,9 +295,7 @@ fn deliver(
 
 #[test]
 fn malformed_frames_cross_unchanged_and_connectivity_is_unharmed() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let net = TestNet::new(2).expect("test network");
     let (a, b) = (net.host(0), net.host(1));
     let (src, dst) = (a.mac(), b.mac());
@@ -393,9 +381,7 @@ fn a_second_tcx_program_after_crossmon_sees_every_packet() {
         datapath::preflight::has_tcx(),
         "needs TCX links (kernel 6.6+): clsact filters of two crossmons would remove each other's"
     );
-    let Some((net, mut first)) = setup() else {
-        return;
-    };
+    let (net, mut first) = setup();
     let mut second = Monitor::attach(&net);
     let (a, b) = (net.host(0), net.host(1));
     let (_, chain) =
@@ -411,9 +397,7 @@ fn a_second_tcx_program_after_crossmon_sees_every_packet() {
 
 #[test]
 fn detaching_leaves_no_program_on_the_interfaces() {
-    let Some((net, mut monitor)) = setup() else {
-        return;
-    };
+    let (net, mut monitor) = setup();
     assert_eq!(monitor.datapath.programs.detach_all(), 3);
     // TCX links and clsact filters alike, whichever this kernel used.
     for host in net.hosts() {
@@ -424,9 +408,7 @@ fn detaching_leaves_no_program_on_the_interfaces() {
 
 #[test]
 fn legacy_clsact_filters_count_the_same_and_are_removed_on_detach() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let net = TestNet::new(2).expect("test network");
     let config = DatapathConfig {
         attach_mode: AttachMode::Clsact,
@@ -465,9 +447,7 @@ fn legacy_clsact_filters_count_the_same_and_are_removed_on_detach() {
 
 #[test]
 fn idle_flows_are_taken_out_and_evicted_flows_keep_their_counts() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let net = TestNet::new(2).expect("test network");
     // Room for 8 flows: 20 UDP flows make the kernel evict.
     let config = DatapathConfig {
@@ -515,9 +495,7 @@ fn idle_flows_are_taken_out_and_evicted_flows_keep_their_counts() {
 
 #[test]
 fn traffic_routed_between_two_bridges_is_counted_once() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let one = TestNet::new(1).expect("first network");
     let two = TestNet::new(1).expect("second network");
     let _routing = integration_tests::net::Routed::between(&one, &two).expect("routing");

@@ -64,14 +64,8 @@ struct Loaded {
     events: EventRing,
 }
 
-fn policy_in_force(
-    scratch: &Scratch,
-    yaml: &str,
-    enforce: bool,
-) -> Option<(Loaded, PolicyInForce)> {
-    if !require_root() {
-        return None;
-    }
+fn policy_in_force(scratch: &Scratch, yaml: &str, enforce: bool) -> (Loaded, PolicyInForce) {
+    require_root();
     let Datapath {
         programs,
         flows,
@@ -87,14 +81,14 @@ fn policy_in_force(
     };
     let mut policy = PolicyInForce::start(config, maps).expect("in force");
     policy.on_inventory(Some(inventory()));
-    Some((
+    (
         Loaded {
             programs,
             flows,
             events,
         },
         policy,
-    ))
+    )
 }
 
 fn verdict(loaded: &mut Loaded, program: &str, frame: &[u8]) -> i32 {
@@ -130,9 +124,7 @@ const WEB_TO_API_80: &str = "version: 1\ndefaults: {\"*\": deny}\nrules:\n  - {n
 #[test]
 fn the_kernel_drops_what_the_compiled_policy_denies_and_nothing_else() {
     let scratch = Scratch::new("policy");
-    let Some((mut dp, mut policy)) = policy_in_force(&scratch, WEB_TO_API_80, true) else {
-        return;
-    };
+    let (mut dp, mut policy) = policy_in_force(&scratch, WEB_TO_API_80, true);
     let from = PROGRAM_FROM_CONTAINER;
     assert_eq!(
         verdict(
@@ -286,9 +278,7 @@ const WEB_TO_API_UDP_7000: &str = "version: 1\ndefaults: {\"*\": deny}\nrules:\n
 /// gets every datagram, the denied one none, each drop counted.
 #[test]
 fn enforce_drops_denied_datagrams_on_real_veths_in_both_attach_modes() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     for attach_mode in [AttachMode::Auto, AttachMode::Clsact] {
         let net = TestNet::new(2).expect("test network");
         let Datapath {
@@ -352,9 +342,7 @@ fn enforce_drops_denied_datagrams_on_real_veths_in_both_attach_modes() {
 #[test]
 fn an_enforce_lease_left_unrenewed_lapses_into_observing() {
     let scratch = Scratch::new("policy");
-    let Some((mut dp, mut policy)) = policy_in_force(&scratch, WEB_TO_API_80, true) else {
-        return;
-    };
+    let (mut dp, mut policy) = policy_in_force(&scratch, WEB_TO_API_80, true);
     let denied = tcp_frame(IP_WEB, IP_API, 40_001, 81, tcp_flag::SYN);
     let from = PROGRAM_FROM_CONTAINER;
     assert_eq!(verdict(&mut dp, from, &denied), TC_ACT_SHOT);
@@ -370,9 +358,7 @@ fn an_enforce_lease_left_unrenewed_lapses_into_observing() {
 #[test]
 fn in_observe_mode_violations_are_counted_and_passed() {
     let scratch = Scratch::new("policy");
-    let Some((mut dp, mut policy)) = policy_in_force(&scratch, WEB_TO_API_80, false) else {
-        return;
-    };
+    let (mut dp, mut policy) = policy_in_force(&scratch, WEB_TO_API_80, false);
     let from = PROGRAM_FROM_CONTAINER;
     for port in [81, 82] {
         assert_eq!(
@@ -540,9 +526,7 @@ fn three_tiers_hold(agent: &Agent, net: &str, web: &Container, api: &Container, 
 
 #[test]
 fn a_learnt_three_tier_policy_is_enforced_and_survives_recreation() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let net = DockerNetwork::create("tiers", &[]).expect("network");
     let project = integration_tests::docker::unique("shop");
     let (web, api, db) = (
@@ -666,9 +650,7 @@ const ALLOW_ALL: &str = "version: 1\ndefaults: {\"*\": allow}\n";
 
 #[test]
 fn spoofed_sources_and_arp_are_dropped_in_enforce_and_only_alerted_in_observe() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let net = DockerNetwork::create("spoof", &[]).expect("network");
     let (attacker, victim, framed) = (net.run("attacker"), net.run("victim"), net.run("framed"));
     let scratch = Scratch::new("policy");
@@ -750,9 +732,7 @@ fn spoofed_sources_and_arp_are_dropped_in_enforce_and_only_alerted_in_observe() 
 
 #[test]
 fn a_changed_policy_is_in_force_without_a_restart_or_a_lost_allowed_packet() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let net = DockerNetwork::create("live", &[]).expect("network");
     let (web, api, db) = (net.run("web"), net.run("api"), net.run("db"));
     let rule = |name: &str, to: &Container| {

@@ -38,9 +38,7 @@ fn old_engine_set() -> (Vec<&'static str>, u64) {
 
 #[test]
 fn the_documented_capabilities_are_enough_to_count_containers_traffic() {
-    if !docker_ready() {
-        return;
-    }
+    docker_ready();
     let network = DockerNetwork::create("caps", &[]).expect("network");
     let client = network.run("client");
     let server = network.run("server");
@@ -72,9 +70,7 @@ fn the_documented_capabilities_are_enough_to_count_containers_traffic() {
 
 #[test]
 fn without_any_one_capability_the_agent_names_it_and_exits() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let state = Scratch::new("caps-state");
     for missing in &CAPABILITIES {
         let rest: Vec<&Capability> = CAPABILITIES
@@ -122,9 +118,7 @@ fn without_any_one_capability_the_agent_names_it_and_exits() {
 
 #[test]
 fn doctor_names_the_capabilities_it_runs_with() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (set, _) = old_engine_set();
     let setpriv = caps::setpriv_only(&set);
     let (_, report) = doctor_under(&setpriv);

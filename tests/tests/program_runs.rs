@@ -23,11 +23,9 @@ const IP_B: [u8; 4] = [10, 9, 0, 3];
 const IP6_A: [u8; 16] = [0xfd, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 const IP6_B: [u8; 16] = [0xfd, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
 
-fn load(config: DatapathConfig) -> Option<Datapath> {
-    if !require_root() {
-        return None;
-    }
-    Some(datapath::load(&config).expect("the programs load and verify"))
+fn load(config: DatapathConfig) -> Datapath {
+    require_root();
+    datapath::load(&config).expect("the programs load and verify")
 }
 
 /// Runs `program` on `frame`; every verdict must be TC_ACT_UNSPEC and the
@@ -79,9 +77,7 @@ fn key(
 
 #[test]
 fn ipv4_options_udp_counted_with_payload_samples() {
-    let Some(mut dp) = load(DatapathConfig::default()) else {
-        return;
-    };
+    let mut dp = load(DatapathConfig::default());
     let payload = b"0123456789abcdefghijklmnopqrstuv"; // 32 bytes
     let options = [0x94, 0x04, 0, 0]; // Router Alert, IHL 6
     let frame = ethernet(
@@ -135,9 +131,7 @@ fn ipv4_options_udp_counted_with_payload_samples() {
 
 #[test]
 fn vlan_tagged_tcp_flags_are_counted() {
-    let Some(mut dp) = load(DatapathConfig::default()) else {
-        return;
-    };
+    let mut dp = load(DatapathConfig::default());
     let segments = [
         tcp_flag::SYN,
         tcp_flag::SYN | tcp_flag::ACK,
@@ -188,9 +182,7 @@ fn vlan_tagged_tcp_flags_are_counted() {
 
 #[test]
 fn fragments_after_the_first_have_no_ports() {
-    let Some(mut dp) = load(DatapathConfig::default()) else {
-        return;
-    };
+    let mut dp = load(DatapathConfig::default());
     // The first fragment of a 1000-byte datagram: its UDP length covers
     // fragments still to come, which is no malformation.
     let mut datagram = udp(5000, 6000, &[1; 16]);
@@ -240,9 +232,7 @@ fn fragments_after_the_first_have_no_ports() {
 
 #[test]
 fn ipv6_extension_chain_is_walked_to_the_transport_header() {
-    let Some(mut dp) = load(DatapathConfig::default()) else {
-        return;
-    };
+    let mut dp = load(DatapathConfig::default());
     const HOP: u8 = 0;
     const DEST: u8 = 60;
     const FRAG: u8 = 44;
@@ -291,9 +281,7 @@ fn ipv6_extension_chain_is_walked_to_the_transport_header() {
 
 #[test]
 fn malformed_and_truncated_frames_pass_unchanged() {
-    let Some(mut dp) = load(DatapathConfig::default()) else {
-        return;
-    };
+    let mut dp = load(DatapathConfig::default());
     let good_udp = ipv4(IP_A, IP_B, ip_proto::UDP, &[], 0, &udp(1, 2, b"x"));
     let mut bad_ihl = good_udp.clone();
     bad_ihl[0] = 0x43;
@@ -376,9 +364,7 @@ fn malformed_and_truncated_frames_pass_unchanged() {
 
 #[test]
 fn arp_from_a_container_is_reported_and_not_towards_it() {
-    let Some(mut dp) = load(DatapathConfig::default()) else {
-        return;
-    };
+    let mut dp = load(DatapathConfig::default());
     let reply = ethernet(B, A, ETH_P_ARP, &arp(2, A, IP_B, B, IP_A));
     pass(&mut dp, PROGRAM_FROM_CONTAINER, &reply);
     pass(&mut dp, PROGRAM_TO_CONTAINER, &reply);
@@ -402,7 +388,7 @@ fn capture_sizes_and_random_samples_follow_the_settings() {
         sample_rate: 1,
         ..DatapathConfig::default()
     };
-    let Some(mut dp) = load(config) else { return };
+    let mut dp = load(config);
     let payload: Vec<u8> = (0..200).collect();
     let frame = ethernet(
         B,
@@ -454,9 +440,7 @@ fn events_that_do_not_fit_the_ring_are_counted_as_lost() {
         payload_bytes: 0,
         ..DatapathConfig::default()
     };
-    let Some(mut dp) = load(config) else {
-        return;
-    };
+    let mut dp = load(config);
     let frame = ethernet(B, A, 0x88b5, &[0; 46]);
     for _ in 0..50 {
         pass(&mut dp, PROGRAM_FROM_CONTAINER, &frame);
@@ -481,7 +465,7 @@ fn with_new_flow_events_off_flows_are_counted_and_nothing_is_sent() {
         payload_bytes: 0,
         ..DatapathConfig::default()
     };
-    let Some(mut dp) = load(config) else { return };
+    let mut dp = load(config);
     for port in 0..5u16 {
         let frame = ethernet(
             B,

@@ -32,9 +32,7 @@ const PASSWORD: &str = "open sesame";
 
 #[test]
 fn https_with_basic_auth_answers_only_the_right_credentials() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let scratch = Scratch::new("web-config");
     let server = self_signed();
     // In a subdirectory, named relative to the config file.
@@ -140,9 +138,7 @@ fn https_with_basic_auth_answers_only_the_right_credentials() {
 
 #[test]
 fn client_certificates_are_checked_against_client_ca_file() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let scratch = Scratch::new("web-config");
     let server = self_signed();
     scratch.write("server.pem", &server.cert.pem());
@@ -276,9 +272,8 @@ fn bad_web_configs_stop_the_agent_at_start_naming_the_problem() {
 
 #[test]
 fn prometheus_scrapes_over_tls_with_basic_auth_and_is_refused_without() {
-    if !require_root() || !prometheus_installed() {
-        return;
-    }
+    require_root();
+    prometheus_installed();
     let scratch = Scratch::new("web-config");
     let server = self_signed();
     let ca = scratch.write("server.pem", &server.cert.pem());
