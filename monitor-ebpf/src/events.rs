@@ -85,16 +85,14 @@ pub fn capture(
     unsafe {
         (*event).header = seen.header(kind);
         (*event).key = *key;
-        let span_len = forget(&raw mut (*event).original_len, span_len);
-        let offset = forget(&raw mut (*event).captured_len, offset as u32);
-        let wanted = span_len.min(ctx.len().saturating_sub(offset)).min(limit);
-        (*event).captured_len = copy_bytes(
-            ctx,
-            offset as usize,
-            (*event).data.as_mut_ptr(),
-            wanted,
-            MAX_CAPTURE,
+        (*event).original_len = span_len;
+        let in_skb = ctx.len().saturating_sub(offset as u32);
+        let wanted = forget(
+            &raw mut (*event).captured_len,
+            span_len.min(in_skb).min(limit),
         );
+        (*event).captured_len =
+            copy_bytes(ctx, offset, (*event).data.as_mut_ptr(), wanted, MAX_CAPTURE);
     }
     entry.submit(wakeup());
 }

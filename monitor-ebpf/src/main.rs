@@ -63,11 +63,15 @@ pub fn to_container(ctx: TcContext) -> i32 {
     // container. The cheap check comes first; routed traffic is recognised
     // by its flow (see `flow::account`).
     if !counted_at_ingress(came_in_through) {
-        observe(
-            &ctx,
-            &seen(&ctx, Direction::ToContainer),
-            parse::parse(&ctx),
-        );
+        let frame = parse::parse(&ctx);
+        // As in `from_container`, where the policy reads it: the frame's
+        // address escapes, so it stays whole in memory. Passed on in
+        // registers, LLVM reads the flow key's fields before it checks the
+        // variant, from stack no parse path of an ARP or non-IP frame
+        // wrote, which verifiers before 6.3 refuse ("invalid read from
+        // stack").
+        core::hint::black_box(&frame);
+        observe(&ctx, &seen(&ctx, Direction::ToContainer), frame);
     }
     TC_ACT_UNSPEC
 }
