@@ -188,6 +188,8 @@ pub struct Console {
     step_started: Duration,
     /// Names under the test binary's last `failures:` line so far.
     failure_names: Option<Vec<String>>,
+    /// Whether the last line was part of a `FAIL` check.
+    in_failed_check: bool,
 }
 
 impl Console {
@@ -263,6 +265,16 @@ impl Console {
         }
         if let Some(check) = line.strip_prefix("FAIL ") {
             step.failed_checks.push(check.trim().to_owned());
+            self.in_failed_check = true;
+        } else if self.in_failed_check && line.starts_with(' ') {
+            // A check's detail on further lines, indented: the verifier's
+            // last lines when it refused a program.
+            if let Some(check) = step.failed_checks.last_mut() {
+                check.push_str("\n    ");
+                check.push_str(line.trim());
+            }
+        } else {
+            self.in_failed_check = false;
         }
     }
 }
@@ -287,7 +299,9 @@ mod tests {
             "@@crossmon-vm kernel 6.1.0-50-cloud-amd64",
             "@@crossmon-vm begin doctor",
             "ok   kernel       6.1.0",
-            "FAIL programs     from_container: verifier said no",
+            "FAIL programs     from_container: verifier said no; its last lines:",
+            "  invalid read from stack R10 off=-184 size=8",
+            "(the whole log with RUST_LOG=debug)",
             "@@crossmon-vm end doctor 1",
             "@@crossmon-vm begin namespaces",
             "test udp_is_counted ... ok",
@@ -316,7 +330,10 @@ mod tests {
         assert_eq!(doctor.exit, Some(1));
         assert_eq!(
             doctor.failed_checks,
-            ["programs     from_container: verifier said no"]
+            [
+                "programs     from_container: verifier said no; its last lines:\n    \
+              invalid read from stack R10 off=-184 size=8"
+            ]
         );
         assert_eq!((namespaces.exit, namespaces.seconds), (Some(101), 13.0));
         assert_eq!(namespaces.failed_tests, ["tcp_is_counted"]);
