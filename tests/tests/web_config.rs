@@ -60,7 +60,15 @@ fn https_with_basic_auth_answers_only_the_right_credentials() {
     );
     let addr = agent.addr;
 
-    for path in ["/healthz", "/api/v1/flows"] {
+    // The live map (`/`, its script, its data) is behind the same TLS and
+    // credentials as the rest.
+    for path in [
+        "/healthz",
+        "/api/v1/flows",
+        "/",
+        "/ui/app.js",
+        "/api/v1/graph",
+    ] {
         let answer = curl(&["--cacert", ca, "--user", &alice, &https(addr, path)]);
         assert_eq!(answer.status, 200, "{path}: {answer:?}");
         assert_eq!(
@@ -104,7 +112,13 @@ fn https_with_basic_auth_answers_only_the_right_credentials() {
         ("a wrong password", Some("alice:open sesam")),
         ("an unknown user", Some("mallory:open sesame")),
     ] {
-        for path in ["/healthz", "/api/v1/flows", "/no/such/path"] {
+        for path in [
+            "/healthz",
+            "/api/v1/flows",
+            "/",
+            "/api/v1/graph",
+            "/no/such/path",
+        ] {
             let mut args = vec!["--cacert", ca];
             args.extend(credentials.iter().flat_map(|c| ["--user", *c]));
             let url = https(addr, path);

@@ -52,6 +52,9 @@ const PACKAGES: &[&str] = &[
     "binutils",
     "xz-utils",
     "debian-archive-keyring",
+    // A real browser for the live map's test (headless: --dump-dom,
+    // --screenshot).
+    "chromium",
 ];
 
 /// rust-src for `-Z build-std=core`; clippy for the eBPF crate's lint pass.

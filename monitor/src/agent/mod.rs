@@ -293,6 +293,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         flows: table.into(),
         events,
         alerts: sink,
+        verdicts: lock(&detectors).verdicts(),
         metrics: Arc::new(metrics),
     });
     tasks.spawn(web_config::serve(listener, app, config.web_config.clone()));

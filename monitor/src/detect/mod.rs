@@ -28,6 +28,7 @@ mod spike;
 mod spoof;
 
 pub use cleartext::{PayloadVerdict, ProtocolLabels};
+pub use protocols::Protocol;
 
 use std::{
     net::IpAddr,
@@ -48,7 +49,7 @@ use crate::{
         ByFlow, Poll, PollConsumer,
     },
     model::{key_addrs, FlowRecord},
-    sync::lock,
+    sync::{lock, published, Published},
 };
 use config::{DetectConfig, Enabled};
 
@@ -179,6 +180,15 @@ impl Attempt {
     }
 }
 
+/// The payload verdicts of the connections the detectors still follow, by
+/// client flow: what readers outside the poller (the API's graph) see of
+/// them, swapped whole after a poll that changed them.
+pub type RecentVerdicts = ByFlow<PayloadVerdict>;
+
+/// Verdicts published at most; beyond, the rest are left out (the graph
+/// then shows those connections' encryption as unknown).
+pub const MAX_PUBLISHED_VERDICTS: usize = 20_000;
+
 /// What the registry remembers of one flow.
 #[derive(Default)]
 struct Seen {
@@ -204,6 +214,9 @@ pub struct Detectors {
     /// once the flow log has read their payload verdicts.
     ended: Vec<FlowKey>,
     protocols: SeriesBook<ProtocolLabels, u64>,
+    /// The verdicts as last published, and whether they changed since.
+    verdicts: Published<RecentVerdicts>,
+    verdicts_changed: bool,
 }
 
 impl Detectors {
@@ -224,7 +237,31 @@ impl Detectors {
                 max_series,
                 ("other".into(), "other".into(), "other", false),
             ),
+            verdicts: published(RecentVerdicts::default()),
+            verdicts_changed: false,
         })
+    }
+
+    /// The payload verdicts of recent connections, as published after
+    /// each poll that changed them.
+    pub fn verdicts(&self) -> Published<RecentVerdicts> {
+        self.verdicts.clone()
+    }
+
+    /// Swaps in the verdicts of the flows still followed, when they
+    /// changed: a copy per change rather than a lock readers would share
+    /// with the poller.
+    fn publish_verdicts(&mut self) {
+        if !std::mem::take(&mut self.verdicts_changed) {
+            return;
+        }
+        let verdicts: RecentVerdicts = self
+            .flows
+            .iter()
+            .filter_map(|(key, seen)| Some((*key, seen.payload?)))
+            .take(MAX_PUBLISHED_VERDICTS)
+            .collect();
+        self.verdicts.store(Arc::new(verdicts));
     }
 
     /// What the payload of the connection whose client flow is `key`
@@ -241,6 +278,7 @@ impl Detectors {
     fn raise(&mut self, found: Findings, now_ns: u64) {
         for (client, verdict) in found.verdicts {
             self.flows.entry(client).or_default().payload = Some(verdict);
+            self.verdicts_changed = true;
         }
         for labels in found.protocols {
             *self.protocols.value(labels, now_ns) += 1;
@@ -348,7 +386,8 @@ impl PollConsumer for Detectors {
         let flows = &poll.flows;
         let find = |key: &FlowKey| flows.find(key);
         for key in std::mem::take(&mut self.ended) {
-            self.flows.remove(&key);
+            let forgotten = self.flows.remove(&key);
+            self.verdicts_changed |= forgotten.is_some_and(|seen| seen.payload.is_some());
         }
         for (record, is_ended) in flows.records() {
             self.flow(
@@ -383,6 +422,7 @@ impl PollConsumer for Detectors {
             }
         }
         self.raise(found, poll.now_ns);
+        self.publish_verdicts();
     }
 }
 

@@ -193,6 +193,12 @@ impl TableReader {
     pub fn map<T>(&self, each: impl FnMut(FlowRecord) -> T) -> Vec<T> {
         read(&self.0).records().map(each).collect()
     }
+
+    /// Like [`Self::map`], keeping only what `each` returns: a reader
+    /// that wants a few flows copies no more.
+    pub fn filter_map<T>(&self, each: impl FnMut(FlowRecord) -> Option<T>) -> Vec<T> {
+        read(&self.0).records().filter_map(each).collect()
+    }
 }
 
 #[cfg(test)]

@@ -1,18 +1,27 @@
-//! The HTTP API: `/api/v1/...`, `/metrics` and `/healthz`, served from
-//! what the pipeline's stages publish, never from their working state.
+//! The HTTP API: `/api/v1/...`, `/metrics`, `/healthz` and the live map
+//! (`/`), served from what the pipeline's stages publish, never from their
+//! working state.
+
+pub mod graph;
+mod ui;
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
     Arc, Mutex,
 };
 
-use axum::{extract::State, routing::get, Json, Router};
+use axum::{
+    extract::{RawQuery, State},
+    routing::get,
+    Json, Router,
+};
 use serde::Serialize;
 
 use crate::{
     alert::{Alert, AlertSink},
     clock,
     datapath::Event,
+    detect::RecentVerdicts,
     docker::{FlowEnd, Posture, Snapshot},
     event_log::EventLog,
     flows::{PollStatus, TableReader},
@@ -35,6 +44,9 @@ pub struct ReadModel {
     pub events: Arc<EventLog>,
     /// The alert sink's latest alerts.
     pub alerts: Arc<Mutex<AlertSink>>,
+    /// The detectors' payload verdicts of recent connections, swapped
+    /// after a poll that changed them.
+    pub verdicts: Published<RecentVerdicts>,
     /// The collectors of `/metrics`.
     pub metrics: Arc<Metrics>,
 }
@@ -48,6 +60,10 @@ pub fn router(model: ReadModel) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/containers", get(containers))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/graph", get(graph))
+        .route("/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::stylesheet))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -141,6 +157,63 @@ async fn flows(State(state): Model) -> Json<Vec<FlowJson>> {
             docker.directory.ends(&record.key, &record.stats),
         )
     }))
+}
+
+/// Who talked to whom in the last `window` seconds (`?window=SECONDS`,
+/// 300 by default): the live map's data.
+async fn graph(State(state): Model, RawQuery(query): RawQuery) -> axum::response::Response {
+    use axum::{http::StatusCode, response::IntoResponse as _};
+    let window_seconds = match graph::window_of(query.as_deref()) {
+        Ok(seconds) => seconds,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+    };
+    // Folding up to the whole flow table is CPU work: off the async workers.
+    let built = tokio::task::spawn_blocking(move || {
+        let now_ns = clock::monotonic_ns();
+        let window_ns = window_seconds.saturating_mul(1_000_000_000);
+        let mut flows = state
+            .flows
+            .filter_map(|record| graph::in_window(&record, now_ns, window_ns).then_some(record));
+        // The answers of a connection may have been seen last before the
+        // window began: its outcome needs them.
+        let keys: crate::flows::ByFlow<()> = flows.iter().map(|r| (r.key, ())).collect();
+        let answers = state.flows.filter_map(|record| {
+            (!keys.contains_key(&record.key) && keys.contains_key(&record.key.reversed()))
+                .then_some(record)
+        });
+        flows.extend(answers);
+        let since = chrono::Utc::now()
+            - chrono::Duration::seconds(i64::try_from(window_seconds).unwrap_or(i64::MAX));
+        // Copied, so the detectors raising alerts do not wait on the graph.
+        let alerts: Vec<Alert> = lock(&state.alerts)
+            .recent()
+            .filter(|alert| {
+                chrono::DateTime::parse_from_rfc3339(&alert.time).map_or(true, |t| t >= since)
+            })
+            .cloned()
+            .collect();
+        let alerts: Vec<&Alert> = alerts.iter().collect();
+        graph::graph(&graph::Inputs {
+            flows: &flows,
+            window_seconds,
+            now_ns,
+            snapshot: &state.docker.load(),
+            verdicts: &state.verdicts.load(),
+            alerts: &alerts,
+        })
+    })
+    .await;
+    match built {
+        Ok(graph) => Json(graph).into_response(),
+        Err(join) => {
+            tracing::error!("building /api/v1/graph: {join}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "building the graph failed; see the agent's log",
+            )
+                .into_response()
+        }
+    }
 }
 
 #[derive(Serialize)]
