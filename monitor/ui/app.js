@@ -112,6 +112,7 @@ function render() {
   const { places, frames, width, height } = layout(nodes);
   svg.replaceChildren();
   svg.setAttribute("viewBox", `0 0 ${Math.max(width, CELL_W)} ${Math.max(height, CELL_H)}`);
+  svg.setAttribute("preserveAspectRatio", "xMidYMin meet");
   for (const frame of frames) {
     svg.append(el("rect", { class: "group-frame", x: frame.x + 8, y: frame.y + 8, width: CELL_W - 16, height: CELL_H - 16, rx: 10 }));
     svg.append(el("text", { class: "group-label", x: frame.x + 18, y: frame.y + 26 }, frame.name));
@@ -184,8 +185,8 @@ function select(id) {
   render();
 }
 
-function table(headers, rows) {
-  const t = html("table");
+function table(headers, rows, kind = "facts") {
+  const t = html("table", undefined, { class: kind });
   const head = html("tr");
   for (const h of headers) head.append(html("th", h));
   t.append(head);
@@ -199,8 +200,8 @@ function table(headers, rows) {
 
 function alertsOf(match) {
   const rows = state.graph.alerts.filter(match)
-    .map((a) => [a.time, a.kind, a.severity, a.summary]);
-  return rows.length ? table(["time", "kind", "severity", "summary"], rows) : html("p", "no recent alert", { class: "hint" });
+    .map((a) => [a.time.slice(11, 19), a.kind, a.severity, a.summary]);
+  return rows.length ? table(["time (UTC)", "kind", "severity", "summary"], rows, "alerts") : html("p", "no recent alert", { class: "hint" });
 }
 
 /// The connections of `edges`, busiest first; the payload column is the
@@ -211,7 +212,7 @@ function flowsTable(edges) {
     f.src_port ? `${f.src_port}→${f.dst_port}` : "", bytes(f.bytes), f.packets, f.outcome || "",
     [f.encryption, f.app_protocol].filter((v) => v && v !== "unknown").join(" ") || "?",
   ]));
-  return rows.length ? table(["ends", "proto", "ports", "bytes", "pkts", "outcome", "payload"], rows) : html("p", "no flow", { class: "hint" });
+  return rows.length ? table(["ends", "proto", "ports", "bytes", "pkts", "outcome", "payload"], rows, "flows") : html("p", "no flow", { class: "hint" });
 }
 
 function showDetails() {
