@@ -139,7 +139,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = MetricsConfig::DEFAULT_GRACE.into(), value_parser = duration_arg)]
     pub series_grace: humantime::Duration,
 
-    /// Detector settings (TOML); every key has a default, see the README.
+    /// Detector settings (TOML); every key has a default, see docs/alerts.md.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -180,7 +180,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = AttachModeArg::Auto)]
     pub attach_mode: AttachModeArg,
 
-    /// A flow policy (YAML, see the README) judged at each container's
+    /// A flow policy (YAML, see docs/policy.md) judged at each container's
     /// veth; violations are counted and alerted (observe mode). Reloaded
     /// on SIGHUP and when the file changes.
     #[arg(long, value_name = "FILE", conflicts_with = "no_docker")]

@@ -35,7 +35,7 @@ impl FlowLogConfig {
     pub const DEFAULT_KEEP: u32 = 5;
 }
 
-/// One line of the flow log. Field names are a contract (README).
+/// One line of the flow log. Field names are a contract (docs/alerts.md).
 #[derive(Serialize)]
 struct FlowLine {
     time: String,
