@@ -4,7 +4,7 @@
 //! agent and the test binaries with the libraries `ldd` names,
 //! and an init that runs the steps. It is two cpio archives back to back,
 //! which the kernel unpacks in turn: one shared by every kernel, then that
-//! kernel's modules.
+//! kernel's modules and init (its steps may differ).
 
 use std::{
     fs::{self, File},
@@ -30,12 +30,7 @@ pub const TESTS_DIR: &str = "/tests";
 pub const CROSSMON: &str = "/bin/crossmon";
 
 /// The shared part: builds `dir/root` and archives it as `dir/common.cpio`.
-pub fn common(
-    dir: &Path,
-    crossmon: &Path,
-    tests: &[(String, PathBuf)],
-    steps: &[Step],
-) -> anyhow::Result<PathBuf> {
+pub fn common(dir: &Path, crossmon: &Path, tests: &[(String, PathBuf)]) -> anyhow::Result<PathBuf> {
     let root = dir.join("root");
     if root.exists() {
         fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
@@ -66,17 +61,20 @@ pub fn common(
     for (name, path) in tests {
         install(&root, path, &Path::new(TESTS_DIR).join(name), true)?;
     }
-    let init = root.join("init");
-    fs::write(&init, init_script(steps)).context("writing /init")?;
-    set_executable(&init)?;
     let archive = dir.join("common.cpio");
     cpio(&root, &archive)?;
     Ok(archive)
 }
 
 /// The initramfs for one kernel: the shared archive, then one of `modules`
-/// under `/modules` with their load order in `/modules/order`.
-pub fn for_kernel(common: &Path, modules: &[PathBuf], dir: &Path) -> anyhow::Result<PathBuf> {
+/// under `/modules` (their load order in `/modules/order`) and the init
+/// running `steps`.
+pub fn for_kernel(
+    common: &Path,
+    modules: &[PathBuf],
+    steps: &[Step],
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
     let root = dir.join("root");
     if root.exists() {
         fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
@@ -92,7 +90,10 @@ pub fn for_kernel(common: &Path, modules: &[PathBuf], dir: &Path) -> anyhow::Res
         order.push('\n');
     }
     fs::write(into.join("order"), order).context("writing /modules/order")?;
-    let own = dir.join("modules.cpio");
+    let init = root.join("init");
+    fs::write(&init, init_script(steps)).context("writing /init")?;
+    set_executable(&init)?;
+    let own = dir.join("own.cpio");
     cpio(&root, &own)?;
     let initramfs = dir.join("initramfs.cpio");
     let mut out =
