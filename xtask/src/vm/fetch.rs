@@ -191,9 +191,11 @@ impl PrivateApt {
     }
 
     fn update(&self) -> anyhow::Result<()> {
+        // Without --error-on=any, a list apt could not fetch is a warning
+        // and the update succeeds, leaving nothing to pick a kernel from.
         cmd::output(
             "apt-get update (private lists)",
-            self.apt("apt-get").arg("update"),
+            self.apt("apt-get").args(["update", "--error-on=any"]),
         )
         .map(drop)
         .with_context(|| {
