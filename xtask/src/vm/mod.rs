@@ -25,10 +25,13 @@ const MARKER: &str = "@@crossmon-vm";
 const TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// The integration tests that need no Docker.
 const TESTS: &[&str] = &["namespaces", "program_runs", "policy", "fuzz"];
-/// policy's tests on synthetic frames; the others need Docker.
+/// policy's tests on synthetic frames and on a test net's veths (enforce
+/// in both attach modes, the enforce lease); the others need Docker.
 const POLICY_TESTS: &[&str] = &[
     "the_kernel_drops_what_the_compiled_policy_denies_and_nothing_else",
     "in_observe_mode_violations_are_counted_and_passed",
+    "enforce_drops_denied_datagrams_on_real_veths_in_both_attach_modes",
+    "an_enforce_lease_left_unrenewed_lapses_into_observing",
 ];
 /// The share of the fuzz's frames run under emulation (see fuzz.rs):
 /// about 230,000 program runs, 15 s at some 65 us a run.
@@ -436,7 +439,8 @@ mod tests {
         assert_eq!(policy_args(&args(&["--exact", "observe"])), None);
         assert_eq!(
             policy_args(&args(&["--skip", "kernel", "mode"])).map(|a| a.len()),
-            Some(4)
+            // --skip kernel --exact, the observe test and the attach modes'.
+            Some(5)
         );
     }
 
