@@ -481,6 +481,69 @@ pub struct DeniedStats {
 }
 const _: () = assert!(size_of::<DeniedStats>() == 40);
 
+/// `ARRAY<u32>` of one entry: how many veths are being captured. Zero
+/// (no capture) costs each packet this one lookup and nothing else.
+pub const CAPTURE_ACTIVE_MAP: &str = "CAPTURE_ACTIVE";
+/// `HASH<u32, CaptureFilter>`: the veths (by ifindex) being captured and
+/// what of their packets.
+pub const CAPTURE_FILTERS_MAP: &str = "CAPTURE_FILTERS";
+/// Ring buffer of [`CaptureRecord`]s, apart from [`EVENTS_MAP`] so a capture
+/// burst never starves the detectors' events.
+pub const CAPTURE_RING_MAP: &str = "CAPTURE_RING";
+/// `PERCPU_ARRAY<u64>` of one entry: capture records lost to a full ring.
+pub const CAPTURE_LOST_MAP: &str = "CAPTURE_LOST";
+/// Most bytes of one packet a capture keeps: a full Ethernet frame at the
+/// usual MTU with VLAN tags. Longer packets (GSO) are truncated; the record
+/// says their original length.
+pub const MAX_SNAPLEN: usize = 1600;
+/// Default size of the capture ring (bytes).
+pub const DEFAULT_CAPTURE_RING_BYTES: u32 = 1 << 22;
+/// Most veths captured at once (the filter map's capacity).
+pub const MAX_CAPTURED_IFACES: u32 = 256;
+
+/// [`CaptureFilter::flags`] bit: only packets to or from `peer`.
+pub const CAPTURE_MATCH_PEER: u8 = 1;
+
+/// What to capture on one veth. A packet is captured when it matches every
+/// criterion set; a frame that is not IP matches only a filter with none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureFilter {
+    /// Copied into each record, so the agent hands it to its capture.
+    pub capture_id: u32,
+    /// Bytes kept of each packet, 1..=[`MAX_SNAPLEN`].
+    pub snaplen: u32,
+    /// Network byte order, IPv4-mapped for IPv4; read with [`CAPTURE_MATCH_PEER`].
+    pub peer: [u8; 16],
+    /// Source or destination port (host byte order); 0 = any.
+    pub port: u16,
+    /// IP protocol number; 0 = any.
+    pub protocol: u8,
+    pub flags: u8,
+}
+const _: () = assert!(size_of::<CaptureFilter>() == 28);
+
+/// One captured packet, in the capture ring.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureRecord {
+    /// The [`CaptureFilter::capture_id`] that selected it.
+    pub capture_id: u32,
+    /// The veth it was seen on.
+    pub ifindex: u32,
+    /// Length of the frame (skb length).
+    pub original_len: u32,
+    /// Valid bytes at the start of `data`.
+    pub captured_len: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub timestamp_ns: u64,
+    /// A [`Direction`] value.
+    pub direction: u8,
+    pub _pad: [u8; 7],
+    pub data: [u8; MAX_SNAPLEN],
+}
+const _: () = assert!(size_of::<CaptureRecord>() == 32 + MAX_SNAPLEN);
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -506,5 +569,7 @@ mod user {
         PolicyRuleKey,
         PolicyRuleValue,
         DeniedStats,
+        CaptureFilter,
+        CaptureRecord,
     );
 }

@@ -9,6 +9,7 @@
 #![no_std]
 #![no_main]
 
+mod capture;
 mod events;
 mod flow;
 mod maps;
@@ -41,6 +42,11 @@ const PACKET_HEAD_BYTES: u32 = 128;
 pub fn from_container(ctx: TcContext) -> i32 {
     let seen = seen(&ctx, Direction::FromContainer);
     let frame = parse::parse(&ctx);
+    // Before the policy: a capture shows what the container sent, dropped
+    // or not.
+    if capture::active() {
+        capture::packet(&ctx, &seen, &frame);
+    }
     if policy::judge(&ctx, &seen, &frame) == Verdict::Drop {
         // Not counted as a flow: the flow map holds only what passed,
         // which is what tells a reply from an attempt. A dropped ARP
@@ -61,8 +67,11 @@ pub fn to_container(ctx: TcContext) -> i32 {
     let came_in_through = unsafe { (*ctx.skb.skb).ingress_ifindex };
     // Bridged straight from another watched veth: counted when it left that
     // container. The cheap check comes first; routed traffic is recognised
-    // by its flow (see `flow::account`).
-    if !counted_at_ingress(came_in_through) {
+    // by its flow (see `flow::account`). A capture of this veth wants the
+    // packet all the same.
+    let counted = counted_at_ingress(came_in_through);
+    let capturing = capture::active();
+    if !counted || capturing {
         let frame = parse::parse(&ctx);
         // As in `from_container`, where the policy reads it: the frame's
         // address escapes, so it stays whole in memory. Passed on in
@@ -71,7 +80,13 @@ pub fn to_container(ctx: TcContext) -> i32 {
         // wrote, which verifiers before 6.3 refuse ("invalid read from
         // stack").
         core::hint::black_box(&frame);
-        observe(&ctx, &seen(&ctx, Direction::ToContainer), frame);
+        let seen = seen(&ctx, Direction::ToContainer);
+        if capturing {
+            capture::packet(&ctx, &seen, &frame);
+        }
+        if !counted {
+            observe(&ctx, &seen, frame);
+        }
     }
     TC_ACT_UNSPEC
 }

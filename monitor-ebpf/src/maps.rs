@@ -7,10 +7,10 @@ use aya_ebpf::{
     Global,
 };
 use monitor_common::{
-    Counter, DeniedStats, FlowKey, FlowStats, PolicyIface, PolicyIfaceKey, PolicyRuleKey,
-    PolicyRuleValue, DEFAULT_FLOW_CAPACITY, DEFAULT_NEW_FLOW_EVENTS, DEFAULT_PAYLOAD_BYTES,
-    DEFAULT_PAYLOAD_PACKETS, DEFAULT_RING_BYTES, DEFAULT_SAMPLE_RATE, POLICY_SLOTS,
-    POLICY_STATE_LEN,
+    CaptureFilter, Counter, DeniedStats, FlowKey, FlowStats, PolicyIface, PolicyIfaceKey,
+    PolicyRuleKey, PolicyRuleValue, DEFAULT_CAPTURE_RING_BYTES, DEFAULT_FLOW_CAPACITY,
+    DEFAULT_NEW_FLOW_EVENTS, DEFAULT_PAYLOAD_BYTES, DEFAULT_PAYLOAD_PACKETS, DEFAULT_RING_BYTES,
+    DEFAULT_SAMPLE_RATE, MAX_CAPTURED_IFACES, POLICY_SLOTS, POLICY_STATE_LEN,
 };
 
 /// Per-CPU values: the hot path never contends on a cache line or needs
@@ -51,6 +51,20 @@ pub static POLICY_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * P
 #[map]
 pub static POLICY_DENIED: LruPerCpuHashMap<FlowKey, DeniedStats> =
     LruPerCpuHashMap::with_max_entries(4096, 0);
+
+/// Capture: see `monitor_common::CAPTURE_ACTIVE_MAP` and the maps below it.
+#[map]
+pub static CAPTURE_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static CAPTURE_FILTERS: HashMap<u32, CaptureFilter> =
+    HashMap::with_max_entries(MAX_CAPTURED_IFACES, 0);
+
+#[map]
+pub static CAPTURE_RING: RingBuf = RingBuf::with_byte_size(DEFAULT_CAPTURE_RING_BYTES, 0);
+
+#[map]
+pub static CAPTURE_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 // Set by the agent at load time; the verifier sees them as constants.
 #[no_mangle]

@@ -145,7 +145,7 @@ fn owns_source(iface: &PolicyIface, key: &FlowKey) -> bool {
 /// Two 64-bit compares: a byte-array `==` may become a `bcmp` call, which
 /// BPF does not have.
 #[inline(always)]
-fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
+pub fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
     let halves = |x: &[u8; 16]| {
         let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7] = *x;
         (

@@ -327,6 +327,7 @@ impl RunArgs {
             datapath: DatapathConfig {
                 flow_capacity: self.flow_capacity,
                 ring_bytes: self.ring_bytes,
+                capture_ring_bytes: monitor_common::DEFAULT_CAPTURE_RING_BYTES,
                 payload_bytes: self.payload_bytes,
                 payload_packets: self.payload_packets,
                 sample_rate: self.sample_rate,

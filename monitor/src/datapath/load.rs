@@ -8,14 +8,15 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use monitor_common::{
+    CAPTURE_ACTIVE_MAP, CAPTURE_FILTERS_MAP, CAPTURE_LOST_MAP, CAPTURE_RING_MAP,
     COUNTED_IFACES_MAP, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, GLOBAL_NEW_FLOW_EVENTS,
     GLOBAL_PAYLOAD_BYTES, GLOBAL_PAYLOAD_PACKETS, GLOBAL_SAMPLE_RATE, MAX_CAPTURE,
     POLICY_COUNTS_MAP, POLICY_DENIED_MAP, POLICY_IFACES_MAP, POLICY_RULES_MAP, POLICY_STATE_MAP,
 };
 
 use super::{
-    AttachMode, Counters, EventRing, FlowMap, PolicyMaps, Programs, PROGRAM_FROM_CONTAINER,
-    PROGRAM_TO_CONTAINER,
+    AttachMode, CaptureMaps, Counters, EventRing, FlowMap, PolicyMaps, Programs,
+    PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
 };
 
 /// The object built by `build.rs` from `monitor-ebpf`.
@@ -28,6 +29,8 @@ pub struct DatapathConfig {
     pub flow_capacity: u32,
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub ring_bytes: u32,
+    /// The capture ring's size in bytes (as `ring_bytes`).
+    pub capture_ring_bytes: u32,
     /// Payload bytes captured from the first payload packets of a flow (0 = off).
     pub payload_bytes: u32,
     /// How many payload-carrying packets of each flow are captured (per CPU).
@@ -47,6 +50,7 @@ impl Default for DatapathConfig {
         Self {
             flow_capacity: monitor_common::DEFAULT_FLOW_CAPACITY,
             ring_bytes: monitor_common::DEFAULT_RING_BYTES,
+            capture_ring_bytes: monitor_common::DEFAULT_CAPTURE_RING_BYTES,
             payload_bytes: monitor_common::DEFAULT_PAYLOAD_BYTES,
             payload_packets: monitor_common::DEFAULT_PAYLOAD_PACKETS,
             sample_rate: monitor_common::DEFAULT_SAMPLE_RATE,
@@ -67,6 +71,12 @@ impl DatapathConfig {
             bail!(
                 "--ring-bytes {}: the ring buffer size must be a power of two of at least one page ({page} bytes)",
                 self.ring_bytes
+            );
+        }
+        if !self.capture_ring_bytes.is_power_of_two() || self.capture_ring_bytes < page {
+            bail!(
+                "the capture ring's size must be a power of two of at least one page ({page} bytes), got {}",
+                self.capture_ring_bytes
             );
         }
         if self.payload_bytes as usize > MAX_CAPTURE {
@@ -92,6 +102,8 @@ pub struct Datapath {
     pub flows: FlowMap,
     pub events: EventRing,
     pub counters: Counters,
+    /// The capture filters and ring (no capture until one is set).
+    pub capture: CaptureMaps,
     /// The flow policy's maps (mode `off` until a policy is written).
     pub policy: PolicyMaps,
     /// Present when `ebpf_log` is set: drain it with [`EbpfLogger::flush`]
@@ -111,6 +123,7 @@ pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(FLOWS_MAP, config.flow_capacity)
         .map_max_entries(EVENTS_MAP, config.ring_bytes)
+        .map_max_entries(CAPTURE_RING_MAP, config.capture_ring_bytes)
         .override_global(GLOBAL_PAYLOAD_BYTES, &config.payload_bytes, true)
         .override_global(GLOBAL_PAYLOAD_PACKETS, &config.payload_packets, true)
         .override_global(GLOBAL_SAMPLE_RATE, &config.sample_rate, true)
@@ -153,8 +166,15 @@ pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
         PerCpuArray::try_from(take_map(&mut ebpf, POLICY_COUNTS_MAP)?)?,
         PerCpuHashMap::try_from(take_map(&mut ebpf, POLICY_DENIED_MAP)?)?,
     );
+    let capture = CaptureMaps::new(
+        Array::try_from(take_map(&mut ebpf, CAPTURE_ACTIVE_MAP)?)?,
+        HashMap::try_from(take_map(&mut ebpf, CAPTURE_FILTERS_MAP)?)?,
+        RingBuf::try_from(take_map(&mut ebpf, CAPTURE_RING_MAP)?)?,
+        PerCpuArray::try_from(take_map(&mut ebpf, CAPTURE_LOST_MAP)?)?,
+    );
     Ok(Datapath {
         programs: Programs::new(ebpf, counted, config.attach_mode),
+        capture,
         flows,
         events,
         counters,

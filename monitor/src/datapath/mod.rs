@@ -2,6 +2,7 @@
 //! them to veths, and reading what they count and send.
 
 mod attach;
+pub mod capture;
 mod counters;
 pub mod events;
 mod flow_map;
@@ -10,6 +11,7 @@ mod policy_maps;
 pub mod preflight;
 
 pub use attach::{AttachMode, ProgramRunStats, Programs, VethAttachment};
+pub use capture::{CaptureMaps, CapturedPacket};
 pub use counters::{Counters, KernelCounters};
 pub use events::{Event, EventRing};
 pub use flow_map::{Expiry, FlowMap};
