@@ -13,6 +13,7 @@ use monitor_common::MAX_CAPTURE;
 
 use crate::{
     agent::{AgentConfig, LearnConfig},
+    capture::{client::ApiClient, CaptureRequest},
     datapath::{AttachMode, DatapathConfig},
     detect::config::DetectConfig,
     flow_log::FlowLogConfig,
@@ -46,6 +47,82 @@ pub enum Command {
     /// Least-privilege flow policies: learn one, check one.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Capture a container's packets through a running agent's API and
+    /// write them as pcapng; exit status 2 when the capture cannot be had.
+    Capture(Box<CaptureArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// The container (name or id prefix) whose veths are captured.
+    #[arg(long)]
+    pub container: String,
+    /// Only packets to or from this container (name) or IP address.
+    #[arg(long, value_name = "NAME|IP")]
+    pub peer: Option<String>,
+    /// Only packets with this source or destination port.
+    #[arg(long)]
+    pub port: Option<String>,
+    /// Only packets of this protocol: tcp, udp, icmp, icmpv6 or a number.
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// Stop after this long, e.g. `10s` (default: when interrupted).
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Stop after this many packets.
+    #[arg(long)]
+    pub count: Option<String>,
+    /// Bytes kept of each packet (1 to 1600).
+    #[arg(long, default_value_t = crate::capture::DEFAULT_SNAPLEN)]
+    pub snaplen: u32,
+    /// Where to write the pcapng file; `-` for standard output
+    /// (e.g. `| wireshark -k -i -`).
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: PathBuf,
+    /// The agent's API.
+    #[arg(long, default_value_t = format!("http://{}", AgentConfig::DEFAULT_LISTEN), env = "CROSSMON_URL")]
+    pub url: String,
+    /// Basic auth of the agent's --web-config, `USER:PASSWORD`.
+    #[arg(long, env = "CROSSMON_API_USER", value_name = "USER:PASSWORD")]
+    pub user: Option<String>,
+    /// CA certificate (PEM) that signed the agent's TLS certificate.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM), when the agent asks for one.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl CaptureArgs {
+    /// The request and the client, checked before anything is sent.
+    pub fn request(&self) -> Result<(CaptureRequest, ApiClient), String> {
+        let mut request = CaptureRequest::default();
+        request.set("container", &self.container)?;
+        request.set("snaplen", &self.snaplen.to_string())?;
+        for (key, value) in [
+            ("peer", &self.peer),
+            ("port", &self.port),
+            ("protocol", &self.protocol),
+            ("duration", &self.duration),
+            ("count", &self.count),
+        ] {
+            if let Some(value) = value {
+                request.set(key, value).map_err(|err| format!("--{err}"))?;
+            }
+        }
+        request.check().map_err(|err| format!("--{err}"))?;
+        let client = ApiClient {
+            url: self.url.clone(),
+            user: self.user.clone(),
+            cacert: self.cacert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        };
+        Ok((request, client))
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -18,6 +18,7 @@ pub mod web_config;
 pub mod docker;
 // Flows, alerts, events: what the stages pass along.
 pub mod alert;
+pub mod capture;
 pub mod event_log;
 pub mod flows;
 // The consumers of polls and events.

@@ -1,7 +1,7 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
-use monitor::cli::{learn_config, Cli, Command, PolicyCommand};
+use monitor::cli::{learn_config, CaptureArgs, Cli, Command, PolicyCommand};
 use tracing_subscriber::EnvFilter;
 
 /// netlink-packet-route warns about every attribute newer than itself, once
@@ -63,6 +63,7 @@ fn main() -> ExitCode {
                 .block_on(monitor::policy::check::run(&policy, docker_host.as_deref()))
                 .map(|table| print!("{table}"))
         }
+        Command::Capture(args) => return capture(&args),
         Command::Doctor { docker_host } => {
             return if runtime.block_on(monitor::doctor::run(docker_host.as_deref())) {
                 ExitCode::SUCCESS
@@ -77,5 +78,35 @@ fn main() -> ExitCode {
             eprintln!("crossmon: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `crossmon capture`: every failure is one line and exit status 2.
+fn capture(args: &CaptureArgs) -> ExitCode {
+    let fail = |message: &dyn std::fmt::Display| {
+        eprintln!("crossmon: {message}");
+        ExitCode::from(2)
+    };
+    let (request, client) = match args.request() {
+        Ok(pair) => pair,
+        Err(message) => return fail(&message),
+    };
+    let to_stdout = args.write.as_os_str() == "-";
+    let mut out: Box<dyn std::io::Write> = if to_stdout {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(monitor::capture::client::LazyFile::new(args.write.clone()))
+    };
+    match client.capture(&request, &mut out) {
+        Ok(bytes) => {
+            if !to_stdout {
+                eprintln!(
+                    "crossmon: {bytes} bytes of pcapng written to {}",
+                    args.write.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(&err),
     }
 }

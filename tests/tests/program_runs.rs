@@ -492,7 +492,7 @@ fn with_new_flow_events_off_flows_are_counted_and_nothing_is_sent() {
 fn captured(datapath: &mut Datapath) -> Vec<monitor::datapath::CapturedPacket> {
     let mut packets = Vec::new();
     assert_eq!(
-        datapath.capture.drain(&mut packets),
+        datapath.capture.ring.drain(&mut packets),
         0,
         "undecodable records"
     );
@@ -526,12 +526,13 @@ fn without_a_capture_nothing_is_captured() {
     pass(&mut dp, PROGRAM_TO_CONTAINER, &frame);
     // Another veth's capture does not select these.
     dp.capture
+        .filters
         .set(TEST_RUN_IFINDEX + 1000, &capture_filter(7, 1600))
         .unwrap();
     pass(&mut dp, PROGRAM_FROM_CONTAINER, &frame);
     pass(&mut dp, PROGRAM_TO_CONTAINER, &frame);
     assert_eq!(captured(&mut dp), vec![]);
-    dp.capture.clear(TEST_RUN_IFINDEX + 1000).unwrap();
+    dp.capture.filters.clear(TEST_RUN_IFINDEX + 1000).unwrap();
     pass(&mut dp, PROGRAM_FROM_CONTAINER, &frame);
     assert_eq!(captured(&mut dp), vec![]);
 }
@@ -585,7 +586,7 @@ fn a_capture_keeps_only_the_frames_its_filter_matches_in_both_directions() {
         flags: monitor_common::CAPTURE_MATCH_PEER,
         ..capture_filter(42, 100)
     };
-    dp.capture.set(TEST_RUN_IFINDEX, &filter).unwrap();
+    dp.capture.filters.set(TEST_RUN_IFINDEX, &filter).unwrap();
     for frame in [&to_b_53, &to_b_80, &to_c_53, &arp] {
         pass(&mut dp, PROGRAM_FROM_CONTAINER, frame);
     }
@@ -626,6 +627,7 @@ fn a_capture_keeps_only_the_frames_its_filter_matches_in_both_directions() {
 
     // No criteria: every frame, ARP included, whole up to the snaplen.
     dp.capture
+        .filters
         .set(TEST_RUN_IFINDEX, &capture_filter(43, 1600))
         .unwrap();
     for frame in [&to_b_53, &to_b_80, &to_c_53, &arp] {
@@ -634,7 +636,7 @@ fn a_capture_keeps_only_the_frames_its_filter_matches_in_both_directions() {
     let all: Vec<_> = captured(&mut dp).into_iter().map(|p| p.data).collect();
     assert_eq!(all, vec![to_b_53, to_b_80, to_c_53, arp]);
 
-    dp.capture.clear(TEST_RUN_IFINDEX).unwrap();
+    dp.capture.filters.clear(TEST_RUN_IFINDEX).unwrap();
     pass(&mut dp, PROGRAM_FROM_CONTAINER, &from_b_53);
     assert_eq!(captured(&mut dp), vec![]);
 }
@@ -646,6 +648,7 @@ fn capture_records_that_do_not_fit_the_ring_are_counted_as_lost() {
         ..DatapathConfig::default()
     });
     dp.capture
+        .filters
         .set(TEST_RUN_IFINDEX, &capture_filter(1, 1600))
         .unwrap();
     let frame = ethernet(B, A, 0x88b5, &[0; 46]);
@@ -653,7 +656,7 @@ fn capture_records_that_do_not_fit_the_ring_are_counted_as_lost() {
         pass(&mut dp, PROGRAM_FROM_CONTAINER, &frame);
     }
     let received = captured(&mut dp).len() as u64;
-    let lost = dp.capture.lost().unwrap();
+    let lost = dp.capture.ring.lost().unwrap();
     assert!(lost > 0, "a one-page ring cannot hold 20 records");
     assert_eq!(
         received + lost,

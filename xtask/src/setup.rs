@@ -26,6 +26,10 @@ const PACKAGES: &[&str] = &[
     "iptables",
     "procps",
     "tcpdump",
+    // Reads back the pcapng files of `crossmon capture` in its tests (its
+    // debconf question about non-root capture takes the default under
+    // DEBIAN_FRONTEND=noninteractive, below).
+    "tshark",
     // Program inspection and throughput, in tests and benchmarks.
     "bpftool",
     "iperf3",

@@ -29,6 +29,7 @@ use tokio::{signal::unix::SignalKind, sync::watch, task::JoinSet};
 use crate::{
     alert::{AlertLog, AlertSink},
     api::{self, ReadModel},
+    capture::{Captures, RingReader},
     datapath::{self, preflight, DatapathConfig},
     detect::{config::DetectConfig, Detectors},
     docker::{self, Snapshot},
@@ -113,6 +114,10 @@ impl Default for AgentConfig {
         }
     }
 }
+
+/// Captures running at once (on demand and on alert): each holds a queue
+/// of up to 4096 packets.
+const MAX_RUNNING_CAPTURES: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct LearnConfig {
@@ -254,6 +259,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     let (poller, stop_poller) = spawn_stage("poller", &mut tasks, move |stop| poller.run(&stop))?;
     let (ring, stop_ring) = spawn_stage("ring consumer", &mut tasks, move |stop| ring.run(&stop))?;
+    let captures = Captures::new(datapath.capture.filters, MAX_RUNNING_CAPTURES);
+    let capture_reader = RingReader {
+        ring: datapath.capture.ring,
+        captures: captures.clone(),
+    };
+    let (capture_reader, stop_capture_reader) =
+        spawn_stage("capture reader", &mut tasks, move |stop| {
+            capture_reader.run(&stop)
+        })?;
     if let Some(logger) = datapath.ebpf_logger {
         tasks.spawn(forward_ebpf_logs(logger));
     }
@@ -284,6 +298,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             policy: policy.clone(),
         });
     }
+    metrics.register(metrics::CaptureCollector {
+        captures: captures.clone(),
+    });
     metrics.register(metrics::ProcessCollector);
 
     let app = api::router(ReadModel {
@@ -295,6 +312,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         alerts: sink,
         verdicts: lock(&detectors).verdicts(),
         metrics: Arc::new(metrics),
+        captures,
     });
     tasks.spawn(web_config::serve(listener, app, config.web_config.clone()));
 
@@ -316,12 +334,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         },
     };
     tasks.shutdown().await;
-    drop((stop_poller, stop_ring));
+    drop((stop_poller, stop_ring, stop_capture_reader));
+    let capture_reader = join_stage("capture reader", capture_reader).await;
     let ring = join_stage("ring consumer", ring).await;
     let poller = join_stage("poller", poller).await;
     let detached = lock(&programs).detach_all();
     tracing::info!("detached from {detached} interfaces, exiting");
     outcome?;
+    capture_reader?;
     ring?;
     poller?.finish()
 }

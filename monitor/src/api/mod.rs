@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::{
     alert::{Alert, AlertSink},
+    capture::{CaptureRequest, Captures, Target},
     clock,
     datapath::Event,
     detect::RecentVerdicts,
@@ -49,6 +50,8 @@ pub struct ReadModel {
     pub verdicts: Published<RecentVerdicts>,
     /// The collectors of `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The running packet captures, started by `/api/v1/capture`.
+    pub captures: Arc<Captures>,
 }
 
 type Model = State<Arc<ReadModel>>;
@@ -61,6 +64,7 @@ pub fn router(model: ReadModel) -> Router {
         .route("/api/v1/containers", get(containers))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/graph", get(graph))
+        .route("/api/v1/capture", get(capture))
         .route("/", get(ui::index))
         .route("/ui/app.js", get(ui::script))
         .route("/ui/app.css", get(ui::stylesheet))
@@ -140,6 +144,45 @@ async fn metrics(State(state): Model) -> axum::response::Response {
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// A packet capture of one container, streamed as pcapng (chunked) until
+/// its `duration` or `count` is reached or the client goes away; see
+/// `capture::CaptureRequest::from_query` for the parameters. A request that
+/// cannot be met gets one line: 400 when it names what does not exist, 409
+/// when the veths are busy or too many captures run.
+async fn capture(State(state): Model, RawQuery(query): RawQuery) -> axum::response::Response {
+    use axum::{http::StatusCode, response::IntoResponse as _};
+    let request = match CaptureRequest::from_query(query.as_deref().unwrap_or_default()) {
+        Ok(request) => request,
+        Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
+    };
+    let started =
+        Target::resolve(&state.docker.load(), &request).and_then(|t| state.captures.start(t));
+    let capture = match started {
+        Ok(capture) => capture,
+        Err(err) => {
+            let status = if err.is_bad_request() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::CONFLICT
+            };
+            return (status, format!("{err}\n")).into_response();
+        }
+    };
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    tokio::spawn(capture.stream(sender));
+    let body = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver
+            .recv()
+            .await
+            .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), receiver))
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-pcapng")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }
 
 /// Recent alerts, newest first.

@@ -29,11 +29,11 @@ pub enum CaptureMapError {
     },
 }
 
+/// The capture maps, split by who uses them: whoever starts and stops
+/// captures owns the filters, one reader thread the ring.
 pub struct CaptureMaps {
-    active: Array<MapData, u32>,
-    filters: HashMap<MapData, u32, CaptureFilter>,
-    ring: RingBuf<MapData>,
-    lost: PerCpuArray<MapData, u64>,
+    pub filters: CaptureFilters,
+    pub ring: CaptureRing,
 }
 
 impl CaptureMaps {
@@ -44,13 +44,19 @@ impl CaptureMaps {
         lost: PerCpuArray<MapData, u64>,
     ) -> Self {
         Self {
-            active,
-            filters,
-            ring,
-            lost,
+            filters: CaptureFilters { active, filters },
+            ring: CaptureRing { ring, lost },
         }
     }
+}
 
+/// Which veths the programs capture, and what of their packets.
+pub struct CaptureFilters {
+    active: Array<MapData, u32>,
+    filters: HashMap<MapData, u32, CaptureFilter>,
+}
+
+impl CaptureFilters {
     /// Starts (or changes) the capture of one veth.
     pub fn set(&mut self, ifindex: u32, filter: &CaptureFilter) -> Result<(), CaptureMapError> {
         let write = |source| CaptureMapError::Write { ifindex, source };
@@ -73,7 +79,15 @@ impl CaptureMaps {
         let n = self.filters.keys().filter(Result::is_ok).count();
         self.active.set(0, u32::try_from(n).unwrap_or(u32::MAX), 0)
     }
+}
 
+/// The `CAPTURE_RING` ring buffer and its loss counter.
+pub struct CaptureRing {
+    ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+}
+
+impl CaptureRing {
     /// Drains the ring into `out`; returns how many records did not decode.
     pub fn drain(&mut self, out: &mut Vec<CapturedPacket>) -> usize {
         let mut undecodable = 0;

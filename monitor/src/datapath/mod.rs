@@ -11,7 +11,7 @@ mod policy_maps;
 pub mod preflight;
 
 pub use attach::{AttachMode, ProgramRunStats, Programs, VethAttachment};
-pub use capture::{CaptureMaps, CapturedPacket};
+pub use capture::{CaptureFilters, CaptureMaps, CaptureRing, CapturedPacket};
 pub use counters::{Counters, KernelCounters};
 pub use events::{Event, EventRing};
 pub use flow_map::{Expiry, FlowMap};

@@ -6,6 +6,7 @@
 //! subsystem is one collector file and one `register` call.
 
 mod agent;
+mod capture;
 mod detect;
 mod docker;
 mod events;
@@ -15,6 +16,7 @@ pub mod text;
 mod traffic;
 
 pub use agent::{AgentCollector, DatapathCollector};
+pub use capture::CaptureCollector;
 pub use detect::{AlertsCollector, ProtocolsCollector};
 pub use docker::DockerCollector;
 pub use events::EventsCollector;

@@ -1,0 +1,331 @@
+//! Packet capture against real containers: `crossmon capture` through a
+//! running agent's API writes pcapng that tshark reads back as exactly the
+//! packets sent, with their addresses, ports, lengths, directions and
+//! order; bad requests fail with one line and exit status 2.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
+
+use std::{
+    net::UdpSocket,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use integration_tests::{
+    agent::{get, wait_until, Agent},
+    crossmon_bin,
+    docker::{docker_ready, DockerNetwork},
+    net::in_netns,
+    scratch::Scratch,
+};
+
+/// `frame.packet_flags_direction` of pcapng's epb_flags, as the container
+/// sees it: sent to it, sent by it.
+const IN: &str = "0x00000001";
+const OUT: &str = "0x00000002";
+
+/// `tshark -r FILE -T fields` of these fields, one packet a line.
+const FIELDS: &[&str] = &[
+    "frame.interface_name",
+    "frame.packet_flags_direction",
+    "ip.src",
+    "ip.dst",
+    "ip.proto",
+    "udp.srcport",
+    "udp.dstport",
+    "tcp.srcport",
+    "tcp.dstport",
+    "tcp.flags.str",
+    "tcp.len",
+    "frame.len",
+    "frame.cap_len",
+];
+
+fn tshark(file: &std::path::Path) -> Vec<Vec<String>> {
+    let mut command = Command::new("tshark");
+    command
+        .arg("-r")
+        .arg(file)
+        .args(["-T", "fields", "-E", "separator=|"]);
+    for field in FIELDS {
+        command.args(["-e", field]);
+    }
+    let output = command
+        .output()
+        .expect("running tshark (package tshark; `cargo xtask setup` installs it)");
+    assert!(
+        output.status.success(),
+        "tshark -r {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| line.split('|').map(str::to_owned).collect())
+        .collect()
+}
+
+fn capture(agent: &Agent, args: &[&str]) -> Command {
+    let mut command = Command::new(crossmon_bin());
+    command
+        .args(["capture", "--url", &format!("http://{}", agent.addr)])
+        .args(args);
+    command
+}
+
+fn running_captures(agent: &Agent) -> u64 {
+    get(agent.addr, "/metrics")
+        .and_then(|(_, text)| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("crossmon_captures_running "))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn one_line_exit_2(output: &Output, says: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(says), "{stderr}");
+}
+
+#[test]
+fn udp_datagrams_and_a_tcp_exchange_are_captured_exactly_in_both_directions() {
+    docker_ready();
+    let net = DockerNetwork::create("capture", &[]).expect("network");
+    let a = net.run("a");
+    let b = net.run("b");
+    let agent = Agent::start(&[]);
+    agent.wait_attached(&[&a.name, &b.name]);
+    let ip_a = a.ip(&net.name).unwrap();
+    let ip_b = b.ip(&net.name).unwrap();
+    // Warm ARP: with `--peer` ARP is not captured anyway; the first packets
+    // are then not delayed.
+    a.ping(&ip_b, 1);
+
+    let scratch = Scratch::new("capture");
+    let file = scratch.dir().join("a.pcapng");
+    let capturing = capture(
+        &agent,
+        &[
+            "--container",
+            &a.name,
+            "--peer",
+            &b.name,
+            "--duration",
+            "6s",
+            "-w",
+        ],
+    )
+    .arg(&file)
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_until("the capture running", || running_captures(&agent) == 1);
+
+    // Exactly five datagrams A -> B:9999, each a different size, B listening
+    // (no ICMP unreachable back).
+    let receiver = in_netns(&b.netns().unwrap(), || {
+        Ok(UdpSocket::bind(("0.0.0.0", 9999))?)
+    })
+    .unwrap();
+    let payloads: Vec<usize> = vec![10, 200, 30, 1400, 5];
+    in_netns(&a.netns().unwrap(), || {
+        let socket = UdpSocket::bind(("0.0.0.0", 40000))?;
+        for len in &payloads {
+            socket.send_to(&vec![0x5a; *len], (ip_b.as_str(), 9999))?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    })
+    .unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    for _ in &payloads {
+        receiver.recv_from(&mut [0; 2000]).unwrap();
+    }
+    a.tcp_sessions(&b, &ip_b, 8080, 1, b"hello");
+    // Traffic to a third container is not B's: the peer filter leaves it out.
+    let c = net.run("c");
+    a.ping(&c.ip(&net.name).unwrap(), 2);
+
+    let output = capturing.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let packets = tshark(&file);
+    let udp: Vec<&Vec<String>> = packets.iter().filter(|p| p[4] == "17").collect();
+    let expected_udp: Vec<Vec<String>> = payloads
+        .iter()
+        .map(|len| {
+            let frame = 14 + 20 + 8 + len;
+            [
+                a.name.as_str(),
+                OUT,
+                &ip_a,
+                &ip_b,
+                "17",
+                "40000",
+                "9999",
+                "",
+                "",
+                "",
+                "",
+                &frame.to_string(),
+                &frame.to_string(),
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        })
+        .collect();
+    assert_eq!(
+        udp.into_iter().cloned().collect::<Vec<_>>(),
+        expected_udp,
+        "every datagram once, in order, whole"
+    );
+    assert!(
+        packets.iter().all(|p| p[4] == "17" || p[4] == "6"),
+        "only B's UDP and TCP: {packets:?}"
+    );
+    let tcp = |dir: &str| -> Vec<&Vec<String>> {
+        packets
+            .iter()
+            .filter(|p| p[4] == "6" && p[1] == dir)
+            .collect()
+    };
+    let (sent, received) = (tcp(OUT), tcp(IN));
+    assert!(sent
+        .iter()
+        .all(|p| p[2] == ip_a && p[3] == ip_b && p[8] == "8080"));
+    assert!(received
+        .iter()
+        .all(|p| p[2] == ip_b && p[3] == ip_a && p[7] == "8080"));
+    let flags = |list: &[&Vec<String>]| list.iter().map(|p| p[9].clone()).collect::<Vec<_>>();
+    assert_eq!(
+        flags(&sent).first().map(String::as_str),
+        Some("··········S·"),
+        "{packets:?}"
+    );
+    assert_eq!(
+        flags(&received).first().map(String::as_str),
+        Some("·······A··S·"),
+        "{packets:?}"
+    );
+    assert_eq!(
+        sent.iter()
+            .filter(|p| p[10] != "0")
+            .map(|p| p[10].as_str())
+            .collect::<Vec<_>>(),
+        vec!["5"],
+        "the request's five bytes, once"
+    );
+    assert!(flags(&sent).iter().any(|f| f.contains('F')), "A's FIN");
+    assert!(flags(&received).iter().any(|f| f.contains('F')), "B's FIN");
+    assert_eq!(
+        running_captures(&agent),
+        0,
+        "the capture stopped with its duration"
+    );
+}
+
+#[test]
+fn a_snaplen_truncates_and_keeps_the_original_length() {
+    docker_ready();
+    let net = DockerNetwork::create("snap", &[]).expect("network");
+    let a = net.run("a");
+    let b = net.run("b");
+    let agent = Agent::start(&[]);
+    agent.wait_attached(&[&a.name, &b.name]);
+    let ip_b = b.ip(&net.name).unwrap();
+    let scratch = Scratch::new("capture");
+    let file = scratch.dir().join("snap.pcapng");
+    let capturing = capture(
+        &agent,
+        &[
+            "--container",
+            &b.name,
+            "--protocol",
+            "icmp",
+            "--count",
+            "4",
+            "--snaplen",
+            "60",
+            "-w",
+        ],
+    )
+    .arg(&file)
+    .spawn()
+    .unwrap();
+    wait_until("the capture running", || running_captures(&agent) == 1);
+    a.exec(&["ping", "-q", "-c", "2", "-s", "500", &ip_b])
+        .unwrap();
+    let output = capturing.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let packets = tshark(&file);
+    let dirs: Vec<&str> = packets.iter().map(|p| p[1].as_str()).collect();
+    // Request in (to B), reply out, twice.
+    assert_eq!(dirs, vec![IN, OUT, IN, OUT], "{packets:?}");
+    assert!(
+        packets.iter().all(|p| p[11] == "542" && p[12] == "60"),
+        "{packets:?}"
+    );
+}
+
+#[test]
+fn bad_requests_fail_with_one_line_and_exit_status_2() {
+    docker_ready();
+    let net = DockerNetwork::create("badcap", &[]).expect("network");
+    let a = net.run("a");
+    let agent = Agent::start(&[]);
+    agent.wait_attached(&[&a.name]);
+    let scratch = Scratch::new("capture");
+    let file = scratch.dir().join("never.pcapng");
+    let file = file.to_str().unwrap();
+    let run = |args: &[&str]| capture(&agent, args).output().unwrap();
+    one_line_exit_2(
+        &run(&["--container", "no-such-container", "-w", file]),
+        "no container named",
+    );
+    one_line_exit_2(
+        &run(&["--container", &a.name, "--peer", "no-such-peer", "-w", file]),
+        "neither a container nor an IP address",
+    );
+    one_line_exit_2(
+        &run(&["--container", &a.name, "--port", "http", "-w", file]),
+        "--port",
+    );
+    one_line_exit_2(
+        &run(&["--container", &a.name, "--protocol", "sctp", "-w", file]),
+        "--protocol",
+    );
+    let nobody = Command::new(crossmon_bin())
+        .args([
+            "capture",
+            "--url",
+            "http://127.0.0.1:1",
+            "--container",
+            &a.name,
+            "-w",
+            file,
+        ])
+        .output()
+        .unwrap();
+    one_line_exit_2(&nobody, "no crossmon agent answers");
+    assert!(
+        !std::path::Path::new(file).exists(),
+        "a refused capture leaves no file"
+    );
+    // The API says the same in one line, with 400.
+    let (status, body) = get(agent.addr, "/api/v1/capture?container=no-such-container").unwrap();
+    assert_eq!(
+        (status, body.trim()),
+        (400, "no container named \"no-such-container\"")
+    );
+}
