@@ -13,7 +13,7 @@ use monitor_common::MAX_CAPTURE;
 
 use crate::{
     agent::{AgentConfig, LearnConfig},
-    capture::{client::ApiClient, CaptureRequest},
+    capture::{client::ApiClient, on_alert::OnAlertConfig, CaptureRequest},
     datapath::{AttachMode, DatapathConfig},
     detect::config::DetectConfig,
     flow_log::FlowLogConfig,
@@ -242,6 +242,29 @@ pub struct RunArgs {
     #[arg(long, default_value_t = FlowLogConfig::DEFAULT_KEEP)]
     pub flow_log_keep: u32,
 
+    /// An alert of `--capture-on-alert-kinds` starts a packet capture of
+    /// the pair it names, written to this directory as pcapng and named in
+    /// the alert (`capture`).
+    #[arg(long, value_name = "DIR")]
+    pub capture_on_alert: Option<PathBuf>,
+
+    /// The alert kinds that start a capture, comma-separated.
+    #[arg(long, default_value = OnAlertConfig::DEFAULT_KINDS, value_name = "KINDS")]
+    pub capture_on_alert_kinds: String,
+
+    /// A capture on alert stops after this long...
+    #[arg(long, default_value_t = OnAlertConfig::DEFAULT_DURATION.into(), value_parser = duration_arg)]
+    pub capture_on_alert_duration: humantime::Duration,
+
+    /// ...or this many packets.
+    #[arg(long, default_value_t = OnAlertConfig::DEFAULT_COUNT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub capture_on_alert_count: u64,
+
+    /// The capture directory's files take at most this many MiB; the
+    /// oldest are removed.
+    #[arg(long, default_value_t = OnAlertConfig::DEFAULT_MAX_MIB, value_parser = clap::value_parser!(u64).range(1..))]
+    pub capture_on_alert_max_mib: u64,
+
     /// Where alerts go, one JSON line each: a file appended to, or `-` for
     /// standard output.
     #[arg(long, default_value = AgentConfig::DEFAULT_ALERT_LOG, value_name = "PATH")]
@@ -399,6 +422,20 @@ impl RunArgs {
             "--state-dir {}: not a directory",
             self.state_dir.display()
         );
+        let capture_on_alert = match &self.capture_on_alert {
+            Some(dir) => {
+                OnAlertConfig::check_dir(dir)?;
+                Some(OnAlertConfig {
+                    dir: dir.clone(),
+                    kinds: OnAlertConfig::parse_kinds(&self.capture_on_alert_kinds)?,
+                    duration: self.capture_on_alert_duration.into(),
+                    count: self.capture_on_alert_count,
+                    max_running: OnAlertConfig::DEFAULT_MAX_RUNNING,
+                    max_bytes: self.capture_on_alert_max_mib.saturating_mul(1024 * 1024),
+                })
+            }
+            None => None,
+        };
         let config = AgentConfig {
             listen: self.listen,
             datapath: DatapathConfig {
@@ -438,6 +475,7 @@ impl RunArgs {
             alert_log: Some(self.alert_log.clone()),
             policy,
             learn: None,
+            capture_on_alert,
             alert_cooldown: self.alert_cooldown.into(),
             metrics: MetricsConfig {
                 max_series: self.max_series as usize,

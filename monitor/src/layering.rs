@@ -13,11 +13,10 @@ const LAYERS: &[&[&str]] = &[
     // Who the containers are.
     &["docker"],
     // Flows aggregated, each poll's view and its consumers' contract;
-    // alerts and their sink; the ring's events and their consumers';
-    // packet captures.
-    &["flows", "alert", "event_log", "capture"],
-    // The poll and event consumers.
-    &["detect", "policy", "series"],
+    // alerts and their sink; the ring's events and their consumers'.
+    &["flows", "alert", "event_log"],
+    // The poll and event consumers; packet captures (the alerts' evidence).
+    &["detect", "policy", "series", "capture"],
     // What is written out: /metrics collectors, the flow log.
     &["metrics", "flow_log"],
     &["api"],

@@ -329,3 +329,70 @@ fn bad_requests_fail_with_one_line_and_exit_status_2() {
         (400, "no container named \"no-such-container\"")
     );
 }
+
+#[test]
+fn a_port_scan_leaves_a_capture_of_its_syns_and_rsts_named_in_the_alert() {
+    docker_ready();
+    let net = DockerNetwork::create("scancap", &[]).expect("network");
+    let target = net.run("target");
+    let scanner = net.run("scanner");
+    let scratch = Scratch::new("capture");
+    let dir = scratch.dir().join("evidence");
+    let agent = Agent::start(&[
+        "--capture-on-alert",
+        dir.to_str().unwrap(),
+        "--capture-on-alert-duration",
+        "5s",
+    ]);
+    agent.wait_attached(&[&target.name, &scanner.name]);
+    let target_ip = target.ip(&net.name).unwrap();
+    let scanner_ip = scanner.ip(&net.name).unwrap();
+    scanner.connect_refused(&target_ip, 30_000..30_030);
+    let alert = agent.wait_for_alert("port_scan", |_| true);
+    let name = alert["capture"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the alert names its capture: {alert}"));
+    // The scan goes on while the capture runs.
+    scanner.connect_refused(&target_ip, 30_030..30_050);
+    wait_until("the capture on alert finished", || {
+        running_captures(&agent) == 0
+    });
+    let packets = tshark(&dir.join(name));
+    let syns = packets
+        .iter()
+        .filter(|p| {
+            p[0] == scanner.name
+                && p[1] == OUT
+                && p[2] == scanner_ip
+                && p[3] == target_ip
+                && p[9] == "··········S·"
+        })
+        .count();
+    let rsts = packets
+        .iter()
+        .filter(|p| p[1] == IN && p[2] == target_ip && p[3] == scanner_ip && p[9] == "·······A·R··")
+        .count();
+    assert!(
+        syns >= 20 && rsts >= 20,
+        "{syns} SYNs, {rsts} RSTs: {packets:?}"
+    );
+    assert!(
+        packets
+            .iter()
+            .all(|p| p[2] == target_ip || p[3] == target_ip),
+        "only the pair's packets"
+    );
+}
+
+#[test]
+fn an_unwritable_capture_directory_stops_the_agent_at_start_with_status_2() {
+    integration_tests::require_root();
+    let scratch = Scratch::new("capture");
+    let file = scratch.write("not-a-directory", "");
+    let output = Command::new(crossmon_bin())
+        .args(["run", "--no-docker", "--capture-on-alert"])
+        .arg(file.join("evidence"))
+        .output()
+        .unwrap();
+    one_line_exit_2(&output, "--capture-on-alert");
+}

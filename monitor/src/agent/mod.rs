@@ -29,7 +29,10 @@ use tokio::{signal::unix::SignalKind, sync::watch, task::JoinSet};
 use crate::{
     alert::{AlertLog, AlertSink},
     api::{self, ReadModel},
-    capture::{Captures, RingReader},
+    capture::{
+        on_alert::{CaptureOnAlert, OnAlertConfig},
+        Captures, RingReader,
+    },
     datapath::{self, preflight, DatapathConfig},
     detect::{config::DetectConfig, Detectors},
     docker::{self, Snapshot},
@@ -73,6 +76,8 @@ pub struct AgentConfig {
     pub policy: Option<PolicyConfig>,
     /// `crossmon policy learn`: run this long, then write the policy.
     pub learn: Option<LearnConfig>,
+    /// `--capture-on-alert DIR`.
+    pub capture_on_alert: Option<OnAlertConfig>,
 }
 
 impl AgentConfig {
@@ -111,6 +116,7 @@ impl Default for AgentConfig {
             flow_log: None,
             policy: None,
             learn: None,
+            capture_on_alert: None,
         }
     }
 }
@@ -260,6 +266,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (poller, stop_poller) = spawn_stage("poller", &mut tasks, move |stop| poller.run(&stop))?;
     let (ring, stop_ring) = spawn_stage("ring consumer", &mut tasks, move |stop| ring.run(&stop))?;
     let captures = Captures::new(datapath.capture.filters, MAX_RUNNING_CAPTURES);
+    if let Some(on_alert) = &config.capture_on_alert {
+        lock(&sink).set_evidence(Box::new(CaptureOnAlert::new(
+            on_alert.clone(),
+            captures.clone(),
+            docker_snapshot.clone(),
+            tokio::runtime::Handle::current(),
+        )));
+    }
     let capture_reader = RingReader {
         ring: datapath.capture.ring,
         captures: captures.clone(),

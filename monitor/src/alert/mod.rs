@@ -43,6 +43,16 @@ pub struct Alert {
     pub summary: String,
     /// Facts behind the alert: counts, addresses, ports, window.
     pub evidence: Value,
+    /// The packet capture started by the alert (`--capture-on-alert`): a
+    /// file name in that directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture: Option<String>,
+}
+
+/// Evidence gathered when an alert is raised (a packet capture): its name
+/// goes into the alert before it is logged.
+pub trait AlertEvidence: Send {
+    fn collect(&mut self, alert: &Alert) -> Option<String>;
 }
 
 impl Alert {

@@ -56,6 +56,7 @@ pub struct AlertSink {
     recent: VecDeque<Alert>,
     /// (kind, severity, source) to alerts raised.
     counts: HashMap<(&'static str, Severity, String), u64>,
+    evidence: Option<Box<dyn super::AlertEvidence>>,
 }
 
 impl AlertSink {
@@ -67,12 +68,18 @@ impl AlertSink {
             pruned_ns: 0,
             recent: VecDeque::new(),
             counts: HashMap::new(),
+            evidence: None,
         }
+    }
+
+    /// Gathers `evidence` for every alert raised from now on.
+    pub fn set_evidence(&mut self, evidence: Box<dyn super::AlertEvidence>) {
+        self.evidence = Some(evidence);
     }
 
     /// Raises `alert` unless the same kind and pair alerted within the
     /// cooldown; returns whether it was raised.
-    pub fn raise(&mut self, alert: Alert, now_ns: u64) -> bool {
+    pub fn raise(&mut self, mut alert: Alert, now_ns: u64) -> bool {
         let source = Alert::end_name(&alert.source);
         let destination = alert
             .destination
@@ -101,6 +108,9 @@ impl AlertSink {
             .counts
             .entry((alert.kind, alert.severity, end_name(&alert.source)))
             .or_default() += 1;
+        if let Some(evidence) = &mut self.evidence {
+            alert.capture = evidence.collect(&alert);
+        }
         if let Some(log) = &mut self.log {
             match serde_json::to_string(&alert) {
                 Ok(line) => log.write(&line),
@@ -142,6 +152,7 @@ mod tests {
     fn alert(kind: &'static str, source: &str, destination: &str) -> Alert {
         let end = |ip: &str| Directory::default().by_address(ip.parse().expect("ip"));
         Alert {
+            capture: None,
             time: "2026-11-29T00:00:00.000Z".into(),
             kind,
             severity: Severity::Critical,

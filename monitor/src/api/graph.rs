@@ -576,6 +576,7 @@ mod tests {
 
     fn alert(kind: &'static str, source: FlowEnd, destination: Option<FlowEnd>) -> Alert {
         Alert {
+            capture: None,
             time: "2026-12-03T10:00:00.000Z".to_owned(),
             kind,
             severity: Severity::Warning,

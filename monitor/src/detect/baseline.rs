@@ -98,6 +98,7 @@ impl Baseline {
         }
         let (from, to, ..) = edge;
         Some(Alert {
+            capture: None,
             time: attempt.time(),
             kind: "new_connection",
             severity: Severity::Warning,

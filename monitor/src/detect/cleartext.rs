@@ -269,6 +269,7 @@ fn alert(
         protocol => format!("cleartext {}", protocol.name()),
     };
     Alert {
+        capture: None,
         time: clock::rfc3339_ms(now_ns),
         kind: "cleartext",
         severity: Severity::Warning,

@@ -105,6 +105,7 @@ impl FloodDetector {
                 .map(|(name, (n, _))| (name, *n))
                 .collect();
             alerts.push(Alert {
+                capture: None,
                 time: clock::rfc3339_ms(now_ns),
                 kind: "syn_flood",
                 severity: Severity::Critical,

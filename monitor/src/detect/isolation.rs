@@ -27,6 +27,7 @@ pub fn isolation_violation(attempt: &Attempt, directory: &Directory) -> Option<A
             .collect::<Vec<_>>()
     };
     Some(Alert {
+        capture: None,
         time: attempt.time(),
         kind: "isolation_violation",
         severity: Severity::Critical,

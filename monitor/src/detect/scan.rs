@@ -125,6 +125,7 @@ impl Detector for HostSweep {
 fn port_scan_alert(config: &Scan, attempt: &Attempt, source: &str, tried: &Tried<u16>) -> Alert {
     let destination = Alert::end_name(&attempt.destination);
     Alert {
+        capture: None,
         time: attempt.time(),
         kind: "port_scan",
         severity: Severity::Warning,
@@ -154,6 +155,7 @@ fn host_sweep_alert(
     tried: &Tried<IpAddr>,
 ) -> Alert {
     Alert {
+        capture: None,
         time: attempt.time(),
         kind: "host_sweep",
         severity: Severity::Warning,

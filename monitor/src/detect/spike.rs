@@ -93,6 +93,7 @@ impl SpikeDetector {
 fn alert(config: &TrafficSpike, edge: &Edge, bytes: u64, now_ns: u64) -> Alert {
     let factor = bytes as f64 / edge.baseline.max(1.0);
     Alert {
+        capture: None,
         time: clock::rfc3339_ms(now_ns),
         kind: "traffic_spike",
         severity: Severity::Warning,

@@ -70,6 +70,7 @@ pub fn ip_spoof(record: &FlowRecord, directory: &Directory) -> Check {
         .map(|name| format!(" (that of {name})"))
         .unwrap_or_default();
     Check::Spoofed(Box::new(Alert {
+        capture: None,
         time: clock::rfc3339_ms(record.stats.first_seen_ns),
         kind: "ip_spoof",
         severity: Severity::Critical,
@@ -126,6 +127,7 @@ pub fn arp_spoof(
         .map(|name| format!(", the address of {name}"))
         .unwrap_or_default();
     Some(Alert {
+        capture: None,
         time: clock::rfc3339_ms(seen.timestamp_ns),
         kind: "arp_spoof",
         severity: Severity::Critical,
