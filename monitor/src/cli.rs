@@ -422,12 +422,14 @@ impl RunArgs {
             "--state-dir {}: not a directory",
             self.state_dir.display()
         );
+        // Checked with or without the directory: a typo is an error either way.
+        let capture_kinds = OnAlertConfig::parse_kinds(&self.capture_on_alert_kinds)?;
         let capture_on_alert = match &self.capture_on_alert {
             Some(dir) => {
                 OnAlertConfig::check_dir(dir)?;
                 Some(OnAlertConfig {
                     dir: dir.clone(),
-                    kinds: OnAlertConfig::parse_kinds(&self.capture_on_alert_kinds)?,
+                    kinds: capture_kinds,
                     duration: self.capture_on_alert_duration.into(),
                     count: self.capture_on_alert_count,
                     max_running: OnAlertConfig::DEFAULT_MAX_RUNNING,

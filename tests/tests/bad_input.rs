@@ -82,8 +82,14 @@ fn every_run_flag_with_an_invalid_value_exits_2_naming_it() {
     let scratch = Scratch::new("bad-input");
     let a_file = scratch.write("a-file", "");
     let a_file = a_file.to_str().expect("UTF-8 path");
+    let under_a_file = format!("{a_file}/evidence");
     let cases: &[(&str, &[&str])] = &[
         ("listen", &["nowhere", "127.0.0.1:99999", ""]),
+        ("capture-on-alert", &[&under_a_file]),
+        ("capture-on-alert-kinds", &["nonsense", ","]),
+        ("capture-on-alert-duration", &["0s", "soon"]),
+        ("capture-on-alert-count", &["0", "many"]),
+        ("capture-on-alert-max-mib", &["0", "-5"]),
         ("web-config", &["/nonexistent/web.yml"]),
         (
             "docker-host",

@@ -45,6 +45,8 @@ pub struct Report<'a> {
     pub agent: Option<AgentCost>,
     /// The policy_cost bench's table (with the throughput pass).
     pub policy_cost: Option<String>,
+    /// The capture_cost bench's table (with the throughput pass).
+    pub capture_cost: Option<String>,
 }
 
 pub fn verdict(ok: bool) -> &'static str {
