@@ -1,7 +1,9 @@
 //! Packet capture against real containers: `crossmon capture` through a
 //! running agent's API writes pcapng that tshark reads back as exactly the
 //! packets sent, with their addresses, ports, lengths, directions and
-//! order; bad requests fail with one line and exit status 2.
+//! order; a port scan with `--capture-on-alert` leaves its SYNs and RSTs
+//! in the file its alert names; behind `--web-config` the CLI needs the CA
+//! and the credentials; bad requests fail with one line and exit status 2.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -395,4 +397,89 @@ fn an_unwritable_capture_directory_stops_the_agent_at_start_with_status_2() {
         .output()
         .unwrap();
     one_line_exit_2(&output, "--capture-on-alert");
+}
+
+#[test]
+fn over_https_with_basic_auth_the_cli_needs_the_ca_and_the_credentials() {
+    docker_ready();
+    let net = DockerNetwork::create("tlscap", &[]).expect("network");
+    let a = net.run("a");
+    let b = net.run("b");
+    let scratch = Scratch::new("capture");
+    let server = rcgen::generate_simple_self_signed(["127.0.0.1".to_owned()]).unwrap();
+    scratch.write("server.pem", &server.cert.pem());
+    scratch.write("server-key.pem", &server.key_pair.serialize_pem());
+    let other = rcgen::generate_simple_self_signed(["127.0.0.1".to_owned()]).unwrap();
+    let other_ca = scratch.write("other.pem", &other.cert.pem());
+    let hash = bcrypt::hash("open sesame", 4).unwrap();
+    let config = scratch.write(
+        "web.yml",
+        &format!(
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: server-key.pem\n\
+             basic_auth_users:\n  alice: '{hash}'\n"
+        ),
+    );
+    let ca = scratch.path("server.pem");
+    let ca = ca.to_str().unwrap();
+    let agent = Agent::start_with(&["--web-config", config.to_str().unwrap()], |addr| {
+        Command::new("curl")
+            .args(["-sf", "--cacert", ca, "--user", "alice:open sesame"])
+            .arg(format!("https://{addr}/healthz"))
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let url = format!("https://{}", agent.addr);
+    let file = scratch.dir().join("tls.pcapng");
+    let cli = |extra: &[&str]| {
+        let mut command = Command::new(crossmon_bin());
+        command
+            .args(["capture", "--url", &url, "--container", &a.name])
+            .args(["--protocol", "icmp", "--count", "2", "-w"])
+            .arg(&file)
+            .args(extra);
+        command
+    };
+    one_line_exit_2(&cli(&["--cacert", ca]).output().unwrap(), "unauthorised");
+    one_line_exit_2(
+        &cli(&[
+            "--cacert",
+            other_ca.to_str().unwrap(),
+            "--user",
+            "alice:open sesame",
+        ])
+        .output()
+        .unwrap(),
+        "TLS",
+    );
+    one_line_exit_2(
+        &cli(&["--user", "alice:open sesame"]).output().unwrap(),
+        "--cacert",
+    );
+    // Attached only once the engine answered: wait for both.
+    wait_until("containers attached", || {
+        Command::new("curl")
+            .args(["-sf", "--cacert", ca, "--user", "alice:open sesame"])
+            .arg(format!("{url}/api/v1/containers"))
+            .output()
+            .is_ok_and(|o| {
+                let text = String::from_utf8_lossy(&o.stdout);
+                text.contains(&a.name)
+                    && text.contains(&b.name)
+                    && !text.contains("\"attached\":false")
+            })
+    });
+    let capturing = cli(&["--cacert", ca, "--user", "alice:open sesame"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    a.ping(&b.ip(&net.name).unwrap(), 1);
+    let output = capturing.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let packets = tshark(&file);
+    let dirs: Vec<&str> = packets.iter().map(|p| p[1].as_str()).collect();
+    assert_eq!(
+        dirs,
+        vec![OUT, IN],
+        "the echo request and its reply: {packets:?}"
+    );
 }
