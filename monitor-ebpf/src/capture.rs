@@ -5,11 +5,11 @@
 //! Capture is per veth and independent of counting: `to_container` captures
 //! the packets it does not count because the sender's veth did.
 
-use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use monitor_common::{CaptureFilter, CaptureRecord, CAPTURE_MATCH_PEER, MAX_SNAPLEN};
 
 use crate::{
-    events::Seen,
+    events::{copy_bytes, forget, Seen},
     maps::{CAPTURE_ACTIVE, CAPTURE_FILTERS, CAPTURE_LOST, CAPTURE_RING},
     parse::{Frame, Malformed},
     policy::same,
@@ -56,7 +56,8 @@ pub fn packet(ctx: &TcContext, seen: &Seen, frame: &Result<Frame, Malformed>) {
             &raw mut (*record).captured_len,
             ctx.len().min(filter.snaplen),
         );
-        (*record).captured_len = copy_frame(ctx, (*record).data.as_mut_ptr(), wanted);
+        (*record).captured_len =
+            copy_bytes(ctx, 0, (*record).data.as_mut_ptr(), wanted, MAX_SNAPLEN);
     }
     // Woken by the agent's timer, never per packet (see `events::wakeup`).
     entry.submit(u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP));
@@ -79,37 +80,4 @@ fn matches(filter: &CaptureFilter, frame: &Result<Frame, Malformed>) -> bool {
         return false;
     }
     filter.port == 0 || key.src_port == filter.port || key.dst_port == filter.port
-}
-
-/// # Safety
-/// `slot` points into a reserved ring record.
-#[inline(always)]
-unsafe fn forget(slot: *mut u32, value: u32) -> u32 {
-    // SAFETY: the caller's; volatile so that LLVM does not reuse `value`.
-    unsafe {
-        core::ptr::write_volatile(slot, value);
-        core::ptr::read_volatile(slot)
-    }
-}
-
-/// Copies the frame's first `min(wanted, MAX_SNAPLEN)` bytes to `dst`;
-/// returns how many (0 on failure). The length check is the one unsigned
-/// compare every verifier understands, as in `events::copy_bytes`.
-///
-/// # Safety
-/// `dst` holds [`MAX_SNAPLEN`] bytes.
-#[inline(always)]
-unsafe fn copy_frame(ctx: &TcContext, dst: *mut u8, wanted: u32) -> u32 {
-    let below = core::hint::black_box(wanted.min(MAX_SNAPLEN as u32).wrapping_sub(1));
-    if below >= MAX_SNAPLEN as u32 {
-        return 0;
-    }
-    let len = below + 1;
-    // SAFETY: `dst` holds MAX_SNAPLEN bytes and `len <= MAX_SNAPLEN`.
-    let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), 0, dst.cast(), len) };
-    if ret == 0 {
-        len
-    } else {
-        0
-    }
 }

@@ -128,7 +128,7 @@ pub fn arp(ctx: &TcContext, seen: &Seen, offset: usize) {
 /// # Safety
 /// `slot` points into a reserved ring record.
 #[inline(always)]
-unsafe fn forget(slot: *mut u32, value: u32) -> u32 {
+pub unsafe fn forget(slot: *mut u32, value: u32) -> u32 {
     // SAFETY: the caller's; volatile so that LLVM does not reuse `value`.
     unsafe {
         core::ptr::write_volatile(slot, value);
@@ -145,7 +145,13 @@ unsafe fn forget(slot: *mut u32, value: u32) -> u32 {
 /// both bounds on every kernel. `black_box` keeps LLVM from folding the
 /// subtraction and the addition back into a `len` it checked differently.
 #[inline(always)]
-unsafe fn copy_bytes(ctx: &TcContext, offset: usize, dst: *mut u8, wanted: u32, max: usize) -> u32 {
+pub unsafe fn copy_bytes(
+    ctx: &TcContext,
+    offset: usize,
+    dst: *mut u8,
+    wanted: u32,
+    max: usize,
+) -> u32 {
     let below = core::hint::black_box(wanted.min(max as u32).wrapping_sub(1));
     if below >= max as u32 {
         return 0;
