@@ -34,6 +34,10 @@ pub const GLOBAL_PAYLOAD_PACKETS: &str = "PAYLOAD_PACKETS";
 pub const GLOBAL_SAMPLE_RATE: &str = "SAMPLE_RATE";
 /// Name of the global that switches new-flow events on (1) or off (0).
 pub const GLOBAL_NEW_FLOW_EVENTS: &str = "NEW_FLOW_EVENTS";
+/// Name of the global that switches DNS events on (1) or off (0): every
+/// TCP or UDP packet to or from port 53 with a payload, its first
+/// [`MAX_CAPTURE`] payload bytes.
+pub const GLOBAL_DNS_EVENTS: &str = "DNS_EVENTS";
 
 /// Largest number of bytes one capture event can carry.
 pub const MAX_CAPTURE: usize = 512;
@@ -50,6 +54,10 @@ pub const DEFAULT_PAYLOAD_PACKETS: u32 = 2;
 pub const DEFAULT_SAMPLE_RATE: u32 = 0;
 /// Default of [`GLOBAL_NEW_FLOW_EVENTS`] (`--new-flow-events`): on.
 pub const DEFAULT_NEW_FLOW_EVENTS: u32 = 1;
+/// Default of [`GLOBAL_DNS_EVENTS`] (`--dns`): on.
+pub const DEFAULT_DNS_EVENTS: u32 = 1;
+/// The DNS port, whose packets are all sampled (not only a flow's first).
+pub const DNS_PORT: u16 = 53;
 
 /// IP protocol numbers the programs parse beyond the IP header.
 pub mod ip_proto {
@@ -231,10 +239,11 @@ pub enum Counter {
     LostPayload = 5,
     LostArp = 6,
     LostPacketSample = 7,
+    LostDns = 8,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::Packets,
         Self::NonIp,
@@ -244,6 +253,7 @@ impl Counter {
         Self::LostPayload,
         Self::LostArp,
         Self::LostPacketSample,
+        Self::LostDns,
     ];
 }
 
@@ -259,6 +269,9 @@ pub enum EventKind {
     Arp = 3,
     /// [`CaptureEvent`] with a zero key: a 1-in-N random packet head.
     PacketSample = 4,
+    /// [`CaptureEvent`]: the payload of a TCP or UDP packet to or from
+    /// port 53, every one of them.
+    Dns = 5,
 }
 
 impl EventKind {
@@ -268,6 +281,7 @@ impl EventKind {
             2 => Some(Self::Payload),
             3 => Some(Self::Arp),
             4 => Some(Self::PacketSample),
+            5 => Some(Self::Dns),
             _ => None,
         }
     }
@@ -279,6 +293,7 @@ impl EventKind {
             Self::Payload => Counter::LostPayload,
             Self::Arp => Counter::LostArp,
             Self::PacketSample => Counter::LostPacketSample,
+            Self::Dns => Counter::LostDns,
         }
     }
 }

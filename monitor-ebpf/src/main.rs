@@ -10,6 +10,7 @@
 #![no_main]
 
 mod capture;
+mod dns;
 mod events;
 mod flow;
 mod maps;
@@ -134,6 +135,7 @@ fn observe(ctx: &TcContext, seen: &Seen, frame: Result<Frame, Malformed>) {
             let limit = PAYLOAD_BYTES.load();
             let wants_sample = limit != 0 && packet.payload_len != 0 && is_tcp_or_udp;
             let first_samples = u8::from(wants_sample && PAYLOAD_PACKETS.load() != 0);
+            let dns = dns::wanted(&packet);
             let sample = match flow::account(seen, &packet, segments, first_samples) {
                 Accounted::Counted(slot) => wants_sample && !sampled_enough(slot),
                 Accounted::Created => first_samples != 0,
@@ -147,11 +149,19 @@ fn observe(ctx: &TcContext, seen: &Seen, frame: Result<Frame, Malformed>) {
             if packet.l4_truncated {
                 bump(Counter::Malformed);
             }
-            if sample {
+            // One capture for both: a DNS packet's sample is its DNS event
+            // (the agent hands it to the payload's readers too), and the
+            // programs keep a single copy path for the verifier.
+            if sample || dns {
+                let (kind, limit) = if dns {
+                    (EventKind::Dns, dns::BYTES)
+                } else {
+                    (EventKind::Payload, limit)
+                };
                 events::capture(
                     ctx,
                     seen,
-                    EventKind::Payload,
+                    kind,
                     &packet.key,
                     packet.payload_offset,
                     packet.payload_len,

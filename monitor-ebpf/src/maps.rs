@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use monitor_common::{
     CaptureFilter, Counter, DeniedStats, FlowKey, FlowStats, PolicyIface, PolicyIfaceKey,
-    PolicyRuleKey, PolicyRuleValue, DEFAULT_CAPTURE_RING_BYTES, DEFAULT_FLOW_CAPACITY,
-    DEFAULT_NEW_FLOW_EVENTS, DEFAULT_PAYLOAD_BYTES, DEFAULT_PAYLOAD_PACKETS, DEFAULT_RING_BYTES,
-    DEFAULT_SAMPLE_RATE, MAX_CAPTURED_IFACES, POLICY_SLOTS, POLICY_STATE_LEN,
+    PolicyRuleKey, PolicyRuleValue, DEFAULT_CAPTURE_RING_BYTES, DEFAULT_DNS_EVENTS,
+    DEFAULT_FLOW_CAPACITY, DEFAULT_NEW_FLOW_EVENTS, DEFAULT_PAYLOAD_BYTES, DEFAULT_PAYLOAD_PACKETS,
+    DEFAULT_RING_BYTES, DEFAULT_SAMPLE_RATE, MAX_CAPTURED_IFACES, POLICY_SLOTS, POLICY_STATE_LEN,
 };
 
 /// Per-CPU values: the hot path never contends on a cache line or needs
@@ -75,6 +75,8 @@ pub static PAYLOAD_PACKETS: Global<u32> = Global::new(DEFAULT_PAYLOAD_PACKETS);
 pub static SAMPLE_RATE: Global<u32> = Global::new(DEFAULT_SAMPLE_RATE);
 #[no_mangle]
 pub static NEW_FLOW_EVENTS: Global<u32> = Global::new(DEFAULT_NEW_FLOW_EVENTS);
+#[no_mangle]
+pub static DNS_EVENTS: Global<u32> = Global::new(DEFAULT_DNS_EVENTS);
 
 #[inline(always)]
 pub fn bump(counter: Counter) {

@@ -195,6 +195,11 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Switch::of(monitor_common::DEFAULT_NEW_FLOW_EVENTS != 0))]
     pub new_flow_events: Switch,
 
+    /// `off`: no DNS event (every TCP or UDP packet of port 53 sent up
+    /// whole): no /api/v1/dns, DNS metrics or DNS detector.
+    #[arg(long, value_enum, default_value_t = Switch::of(monitor_common::DEFAULT_DNS_EVENTS != 0))]
+    pub dns: Switch,
+
     /// Ring buffer size in bytes (a power of two, at least one page).
     #[arg(long, default_value_t = monitor_common::DEFAULT_RING_BYTES)]
     pub ring_bytes: u32,
@@ -448,6 +453,7 @@ impl RunArgs {
                 payload_packets: self.payload_packets,
                 sample_rate: self.sample_rate,
                 new_flow_events: self.new_flow_events == Switch::On,
+                dns_events: self.dns == Switch::On,
                 ebpf_log: match self.ebpf_log {
                     EbpfLog::Off => None,
                     EbpfLog::Error => Some(log::LevelFilter::Error),

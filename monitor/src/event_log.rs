@@ -46,6 +46,7 @@ pub struct EventLog {
     payload: AtomicU64,
     arp: AtomicU64,
     packet_sample: AtomicU64,
+    dns: AtomicU64,
     undecodable: AtomicU64,
     recent: Mutex<VecDeque<Event>>,
 }
@@ -56,6 +57,7 @@ pub struct EventTotals {
     pub payload: u64,
     pub arp: u64,
     pub packet_sample: u64,
+    pub dns: u64,
     pub undecodable: u64,
 }
 
@@ -70,6 +72,7 @@ impl EventLog {
                 Event::Payload { .. } => &self.payload,
                 Event::Arp { .. } => &self.arp,
                 Event::PacketSample { .. } => &self.packet_sample,
+                Event::Dns { .. } => &self.dns,
             };
             counter.fetch_add(1, Ordering::Relaxed);
             if recent.len() == HISTORY {
@@ -85,6 +88,7 @@ impl EventLog {
             payload: self.payload.load(Ordering::Relaxed),
             arp: self.arp.load(Ordering::Relaxed),
             packet_sample: self.packet_sample.load(Ordering::Relaxed),
+            dns: self.dns.load(Ordering::Relaxed),
             undecodable: self.undecodable.load(Ordering::Relaxed),
         }
     }

@@ -3,7 +3,7 @@
 //! joins the two directions of a connection: both ends named, packets and
 //! bytes each way, the TCP outcome. The file rotates by size.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use monitor_common::{ip_proto, FlowKey};
 use serde::Serialize;
@@ -11,10 +11,12 @@ use serde::Serialize;
 use crate::{
     clock,
     detect::PayloadVerdict,
+    dns::{DnsLog, DnsRecord},
     docker::{Directory, FlowEnd},
     flows::{outcome, ByFlow, FlowSet, Poll, PollConsumer, PollView},
     model::{key_addrs, protocol_name, tcp_flag_names, FlowRecord},
     rotating::RotatingFile,
+    series::handshake_rtt_ns,
 };
 
 #[derive(Clone, Debug)]
@@ -66,6 +68,15 @@ struct FlowLine {
     payload: Option<PayloadVerdict>,
 }
 
+/// A DNS line of the flow log: the record as `/api/v1/dns` serves it,
+/// marked `"event": "dns"`.
+#[derive(Serialize)]
+struct DnsLine {
+    event: &'static str,
+    #[serde(flatten)]
+    record: DnsRecord,
+}
+
 #[derive(Serialize)]
 struct TcpLine {
     flags: Vec<&'static str>,
@@ -74,6 +85,9 @@ struct TcpLine {
     syn_ack: u32,
     rst: u32,
     fin: u32,
+    /// First SYN to first SYN-ACK, as seen on the veths.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handshake_rtt_ms: Option<f64>,
 }
 
 pub struct FlowLog {
@@ -201,6 +215,23 @@ impl FlowLog {
         }
     }
 
+    /// A line per DNS query answered (or given up) since the last poll.
+    pub fn dns(&mut self, records: Vec<DnsRecord>) {
+        for record in records {
+            let line = DnsLine {
+                event: "dns",
+                record,
+            };
+            if let Err(err) = self
+                .file
+                .write_line(&serde_json::to_string(&line).unwrap_or_default())
+            {
+                tracing::warn!("flow log: {err:#}");
+                break;
+            }
+        }
+    }
+
     fn line(
         &self,
         record: &FlowRecord,
@@ -241,6 +272,7 @@ impl FlowLog {
                 syn_ack: reply.syn_ack,
                 rst: stats.rst.saturating_add(reply.rst),
                 fin: stats.fin.saturating_add(reply.fin),
+                handshake_rtt_ms: handshake_rtt_ns(record, reverse).map(|ns| ns as f64 / 1e6),
             }),
             outcome: outcome.map(outcome::Outcome::name),
             payload,
@@ -257,11 +289,14 @@ pub type PayloadSource = Box<dyn Fn(&FlowKey) -> Option<PayloadVerdict> + Send>;
 pub struct FlowLogging {
     pub log: FlowLog,
     pub payload: PayloadSource,
+    /// The DNS records to log (a line each) after each poll.
+    pub dns: Arc<DnsLog>,
 }
 
 impl PollConsumer for FlowLogging {
     fn on_poll(&mut self, poll: &Poll<'_>) {
         self.log
             .on_poll(&poll.flows, poll.directory, &*self.payload, poll.now_ns);
+        self.log.dns(self.dns.take_unlogged());
     }
 }

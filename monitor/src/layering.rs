@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     // alerts and their sink; the ring's events and their consumers'.
     &["flows", "alert", "event_log"],
     // The poll and event consumers; packet captures (the alerts' evidence).
-    &["detect", "policy", "series", "capture"],
+    &["detect", "dns", "policy", "series", "capture"],
     // What is written out: /metrics collectors, the flow log.
     &["metrics", "flow_log"],
     &["api"],

@@ -23,6 +23,7 @@ pub mod event_log;
 pub mod flows;
 // The consumers of polls and events.
 pub mod detect;
+pub mod dns;
 pub mod policy;
 pub mod series;
 // What is written out.

@@ -6,6 +6,7 @@
 use fastrand::Rng;
 
 use crate::frames::{self, Mac, BROADCAST, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6};
+use monitor_common::DNS_PORT;
 
 pub const ETH_P_8021AD: u16 = 0x88a8;
 /// The parser's bounds (`monitor-ebpf/src/parse.rs`); the seeds go past them.
@@ -266,7 +267,13 @@ fn ipv4_packet(rng: &mut Rng, protocol: u8, options: &[u8], fragment: u16) -> La
 /// A transport header (TCP with 0 to 40 bytes of options) and a payload.
 fn transport(rng: &mut Rng, protocol: u8) -> Layer {
     let payload = random_bytes(rng, ..=64);
-    let (src_port, dst_port) = (rng.u16(1..), rng.u16(1..));
+    let (mut src_port, mut dst_port) = (rng.u16(1..), rng.u16(1..));
+    // One in four talks DNS, whose every packet the programs send up.
+    match rng.u8(..8) {
+        0 => src_port = DNS_PORT,
+        1 => dst_port = DNS_PORT,
+        _ => {}
+    }
     match protocol {
         frames::IPPROTO_TCP => {
             let mut segment = frames::tcp(src_port, dst_port, rng.u8(..), &payload);

@@ -101,6 +101,7 @@ fn every_run_flag_with_an_invalid_value_exits_2_naming_it() {
         ("sample-rate", &["-1", "often"]),
         ("ring-bytes", &["1000", "0", "4097"]),
         ("new-flow-events", &["maybe", ""]),
+        ("dns", &["maybe", ""]),
         ("poll-interval", &["0s", "soon", "-1s"]),
         ("idle-timeout", &["0s", "forever"]),
         ("max-series", &["0", "lots"]),

@@ -31,7 +31,7 @@ use monitor::datapath::{
     self, events::ArpPacket, Datapath, DatapathConfig, Event, KernelCounters,
     PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
 };
-use monitor_common::{Direction, FlowKey, FlowStats, ARP_LEN};
+use monitor_common::{Direction, FlowKey, FlowStats, ARP_LEN, DNS_PORT, MAX_CAPTURE};
 
 const TC_ACT_UNSPEC: i32 = -1;
 const ETH_HLEN: usize = 14;
@@ -169,6 +169,7 @@ struct Checked {
     samples: u64,
     new_flows: u64,
     payloads: u64,
+    dns: u64,
     arps: u64,
     flows_taken: u64,
 }
@@ -234,9 +235,10 @@ impl Fuzz {
                 delta.lost_payload,
                 delta.lost_arp,
                 delta.lost_packet_sample,
+                delta.lost_dns,
                 delta.flow_update_failed
             ),
-            (0, 0, 0, 0, 0),
+            (0, 0, 0, 0, 0, 0),
             "the ring and the flow map are sized for a batch"
         );
         assert_eq!(
@@ -351,6 +353,23 @@ impl Fuzz {
                         "payload sample {data:02x?} is not part of {frame:02x?}"
                     );
                     self.checked.payloads += 1;
+                }
+                Event::Dns {
+                    seen,
+                    key,
+                    payload_len,
+                    data,
+                } => {
+                    assert_eq!(seen.direction, direction);
+                    assert_key_from(key, frame, link);
+                    assert!(key.src_port == DNS_PORT || key.dst_port == DNS_PORT);
+                    assert!(data.len() <= MAX_CAPTURE);
+                    assert!(data.len() <= *payload_len as usize);
+                    assert!(
+                        data.is_empty() || frame.windows(data.len()).any(|w| w == data),
+                        "DNS message {data:02x?} is not part of {frame:02x?}"
+                    );
+                    self.checked.dns += 1;
                 }
                 Event::Arp {
                     seen,
@@ -473,6 +492,7 @@ fn difference(now: &KernelCounters, before: &KernelCounters) -> KernelCounters {
         lost_payload: now.lost_payload - before.lost_payload,
         lost_arp: now.lost_arp - before.lost_arp,
         lost_packet_sample: now.lost_packet_sample - before.lost_packet_sample,
+        lost_dns: now.lost_dns - before.lost_dns,
     }
 }
 
@@ -550,5 +570,10 @@ fn every_frame_passes_unchanged_and_reads_back() {
     let kernel = fuzz.dp.counters.read().expect("reading the counters");
     println!("kernel counters: {kernel:?}");
     assert!(kernel.packets + kernel.non_ip <= total.runs && kernel.malformed <= total.runs);
-    assert!(fuzz.checked.new_flows > 0 && fuzz.checked.payloads > 0 && fuzz.checked.arps > 0);
+    assert!(
+        fuzz.checked.new_flows > 0
+            && fuzz.checked.payloads > 0
+            && fuzz.checked.dns > 0
+            && fuzz.checked.arps > 0
+    );
 }

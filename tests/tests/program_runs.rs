@@ -90,7 +90,7 @@ fn ipv4_options_udp_counted_with_payload_samples() {
             ip_proto::UDP,
             &options,
             0,
-            &udp(4000, 53, payload),
+            &udp(4000, 5000, payload),
         ),
     );
     for _ in 0..3 {
@@ -98,7 +98,14 @@ fn ipv4_options_udp_counted_with_payload_samples() {
     }
     let flows = flows(&mut dp);
     assert_eq!(flows.len(), 1);
-    let stats = flows[&key(v4_mapped(IP_A), v4_mapped(IP_B), 4000, 53, ip_proto::UDP, 4)];
+    let stats = flows[&key(
+        v4_mapped(IP_A),
+        v4_mapped(IP_B),
+        4000,
+        5000,
+        ip_proto::UDP,
+        4,
+    )];
     assert_eq!(stats.packets, 3);
     assert_eq!(stats.bytes, 3 * (24 + 8 + 32));
     assert!(stats.first_seen_ns > 0 && stats.last_seen_ns >= stats.first_seen_ns);
@@ -463,6 +470,7 @@ fn with_new_flow_events_off_flows_are_counted_and_nothing_is_sent() {
     let config = DatapathConfig {
         new_flow_events: false,
         payload_bytes: 0,
+        dns_events: false,
         ..DatapathConfig::default()
     };
     let mut dp = load(config);
@@ -487,6 +495,87 @@ fn with_new_flow_events_off_flows_are_counted_and_nothing_is_sent() {
     assert_eq!(flows.len(), 5);
     assert!(flows.values().all(|stats| stats.packets == 2));
     assert_eq!(events(&mut dp), [], "counting only: no event at all");
+}
+
+/// Every packet of port 53 goes up whole (to 512 bytes), TCP and UDP,
+/// both ways, beyond the flow's two payload samples; other ports do not.
+#[test]
+fn every_dns_packet_is_sent_up_whole() {
+    let mut dp = load(DatapathConfig::default());
+    let long_answer = [0xa5; 700];
+    let frames = [
+        (
+            PROGRAM_FROM_CONTAINER,
+            ipv4(IP_A, IP_B, ip_proto::UDP, &[], 0, &udp(4000, 53, b"query")),
+        ),
+        (
+            PROGRAM_TO_CONTAINER,
+            ipv4(
+                IP_B,
+                IP_A,
+                ip_proto::UDP,
+                &[],
+                0,
+                &udp(53, 4000, &long_answer),
+            ),
+        ),
+        (
+            PROGRAM_FROM_CONTAINER,
+            ipv4(
+                IP_A,
+                IP_B,
+                ip_proto::TCP,
+                &[],
+                0,
+                &tcp(4001, 53, 0x18, b"\0\x05query"),
+            ),
+        ),
+        (
+            PROGRAM_FROM_CONTAINER,
+            ipv4(IP_A, IP_B, ip_proto::UDP, &[], 0, &udp(4002, 5353, b"mdns")),
+        ),
+    ];
+    for _ in 0..4 {
+        for (program, packet) in &frames {
+            pass(&mut dp, program, &ethernet(B, A, ETH_P_IP, packet));
+        }
+    }
+    let dns: Vec<(u16, u8, u32, usize)> = events(&mut dp)
+        .iter()
+        .filter_map(|e| match e {
+            Event::Dns {
+                key,
+                payload_len,
+                data,
+                ..
+            } => Some((key.src_port, key.protocol, *payload_len, data.len())),
+            _ => None,
+        })
+        .collect();
+    let round = [
+        (4000, ip_proto::UDP, 5, 5),
+        (53, ip_proto::UDP, 700, monitor_common::MAX_CAPTURE),
+        (4001, ip_proto::TCP, 7, 7),
+    ];
+    assert_eq!(
+        dns,
+        round.repeat(4),
+        "each DNS packet of the four rounds, no other"
+    );
+
+    let mut off = load(DatapathConfig {
+        dns_events: false,
+        ..DatapathConfig::default()
+    });
+    for (program, packet) in &frames {
+        pass(&mut off, program, &ethernet(B, A, ETH_P_IP, packet));
+    }
+    assert!(
+        !events(&mut off)
+            .iter()
+            .any(|e| matches!(e, Event::Dns { .. })),
+        "no DNS event when switched off"
+    );
 }
 
 fn captured(datapath: &mut Datapath) -> Vec<monitor::datapath::CapturedPacket> {

@@ -48,6 +48,9 @@ const PACKAGES: &[&str] = &[
     // for HTTPS and basic-auth checks of the endpoint.
     "prometheus",
     "curl",
+    // A real DNS server run in a test container's namespace for the DNS
+    // tests (the binary only: no service is started).
+    "dnsmasq-base",
     // The VM kernel tier: emulated VMs, their initramfs (cpio; objcopy
     // strips the test binaries; xz unpacks 6.12's modules) and Debian's
     // keys to check the kernel packages fetched.

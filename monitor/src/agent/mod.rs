@@ -35,13 +35,14 @@ use crate::{
     },
     datapath::{self, preflight, DatapathConfig},
     detect::{config::DetectConfig, Detectors},
+    dns::{DnsLog, DnsTracker},
     docker::{self, Snapshot},
     event_log::{EventConsumer, EventLog},
     flow_log::{FlowLog, FlowLogConfig, FlowLogging},
     flows::{FlowTable, PollConsumer, PollStatus},
     metrics::{self, Metrics, MetricsConfig},
     policy::{in_force, Learner, Learning, PolicyConfig, PolicyInForce, ViolationAlerts},
-    series::TrafficSeries,
+    series::{TcpHealth, TrafficSeries},
     sync::{lock, published},
     web_config::{self, WebConfig},
 };
@@ -168,6 +169,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config.metrics.max_series,
     )?));
     let traffic = Arc::new(Mutex::new(TrafficSeries::new(config.metrics)));
+    let tcp = Arc::new(Mutex::new(TcpHealth::new(config.metrics.max_series)));
     let flow_log = config
         .flow_log
         .as_ref()
@@ -180,6 +182,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         ..PollStatus::default()
     });
     let events = Arc::new(EventLog::default());
+    let dns = DnsLog::new(config.metrics.max_series);
     let table = Arc::new(RwLock::new(FlowTable::new()));
     let docker_up = Arc::new(AtomicBool::new(false));
     let programs = Arc::new(Mutex::new(datapath.programs));
@@ -221,8 +224,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     ));
 
     // The poller's consumers, in the order they see each poll.
-    let mut consumers: Vec<Box<dyn PollConsumer>> =
-        vec![Box::new(traffic.clone()), Box::new(detectors.clone())];
+    let mut consumers: Vec<Box<dyn PollConsumer>> = vec![
+        Box::new(traffic.clone()),
+        Box::new(tcp.clone()),
+        Box::new(detectors.clone()),
+    ];
     if let Some(learn) = &config.learn {
         consumers.push(Box::new(Learning {
             learner: Learner::default(),
@@ -235,6 +241,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         consumers.push(Box::new(FlowLogging {
             log,
             payload: Box::new(move |key| lock(&detectors).payload_verdict(key)),
+            dns: dns.clone(),
         }));
     }
     if let Some(policy) = &policy {
@@ -256,7 +263,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         interval: config.poll_interval,
         idle_timeout: config.idle_timeout,
     };
-    let event_consumers: Vec<Box<dyn EventConsumer>> = vec![Box::new(detectors.clone())];
+    let event_consumers: Vec<Box<dyn EventConsumer>> = vec![
+        Box::new(detectors.clone()),
+        Box::new(DnsTracker::new(dns.clone())),
+    ];
     let ring = RingConsumer {
         ring: datapath.events,
         consumers: event_consumers,
@@ -303,10 +313,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         docker: docker_snapshot.clone(),
     });
     metrics.register(metrics::TrafficCollector { traffic });
+    metrics.register(metrics::TcpCollector { tcp });
     metrics.register(metrics::ProtocolsCollector {
         detectors: detectors.clone(),
     });
     metrics.register(metrics::AlertsCollector { sink: sink.clone() });
+    metrics.register(metrics::DnsCollector { dns: dns.clone() });
     if let Some(policy) = &policy {
         metrics.register(metrics::PolicyCollector {
             policy: policy.clone(),
@@ -323,6 +335,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         docker_up,
         flows: table.into(),
         events,
+        dns,
         alerts: sink,
         verdicts: lock(&detectors).verdicts(),
         metrics: Arc::new(metrics),

@@ -23,11 +23,13 @@ use crate::{
     clock,
     datapath::Event,
     detect::RecentVerdicts,
+    dns::{DnsLog, DnsRecord},
     docker::{FlowEnd, Posture, Snapshot},
     event_log::EventLog,
     flows::{PollStatus, TableReader},
     metrics::{text::CONTENT_TYPE, Metrics},
     model::{key_addrs, mac_text, protocol_name, tcp_flag_names, FlowRecord},
+    series::handshake_rtt_ns,
     sync::{lock, Published},
 };
 
@@ -48,6 +50,8 @@ pub struct ReadModel {
     /// The detectors' payload verdicts of recent connections, swapped
     /// after a poll that changed them.
     pub verdicts: Published<RecentVerdicts>,
+    /// The DNS tracker's recent records.
+    pub dns: Arc<DnsLog>,
     /// The collectors of `/metrics`.
     pub metrics: Arc<Metrics>,
     /// The running packet captures, started by `/api/v1/capture`.
@@ -61,6 +65,7 @@ pub fn router(model: ReadModel) -> Router {
     Router::new()
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/dns", get(dns))
         .route("/api/v1/containers", get(containers))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/graph", get(graph))
@@ -91,6 +96,10 @@ pub struct FlowJson {
     pub syn_ack: u32,
     pub rst: u32,
     pub fin: u32,
+    /// TCP clients: first SYN to the answer's first SYN-ACK, as seen on
+    /// the veths; absent until both were seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_rtt_ms: Option<f64>,
     /// `from_container` or `to_container`: where the packets were counted.
     pub direction: &'static str,
     /// Host-side veth where the flow was counted.
@@ -123,6 +132,7 @@ impl FlowJson {
             syn_ack: stats.syn_ack,
             rst: stats.rst,
             fin: stats.fin,
+            handshake_rtt_ms: None,
             direction: stats.direction().name(),
             interface,
             src: src_end,
@@ -185,6 +195,13 @@ async fn capture(State(state): Model, RawQuery(query): RawQuery) -> axum::respon
         .into_response()
 }
 
+/// Recent DNS queries with their answers, newest first.
+async fn dns(State(state): Model) -> Json<Vec<DnsRecord>> {
+    let mut records = state.dns.recent();
+    records.reverse();
+    Json(records)
+}
+
 /// Recent alerts, newest first.
 async fn alerts(State(state): Model) -> Json<Vec<Alert>> {
     Json(lock(&state.alerts).recent().cloned().collect())
@@ -192,13 +209,16 @@ async fn alerts(State(state): Model) -> Json<Vec<Alert>> {
 
 async fn flows(State(state): Model) -> Json<Vec<FlowJson>> {
     let docker = state.docker.load();
-    Json(state.flows.map(|record| {
+    Json(state.flows.map(|record, reverse| {
         let interface = docker.interfaces.get(&record.stats.ifindex).cloned();
-        FlowJson::new(
+        let mut json = FlowJson::new(
             &record,
             interface,
             docker.directory.ends(&record.key, &record.stats),
-        )
+        );
+        json.handshake_rtt_ms =
+            handshake_rtt_ns(&record, reverse.as_ref()).map(|ns| ns as f64 / 1e6);
+        json
     }))
 }
 
@@ -339,6 +359,7 @@ impl EventJson {
             Event::Payload { seen, .. } => ("payload", seen),
             Event::Arp { seen, .. } => ("arp", seen),
             Event::PacketSample { seen, .. } => ("packet_sample", seen),
+            Event::Dns { seen, .. } => ("dns", seen),
         };
         let mut json = Self {
             kind,
@@ -353,6 +374,12 @@ impl EventJson {
         match event {
             Event::NewFlow { key, .. } => json.flow = Some(FlowKeyJson::new(key)),
             Event::Payload {
+                key,
+                payload_len,
+                data,
+                ..
+            }
+            | Event::Dns {
                 key,
                 payload_len,
                 data,

@@ -19,6 +19,7 @@ pub struct KernelCounters {
     pub lost_payload: u64,
     pub lost_arp: u64,
     pub lost_packet_sample: u64,
+    pub lost_dns: u64,
 }
 
 impl Counters {
@@ -39,6 +40,7 @@ impl Counters {
                 Counter::LostPayload => &mut totals.lost_payload,
                 Counter::LostArp => &mut totals.lost_arp,
                 Counter::LostPacketSample => &mut totals.lost_packet_sample,
+                Counter::LostDns => &mut totals.lost_dns,
             };
             *slot = sum;
         }

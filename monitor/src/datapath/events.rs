@@ -32,6 +32,16 @@ pub enum Event {
         eth_dst: [u8; 6],
         arp: ArpPacket,
     },
+    /// A TCP or UDP packet to or from port 53: a DNS message (with TCP's
+    /// two-byte length first), every one sent up, not only a flow's first.
+    /// Also the flow's payload sample when it is among its first.
+    Dns {
+        seen: Seen,
+        key: FlowKey,
+        /// Payload length of the packet (what `data` is a prefix of).
+        payload_len: u32,
+        data: Vec<u8>,
+    },
     /// A 1-in-N random packet head, from the Ethernet header on.
     PacketSample {
         seen: Seen,
@@ -106,24 +116,29 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
                 key: event.key,
             })
         }
-        EventKind::Payload | EventKind::PacketSample => {
+        EventKind::Payload | EventKind::Dns | EventKind::PacketSample => {
             sized(size_of::<CaptureEvent>())?;
             let event: CaptureEvent = read(record).ok_or(DecodeError::Short(record.len()))?;
             let captured = (event.captured_len as usize).min(MAX_CAPTURE);
             let data = event.data[..captured].to_vec();
-            Ok(if kind == EventKind::Payload {
-                Event::Payload {
+            Ok(match kind {
+                EventKind::Payload => Event::Payload {
                     seen,
                     key: event.key,
                     payload_len: event.original_len,
                     data,
-                }
-            } else {
-                Event::PacketSample {
+                },
+                EventKind::Dns => Event::Dns {
+                    seen,
+                    key: event.key,
+                    payload_len: event.original_len,
+                    data,
+                },
+                _ => Event::PacketSample {
                     seen,
                     frame_len: event.original_len,
                     data,
-                }
+                },
             })
         }
         EventKind::Arp => {

@@ -9,9 +9,10 @@ use aya::{
 use aya_log::EbpfLogger;
 use monitor_common::{
     CAPTURE_ACTIVE_MAP, CAPTURE_FILTERS_MAP, CAPTURE_LOST_MAP, CAPTURE_RING_MAP,
-    COUNTED_IFACES_MAP, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, GLOBAL_NEW_FLOW_EVENTS,
-    GLOBAL_PAYLOAD_BYTES, GLOBAL_PAYLOAD_PACKETS, GLOBAL_SAMPLE_RATE, MAX_CAPTURE,
-    POLICY_COUNTS_MAP, POLICY_DENIED_MAP, POLICY_IFACES_MAP, POLICY_RULES_MAP, POLICY_STATE_MAP,
+    COUNTED_IFACES_MAP, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, GLOBAL_DNS_EVENTS,
+    GLOBAL_NEW_FLOW_EVENTS, GLOBAL_PAYLOAD_BYTES, GLOBAL_PAYLOAD_PACKETS, GLOBAL_SAMPLE_RATE,
+    MAX_CAPTURE, POLICY_COUNTS_MAP, POLICY_DENIED_MAP, POLICY_IFACES_MAP, POLICY_RULES_MAP,
+    POLICY_STATE_MAP,
 };
 
 use super::{
@@ -40,6 +41,8 @@ pub struct DatapathConfig {
     /// An event for each new flow (the detectors' fastest signal; the flow
     /// map holds every flow either way).
     pub new_flow_events: bool,
+    /// Every DNS message (TCP or UDP port 53) sent up whole.
+    pub dns_events: bool,
     /// Level of the programs' aya-log output; `None` keeps them silent.
     pub ebpf_log: Option<log::LevelFilter>,
     pub attach_mode: AttachMode,
@@ -55,6 +58,7 @@ impl Default for DatapathConfig {
             payload_packets: monitor_common::DEFAULT_PAYLOAD_PACKETS,
             sample_rate: monitor_common::DEFAULT_SAMPLE_RATE,
             new_flow_events: monitor_common::DEFAULT_NEW_FLOW_EVENTS != 0,
+            dns_events: monitor_common::DEFAULT_DNS_EVENTS != 0,
             ebpf_log: None,
             attach_mode: AttachMode::Auto,
         }
@@ -132,6 +136,7 @@ pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
             &u32::from(config.new_flow_events),
             true,
         )
+        .override_global(GLOBAL_DNS_EVENTS, &u32::from(config.dns_events), true)
         .override_global("AYA_LOG_LEVEL", &log_level, true)
         .load(OBJECT)
         .map_err(super::preflight::explain_load_error)?;

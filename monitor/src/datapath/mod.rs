@@ -4,6 +4,7 @@
 mod attach;
 pub mod capture;
 mod counters;
+pub mod dns;
 pub mod events;
 mod flow_map;
 mod load;

@@ -207,7 +207,11 @@ impl CleartextDetector {
 impl Detector for CleartextDetector {
     fn events(&mut self, batch: &EventBatch<'_>, _: &mut Findings) {
         for event in batch.events {
+            // A DNS packet's sample comes as its DNS event.
             if let Event::Payload {
+                key, data, seen, ..
+            }
+            | Event::Dns {
                 key, data, seen, ..
             } = event
             {

@@ -21,6 +21,41 @@ pub struct DetectConfig {
     pub ip_spoof: Toggle,
     pub arp_spoof: Toggle,
     pub isolation_violation: Toggle,
+    pub dns: DnsAbuse,
+}
+
+/// `dns_tunnel` and `nxdomain_storm`: what one container asks of DNS
+/// within a window.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsAbuse {
+    pub enabled: bool,
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    /// Tunnelling: this many distinct names under one domain (its last
+    /// two labels)...
+    pub max_subdomains: usize,
+    /// ...or this many whose longest label is `entropy_min_length` bytes
+    /// or more with `min_entropy` bits per byte or more.
+    pub min_high_entropy_names: u64,
+    pub entropy_min_length: usize,
+    pub min_entropy: f64,
+    /// NXDOMAIN answers to one container within the window.
+    pub max_nxdomain: u64,
+}
+
+impl Default for DnsAbuse {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window: Duration::from_secs(60),
+            max_subdomains: 100,
+            min_high_entropy_names: 10,
+            entropy_min_length: 24,
+            min_entropy: 3.5,
+            max_nxdomain: 50,
+        }
+    }
 }
 
 /// A detector without settings of its own.
@@ -200,7 +235,8 @@ enabled!(
     NewConnection,
     TrafficSpike,
     Cleartext,
-    HostAccess
+    HostAccess,
+    DnsAbuse
 );
 
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -237,6 +273,7 @@ impl DetectConfig {
             ("host_sweep.window", self.host_sweep.window),
             ("syn_flood.window", self.syn_flood.window),
             ("traffic_spike.window", self.traffic_spike.window),
+            ("dns.window", self.dns.window),
         ] {
             anyhow::ensure!(
                 window >= Duration::from_secs(1),
@@ -275,6 +312,22 @@ impl DetectConfig {
             self.traffic_spike.factor > 1.0,
             "traffic_spike.factor = {}: must be above 1 (a spike exceeds its baseline)",
             self.traffic_spike.factor
+        );
+        for (key, value) in [
+            ("dns.max_subdomains", self.dns.max_subdomains as u64),
+            (
+                "dns.min_high_entropy_names",
+                self.dns.min_high_entropy_names,
+            ),
+            ("dns.entropy_min_length", self.dns.entropy_min_length as u64),
+            ("dns.max_nxdomain", self.dns.max_nxdomain),
+        ] {
+            anyhow::ensure!(value > 0, "{key} = 0: must be at least 1");
+        }
+        anyhow::ensure!(
+            self.dns.min_entropy.is_finite() && self.dns.min_entropy > 0.0,
+            "dns.min_entropy = {}: must be above 0",
+            self.dns.min_entropy
         );
         anyhow::ensure!(
             self.syn_flood.min_syns > 0,
@@ -357,6 +410,11 @@ mod tests {
             ("require_tls", &["[\"\"]", "[5432]"]),
             ("alert_payload_bytes", &["513", "-1"]),
             ("ports", &["[0]", "[-22]"]),
+            ("max_subdomains", &["0", "-1"]),
+            ("min_high_entropy_names", &["0", "\"many\""]),
+            ("entropy_min_length", &["0", "-1"]),
+            ("min_entropy", &["0.0", "-1.0", "nan"]),
+            ("max_nxdomain", &["0", "-5"]),
         ];
         let documented: toml::Table = toml::from_str(EVERY_KEY).expect("TOML");
         for (table, keys) in &documented {
@@ -469,6 +527,11 @@ mod tests {
                 "warmup_windows" => any::<u32>().prop_map(|n| n.to_string()).boxed(),
                 "alert_payload_bytes" => (0..=MAX_CAPTURE).prop_map(|n| n.to_string()).boxed(),
                 "tls_ports" | "ports" => ports(),
+                "max_subdomains"
+                | "min_high_entropy_names"
+                | "entropy_min_length"
+                | "max_nxdomain" => (1..=i64::MAX).prop_map(|n| n.to_string()).boxed(),
+                "min_entropy" => (1e-6f64..8.0).prop_map(float).boxed(),
                 "require_tls" => collection::vec("[a-z0-9-]{1,12}", 0..3)
                     .prop_map(|names| format!("{names:?}"))
                     .boxed(),

@@ -17,6 +17,7 @@
 mod baseline;
 mod cleartext;
 pub mod config;
+mod dns;
 mod excerpt;
 mod flood;
 mod host_access;
@@ -93,6 +94,7 @@ fn registry(config: &DetectConfig, state_dir: &Path) -> anyhow::Result<Vec<Box<d
         baseline::Baseline::open(state_dir, c)
     })?;
     all.add(&config.arp_spoof, |_| spoof::ArpSpoof);
+    all.add(&config.dns, dns::DnsDetector::new);
     Ok(all.detectors)
 }
 
@@ -470,12 +472,12 @@ mod tests {
             std::env::temp_dir().join(format!("crossmon-registry-{}", std::process::id()));
         std::fs::create_dir_all(&state_dir).expect("state dir");
         let every = registry(&DetectConfig::default(), &state_dir).expect("defaults build");
-        assert_eq!(every.len(), 10);
+        assert_eq!(every.len(), 11);
         let off: DetectConfig = toml::from_str(
             "[port_scan]\nenabled = false\n[new_connection]\nenabled = false\n[arp_spoof]\nenabled = false\n",
         )
         .expect("valid");
-        assert_eq!(registry(&off, &state_dir).expect("builds").len(), 7);
+        assert_eq!(registry(&off, &state_dir).expect("builds").len(), 8);
         let _ = std::fs::remove_dir_all(&state_dir);
     }
 }

@@ -189,9 +189,17 @@ impl From<Arc<RwLock<FlowTable>>> for TableReader {
 }
 
 impl TableReader {
-    /// What `each` makes of every flow, read under one read lock.
-    pub fn map<T>(&self, each: impl FnMut(FlowRecord) -> T) -> Vec<T> {
-        read(&self.0).records().map(each).collect()
+    /// What `each` makes of every flow and its reverse flow (the other
+    /// direction, when in the table), read under one read lock.
+    pub fn map<T>(&self, mut each: impl FnMut(FlowRecord, Option<FlowRecord>) -> T) -> Vec<T> {
+        let table = read(&self.0);
+        table
+            .records()
+            .map(|record| {
+                let reverse = table.get(&record.key.reversed());
+                each(record, reverse)
+            })
+            .collect()
     }
 
     /// Like [`Self::map`], keeping only what `each` returns: a reader

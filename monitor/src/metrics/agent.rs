@@ -89,6 +89,7 @@ impl Collector for DatapathCollector {
             ("payload", kernel.lost_payload),
             ("arp", kernel.lost_arp),
             ("packet_sample", kernel.lost_packet_sample),
+            ("dns", kernel.lost_dns),
         ] {
             lost.sample(&[("kind", kind)], n);
         }

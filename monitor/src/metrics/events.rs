@@ -23,6 +23,7 @@ impl Collector for EventsCollector {
             ("payload", totals.payload),
             ("arp", totals.arp),
             ("packet_sample", totals.packet_sample),
+            ("dns", totals.dns),
             ("undecodable", totals.undecodable),
         ] {
             family.sample(&[("kind", kind)], n);

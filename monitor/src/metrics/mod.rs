@@ -8,20 +8,24 @@
 mod agent;
 mod capture;
 mod detect;
+mod dns;
 mod docker;
 mod events;
 mod policy;
 mod process;
+mod tcp;
 pub mod text;
 mod traffic;
 
 pub use agent::{AgentCollector, DatapathCollector};
 pub use capture::CaptureCollector;
 pub use detect::{AlertsCollector, ProtocolsCollector};
+pub use dns::DnsCollector;
 pub use docker::DockerCollector;
 pub use events::EventsCollector;
 pub use policy::PolicyCollector;
 pub use process::ProcessCollector;
+pub use tcp::TcpCollector;
 pub use text::{Exposition, Kind};
 pub use traffic::TrafficCollector;
 

@@ -4,10 +4,12 @@
 
 mod labels;
 mod served;
+mod tcp;
 mod traffic;
 
 pub use labels::{
     pairs, ConnectionLabels, FlowLabels, CONNECTION_LABEL_NAMES, EPHEMERAL, FLOW_LABEL_NAMES,
     NO_PORT,
 };
+pub use tcp::{handshake_rtt_ns, Pair, RttHistogram, TcpHealth, RTT_BUCKETS};
 pub use traffic::{FlowCounts, MetricsConfig, TrafficSeries};

@@ -1,0 +1,204 @@
+//! TCP health per container pair: the handshake's round trip (SYN to
+//! SYN-ACK as seen on the veths, the way NetObserv measures it), resets,
+//! and retransmitted segments (from `tcp:tcp_retransmit_skb`, where the
+//! kernel has it), in series labelled by the pair's names and bounded by
+//! `--max-series` like the traffic series.
+
+use monitor_common::{ip_proto, FlowKey};
+
+use crate::{
+    book::SeriesBook,
+    docker::{end_name, Directory},
+    flows::{ByFlow, Poll, PollConsumer, PollView},
+    model::FlowRecord,
+};
+
+/// Upper bounds of `crossmon_tcp_handshake_rtt_seconds`: from a bridge
+/// between two containers (tens of microseconds) to a slow remote peer.
+pub const RTT_BUCKETS: [f64; 13] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// `(source, destination)`: the client and the server for the round
+/// trip, the sender and the receiver for resets and retransmissions.
+pub type Pair = (String, String);
+
+#[derive(Clone, Default)]
+pub struct RttHistogram {
+    /// Per bucket of [`RTT_BUCKETS`], not cumulative.
+    pub buckets: [u64; RTT_BUCKETS.len()],
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl RttHistogram {
+    fn observe(&mut self, seconds: f64) {
+        if let Some(bucket) = RTT_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[bucket] += 1;
+        }
+        self.sum_seconds += seconds;
+        self.count += 1;
+    }
+
+    /// Cumulative counts by upper bound, as the exposition writes them.
+    pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut total = 0;
+        RTT_BUCKETS
+            .iter()
+            .zip(self.buckets)
+            .map(|(bound, n)| {
+                total += n;
+                (*bound, total)
+            })
+            .collect()
+    }
+}
+
+/// What the pair series already hold of one flow.
+#[derive(Default)]
+struct Counted {
+    rst: u32,
+    retransmits: u64,
+    rtt_measured: bool,
+}
+
+pub struct TcpHealth {
+    rtt: SeriesBook<Pair, RttHistogram>,
+    resets: SeriesBook<Pair, u64>,
+    retransmits: SeriesBook<Pair, u64>,
+    counted: ByFlow<Counted>,
+}
+
+/// The handshake's round trip of a client flow, in nanoseconds: from its
+/// first SYN to the first SYN-ACK of its answer flow, both as first seen
+/// on a veth. A client whose SYN went unanswered a while has it counted
+/// from the first SYN (retransmissions included, as a user waits).
+pub fn handshake_rtt_ns(flow: &FlowRecord, reverse: Option<&FlowRecord>) -> Option<u64> {
+    let reverse = reverse?;
+    if flow.key.protocol != ip_proto::TCP || flow.stats.syn == 0 || reverse.stats.syn_ack == 0 {
+        return None;
+    }
+    reverse
+        .stats
+        .first_seen_ns
+        .checked_sub(flow.stats.first_seen_ns)
+}
+
+impl TcpHealth {
+    /// `max_series` bounds each family: a histogram's pair costs a series
+    /// per bucket and three more.
+    pub fn new(max_series: usize) -> Self {
+        let other = || (crate::book::OTHER.to_owned(), crate::book::OTHER.to_owned());
+        Self {
+            rtt: SeriesBook::new(max_series / (RTT_BUCKETS.len() + 3), other()),
+            resets: SeriesBook::new(max_series, other()),
+            retransmits: SeriesBook::new(max_series, other()),
+            counted: ByFlow::default(),
+        }
+    }
+
+    /// Adds what TCP flows showed since the last poll. `retransmitted`
+    /// gives the segments the kernel retransmitted on a flow, in total.
+    pub fn update(
+        &mut self,
+        flows: &PollView,
+        directory: &Directory,
+        retransmitted: &dyn Fn(&FlowKey) -> u64,
+        now_ns: u64,
+    ) {
+        for (record, _) in flows.records() {
+            if record.key.protocol != ip_proto::TCP {
+                continue;
+            }
+            let counted = self.counted.entry(record.key).or_default();
+            let resets = record.stats.rst.saturating_sub(counted.rst);
+            let retransmits = retransmitted(&record.key).saturating_sub(counted.retransmits);
+            let rtt = if counted.rtt_measured {
+                None
+            } else {
+                handshake_rtt_ns(&record, flows.find(&record.key.reversed()).as_ref())
+            };
+            if resets == 0 && retransmits == 0 && rtt.is_none() {
+                continue;
+            }
+            counted.rst = record.stats.rst;
+            counted.retransmits += retransmits;
+            counted.rtt_measured |= rtt.is_some();
+            let (src, dst) = directory.ends(&record.key, &record.stats);
+            let pair = (end_name(&src), end_name(&dst));
+            if resets != 0 {
+                *self.resets.value(pair.clone(), now_ns) += u64::from(resets);
+            }
+            if retransmits != 0 {
+                *self.retransmits.value(pair.clone(), now_ns) += retransmits;
+            }
+            if let Some(ns) = rtt {
+                self.rtt.value(pair, now_ns).observe(ns as f64 / 1e9);
+            }
+        }
+        for key in flows.ended() {
+            self.counted.remove(key);
+        }
+    }
+
+    pub fn rtt(&self) -> impl Iterator<Item = (&Pair, &RttHistogram)> {
+        self.rtt.iter()
+    }
+
+    pub fn resets(&self) -> impl Iterator<Item = (&Pair, &u64)> {
+        self.resets.iter()
+    }
+
+    pub fn retransmits(&self) -> impl Iterator<Item = (&Pair, &u64)> {
+        self.retransmits.iter()
+    }
+}
+
+impl PollConsumer for TcpHealth {
+    fn on_poll(&mut self, poll: &Poll<'_>) {
+        self.update(&poll.flows, poll.directory, &|_| 0, poll.now_ns);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monitor_common::FlowStats;
+
+    fn flow(key: FlowKey, first_seen_ns: u64, syn: u32, syn_ack: u32) -> FlowRecord {
+        FlowRecord {
+            key,
+            stats: FlowStats {
+                first_seen_ns,
+                syn,
+                syn_ack,
+                packets: 1,
+                ..FlowStats::default()
+            },
+        }
+    }
+
+    #[test]
+    fn the_round_trip_is_from_syn_to_syn_ack() {
+        let key = FlowKey::ipv4([10, 0, 0, 1], 40000, [10, 0, 0, 2], 80, ip_proto::TCP);
+        let client = flow(key, 1_000, 1, 0);
+        let server = flow(key.reversed(), 51_000, 0, 1);
+        assert_eq!(handshake_rtt_ns(&client, Some(&server)), Some(50_000));
+        assert_eq!(
+            handshake_rtt_ns(&server, Some(&client)),
+            None,
+            "the server's side is no client"
+        );
+        assert_eq!(handshake_rtt_ns(&client, None), None);
+        let mut histogram = RttHistogram::default();
+        histogram.observe(0.0003);
+        histogram.observe(2.0);
+        assert_eq!(histogram.count, 2);
+        assert_eq!(histogram.cumulative()[2], (0.0005, 1));
+        assert_eq!(
+            histogram.cumulative()[12],
+            (1.0, 1),
+            "beyond the last bound: only +Inf"
+        );
+    }
+}
