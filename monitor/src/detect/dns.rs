@@ -46,6 +46,19 @@ struct Window {
     nxdomain_alerted: bool,
 }
 
+impl Window {
+    fn new(client: FlowEnd, started_ns: u64) -> Self {
+        Self {
+            client,
+            started_ns,
+            domains: HashMap::new(),
+            nxdomain: 0,
+            nxdomain_names: Vec::new(),
+            nxdomain_alerted: false,
+        }
+    }
+}
+
 pub struct DnsDetector {
     config: DnsAbuse,
     window_ns: u64,
@@ -65,23 +78,12 @@ impl DnsDetector {
     fn window(&mut self, client: FlowEnd, now_ns: u64) -> &mut Window {
         let name = Alert::end_name(&client);
         let window_ns = self.window_ns;
-        let window = self.windows.entry(name).or_insert_with(|| Window {
-            client: client.clone(),
-            started_ns: now_ns,
-            domains: HashMap::new(),
-            nxdomain: 0,
-            nxdomain_names: Vec::new(),
-            nxdomain_alerted: false,
-        });
+        let window = self
+            .windows
+            .entry(name)
+            .or_insert_with(|| Window::new(client.clone(), now_ns));
         if now_ns.saturating_sub(window.started_ns) >= window_ns {
-            *window = Window {
-                client,
-                started_ns: now_ns,
-                domains: HashMap::new(),
-                nxdomain: 0,
-                nxdomain_names: Vec::new(),
-                nxdomain_alerted: false,
-            };
+            *window = Window::new(client, now_ns);
         }
         window
     }
