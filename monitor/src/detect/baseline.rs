@@ -144,3 +144,105 @@ impl Detector for Baseline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::ip_proto::{TCP, UDP};
+
+    use super::*;
+    use crate::{
+        detect::testkit::{ends, front, scratch_dir, Lab, SEC},
+        flows::outcome::Outcome,
+    };
+
+    const DAY: u64 = 24 * 3600;
+
+    fn open(dir: &Path) -> Baseline {
+        Baseline::open(dir, &NewConnection::default()).expect("opens")
+    }
+
+    fn connect(
+        baseline: &mut Baseline,
+        lab: &Lab,
+        (src, dst): (u8, u8),
+        port: u16,
+    ) -> Option<Alert> {
+        baseline.observe(&lab.attempt(front(src), front(dst), port, TCP, Outcome::Established, SEC))
+    }
+
+    #[test]
+    fn edges_are_learnt_silently_for_a_day_then_a_new_one_alerts_once() {
+        let dir = scratch_dir("baseline-learning");
+        let lab = Lab::new(4);
+        let mut baseline = open(&dir);
+        assert!(
+            connect(&mut baseline, &lab, (2, 3), 5432).is_none(),
+            "learning"
+        );
+        // A second short of a day: still learning.
+        baseline.stored.created = unix_now() - DAY + 1;
+        assert!(connect(&mut baseline, &lab, (2, 4), 5432).is_none());
+        // A day old: learnt edges stay quiet, a new one alerts, once.
+        baseline.stored.created = unix_now() - DAY;
+        assert!(connect(&mut baseline, &lab, (2, 3), 5432).is_none());
+        assert!(connect(&mut baseline, &lab, (2, 4), 5432).is_none());
+        let alert = connect(&mut baseline, &lab, (3, 4), 5432).expect("a new edge");
+        assert_eq!(alert.kind, "new_connection");
+        assert_eq!(ends(&alert), ("c3".into(), Some("c4".into())));
+        assert_eq!(alert.evidence["baseline_edges"], 3);
+        assert!(
+            connect(&mut baseline, &lab, (3, 4), 5432).is_none(),
+            "learnt by its alert"
+        );
+        // Another port or protocol is another edge.
+        assert!(connect(&mut baseline, &lab, (3, 4), 5433).is_some());
+        let udp = lab.attempt(front(3), front(4), 5432, UDP, Outcome::Answered, SEC);
+        assert!(baseline.observe(&udp).is_some());
+    }
+
+    #[test]
+    fn only_delivered_attempts_of_containers_are_edges() {
+        let dir = scratch_dir("baseline-delivered");
+        let lab = Lab::new(4);
+        let mut baseline = open(&dir);
+        baseline.stored.created = unix_now() - DAY;
+        let unanswered = lab.attempt(front(2), front(3), 80, TCP, Outcome::Unanswered, SEC);
+        assert!(baseline.observe(&unanswered).is_none());
+        // From the gateway (no container): not a service's edge.
+        let mut from_host = lab.attempt(front(2), front(3), 80, TCP, Outcome::Established, SEC);
+        from_host.source = lab.end(crate::detect::testkit::GATEWAY);
+        assert!(baseline.observe(&from_host).is_none());
+        assert!(baseline.stored.edges.is_empty());
+        // Refused reached the other side: it is an edge.
+        let refused = lab.attempt(front(2), front(3), 80, TCP, Outcome::Refused, SEC);
+        assert!(baseline.observe(&refused).is_some());
+    }
+
+    #[test]
+    fn the_baseline_survives_a_restart_with_its_learning_clock() {
+        let dir = scratch_dir("baseline-restart");
+        let lab = Lab::new(4);
+        let mut baseline = open(&dir);
+        connect(&mut baseline, &lab, (2, 3), 80);
+        baseline.stored.created -= DAY;
+        baseline.save().expect("saves");
+        let mut reopened = open(&dir);
+        assert_eq!(reopened.stored.edges.len(), 1);
+        assert!(connect(&mut reopened, &lab, (2, 3), 80).is_none());
+        assert!(
+            connect(&mut reopened, &lab, (2, 4), 80).is_some(),
+            "learning is over"
+        );
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_error_naming_it_not_a_fresh_start() {
+        let dir = scratch_dir("baseline-damaged");
+        std::fs::write(dir.join("baseline.json"), b"{\"created\": 1, \"edges\": [[")
+            .expect("write");
+        let err = Baseline::open(&dir, &NewConnection::default())
+            .err()
+            .expect("refused");
+        assert!(format!("{err:#}").contains("baseline.json: not a crossmon baseline"));
+    }
+}

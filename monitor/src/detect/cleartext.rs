@@ -298,3 +298,206 @@ fn alert(
         destination: Some(destination),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::{ip_proto::TCP, Direction};
+
+    use super::*;
+    use crate::detect::testkit::{ends, front, Lab, SEC};
+
+    const HELLO: &[u8] = &[
+        0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+    ];
+    const GET: &[u8] = b"GET /login?password=hunter2 HTTP/1.1\r\nHost: c3\r\n\r\n";
+
+    /// A connection c2 opened to c3:`port` (its SYN seen, answered), its
+    /// client flow's key and the two flows.
+    fn connection(lab: &Lab, port: u16, opened_seen: bool) -> (FlowKey, Vec<FlowRecord>) {
+        let mut client = lab.flow(front(2), front(3), port, TCP);
+        client.stats.syn = u32::from(opened_seen);
+        client.stats.first_seen_ns = 1;
+        let mut server = lab.flow(front(3), front(2), 40_000, TCP);
+        server.key = client.key.reversed();
+        server.stats.syn_ack = u32::from(opened_seen);
+        server.stats.first_seen_ns = 2;
+        (client.key, vec![client, server])
+    }
+
+    /// The detector at the defaults but for `config`, decided at `now_ns`
+    /// over the flows; the findings.
+    fn decide(
+        detector: &mut CleartextDetector,
+        lab: &Lab,
+        flows: &[FlowRecord],
+        judged: &dyn Fn(&FlowKey) -> bool,
+        now_ns: u64,
+    ) -> Findings {
+        let find = |key: &FlowKey| flows.iter().find(|f| f.key == *key).copied();
+        let mut found = Findings::default();
+        detector.check(&find, judged, &lab.directory, now_ns, &mut found);
+        found
+    }
+
+    fn defaults() -> CleartextDetector {
+        CleartextDetector::new(&Cleartext::default())
+    }
+
+    #[test]
+    fn http_on_a_tls_port_is_alerted_once_its_samples_settle_without_quoting_them() {
+        let lab = Lab::new(3);
+        let mut detector = defaults();
+        let (client, flows) = connection(&lab, 443, true);
+        detector.sample(&client, GET, SEC, SEC);
+        let early = decide(&mut detector, &lab, &flows, &|_| false, 3 * SEC - 1);
+        assert!(
+            early.alerts.is_empty() && early.verdicts.is_empty(),
+            "2 s to settle"
+        );
+        let found = decide(&mut detector, &lab, &flows, &|_| false, 3 * SEC);
+        assert_eq!(found.alerts.len(), 1);
+        let alert = &found.alerts[0];
+        assert_eq!(alert.kind, "cleartext");
+        assert_eq!(ends(alert), ("c2".into(), Some("c3".into())));
+        assert_eq!(alert.evidence["protocol"], "http");
+        assert_eq!(alert.evidence["reason"], "port 443 expects TLS");
+        assert!(
+            !alert.evidence.to_string().contains("hunter2"),
+            "redacted by default"
+        );
+        assert_eq!(found.protocols, [("c2".into(), "c3".into(), "http", false)]);
+        assert!(detector.pending.is_empty());
+    }
+
+    #[test]
+    fn a_sample_read_late_waits_half_a_second_after_its_read() {
+        let lab = Lab::new(3);
+        let mut detector = defaults();
+        let (client, flows) = connection(&lab, 443, true);
+        detector.sample(&client, GET, SEC, 10 * SEC);
+        assert!(decide(
+            &mut detector,
+            &lab,
+            &flows,
+            &|_| false,
+            10 * SEC + SEC / 2 - 1
+        )
+        .alerts
+        .is_empty());
+        assert_eq!(
+            decide(&mut detector, &lab, &flows, &|_| false, 10 * SEC + SEC / 2)
+                .alerts
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn tls_on_a_tls_port_and_http_where_tls_is_not_required_are_counted_not_alerted() {
+        let lab = Lab::new(3);
+        let mut detector = defaults();
+        let (tls, mut flows) = connection(&lab, 443, true);
+        let (http, more) = connection(&lab, 8080, true);
+        flows.extend(more);
+        detector.sample(&tls, HELLO, SEC, SEC);
+        detector.sample(&http, GET, SEC, SEC);
+        let found = decide(&mut detector, &lab, &flows, &|_| false, 5 * SEC);
+        assert!(found.alerts.is_empty());
+        let mut verdicts: Vec<(u16, bool)> = found
+            .verdicts
+            .iter()
+            .map(|(key, v)| (key.dst_port, v.encrypted))
+            .collect();
+        verdicts.sort_unstable();
+        assert_eq!(verdicts, [(443, true), (8080, false)]);
+    }
+
+    #[test]
+    fn tls_is_required_by_name_by_port_and_by_label() {
+        let run = |lab: &Lab, config: Cleartext| {
+            let mut detector = CleartextDetector::new(&config);
+            let (key, flows) = connection(lab, 8080, true);
+            detector.sample(&key, GET, SEC, SEC);
+            decide(&mut detector, lab, &flows, &|_| false, 5 * SEC).alerts
+        };
+        let lab = Lab::new(3);
+        let named = |names: &[&str]| Cleartext {
+            require_tls: names.iter().map(|n| (*n).to_owned()).collect(),
+            ..Cleartext::default()
+        };
+        assert_eq!(
+            run(&lab, named(&["c3"]))[0].evidence["reason"],
+            "require_tls names c3"
+        );
+        assert_eq!(run(&lab, named(&["8080"])).len(), 1);
+        assert!(
+            run(&lab, named(&["c2", "8081"])).is_empty(),
+            "the client is not the destination"
+        );
+        let tls_ports = Cleartext {
+            tls_ports: vec![8080],
+            ..Cleartext::default()
+        };
+        assert_eq!(run(&lab, tls_ports).len(), 1);
+        let labelled = Lab::with(3, |c| {
+            if c.name == "c3" {
+                c.labels.insert("crossmon.tls".into(), "Required".into());
+            }
+        });
+        assert_eq!(run(&labelled, Cleartext::default()).len(), 1);
+    }
+
+    #[test]
+    fn a_connection_seen_mid_stream_or_judged_before_is_not_alerted() {
+        let lab = Lab::new(3);
+        let mut detector = defaults();
+        let (key, flows) = connection(&lab, 443, false);
+        detector.sample(&key, GET, SEC, SEC);
+        let found = decide(&mut detector, &lab, &flows, &|_| false, 5 * SEC);
+        assert!(
+            found.alerts.is_empty(),
+            "no SYN seen: a sample past the handshake"
+        );
+        let (key, flows) = connection(&lab, 443, true);
+        detector.sample(&key, GET, SEC, SEC);
+        let found = decide(&mut detector, &lab, &flows, &|_| true, 5 * SEC);
+        assert!(found.alerts.is_empty() && found.verdicts.is_empty());
+    }
+
+    #[test]
+    fn the_servers_sample_alone_decides_and_names_the_client_as_source() {
+        let lab = Lab::new(3);
+        let mut detector = defaults();
+        let (key, mut flows) = connection(&lab, 443, true);
+        flows[1].stats.direction = Direction::FromContainer as u8;
+        detector.sample(&key.reversed(), b"HTTP/1.1 200 OK\r\n\r\n", SEC, SEC);
+        let found = decide(&mut detector, &lab, &flows, &|_| false, 5 * SEC);
+        assert_eq!(found.alerts.len(), 1);
+        assert_eq!(ends(&found.alerts[0]), ("c2".into(), Some("c3".into())));
+    }
+
+    #[test]
+    fn hostile_sampling_is_bounded() {
+        let mut detector = defaults();
+        detector.sample(&FlowKey::ZERO, b"", SEC, SEC);
+        assert!(detector.pending.is_empty(), "an empty sample is none");
+        for _ in 0..100 {
+            detector.sample(&FlowKey::ZERO, GET, SEC, SEC);
+        }
+        assert_eq!(
+            detector.pending[&FlowKey::ZERO].samples.len(),
+            SAMPLES_PER_FLOW
+        );
+        for port in 0..=u16::MAX {
+            for protocol in [6u8, 17] {
+                let key = FlowKey::ipv4([10, 0, 0, 2], port, [10, 0, 0, 3], 443, protocol);
+                detector.sample(&key, GET, SEC, SEC);
+            }
+        }
+        assert_eq!(detector.pending.len(), MAX_PENDING);
+        // Samples of flows no longer known are dropped once settled.
+        let lab = Lab::new(3);
+        let found = decide(&mut detector, &lab, &[], &|_| false, 5 * SEC);
+        assert!(found.verdicts.is_empty() && detector.pending.is_empty());
+    }
+}

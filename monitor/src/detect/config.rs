@@ -14,6 +14,7 @@ pub struct DetectConfig {
     pub port_scan: Scan,
     pub host_sweep: Scan,
     pub syn_flood: SynFlood,
+    pub packet_flood: PacketFlood,
     pub new_connection: NewConnection,
     pub traffic_spike: TrafficSpike,
     pub cleartext: Cleartext,
@@ -84,15 +85,26 @@ pub struct Scan {
     /// `answered_weight`.
     pub threshold: f64,
     pub answered_weight: f64,
+    /// A slow scan stays under `threshold` per `window`; over this longer
+    /// window it still adds up to `slow_threshold`. (Shorter than `window`,
+    /// it is just a second window.)
+    #[serde(deserialize_with = "duration")]
+    pub slow_window: Duration,
+    pub slow_threshold: f64,
 }
 
 impl Default for Scan {
+    /// An answered target (a service, a host) weighs a tenth: a load
+    /// balancer over 80 backends (80 answered, 8) stays far below, while a
+    /// scan, which mostly finds nothing, crosses at 20 targets.
     fn default() -> Self {
         Self {
             enabled: true,
             window: Duration::from_secs(60),
             threshold: 20.0,
-            answered_weight: 0.25,
+            answered_weight: 0.1,
+            slow_window: Duration::from_secs(600),
+            slow_threshold: 40.0,
         }
     }
 }
@@ -117,6 +129,31 @@ impl Default for SynFlood {
             window: Duration::from_secs(10),
             min_syns: 1000,
             max_completed_ratio: 0.2,
+        }
+    }
+}
+
+/// Many UDP or ICMP packets from one container to one destination.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PacketFlood {
+    pub enabled: bool,
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    /// Packets of one protocol on one edge within the window...
+    pub min_packets: u64,
+    /// ...and this many times the edge's moving average of earlier
+    /// windows (a steady stream is its own baseline).
+    pub factor: f64,
+}
+
+impl Default for PacketFlood {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window: Duration::from_secs(10),
+            min_packets: 50_000,
+            factor: 10.0,
         }
     }
 }
@@ -232,6 +269,7 @@ enabled!(
     Toggle,
     Scan,
     SynFlood,
+    PacketFlood,
     NewConnection,
     TrafficSpike,
     Cleartext,
@@ -271,7 +309,10 @@ impl DetectConfig {
         for (key, window) in [
             ("port_scan.window", self.port_scan.window),
             ("host_sweep.window", self.host_sweep.window),
+            ("port_scan.slow_window", self.port_scan.slow_window),
+            ("host_sweep.slow_window", self.host_sweep.slow_window),
             ("syn_flood.window", self.syn_flood.window),
+            ("packet_flood.window", self.packet_flood.window),
             ("traffic_spike.window", self.traffic_spike.window),
             ("dns.window", self.dns.window),
         ] {
@@ -301,17 +342,28 @@ impl DetectConfig {
         for (key, value) in [
             ("port_scan.threshold", self.port_scan.threshold),
             ("host_sweep.threshold", self.host_sweep.threshold),
+            ("port_scan.slow_threshold", self.port_scan.slow_threshold),
+            ("host_sweep.slow_threshold", self.host_sweep.slow_threshold),
             ("traffic_spike.factor", self.traffic_spike.factor),
+            ("packet_flood.factor", self.packet_flood.factor),
         ] {
             anyhow::ensure!(
                 value.is_finite() && value > 0.0,
                 "{key} = {value}: must be above 0"
             );
         }
+        for (key, factor) in [
+            ("traffic_spike.factor", self.traffic_spike.factor),
+            ("packet_flood.factor", self.packet_flood.factor),
+        ] {
+            anyhow::ensure!(
+                factor > 1.0,
+                "{key} = {factor}: must be above 1 (a spike exceeds its baseline)"
+            );
+        }
         anyhow::ensure!(
-            self.traffic_spike.factor > 1.0,
-            "traffic_spike.factor = {}: must be above 1 (a spike exceeds its baseline)",
-            self.traffic_spike.factor
+            self.packet_flood.min_packets > 0,
+            "packet_flood.min_packets = 0: must be at least 1"
         );
         for (key, value) in [
             ("dns.max_subdomains", self.dns.max_subdomains as u64),
@@ -375,7 +427,7 @@ mod tests {
         .expect("valid");
         assert_eq!(config.port_scan.window, Duration::from_secs(10));
         assert_eq!(config.port_scan.threshold, 5.0);
-        assert_eq!(config.port_scan.answered_weight, 0.25);
+        assert_eq!(config.port_scan.answered_weight, 0.1);
         assert_eq!(config.cleartext.require_tls, ["db", "5432"]);
         assert!(!config.arp_spoof.enabled);
     }
@@ -401,6 +453,9 @@ mod tests {
             ("threshold", &["0.0", "-1.0", "nan", "inf", "\"20\""]),
             ("answered_weight", &["2.0", "-0.1", "nan"]),
             ("min_syns", &["0", "-1"]),
+            ("slow_window", &["\"0s\"", "\"500ms\"", "600"]),
+            ("slow_threshold", &["0.0", "-1.0", "nan"]),
+            ("min_packets", &["0", "-1"]),
             ("max_completed_ratio", &["1.5", "-1.0"]),
             ("learning_period", &["\"0s\"", "5"]),
             ("factor", &["1.0", "0.5", "-inf"]),
@@ -513,16 +568,16 @@ mod tests {
             };
             match key {
                 "enabled" => any::<bool>().prop_map(|b| b.to_string()).boxed(),
-                "window" => (1u64..100_000, select(&["s", "m", "h"][..]))
+                "window" | "slow_window" => (1u64..100_000, select(&["s", "m", "h"][..]))
                     .prop_map(|(n, unit)| quoted(&format!("{n}{unit}")))
                     .boxed(),
                 "learning_period" => duration(&["ns", "s", "day"], 10_000)
                     .prop_filter("longer than zero", |text| !text.starts_with("\"0"))
                     .boxed(),
-                "threshold" => (1e-6f64..1e9).prop_map(float).boxed(),
+                "threshold" | "slow_threshold" => (1e-6f64..1e9).prop_map(float).boxed(),
                 "answered_weight" | "max_completed_ratio" => (0.0f64..=1.0).prop_map(float).boxed(),
                 "factor" => (1.001f64..1e6).prop_map(float).boxed(),
-                "min_syns" => (1..=i64::MAX).prop_map(|n| n.to_string()).boxed(),
+                "min_syns" | "min_packets" => (1..=i64::MAX).prop_map(|n| n.to_string()).boxed(),
                 "min_bytes" => (0..=i64::MAX).prop_map(|n| n.to_string()).boxed(),
                 "warmup_windows" => any::<u32>().prop_map(|n| n.to_string()).boxed(),
                 "alert_payload_bytes" => (0..=MAX_CAPTURE).prop_map(|n| n.to_string()).boxed(),

@@ -151,3 +151,117 @@ impl Detector for FloodDetector {
         self.check(poll.now_ns, &mut found.alerts);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{
+        config::SynFlood,
+        testkit::{ends, front, Lab, SEC},
+    };
+
+    /// `syns` SYNs and `completed` handshakes from each of `sources` to
+    /// c9:80 in one poll at `at_ns`; the alerts of its end.
+    fn poll(
+        detector: &mut FloodDetector,
+        lab: &Lab,
+        sources: &[[u8; 4]],
+        (syns, completed): (u64, u64),
+        at_ns: u64,
+    ) -> Vec<Alert> {
+        let victim = front(9);
+        for source in sources {
+            detector.observe(
+                (IpAddr::from(victim), 80),
+                &lab.end(victim),
+                &lab.end(*source),
+                syns,
+                completed,
+                at_ns,
+            );
+        }
+        let mut alerts = Vec::new();
+        detector.check(at_ns, &mut alerts);
+        alerts
+    }
+
+    fn detector() -> FloodDetector {
+        FloodDetector::new(&SynFlood::default())
+    }
+
+    #[test]
+    fn a_thousand_unanswered_syns_within_ten_seconds_alert_not_fewer() {
+        let lab = Lab::new(8);
+        let mut flood = detector();
+        assert!(poll(&mut flood, &lab, &[front(2)], (999, 0), SEC).is_empty());
+        let alerts = poll(&mut flood, &lab, &[front(2)], (1, 0), 2 * SEC);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].kind, "syn_flood");
+        assert_eq!(ends(&alerts[0]), ("c2".into(), Some("c9".into())));
+        assert_eq!(alerts[0].evidence["syns"], 1000);
+        assert_eq!(alerts[0].evidence["destination_port"], 80);
+    }
+
+    #[test]
+    fn a_fifth_completed_still_alerts_a_bit_more_is_a_busy_server() {
+        let lab = Lab::new(8);
+        let mut flood = detector();
+        assert_eq!(
+            poll(&mut flood, &lab, &[front(2)], (1000, 200), SEC).len(),
+            1
+        );
+        let mut busy = detector();
+        assert!(poll(&mut busy, &lab, &[front(2)], (1000, 201), SEC).is_empty());
+    }
+
+    #[test]
+    fn the_window_holds_ten_seconds_to_the_nanosecond() {
+        let lab = Lab::new(8);
+        let mut flood = detector();
+        poll(&mut flood, &lab, &[front(2)], (600, 0), SEC);
+        assert_eq!(
+            poll(&mut flood, &lab, &[front(2)], (400, 0), 11 * SEC).len(),
+            1
+        );
+        let mut late = detector();
+        poll(&mut late, &lab, &[front(2)], (600, 0), SEC);
+        assert!(poll(&mut late, &lab, &[front(2)], (400, 0), 11 * SEC + 1).is_empty());
+    }
+
+    #[test]
+    fn many_sources_add_up_and_the_top_one_is_named() {
+        // A flood from spoofed addresses is counted at the flooder's veth,
+        // so it comes from one container; floods from several add up.
+        let lab = Lab::new(8);
+        let mut flood = detector();
+        let sources = [front(2), front(3), front(4)];
+        poll(&mut flood, &lab, &sources, (300, 0), SEC);
+        let alerts = poll(&mut flood, &lab, &[front(3)], (100, 0), SEC);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(ends(&alerts[0]).0, "c3");
+        let by_source = alerts[0].evidence["syns_by_source"]
+            .as_object()
+            .expect("map");
+        assert_eq!(by_source.len(), 3);
+        assert_eq!(by_source["c3"], 400);
+    }
+
+    #[test]
+    fn a_poll_without_new_syns_raises_nothing_and_a_quiet_target_is_forgotten() {
+        let lab = Lab::new(8);
+        let mut flood = detector();
+        assert_eq!(poll(&mut flood, &lab, &[front(2)], (2000, 0), SEC).len(), 1);
+        assert!(poll(&mut flood, &lab, &[front(2)], (0, 0), 2 * SEC).is_empty());
+        let mut alerts = Vec::new();
+        flood.check(12 * SEC + 1, &mut alerts);
+        assert!(alerts.is_empty() && flood.targets.is_empty());
+    }
+
+    #[test]
+    fn handshakes_without_syns_never_divide_by_zero() {
+        let lab = Lab::new(8);
+        let mut flood = detector();
+        assert!(poll(&mut flood, &lab, &[front(2)], (0, u64::MAX / 2), SEC).is_empty());
+        assert!(poll(&mut flood, &lab, &[front(2)], (u64::MAX / 4, 0), SEC).is_empty());
+    }
+}

@@ -95,3 +95,70 @@ impl Detector for HostAccess {
             .extend(host_access(flow, directory, &self.ports));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::{
+        ip_proto::{ICMP, TCP, UDP},
+        Direction,
+    };
+
+    use super::*;
+    use crate::detect::{
+        config::HostAccess as Settings,
+        testkit::{ends, front, Lab, GATEWAY},
+    };
+
+    fn look(lab: &Lab, record: &FlowRecord) -> Vec<Alert> {
+        let mut found = Findings::default();
+        HostAccess::new(&Settings::default()).first_look(record, &lab.directory, &mut found);
+        found.alerts
+    }
+
+    fn opening(lab: &Lab, dst: [u8; 4], port: u16) -> FlowRecord {
+        let mut record = lab.flow(front(2), dst, port, TCP);
+        record.stats.syn = 1;
+        record
+    }
+
+    #[test]
+    fn the_docker_api_on_the_host_is_critical_ssh_a_warning_other_ports_nothing() {
+        let lab = Lab::new(3);
+        for (port, severity) in [
+            (2375, Severity::Critical),
+            (2376, Severity::Critical),
+            (22, Severity::Warning),
+        ] {
+            let alerts = look(&lab, &opening(&lab, GATEWAY, port));
+            assert_eq!(alerts.len(), 1, "port {port}");
+            assert_eq!(alerts[0].kind, "host_access");
+            assert_eq!(alerts[0].severity, severity);
+            assert_eq!(ends(&alerts[0]), ("c2".into(), Some("gateway".into())));
+        }
+        assert!(look(&lab, &opening(&lab, GATEWAY, 80)).is_empty());
+        assert!(look(&lab, &opening(&lab, GATEWAY, 2377)).is_empty());
+    }
+
+    #[test]
+    fn the_metadata_address_is_critical_on_any_port() {
+        let lab = Lab::new(3);
+        let alerts = look(&lab, &opening(&lab, [169, 254, 169, 254], 80));
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].severity, Severity::Critical);
+        assert_eq!(alerts[0].evidence["metadata_address"], true);
+    }
+
+    #[test]
+    fn those_ports_on_a_container_or_flows_that_open_nothing_are_not_host_access() {
+        let lab = Lab::new(3);
+        assert!(look(&lab, &opening(&lab, front(3), 2375)).is_empty());
+        // Mid-stream (no SYN), ICMP, or arriving at the container.
+        assert!(look(&lab, &lab.flow(front(2), GATEWAY, 2375, TCP)).is_empty());
+        assert!(look(&lab, &lab.flow(front(2), GATEWAY, 0, ICMP)).is_empty());
+        let mut arriving = opening(&lab, GATEWAY, 2375);
+        arriving.stats.direction = Direction::ToContainer as u8;
+        assert!(look(&lab, &arriving).is_empty());
+        // UDP opens by its first datagram.
+        assert_eq!(look(&lab, &lab.flow(front(2), GATEWAY, 22, UDP)).len(), 1);
+    }
+}

@@ -58,3 +58,45 @@ impl Detector for Isolation {
         found.alerts.extend(isolation_violation(attempt, directory));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::ip_proto::{TCP, UDP};
+
+    use super::*;
+    use crate::{
+        detect::testkit::{ends, front, try_attempt, Lab, ISOLATED, SEC},
+        flows::outcome::Outcome,
+    };
+
+    #[test]
+    fn isolated_containers_that_reach_each_other_are_alerted_whatever_the_answer() {
+        let lab = Lab::new(3);
+        for outcome in [Outcome::Established, Outcome::Refused, Outcome::Answered] {
+            let attempt = lab.attempt(front(2), ISOLATED, 80, TCP, outcome, SEC);
+            let alerts = try_attempt(&mut Isolation, &lab, &attempt);
+            assert_eq!(alerts.len(), 1, "{outcome:?}");
+            assert_eq!(alerts[0].kind, "isolation_violation");
+            assert_eq!(ends(&alerts[0]), ("c2".into(), Some("iso".into())));
+            assert_eq!(alerts[0].evidence["destination_networks"][0], "back");
+        }
+    }
+
+    #[test]
+    fn an_attempt_that_did_not_get_through_is_isolation_working() {
+        let lab = Lab::new(3);
+        let attempt = lab.attempt(front(2), ISOLATED, 80, UDP, Outcome::Unanswered, SEC);
+        assert!(try_attempt(&mut Isolation, &lab, &attempt).is_empty());
+    }
+
+    #[test]
+    fn neighbours_on_a_shared_network_the_host_and_oneself_are_not_isolated() {
+        let lab = Lab::new(3);
+        let neighbour = lab.attempt(front(2), front(3), 80, TCP, Outcome::Established, SEC);
+        let gateway = lab.attempt(front(2), [10, 0, 0, 1], 80, TCP, Outcome::Established, SEC);
+        let own = lab.attempt(front(2), front(2), 80, TCP, Outcome::Established, SEC);
+        for attempt in [neighbour, gateway, own] {
+            assert!(try_attempt(&mut Isolation, &lab, &attempt).is_empty());
+        }
+    }
+}

@@ -27,6 +27,8 @@ mod protocols;
 mod scan;
 mod spike;
 mod spoof;
+#[cfg(test)]
+mod testkit;
 
 pub use cleartext::{PayloadVerdict, ProtocolLabels};
 pub use protocols::Protocol;
@@ -87,6 +89,7 @@ fn registry(config: &DetectConfig, state_dir: &Path) -> anyhow::Result<Vec<Box<d
     all.add(&config.port_scan, scan::PortScan::new);
     all.add(&config.host_sweep, scan::HostSweep::new);
     all.add(&config.syn_flood, flood::FloodDetector::new);
+    all.add(&config.packet_flood, spike::PacketFloodDetector::new);
     all.add(&config.traffic_spike, spike::SpikeDetector::new);
     all.add(&config.cleartext, cleartext::CleartextDetector::new);
     all.add(&config.isolation_violation, |_| isolation::Isolation);
@@ -144,6 +147,10 @@ pub struct Traffic<'a> {
     pub source: &'a FlowEnd,
     pub destination: &'a FlowEnd,
     pub new_bytes: u64,
+    pub new_packets: u64,
+    /// UDP, ICMP: the flow answers one of the pair that began earlier (an
+    /// echo reply, a server's datagrams), rather than opening an exchange.
+    pub answers: bool,
     /// TCP only: SYNs sent, and handshakes completed (its first ACK, or
     /// each FIN of a reused 4-tuple).
     pub syns: u64,
@@ -202,6 +209,7 @@ struct Seen {
     fins: u32,
     acked: bool,
     bytes: u64,
+    packets: u64,
     /// What the payload of the connection showed, on its client flow.
     payload: Option<PayloadVerdict>,
 }
@@ -328,6 +336,10 @@ impl Detectors {
         }
         let new_bytes = record.stats.bytes.saturating_sub(seen.bytes);
         seen.bytes = record.stats.bytes;
+        let new_packets = record.stats.packets.saturating_sub(seen.packets);
+        seen.packets = record.stats.packets;
+        let reverse = find(&record.key.reversed());
+        let reverse = reverse.as_ref();
         let (mut syns, mut completed) = (0, 0);
         if record.key.protocol == ip_proto::TCP {
             syns = u64::from(record.stats.syn.saturating_sub(seen.syns));
@@ -346,6 +358,8 @@ impl Detectors {
             source: &source,
             destination: &destination,
             new_bytes,
+            new_packets,
+            answers: record.key.protocol != ip_proto::TCP && !outcome::is_attempt(record, reverse),
             syns,
             completed,
         };
@@ -356,8 +370,6 @@ impl Detectors {
             return;
         }
         let (_, destination_ip) = key_addrs(&record.key);
-        let reverse = find(&record.key.reversed());
-        let reverse = reverse.as_ref();
         // Multicast and broadcast reach no one in particular (IPv6
         // neighbour and router discovery, mDNS): not an attempt on a host.
         if !outcome::is_attempt(record, reverse) || !is_unicast(destination_ip) {

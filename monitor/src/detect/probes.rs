@@ -91,6 +91,11 @@ impl<K: Eq + Hash, T: Eq + Hash + Ord + Copy> Probes<K, T> {
         })
     }
 
+    /// Whether `source` tried anything within the window.
+    pub fn contains(&self, source: &K) -> bool {
+        self.by_source.contains_key(source)
+    }
+
     /// Slides the window: forgets targets last tried before it, and
     /// sources with none left.
     pub fn expire(&mut self, now_ns: u64) {

@@ -193,3 +193,141 @@ impl Detector for ArpSpoof {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::ip_proto::{TCP, UDP};
+
+    use super::*;
+    use crate::detect::testkit::{arp, batch, ends, front, Lab, SEC};
+
+    fn ip_check(lab: &Lab, record: &FlowRecord) -> Vec<Alert> {
+        let mut found = Findings::default();
+        IpSpoof.first_look(record, &lab.directory, &mut found);
+        found.alerts
+    }
+
+    #[test]
+    fn a_container_sending_from_its_own_address_is_clean() {
+        let lab = Lab::new(3);
+        assert!(ip_check(&lab, &lab.flow(front(2), front(3), 80, TCP)).is_empty());
+    }
+
+    #[test]
+    fn a_neighbours_address_is_spoofed_and_named() {
+        let lab = Lab::new(4);
+        // Counted at c2's veth, from c4's address.
+        let mut record = lab.flow(front(4), front(3), 80, TCP);
+        record.stats.ifindex = Lab::veth(front(2));
+        let alerts = ip_check(&lab, &record);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].kind, "ip_spoof");
+        assert_eq!(ends(&alerts[0]), ("c2".into(), Some("c3".into())));
+        assert!(alerts[0].summary.contains("(that of c4)"));
+        assert_eq!(alerts[0].evidence["claimed_ip"], "10.0.0.4");
+        assert_eq!(alerts[0].evidence["assigned_ips"][0], "10.0.0.2");
+    }
+
+    #[test]
+    fn kernel_addresses_and_unknown_veths_are_not_judged() {
+        let lab = Lab::new(3);
+        let mut unspecified = lab.flow([0, 0, 0, 0], [255, 255, 255, 255], 67, UDP);
+        unspecified.stats.ifindex = Lab::veth(front(2));
+        assert!(ip_check(&lab, &unspecified).is_empty(), "DHCP's 0.0.0.0");
+        let mut link_local = unspecified;
+        link_local.key.src_addr = "fe80::1"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("v6")
+            .octets();
+        link_local.key.ip_version = 6;
+        assert!(ip_check(&lab, &link_local).is_empty());
+        let stranger = lab.flow([10, 0, 0, 77], front(3), 80, TCP);
+        assert!(matches!(
+            ip_spoof(&stranger, &lab.directory),
+            Check::Undecided
+        ));
+        let mut arriving = lab.flow(front(4), front(2), 80, TCP);
+        arriving.stats.ifindex = Lab::veth(front(2));
+        arriving.stats.direction = Direction::ToContainer as u8;
+        assert!(ip_check(&lab, &arriving).is_empty());
+    }
+
+    #[test]
+    fn a_flow_the_policy_dropped_is_checked_too() {
+        let lab = Lab::new(4);
+        let mut record = lab.flow(front(4), front(3), 80, TCP);
+        record.stats.ifindex = Lab::veth(front(2));
+        let mut found = Findings::default();
+        IpSpoof.spoofed_drop(&record, &lab.directory, &mut found);
+        assert_eq!(found.alerts.len(), 1);
+    }
+
+    fn arp_from(sender: [u8; 4], edit: impl FnOnce(&mut [u8; 6], &mut ArpPacket)) -> Event {
+        let mut event = arp(sender, 2, front(3), SEC);
+        if let Event::Arp { eth_src, arp, .. } = &mut event {
+            edit(eth_src, arp);
+        }
+        event
+    }
+
+    #[test]
+    fn arp_for_its_own_address_and_mac_is_clean_and_a_probe_too() {
+        let lab = Lab::new(3);
+        let own = arp_from(front(2), |_, _| {});
+        let probe = arp_from(front(2), |_, arp| {
+            arp.sender_ip = Some(Ipv4Addr::UNSPECIFIED)
+        });
+        let short = arp_from(front(2), |_, arp| {
+            arp.sender_ip = None;
+            arp.sender_mac = None;
+        });
+        assert!(batch(&mut ArpSpoof, &lab, &[own, probe, short], SEC).is_empty());
+    }
+
+    #[test]
+    fn arp_claiming_a_neighbours_address_names_the_victim() {
+        let lab = Lab::new(4);
+        let claim = arp_from(front(2), |_, arp| {
+            arp.sender_ip = Some(Ipv4Addr::from(front(4)))
+        });
+        let alerts = batch(&mut ArpSpoof, &lab, &[claim], SEC);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].kind, "arp_spoof");
+        assert_eq!(ends(&alerts[0]), ("c2".into(), Some("c4".into())));
+        assert!(alerts[0]
+            .summary
+            .contains("ARP reply claims 10.0.0.4, the address of c4"));
+    }
+
+    #[test]
+    fn arp_from_another_mac_is_spoofed_in_either_header() {
+        let lab = Lab::new(3);
+        let forged = [2, 0, 0, 0, 0, 0x99];
+        let in_frame = arp_from(front(2), |eth_src, _| *eth_src = forged);
+        let in_arp = arp_from(front(2), |_, arp| arp.sender_mac = Some(forged));
+        let alerts = batch(&mut ArpSpoof, &lab, &[in_frame, in_arp], SEC);
+        assert_eq!(alerts.len(), 2);
+        assert!(alerts
+            .iter()
+            .all(|a| a.summary.contains("sends as MAC 02:00:00:00:00:99")));
+        assert!(alerts.iter().all(|a| a.destination.is_none()));
+    }
+
+    #[test]
+    fn arp_arriving_at_a_container_or_from_an_unknown_veth_is_not_judged() {
+        let lab = Lab::new(3);
+        let forged = |event: &mut Event| {
+            if let Event::Arp { arp, .. } = event {
+                arp.sender_ip = Some(Ipv4Addr::from(front(3)));
+            }
+        };
+        let mut arriving = arp(front(2), 2, front(3), SEC);
+        forged(&mut arriving);
+        if let Event::Arp { seen, .. } = &mut arriving {
+            seen.direction = Direction::ToContainer;
+        }
+        let mut stranger = arp([10, 0, 0, 77], 2, front(3), SEC);
+        forged(&mut stranger);
+        assert!(batch(&mut ArpSpoof, &lab, &[arriving, stranger], SEC).is_empty());
+    }
+}
