@@ -484,12 +484,12 @@ mod tests {
             std::env::temp_dir().join(format!("crossmon-registry-{}", std::process::id()));
         std::fs::create_dir_all(&state_dir).expect("state dir");
         let every = registry(&DetectConfig::default(), &state_dir).expect("defaults build");
-        assert_eq!(every.len(), 11);
+        assert_eq!(every.len(), 12);
         let off: DetectConfig = toml::from_str(
             "[port_scan]\nenabled = false\n[new_connection]\nenabled = false\n[arp_spoof]\nenabled = false\n",
         )
         .expect("valid");
-        assert_eq!(registry(&off, &state_dir).expect("builds").len(), 8);
+        assert_eq!(registry(&off, &state_dir).expect("builds").len(), 9);
         let _ = std::fs::remove_dir_all(&state_dir);
     }
 }
