@@ -38,6 +38,21 @@ pub const GLOBAL_NEW_FLOW_EVENTS: &str = "NEW_FLOW_EVENTS";
 /// TCP or UDP packet to or from port 53 with a payload, its first
 /// [`MAX_CAPTURE`] payload bytes.
 pub const GLOBAL_DNS_EVENTS: &str = "DNS_EVENTS";
+/// Name of the global OR-ed into every ifindex the programs read (the
+/// veth's and the one a packet came in through): 0 in the agent's own
+/// network namespace, [`veth_id`]`(tag, 0)` in the instance loaded for
+/// another one (an overlay network's sandbox), whose ifindexes may equal
+/// the host's. Every map keyed by interface holds these ids.
+pub const GLOBAL_NETNS_TAG: &str = "NETNS_TAG";
+/// Where the namespace tag sits in a veth id: ifindexes of a sandbox
+/// namespace stay below 2^24 (16M interfaces created in it).
+pub const NETNS_TAG_SHIFT: u32 = 24;
+
+/// The id of interface `ifindex` of the namespace tagged `tag` (0: the
+/// agent's own), as the programs key it.
+pub const fn veth_id(tag: u8, ifindex: u32) -> u32 {
+    ((tag as u32) << NETNS_TAG_SHIFT) | ifindex
+}
 
 /// Largest number of bytes one capture event can carry.
 pub const MAX_CAPTURE: usize = 512;

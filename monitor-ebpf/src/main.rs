@@ -29,7 +29,7 @@ use monitor_common::{ip_proto, Counter, Direction, EventKind, FlowKey, FlowStats
 use crate::{
     events::Seen,
     flow::Accounted,
-    maps::{bump, counted_at_ingress, PAYLOAD_BYTES, PAYLOAD_PACKETS, SAMPLE_RATE},
+    maps::{bump, counted_at_ingress, veth_id, PAYLOAD_BYTES, PAYLOAD_PACKETS, SAMPLE_RATE},
     parse::{Frame, Malformed},
     policy::Verdict,
 };
@@ -65,7 +65,7 @@ pub fn from_container(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_container(ctx: TcContext) -> i32 {
     // SAFETY: `skb` is the context pointer the kernel handed to the program.
-    let came_in_through = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    let came_in_through = veth_id(unsafe { (*ctx.skb.skb).ingress_ifindex });
     // Bridged straight from another watched veth: counted when it left that
     // container. The cheap check comes first; routed traffic is recognised
     // by its flow (see `flow::account`). A capture of this veth wants the
@@ -97,7 +97,7 @@ fn seen(ctx: &TcContext, direction: Direction) -> Seen {
     Seen {
         direction,
         // SAFETY: `skb` is the context pointer the kernel handed to the program.
-        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        ifindex: veth_id(unsafe { (*ctx.skb.skb).ifindex }),
         // SAFETY: helper without preconditions.
         now_ns: unsafe { bpf_ktime_get_ns() },
     }

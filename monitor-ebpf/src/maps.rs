@@ -77,6 +77,16 @@ pub static SAMPLE_RATE: Global<u32> = Global::new(DEFAULT_SAMPLE_RATE);
 pub static NEW_FLOW_EVENTS: Global<u32> = Global::new(DEFAULT_NEW_FLOW_EVENTS);
 #[no_mangle]
 pub static DNS_EVENTS: Global<u32> = Global::new(DEFAULT_DNS_EVENTS);
+/// `monitor_common::GLOBAL_NETNS_TAG`: the namespace this instance of the
+/// programs is attached in, folded into every ifindex it reads.
+#[no_mangle]
+pub static NETNS_TAG: Global<u32> = Global::new(0);
+
+/// An interface of this instance's namespace as the maps key it.
+#[inline(always)]
+pub fn veth_id(ifindex: u32) -> u32 {
+    ifindex | NETNS_TAG.load()
+}
 
 #[inline(always)]
 pub fn bump(counter: Counter) {

@@ -172,6 +172,12 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_docker_host)]
     pub docker_host: Option<String>,
 
+    /// The engine's `--exec-root`, where its overlay networks' sandbox
+    /// namespaces are (`netns/1-<network id>`): their containers' veths
+    /// are watched there (needs CAP_SYS_ADMIN, to enter them).
+    #[arg(long, value_name = "DIR", default_value = AgentConfig::DEFAULT_DOCKER_EXEC_ROOT, value_parser = parse_exec_root)]
+    pub docker_exec_root: PathBuf,
+
     /// Flows the kernel map holds; the least recently used is evicted beyond.
     /// Memory: about 64 bytes x possible CPUs per flow.
     #[arg(long, default_value_t = monitor_common::DEFAULT_FLOW_CAPACITY, value_parser = clap::value_parser!(u32).range(1..))]
@@ -345,6 +351,19 @@ fn duration_arg(text: &str) -> Result<humantime::Duration, String> {
     parse_duration(text).map(Into::into)
 }
 
+/// An absolute path that is a directory, or nothing yet (an engine not
+/// started, or none: no overlay is watched then).
+fn parse_exec_root(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if !path.is_absolute() {
+        return Err(format!("{text:?} is not an absolute path"));
+    }
+    if path.exists() && !path.is_dir() {
+        return Err(format!("{text} is not a directory"));
+    }
+    Ok(path)
+}
+
 /// What bollard connects to: a unix socket path or an HTTP endpoint.
 fn parse_docker_host(text: &str) -> Result<String, String> {
     let valid = match text.split_once("://") {
@@ -471,6 +490,7 @@ impl RunArgs {
             idle_timeout: self.idle_timeout.into(),
             use_docker: !self.no_docker,
             docker_host: self.docker_host.clone(),
+            docker_exec_root: self.docker_exec_root.clone(),
             web_config,
             detect,
             state_dir: self.state_dir.clone(),

@@ -87,7 +87,13 @@ impl Agent {
     /// Like [`Agent::start`], run by `wrapper` (`setpriv ... `, which execs
     /// it: the pid stays the agent's).
     pub fn start_under(wrapper: &[&str], extra: &[&str]) -> Agent {
-        Self::launch(wrapper, extra, |addr| {
+        Self::start_at(wrapper, None, extra)
+    }
+
+    /// Like [`Agent::start_under`], listening on `listen` (an address of
+    /// the namespace `wrapper` runs it in) instead of a free loopback port.
+    pub fn start_at(wrapper: &[&str], listen: Option<SocketAddr>, extra: &[&str]) -> Agent {
+        Self::launch(wrapper, listen, extra, |addr| {
             get(addr, "/healthz").is_some_and(|(status, _)| status == 200)
         })
     }
@@ -95,17 +101,20 @@ impl Agent {
     /// Like [`Agent::start`], once `ready(address)` holds: for an API behind
     /// TLS or basic auth, which the plain `get` cannot reach.
     pub fn start_with(extra: &[&str], ready: impl FnMut(SocketAddr) -> bool) -> Agent {
-        Self::launch(&[], extra, ready)
+        Self::launch(&[], None, extra, ready)
     }
 
     fn launch(
         wrapper: &[&str],
+        listen: Option<SocketAddr>,
         extra: &[&str],
         mut ready: impl FnMut(SocketAddr) -> bool,
     ) -> Agent {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .expect("address");
+        let addr: SocketAddr = listen.unwrap_or_else(|| {
+            format!("127.0.0.1:{}", free_port())
+                .parse()
+                .expect("address")
+        });
         let state = (!extra.contains(&"--state-dir")).then(|| Scratch::new("state"));
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
@@ -180,21 +189,23 @@ impl Agent {
     /// The flow `src -> dst` (container or end names) of `protocol`, once
     /// it has counted exactly `packets` packets.
     pub fn named_flow(&self, src: &str, dst: &str, protocol: &str, packets: u64) -> Value {
+        self.flow_where(
+            &format!("{src} -> {dst} ({protocol})"),
+            |f| f["src"]["name"] == src && f["dst"]["name"] == dst && f["protocol"] == protocol,
+            packets,
+        )
+    }
+
+    /// The first flow `select` picks (`what` says which, when it times
+    /// out), once it has counted exactly `packets` packets.
+    pub fn flow_where(&self, what: &str, select: impl Fn(&Value) -> bool, packets: u64) -> Value {
         let mut found = Value::Null;
         wait_until(
-            &format!("{src} -> {dst} ({protocol}) with {packets} packets"),
+            &format!("{what} with {packets} packets at {}", self.addr),
             || {
                 found = get_json(self.addr, "/api/v1/flows")
                     .as_array()
-                    .and_then(|all| {
-                        all.iter()
-                            .find(|f| {
-                                f["src"]["name"] == src
-                                    && f["dst"]["name"] == dst
-                                    && f["protocol"] == protocol
-                            })
-                            .cloned()
-                    })
+                    .and_then(|all| all.iter().find(|f| select(f)).cloned())
                     .unwrap_or(Value::Null);
                 found["packets"] == packets
             },

@@ -55,6 +55,11 @@ impl NamespacedEngine {
         format!("unix://{}", self.socket.display())
     }
 
+    /// The network namespace the engine runs in (its host's).
+    pub fn netns_path(&self) -> &str {
+        &self.netns_path
+    }
+
     /// Where the engine keeps its sandboxes' namespaces (`netns/`).
     pub fn exec_root(&self) -> &Path {
         &self.exec_root

@@ -42,6 +42,10 @@ pub struct Scrape {
     pub https: Option<Tls>,
     pub basic_auth: Option<(String, String)>,
     pub rule_files: Vec<PathBuf>,
+    /// Find the targets with deploy/swarm/prometheus.yml's job instead,
+    /// its discovery aimed at this engine (`unix:///...`): every node of
+    /// its swarm, at the target's port, labelled `node` with its host name.
+    pub swarm: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -61,6 +65,7 @@ impl Scrape {
             https: None,
             basic_auth: None,
             rule_files: Vec::new(),
+            swarm: None,
         }
     }
 
@@ -74,6 +79,9 @@ impl Scrape {
             "scrape_timeout": interval,
             "static_configs": [{ "targets": [self.target.to_string()] }],
         });
+        if let Some(engine) = &self.swarm {
+            job = swarm_job(engine, self.target.port(), &interval);
+        }
         if let Some(tls) = &self.https {
             job["scheme"] = json!("https");
             job["tls_config"] = json!({ "ca_file": tls.ca_file });
@@ -90,6 +98,25 @@ impl Scrape {
             "scrape_configs": [job],
         })
     }
+}
+
+/// The job of deploy/swarm/prometheus.yml, its discovery aimed at `engine`
+/// and `port`, refreshed and scraped every `interval`.
+fn swarm_job(engine: &str, port: u16, interval: &str) -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/swarm/prometheus.yml"
+    );
+    let text = std::fs::read_to_string(path).expect("deploy/swarm/prometheus.yml");
+    let config: Value = serde_yaml::from_str(&text).expect("deploy/swarm/prometheus.yml parses");
+    let mut job = config["scrape_configs"][0].clone();
+    job["scrape_interval"] = json!(interval);
+    job["scrape_timeout"] = json!(interval);
+    let discovery = &mut job["dockerswarm_sd_configs"][0];
+    discovery["host"] = json!(engine);
+    discovery["port"] = json!(port);
+    discovery["refresh_interval"] = json!(interval);
+    job
 }
 
 /// One instant-query result: a vector element, or a scalar without labels.

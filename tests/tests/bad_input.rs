@@ -95,6 +95,7 @@ fn every_run_flag_with_an_invalid_value_exits_2_naming_it() {
             "docker-host",
             &["ftp://docker", "unix://relative.sock", "tcp://nohost", ""],
         ),
+        ("docker-exec-root", &[a_file, "relative/dir", ""]),
         ("flow-capacity", &["0", "-1", "many"]),
         ("payload-bytes", &["513", "-1"]),
         ("payload-packets", &["256", "x"]),

@@ -21,7 +21,7 @@ use monitor::{
     datapath::{self, AttachMode, Datapath, DatapathConfig, Event},
     flows::FlowTable,
 };
-use monitor_common::{ip_proto, Direction, FlowKey, FlowStats};
+use monitor_common::{ip_proto, veth_id, Direction, FlowKey, FlowStats};
 
 /// crossmon's datapath attached to every host of a test net.
 struct Monitor {
@@ -519,4 +519,125 @@ fn traffic_routed_between_two_bridges_is_counted_once() {
         (there.ifindex, back.ifindex),
         (a.veth_ifindex(), b.veth_ifindex())
     );
+}
+
+/// A network namespace of its own with a bridge and two "containers" on
+/// veths enslaved to it: the shape of an overlay network's sandbox, whose
+/// ifindexes are its own. Deleted on drop.
+struct Sandbox {
+    names: [String; 3],
+}
+
+impl Sandbox {
+    /// The sandbox's veths get the ifindexes `indexes` (to collide with
+    /// the root namespace's on purpose); the containers `10.99.0.1` and
+    /// `10.99.0.2`.
+    fn new(indexes: [u32; 2]) -> Sandbox {
+        let pid = std::process::id();
+        let names = ["sb", "sx", "sy"].map(|n| format!("xm{n}{pid}"));
+        let sandbox = Sandbox { names };
+        let [sb, sx, sy] = &sandbox.names;
+        for ns in [sb, sx, sy] {
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        ip(&["-n", sb, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", sb, "link", "set", "br0", "up"]);
+        for (i, (container, index)) in [sx, sy].into_iter().zip(indexes).enumerate() {
+            let veth = format!("veth{i}");
+            ip(&[
+                "-n",
+                sb,
+                "link",
+                "add",
+                &veth,
+                "index",
+                &index.to_string(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                container,
+            ]);
+            ip(&["-n", sb, "link", "set", &veth, "master", "br0", "up"]);
+            let address = format!("10.99.0.{}/24", i + 1);
+            ip(&["-n", container, "addr", "add", &address, "dev", "eth0"]);
+            ip(&["-n", container, "link", "set", "eth0", "up"]);
+        }
+        sandbox
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/var/run/netns/{}", self.names[0]))
+    }
+
+    /// `ping -c COUNT` from the first container to the second.
+    fn ping(&self, count: u32) {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.names[1], "ping", "-q", "-c"])
+            .arg(count.to_string())
+            .args(["-W", "2", "10.99.0.2"])
+            .output()
+            .expect("ping");
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    integration_tests::net::ip(args).unwrap_or_else(|err| panic!("ip {args:?}: {err:#}"));
+}
+
+#[test]
+fn veths_in_another_namespace_are_counted_apart_from_the_hosts_with_the_same_ifindexes() {
+    require_root();
+    for mode in [AttachMode::Auto, AttachMode::Clsact] {
+        let net = TestNet::new(2).expect("test network");
+        let config = DatapathConfig {
+            attach_mode: mode,
+            ..DatapathConfig::default()
+        };
+        let mut monitor = Monitor::attach_with(&net, config);
+        let (a, b) = (net.host(0), net.host(1));
+        let indexes = [a.veth_ifindex(), b.veth_ifindex()];
+        let sandbox = Sandbox::new(indexes);
+        for index in indexes {
+            monitor
+                .datapath
+                .programs
+                .attach_in(&sandbox.path(), 1, index)
+                .expect("attach in the sandbox");
+        }
+        assert_eq!(monitor.datapath.programs.sandbox_count(), 1);
+        traffic::ping(a, b.ip4().into(), 3, 56).expect("ping");
+        sandbox.ping(2);
+        let (x, y): (IpAddr, IpAddr) = ("10.99.0.1".parse().unwrap(), "10.99.0.2".parse().unwrap());
+        let cases = [
+            (a.ip4().into(), b.ip4().into(), 3, a.veth_ifindex()),
+            (b.ip4().into(), a.ip4().into(), 3, b.veth_ifindex()),
+            (x, y, 2, veth_id(1, indexes[0])),
+            (y, x, 2, veth_id(1, indexes[1])),
+        ];
+        for (src, dst, packets, ifindex) in cases {
+            let flow = monitor.flow(src, dst, 0, 0, ip_proto::ICMP);
+            assert_eq!(
+                (flow.packets, flow.ifindex),
+                (packets, ifindex),
+                "{src} -> {dst} ({mode:?})"
+            );
+        }
+        assert_eq!(monitor.datapath.programs.detach_all(), 4);
+        assert_eq!(monitor.datapath.programs.sandbox_count(), 0);
+    }
 }

@@ -4,11 +4,13 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use futures::StreamExt as _;
+use monitor_common::veth_id;
 use tokio::sync::watch;
 
 use crate::{
@@ -20,8 +22,9 @@ use crate::{
 };
 
 /// Attaches to the bridge-enslaved veths that are container endpoints (to
-/// every bridge-enslaved veth with `--no-docker`) and follows link and
-/// container changes.
+/// every bridge-enslaved veth with `--no-docker`), and to the veths of
+/// overlay endpoints in their networks' sandboxes (under `sandboxes`,
+/// Docker's `<exec-root>/netns`), and follows link and container changes.
 /// It publishes the Docker snapshot: the directory first (a container's
 /// identity is known before its veth is counted), then the veths attached.
 pub async fn follow_links(
@@ -29,6 +32,7 @@ pub async fn follow_links(
     docker: Published<Snapshot>,
     mut inventory: Option<watch::Receiver<Option<Arc<Inventory>>>>,
     policy: Option<Arc<Mutex<PolicyInForce>>>,
+    sandboxes: PathBuf,
 ) -> anyhow::Result<()> {
     let (handle, changes) = links::watch()?;
     let mut changes = std::pin::pin!(changes);
@@ -50,9 +54,18 @@ pub async fn follow_links(
         let identified = Snapshot::new(known, docker.load().interfaces.clone());
         let (known, directory) = (identified.inventory.clone(), identified.directory.clone());
         docker.store(Arc::new(identified));
+        let overlay_ports: Vec<SandboxPort> = known
+            .iter()
+            .flat_map(|k| k.overlay_veths())
+            .map(|(network_id, tag, ifindex)| SandboxPort {
+                netns: sandboxes.join(sandbox_name(network_id)),
+                tag,
+                ifindex,
+            })
+            .collect();
         let interfaces = {
             let mut programs = lock(&programs);
-            sync_attachments(&mut programs, &ports);
+            sync_attachments(&mut programs, &ports, &overlay_ports);
             programs
                 .attached()
                 .map(|a| (a.ifindex, a.name.clone()))
@@ -86,14 +99,43 @@ pub async fn follow_links(
     }
 }
 
-fn sync_attachments(programs: &mut Programs, ports: &[links::BridgePort]) {
+/// A container's veth in an overlay network's sandbox namespace.
+struct SandboxPort {
+    netns: PathBuf,
+    tag: u8,
+    /// In that namespace.
+    ifindex: u32,
+}
+
+impl SandboxPort {
+    fn id(&self) -> u32 {
+        veth_id(self.tag, self.ifindex)
+    }
+}
+
+/// Docker's name for the sandbox of overlay network `id`
+/// (libnetwork's `osl.GenerateKey("1-" + id)`).
+fn sandbox_name(network_id: &str) -> String {
+    format!("1-{}", network_id.get(..10).unwrap_or(network_id))
+}
+
+fn sync_attachments(
+    programs: &mut Programs,
+    ports: &[links::BridgePort],
+    overlay_ports: &[SandboxPort],
+) {
     let wanted: BTreeMap<u32, &links::BridgePort> = ports.iter().map(|p| (p.ifindex, p)).collect();
+    let wanted_overlay: BTreeMap<u32, &SandboxPort> =
+        overlay_ports.iter().map(|p| (p.id(), p)).collect();
     let stale: Vec<u32> = programs
         .attached()
-        .filter(|a| {
-            wanted
+        .filter(|a| match &a.netns {
+            None => wanted
                 .get(&a.ifindex)
-                .is_none_or(|p| p.bridge_ifindex != a.bridge_ifindex)
+                .is_none_or(|p| p.bridge_ifindex != a.bridge_ifindex),
+            Some(netns) => wanted_overlay
+                .get(&a.ifindex)
+                .is_none_or(|p| &p.netns != netns),
         })
         .map(|a| a.ifindex)
         .collect();
@@ -114,6 +156,18 @@ fn sync_attachments(programs: &mut Programs, ports: &[links::BridgePort]) {
             }
             // Often a veth deleted between listing and attaching.
             Err(err) => tracing::warn!(interface = %port.name, "not attached: {err:#}"),
+        }
+    }
+    for port in overlay_ports {
+        if programs.is_attached(port.id()) {
+            continue;
+        }
+        let sandbox = port.netns.display();
+        match programs.attach_in(&port.netns, port.tag, port.ifindex) {
+            Ok(()) => {
+                tracing::info!(%sandbox, ifindex = port.ifindex, "attached in an overlay sandbox")
+            }
+            Err(err) => tracing::warn!(%sandbox, ifindex = port.ifindex, "not attached: {err:#}"),
         }
     }
 }

@@ -62,6 +62,8 @@ pub struct AgentConfig {
     /// socket); no engine at all with `use_docker` off.
     pub use_docker: bool,
     pub docker_host: Option<String>,
+    /// The engine's exec root: its overlay sandboxes are in `netns/` there.
+    pub docker_exec_root: PathBuf,
     /// `--web-config`: TLS and basic auth of the HTTP endpoint.
     pub web_config: Option<WebConfig>,
     pub metrics: MetricsConfig,
@@ -92,6 +94,8 @@ impl AgentConfig {
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
     pub const DEFAULT_ALERT_COOLDOWN: Duration = Duration::from_secs(5 * 60);
     pub const DEFAULT_STATE_DIR: &'static str = "/var/lib/crossmon";
+    /// Docker's default `--exec-root`.
+    pub const DEFAULT_DOCKER_EXEC_ROOT: &'static str = "/var/run/docker";
     /// `--alert-log`: standard output.
     pub const DEFAULT_ALERT_LOG: &'static str = "-";
 }
@@ -108,6 +112,7 @@ impl Default for AgentConfig {
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
             use_docker: true,
             docker_host: None,
+            docker_exec_root: PathBuf::from(Self::DEFAULT_DOCKER_EXEC_ROOT),
             web_config: None,
             metrics: MetricsConfig::default(),
             alert_log: Some(PathBuf::from(Self::DEFAULT_ALERT_LOG)),
@@ -221,6 +226,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         docker_snapshot.clone(),
         inventory,
         policy.clone(),
+        config.docker_exec_root.join("netns"),
     ));
 
     // The poller's consumers, in the order they see each poll.

@@ -1,8 +1,11 @@
 //! Attaching both classifiers to the host-side veths of containers.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use aya::{
     maps::{HashMap, MapData},
     programs::{
@@ -13,7 +16,12 @@ use aya::{
 };
 use serde::Serialize;
 
-use super::{PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER};
+use monitor_common::{veth_id, NETNS_TAG_SHIFT};
+
+use super::{
+    sandbox::{self, InstanceLoader},
+    PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
+};
 
 /// One veth with both programs attached.
 #[derive(Debug, Serialize)]
@@ -24,6 +32,9 @@ pub struct VethAttachment {
     pub bridge_ifindex: u32,
     /// `tcx` or `clsact` (netlink, kernels before 6.6).
     pub mode: &'static str,
+    /// The namespace of an interface outside the agent's (an overlay
+    /// network's sandbox); its ifindex field is then its tagged id.
+    pub netns: Option<PathBuf>,
     #[serde(skip)]
     links: [SchedClassifierLinkId; 2],
 }
@@ -54,8 +65,13 @@ pub struct ProgramRunStats {
 pub struct Programs {
     ebpf: Ebpf,
     counted_ifaces: HashMap<MapData, u32, u8>,
+    /// By id (`veth_id`): ifindexes in the agent's namespace, tagged ones
+    /// in others.
     attached: BTreeMap<u32, VethAttachment>,
     tcx: bool,
+    instances: InstanceLoader,
+    /// The instances for other namespaces, by tag.
+    sandboxes: BTreeMap<u8, Ebpf>,
 }
 
 impl Programs {
@@ -63,12 +79,15 @@ impl Programs {
         ebpf: Ebpf,
         counted_ifaces: HashMap<MapData, u32, u8>,
         mode: AttachMode,
+        instances: InstanceLoader,
     ) -> Self {
         Self {
             ebpf,
             counted_ifaces,
             attached: BTreeMap::new(),
             tcx: mode == AttachMode::Auto && super::preflight::has_tcx(),
+            instances,
+            sandboxes: BTreeMap::new(),
         }
     }
 
@@ -78,49 +97,12 @@ impl Programs {
         if self.attached.contains_key(&ifindex) {
             return Ok(());
         }
-        let tcx = self.tcx;
-        if !tcx {
-            // Legacy TC needs the clsact qdisc. It may exist already (ours
-            // from an earlier attachment, or another tool's): then adding
-            // fails, harmlessly, and attaching below says if it is missing.
-            if let Err(err) = tc::qdisc_add_clsact(name) {
-                tracing::debug!("adding clsact to {name}: {err}");
-            }
-            remove_leftover_filters(name);
-        }
-        let options = || {
-            if tcx {
-                TcAttachOptions::TcxOrder(LinkOrder::default())
-            } else {
-                TcAttachOptions::Netlink(NlOptions::default())
-            }
-        };
-        // Mark before attaching, so the first packet leaving through another
-        // veth already knows this one's traffic is counted on the way in.
-        self.counted_ifaces
-            .insert(ifindex, 1, 0)
-            .with_context(|| format!("registering interface {ifindex} as counted"))?;
-        let ingress = match self.program(PROGRAM_FROM_CONTAINER)?.attach_with_options(
-            name,
-            TcAttachType::Ingress,
-            options(),
-        ) {
-            Ok(link) => link,
+        self.mark(ifindex)?;
+        let links = match hook(&mut self.ebpf, self.tcx, name) {
+            Ok(links) => links,
             Err(err) => {
                 self.unmark(ifindex);
-                return Err(err).with_context(|| format!("attaching to ingress of {name}"));
-            }
-        };
-        let egress = match self.program(PROGRAM_TO_CONTAINER)?.attach_with_options(
-            name,
-            TcAttachType::Egress,
-            options(),
-        ) {
-            Ok(link) => link,
-            Err(err) => {
-                let _ = self.program(PROGRAM_FROM_CONTAINER)?.detach(ingress);
-                self.unmark(ifindex);
-                return Err(err).with_context(|| format!("attaching to egress of {name}"));
+                return Err(err);
             }
         };
         self.attached.insert(
@@ -129,11 +111,72 @@ impl Programs {
                 ifindex,
                 name: name.to_owned(),
                 bridge_ifindex,
-                mode: if tcx { "tcx" } else { "clsact" },
-                links: [ingress, egress],
+                mode: self.mode(),
+                netns: None,
+                links,
             },
         );
         Ok(())
+    }
+
+    /// Attaches to both directions of interface `ifindex` of the network
+    /// namespace at `netns` (an overlay network's sandbox), tagged `tag`
+    /// (1 and up, one per namespace): its id is `veth_id(tag, ifindex)`.
+    /// The namespace's instance of the programs is loaded at its first
+    /// interface.
+    pub fn attach_in(&mut self, netns: &Path, tag: u8, ifindex: u32) -> anyhow::Result<()> {
+        let id = veth_id(tag, ifindex);
+        if tag == 0 || ifindex >= veth_id(1, 0) {
+            bail!(
+                "interface {ifindex} of {} cannot be tagged {tag}",
+                netns.display()
+            );
+        }
+        if self.attached.contains_key(&id) {
+            return Ok(());
+        }
+        if !self.sandboxes.contains_key(&tag) {
+            let ebpf = self
+                .instances
+                .load(tag)
+                .with_context(|| format!("loading the programs for {}", netns.display()))?;
+            self.sandboxes.insert(tag, ebpf);
+        }
+        self.mark(id)?;
+        let tcx = self.tcx;
+        let attached = match self.sandboxes.get_mut(&tag) {
+            Some(sandbox) => sandbox::within(netns, || {
+                let name = sandbox::interface_name(ifindex)?;
+                let links = hook(sandbox, tcx, &name)?;
+                Ok((name, links))
+            }),
+            None => Err(anyhow::anyhow!("no programs for {}", netns.display())),
+        };
+        let (name, links) = match attached {
+            Ok(attached) => attached,
+            Err(err) => {
+                self.unmark(id);
+                self.drop_unused_sandboxes();
+                return Err(err);
+            }
+        };
+        self.attached.insert(
+            id,
+            VethAttachment {
+                ifindex: id,
+                name,
+                bridge_ifindex: 0,
+                mode: self.mode(),
+                netns: Some(netns.to_owned()),
+                links,
+            },
+        );
+        Ok(())
+    }
+
+    /// Network namespaces other than the agent's with programs loaded.
+    pub fn sandbox_count(&self) -> usize {
+        self.sandboxes.len()
     }
 
     /// Detaches from `ifindex`. An interface that is already gone detached
@@ -142,13 +185,22 @@ impl Programs {
         let Some(attachment) = self.attached.remove(&ifindex) else {
             return Ok(());
         };
-        let [ingress, egress] = attachment.links;
-        let from = self.program(PROGRAM_FROM_CONTAINER)?.detach(ingress);
-        let to = self.program(PROGRAM_TO_CONTAINER)?.detach(egress);
+        let result = match &attachment.netns {
+            None => unhook(&mut self.ebpf, attachment.links),
+            Some(netns) => {
+                let tag = u8::try_from(ifindex >> NETNS_TAG_SHIFT).unwrap_or_default();
+                match self.sandboxes.get_mut(&tag) {
+                    // A namespace already gone took the attachments with it.
+                    Some(sandbox) => {
+                        sandbox::within(netns, || unhook(sandbox, attachment.links)).or(Ok(()))
+                    }
+                    None => Ok(()),
+                }
+            }
+        };
         self.unmark(ifindex);
-        from.and(to).map_err(|err| {
-            anyhow::Error::new(err).context(format!("detaching from {}", attachment.name))
-        })
+        self.drop_unused_sandboxes();
+        result.with_context(|| format!("detaching from {}", attachment.name))
     }
 
     /// Detaches from every interface; errors are logged, not returned, so
@@ -238,17 +290,89 @@ impl Programs {
     }
 
     fn program(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {
-        self.ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing"))?
-            .try_into()
-            .with_context(|| format!("program {name} is not a TC classifier"))
+        program(&mut self.ebpf, name)
+    }
+
+    fn mode(&self) -> &'static str {
+        if self.tcx {
+            "tcx"
+        } else {
+            "clsact"
+        }
+    }
+
+    /// Mark before attaching, so the first packet leaving through another
+    /// veth already knows this one's traffic is counted on the way in.
+    fn mark(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        self.counted_ifaces
+            .insert(ifindex, 1, 0)
+            .with_context(|| format!("registering interface {ifindex} as counted"))
+    }
+
+    /// A namespace's instance goes with its last attachment.
+    fn drop_unused_sandboxes(&mut self) {
+        let used: std::collections::BTreeSet<u8> = self
+            .attached
+            .values()
+            .filter(|a| a.netns.is_some())
+            .filter_map(|a| u8::try_from(a.ifindex >> NETNS_TAG_SHIFT).ok())
+            .collect();
+        self.sandboxes.retain(|tag, _| used.contains(tag));
     }
 
     fn unmark(&mut self, ifindex: u32) {
         // Absent already is fine.
         let _ = self.counted_ifaces.remove(&ifindex);
     }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a TC classifier"))
+}
+
+/// Attaches `ebpf`'s classifiers to both directions of `name`, an
+/// interface of the calling thread's namespace.
+fn hook(ebpf: &mut Ebpf, tcx: bool, name: &str) -> anyhow::Result<[SchedClassifierLinkId; 2]> {
+    if !tcx {
+        // Legacy TC needs the clsact qdisc. It may exist already (ours
+        // from an earlier attachment, or another tool's): then adding
+        // fails, harmlessly, and attaching below says if it is missing.
+        if let Err(err) = tc::qdisc_add_clsact(name) {
+            tracing::debug!("adding clsact to {name}: {err}");
+        }
+        remove_leftover_filters(name);
+    }
+    let options = || {
+        if tcx {
+            TcAttachOptions::TcxOrder(LinkOrder::default())
+        } else {
+            TcAttachOptions::Netlink(NlOptions::default())
+        }
+    };
+    let ingress = program(ebpf, PROGRAM_FROM_CONTAINER)?
+        .attach_with_options(name, TcAttachType::Ingress, options())
+        .with_context(|| format!("attaching to ingress of {name}"))?;
+    match program(ebpf, PROGRAM_TO_CONTAINER)?.attach_with_options(
+        name,
+        TcAttachType::Egress,
+        options(),
+    ) {
+        Ok(egress) => Ok([ingress, egress]),
+        Err(err) => {
+            let _ = program(ebpf, PROGRAM_FROM_CONTAINER)?.detach(ingress);
+            Err(err).with_context(|| format!("attaching to egress of {name}"))
+        }
+    }
+}
+
+/// Detaches what [`hook`] attached, in the namespace it attached in.
+fn unhook(ebpf: &mut Ebpf, [ingress, egress]: [SchedClassifierLinkId; 2]) -> anyhow::Result<()> {
+    let from = program(ebpf, PROGRAM_FROM_CONTAINER)?.detach(ingress);
+    let to = program(ebpf, PROGRAM_TO_CONTAINER)?.detach(egress);
+    from.and(to).map_err(anyhow::Error::new)
 }
 
 /// Netlink filters outlive the process that added them (TCX links do

@@ -16,12 +16,13 @@ use monitor_common::{
 };
 
 use super::{
-    AttachMode, CaptureMaps, Counters, EventRing, FlowMap, PolicyMaps, Programs,
-    PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
+    sandbox::InstanceLoader, AttachMode, CaptureMaps, Counters, EventRing, FlowMap, PolicyMaps,
+    Programs, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
 };
 
 /// The object built by `build.rs` from `monitor-ebpf`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/crossmon"));
+pub(super) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/crossmon"));
 
 /// Settings fixed when the programs are loaded.
 #[derive(Clone, Debug)]
@@ -119,45 +120,21 @@ pub struct Datapath {
 pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
     config.validate()?;
     super::preflight::raise_memlock_limit();
-    // aya-log's level 0 disables every log statement in the programs.
-    let log_level: u8 = match config.ebpf_log {
-        None | Some(log::LevelFilter::Off) => 0,
-        Some(level) => level as u8,
-    };
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(FLOWS_MAP, config.flow_capacity)
-        .map_max_entries(EVENTS_MAP, config.ring_bytes)
-        .map_max_entries(CAPTURE_RING_MAP, config.capture_ring_bytes)
-        .override_global(GLOBAL_PAYLOAD_BYTES, &config.payload_bytes, true)
-        .override_global(GLOBAL_PAYLOAD_PACKETS, &config.payload_packets, true)
-        .override_global(GLOBAL_SAMPLE_RATE, &config.sample_rate, true)
-        .override_global(
-            GLOBAL_NEW_FLOW_EVENTS,
-            &u32::from(config.new_flow_events),
-            true,
-        )
-        .override_global(GLOBAL_DNS_EVENTS, &u32::from(config.dns_events), true)
-        .override_global("AYA_LOG_LEVEL", &log_level, true)
+    let globals = Globals::of(config);
+    let mut ebpf = loader(&globals)
         .load(OBJECT)
         .map_err(super::preflight::explain_load_error)?;
 
-    let ebpf_logger = if log_level == 0 {
+    // Before the maps move to their owners (the logger takes its own):
+    // instances for other namespaces share them.
+    let instances = InstanceLoader::of(&ebpf, config)?;
+    let ebpf_logger = if globals.log_level == 0 {
         None
     } else {
         // Forwards the programs' records to the `log` facade (and so to tracing).
         Some(aya_log::EbpfLogger::init(&mut ebpf).context("reading the programs' logs")?)
     };
-
-    for name in [PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER] {
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the object"))?
-            .try_into()
-            .with_context(|| format!("program {name} is not a TC classifier"))?;
-        program
-            .load()
-            .map_err(|err| super::preflight::explain_program_error(name, err))?;
-    }
+    load_classifiers(&mut ebpf)?;
 
     let flows = FlowMap::new(take_map(&mut ebpf, FLOWS_MAP)?)?;
     let events = EventRing::new(RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?);
@@ -178,7 +155,7 @@ pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
         PerCpuArray::try_from(take_map(&mut ebpf, CAPTURE_LOST_MAP)?)?,
     );
     Ok(Datapath {
-        programs: Programs::new(ebpf, counted, config.attach_mode),
+        programs: Programs::new(ebpf, counted, config.attach_mode, instances),
         capture,
         flows,
         events,
@@ -186,6 +163,71 @@ pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
         policy,
         ebpf_logger,
     })
+}
+
+/// The globals of one load, kept while the loader borrows them.
+pub(super) struct Globals {
+    payload_bytes: u32,
+    payload_packets: u32,
+    sample_rate: u32,
+    new_flow_events: u32,
+    dns_events: u32,
+    log_level: u8,
+    flow_capacity: u32,
+    ring_bytes: u32,
+    capture_ring_bytes: u32,
+}
+
+impl Globals {
+    pub(super) fn of(config: &DatapathConfig) -> Self {
+        Self {
+            payload_bytes: config.payload_bytes,
+            payload_packets: config.payload_packets,
+            sample_rate: config.sample_rate,
+            new_flow_events: u32::from(config.new_flow_events),
+            dns_events: u32::from(config.dns_events),
+            // aya-log's level 0 disables every log statement in the programs.
+            log_level: match config.ebpf_log {
+                None | Some(log::LevelFilter::Off) => 0,
+                Some(level) => level as u8,
+            },
+            flow_capacity: config.flow_capacity,
+            ring_bytes: config.ring_bytes,
+            capture_ring_bytes: config.capture_ring_bytes,
+        }
+    }
+}
+
+/// A loader with the operator's settings: the agent's instance and those
+/// for other namespaces are loaded alike.
+pub(super) fn loader(globals: &Globals) -> EbpfLoader<'_> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(FLOWS_MAP, globals.flow_capacity)
+        .map_max_entries(EVENTS_MAP, globals.ring_bytes)
+        .map_max_entries(CAPTURE_RING_MAP, globals.capture_ring_bytes)
+        .override_global(GLOBAL_PAYLOAD_BYTES, &globals.payload_bytes, true)
+        .override_global(GLOBAL_PAYLOAD_PACKETS, &globals.payload_packets, true)
+        .override_global(GLOBAL_SAMPLE_RATE, &globals.sample_rate, true)
+        .override_global(GLOBAL_NEW_FLOW_EVENTS, &globals.new_flow_events, true)
+        .override_global(GLOBAL_DNS_EVENTS, &globals.dns_events, true)
+        .override_global("AYA_LOG_LEVEL", &globals.log_level, true);
+    loader
+}
+
+/// Loads (verifies) both classifiers of a loaded object.
+pub(super) fn load_classifiers(ebpf: &mut aya::Ebpf) -> anyhow::Result<()> {
+    for name in [PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER] {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a TC classifier"))?;
+        program
+            .load()
+            .map_err(|err| super::preflight::explain_program_error(name, err))?;
+    }
+    Ok(())
 }
 
 fn take_map(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {

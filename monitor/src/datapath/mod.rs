@@ -10,6 +10,7 @@ mod flow_map;
 mod load;
 mod policy_maps;
 pub mod preflight;
+pub mod sandbox;
 
 pub use attach::{AttachMode, ProgramRunStats, Programs, VethAttachment};
 pub use capture::{CaptureFilters, CaptureMaps, CaptureRing, CapturedPacket};

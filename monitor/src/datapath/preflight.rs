@@ -26,7 +26,8 @@ pub struct Capability {
 /// Exactly what crossmon needs; each was taken away in turn and the agent
 /// failed without it (tests/tests/privileges.rs). Container namespaces are
 /// read over rtnetlink by namespace id, so neither CAP_SYS_ADMIN (setns)
-/// nor CAP_SYS_PTRACE (`/proc/PID/ns`) is needed.
+/// nor CAP_SYS_PTRACE (`/proc/PID/ns`) is needed, except to watch overlay
+/// networks: attaching in their sandboxes enters them (CAP_SYS_ADMIN).
 pub const CAPABILITIES: [Capability; 3] = [
     Capability {
         name: "CAP_BPF",

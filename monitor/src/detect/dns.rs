@@ -288,6 +288,9 @@ mod tests {
             compose_service: None,
             network: None,
             ip: None,
+            service: None,
+            stack: None,
+            node: None,
             container: None,
         }
     }

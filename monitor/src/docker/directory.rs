@@ -7,7 +7,7 @@
 //! addresses.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
 };
@@ -15,7 +15,10 @@ use std::{
 use monitor_common::{FlowKey, FlowStats};
 use serde::Serialize;
 
-use super::{Container, Endpoint, Inventory};
+use super::{
+    swarm::{RemoteEnd, SERVICE_LABEL, STACK_LABEL},
+    Container, Endpoint, Inventory,
+};
 use crate::model::key_addrs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -43,6 +46,10 @@ pub struct FlowEnd {
     pub compose_service: Option<String>,
     pub network: Option<String>,
     pub ip: Option<IpAddr>,
+    /// The Swarm service, its stack and the node the end runs on.
+    pub service: Option<String>,
+    pub stack: Option<String>,
+    pub node: Option<String>,
     /// The container itself, for what the API does not show (labels,
     /// exposed ports).
     #[serde(skip)]
@@ -60,11 +67,31 @@ impl FlowEnd {
             compose_service: None,
             network: None,
             ip: Some(ip),
+            service: None,
+            stack: None,
+            node: None,
             container: None,
         }
     }
 
-    fn container(container: &Arc<Container>, endpoint: &Endpoint, ip: IpAddr) -> Self {
+    /// A task or container of another node of the swarm.
+    fn remote(remote: &RemoteEnd, ip: IpAddr) -> Self {
+        Self {
+            name: Some(remote.name.clone()),
+            network: Some(remote.network.clone()),
+            service: remote.service.clone(),
+            stack: remote.stack.clone(),
+            node: remote.node.clone(),
+            ..Self::bare(EndKind::Container, ip)
+        }
+    }
+
+    fn container(
+        container: &Arc<Container>,
+        endpoint: &Endpoint,
+        ip: IpAddr,
+        node: Option<&String>,
+    ) -> Self {
         Self {
             kind: EndKind::Container,
             name: Some(container.name.clone()),
@@ -74,6 +101,9 @@ impl FlowEnd {
             compose_service: container.compose_service.clone(),
             network: Some(endpoint.network.clone()),
             ip: Some(ip),
+            service: container.labels.get(SERVICE_LABEL).cloned(),
+            stack: container.labels.get(STACK_LABEL).cloned(),
+            node: node.cloned(),
             container: Some(container.clone()),
         }
     }
@@ -89,6 +119,9 @@ pub struct Directory {
     containers: HashMap<String, Arc<Container>>,
     /// Network id to whether its containers may talk to each other.
     inter_container: HashMap<String, bool>,
+    /// This host's swarm node, and the overlay addresses of other nodes.
+    node: Option<String>,
+    remote: BTreeMap<IpAddr, RemoteEnd>,
 }
 
 impl Directory {
@@ -100,6 +133,8 @@ impl Directory {
         let Some(inventory) = inventory else {
             return directory;
         };
+        directory.node.clone_from(&inventory.swarm.node);
+        directory.remote.clone_from(&inventory.swarm.remote);
         for network in inventory.networks.values() {
             directory
                 .inter_container
@@ -135,6 +170,7 @@ impl Directory {
             container,
             container.endpoints.get(*index)?,
             ip,
+            self.node.as_ref(),
         ))
     }
 
@@ -171,6 +207,9 @@ impl Directory {
     pub fn by_address(&self, ip: IpAddr) -> FlowEnd {
         if let Some(end) = self.slot(self.by_ip.get(&ip), ip) {
             return end;
+        }
+        if let Some(remote) = self.remote.get(&ip) {
+            return FlowEnd::remote(remote, ip);
         }
         if let Some(network) = self.gateways.get(&ip) {
             return FlowEnd {
@@ -292,12 +331,17 @@ pub fn end_name(end: &FlowEnd) -> String {
 
 /// How a service is named where names must outlive containers (the
 /// new-connection baseline, `require_tls`): `project/service` for compose
-/// services, else the container's name, else the kind of end (`gateway`,
-/// `host`, `external`, `unknown`): never an address, which changes.
+/// services, `stack/service` (or the service) for Swarm services, else the
+/// container's name, else the kind of end (`gateway`, `host`, `external`,
+/// `unknown`): never an address, which changes.
 pub fn service_name(end: &FlowEnd) -> String {
     match (&end.compose_project, &end.compose_service) {
         (Some(project), Some(service)) => format!("{project}/{service}"),
-        _ => end_name(end),
+        _ => match (&end.stack, &end.service) {
+            (Some(stack), Some(service)) => format!("{stack}/{service}"),
+            (None, Some(service)) => service.clone(),
+            _ => end_name(end),
+        },
     }
 }
 

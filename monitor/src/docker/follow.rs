@@ -23,6 +23,8 @@ use super::{
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often an engine in a swarm is asked who is on its overlays.
+const SWARM_REFRESH: Duration = Duration::from_secs(3);
 /// Containers start in bursts (compose up): one sync per burst.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
@@ -129,10 +131,28 @@ async fn session(
              (engine {version}, API {api})"
         );
     }
-    inventory.send_replace(Some(Arc::new(synced)));
+    let mut current = Arc::new(synced);
+    inventory.send_replace(Some(current.clone()));
     up.store(true, Ordering::Relaxed);
+    // Tasks come and go on other nodes without an event here: what the
+    // overlays' gossip says is asked again on a timer.
+    let mut refresh = tokio::time::interval(SWARM_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match events.next().await {
+        let event = tokio::select! {
+            event = events.next() => event,
+            _ = refresh.tick() => {
+                let swarm = current.ask_swarm(&docker).await;
+                if swarm != current.swarm {
+                    let mut next = (*current).clone();
+                    next.swarm = swarm;
+                    current = Arc::new(next);
+                    inventory.send_replace(Some(current.clone()));
+                }
+                continue;
+            }
+        };
+        match event {
             None => anyhow::bail!("the event stream ended"),
             Some(event) => {
                 event.context("reading the event stream")?;
@@ -149,7 +169,7 @@ async fn session(
                 },
             }
         }
-        let synced = Inventory::sync(&docker, &engine, cache).await?;
-        inventory.send_replace(Some(Arc::new(synced)));
+        current = Arc::new(Inventory::sync(&docker, &engine, cache).await?);
+        inventory.send_replace(Some(current.clone()));
     }
 }

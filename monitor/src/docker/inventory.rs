@@ -14,7 +14,9 @@ use bollard::{
 };
 use serde::Serialize;
 
-use super::{netns, Posture};
+use monitor_common::veth_id;
+
+use super::{netns, swarm::SwarmView, Posture};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct EngineInfo {
@@ -84,6 +86,14 @@ pub struct Inventory {
     pub engine: EngineInfo,
     pub networks: BTreeMap<String, Network>,
     pub containers: BTreeMap<String, Container>,
+    /// Overlay networks by id, with the tag of their sandbox namespace
+    /// (`monitor_common::veth_id`): their endpoints' `host_ifindex` is the
+    /// tagged id of the veth in that namespace. Tag 0: none was left, the
+    /// network is not watched.
+    pub overlays: BTreeMap<String, u8>,
+    /// The swarm this engine is in: its node, who has the overlay
+    /// addresses on other nodes.
+    pub swarm: SwarmView,
 }
 
 /// Namespace probes, by (container id, pid): a running process keeps its
@@ -92,6 +102,41 @@ pub struct Inventory {
 #[derive(Default)]
 pub struct ProbeCache {
     links: HashMap<(String, u32, Vec<String>), Vec<netns::ContainerLink>>,
+    /// Sandbox tags, kept while their network lives: a veth's id must not
+    /// change under the flows counted at it.
+    overlay_tags: BTreeMap<String, u8>,
+}
+
+impl ProbeCache {
+    /// Tags for the overlay networks among `networks`: kept for known
+    /// ones, the lowest free for new ones (none left past 255: not watched).
+    fn tag_overlays(&mut self, networks: &BTreeMap<String, Network>) -> BTreeMap<String, u8> {
+        self.overlay_tags
+            .retain(|id, _| networks.get(id).is_some_and(|n| n.driver == "overlay"));
+        for network in networks.values().filter(|n| n.driver == "overlay") {
+            if self.overlay_tags.contains_key(&network.id) {
+                continue;
+            }
+            let used: BTreeSet<u8> = self.overlay_tags.values().copied().collect();
+            match (1..=u8::MAX).find(|tag| !used.contains(tag)) {
+                Some(tag) => {
+                    self.overlay_tags.insert(network.id.clone(), tag);
+                }
+                None => tracing::warn!(
+                    network = %network.name,
+                    "more than 255 overlay networks: this one is not watched"
+                ),
+            }
+        }
+        networks
+            .values()
+            .filter(|n| n.driver == "overlay")
+            .map(|n| {
+                let tag = self.overlay_tags.get(&n.id).copied().unwrap_or(0);
+                (n.id.clone(), tag)
+            })
+            .collect()
+    }
 }
 
 impl EngineInfo {
@@ -122,6 +167,7 @@ impl Inventory {
             .filter_map(network)
             .map(|n| (n.id.clone(), n))
             .collect();
+        let overlays = cache.tag_overlays(&networks);
         let summaries = docker
             .list_containers(Some(ListContainersOptionsBuilder::new().all(false).build()))
             .await
@@ -139,16 +185,46 @@ impl Inventory {
             let Some(mut container) = container(inspect) else {
                 continue;
             };
-            if let Some(key) = map_veths(&mut container, cache).await {
+            if let Some(key) = map_veths(&mut container, cache, &overlays).await {
                 live_keys.push(key);
             }
             containers.insert(container.id.clone(), container);
         }
         cache.links.retain(|key, _| live_keys.contains(key));
-        Ok(Inventory {
+        let mut inventory = Inventory {
             engine: engine.clone(),
             networks,
             containers,
+            overlays,
+            swarm: SwarmView::default(),
+        };
+        inventory.swarm = inventory.ask_swarm(docker).await;
+        Ok(inventory)
+    }
+
+    /// What the engine knows of the swarm's overlays now (nothing outside
+    /// a swarm).
+    pub async fn ask_swarm(&self, docker: &Docker) -> SwarmView {
+        if self.overlays.is_empty() {
+            return SwarmView::default();
+        }
+        let names = self
+            .overlays
+            .keys()
+            .filter_map(|id| Some((id.clone(), self.networks.get(id)?.name.clone())))
+            .collect();
+        SwarmView::of(docker, &names).await
+    }
+
+    /// The veths of overlay endpoints, in their networks' sandboxes: (network
+    /// id, tag, ifindex in the sandbox).
+    pub fn overlay_veths(&self) -> impl Iterator<Item = (&str, u8, u32)> + '_ {
+        self.containers.values().flat_map(move |c| {
+            c.endpoints.iter().filter_map(move |e| {
+                let tag = *self.overlays.get(&e.network_id)?;
+                let id = e.host_ifindex?;
+                Some((e.network_id.as_str(), tag, id & (veth_id(1, 0) - 1)))
+            })
         })
     }
 
@@ -257,10 +333,12 @@ fn endpoint(network: String, settings: EndpointSettings) -> Endpoint {
 }
 
 /// Fills each endpoint's host-side veth by matching MAC addresses inside the
-/// container's namespace; returns the cache key used.
+/// container's namespace (on an overlay, the veth's id in its network's
+/// sandbox); returns the cache key used.
 async fn map_veths(
     container: &mut Container,
     cache: &mut ProbeCache,
+    overlays: &BTreeMap<String, u8>,
 ) -> Option<(String, u32, Vec<String>)> {
     let pid = container.pid?;
     if container.network_mode == "host" || container.endpoints.is_empty() {
@@ -287,10 +365,17 @@ async fn map_veths(
     let links = cache.links.get(&key)?;
     for endpoint in &mut container.endpoints {
         let mac = endpoint.mac.as_deref().and_then(parse_mac);
+        let tag = overlays.get(&endpoint.network_id).copied();
         endpoint.host_ifindex = links
             .iter()
             .find(|link| mac.is_some() && link.mac == mac)
-            .map(|link| link.peer_ifindex);
+            .and_then(|link| match tag {
+                None => Some(link.peer_ifindex),
+                Some(0) => None,
+                Some(tag) => {
+                    (link.peer_ifindex < veth_id(1, 0)).then(|| veth_id(tag, link.peer_ifindex))
+                }
+            });
     }
     Some(key)
 }

@@ -8,6 +8,7 @@ pub mod inventory;
 mod netns;
 mod posture;
 mod snapshot;
+pub mod swarm;
 
 pub use client::connect;
 pub use directory::{end_name, service_name, Directory, EndKind, FlowEnd, AGGREGATE};

@@ -1,0 +1,155 @@
+//! Who is behind an overlay address on another node of a Docker Swarm.
+//!
+//! Every engine on an overlay network shares, through the network's gossip,
+//! its tasks and attached containers: `GET /networks/{id}?verbose=true`
+//! lists them under `Services` (key `""` for containers attached with
+//! `docker run --network`), each with its name, address and the address of
+//! the node it runs on, and each service's virtual IP. A manager also
+//! answers `GET /nodes` (node addresses to host names) and `GET /services`
+//! (the stack label); a worker does not, so there a remote node is named
+//! by its address and a remote service has no stack.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use bollard::{
+    query_parameters::{InspectNetworkOptionsBuilder, ListNodesOptions, ListServicesOptions},
+    Docker,
+};
+use serde::Serialize;
+
+/// `com.docker.stack.namespace`: the stack a service was deployed in.
+pub const STACK_LABEL: &str = "com.docker.stack.namespace";
+/// The service a task's container belongs to.
+pub const SERVICE_LABEL: &str = "com.docker.swarm.service.name";
+
+/// An address on an overlay network that is not a container of this host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RemoteEnd {
+    /// The task's container name, the attached container's name, or for a
+    /// virtual IP the service's name.
+    pub name: String,
+    pub service: Option<String>,
+    pub stack: Option<String>,
+    /// The node's host name (its address where this engine cannot ask).
+    pub node: Option<String>,
+    pub network: String,
+}
+
+/// What this engine knows of the swarm it is in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SwarmView {
+    /// This node's host name, when the engine is in a swarm.
+    pub node: Option<String>,
+    /// Overlay addresses by who has them, this host's containers included
+    /// (the inventory names those first).
+    pub remote: BTreeMap<IpAddr, RemoteEnd>,
+}
+
+impl SwarmView {
+    /// Asks the engine about `overlays` (network id to name). Never fails:
+    /// what it cannot learn stays unnamed, and the reason is logged.
+    pub async fn of(docker: &Docker, overlays: &BTreeMap<String, String>) -> SwarmView {
+        let mut view = SwarmView::default();
+        let info = match docker.info().await {
+            Ok(info) => info,
+            Err(err) => {
+                tracing::debug!("GET /info: {err}");
+                return view;
+            }
+        };
+        let swarm = info.swarm.unwrap_or_default();
+        if swarm.node_id.as_deref().unwrap_or_default().is_empty() {
+            return view;
+        }
+        view.node = info.name.clone();
+        let mut nodes: HashMap<String, String> = HashMap::new();
+        if let (Some(addr), Some(name)) = (swarm.node_addr, info.name) {
+            nodes.insert(addr, name);
+        }
+        let mut stacks: HashMap<String, String> = HashMap::new();
+        if swarm.control_available == Some(true) {
+            manager_names(docker, &mut nodes, &mut stacks).await;
+        }
+        for (id, name) in overlays {
+            let options = InspectNetworkOptionsBuilder::new().verbose(true).build();
+            let network = match docker.inspect_network(id, Some(options)).await {
+                Ok(network) => network,
+                Err(err) => {
+                    tracing::debug!(network = %name, "GET /networks/{id}?verbose=true: {err}");
+                    continue;
+                }
+            };
+            let network_name = network.name.clone().unwrap_or_else(|| name.clone());
+            for (service, detail) in network.services.unwrap_or_default() {
+                let service = (!service.is_empty()).then_some(service);
+                let stack = service.as_ref().and_then(|s| stacks.get(s).cloned());
+                let end = |name: String, node: Option<String>| RemoteEnd {
+                    name,
+                    service: service.clone(),
+                    stack: stack.clone(),
+                    node,
+                    network: network_name.clone(),
+                };
+                if let (Some(vip), Some(service)) = (ip_at(&detail, "VIP"), &service) {
+                    view.remote.insert(vip, end(service.clone(), None));
+                }
+                let tasks = detail.get("Tasks").and_then(|t| t.as_array());
+                for task in tasks.into_iter().flatten() {
+                    let (Some(ip), Some(name)) = (
+                        ip_at(task, "EndpointIP"),
+                        task.get("Name").and_then(|n| n.as_str()),
+                    ) else {
+                        continue;
+                    };
+                    let host = task
+                        .get("Info")
+                        .and_then(|info| info.get("Host IP"))
+                        .and_then(|h| h.as_str());
+                    let node = host.map(|h| nodes.get(h).cloned().unwrap_or_else(|| h.to_owned()));
+                    view.remote.insert(ip, end(name.to_owned(), node));
+                }
+            }
+        }
+        view
+    }
+}
+
+/// An address field of the verbose network answer (`<nil>` for none).
+fn ip_at(value: &serde_json::Value, field: &str) -> Option<IpAddr> {
+    value.get(field)?.as_str()?.parse().ok()
+}
+
+/// Node host names by address and stacks by service, which only a manager
+/// answers.
+async fn manager_names(
+    docker: &Docker,
+    nodes: &mut HashMap<String, String>,
+    stacks: &mut HashMap<String, String>,
+) {
+    match docker.list_nodes(None::<ListNodesOptions>).await {
+        Ok(list) => {
+            for node in list {
+                let addr = node.status.and_then(|s| s.addr);
+                let name = node.description.and_then(|d| d.hostname);
+                if let (Some(addr), Some(name)) = (addr, name) {
+                    nodes.insert(addr, name);
+                }
+            }
+        }
+        Err(err) => tracing::debug!("GET /nodes: {err}"),
+    }
+    match docker.list_services(None::<ListServicesOptions>).await {
+        Ok(list) => {
+            for spec in list.into_iter().filter_map(|s| s.spec) {
+                let stack = spec.labels.and_then(|l| l.get(STACK_LABEL).cloned());
+                if let (Some(name), Some(stack)) = (spec.name, stack) {
+                    stacks.insert(name, stack);
+                }
+            }
+        }
+        Err(err) => tracing::debug!("GET /services: {err}"),
+    }
+}
