@@ -143,6 +143,7 @@ fn main() -> anyhow::Result<()> {
         let docker = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let mut metrics = Metrics::new();
         metrics.register(metrics::AgentCollector {
+            attach: Arc::new(monitor::datapath::AttachStats::default()),
             poll: status.clone(),
             docker: docker.clone(),
         });

@@ -151,14 +151,18 @@ async fn docker_checks(report: &mut Report, host: Option<&str>) {
     };
     let (mut attachable, mut other) = (0, Vec::new());
     for container in inventory.containers.values() {
+        // As it would be once attached: a veth on a bridge is watched.
         let on_bridge = container
             .endpoints
             .iter()
             .any(|e| e.host_ifindex.is_some_and(|i| bridge_veths.contains(&i)));
-        if on_bridge {
-            attachable += 1;
-        } else {
-            other.push(format!("{} ({})", container.name, container.network_mode));
+        match container.unwatched(&inventory.networks, |i| bridge_veths.contains(&i)) {
+            None if on_bridge => attachable += 1,
+            reason => other.push(format!(
+                "{} ({})",
+                container.name,
+                reason.unwrap_or(&container.network_mode)
+            )),
         }
     }
     let detail = format!(

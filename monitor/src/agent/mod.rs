@@ -33,7 +33,7 @@ use crate::{
         on_alert::{CaptureOnAlert, OnAlertConfig},
         Captures, RingReader,
     },
-    datapath::{self, preflight, DatapathConfig},
+    datapath::{self, preflight, AttachStats, DatapathConfig},
     detect::{config::DetectConfig, Detectors},
     dns::{DnsLog, DnsTracker},
     docker::{self, Snapshot},
@@ -216,18 +216,24 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             config.docker_host.clone(),
             sender,
             docker_up.clone(),
+            Duration::from_nanos(config.metrics.grace_ns),
         ));
         Some(receiver)
     } else {
         None
     };
-    tasks.spawn(links::follow_links(
-        programs.clone(),
-        docker_snapshot.clone(),
-        inventory,
-        policy.clone(),
-        config.docker_exec_root.join("netns"),
-    ));
+    let attach_stats = Arc::new(AttachStats::default());
+    tasks.spawn(
+        links::LinkFollower {
+            programs: programs.clone(),
+            docker: docker_snapshot.clone(),
+            inventory,
+            policy: policy.clone(),
+            stats: attach_stats.clone(),
+            sandboxes: config.docker_exec_root.join("netns"),
+        }
+        .run(),
+    );
 
     // The poller's consumers, in the order they see each poll.
     let mut consumers: Vec<Box<dyn PollConsumer>> = vec![
@@ -307,6 +313,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     metrics.register(metrics::AgentCollector {
         poll: status.clone(),
         docker: docker_snapshot.clone(),
+        attach: attach_stats,
     });
     metrics.register(metrics::DatapathCollector {
         poll: status.clone(),

@@ -16,6 +16,13 @@ use crate::{
     sync::{lock, read, write, Published},
 };
 
+/// How long a new flow of a veth attached at its birth waits for the
+/// engine to say whose it is, so that it is named after it from its first
+/// poll (the engine answers the moment the container's start completes,
+/// which can take seconds on a loaded host); past it, it is counted
+/// unnamed.
+const NAME_WAIT: Duration = Duration::from_secs(5);
+
 pub struct Poller {
     pub flows: FlowMap,
     /// Entries the map holds (`--flow-capacity`).
@@ -80,8 +87,11 @@ impl Poller {
                 let table = read(&self.table);
                 // One view for every consumer: each reads the same live and
                 // ended flows, and the index of the ended ones is built once.
+                let held = docker.unnamed.iter().copied().collect();
+                let young =
+                    now.saturating_sub(u64::try_from(NAME_WAIT.as_nanos()).unwrap_or(u64::MAX));
                 let poll = Poll {
-                    flows: PollView::new(&table, &outcome.expired),
+                    flows: PollView::new(&table, &outcome.expired).holding(held, young),
                     directory: &docker.directory,
                     inventory: docker.inventory.as_deref(),
                     denied: &denied,

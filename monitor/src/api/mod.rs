@@ -426,6 +426,9 @@ pub struct ContainerJson {
     pub network_mode: String,
     /// True when every endpoint's veth is watched.
     pub attached: bool,
+    /// Why some of its traffic is not seen: `host`, `macvlan`, `ipvlan`,
+    /// `container`, `none` (`crossmon_unwatched_containers`).
+    pub unwatched: Option<&'static str>,
     pub networks: Vec<ContainerNetworkJson>,
     pub posture: Posture,
 }
@@ -484,6 +487,9 @@ async fn containers(State(state): Model) -> Json<Vec<ContainerJson>> {
                 compose_service: container.compose_service.clone(),
                 network_mode: container.network_mode.clone(),
                 attached: !networks.is_empty() && networks.iter().all(|n| n.attached),
+                unwatched: container.unwatched(&inventory.networks, |ifindex| {
+                    attached.contains_key(&ifindex)
+                }),
                 networks,
                 posture: container.posture.clone(),
             }

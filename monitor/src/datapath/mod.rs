@@ -2,6 +2,7 @@
 //! them to veths, and reading what they count and send.
 
 mod attach;
+mod attach_stats;
 pub mod capture;
 mod counters;
 pub mod dns;
@@ -13,6 +14,7 @@ pub mod preflight;
 pub mod sandbox;
 
 pub use attach::{AttachMode, ProgramRunStats, Programs, VethAttachment};
+pub use attach_stats::{AttachCounts, AttachStats, ATTACH_LATENCY_BUCKETS};
 pub use capture::{CaptureFilters, CaptureMaps, CaptureRing, CapturedPacket};
 pub use counters::{Counters, KernelCounters};
 pub use events::{Event, EventRing};

@@ -144,23 +144,37 @@ impl Directory {
             }
         }
         for container in inventory.containers.values() {
-            for (index, endpoint) in container.endpoints.iter().enumerate() {
-                if let Some(gateway) = endpoint.gateway {
-                    directory.gateways.insert(gateway, endpoint.network.clone());
-                }
-                let slot = (container.id.clone(), index);
-                for ip in [endpoint.ip, endpoint.ipv6].into_iter().flatten() {
-                    directory.by_ip.insert(ip, slot.clone());
-                }
-                if let Some(ifindex) = endpoint.host_ifindex {
-                    directory.by_veth.insert(ifindex, slot.clone());
-                }
-            }
-            directory
-                .containers
-                .insert(container.id.clone(), Arc::new(container.clone()));
+            directory.add(container, true);
+        }
+        // The departed, most recent first, only where no running container
+        // (or more recent departed one) has the address or veth: what they
+        // counted before they went is still named after them.
+        let mut departed: Vec<_> = inventory.departed.values().collect();
+        departed.sort_by_key(|(_, left)| std::cmp::Reverse(*left));
+        for (container, _) in departed {
+            directory.add(container, false);
         }
         directory
+    }
+
+    /// A container's endpoints, replacing what they had (`running`) or
+    /// only where nothing is known.
+    fn add(&mut self, container: &Container, running: bool) {
+        for (index, endpoint) in container.endpoints.iter().enumerate() {
+            if let Some(gateway) = endpoint.gateway {
+                self.gateways.insert(gateway, endpoint.network.clone());
+            }
+            let slot = (container.id.clone(), index);
+            for ip in [endpoint.ip, endpoint.ipv6].into_iter().flatten() {
+                claim(self.by_ip.entry(ip), &slot, running);
+            }
+            if let Some(ifindex) = endpoint.host_ifindex {
+                claim(self.by_veth.entry(ifindex), &slot, running);
+            }
+        }
+        self.containers
+            .entry(container.id.clone())
+            .or_insert_with(|| Arc::new(container.clone()));
     }
 
     fn slot(&self, slot: Option<&(String, usize)>, ip: IpAddr) -> Option<FlowEnd> {
@@ -249,6 +263,25 @@ impl Directory {
                 self.by_address(src),
                 by_veth(dst).unwrap_or_else(|| self.by_address(dst)),
             )
+        }
+    }
+}
+
+/// Takes an address or veth for `slot`: always for a running container,
+/// only if free for a departed one.
+fn claim<K>(
+    entry: std::collections::hash_map::Entry<'_, K, (String, usize)>,
+    slot: &(String, usize),
+    running: bool,
+) {
+    match entry {
+        std::collections::hash_map::Entry::Occupied(mut taken) => {
+            if running {
+                taken.insert(slot.clone());
+            }
+        }
+        std::collections::hash_map::Entry::Vacant(free) => {
+            free.insert(slot.clone());
         }
     }
 }

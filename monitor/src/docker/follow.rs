@@ -11,7 +11,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use bollard::query_parameters::EventsOptionsBuilder;
+use bollard::{
+    models::{EventMessage, EventMessageTypeEnum},
+    query_parameters::EventsOptionsBuilder,
+};
 use futures::StreamExt as _;
 use tokio::sync::watch;
 
@@ -30,13 +33,18 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Publishes a fresh inventory after every change, forever. The last
 /// inventory stays published while the engine is away: the containers it
-/// names are still there, and counting goes on.
+/// names are still there, and counting goes on. Departed containers are
+/// kept in it for `grace` (`--series-grace`).
 pub async fn follow(
     host: Option<String>,
     inventory: watch::Sender<Option<Arc<Inventory>>>,
     up: Arc<AtomicBool>,
+    grace: Duration,
 ) -> anyhow::Result<()> {
     let endpoint = endpoint(host.as_deref());
+    // Shared with the inspections of started containers, which run beside
+    // the session.
+    let inventory = Arc::new(inventory);
     let mut cache = ProbeCache::default();
     let mut backoff = FIRST_BACKOFF;
     // One warning per outage (also when the engine is absent at start),
@@ -50,6 +58,7 @@ pub async fn follow(
             &inventory,
             &mut cache,
             &up,
+            grace,
         );
         let err = match connection.await {
             Ok(never) => match never {},
@@ -82,9 +91,10 @@ async fn session(
     host: Option<&str>,
     endpoint: &str,
     after_outage: bool,
-    inventory: &watch::Sender<Option<Arc<Inventory>>>,
+    inventory: &Arc<watch::Sender<Option<Arc<Inventory>>>>,
     cache: &mut ProbeCache,
     up: &AtomicBool,
+    grace: Duration,
 ) -> anyhow::Result<std::convert::Infallible> {
     let docker = connect(host).await?;
     // bollard opens the stream lazily, at the first poll, i.e. after the
@@ -131,8 +141,7 @@ async fn session(
              (engine {version}, API {api})"
         );
     }
-    let mut current = Arc::new(synced);
-    inventory.send_replace(Some(current.clone()));
+    publish(inventory, synced, grace);
     up.store(true, Ordering::Relaxed);
     // Tasks come and go on other nodes without an event here: what the
     // overlays' gossip says is asked again on a timer.
@@ -142,20 +151,28 @@ async fn session(
         let event = tokio::select! {
             event = events.next() => event,
             _ = refresh.tick() => {
-                let swarm = current.ask_swarm(&docker).await;
-                if swarm != current.swarm {
-                    let mut next = (*current).clone();
-                    next.swarm = swarm;
-                    current = Arc::new(next);
-                    inventory.send_replace(Some(current.clone()));
-                }
+                let known = inventory.borrow().clone();
+                let Some(known) = known else {
+                    continue;
+                };
+                let swarm = known.ask_swarm(&docker).await;
+                inventory.send_if_modified(|current| match current {
+                    Some(now) if now.swarm != swarm => {
+                        let mut next = (**now).clone();
+                        next.swarm = swarm;
+                        *current = Some(Arc::new(next));
+                        true
+                    }
+                    _ => false,
+                });
                 continue;
             }
         };
         match event {
             None => anyhow::bail!("the event stream ended"),
             Some(event) => {
-                event.context("reading the event stream")?;
+                let event = event.context("reading the event stream")?;
+                on_start(&docker, &event, inventory);
             }
         }
         let quiet = tokio::time::sleep(DEBOUNCE);
@@ -165,11 +182,82 @@ async fn session(
                 () = &mut quiet => break,
                 event = events.next() => match event {
                     None => anyhow::bail!("the event stream ended"),
-                    Some(event) => { event.context("reading the event stream")?; }
+                    Some(event) => {
+                        let event = event.context("reading the event stream")?;
+                        on_start(&docker, &event, inventory);
+                    }
                 },
             }
         }
-        current = Arc::new(Inventory::sync(&docker, &engine, cache).await?);
-        inventory.send_replace(Some(current.clone()));
+        let synced = Inventory::sync(&docker, &engine, cache).await?;
+        publish(inventory, synced, grace);
+    }
+}
+
+/// Publishes a full listing, with the containers that departed since the
+/// inventory it replaces (including any a start inspection added
+/// meanwhile).
+fn publish(
+    inventory: &watch::Sender<Option<Arc<Inventory>>>,
+    mut synced: Inventory,
+    grace: Duration,
+) {
+    inventory.send_modify(|current| {
+        if let Some(previous) = current.as_deref() {
+            synced.remember_departed(previous, grace);
+        }
+        tracing::debug!(
+            running = synced.containers.len(),
+            departed = synced.departed.len(),
+            "inventory"
+        );
+        *current = Some(Arc::new(synced));
+    });
+}
+
+/// A container that starts is inspected at once, beside the session (not
+/// after the listing in progress, nor at the end of the burst): one that
+/// talks and exits at once would be gone by then, and its veth never
+/// named.
+fn on_start(
+    docker: &bollard::Docker,
+    event: &EventMessage,
+    inventory: &Arc<watch::Sender<Option<Arc<Inventory>>>>,
+) {
+    let Some(id) = starting_container(event) else {
+        return;
+    };
+    let Some(known) = inventory.borrow().clone() else {
+        return;
+    };
+    let (docker, inventory) = (docker.clone(), inventory.clone());
+    tokio::spawn(async move {
+        let Some(container) = known.inspect_started(&docker, &id).await else {
+            tracing::debug!(container = %id, "stopped before it was inspected");
+            return;
+        };
+        tracing::debug!(container = %container.name, veths = ?container.endpoints.iter().map(|e| e.host_ifindex).collect::<Vec<_>>(), "inspected at its start");
+        inventory.send_if_modified(|current| {
+            let Some(known) = current.as_deref() else {
+                return false;
+            };
+            *current = Some(Arc::new(known.with_started(container)));
+            true
+        });
+    });
+}
+
+/// The container an event says is starting on a network: its endpoint's
+/// `connect` (the engine answers an inspection of a starting container
+/// the moment its start completes, so asking then saves the time the
+/// `start` event takes to arrive), or its `start`.
+fn starting_container(event: &EventMessage) -> Option<String> {
+    let actor = event.actor.as_ref()?;
+    match (event.typ?, event.action.as_deref()?) {
+        (EventMessageTypeEnum::CONTAINER, "start") => actor.id.clone(),
+        (EventMessageTypeEnum::NETWORK, "connect") => {
+            actor.attributes.as_ref()?.get("container").cloned()
+        }
+        _ => None,
     }
 }

@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -73,6 +74,53 @@ impl Container {
         self.id.get(..12).unwrap_or(&self.id)
     }
 
+    /// Why some of this running container's traffic crosses no watched
+    /// veth, if it does not: its network mode (`host`, `none`,
+    /// `container`: it shares another container's namespace, whose veth
+    /// counts its traffic under that container's name), or the driver of a
+    /// network whose endpoint has no veth (`macvlan`, `ipvlan`). `attached`
+    /// says whether a host veth is watched.
+    pub fn unwatched(
+        &self,
+        networks: &BTreeMap<String, Network>,
+        attached: impl Fn(u32) -> bool,
+    ) -> Option<&'static str> {
+        match self.network_mode.as_str() {
+            "host" => return Some("host"),
+            "none" => return Some("none"),
+            mode if mode.starts_with("container:") => return Some("container"),
+            _ => {}
+        }
+        self.endpoints
+            .iter()
+            .filter(|e| !e.host_ifindex.is_some_and(&attached))
+            .find_map(|e| match networks.get(&e.network_id)?.driver.as_str() {
+                "macvlan" => Some("macvlan"),
+                "ipvlan" => Some("ipvlan"),
+                _ => None,
+            })
+    }
+
+    /// Fills what this inspection of an endpoint lacks (veth, addresses)
+    /// from an earlier one of the same container on the same network.
+    fn keep_known(&mut self, earlier: &Container) {
+        for endpoint in &mut self.endpoints {
+            let Some(known) = earlier
+                .endpoints
+                .iter()
+                .find(|e| e.network_id == endpoint.network_id)
+            else {
+                continue;
+            };
+            endpoint.host_ifindex = endpoint.host_ifindex.or(known.host_ifindex);
+            endpoint.ip = endpoint.ip.or(known.ip);
+            endpoint.ipv6 = endpoint.ipv6.or(known.ipv6);
+            if endpoint.mac.is_none() {
+                endpoint.mac.clone_from(&known.mac);
+            }
+        }
+    }
+
     /// `crossmon.metrics=off`: the operator asked for no series naming it.
     pub fn metrics_off(&self) -> bool {
         self.labels
@@ -81,10 +129,14 @@ impl Container {
     }
 }
 
+/// The values of [`Container::unwatched`], in the order metrics list them.
+pub const UNWATCHED_REASONS: [&str; 5] = ["host", "macvlan", "ipvlan", "container", "none"];
+
 #[derive(Clone, Debug, Default)]
 pub struct Inventory {
     pub engine: EngineInfo,
     pub networks: BTreeMap<String, Network>,
+    /// Running containers, by id.
     pub containers: BTreeMap<String, Container>,
     /// Overlay networks by id, with the tag of their sandbox namespace
     /// (`monitor_common::veth_id`): their endpoints' `host_ifindex` is the
@@ -94,6 +146,10 @@ pub struct Inventory {
     /// The swarm this engine is in: its node, who has the overlay
     /// addresses on other nodes.
     pub swarm: SwarmView,
+    /// Containers gone from the engine, by id, with when they were last
+    /// seen running: kept for `--series-grace`, so that what they counted
+    /// before they went is still named after them.
+    pub departed: BTreeMap<String, (Container, Instant)>,
 }
 
 /// Namespace probes, by (container id, pid): a running process keeps its
@@ -175,19 +231,10 @@ impl Inventory {
         let mut containers = BTreeMap::new();
         let mut live_keys = Vec::new();
         for id in summaries.into_iter().filter_map(|s| s.id) {
-            let inspect = match docker.inspect_container(&id, None).await {
-                Ok(inspect) => inspect,
-                Err(err) => {
-                    tracing::debug!(container = %id, "gone before inspect: {err}");
-                    continue;
-                }
-            };
-            let Some(mut container) = container(inspect) else {
+            let Some((container, key)) = inspect(docker, &id, cache, &overlays).await else {
                 continue;
             };
-            if let Some(key) = map_veths(&mut container, cache, &overlays).await {
-                live_keys.push(key);
-            }
+            live_keys.extend(key);
             containers.insert(container.id.clone(), container);
         }
         cache.links.retain(|key, _| live_keys.contains(key));
@@ -197,6 +244,7 @@ impl Inventory {
             containers,
             overlays,
             swarm: SwarmView::default(),
+            departed: BTreeMap::new(),
         };
         inventory.swarm = inventory.ask_swarm(docker).await;
         Ok(inventory)
@@ -228,12 +276,90 @@ impl Inventory {
         })
     }
 
+    /// One container inspected now, at its start: a container that talks
+    /// and exits at once may be gone before the next full listing, and
+    /// must be named all the same. `None` if it is already stopped.
+    pub async fn inspect_started(&self, docker: &Docker, id: &str) -> Option<Container> {
+        let mut cache = ProbeCache::default();
+        let (container, _) = inspect(docker, id, &mut cache, &self.overlays).await?;
+        let stopped =
+            container.pid.is_none() && container.endpoints.iter().all(|e| e.host_ifindex.is_none());
+        (!stopped).then_some(container)
+    }
+
+    /// This inventory with `container` running (what an earlier
+    /// inspection of it learnt and this one could not is kept: the
+    /// `connect` and `start` events of one start both ask).
+    pub fn with_started(&self, mut container: Container) -> Inventory {
+        let mut inventory = self.clone();
+        if let Some((known, _)) = inventory.departed.remove(&container.id) {
+            container.keep_known(&known);
+        }
+        if let Some(known) = inventory.containers.get(&container.id) {
+            container.keep_known(known);
+        }
+        inventory.containers.insert(container.id.clone(), container);
+        inventory
+    }
+
+    /// Carries over from `previous` the containers that departed: those it
+    /// had running and this one has not, and those departed less than
+    /// `grace` ago; and what `previous` knew of a container's endpoints
+    /// that this listing no longer could (its process exited between the
+    /// listing and the inspection: no namespace to probe, no address).
+    pub fn remember_departed(&mut self, previous: &Inventory, grace: Duration) {
+        for container in self.containers.values_mut() {
+            // Departed too: a container listed while it stops comes back
+            // once, inspected with nothing left.
+            let known = previous
+                .containers
+                .get(&container.id)
+                .or_else(|| previous.departed.get(&container.id).map(|(c, _)| c));
+            if let Some(known) = known {
+                container.keep_known(known);
+            }
+        }
+        let now = Instant::now();
+        let gone = previous
+            .containers
+            .values()
+            .filter(|c| !self.containers.contains_key(&c.id))
+            .map(|c| (c.id.clone(), (c.clone(), now)));
+        let kept = previous
+            .departed
+            .iter()
+            .filter(|(id, (_, left))| {
+                !self.containers.contains_key(*id) && now.saturating_duration_since(*left) < grace
+            })
+            .map(|(id, departed)| (id.clone(), departed.clone()));
+        self.departed = kept.chain(gone).collect();
+    }
+
     /// Host-side veth ifindexes of every container endpoint.
     pub fn container_veths(&self) -> impl Iterator<Item = u32> + '_ {
         self.containers
             .values()
             .flat_map(|c| c.endpoints.iter().filter_map(|e| e.host_ifindex))
     }
+}
+
+/// Inspects one container and finds its veths; `None` when it is gone.
+async fn inspect(
+    docker: &Docker,
+    id: &str,
+    cache: &mut ProbeCache,
+    overlays: &BTreeMap<String, u8>,
+) -> Option<(Container, Option<(String, u32, Vec<String>)>)> {
+    let inspect = match docker.inspect_container(id, None).await {
+        Ok(inspect) => inspect,
+        Err(err) => {
+            tracing::debug!(container = %id, "gone before inspect: {err}");
+            return None;
+        }
+    };
+    let mut container = container(inspect)?;
+    let key = map_veths(&mut container, cache, overlays).await;
+    Some((container, key))
 }
 
 fn network(n: bollard::models::Network) -> Option<Network> {
@@ -357,12 +483,29 @@ async fn map_veths(
                 cache.links.insert(key.clone(), links);
             }
             Err(err) => {
+                // The process may have exited already (a container that
+                // talks and exits): its namespace lives on until Docker
+                // tears its endpoints down, reached through the host veths.
                 tracing::debug!(container = %container.name, "namespace probe failed: {err:#}");
+                match netns::host_veth_peers().await {
+                    Ok(links) => match_veths(container, &links, overlays),
+                    Err(err) => tracing::debug!("probing host veths' peers: {err:#}"),
+                }
                 return None;
             }
         }
     }
     let links = cache.links.get(&key)?;
+    match_veths(container, links, overlays);
+    Some(key)
+}
+
+/// Each endpoint's host veth: the one whose peer has the endpoint's MAC.
+fn match_veths(
+    container: &mut Container,
+    links: &[netns::ContainerLink],
+    overlays: &BTreeMap<String, u8>,
+) {
     for endpoint in &mut container.endpoints {
         let mac = endpoint.mac.as_deref().and_then(parse_mac);
         let tag = overlays.get(&endpoint.network_id).copied();
@@ -377,7 +520,6 @@ async fn map_veths(
                 }
             });
     }
-    Some(key)
 }
 
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -405,6 +547,65 @@ mod tests {
         assert_eq!(parse_mac("02:42:ac:11:00"), None);
         assert_eq!(parse_mac("02:42:ac:11:00:02:03"), None);
         assert_eq!(parse_mac("zz:42:ac:11:00:02"), None);
+    }
+
+    #[test]
+    fn unwatched_says_why_by_mode_and_by_driver() {
+        let network = |id: &str, driver: &str| Network {
+            id: id.into(),
+            name: id.into(),
+            driver: driver.into(),
+            bridge: None,
+            gateways: Vec::new(),
+            inter_container_communication: true,
+        };
+        let networks: BTreeMap<String, Network> = [
+            network("br", "bridge"),
+            network("mv", "macvlan"),
+            network("iv", "ipvlan"),
+        ]
+        .into_iter()
+        .map(|n| (n.id.clone(), n))
+        .collect();
+        let container = |mode: &str, on: &[(&str, Option<u32>)]| Container {
+            id: "c".into(),
+            name: "c".into(),
+            image: String::new(),
+            compose_project: None,
+            compose_service: None,
+            network_mode: mode.into(),
+            pid: Some(1),
+            endpoints: on
+                .iter()
+                .map(|(network, veth)| Endpoint {
+                    network: (*network).into(),
+                    network_id: (*network).into(),
+                    ip: None,
+                    ipv6: None,
+                    mac: None,
+                    gateway: None,
+                    host_ifindex: *veth,
+                })
+                .collect(),
+            posture: Posture::default(),
+            labels: BTreeMap::new(),
+            exposed_ports: BTreeSet::new(),
+        };
+        let attached = |ifindex: u32| ifindex == 7;
+        let why = |c: Container| c.unwatched(&networks, attached);
+        assert_eq!(why(container("host", &[])), Some("host"));
+        assert_eq!(why(container("none", &[])), Some("none"));
+        assert_eq!(why(container("container:abc", &[])), Some("container"));
+        assert_eq!(why(container("mv", &[("mv", None)])), Some("macvlan"));
+        assert_eq!(why(container("iv", &[("iv", None)])), Some("ipvlan"));
+        assert_eq!(why(container("br", &[("br", Some(7))])), None);
+        // Watched on its bridge, unseen on its macvlan network.
+        assert_eq!(
+            why(container("br", &[("br", Some(7)), ("mv", None)])),
+            Some("macvlan")
+        );
+        // A bridge veth not attached (yet) is no reason of these.
+        assert_eq!(why(container("br", &[("br", Some(8))])), None);
     }
 
     #[test]

@@ -13,6 +13,6 @@ pub mod swarm;
 pub use client::connect;
 pub use directory::{end_name, service_name, Directory, EndKind, FlowEnd, AGGREGATE};
 pub use follow::follow;
-pub use inventory::{Container, Endpoint, EngineInfo, Inventory, Network};
+pub use inventory::{Container, Endpoint, EngineInfo, Inventory, Network, UNWATCHED_REASONS};
 pub use posture::Posture;
 pub use snapshot::Snapshot;

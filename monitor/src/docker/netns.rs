@@ -10,6 +10,8 @@
 //! a process with other capabilities CAP_SYS_PTRACE; this way needs only
 //! the CAP_NET_ADMIN that attaching needs anyway.
 
+use std::collections::HashMap;
+
 use anyhow::{bail, Context as _};
 use futures::{StreamExt as _, TryStreamExt as _};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
@@ -37,6 +39,44 @@ const NSID_NOT_ASSIGNED: i32 = -1;
 pub async fn container_links(pid: u32) -> anyhow::Result<Vec<ContainerLink>> {
     let handle = crate::links::connect()?;
     let nsid = namespace_id(&handle, pid).await?;
+    let links = namespace_veths(&handle, nsid)
+        .await
+        .with_context(|| format!("listing the links of pid {pid}'s network namespace"))?;
+    Ok(links.into_iter().map(|(_, link)| link).collect())
+}
+
+/// The peers of the host's bridge-enslaved veths, read in their own
+/// namespaces, each with its host veth as `peer_ifindex`: how a container
+/// whose process already exited is still matched to its veths.
+pub async fn host_veth_peers() -> anyhow::Result<Vec<ContainerLink>> {
+    let handle = crate::links::connect()?;
+    let mut by_namespace: HashMap<i32, Vec<(u32, u32)>> = HashMap::new();
+    for port in crate::links::bridge_veths(&handle).await? {
+        if let Some((nsid, peer)) = port.peer {
+            by_namespace
+                .entry(nsid)
+                .or_default()
+                .push((peer, port.ifindex));
+        }
+    }
+    let mut peers = Vec::new();
+    for (nsid, wanted) in by_namespace {
+        // A namespace torn down meanwhile: its veths are gone too.
+        let Ok(links) = namespace_veths(&handle, nsid).await else {
+            continue;
+        };
+        for (index, mut link) in links {
+            if let Some((_, host)) = wanted.iter().find(|(peer, _)| *peer == index) {
+                link.peer_ifindex = *host;
+                peers.push(link);
+            }
+        }
+    }
+    Ok(peers)
+}
+
+/// The veths of namespace `nsid` (an id in ours), with their ifindex there.
+async fn namespace_veths(handle: &Handle, nsid: i32) -> anyhow::Result<Vec<(u32, ContainerLink)>> {
     let mut request = handle.link().get();
     request
         .message_mut()
@@ -47,8 +87,9 @@ pub async fn container_links(pid: u32) -> anyhow::Result<Vec<ContainerLink>> {
     while let Some(message) = dump
         .try_next()
         .await
-        .with_context(|| format!("listing the links of pid {pid}'s network namespace"))?
+        .with_context(|| format!("listing the links of network namespace {nsid}"))?
     {
+        let index = message.header.index;
         let mut link = ContainerLink {
             name: String::new(),
             mac: None,
@@ -69,7 +110,7 @@ pub async fn container_links(pid: u32) -> anyhow::Result<Vec<ContainerLink>> {
             }
         }
         if is_veth && link.peer_ifindex != 0 {
-            links.push(link);
+            links.push((index, link));
         }
     }
     Ok(links)

@@ -2,7 +2,10 @@
 //! it, and the veths crossmon watches, published whole by the link
 //! follower so that every reader sees one consistent moment.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use super::{directory::host_addresses, Directory, Inventory};
 
@@ -14,6 +17,9 @@ pub struct Snapshot {
     pub directory: Arc<Directory>,
     /// Host-side veths the programs are attached to, by ifindex.
     pub interfaces: BTreeMap<u32, String>,
+    /// Attached veths the engine has not named yet: their new flows wait
+    /// for the name (see `flows::PollView::holding`).
+    pub unnamed: BTreeSet<u32>,
 }
 
 impl Snapshot {
@@ -22,6 +28,7 @@ impl Snapshot {
             directory: Arc::new(Directory::new(inventory.as_deref(), host_addresses())),
             inventory,
             interfaces,
+            unnamed: BTreeSet::new(),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! flow log, policy learning): the live ones and those that ended at this
 //! poll, each findable by key, so a flow's reverse is found wherever it is.
 
+use std::collections::HashSet;
+
 use monitor_common::FlowKey;
 
 use super::{ByFlow, FlowTable};
@@ -11,6 +13,10 @@ pub struct PollView<'a> {
     table: &'a FlowTable,
     expired: &'a [FlowRecord],
     ended: ByFlow<FlowRecord>,
+    /// Veths whose young live flows wait for a later poll, and since when
+    /// a flow is young (see [`Self::holding`]).
+    held: HashSet<u32>,
+    young_since_ns: u64,
 }
 
 impl<'a> PollView<'a> {
@@ -21,7 +27,20 @@ impl<'a> PollView<'a> {
             table,
             expired,
             ended: expired.iter().map(|r| (r.key, *r)).collect(),
+            held: HashSet::new(),
+            young_since_ns: u64::MAX,
         }
+    }
+
+    /// Leaves out the live flows counted at `veths` (a container's veth
+    /// the engine has not named yet) first seen at or after `since_ns`: a
+    /// later poll hands them over whole, named. Older flows and flows that
+    /// ended are never held: the name may never come, and an ended flow
+    /// would not come back.
+    pub fn holding(mut self, veths: HashSet<u32>, since_ns: u64) -> Self {
+        self.held = veths;
+        self.young_since_ns = since_ns;
+        self
     }
 
     /// A flow by key, live or just ended.
@@ -38,6 +57,10 @@ impl<'a> PollView<'a> {
     pub fn records(&self) -> impl Iterator<Item = (FlowRecord, bool)> + '_ {
         self.table
             .records()
+            .filter(|record| {
+                record.stats.first_seen_ns < self.young_since_ns
+                    || !self.held.contains(&record.stats.ifindex)
+            })
             .map(|record| (record, false))
             .chain(self.expired.iter().map(|record| (*record, true)))
     }

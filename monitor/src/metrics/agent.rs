@@ -1,13 +1,23 @@
 //! The agent's own state and the datapath's: interfaces, flows, the kernel
 //! map, the programs' counters and run statistics.
 
-use super::{Collector, Exposition, Kind};
-use crate::{docker::Snapshot, flows::PollStatus, sync::Published};
+use std::sync::Arc;
 
-/// `crossmon_build_info`, `crossmon_attached_interfaces`, `crossmon_flows`.
+use super::{Collector, Exposition, Kind};
+use crate::{
+    datapath::{AttachStats, ATTACH_LATENCY_BUCKETS},
+    docker::Snapshot,
+    flows::PollStatus,
+    sync::Published,
+};
+
+/// `crossmon_build_info`, `crossmon_attached_interfaces`,
+/// `crossmon_attach_latency_seconds`, `crossmon_unattached_packets_total`,
+/// `crossmon_flows`.
 pub struct AgentCollector {
     pub poll: Published<PollStatus>,
     pub docker: Published<Snapshot>,
+    pub attach: Arc<AttachStats>,
 }
 
 impl Collector for AgentCollector {
@@ -25,6 +35,28 @@ impl Collector for AgentCollector {
             Kind::Gauge,
         )
         .sample(&[], self.docker.load().interfaces.len());
+        let attach = self.attach.counts();
+        let mut cumulative = 0;
+        let buckets: Vec<(f64, u64)> = ATTACH_LATENCY_BUCKETS
+            .iter()
+            .zip(attach.latency_buckets)
+            .map(|(bound, n)| {
+                cumulative += n;
+                (*bound, cumulative)
+            })
+            .collect();
+        out.family(
+            "crossmon_attach_latency_seconds",
+            "From the rtnetlink notification showing a veth enslaved to a watched bridge to the programs attached.",
+            Kind::Histogram,
+        )
+        .histogram(&[], &buckets, attach.latency_sum, attach.latency_count);
+        out.family(
+            "crossmon_unattached_packets_total",
+            "Packets that crossed watched veths before the programs were attached, from each veth's own counters read just after attaching (an upper bound).",
+            Kind::Counter,
+        )
+        .sample(&[], attach.unattached_packets);
         out.family(
             "crossmon_flows",
             "Flows the agent currently tracks (active or idle within --idle-timeout).",

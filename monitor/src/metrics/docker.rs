@@ -6,9 +6,13 @@ use std::sync::{
 };
 
 use super::{Collector, Exposition, Kind};
-use crate::{docker::Snapshot, sync::Published};
+use crate::{
+    docker::{Snapshot, UNWATCHED_REASONS},
+    sync::Published,
+};
 
-/// `crossmon_docker_up`, `crossmon_docker_engine_info`.
+/// `crossmon_docker_up`, `crossmon_docker_engine_info`,
+/// `crossmon_unwatched_containers`.
 pub struct DockerCollector {
     /// `None` with `--no-docker`: no engine to be up or down.
     pub up: Option<Arc<AtomicBool>>,
@@ -40,6 +44,23 @@ impl Collector for DockerCollector {
                 ],
                 1u64,
             );
+            let mut unwatched = [0u64; UNWATCHED_REASONS.len()];
+            for container in inventory.containers.values() {
+                let reason = container.unwatched(&inventory.networks, |ifindex| {
+                    docker.interfaces.contains_key(&ifindex)
+                });
+                if let Some(i) = UNWATCHED_REASONS.iter().position(|r| Some(*r) == reason) {
+                    unwatched[i] += 1;
+                }
+            }
+            let mut family = out.family(
+                "crossmon_unwatched_containers",
+                "Running containers with traffic that crosses no watched veth, by why: host, macvlan, ipvlan, container (another container's namespace), none.",
+                Kind::Gauge,
+            );
+            for (reason, n) in UNWATCHED_REASONS.iter().zip(unwatched) {
+                family.sample(&[("reason", reason)], n);
+            }
         }
     }
 }

@@ -124,10 +124,14 @@ mod tests {
             ..PollStatus::default()
         });
         let docker = published(Snapshot::default());
+        let attach = Arc::new(crate::datapath::AttachStats::default());
+        attach.attached(Some(std::time::Duration::from_millis(3)), 7);
+        attach.attached(None, 2);
         let mut metrics = Metrics::new();
         metrics.register(AgentCollector {
             poll: poll.clone(),
             docker: docker.clone(),
+            attach,
         });
         metrics.register(DatapathCollector { poll });
         metrics.register(DockerCollector {
@@ -138,6 +142,10 @@ mod tests {
         for line in [
             "crossmon_flows 3\n",
             "crossmon_attached_interfaces 0\n",
+            "crossmon_attach_latency_seconds_bucket{le=\"0.002\"} 0\n",
+            "crossmon_attach_latency_seconds_bucket{le=\"0.005\"} 1\n",
+            "crossmon_attach_latency_seconds_count 1\n",
+            "crossmon_unattached_packets_total 9\n",
             "crossmon_flow_map_capacity 65536\n",
             "crossmon_frames_skipped_total{reason=\"not_ip\"} 0\n",
             "crossmon_docker_up 1\n",

@@ -1,0 +1,179 @@
+//! What crossmon cannot see is counted: each running container whose
+//! traffic crosses no watched veth, by why (`host`, `none`, `container`,
+//! `macvlan`; `ipvlan` is a unit test, this kernel has no ipvlan), in the
+//! API and in `crossmon_unwatched_containers{reason}`; what each of those
+//! modes leaves visible, measured (a `container:` container's traffic is
+//! counted at the veth of the namespace it shares, named after its owner;
+//! traffic between macvlan siblings crosses nothing crossmon watches); and
+//! the packets a veth carried before the agent attached to it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test: a broken assumption is the test failing, with its message"
+)]
+
+use std::{collections::BTreeMap, process::Command};
+
+use integration_tests::{
+    agent::{get_json, wait_until, Agent},
+    docker::{docker_ready, Container, DockerNetwork},
+    exposition::{parse, scrape, sum},
+};
+use serde_json::Value;
+
+/// A veth pair in the root namespace, the parent of a macvlan network
+/// (this kernel has no dummy interfaces); removed on drop.
+struct Parent(String);
+
+impl Parent {
+    fn create() -> Self {
+        let name = format!("xm{}p", std::process::id() % 100_000);
+        let peer = format!("{name}x");
+        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        ip(&["link", "set", &name, "up"]);
+        ip(&["link", "set", &peer, "up"]);
+        Self(name)
+    }
+}
+
+impl Drop for Parent {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("ip");
+    assert!(status.success(), "ip {args:?}");
+}
+
+/// Each container's `unwatched` in `/api/v1/containers`, by name.
+fn unwatched(agent: &Agent) -> BTreeMap<String, Value> {
+    get_json(agent.addr, "/api/v1/containers")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| Some((c["name"].as_str()?.to_owned(), c["unwatched"].clone())))
+        .collect()
+}
+
+#[test]
+fn containers_crossmon_cannot_watch_are_counted_by_reason() {
+    docker_ready();
+    // A container that talked before the agent came: its veth's counters
+    // hold what the agent could not see.
+    let net = DockerNetwork::create("unwatched", &[]).expect("network");
+    let owner = net.run("owner");
+    let peer = net.run("peer");
+    let peer_ip = peer.ip(&net.name).expect("peer address");
+    owner.ping(&peer_ip, 3);
+    let veth = owner.host_veth().expect("owner's veth");
+    let counter = |what: &str| -> u64 {
+        std::fs::read_to_string(format!("/sys/class/net/{veth}/statistics/{what}_packets"))
+            .expect("veth counters")
+            .trim()
+            .parse()
+            .expect("a count")
+    };
+    let before_agent = counter("rx") + counter("tx");
+    assert!(
+        before_agent >= 6,
+        "3 echo requests and replies crossed {veth}"
+    );
+
+    let agent = Agent::start(&[]);
+    agent.wait_attached(&[&owner.name, &peer.name]);
+    let unattached = sum(
+        &parse(&scrape(agent.addr)),
+        "crossmon_unattached_packets_total",
+        &[],
+    );
+    assert!(
+        unattached >= before_agent as f64,
+        "{unattached} unattached packets counted, {veth} alone carried {before_agent}"
+    );
+
+    let parent = Parent::create();
+    let macvlan = DockerNetwork::create(
+        "macvlan",
+        &[
+            "-d",
+            "macvlan",
+            "--subnet",
+            "10.237.0.0/24",
+            "-o",
+            &format!("parent={}", parent.0),
+        ],
+    )
+    .expect("macvlan network");
+    let host = Container::run("host", &["--network", "host"]).expect("host container");
+    let none = Container::run("none", &["--network", "none"]).expect("none container");
+    let sharer = Container::run(
+        "sharer",
+        &["--network", &format!("container:{}", owner.name)],
+    )
+    .expect("container: container");
+    let (mac_a, mac_b) = (macvlan.run("maca"), macvlan.run("macb"));
+    let expected: BTreeMap<String, Value> = [
+        (&owner, Value::Null),
+        (&peer, Value::Null),
+        (&host, "host".into()),
+        (&none, "none".into()),
+        (&sharer, "container".into()),
+        (&mac_a, "macvlan".into()),
+        (&mac_b, "macvlan".into()),
+    ]
+    .into_iter()
+    .map(|(c, reason)| (c.name.clone(), reason))
+    .collect();
+    // Every container of the engine (other tests' too) is in the metric:
+    // it must agree with the API's reasons, read at the same moment.
+    let mut seen = BTreeMap::new();
+    wait_until("each container's reason, in the API and the metric", || {
+        let all = unwatched(&agent);
+        let samples = parse(&scrape(agent.addr));
+        let metric_agrees = ["host", "macvlan", "ipvlan", "container", "none"]
+            .iter()
+            .all(|reason| {
+                let in_api = all.values().filter(|r| *r == reason).count();
+                sum(
+                    &samples,
+                    "crossmon_unwatched_containers",
+                    &[("reason", reason)],
+                ) == in_api as f64
+            });
+        seen = expected
+            .keys()
+            .filter_map(|name| Some((name.clone(), all.get(name)?.clone())))
+            .collect();
+        metric_agrees && seen == expected
+    });
+
+    // `container:`: its traffic crosses the owner's veth, named after it.
+    sharer.ping(&peer_ip, 4);
+    let flows = || get_json(agent.addr, "/api/v1/flows");
+    wait_until("the sharer's pings at the owner's veth", || {
+        flows().as_array().into_iter().flatten().any(|f| {
+            f["protocol"] == "icmp"
+                && f["dst_ip"] == peer_ip.as_str()
+                && f["src"]["name"] == owner.name.as_str()
+                && f["direction"] == "from_container"
+                && f["packets"] == 4
+        })
+    });
+
+    // macvlan: siblings talk through the parent's macvlan switch, past
+    // every veth crossmon watches: nothing is counted.
+    let b_ip = mac_b.ip(&macvlan.name).expect("macvlan address");
+    mac_a.ping(&b_ip, 3);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let counted: Vec<Value> = flows()
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["src_ip"] == b_ip.as_str() || f["dst_ip"] == b_ip.as_str())
+        .cloned()
+        .collect();
+    assert!(counted.is_empty(), "macvlan traffic counted: {counted:?}");
+    drop((mac_a, mac_b, macvlan, parent));
+}
