@@ -196,10 +196,16 @@ pub struct Container {
 impl Container {
     /// `docker run -d --name <unique> OPTIONS IMAGE sleep 3600`.
     pub fn run(what: &str, options: &[&str]) -> anyhow::Result<Self> {
+        Self::run_command(what, options, &["sleep", "3600"])
+    }
+
+    /// `docker run -d --name <unique> OPTIONS IMAGE COMMAND`.
+    pub fn run_command(what: &str, options: &[&str], command: &[&str]) -> anyhow::Result<Self> {
         let name = unique(what);
         let mut args = vec!["run", "-d", "--name", &name];
         args.extend(options);
-        args.extend([IMAGE, "sleep", "3600"]);
+        args.push(IMAGE);
+        args.extend(command);
         docker(&args)?;
         Ok(Self { name })
     }
@@ -349,5 +355,41 @@ impl Container {
 impl Drop for Container {
     fn drop(&mut self) {
         let _ = docker(&["rm", "-f", &self.name]);
+    }
+}
+
+/// ACCEPT rules in DOCKER-USER between two addresses, removed on drop.
+pub struct Bypass(Vec<Vec<String>>);
+
+impl Bypass {
+    pub fn between(a: &str, b: &str) -> Bypass {
+        let rules: Vec<Vec<String>> = [(a, b), (b, a)]
+            .iter()
+            .map(|(from, to)| {
+                ["DOCKER-USER", "-s", from, "-d", to, "-j", "ACCEPT"]
+                    .map(str::to_owned)
+                    .to_vec()
+            })
+            .collect();
+        for rule in &rules {
+            let status = std::process::Command::new("iptables")
+                .arg("-I")
+                .args(rule)
+                .status()
+                .expect("iptables");
+            assert!(status.success(), "iptables -I {rule:?}");
+        }
+        Bypass(rules)
+    }
+}
+
+impl Drop for Bypass {
+    fn drop(&mut self) {
+        for rule in &self.0 {
+            let _ = std::process::Command::new("iptables")
+                .arg("-D")
+                .args(rule)
+                .status();
+        }
     }
 }

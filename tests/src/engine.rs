@@ -28,6 +28,8 @@ pub struct NamespacedEngine {
     log: PathBuf,
     netns_path: String,
     bridge_subnet: u8,
+    /// `--live-restore`: containers outlive a stop and a restart.
+    live_restore: bool,
     child: Option<Child>,
 }
 
@@ -35,6 +37,21 @@ impl NamespacedEngine {
     /// Starts an engine in `host`'s namespace, its default bridge on
     /// `172.31.<bridge_subnet>.0/24`, and loads the test image into it.
     pub fn start(name: &str, host: &Host, bridge_subnet: u8) -> anyhow::Result<Self> {
+        Self::start_with(name, host, bridge_subnet, false)
+    }
+
+    /// As [`NamespacedEngine::start`], with `--live-restore`: its
+    /// containers keep running while it is stopped or restarts.
+    pub fn start_live_restore(name: &str, host: &Host, bridge_subnet: u8) -> anyhow::Result<Self> {
+        Self::start_with(name, host, bridge_subnet, true)
+    }
+
+    fn start_with(
+        name: &str,
+        host: &Host,
+        bridge_subnet: u8,
+        live_restore: bool,
+    ) -> anyhow::Result<Self> {
         let mut engine = Self {
             name: name.to_owned(),
             socket: PathBuf::from(format!("/run/{name}.sock")),
@@ -43,6 +60,7 @@ impl NamespacedEngine {
             log: std::env::temp_dir().join(format!("{name}-dockerd.log")),
             netns_path: format!("/var/run/netns/{}", host.netns_name()),
             bridge_subnet,
+            live_restore,
             child: None,
         };
         engine.spawn()?;
@@ -97,12 +115,17 @@ impl NamespacedEngine {
         let dockerd = format!(
             "hostname {name} && exec dockerd --data-root {data} --exec-root {exec} \
              --pidfile {exec}.pid -H unix://{socket} --containerd-namespace {name} \
-             --containerd-plugins-namespace {name}-plugins --bip 172.31.{subnet}.1/24",
+             --containerd-plugins-namespace {name}-plugins --bip 172.31.{subnet}.1/24{live}",
             name = self.name,
             data = self.data_root.display(),
             exec = self.exec_root.display(),
             socket = self.socket.display(),
             subnet = self.bridge_subnet,
+            live = if self.live_restore {
+                " --live-restore"
+            } else {
+                ""
+            },
         );
         let child = Command::new("nsenter")
             .arg(format!("--net={}", self.netns_path))
@@ -145,8 +168,9 @@ impl NamespacedEngine {
         Ok(())
     }
 
-    /// Stops the engine (SIGTERM, then SIGKILL after 30 s) and what it left
-    /// mounted; its data stays for [`NamespacedEngine::restart`].
+    /// Stops the engine (SIGTERM, then SIGKILL after 30 s) and, unless its
+    /// containers live on (`--live-restore`), what it left mounted; its
+    /// data stays for [`NamespacedEngine::restart`].
     pub fn stop(&mut self) -> anyhow::Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
@@ -164,7 +188,9 @@ impl NamespacedEngine {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        self.unmount_leftovers();
+        if !self.live_restore {
+            self.unmount_leftovers();
+        }
         Ok(())
     }
 
@@ -199,9 +225,18 @@ impl NamespacedEngine {
 
 impl Drop for NamespacedEngine {
     fn drop(&mut self) {
+        // Containers that would outlive the engine go first.
+        if self.live_restore && self.child.is_some() {
+            if let Ok(ids) = self.text(&["ps", "-aq"]) {
+                for id in ids.lines() {
+                    let _ = self.docker(&["rm", "-f", id]);
+                }
+            }
+        }
         if let Err(err) = self.stop() {
             eprintln!("stopping dockerd {}: {err:#}", self.name);
         }
+        self.unmount_leftovers();
         for dir in [&self.exec_root, &self.data_root] {
             let _ = std::fs::remove_dir_all(dir);
         }

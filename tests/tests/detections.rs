@@ -10,7 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use integration_tests::{
     agent::{get_json, Agent},
-    docker::{docker_ready, Container, DockerNetwork},
+    docker::{docker_ready, Bypass, Container, DockerNetwork},
     frames::{self, ETH_P_IP},
     net::in_netns,
     scratch::Scratch,
@@ -257,42 +257,6 @@ fn traffic_between_isolated_networks_that_gets_through_is_alerted() {
         alert["evidence"]["destination_networks"][0],
         two.name.as_str()
     );
-}
-
-/// ACCEPT rules in DOCKER-USER between two addresses, removed on drop.
-struct Bypass(Vec<Vec<String>>);
-
-impl Bypass {
-    fn between(a: &str, b: &str) -> Bypass {
-        let rules: Vec<Vec<String>> = [(a, b), (b, a)]
-            .iter()
-            .map(|(from, to)| {
-                ["DOCKER-USER", "-s", from, "-d", to, "-j", "ACCEPT"]
-                    .map(str::to_owned)
-                    .to_vec()
-            })
-            .collect();
-        for rule in &rules {
-            let status = std::process::Command::new("iptables")
-                .arg("-I")
-                .args(rule)
-                .status()
-                .expect("iptables");
-            assert!(status.success(), "iptables -I {rule:?}");
-        }
-        Bypass(rules)
-    }
-}
-
-impl Drop for Bypass {
-    fn drop(&mut self) {
-        for rule in &self.0 {
-            let _ = std::process::Command::new("iptables")
-                .arg("-D")
-                .args(rule)
-                .status();
-        }
-    }
 }
 
 /// The first bytes of a TLS 1.2 ClientHello record (enough to be told).

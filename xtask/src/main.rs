@@ -3,6 +3,7 @@
 
 mod bench;
 mod cmd;
+mod eval;
 mod image;
 mod run;
 mod setup;
@@ -41,6 +42,9 @@ enum Task {
     },
     /// Formatting and clippy on the host crates and the eBPF crate.
     Lint,
+    /// Set up, then run the evaluation corpus in its long form (the benign
+    /// mix for 10 minutes) and write docs/EVALUATION.md.
+    Eval,
     /// Set up, build the agent static and the sidecar image around it
     /// (`FROM scratch`, no registry needed; a Docker engine must run).
     Image {
@@ -90,6 +94,10 @@ fn main() -> anyhow::Result<()> {
         Task::Lint => {
             setup::run()?;
             test::lint()
+        }
+        Task::Eval => {
+            setup::run()?;
+            eval::run()
         }
         Task::Image { tag } => {
             setup::run()?;

@@ -62,6 +62,11 @@ const PACKAGES: &[&str] = &[
     // A real browser for the live map's test (headless: --dump-dom,
     // --screenshot).
     "chromium",
+    // Real attack tools for the evaluation corpus, run in the namespaces
+    // of containers the tests create: nmap's scans and ARP discovery,
+    // hping3's floods.
+    "nmap",
+    "hping3",
 ];
 
 /// rust-src for `-Z build-std=core`; clippy for the eBPF crate's lint pass.

@@ -78,6 +78,14 @@ fn host_tiers(
         if totals.ran() == 0 && !test_args.is_empty() {
             println!("note: no test matched {test_args:?}");
         }
+        // Tests never skip at run time (one that cannot run fails, saying
+        // why): an ignored test is the only skip there is, and it fails
+        // the tier like a failure would.
+        anyhow::ensure!(
+            totals.ignored == 0,
+            "{} tests skipped (#[ignore]): a test that does not run proves nothing",
+            totals.ignored
+        );
         Ok(format!("tests ({totals})"))
     })?;
     Ok(binary)
@@ -86,7 +94,17 @@ fn host_tiers(
 /// The agent tests start the real binary: build it first so they never
 /// run a stale one, and tell them where it is.
 fn build_crossmon(tiers: &mut Tiers) -> anyhow::Result<PathBuf> {
-    tiers.command(
+    let mut binary = PathBuf::new();
+    tiers.run("build crossmon", || {
+        binary = build_agent()?;
+        Ok("build crossmon".to_owned())
+    })?;
+    Ok(binary)
+}
+
+/// `cargo build` of the crossmon binary the agent tests start; its path.
+pub fn build_agent() -> anyhow::Result<PathBuf> {
+    cmd::status(
         "build crossmon",
         cmd::cargo().args(["build", "--package", "monitor", "--bin", "crossmon"]),
     )?;

@@ -201,7 +201,10 @@ impl Default for TrafficSpike {
             window: Duration::from_secs(60),
             factor: 10.0,
             min_bytes: 100 * 1024 * 1024,
-            warmup_windows: 5,
+            // Two minutes of history make a baseline: a new edge's bulk
+            // transfer is learnt, not alerted, and an exfiltration from an
+            // edge two minutes old is caught.
+            warmup_windows: 2,
         }
     }
 }

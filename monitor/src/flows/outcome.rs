@@ -37,11 +37,17 @@ impl Outcome {
 }
 
 /// Whether `flow` is its source's attempt to reach the destination, rather
-/// than the answers to one: for TCP a flow that opened with a SYN, for
-/// other protocols the flow of the pair that began first.
+/// than the answers to one: for TCP a flow that opened with a SYN, or a
+/// probe that never acknowledged anything (FIN and XMAS scans: every
+/// segment of a real connection but its SYN carries an ACK, and a bare RST
+/// opens nothing; a NULL scan's flow, with no flag at all, is not told
+/// apart); for other protocols the flow of the pair that began first.
 pub fn is_attempt(flow: &FlowRecord, reverse: Option<&FlowRecord>) -> bool {
     match flow.key.protocol {
-        ip_proto::TCP => flow.stats.syn > 0,
+        ip_proto::TCP => {
+            let flags = flow.stats.tcp_flags;
+            flow.stats.syn > 0 || (flags != 0 && flags & (tcp_flag::ACK | tcp_flag::RST) == 0)
+        }
         ip_proto::UDP | ip_proto::ICMP | ip_proto::ICMPV6 => {
             reverse.is_none_or(|r| r.stats.first_seen_ns > flow.stats.first_seen_ns)
         }
@@ -133,6 +139,46 @@ mod tests {
             outcome(&syn, None, false, 1 + UNANSWERED_AFTER_NS),
             Some(Outcome::Unanswered)
         );
+    }
+
+    #[test]
+    fn probes_without_syn_or_ack_are_attempts_and_their_rst_answers_refuse() {
+        let probe = |flags: u8| {
+            record(
+                ip_proto::TCP,
+                1,
+                FlowStats {
+                    tcp_flags: flags,
+                    ..FlowStats::default()
+                },
+            )
+        };
+        let rst_ack = probe(tcp_flag::RST | tcp_flag::ACK);
+        let rst = FlowRecord {
+            stats: FlowStats {
+                rst: 1,
+                ..rst_ack.stats
+            },
+            ..rst_ack
+        };
+        let xmas = tcp_flag::FIN | tcp_flag::PSH | tcp_flag::URG;
+        for flags in [tcp_flag::FIN, xmas] {
+            assert!(is_attempt(&probe(flags), None), "flags {flags:#x}");
+            assert_eq!(
+                outcome(&probe(flags), Some(&rst), false, 3),
+                Some(Outcome::Refused)
+            );
+        }
+        // Mid-stream segments, the answers, a bare reset: none opens.
+        for flags in [
+            tcp_flag::ACK,
+            tcp_flag::FIN | tcp_flag::ACK,
+            tcp_flag::RST,
+            0,
+        ] {
+            assert!(!is_attempt(&probe(flags), None), "flags {flags:#x}");
+        }
+        assert!(!is_attempt(&rst_ack, None));
     }
 
     #[test]
