@@ -412,14 +412,16 @@ mod tests {
     }
 
     #[test]
-    fn a_new_edge_waits_five_windows_before_it_can_spike() {
+    fn a_new_edge_waits_two_windows_before_it_can_spike() {
         let bulk = [200 * MIB; 6];
         assert!(
             minutes(&bulk).is_empty(),
             "a bulk edge from its start is its own baseline"
         );
-        let alerts = minutes(&[MIB, MIB, MIB, MIB, 200 * MIB, 200 * MIB]);
-        assert!(alerts.is_empty(), "the fifth window is still learnt");
+        let alerts = minutes(&[MIB, 200 * MIB, 200 * MIB]);
+        assert!(alerts.is_empty(), "the second window is still learnt");
+        let alerts = minutes(&[MIB, MIB, 200 * MIB]);
+        assert_eq!(alerts.len(), 1, "the third can spike");
     }
 
     #[test]
