@@ -50,10 +50,6 @@ fn text(output: Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-/// Where the harness records the pid of a dockerd it started itself: only
-/// that one may be restarted by a test.
-const OWN_DOCKERD: &str = "/run/crossmon-test-dockerd.pid";
-
 /// Makes sure an engine answers (starting `dockerd` if none does) and the
 /// test image exists.
 pub fn engine() -> anyhow::Result<()> {
@@ -67,20 +63,20 @@ pub fn engine() -> anyhow::Result<()> {
 }
 
 /// Starts `dockerd --live-restore` (containers outlive a daemon restart)
-/// and waits until it answers.
+/// and waits until it answers. It runs on after the tests; no test stops
+/// it (the restart test has an engine of its own).
 fn start_dockerd() -> anyhow::Result<()> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open("/tmp/crossmon-test-dockerd.log")?;
-    let child = Command::new("dockerd")
+    Command::new("dockerd")
         .arg("--live-restore")
         .stdout(log.try_clone()?)
         .stderr(log)
         .stdin(Stdio::null())
         .spawn()
         .context("starting dockerd")?;
-    std::fs::write(OWN_DOCKERD, child.id().to_string())?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while docker(&["info"]).is_err() {
         if Instant::now() > deadline {
@@ -89,41 +85,6 @@ fn start_dockerd() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(250));
     }
     Ok(())
-}
-
-/// Stops the dockerd this harness started and starts it again; `Ok(false)`
-/// when the running engine is not ours to restart.
-pub fn restart_own_dockerd(while_down: impl FnOnce()) -> anyhow::Result<bool> {
-    let Some(pid) = std::fs::read_to_string(OWN_DOCKERD)
-        .ok()
-        .and_then(|pid| pid.trim().parse::<i32>().ok())
-        // The file may be stale and the pid reused: it must still be a
-        // dockerd started the way this harness starts it.
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
-                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-                args.first().is_some_and(|a| a.ends_with(b"dockerd"))
-                    && args.contains(&&b"--live-restore"[..])
-            })
-        })
-    else {
-        return Ok(false);
-    };
-    // SAFETY: signalling a process this harness started.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        // Reap it if it is our child; harmless otherwise.
-        // SAFETY: waitpid on a specific pid with WNOHANG.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-        if Instant::now() > deadline {
-            bail!("dockerd {pid} did not stop within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    while_down();
-    start_dockerd()?;
-    Ok(true)
 }
 
 fn build_image() -> anyhow::Result<()> {

@@ -781,13 +781,16 @@ fn a_changed_policy_is_in_force_without_a_restart_or_a_lost_allowed_packet() {
         output.contains("100 packets transmitted, 100 packets received"),
         "{output}"
     );
-    // The last policy (round 5) denies web -> db again; one more allows it.
+    // The last policy (round 5) denies web -> db again, once in force;
+    // one more allows it.
+    wait_in_force(&agent, 1);
     assert!(web
         .exec(&["ping", "-q", "-c", "1", "-W", "1", &db_ip])
         .is_err());
     std::fs::write(&file, policy(&[rule("web-api", &api), rule("web-db", &db)])).expect("write");
     // SAFETY: as above.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    wait_in_force(&agent, 2);
     wait_within("web -> db allowed", Duration::from_secs(10), || {
         web.exec(&["ping", "-q", "-c", "1", "-W", "1", &db_ip])
             .is_ok()
@@ -805,4 +808,22 @@ fn a_changed_policy_is_in_force_without_a_restart_or_a_lost_allowed_packet() {
     );
     let (status, _) = agent.stop();
     assert!(status.success());
+}
+
+/// Waits until the policy last put in force (by SIGHUP or the file's
+/// change) has `rules` rules: the agent logs it once its maps hold it.
+fn wait_in_force(agent: &Agent, rules: usize) {
+    let expected = format!(": {rules} rules, generation");
+    wait_within(
+        &format!("a policy of {rules} rules in force"),
+        Duration::from_secs(10),
+        || {
+            agent
+                .log()
+                .lines()
+                .rev()
+                .find(|line| line.contains("policy reloaded") && line.contains("in force"))
+                .is_some_and(|line| line.contains(&expected))
+        },
+    );
 }
