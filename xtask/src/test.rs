@@ -78,14 +78,6 @@ fn host_tiers(
         if totals.ran() == 0 && !test_args.is_empty() {
             println!("note: no test matched {test_args:?}");
         }
-        // Tests never skip at run time (one that cannot run fails, saying
-        // why): an ignored test is the only skip there is, and it fails
-        // the tier like a failure would.
-        anyhow::ensure!(
-            totals.ignored == 0,
-            "{} tests skipped (#[ignore]): a test that does not run proves nothing",
-            totals.ignored
-        );
         Ok(format!("tests ({totals})"))
     })?;
     Ok(binary)
