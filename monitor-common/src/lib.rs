@@ -54,6 +54,67 @@ pub const fn veth_id(tag: u8, ifindex: u32) -> u32 {
     ((tag as u32) << NETNS_TAG_SHIFT) | ifindex
 }
 
+/// `LRU_PERCPU_HASH<FlowKey, u64>`: TCP segments retransmitted, by flow,
+/// from the `tcp:tcp_retransmit_skb` tracepoint.
+pub const RETRANSMITS_MAP: &str = "RETRANSMITS";
+/// Flows [`RETRANSMITS_MAP`] holds; the least recently used go first.
+pub const RETRANSMITS_CAPACITY: u32 = 16_384;
+/// The tracepoint the retransmission program attaches to.
+pub const TRACEPOINT_TCP_RETRANSMIT: (&str, &str) = ("tcp", "tcp_retransmit_skb");
+/// Globals holding the offsets of `tcp_retransmit_skb`'s fields, by the
+/// field's name in the event's format file. Only fields every kernel has
+/// (`family` came in 5.16): the IPv6 ones hold IPv4 addresses IPv4-mapped.
+pub const RETRANSMIT_FIELDS: [(&str, &str); 4] = [
+    ("RETRANSMIT_SPORT", "sport"),
+    ("RETRANSMIT_DPORT", "dport"),
+    ("RETRANSMIT_SADDR_V6", "saddr_v6"),
+    ("RETRANSMIT_DADDR_V6", "daddr_v6"),
+];
+
+/// `LRU_PERCPU_HASH<DropKey, u64>`: packets the kernel freed as dropped
+/// (`skb:kfree_skb`), by addresses and reason.
+pub const DROPS_MAP: &str = "DROPS";
+pub const DROPS_CAPACITY: u32 = 16_384;
+/// The tracepoint the drop program attaches to.
+pub const TRACEPOINT_KFREE_SKB: (&str, &str) = ("skb", "kfree_skb");
+/// Globals of the drop program: offsets of `kfree_skb`'s fields in its
+/// record (by field name), and of `struct sk_buff`'s fields (from BTF).
+pub const DROP_FIELDS: [(&str, &str); 3] = [
+    ("DROP_SKBADDR", "skbaddr"),
+    ("DROP_PROTOCOL", "protocol"),
+    ("DROP_REASON", "reason"),
+];
+pub const GLOBAL_SKB_HEAD: &str = "SKB_HEAD";
+pub const GLOBAL_SKB_NETWORK_HEADER: &str = "SKB_NETWORK_HEADER";
+/// A [`DROP_FIELDS`] offset for a field the kernel's record lacks
+/// (`reason` before 5.17).
+pub const NO_FIELD: u32 = u32::MAX;
+
+/// What a dropped packet was: its addresses (IPv4-mapped for IPv4) and
+/// the kernel's drop reason (0 where the kernel gives none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DropKey {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// An `enum skb_drop_reason` value, named by the event's format.
+    pub reason: u32,
+    /// 4 or 6.
+    pub ip_version: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<DropKey>() == 40);
+
+impl DropKey {
+    pub const ZERO: DropKey = DropKey {
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        reason: 0,
+        ip_version: 0,
+        _pad: [0; 3],
+    };
+}
+
 /// Largest number of bytes one capture event can carry.
 pub const MAX_CAPTURE: usize = 512;
 /// Default ring buffer size (bytes, a power of two multiple of the page size).
@@ -601,5 +662,6 @@ mod user {
         DeniedStats,
         CaptureFilter,
         CaptureRecord,
+        DropKey,
     );
 }

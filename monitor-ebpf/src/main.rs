@@ -16,6 +16,7 @@ mod flow;
 mod maps;
 mod parse;
 mod policy;
+mod tracepoints;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},

@@ -7,10 +7,11 @@ use aya_ebpf::{
     Global,
 };
 use monitor_common::{
-    CaptureFilter, Counter, DeniedStats, FlowKey, FlowStats, PolicyIface, PolicyIfaceKey,
+    CaptureFilter, Counter, DeniedStats, DropKey, FlowKey, FlowStats, PolicyIface, PolicyIfaceKey,
     PolicyRuleKey, PolicyRuleValue, DEFAULT_CAPTURE_RING_BYTES, DEFAULT_DNS_EVENTS,
     DEFAULT_FLOW_CAPACITY, DEFAULT_NEW_FLOW_EVENTS, DEFAULT_PAYLOAD_BYTES, DEFAULT_PAYLOAD_PACKETS,
-    DEFAULT_RING_BYTES, DEFAULT_SAMPLE_RATE, MAX_CAPTURED_IFACES, POLICY_SLOTS, POLICY_STATE_LEN,
+    DEFAULT_RING_BYTES, DEFAULT_SAMPLE_RATE, DROPS_CAPACITY, MAX_CAPTURED_IFACES, NO_FIELD,
+    POLICY_SLOTS, POLICY_STATE_LEN, RETRANSMITS_CAPACITY,
 };
 
 /// Per-CPU values: the hot path never contends on a cache line or needs
@@ -65,6 +66,40 @@ pub static CAPTURE_RING: RingBuf = RingBuf::with_byte_size(DEFAULT_CAPTURE_RING_
 
 #[map]
 pub static CAPTURE_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Segments retransmitted, by flow (`tracepoints.rs`).
+#[map]
+pub static RETRANSMITS: LruPerCpuHashMap<FlowKey, u64> =
+    LruPerCpuHashMap::with_max_entries(RETRANSMITS_CAPACITY, 0);
+
+/// Packets dropped, by addresses and reason (`tracepoints.rs`).
+#[map]
+pub static DROPS: LruPerCpuHashMap<DropKey, u64> =
+    LruPerCpuHashMap::with_max_entries(DROPS_CAPACITY, 0);
+
+// Offsets in `skb:kfree_skb`'s record and in `struct sk_buff`, found by
+// the agent (the event's format file, the kernel's BTF) before the load.
+#[no_mangle]
+pub static DROP_SKBADDR: Global<u32> = Global::new(0);
+#[no_mangle]
+pub static DROP_PROTOCOL: Global<u32> = Global::new(0);
+#[no_mangle]
+pub static DROP_REASON: Global<u32> = Global::new(NO_FIELD);
+#[no_mangle]
+pub static SKB_HEAD: Global<u32> = Global::new(0);
+#[no_mangle]
+pub static SKB_NETWORK_HEADER: Global<u32> = Global::new(0);
+
+// Offsets of `tcp:tcp_retransmit_skb`'s fields in its record, read by the
+// agent from the event's format file before it loads the program.
+#[no_mangle]
+pub static RETRANSMIT_SPORT: Global<u32> = Global::new(0);
+#[no_mangle]
+pub static RETRANSMIT_DPORT: Global<u32> = Global::new(0);
+#[no_mangle]
+pub static RETRANSMIT_SADDR_V6: Global<u32> = Global::new(0);
+#[no_mangle]
+pub static RETRANSMIT_DADDR_V6: Global<u32> = Global::new(0);
 
 // Set by the agent at load time; the verifier sees them as constants.
 #[no_mangle]

@@ -93,6 +93,35 @@ pub async fn run(docker_host: Option<&str>) -> bool {
             );
             report.line(Verdict::Ok, "expiry", loaded.flows.expiry().describe());
             report.line(Verdict::Ok, "enforce", enforce_ends);
+            match &loaded.retransmits_status {
+                Ok(()) => report.line(
+                    Verdict::Ok,
+                    "tracepoints",
+                    "tcp:tcp_retransmit_skb attached: retransmissions counted by flow (CAP_BPF and CAP_PERFMON, tracefs)",
+                ),
+                Err(reason) => report.line(
+                    Verdict::Note,
+                    "tracepoints",
+                    format!("no retransmission counts: {reason}"),
+                ),
+            }
+            match &loaded.drop_reasons {
+                Ok(reasons) if reasons.is_empty() => report.line(
+                    Verdict::Note,
+                    "drops",
+                    "skb:kfree_skb attached; this kernel gives no drop reasons (5.17+ does): drops count as unknown, Docker isolation still recognised",
+                ),
+                Ok(reasons) => report.line(
+                    Verdict::Ok,
+                    "drops",
+                    format!("skb:kfree_skb attached, {} drop reasons named", reasons.len()),
+                ),
+                Err(reason) => report.line(
+                    Verdict::Note,
+                    "drops",
+                    format!("dropped packets not counted: {reason}"),
+                ),
+            }
         }
         Err(err) => report.line(Verdict::Fail, "programs", format!("{err:#}")),
     }

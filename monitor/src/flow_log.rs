@@ -3,7 +3,12 @@
 //! joins the two directions of a connection: both ends named, packets and
 //! bytes each way, the TCP outcome. The file rotates by size.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use monitor_common::{ip_proto, FlowKey};
 use serde::Serialize;
@@ -16,7 +21,8 @@ use crate::{
     flows::{outcome, ByFlow, FlowSet, Poll, PollConsumer, PollView},
     model::{key_addrs, protocol_name, tcp_flag_names, FlowRecord},
     rotating::RotatingFile,
-    series::handshake_rtt_ns,
+    series::{handshake_rtt_ns, DropCounts, KernelDrop},
+    sync::lock,
 };
 
 #[derive(Clone, Debug)]
@@ -63,6 +69,10 @@ struct FlowLine {
     /// unknown or when the connection began before crossmon.
     #[serde(skip_serializing_if = "Option::is_none")]
     outcome: Option<&'static str>,
+    /// For a connection unanswered: what the kernel did to its packets,
+    /// where it dropped them (`skb:kfree_skb`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_drop: Option<KernelDrop>,
     /// What the first payload bytes showed: `{protocol, encrypted}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     payload: Option<PayloadVerdict>,
@@ -143,6 +153,7 @@ impl FlowLog {
         flows: &PollView,
         directory: &Directory,
         payload: &dyn Fn(&FlowKey) -> Option<PayloadVerdict>,
+        dropped: &dyn Fn(IpAddr, IpAddr) -> Option<KernelDrop>,
         now_ns: u64,
     ) {
         let find = |key: &FlowKey| {
@@ -180,7 +191,7 @@ impl FlowLog {
                 &record,
                 reverse.as_ref(),
                 is_ended,
-                directory,
+                (directory, dropped),
                 verdict,
                 now_ns,
             ));
@@ -237,7 +248,8 @@ impl FlowLog {
         record: &FlowRecord,
         reverse: Option<&FlowRecord>,
         ended: bool,
-        directory: &Directory,
+        // Who the ends are, and what the kernel dropped between them.
+        (directory, dropped): (&Directory, &dyn Fn(IpAddr, IpAddr) -> Option<KernelDrop>),
         payload: Option<PayloadVerdict>,
         now_ns: u64,
     ) -> String {
@@ -274,6 +286,9 @@ impl FlowLog {
                 fin: stats.fin.saturating_add(reply.fin),
                 handshake_rtt_ms: handshake_rtt_ns(record, reverse).map(|ns| ns as f64 / 1e6),
             }),
+            kernel_drop: outcome
+                .filter(|o| o.name() == "unanswered")
+                .and_then(|_| dropped(src, dst)),
             outcome: outcome.map(outcome::Outcome::name),
             payload,
         };
@@ -291,12 +306,21 @@ pub struct FlowLogging {
     pub payload: PayloadSource,
     /// The DNS records to log (a line each) after each poll.
     pub dns: Arc<DnsLog>,
+    /// The kernel's drops, where its tracepoint is attached.
+    pub drops: Option<Arc<Mutex<DropCounts>>>,
 }
 
 impl PollConsumer for FlowLogging {
     fn on_poll(&mut self, poll: &Poll<'_>) {
-        self.log
-            .on_poll(&poll.flows, poll.directory, &*self.payload, poll.now_ns);
+        let drops = self.drops.as_ref().map(|drops| lock(drops));
+        let dropped = |src, dst| drops.as_ref()?.between(src, dst);
+        self.log.on_poll(
+            &poll.flows,
+            poll.directory,
+            &*self.payload,
+            &dropped,
+            poll.now_ns,
+        );
         self.log.dns(self.dns.take_unlogged());
     }
 }

@@ -43,14 +43,19 @@ pub fn tcp_flag_names(flags: u8) -> Vec<&'static str> {
 
 /// The source and destination of a key as addresses.
 pub fn key_addrs(key: &FlowKey) -> (IpAddr, IpAddr) {
-    let convert = |raw: [u8; 16]| {
-        let v6 = std::net::Ipv6Addr::from(raw);
-        match (key.ip_version, v6.to_ipv4_mapped()) {
-            (4, Some(v4)) => IpAddr::V4(v4),
-            _ => IpAddr::V6(v6),
-        }
-    };
-    (convert(key.src_addr), convert(key.dst_addr))
+    (
+        ip_of(&key.src_addr, key.ip_version),
+        ip_of(&key.dst_addr, key.ip_version),
+    )
+}
+
+/// An address as the programs store it: IPv4-mapped for IP version 4.
+pub fn ip_of(raw: &[u8; 16], ip_version: u8) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(*raw);
+    match (ip_version, v6.to_ipv4_mapped()) {
+        (4, Some(v4)) => IpAddr::V4(v4),
+        _ => IpAddr::V6(v6),
+    }
 }
 
 /// A MAC address as people write it: `02:42:ac:11:00:02`.

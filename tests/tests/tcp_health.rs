@@ -2,7 +2,8 @@
 //! veths see it, direct and behind a slow link (tbf with a queue on the
 //! server's side: this kernel has no netem), the histogram moving by the
 //! queue's delay, in the flow API and the flow log too; resets counted by
-//! sender and receiver.
+//! sender and receiver; SYNs retransmitted (the server drops them) counted
+//! as the client's kernel counts them, from `tcp:tcp_retransmit_skb`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -61,10 +62,69 @@ fn bucket(buckets: &[(String, f64)], le: &str) -> f64 {
         .map_or(-1.0, |(_, n)| *n)
 }
 
+/// `Tcp: RetransSegs` of the namespace at `netns`.
+fn retrans_segs(netns: &str) -> f64 {
+    let output = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(["cat", "/proc/net/snmp"])
+        .output()
+        .expect("nsenter");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "RetransSegs")
+        .unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+/// A blocking connect with TCP_SYNCNT 1: the errno it fails with.
+fn connect_with_one_retry(target: std::net::SocketAddrV4) -> i32 {
+    // SAFETY: plain socket calls on a descriptor this function owns, with
+    // buffers of the sizes passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_SYNCNT,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let address = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: target.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(target.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let result = libc::connect(
+            fd,
+            (&raw const address).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let errno = if result == 0 {
+            0
+        } else {
+            *libc::__errno_location()
+        };
+        libc::close(fd);
+        errno
+    }
+}
+
 fn resets(agent: &Agent, sender: &str, receiver: &str) -> f64 {
+    counter(agent, "crossmon_tcp_resets_total", sender, receiver)
+}
+
+fn counter(agent: &Agent, family: &str, sender: &str, receiver: &str) -> f64 {
     let (_, text) = get(agent.addr, "/metrics").unwrap();
     text.lines()
-        .filter(|l| l.starts_with("crossmon_tcp_resets_total{"))
+        .filter(|l| l.starts_with(&format!("{family}{{")))
         .filter(|l| {
             l.contains(&format!("source=\"{sender}\""))
                 && l.contains(&format!("destination=\"{receiver}\""))
@@ -73,13 +133,10 @@ fn resets(agent: &Agent, sender: &str, receiver: &str) -> f64 {
         .sum()
 }
 
-#[test]
-fn handshake_round_trips_show_a_slow_links_delay_and_resets_are_counted() {
-    docker_ready();
-    let net = DockerNetwork::create("tcp", &[]).expect("network");
-    let client = net.run("client");
-    let server = net.run("server");
-    let scratch = Scratch::new("tcp");
+/// An agent writing a flow log in a scratch directory, flows ending after
+/// 2 s idle (so their `end` lines come soon).
+fn agent_with_flow_log(what: &str) -> (Scratch, std::path::PathBuf, Agent) {
+    let scratch = Scratch::new(what);
     let flow_log = scratch.dir().join("flows.jsonl");
     let agent = Agent::start(&[
         "--flow-log",
@@ -87,6 +144,25 @@ fn handshake_round_trips_show_a_slow_links_delay_and_resets_are_counted() {
         "--idle-timeout",
         "2s",
     ]);
+    (scratch, flow_log, agent)
+}
+
+/// The flow log's lines so far.
+fn flow_log_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn handshake_round_trips_show_a_slow_links_delay_and_resets_are_counted() {
+    docker_ready();
+    let net = DockerNetwork::create("tcp", &[]).expect("network");
+    let client = net.run("client");
+    let server = net.run("server");
+    let (_scratch, flow_log, agent) = agent_with_flow_log("tcp");
     agent.wait_attached(&[&client.name, &server.name]);
     let server_ip = server.ip(&net.name).unwrap();
     client.ping(&server_ip, 1);
@@ -171,12 +247,41 @@ fn handshake_round_trips_show_a_slow_links_delay_and_resets_are_counted() {
         resets(&agent, &server.name, &client.name) == 3.0
     });
 
+    // Forced retransmissions: the server drops SYNs to 7200; the client
+    // gives up soon (TCP_SYNCNT 1: it fails after about 3 s).
+    let iptables = |args: &[&str]| {
+        let status = Command::new("nsenter")
+            .arg(format!("--net={netns}"))
+            .arg("iptables")
+            .args(args)
+            .status()
+            .expect("iptables");
+        assert!(status.success(), "iptables {args:?}");
+    };
+    iptables(&["-I", "INPUT", "-p", "tcp", "--dport", "7200", "-j", "DROP"]);
+    let target: std::net::SocketAddrV4 = format!("{server_ip}:7200").parse().unwrap();
+    let client_netns = client.netns().unwrap();
+    let before = retrans_segs(&client_netns);
+    let refused = in_netns(&client_netns, || Ok(connect_with_one_retry(target))).unwrap();
+    assert_eq!(refused, libc::ETIMEDOUT);
+    // The kernel's own count (Tcp: RetransSegs of the client's namespace):
+    // two here, the second just before it gives up.
+    let retransmitted = retrans_segs(&client_netns) - before;
+    assert!(retransmitted >= 1.0);
+    wait_until("the client's retransmissions counted", || {
+        counter(
+            &agent,
+            "crossmon_tcp_retransmits_total",
+            &client.name,
+            &server.name,
+        ) == retransmitted
+    });
+    println!("retransmissions: the kernel counted {retransmitted}, crossmon the same");
+
     wait_until("the delayed connections in the flow log", || {
-        let text = std::fs::read_to_string(&flow_log).unwrap_or_default();
-        let lines: Vec<Value> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|l: &Value| {
+        let lines: Vec<Value> = flow_log_lines(&flow_log)
+            .into_iter()
+            .filter(|l| {
                 (7001..7006).contains(&l["dst_port"].as_u64().unwrap_or(0)) && l["event"] == "end"
             })
             .collect();
@@ -187,4 +292,63 @@ fn handshake_round_trips_show_a_slow_links_delay_and_resets_are_counted() {
                     .is_some_and(|ms| (250.0..1000.0).contains(&ms))
             })
     });
+}
+
+/// Docker isolates two networks from each other: what one container sends
+/// to a container of the other is dropped by netfilter on the host, and
+/// counted as `docker_isolation`, exactly once a packet; the flow log's
+/// line of the unanswered flow says so.
+#[test]
+fn an_isolation_drop_is_counted_with_its_reason() {
+    docker_ready();
+    let one = DockerNetwork::create("iso-a", &[]).expect("network");
+    let two = DockerNetwork::create("iso-b", &[]).expect("network");
+    let sender = one.run("sender");
+    let target = two.run("target");
+    let (_scratch, flow_log, agent) = agent_with_flow_log("isolation");
+    agent.wait_attached(&[&sender.name, &target.name]);
+    let target_ip = target.ip(&two.name).unwrap();
+    // Five datagrams, each dropped on the host between the two bridges
+    // (the first waits for the gateway's ARP answer, none is lost).
+    in_netns(&sender.netns().unwrap(), || {
+        let socket = UdpSocket::bind(("0.0.0.0", 0))?;
+        for _ in 0..5 {
+            socket.send_to(b"blocked", (target_ip.as_str(), 9999))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    wait_until("five isolation drops", || {
+        drops(&agent, &sender.name, "docker_isolation") == 5.0
+    });
+    // Where crossmon infers "unanswered" from silence, the flow log says
+    // what the kernel did.
+    let mut line = Value::Null;
+    wait_until("the unanswered flow in the flow log", || {
+        line = flow_log_lines(&flow_log)
+            .into_iter()
+            .find(|l| l["dst_port"] == 9999 && l["event"] == "end")
+            .unwrap_or_default();
+        !line.is_null()
+    });
+    assert_eq!(line["outcome"], "unanswered", "{line}");
+    assert_eq!(line["kernel_drop"]["reason"], "docker_isolation", "{line}");
+    assert_eq!(line["kernel_drop"]["packets"], 5, "{line}");
+    assert_eq!(
+        drops(&agent, &sender.name, "docker_isolation"),
+        5.0,
+        "no more"
+    );
+}
+
+fn drops(agent: &Agent, source: &str, reason: &str) -> f64 {
+    let (_, text) = get(agent.addr, "/metrics").unwrap();
+    let labels = [
+        format!("source=\"{source}\""),
+        format!("reason=\"{reason}\""),
+    ];
+    text.lines()
+        .filter(|l| l.starts_with("crossmon_drops_total{") && labels.iter().all(|x| l.contains(x)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
 }

@@ -42,7 +42,7 @@ use crate::{
     flows::{FlowTable, PollConsumer, PollStatus},
     metrics::{self, Metrics, MetricsConfig},
     policy::{in_force, Learner, Learning, PolicyConfig, PolicyInForce, ViolationAlerts},
-    series::{TcpHealth, TrafficSeries},
+    series::{DropCounts, TcpHealth, TrafficSeries},
     sync::{lock, published},
     web_config::{self, WebConfig},
 };
@@ -174,7 +174,20 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config.metrics.max_series,
     )?));
     let traffic = Arc::new(Mutex::new(TrafficSeries::new(config.metrics)));
-    let tcp = Arc::new(Mutex::new(TcpHealth::new(config.metrics.max_series)));
+    let tcp = Arc::new(Mutex::new(TcpHealth::new(
+        config.metrics.max_series,
+        datapath
+            .retransmits_status
+            .is_ok()
+            .then_some(datapath.retransmits),
+    )));
+    let drops = datapath.drop_reasons.ok().map(|reasons| {
+        Arc::new(Mutex::new(DropCounts::new(
+            datapath.drops,
+            reasons,
+            config.metrics.max_series,
+        )))
+    });
     let flow_log = config
         .flow_log
         .as_ref()
@@ -241,6 +254,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Box::new(tcp.clone()),
         Box::new(detectors.clone()),
     ];
+    if let Some(drops) = &drops {
+        consumers.push(Box::new(drops.clone()));
+    }
     if let Some(learn) = &config.learn {
         consumers.push(Box::new(Learning {
             learner: Learner::default(),
@@ -254,6 +270,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             log,
             payload: Box::new(move |key| lock(&detectors).payload_verdict(key)),
             dns: dns.clone(),
+            drops: drops.clone(),
         }));
     }
     if let Some(policy) = &policy {
@@ -327,6 +344,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     });
     metrics.register(metrics::TrafficCollector { traffic });
     metrics.register(metrics::TcpCollector { tcp });
+    if let Some(drops) = drops {
+        metrics.register(metrics::DropsCollector { drops });
+    }
     metrics.register(metrics::ProtocolsCollector {
         detectors: detectors.clone(),
     });

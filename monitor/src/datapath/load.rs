@@ -9,15 +9,16 @@ use aya::{
 use aya_log::EbpfLogger;
 use monitor_common::{
     CAPTURE_ACTIVE_MAP, CAPTURE_FILTERS_MAP, CAPTURE_LOST_MAP, CAPTURE_RING_MAP,
-    COUNTED_IFACES_MAP, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, GLOBAL_DNS_EVENTS,
+    COUNTED_IFACES_MAP, COUNTERS_MAP, DROPS_MAP, EVENTS_MAP, FLOWS_MAP, GLOBAL_DNS_EVENTS,
     GLOBAL_NEW_FLOW_EVENTS, GLOBAL_PAYLOAD_BYTES, GLOBAL_PAYLOAD_PACKETS, GLOBAL_SAMPLE_RATE,
     MAX_CAPTURE, POLICY_COUNTS_MAP, POLICY_DENIED_MAP, POLICY_IFACES_MAP, POLICY_RULES_MAP,
-    POLICY_STATE_MAP,
+    POLICY_STATE_MAP, RETRANSMITS_MAP,
 };
 
 use super::{
-    sandbox::InstanceLoader, AttachMode, CaptureMaps, Counters, EventRing, FlowMap, PolicyMaps,
-    Programs, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
+    sandbox::InstanceLoader, tracepoints, AttachMode, CaptureMaps, Counters, DropMap, EventRing,
+    FlowMap, PolicyMaps, Programs, RetransmitMap, PROGRAM_FROM_CONTAINER, PROGRAM_SKB_DROP,
+    PROGRAM_TCP_RETRANSMIT, PROGRAM_TO_CONTAINER,
 };
 
 /// The object built by `build.rs` from `monitor-ebpf`.
@@ -111,6 +112,15 @@ pub struct Datapath {
     pub capture: CaptureMaps,
     /// The flow policy's maps (mode `off` until a policy is written).
     pub policy: PolicyMaps,
+    /// Retransmissions by flow, counted when `retransmits` is `Ok`.
+    pub retransmits: RetransmitMap,
+    /// Whether `tcp:tcp_retransmit_skb` is attached, or why not.
+    pub retransmits_status: Result<(), String>,
+    /// Packets dropped, by addresses and reason, counted when
+    /// `drop_reasons` is `Ok`: the names of the kernel's reasons (none
+    /// before 5.17), or why drops are not counted.
+    pub drops: DropMap,
+    pub drop_reasons: Result<std::collections::HashMap<u32, String>, String>,
     /// Present when `ebpf_log` is set: drain it with [`EbpfLogger::flush`]
     /// when its fd is readable.
     pub ebpf_logger: Option<EbpfLogger<&'static dyn log::Log>>,
@@ -121,7 +131,25 @@ pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
     config.validate()?;
     super::preflight::raise_memlock_limit();
     let globals = Globals::of(config);
-    let mut ebpf = loader(&globals)
+    // The tracepoints' record layouts, from tracefs (and BTF), before the
+    // load: the programs read their offsets from globals fixed then.
+    let tracefs = tracepoints::tracefs();
+    let tracefs = || {
+        tracefs
+            .as_deref()
+            .context("tracefs is not mounted and could not be mounted")
+    };
+    let layout = tracefs().and_then(tracepoints::retransmit_layout);
+    let drop_layout = tracefs().and_then(tracepoints::drop_layout);
+    let mut loader = loader(&globals);
+    let offsets = layout
+        .iter()
+        .flatten()
+        .chain(drop_layout.iter().flat_map(|drops| &drops.globals));
+    for (global, offset) in offsets {
+        loader.override_global(global, offset, true);
+    }
+    let mut ebpf = loader
         .load(OBJECT)
         .map_err(super::preflight::explain_load_error)?;
 
@@ -136,6 +164,30 @@ pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
     };
     load_classifiers(&mut ebpf)?;
 
+    let retransmits_status = layout
+        .and_then(|_| {
+            let event = monitor_common::TRACEPOINT_TCP_RETRANSMIT;
+            tracepoints::attach(&mut ebpf, PROGRAM_TCP_RETRANSMIT, event)
+        })
+        .map_err(|err| format!("{err:#}"));
+    if let Err(reason) = &retransmits_status {
+        tracing::warn!("TCP retransmissions are not counted: {reason}");
+    }
+    let drop_reasons = drop_layout
+        .and_then(|layout| {
+            let event = monitor_common::TRACEPOINT_KFREE_SKB;
+            tracepoints::attach(&mut ebpf, PROGRAM_SKB_DROP, event)?;
+            Ok(layout.reasons)
+        })
+        .map_err(|err| format!("{err:#}"));
+    if let Err(reason) = &drop_reasons {
+        tracing::warn!("dropped packets are not counted: {reason}");
+    }
+    let drops = DropMap::new(PerCpuHashMap::try_from(take_map(&mut ebpf, DROPS_MAP)?)?);
+    let retransmits = RetransmitMap::new(PerCpuHashMap::try_from(take_map(
+        &mut ebpf,
+        RETRANSMITS_MAP,
+    )?)?);
     let flows = FlowMap::new(take_map(&mut ebpf, FLOWS_MAP)?)?;
     let events = EventRing::new(RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?);
     let counters = Counters::new(PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?);
@@ -161,6 +213,10 @@ pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
         events,
         counters,
         policy,
+        retransmits,
+        retransmits_status,
+        drops,
+        drop_reasons,
         ebpf_logger,
     })
 }

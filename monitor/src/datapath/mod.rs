@@ -3,6 +3,7 @@
 
 mod attach;
 mod attach_stats;
+mod btf;
 pub mod capture;
 mod counters;
 pub mod dns;
@@ -12,6 +13,7 @@ mod load;
 mod policy_maps;
 pub mod preflight;
 pub mod sandbox;
+pub mod tracepoints;
 
 pub use attach::{AttachMode, ProgramRunStats, Programs, VethAttachment};
 pub use attach_stats::{AttachCounts, AttachStats, ATTACH_LATENCY_BUCKETS};
@@ -21,7 +23,12 @@ pub use events::{Event, EventRing};
 pub use flow_map::{Expiry, FlowMap};
 pub use load::{load, Datapath, DatapathConfig};
 pub use policy_maps::{Compiled, PolicyMaps, SlotCounts, ENFORCE_LEASE};
+pub use tracepoints::{DropMap, RetransmitMap};
 
 /// Names of the classifiers in the object, as the kernel lists them.
 pub const PROGRAM_FROM_CONTAINER: &str = "from_container";
 pub const PROGRAM_TO_CONTAINER: &str = "to_container";
+/// The `tcp:tcp_retransmit_skb` program.
+pub const PROGRAM_TCP_RETRANSMIT: &str = "tcp_retransmit";
+/// The `skb:kfree_skb` program.
+pub const PROGRAM_SKB_DROP: &str = "skb_drop";

@@ -2,11 +2,13 @@
 //! previous one is added to series labelled by names, not addresses, and
 //! bounded (`--max-series`), so that `/metrics` only writes them out.
 
+mod drops;
 mod labels;
 mod served;
 mod tcp;
 mod traffic;
 
+pub use drops::{DropCounts, DropLabels, KernelDrop, DOCKER_ISOLATION, UNKNOWN_REASON};
 pub use labels::{
     pairs, ConnectionLabels, FlowLabels, CONNECTION_LABEL_NAMES, EPHEMERAL, FLOW_LABEL_NAMES,
     NO_PORT,

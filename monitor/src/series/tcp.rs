@@ -8,6 +8,7 @@ use monitor_common::{ip_proto, FlowKey};
 
 use crate::{
     book::SeriesBook,
+    datapath::RetransmitMap,
     docker::{end_name, Directory},
     flows::{ByFlow, Poll, PollConsumer, PollView},
     model::FlowRecord,
@@ -67,6 +68,9 @@ pub struct TcpHealth {
     resets: SeriesBook<Pair, u64>,
     retransmits: SeriesBook<Pair, u64>,
     counted: ByFlow<Counted>,
+    /// The kernel's retransmissions by flow, where its tracepoint is
+    /// attached.
+    kernel: Option<RetransmitMap>,
 }
 
 /// The handshake's round trip of a client flow, in nanoseconds: from its
@@ -87,13 +91,14 @@ pub fn handshake_rtt_ns(flow: &FlowRecord, reverse: Option<&FlowRecord>) -> Opti
 impl TcpHealth {
     /// `max_series` bounds each family: a histogram's pair costs a series
     /// per bucket and three more.
-    pub fn new(max_series: usize) -> Self {
+    pub fn new(max_series: usize, kernel: Option<RetransmitMap>) -> Self {
         let other = || (crate::book::OTHER.to_owned(), crate::book::OTHER.to_owned());
         Self {
             rtt: SeriesBook::new(max_series / (RTT_BUCKETS.len() + 3), other()),
             resets: SeriesBook::new(max_series, other()),
             retransmits: SeriesBook::new(max_series, other()),
             counted: ByFlow::default(),
+            kernel,
         }
     }
 
@@ -156,7 +161,17 @@ impl TcpHealth {
 
 impl PollConsumer for TcpHealth {
     fn on_poll(&mut self, poll: &Poll<'_>) {
-        self.update(&poll.flows, poll.directory, &|_| 0, poll.now_ns);
+        let retransmitted = self
+            .kernel
+            .as_ref()
+            .map(RetransmitMap::totals)
+            .unwrap_or_default();
+        self.update(
+            &poll.flows,
+            poll.directory,
+            &|key| retransmitted.get(key).copied().unwrap_or(0),
+            poll.now_ns,
+        );
     }
 }
 
