@@ -10,6 +10,49 @@ use anyhow::Context as _;
 
 use crate::cmd;
 
+/// A bench of `integration-tests` that times the programs alone with
+/// BPF_PROG_TEST_RUN: part of the throughput pass, a section of its own in
+/// the report.
+pub struct ProgramBench {
+    pub name: &'static str,
+    /// The section's heading in `BENCHMARKS.md` and on the terminal.
+    pub title: &'static str,
+    /// What it times, and how.
+    pub about: &'static str,
+}
+
+pub const PROGRAM_BENCHES: &[ProgramBench] = &[
+    ProgramBench {
+        name: "policy_cost",
+        title: "Cost of enforcement per packet",
+        about: "`from_container` on one TCP data segment, timed by the kernel around the program \
+                alone (BPF_PROG_TEST_RUN, 200,000 runs per measure, median of 7): without a \
+                policy, then with a policy compiled from a synthetic inventory (client may reach \
+                server on TCP 80, the network's default denies) in observe and in enforce mode, \
+                on a packet the policy allows and on one it denies \
+                (`tests/benches/policy_cost.rs`). Policies need Docker identities, which the \
+                bench's namespaces do not have, so it is not a throughput row.",
+    },
+    ProgramBench {
+        name: "capture_cost",
+        title: "Cost of packet capture per packet",
+        about: "Both programs on one TCP data segment, timed by the kernel around the program \
+                alone (BPF_PROG_TEST_RUN, median of 7 measures of 200,000 runs; 20,000 when \
+                every run writes a record): no capture (one array lookup), a capture of another \
+                veth (plus a hash lookup), one of this veth whose filter the packet misses, and \
+                the packet captured into the capture ring (`tests/benches/capture_cost.rs`).",
+    },
+    ProgramBench {
+        name: "dns_cost",
+        title: "Cost of DNS monitoring per packet",
+        about: "`from_container` on a UDP datagram of a flow already counted and sampled, timed \
+                by the kernel around the program alone (BPF_PROG_TEST_RUN, median of 7 measures \
+                of 20,000 runs): to another port with DNS events on and off (the port check \
+                every packet pays), then a DNS query and a 300-byte answer with DNS events on \
+                (copied into the event ring) and off (`tests/benches/dns_cost.rs`).",
+    },
+];
+
 /// Builds bench `bench` of `package` (release, like `cargo bench`) and
 /// returns its executable.
 pub fn build(package: &str, bench: &str) -> anyhow::Result<PathBuf> {

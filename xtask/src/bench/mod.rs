@@ -201,21 +201,15 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         "building the agent",
         cmd::cargo().args(["build", "--release", "--package", "monitor"]),
     )?;
-    // The policy's kernel cost is timed with BPF_PROG_TEST_RUN, beside the
-    // throughput figures it belongs with.
-    let policy_bench = if throughput {
-        println!("==> build the policy_cost bench (release)");
-        Some(cargo_bench::build("integration-tests", "policy_cost")?)
-    } else {
-        None
-    };
-    // So is the cost of packet capture, off and on.
-    let capture_bench = if throughput {
-        println!("==> build the capture_cost bench (release)");
-        Some(cargo_bench::build("integration-tests", "capture_cost")?)
-    } else {
-        None
-    };
+    // The programs' own costs (enforcement, capture, DNS) are timed with
+    // BPF_PROG_TEST_RUN, beside the throughput figures they belong with.
+    let mut program_benches = Vec::new();
+    if throughput {
+        for bench in cargo_bench::PROGRAM_BENCHES {
+            println!("==> build the {} bench (release)", bench.name);
+            program_benches.push((bench, cargo_bench::build("integration-tests", bench.name)?));
+        }
+    }
     let render_bench = if agent_pass {
         println!("==> build the metrics_scale bench (release)");
         Some(render_scale::build()?)
@@ -255,8 +249,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         measurements: Vec::new(),
         costs: Vec::new(),
         agent: None,
-        policy_cost: None,
-        capture_cost: None,
+        program_benches: Vec::new(),
     };
     let bench_started = Instant::now();
     let repetitions = if throughput { options.repetitions } else { 0 };
@@ -312,13 +305,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             println!("{line}");
         }
     }
-    if let Some(policy_bench) = &policy_bench {
-        println!("==> enforcement cost (policy_cost)");
-        report.policy_cost = Some(cargo_bench::table(policy_bench)?);
-    }
-    if let Some(capture_bench) = &capture_bench {
-        println!("==> capture cost (capture_cost)");
-        report.capture_cost = Some(cargo_bench::table(capture_bench)?);
+    for (bench, executable) in &program_benches {
+        println!("==> {} ({})", bench.title.to_lowercase(), bench.name);
+        report
+            .program_benches
+            .push((*bench, cargo_bench::table(executable)?));
     }
     let bench_time = bench_started.elapsed();
     let br_netfilter = net.br_netfilter;
@@ -335,13 +326,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             report.cost_table()
         );
     }
-    if let Some(table) = &report.policy_cost {
-        println!(
-            "\nCost of enforcement per packet (from_container, BPF_PROG_TEST_RUN):\n\n{table}"
-        );
-    }
-    if let Some(table) = &report.capture_cost {
-        println!("\nCost of packet capture per packet (BPF_PROG_TEST_RUN):\n\n{table}");
+    for (bench, table) in &report.program_benches {
+        println!("\n{} (BPF_PROG_TEST_RUN):\n\n{table}", bench.title);
     }
     if let Some(agent) = &report.agent {
         println!(
@@ -535,34 +521,10 @@ fn benchmarks_md(
     line(&mut md, "");
     md.push_str(&report.cost_table());
     line(&mut md, "");
-    if let Some(table) = &report.policy_cost {
-        line(&mut md, "## Cost of enforcement per packet");
+    for (bench, table) in &report.program_benches {
+        line(&mut md, &format!("## {}", bench.title));
         line(&mut md, "");
-        line(
-            &mut md,
-            "`from_container` on one TCP data segment, timed by the kernel around the program \
-             alone (BPF_PROG_TEST_RUN, 200,000 runs per measure, median of 7): without a policy, \
-             then with a policy compiled from a synthetic inventory (client may reach server on \
-             TCP 80, the network's default denies) in observe and in enforce mode, on a packet \
-             the policy allows and on one it denies (`tests/benches/policy_cost.rs`). Policies \
-             need Docker identities, which the bench's namespaces do not have, so it is not a \
-             throughput row.",
-        );
-        line(&mut md, "");
-        md.push_str(table);
-        line(&mut md, "");
-    }
-    if let Some(table) = &report.capture_cost {
-        line(&mut md, "## Cost of packet capture per packet");
-        line(&mut md, "");
-        line(
-            &mut md,
-            "Both programs on one TCP data segment, timed by the kernel around the program alone \
-             (BPF_PROG_TEST_RUN, median of 7 measures of 200,000 runs; 20,000 when every run \
-             writes a record): no capture (one array lookup), a capture of another veth (plus a \
-             hash lookup), one of this veth whose filter the packet misses, and the packet \
-             captured into the capture ring (`tests/benches/capture_cost.rs`).",
-        );
+        line(&mut md, bench.about);
         line(&mut md, "");
         md.push_str(table);
         line(&mut md, "");

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use super::{
     agent_cost::AgentCost,
+    cargo_bench::ProgramBench,
     monitor::{Kind, Monitor},
     workload::Workload,
 };
@@ -43,10 +44,8 @@ pub struct Report<'a> {
     pub costs: Vec<ProgramCost>,
     /// The agent pass, unless it was left out.
     pub agent: Option<AgentCost>,
-    /// The policy_cost bench's table (with the throughput pass).
-    pub policy_cost: Option<String>,
-    /// The capture_cost bench's table (with the throughput pass).
-    pub capture_cost: Option<String>,
+    /// Each program bench's table (with the throughput pass).
+    pub program_benches: Vec<(&'static ProgramBench, String)>,
 }
 
 pub fn verdict(ok: bool) -> &'static str {
