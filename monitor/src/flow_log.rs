@@ -21,8 +21,8 @@ use crate::{
     flows::{outcome, ByFlow, FlowSet, Poll, PollConsumer, PollView},
     model::{key_addrs, protocol_name, tcp_flag_names, FlowRecord},
     rotating::RotatingFile,
-    series::{handshake_rtt_ns, DropCounts, KernelDrop},
-    sync::lock,
+    series::{handshake_rtt_ns, DropCounts, KernelDrop, Retransmits},
+    sync::{lock, Published},
 };
 
 #[derive(Clone, Debug)]
@@ -98,6 +98,18 @@ struct TcpLine {
     /// First SYN to first SYN-ACK, as seen on the veths.
     #[serde(skip_serializing_if = "Option::is_none")]
     handshake_rtt_ms: Option<f64>,
+    /// Segments both ends retransmitted (`tcp:tcp_retransmit_skb`);
+    /// absent where that tracepoint is not attached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retransmits: Option<u64>,
+}
+
+/// What the kernel's tracepoints add to a line: the packets it dropped
+/// between two addresses (`skb:kfree_skb`) and the segments retransmitted
+/// on a connection (`tcp:tcp_retransmit_skb`).
+pub struct KernelView<'a> {
+    pub dropped: &'a dyn Fn(IpAddr, IpAddr) -> Option<KernelDrop>,
+    pub retransmits: &'a Retransmits,
 }
 
 pub struct FlowLog {
@@ -153,7 +165,7 @@ impl FlowLog {
         flows: &PollView,
         directory: &Directory,
         payload: &dyn Fn(&FlowKey) -> Option<PayloadVerdict>,
-        dropped: &dyn Fn(IpAddr, IpAddr) -> Option<KernelDrop>,
+        kernel: &KernelView<'_>,
         now_ns: u64,
     ) {
         let find = |key: &FlowKey| {
@@ -191,7 +203,7 @@ impl FlowLog {
                 &record,
                 reverse.as_ref(),
                 is_ended,
-                (directory, dropped),
+                (directory, kernel),
                 verdict,
                 now_ns,
             ));
@@ -248,8 +260,8 @@ impl FlowLog {
         record: &FlowRecord,
         reverse: Option<&FlowRecord>,
         ended: bool,
-        // Who the ends are, and what the kernel dropped between them.
-        (directory, dropped): (&Directory, &dyn Fn(IpAddr, IpAddr) -> Option<KernelDrop>),
+        // Who the ends are, and what the kernel saw of them.
+        (directory, kernel): (&Directory, &KernelView<'_>),
         payload: Option<PayloadVerdict>,
         now_ns: u64,
     ) -> String {
@@ -285,10 +297,11 @@ impl FlowLog {
                 rst: stats.rst.saturating_add(reply.rst),
                 fin: stats.fin.saturating_add(reply.fin),
                 handshake_rtt_ms: handshake_rtt_ns(record, reverse).map(|ns| ns as f64 / 1e6),
+                retransmits: kernel.retransmits.of_connection(&record.key),
             }),
             kernel_drop: outcome
                 .filter(|o| o.name() == "unanswered")
-                .and_then(|_| dropped(src, dst)),
+                .and_then(|_| (kernel.dropped)(src, dst)),
             outcome: outcome.map(outcome::Outcome::name),
             payload,
         };
@@ -308,17 +321,24 @@ pub struct FlowLogging {
     pub dns: Arc<DnsLog>,
     /// The kernel's drops, where its tracepoint is attached.
     pub drops: Option<Arc<Mutex<DropCounts>>>,
+    /// The kernel's retransmissions, published by the TCP health series
+    /// (a consumer before this one).
+    pub retransmits: Published<Retransmits>,
 }
 
 impl PollConsumer for FlowLogging {
     fn on_poll(&mut self, poll: &Poll<'_>) {
         let drops = self.drops.as_ref().map(|drops| lock(drops));
         let dropped = |src, dst| drops.as_ref()?.between(src, dst);
+        let retransmits = self.retransmits.load();
         self.log.on_poll(
             &poll.flows,
             poll.directory,
             &*self.payload,
-            &dropped,
+            &KernelView {
+                dropped: &dropped,
+                retransmits: &retransmits,
+            },
             poll.now_ns,
         );
         self.log.dns(self.dns.take_unlogged());

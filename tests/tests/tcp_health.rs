@@ -277,6 +277,15 @@ fn handshake_round_trips_show_a_slow_links_delay_and_resets_are_counted() {
         ) == retransmitted
     });
     println!("retransmissions: the kernel counted {retransmitted}, crossmon the same");
+    // The attempt's line in the flow log (it ends after 2 s idle) carries
+    // the same count.
+    wait_until("the retransmitted attempt in the flow log", || {
+        flow_log_lines(&flow_log).iter().any(|l| {
+            l["dst_port"] == 7200
+                && l["event"] == "end"
+                && l["tcp"]["retransmits"].as_f64() == Some(retransmitted)
+        })
+    });
 
     wait_until("the delayed connections in the flow log", || {
         let lines: Vec<Value> = flow_log_lines(&flow_log)

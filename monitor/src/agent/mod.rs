@@ -176,6 +176,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let traffic = Arc::new(Mutex::new(TrafficSeries::new(config.metrics)));
     let tcp = Arc::new(Mutex::new(TcpHealth::new(
         config.metrics.max_series,
+        config.metrics.grace_ns,
         datapath
             .retransmits_status
             .is_ok()
@@ -186,6 +187,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             datapath.drops,
             reasons,
             config.metrics.max_series,
+            config.metrics.grace_ns,
         )))
     });
     let flow_log = config
@@ -271,6 +273,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             payload: Box::new(move |key| lock(&detectors).payload_verdict(key)),
             dns: dns.clone(),
             drops: drops.clone(),
+            retransmits: lock(&tcp).by_flow(),
         }));
     }
     if let Some(policy) = &policy {
@@ -343,6 +346,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         docker: docker_snapshot.clone(),
     });
     metrics.register(metrics::TrafficCollector { traffic });
+    let retransmits = lock(&tcp).by_flow();
     metrics.register(metrics::TcpCollector { tcp });
     if let Some(drops) = drops {
         metrics.register(metrics::DropsCollector { drops });
@@ -371,6 +375,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         dns,
         alerts: sink,
         verdicts: lock(&detectors).verdicts(),
+        retransmits,
         metrics: Arc::new(metrics),
         captures,
     });

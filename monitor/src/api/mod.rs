@@ -15,6 +15,7 @@ use axum::{
     routing::get,
     Json, Router,
 };
+use monitor_common::ip_proto;
 use serde::Serialize;
 
 use crate::{
@@ -29,7 +30,7 @@ use crate::{
     flows::{PollStatus, TableReader},
     metrics::{text::CONTENT_TYPE, Metrics},
     model::{key_addrs, mac_text, protocol_name, tcp_flag_names, FlowRecord},
-    series::handshake_rtt_ns,
+    series::{handshake_rtt_ns, Retransmits},
     sync::{lock, Published},
 };
 
@@ -52,6 +53,8 @@ pub struct ReadModel {
     pub verdicts: Published<RecentVerdicts>,
     /// The DNS tracker's recent records.
     pub dns: Arc<DnsLog>,
+    /// The kernel's retransmissions by flow, swapped after each poll.
+    pub retransmits: Published<Retransmits>,
     /// The collectors of `/metrics`.
     pub metrics: Arc<Metrics>,
     /// The running packet captures, started by `/api/v1/capture`.
@@ -100,6 +103,11 @@ pub struct FlowJson {
     /// the veths; absent until both were seen.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_rtt_ms: Option<f64>,
+    /// Segments this flow's sender retransmitted
+    /// (`tcp:tcp_retransmit_skb`); absent where that tracepoint is not
+    /// attached, and on other protocols.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retransmits: Option<u64>,
     /// `from_container` or `to_container`: where the packets were counted.
     pub direction: &'static str,
     /// Host-side veth where the flow was counted.
@@ -133,6 +141,7 @@ impl FlowJson {
             rst: stats.rst,
             fin: stats.fin,
             handshake_rtt_ms: None,
+            retransmits: None,
             direction: stats.direction().name(),
             interface,
             src: src_end,
@@ -209,6 +218,7 @@ async fn alerts(State(state): Model) -> Json<Vec<Alert>> {
 
 async fn flows(State(state): Model) -> Json<Vec<FlowJson>> {
     let docker = state.docker.load();
+    let retransmits = state.retransmits.load();
     Json(state.flows.map(|record, reverse| {
         let interface = docker.interfaces.get(&record.stats.ifindex).cloned();
         let mut json = FlowJson::new(
@@ -218,6 +228,9 @@ async fn flows(State(state): Model) -> Json<Vec<FlowJson>> {
         );
         json.handshake_rtt_ms =
             handshake_rtt_ns(&record, reverse.as_ref()).map(|ns| ns as f64 / 1e6);
+        if record.key.protocol == ip_proto::TCP {
+            json.retransmits = retransmits.of_flow(&record.key);
+        }
         json
     }))
 }

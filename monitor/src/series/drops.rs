@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use monitor_common::DropKey;
 
+use super::departures::Departures;
 use crate::{
     book::SeriesBook,
     datapath::DropMap,
@@ -49,12 +50,18 @@ pub struct DropCounts {
     series: SeriesBook<DropLabels, u64>,
     /// Drops by (sender, receiver) address, for the flow log.
     pairs: HashMap<(IpAddr, IpAddr), KernelDrop>,
+    departures: Departures,
 }
 
 impl DropCounts {
     /// `reasons`: the kernel's names of its drop reasons (empty before
-    /// 5.17).
-    pub fn new(kernel: DropMap, reasons: HashMap<u32, String>, max_series: usize) -> Self {
+    /// 5.17). `grace_ns`: how long a departed container's series stay.
+    pub fn new(
+        kernel: DropMap,
+        reasons: HashMap<u32, String>,
+        max_series: usize,
+        grace_ns: u64,
+    ) -> Self {
         Self {
             kernel,
             reasons,
@@ -64,6 +71,7 @@ impl DropCounts {
                 (crate::book::OTHER.to_owned(), crate::book::OTHER.to_owned()),
             ),
             pairs: HashMap::new(),
+            departures: Departures::new(grace_ns),
         }
     }
 
@@ -131,5 +139,10 @@ impl DropCounts {
 impl PollConsumer for DropCounts {
     fn on_poll(&mut self, poll: &Poll<'_>) {
         self.update(poll.directory, poll.now_ns);
+        self.departures.follow(poll.inventory, poll.now_ns);
+        if let Some(gone) = self.departures.take_gone(poll.now_ns) {
+            self.series
+                .sweep(gone.cutoff_ns, |(source, _)| gone.any(&[source]));
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! previous one is added to series labelled by names, not addresses, and
 //! bounded (`--max-series`), so that `/metrics` only writes them out.
 
+mod departures;
 mod drops;
 mod labels;
 mod served;
@@ -13,5 +14,5 @@ pub use labels::{
     pairs, ConnectionLabels, FlowLabels, CONNECTION_LABEL_NAMES, EPHEMERAL, FLOW_LABEL_NAMES,
     NO_PORT,
 };
-pub use tcp::{handshake_rtt_ns, Pair, RttHistogram, TcpHealth, RTT_BUCKETS};
+pub use tcp::{handshake_rtt_ns, Pair, Retransmits, RttHistogram, TcpHealth, RTT_BUCKETS};
 pub use traffic::{FlowCounts, MetricsConfig, TrafficSeries};

@@ -4,15 +4,37 @@
 //! kernel has it), in series labelled by the pair's names and bounded by
 //! `--max-series` like the traffic series.
 
+use std::{collections::HashMap, sync::Arc};
+
 use monitor_common::{ip_proto, FlowKey};
 
+use super::departures::Departures;
 use crate::{
     book::SeriesBook,
     datapath::RetransmitMap,
     docker::{end_name, Directory},
     flows::{ByFlow, Poll, PollConsumer, PollView},
     model::FlowRecord,
+    sync::{published, Published},
 };
+
+/// Segments the kernel retransmitted on each flow, as of the last poll;
+/// unknown where its tracepoint is not attached.
+#[derive(Default)]
+pub struct Retransmits(Option<HashMap<FlowKey, u64>>);
+
+impl Retransmits {
+    /// What the sender of `key` retransmitted.
+    pub fn of_flow(&self, key: &FlowKey) -> Option<u64> {
+        let totals = self.0.as_ref()?;
+        Some(totals.get(key).copied().unwrap_or(0))
+    }
+
+    /// What both ends of the connection of `key` retransmitted.
+    pub fn of_connection(&self, key: &FlowKey) -> Option<u64> {
+        Some(self.of_flow(key)? + self.of_flow(&key.reversed())?)
+    }
+}
 
 /// Upper bounds of `crossmon_tcp_handshake_rtt_seconds`: from a bridge
 /// between two containers (tens of microseconds) to a slow remote peer.
@@ -71,6 +93,10 @@ pub struct TcpHealth {
     /// The kernel's retransmissions by flow, where its tracepoint is
     /// attached.
     kernel: Option<RetransmitMap>,
+    /// The kernel's retransmissions of the last poll, for the API and the
+    /// flow log.
+    by_flow: Published<Retransmits>,
+    departures: Departures,
 }
 
 /// The handshake's round trip of a client flow, in nanoseconds: from its
@@ -91,7 +117,8 @@ pub fn handshake_rtt_ns(flow: &FlowRecord, reverse: Option<&FlowRecord>) -> Opti
 impl TcpHealth {
     /// `max_series` bounds each family: a histogram's pair costs a series
     /// per bucket and three more.
-    pub fn new(max_series: usize, kernel: Option<RetransmitMap>) -> Self {
+    /// `grace_ns`: how long a departed container's series stay.
+    pub fn new(max_series: usize, grace_ns: u64, kernel: Option<RetransmitMap>) -> Self {
         let other = || (crate::book::OTHER.to_owned(), crate::book::OTHER.to_owned());
         Self {
             rtt: SeriesBook::new(max_series / (RTT_BUCKETS.len() + 3), other()),
@@ -99,7 +126,14 @@ impl TcpHealth {
             retransmits: SeriesBook::new(max_series, other()),
             counted: ByFlow::default(),
             kernel,
+            by_flow: published(Retransmits::default()),
+            departures: Departures::new(grace_ns),
         }
+    }
+
+    /// The retransmissions by flow, swapped after each poll.
+    pub fn by_flow(&self) -> Published<Retransmits> {
+        self.by_flow.clone()
     }
 
     /// Adds what TCP flows showed since the last poll. `retransmitted`
@@ -161,17 +195,21 @@ impl TcpHealth {
 
 impl PollConsumer for TcpHealth {
     fn on_poll(&mut self, poll: &Poll<'_>) {
-        let retransmitted = self
-            .kernel
-            .as_ref()
-            .map(RetransmitMap::totals)
-            .unwrap_or_default();
+        let retransmits = Retransmits(self.kernel.as_ref().map(RetransmitMap::totals));
         self.update(
             &poll.flows,
             poll.directory,
-            &|key| retransmitted.get(key).copied().unwrap_or(0),
+            &|key| retransmits.of_flow(key).unwrap_or(0),
             poll.now_ns,
         );
+        self.by_flow.store(Arc::new(retransmits));
+        self.departures.follow(poll.inventory, poll.now_ns);
+        if let Some(gone) = self.departures.take_gone(poll.now_ns) {
+            let pair_gone = |(source, destination): &Pair| gone.any(&[source, destination]);
+            self.rtt.sweep(gone.cutoff_ns, pair_gone);
+            self.resets.sweep(gone.cutoff_ns, pair_gone);
+            self.retransmits.sweep(gone.cutoff_ns, pair_gone);
+        }
     }
 }
 
@@ -191,6 +229,18 @@ mod tests {
                 ..FlowStats::default()
             },
         }
+    }
+
+    #[test]
+    fn retransmits_are_unknown_without_the_tracepoint_and_add_both_ends_of_a_connection() {
+        let key = FlowKey::ipv4([10, 0, 0, 1], 40000, [10, 0, 0, 2], 80, ip_proto::TCP);
+        assert_eq!(Retransmits::default().of_flow(&key), None);
+        assert_eq!(Retransmits::default().of_connection(&key), None);
+        let known = Retransmits(Some(HashMap::from([(key, 2), (key.reversed(), 3)])));
+        assert_eq!(known.of_flow(&key), Some(2));
+        assert_eq!(known.of_connection(&key), Some(5));
+        let other = FlowKey::ipv4([10, 0, 0, 1], 40001, [10, 0, 0, 2], 80, ip_proto::TCP);
+        assert_eq!(known.of_flow(&other), Some(0));
     }
 
     #[test]

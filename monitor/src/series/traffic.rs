@@ -2,14 +2,12 @@
 //! previous one to its series, so series only grow, and their sum is the
 //! kernel's count whatever happens to flows (eviction, expiry, relabelling).
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::sync::Arc;
 
 use monitor_common::{ip_proto, FlowKey};
 
 use super::{
+    departures::Departures,
     labels::{ConnectionLabels, FlowLabels},
     served::ServedPorts,
 };
@@ -54,10 +52,9 @@ pub struct TrafficSeries {
     /// What each flow has added to its series so far.
     exported: ByFlow<Exported>,
     served: ServedPorts,
-    /// Containers (by name) seen in the inventory, and those that left it,
-    /// kept for the grace period so their info series can still be joined.
-    present: HashMap<String, Arc<Container>>,
-    departed: HashMap<String, (Arc<Container>, u64)>,
+    /// Containers that left, kept for the grace period so their info
+    /// series can still be joined.
+    departures: Departures,
     grace_ns: u64,
 }
 
@@ -82,8 +79,7 @@ impl TrafficSeries {
             connections: SeriesBook::new(config.max_series, ConnectionLabels::overflow()),
             exported: ByFlow::default(),
             served: ServedPorts::new(config.max_series.saturating_mul(4)),
-            present: HashMap::new(),
-            departed: HashMap::new(),
+            departures: Departures::new(config.grace_ns),
             grace_ns: config.grace_ns,
         }
     }
@@ -124,7 +120,7 @@ impl TrafficSeries {
         for key in flows.ended() {
             self.exported.remove(key);
         }
-        self.follow_containers(inventory, now_ns);
+        self.departures.follow(inventory, now_ns);
         self.sweep(now_ns);
     }
 
@@ -173,54 +169,22 @@ impl TrafficSeries {
             .value(ConnectionLabels::of(flow, result), now_ns) += 1;
     }
 
-    /// Notes which containers left, and which came back.
-    fn follow_containers(&mut self, inventory: Option<&Inventory>, now_ns: u64) {
-        let Some(inventory) = inventory else {
-            return;
-        };
-        let now: HashMap<String, Arc<Container>> = inventory
-            .containers
-            .values()
-            .map(|c| (c.name.clone(), Arc::new(c.clone())))
-            .collect();
-        for (name, container) in self.present.drain() {
-            if !now.contains_key(&name) {
-                self.departed.insert(name, (container, now_ns));
-            }
-        }
-        self.departed.retain(|name, _| !now.contains_key(name));
-        self.present = now;
-    }
-
     /// Removes the series of containers departed longer than the grace
     /// period, and answers learnt as long ago.
     fn sweep(&mut self, now_ns: u64) {
-        let cutoff = now_ns.saturating_sub(self.grace_ns);
-        self.served.expire(cutoff);
-        let gone: HashSet<String> = self
-            .departed
-            .iter()
-            .filter(|(_, (_, left))| *left < cutoff)
-            .map(|(name, _)| name.clone())
-            .collect();
-        if gone.is_empty() {
+        self.served.expire(now_ns.saturating_sub(self.grace_ns));
+        let Some(gone) = self.departures.take_gone(now_ns) else {
             return;
-        }
-        let names_gone = |source: &String, destination: &String| {
-            gone.contains(source) || gone.contains(destination)
         };
         self.flows
-            .sweep(cutoff, |l| names_gone(&l.source, &l.destination));
+            .sweep(gone.cutoff_ns, |l| gone.any(&[&l.source, &l.destination]));
         self.connections
-            .sweep(cutoff, |l| names_gone(&l.source, &l.destination));
-        self.departed.retain(|name, _| !gone.contains(name));
+            .sweep(gone.cutoff_ns, |l| gone.any(&[&l.source, &l.destination]));
     }
 
     /// Running containers, and departed ones within their grace period.
     pub fn known_containers(&self) -> impl Iterator<Item = &Arc<Container>> {
-        self.present
-            .values()
-            .chain(self.departed.values().map(|(container, _)| container))
+        self.departures.known_containers()
     }
 
     /// Series of each traffic family, for the agent's own metrics.
