@@ -78,19 +78,23 @@ pub fn interfaces() -> Vec<String> {
         .collect()
 }
 
-/// Ids of the BPF programs process `pid` holds open (`prog_id` in the
-/// fdinfo of its program fds).
+/// Ids of the TC classifiers process `pid` holds open (`prog_id` in the
+/// fdinfo of its program fds of `prog_type` 3, BPF_PROG_TYPE_SCHED_CLS):
+/// what it can attach to veths, not its tracepoint programs.
 pub fn held_by(pid: u32) -> BTreeSet<u32> {
+    const SCHED_CLS: &str = "3";
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return BTreeSet::new();
     };
+    let field = |info: &str, name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|value| value.trim().to_owned())
+    };
     fds.flatten()
         .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|line| line.strip_prefix("prog_id:"))
-                .and_then(|id| id.trim().parse().ok())
-        })
+        .filter(|info| field(info, "prog_type:").as_deref() == Some(SCHED_CLS))
+        .filter_map(|info| field(&info, "prog_id:")?.parse().ok())
         .collect()
 }
 
