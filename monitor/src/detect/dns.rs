@@ -75,11 +75,16 @@ impl DnsDetector {
         }
     }
 
-    fn window(&mut self, client: FlowEnd, now_ns: u64) -> &mut Window {
+    /// The open window of `client`, a new one once the last has run out.
+    /// Borrows only the windows, so callers keep reading the settings.
+    fn window(
+        windows: &mut HashMap<String, Window>,
+        window_ns: u64,
+        client: FlowEnd,
+        now_ns: u64,
+    ) -> &mut Window {
         let name = Alert::end_name(&client);
-        let window_ns = self.window_ns;
-        let window = self
-            .windows
+        let window = windows
             .entry(name)
             .or_insert_with(|| Window::new(client.clone(), now_ns));
         if now_ns.saturating_sub(window.started_ns) >= window_ns {
@@ -97,8 +102,8 @@ impl DnsDetector {
         now_ns: u64,
         found: &mut Findings,
     ) {
-        let config = self.config.clone();
-        let window = self.window(client, now_ns);
+        let config = &self.config;
+        let window = Self::window(&mut self.windows, self.window_ns, client, now_ns);
         let domain = registered_domain(name);
         if !window.domains.contains_key(domain) && window.domains.len() >= MAX_DOMAINS {
             return;
@@ -154,8 +159,8 @@ impl DnsDetector {
         now_ns: u64,
         found: &mut Findings,
     ) {
-        let config = self.config.clone();
-        let window = self.window(client, now_ns);
+        let config = &self.config;
+        let window = Self::window(&mut self.windows, self.window_ns, client, now_ns);
         window.nxdomain += 1;
         if window.nxdomain_names.len() < 5 {
             window.nxdomain_names.push(name.to_owned());
