@@ -40,13 +40,54 @@ pub fn all(test_args: &[String], kernels: &[Kernel]) -> anyhow::Result<()> {
     };
     vm_tiers(&mut tiers, &binary, test_args, kernels, &mut totals)?;
     tiers.summary();
+    let unexpected = report_skips(&totals);
     // The last line, in the plain form log readers look for: cargo's own
     // last line is usually an empty doc-test run ("0 passed").
     println!(
         "tests: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
     );
-    tiers.failures()
+    tiers.failures()?;
+    if !unexpected.is_empty() {
+        bail!(
+            "{} test(s) skipped without being run: {}",
+            unexpected.len(),
+            unexpected.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Tests CI knows it does not run, each with why. Every other skipped
+/// (`#[ignore]`d) test fails the run: a test never passes by skipping.
+const KNOWN_SKIPS: &[(&str, &str)] = &[(
+    "two_hundred_short_lived_containers_are_counted_at_their_own_veth_and_named",
+    "short_lived.rs is #[ignore]d until naming is exact under load",
+)];
+
+/// Prints every skipped test, loudly; returns those not in
+/// [`KNOWN_SKIPS`]. A count of ignored tests without their names (a test
+/// binary whose lines were not seen) is a skip nobody can name: reported
+/// as such.
+fn report_skips(totals: &Totals) -> Vec<String> {
+    let mut unexpected = Vec::new();
+    for name in &totals.ignored_tests {
+        match KNOWN_SKIPS.iter().find(|(known, _)| known == name) {
+            Some((_, why)) => println!("==> SKIPPED (known exception): {name}: {why}"),
+            None => {
+                println!("==> SKIPPED: {name}");
+                unexpected.push(name.clone());
+            }
+        }
+    }
+    let unnamed = totals
+        .ignored
+        .saturating_sub(totals.ignored_tests.len() as u64);
+    if unnamed > 0 {
+        println!("==> SKIPPED: {unnamed} test(s) whose names were not printed");
+        unexpected.push(format!("{unnamed} unnamed"));
+    }
+    unexpected
 }
 
 /// Lint, build and the host's tests; returns the crossmon binary built.
@@ -121,7 +162,7 @@ fn vm_tiers(
     for &kernel in kernels {
         tiers.attempt(&format!("VM kernel {kernel}"), || {
             let outcome = vm::run(kernel, &staged)?;
-            *totals += outcome.totals;
+            *totals += outcome.totals.clone();
             outcome.verdict()
         });
     }
@@ -253,4 +294,23 @@ fn run_counting(command: &mut Command) -> anyhow::Result<Totals> {
         bail!("cargo test failed ({status}); in the test binaries that ran: {totals}");
     }
     Ok(totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skip_fails_the_run_unless_it_is_a_known_exception() {
+        let mut totals = Totals::default();
+        for line in [
+            "test two_hundred_short_lived_containers_are_counted_at_their_own_veth_and_named ... ignored, flaky",
+            "test a_new_skip ... ignored",
+            "test result: ok. 5 passed; 0 failed; 3 ignored; 0 measured; 0 filtered out; finished in 1.00s",
+        ] {
+            totals.observe(line);
+        }
+        assert_eq!(report_skips(&totals), ["a_new_skip", "1 unnamed"]);
+        assert!(report_skips(&Totals::default()).is_empty());
+    }
 }

@@ -312,7 +312,7 @@ pub fn run(kernel: Kernel, staged: &Staged) -> anyhow::Result<Outcome> {
     let boot = boot::boot(&vm)?;
     Ok(Outcome {
         kernel,
-        totals: boot.console.totals,
+        totals: boot.console.totals.clone(),
         elapsed: boot.elapsed,
         failures: failures(&boot),
         console_log: vm.console_log,
