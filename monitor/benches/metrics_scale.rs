@@ -44,6 +44,7 @@ fn inventory(ports: &BTreeSet<(u16, u8)>) -> Inventory {
                 compose_service: Some(format!("service-{i:03}")),
                 network_mode: "shop_default".into(),
                 pid: None,
+                sandbox_key: None,
                 endpoints: vec![Endpoint {
                     network: "shop_default".into(),
                     network_id: "n".repeat(64),

@@ -175,7 +175,7 @@ pub struct RunArgs {
     /// The engine's `--exec-root`, where its overlay networks' sandbox
     /// namespaces are (`netns/1-<network id>`): their containers' veths
     /// are watched there (needs CAP_SYS_ADMIN, to enter them).
-    #[arg(long, value_name = "DIR", default_value = AgentConfig::DEFAULT_DOCKER_EXEC_ROOT, value_parser = parse_exec_root)]
+    #[arg(long, value_name = "DIR", default_value = AgentConfig::DEFAULT_DOCKER_EXEC_ROOT, env = "CROSSMON_DOCKER_EXEC_ROOT", value_parser = parse_exec_root)]
     pub docker_exec_root: PathBuf,
 
     /// Flows the kernel map holds; the least recently used is evicted beyond.

@@ -65,9 +65,101 @@ pub fn our_programs_on(interface: &str) -> Vec<String> {
         .collect()
 }
 
+/// An agent's HTTP API: the agent this harness started, or one running
+/// elsewhere (a Swarm service's).
+pub struct AgentApi {
+    pub addr: SocketAddr,
+}
+
+impl AgentApi {
+    /// The agent listening on `addr`, once its `/healthz` answers.
+    pub fn at(addr: SocketAddr) -> AgentApi {
+        wait_until(&format!("the agent's API at {addr}"), || {
+            get(addr, "/healthz").is_some_and(|(status, _)| status == 200)
+        });
+        AgentApi { addr }
+    }
+
+    /// Waits until `/api/v1/containers` shows every one of `names` attached.
+    pub fn wait_attached(&self, names: &[&str]) {
+        wait_until("containers attached", || {
+            let list = get_json(self.addr, "/api/v1/containers");
+            names.iter().all(|name| {
+                list.as_array().is_some_and(|all| {
+                    all.iter()
+                        .any(|c| c["name"] == *name && c["attached"] == true)
+                })
+            })
+        });
+    }
+
+    /// The container named `name` in `/api/v1/containers`, once `ready`
+    /// holds for it.
+    pub fn container(&self, name: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let mut found = Value::Null;
+        wait_until(&format!("{name} in /api/v1/containers"), || {
+            found = get_json(self.addr, "/api/v1/containers")
+                .as_array()
+                .and_then(|all| all.iter().find(|c| c["name"] == name).cloned())
+                .unwrap_or(Value::Null);
+            !found.is_null() && ready(&found)
+        });
+        found
+    }
+
+    /// The flow `src -> dst` (container or end names) of `protocol`, once
+    /// it has counted exactly `packets` packets.
+    pub fn named_flow(&self, src: &str, dst: &str, protocol: &str, packets: u64) -> Value {
+        self.flow_where(
+            &format!("{src} -> {dst} ({protocol})"),
+            |f| f["src"]["name"] == src && f["dst"]["name"] == dst && f["protocol"] == protocol,
+            packets,
+        )
+    }
+
+    /// The first flow `select` picks (`what` says which, when it times
+    /// out), once it has counted exactly `packets` packets.
+    pub fn flow_where(&self, what: &str, select: impl Fn(&Value) -> bool, packets: u64) -> Value {
+        let mut found = Value::Null;
+        wait_until(
+            &format!("{what} with {packets} packets at {}", self.addr),
+            || {
+                found = get_json(self.addr, "/api/v1/flows")
+                    .as_array()
+                    .and_then(|all| all.iter().find(|f| select(f)).cloned())
+                    .unwrap_or(Value::Null);
+                found["packets"] == packets
+            },
+        );
+        found
+    }
+
+    /// Every alert in `/api/v1/alerts`, newest first.
+    pub fn alerts(&self) -> Vec<Value> {
+        match get_json(self.addr, "/api/v1/alerts") {
+            Value::Array(all) => all,
+            other => panic!("/api/v1/alerts is not a list: {other}"),
+        }
+    }
+
+    /// The newest alert of `kind` whose `select` holds, once there is one.
+    pub fn wait_for_alert(&self, kind: &str, select: impl Fn(&Value) -> bool) -> Value {
+        let mut found = None;
+        wait_until(&format!("a {kind} alert"), || {
+            found = self
+                .alerts()
+                .into_iter()
+                .find(|a| a["kind"] == kind && select(a));
+            found.is_some()
+        });
+        found.unwrap_or_default()
+    }
+}
+
+/// A `crossmon run` this harness started; its API through `Deref`.
 pub struct Agent {
     child: Child,
-    pub addr: SocketAddr,
+    api: AgentApi,
     /// Everything it wrote to stderr so far, read as it comes: a full pipe
     /// would block the agent's logging.
     log: Arc<Mutex<String>>,
@@ -150,88 +242,13 @@ impl Agent {
         });
         let agent = Agent {
             child,
-            addr,
+            api: AgentApi { addr },
             log,
             log_reader,
             _state: state,
         };
         wait_until("the agent's API", || ready(addr));
         agent
-    }
-
-    /// Waits until `/api/v1/containers` shows every one of `names` attached.
-    pub fn wait_attached(&self, names: &[&str]) {
-        wait_until("containers attached", || {
-            let list = get_json(self.addr, "/api/v1/containers");
-            names.iter().all(|name| {
-                list.as_array().is_some_and(|all| {
-                    all.iter()
-                        .any(|c| c["name"] == *name && c["attached"] == true)
-                })
-            })
-        });
-    }
-
-    /// The container named `name` in `/api/v1/containers`, once `ready`
-    /// holds for it.
-    pub fn container(&self, name: &str, ready: impl Fn(&Value) -> bool) -> Value {
-        let mut found = Value::Null;
-        wait_until(&format!("{name} in /api/v1/containers"), || {
-            found = get_json(self.addr, "/api/v1/containers")
-                .as_array()
-                .and_then(|all| all.iter().find(|c| c["name"] == name).cloned())
-                .unwrap_or(Value::Null);
-            !found.is_null() && ready(&found)
-        });
-        found
-    }
-
-    /// The flow `src -> dst` (container or end names) of `protocol`, once
-    /// it has counted exactly `packets` packets.
-    pub fn named_flow(&self, src: &str, dst: &str, protocol: &str, packets: u64) -> Value {
-        self.flow_where(
-            &format!("{src} -> {dst} ({protocol})"),
-            |f| f["src"]["name"] == src && f["dst"]["name"] == dst && f["protocol"] == protocol,
-            packets,
-        )
-    }
-
-    /// The first flow `select` picks (`what` says which, when it times
-    /// out), once it has counted exactly `packets` packets.
-    pub fn flow_where(&self, what: &str, select: impl Fn(&Value) -> bool, packets: u64) -> Value {
-        let mut found = Value::Null;
-        wait_until(
-            &format!("{what} with {packets} packets at {}", self.addr),
-            || {
-                found = get_json(self.addr, "/api/v1/flows")
-                    .as_array()
-                    .and_then(|all| all.iter().find(|f| select(f)).cloned())
-                    .unwrap_or(Value::Null);
-                found["packets"] == packets
-            },
-        );
-        found
-    }
-
-    /// Every alert in `/api/v1/alerts`, newest first.
-    pub fn alerts(&self) -> Vec<Value> {
-        match get_json(self.addr, "/api/v1/alerts") {
-            Value::Array(all) => all,
-            other => panic!("/api/v1/alerts is not a list: {other}"),
-        }
-    }
-
-    /// The newest alert of `kind` whose `select` holds, once there is one.
-    pub fn wait_for_alert(&self, kind: &str, select: impl Fn(&Value) -> bool) -> Value {
-        let mut found = None;
-        wait_until(&format!("a {kind} alert"), || {
-            found = self
-                .alerts()
-                .into_iter()
-                .find(|a| a["kind"] == kind && select(a));
-            found.is_some()
-        });
-        found.unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
@@ -296,6 +313,14 @@ fn collect_lines(stderr: impl Read, log: &Mutex<String>) {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         log.push_str(&line);
         log.push('\n');
+    }
+}
+
+impl std::ops::Deref for Agent {
+    type Target = AgentApi;
+
+    fn deref(&self) -> &AgentApi {
+        &self.api
     }
 }
 

@@ -207,29 +207,14 @@ impl Container {
         count: usize,
         request: &[u8],
     ) {
-        let listener = in_netns(&server.netns().expect("netns"), || {
-            Ok(TcpListener::bind(("0.0.0.0", port))?)
-        })
-        .expect("listener in the server");
-        let target: SocketAddr = format!("{ip}:{port}").parse().expect("address");
-        in_netns(&self.netns().expect("netns"), || {
-            for _ in 0..count {
-                let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
-                let (mut accepted, _) = listener.accept()?;
-                stream.write_all(request)?;
-                stream.shutdown(std::net::Shutdown::Write)?;
-                let mut received = Vec::new();
-                accepted.set_read_timeout(Some(Duration::from_secs(5)))?;
-                accepted.read_to_end(&mut received)?;
-                anyhow::ensure!(
-                    received == request,
-                    "the server got {} bytes",
-                    received.len()
-                );
-            }
-            Ok(())
-        })
-        .expect("connections accepted");
+        tcp_sessions(
+            &self.netns().expect("netns"),
+            &server.netns().expect("netns"),
+            ip,
+            port,
+            count,
+            request,
+        );
     }
 
     /// A TCP connection from this container to `server`'s `ip:port`, where
@@ -353,4 +338,32 @@ impl Drop for Bypass {
                 .status();
         }
     }
+}
+
+/// `count` TCP connections from the network namespace `client` to
+/// `ip:port`, accepted by a listener in the namespace `server`; each sends
+/// `request` (possibly nothing), which the server reads whole, then both
+/// close.
+pub fn tcp_sessions(client: &str, server: &str, ip: &str, port: u16, count: usize, request: &[u8]) {
+    let listener = in_netns(server, || Ok(TcpListener::bind(("0.0.0.0", port))?))
+        .expect("listener in the server");
+    let target: SocketAddr = format!("{ip}:{port}").parse().expect("address");
+    in_netns(client, || {
+        for _ in 0..count {
+            let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+            let (mut accepted, _) = listener.accept()?;
+            stream.write_all(request)?;
+            stream.shutdown(std::net::Shutdown::Write)?;
+            let mut received = Vec::new();
+            accepted.set_read_timeout(Some(Duration::from_secs(5)))?;
+            accepted.read_to_end(&mut received)?;
+            anyhow::ensure!(
+                received == request,
+                "the server got {} bytes",
+                received.len()
+            );
+        }
+        Ok(())
+    })
+    .expect("connections accepted");
 }

@@ -64,7 +64,8 @@ impl NamespacedEngine {
             child: None,
         };
         engine.spawn()?;
-        engine.load_image()?;
+        crate::docker::engine()?;
+        engine.load(IMAGE)?;
         Ok(engine)
     }
 
@@ -109,6 +110,7 @@ impl NamespacedEngine {
     fn spawn(&mut self) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.exec_root)?;
         std::fs::create_dir_all(&self.data_root)?;
+        self.share_namespaces()?;
         let log = std::fs::File::create(&self.log)?;
         // A UTS namespace of its own for the host name: swarm names nodes
         // after it, and three nodes called like this machine would be one.
@@ -150,20 +152,54 @@ impl NamespacedEngine {
         Ok(())
     }
 
-    fn load_image(&self) -> anyhow::Result<()> {
-        crate::docker::engine()?;
+    /// Copies `image` from the machine's engine into this one (`docker
+    /// save | docker load`: no registry).
+    pub fn load(&self, image: &str) -> anyhow::Result<()> {
         let status = Command::new("sh")
             .args([
                 "-c",
                 &format!(
-                    "docker save {IMAGE} | DOCKER_HOST={} docker load -q >/dev/null",
+                    "docker save {image} | DOCKER_HOST={} docker load -q >/dev/null",
                     self.docker_host()
                 ),
             ])
             .status()
             .context("docker save | docker load")?;
         if !status.success() {
-            bail!("loading {IMAGE} into {} failed", self.name);
+            bail!("loading {image} into {} failed", self.name);
+        }
+        Ok(())
+    }
+
+    /// Makes `<exec-root>/netns` a shared mount, as it is on a systemd
+    /// host (where `/` is shared): a container given it with `rslave`
+    /// propagation (deploy/swarm/stack.yml's agent) sees the namespaces
+    /// the engine binds there after it started. This machine's `/` is
+    /// private.
+    fn share_namespaces(&self) -> anyhow::Result<()> {
+        let netns = self.exec_root.join("netns");
+        std::fs::create_dir_all(&netns)?;
+        let path = netns.display().to_string();
+        // Shared already (a live-restore engine's restart): binding again
+        // would hide the namespaces bound under the first.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").context("mounts")?;
+        if mounts
+            .lines()
+            .any(|line| line.split_whitespace().nth(1) == Some(path.as_str()))
+        {
+            return Ok(());
+        }
+        for args in [
+            ["--bind", path.as_str(), path.as_str()],
+            ["--make-shared", path.as_str(), ""],
+        ] {
+            let status = Command::new("mount")
+                .args(args.iter().filter(|a| !a.is_empty()))
+                .status()
+                .context("mount")?;
+            if !status.success() {
+                bail!("mount {args:?} failed");
+            }
         }
         Ok(())
     }

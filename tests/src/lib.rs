@@ -17,6 +17,7 @@ pub mod mib;
 pub mod net;
 pub mod prometheus;
 pub mod scratch;
+pub mod sidecar_image;
 pub mod swarm;
 pub mod synthetic;
 pub mod tc_hooks;

@@ -29,6 +29,7 @@ pub fn container(
         compose_service: None,
         network_mode: network.to_owned(),
         pid: None,
+        sandbox_key: None,
         endpoints: vec![Endpoint {
             network: network.to_owned(),
             network_id: format!("{network}-id"),

@@ -458,6 +458,9 @@ impl Scenario {
     /// A variable's value, and the values its own query must list.
     fn value(&self, variable: &Value) -> (String, Vec<String>) {
         match text(variable, "name") {
+            // One Docker host, scraped without deploy/swarm/prometheus.yml:
+            // no node label, nothing to list; All (`.*`) still matches.
+            "node" => (text(variable, "allValue").to_owned(), Vec::new()),
             "instance" => (self.instance.clone(), vec![self.instance.clone()]),
             "network" => (self.network.clone(), vec![self.network.clone()]),
             // All: Grafana's regex of every listed value.

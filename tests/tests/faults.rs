@@ -758,6 +758,7 @@ fn fifty_scrapers_for_a_minute_are_all_answered_while_counting_stays_exact() {
     });
     let families: BTreeSet<String> = reference.iter().map(|s| s.name.clone()).collect();
     let families = &families;
+    let addr = agent.addr;
     let deadline = Instant::now() + DURATION;
     let started = Instant::now();
     let (answers, packets) = std::thread::scope(|scope| {
@@ -768,7 +769,7 @@ fn fifty_scrapers_for_a_minute_are_all_answered_while_counting_stays_exact() {
                     while Instant::now() < deadline {
                         let asked = Instant::now();
                         let (status, body) =
-                            get(agent.addr, "/metrics").expect("an answer to every scrape");
+                            get(addr, "/metrics").expect("an answer to every scrape");
                         slowest = slowest.max(asked.elapsed());
                         assert_eq!(status, 200, "{body}");
                         assert!(body.ends_with('\n'), "a cut exposition");
@@ -784,7 +785,7 @@ fn fifty_scrapers_for_a_minute_are_all_answered_while_counting_stays_exact() {
         // Meanwhile, exact counting: PINGS more echoes each way.
         traffic::ping(a, b.ip4().into(), PINGS, 56).expect("ping");
         let packets = sum(
-            &samples_when(agent.addr, "the echoes counted under load", |s| {
+            &samples_when(addr, "the echoes counted under load", |s| {
                 sum(s, "crossmon_flow_packets_total", &icmp_from_a) >= f64::from(2 * (PINGS + 1))
             }),
             "crossmon_flow_packets_total",

@@ -10,7 +10,6 @@
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
     process::{Command, Output},
 };
 
@@ -19,35 +18,11 @@ use integration_tests::{
     caps,
     docker::{docker, docker_ready, unique, DockerNetwork},
     exposition::{samples_when, Sample},
+    sidecar_image::SidecarImage,
 };
 use monitor::datapath::preflight::{CAPABILITIES, CAP_SYS_ADMIN};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-
-/// The build context `cargo xtask test` stages (the static agent and the
-/// root Dockerfile's runtime stage), if there is one. In CI its absence is
-/// a failure, elsewhere a skip.
-fn image_context() -> PathBuf {
-    let context = std::env::var_os("CROSSMON_IMAGE_CONTEXT").map_or_else(
-        || Path::new(ROOT).join("target/image-context"),
-        PathBuf::from,
-    );
-    assert!(
-        context.join("crossmon").is_file() && context.join("Dockerfile").is_file(),
-        "needs the sidecar image context in {} (`cargo xtask test` stages it, as `cargo xtask image` does)",
-        context.display()
-    );
-    context
-}
-
-/// An image tag of this test's own, removed on drop.
-struct Image(String);
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        let _ = docker(&["rmi", "--force", &self.0]);
-    }
-}
 
 /// `docker-compose -p NAME -f docker-compose.yml` with the given
 /// variables; `down -v` on drop removes its containers and volumes.
@@ -144,16 +119,7 @@ fn packets(samples: &[Sample], source: &str, destination: &str) -> Option<f64> {
 #[test]
 fn the_sidecar_image_counts_other_containers_by_name_with_the_documented_capabilities() {
     docker_ready();
-    let context = image_context();
-    let image = Image(format!("crossmon-test/sidecar:{}", unique("image")));
-    docker(&[
-        "build",
-        "--quiet",
-        "--tag",
-        &image.0,
-        &context.display().to_string(),
-    ])
-    .expect("building the sidecar image from the staged context");
+    let image = SidecarImage::build();
 
     let network = DockerNetwork::create("sidecar", &[]).expect("network");
     let client = network.run("client");

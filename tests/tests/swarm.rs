@@ -1,13 +1,15 @@
 //! Docker Swarm across real engines: three nodes in namespaces of their
 //! own on an underlay bridge, an attachable overlay between them, a global
-//! service with a task on each node, and one crossmon per node (run in the
-//! node's namespace against the node's engine, as the stack runs it).
+//! service with a task on each node, and one crossmon per node: the
+//! sidecar image deployed with deploy/swarm/stack.yml as it is shipped (a
+//! global service with two capabilities, without the host's PID
+//! namespace: it finds containers' namespaces by their sandbox keys).
 //!
 //! Each agent attaches to its own containers' veths inside the overlay's
 //! sandbox namespace, counts a cross-host flow exactly, names the far end
 //! (task, service, stack, node) from what its engine's overlay gossip
-//! says, and alerts on a port scan across nodes; a node restarting takes
-//! nothing from the others' counts.
+//! says, and alerts on a port scan across nodes, the alert naming the node
+//! that raised it; a node restarting takes nothing from the others' counts.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -16,24 +18,33 @@
 
 use std::{
     net::{SocketAddr, TcpStream, UdpSocket},
-    time::Duration,
+    process::Command,
+    time::{Duration, Instant},
 };
 
 use integration_tests::{
-    agent::{wait_within, Agent},
-    docker::IMAGE,
+    agent::{get, wait_within, AgentApi},
+    caps,
+    docker::{tcp_sessions, IMAGE},
     engine::NamespacedEngine,
+    frames::{self, ETH_P_IP},
     net::in_netns,
     prometheus::{prometheus_installed, Prometheus, Scrape},
     require_root,
+    sidecar_image::SidecarImage,
     swarm::Swarm,
+    traffic::RawSocket,
 };
+use monitor::datapath::preflight::{CAPABILITIES, CAP_SYS_ADMIN};
 use serde_json::Value;
 
 const NETWORK: &str = "xmov";
 const SERVICE: &str = "web";
 const STACK: &str = "xmst";
 const API_PORT: u16 = 9810;
+/// The stack crossmon is deployed as.
+const CROSSMON_STACK: &str = "xmcm";
+const STACK_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/swarm/stack.yml");
 const UDP_PORT: u16 = 7000;
 /// One source port for every send: one flow, counted on across sends.
 const UDP_SOURCE_PORT: u16 = 40_000;
@@ -72,18 +83,120 @@ fn task_on(node: &NamespacedEngine) -> (String, String) {
     (name, ip)
 }
 
-/// crossmon in `node`'s namespace, on its engine, listening on the node's
-/// underlay address.
-fn agent_on(swarm: &Swarm, i: usize) -> Agent {
-    let node = &swarm.nodes[i];
-    let netns = format!("--net={}", node.netns_path());
-    let docker_host = format!("DOCKER_HOST={}", node.docker_host());
-    let exec_root = node.exec_root().display().to_string();
-    Agent::start_at(
-        &["nsenter", &netns, "env", &docker_host],
-        Some(SocketAddr::new(swarm.address(i).into(), API_PORT)),
-        &["--docker-exec-root", &exec_root],
-    )
+/// `docker ARGS` against the manager, with `env`, failing with stderr.
+fn on_manager(swarm: &Swarm, env: &[(&str, &str)], args: &[&str]) -> String {
+    let output = Command::new("docker")
+        .env("DOCKER_HOST", swarm.manager().docker_host())
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("docker");
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// deploy/swarm/stack.yml, as shipped, with the sidecar image loaded on
+/// every node: one agent per node, each found at its node's address. The
+/// test engines' sockets and exec roots are named after their nodes,
+/// which the stack's variables take as Swarm templates.
+fn deploy_agents(swarm: &Swarm, image: &str) -> Vec<AgentApi> {
+    for node in &swarm.nodes {
+        node.load(image).expect("the sidecar image on every node");
+    }
+    on_manager(
+        swarm,
+        &[
+            ("CROSSMON_IMAGE", image),
+            ("CROSSMON_DOCKER_SOCKET", "/run/{{.Node.Hostname}}.sock"),
+            ("CROSSMON_DOCKER_EXEC_ROOT", "/run/{{.Node.Hostname}}"),
+        ],
+        &[
+            "stack",
+            "deploy",
+            "--detach=true",
+            "--resolve-image",
+            "never",
+            "--compose-file",
+            STACK_FILE,
+            CROSSMON_STACK,
+        ],
+    );
+    let addrs: Vec<SocketAddr> = (0..swarm.nodes.len())
+        .map(|i| SocketAddr::new(swarm.address(i).into(), API_PORT))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !addrs
+        .iter()
+        .all(|addr| get(*addr, "/healthz").is_some_and(|(status, _)| status == 200))
+    {
+        if Instant::now() > deadline {
+            let service = format!("{CROSSMON_STACK}_crossmon");
+            panic!(
+                "the stack's agents did not answer within 90 s:\n{}\n{}",
+                on_manager(swarm, &[], &["service", "ps", "--no-trunc", &service]),
+                on_manager(swarm, &[], &["service", "logs", "--tail", "20", &service]),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    addrs.into_iter().map(AgentApi::at).collect()
+}
+
+/// The MAC address of container `name` of `node` on the overlay.
+fn mac_of(node: &NamespacedEngine, name: &str) -> [u8; 6] {
+    let text = node
+        .text(&[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{NETWORK}\").MacAddress}}}}"),
+            name,
+        ])
+        .expect("mac");
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
+        *byte = u8::from_str_radix(part, 16).expect("hex");
+    }
+    mac
+}
+
+/// The stack's agent on `node` runs as the stack says: not privileged,
+/// on the host network, in a PID namespace of its own, holding exactly
+/// SYS_ADMIN and the documented capabilities it does not stand for.
+fn assert_least_privilege(node: &NamespacedEngine) {
+    let id = node
+        .text(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.stack.namespace={CROSSMON_STACK}"),
+        ])
+        .expect("the agent's container");
+    let config = node
+        .text(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.Privileged}} {{.HostConfig.NetworkMode}} pid:{{.HostConfig.PidMode}}",
+            &id,
+        ])
+        .expect("inspect");
+    assert_eq!(config, "false host pid:", "{}", node.name);
+    let pid = node
+        .text(&["inspect", "-f", "{{.State.Pid}}", &id])
+        .expect("pid");
+    let pid: u32 = pid.parse().expect("a pid");
+    let expected = caps::mask(
+        CAPABILITIES
+            .iter()
+            .filter(|cap| !cap.sys_admin_grants)
+            .map(|cap| cap.bit),
+    ) | caps::mask([CAP_SYS_ADMIN]);
+    assert_eq!(caps::effective(pid), expected, "{}", node.name);
+    let pid_namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    assert_ne!(pid_namespace(&pid.to_string()), pid_namespace("self"));
 }
 
 /// `count` UDP datagrams from the namespace `from` (port `UDP_SOURCE_PORT`)
@@ -113,7 +226,7 @@ fn udp(from: &str, sink: &str, to: &str, count: usize) {
 
 /// The flow of `protocol` from address `src` to `dst` in `agent`'s API,
 /// once it has exactly `packets` packets.
-fn flow(agent: &Agent, src: &str, dst: &str, protocol: &str, packets: u64) -> Value {
+fn flow(agent: &AgentApi, src: &str, dst: &str, protocol: &str, packets: u64) -> Value {
     agent.flow_where(
         &format!("{src} -> {dst} ({protocol})"),
         |f| f["src"]["ip"] == src && f["dst"]["ip"] == dst && f["protocol"] == protocol,
@@ -135,6 +248,7 @@ fn identity(end: &Value) -> [Value; 4] {
 fn agents_on_three_nodes_count_and_name_overlay_flows_between_them() {
     require_root();
     prometheus_installed();
+    let image = SidecarImage::build();
     let mut swarm = Swarm::new("xmsw", 3).expect("a three-node swarm");
     let manager = swarm.manager();
     manager
@@ -195,7 +309,10 @@ fn agents_on_three_nodes_count_and_name_overlay_flows_between_them() {
     }
     let hostnames: Vec<String> = swarm.nodes.iter().map(|n| n.name.clone()).collect();
 
-    let agents: Vec<Agent> = (0..3).map(|i| agent_on(&swarm, i)).collect();
+    let agents = deploy_agents(&swarm, &image.0);
+    for node in &swarm.nodes {
+        assert_least_privilege(node);
+    }
     for (i, agent) in agents.iter().enumerate() {
         agent.wait_attached(&[&format!("c{i}"), &tasks[i].0]);
         let c = agent.container(&format!("c{i}"), |c| c["attached"] == true);
@@ -304,11 +421,57 @@ fn agents_on_three_nodes_count_and_name_overlay_flows_between_them() {
     .expect("refused connections");
     let scan = agents[2].wait_for_alert("port_scan", |a| a["source"]["name"] == "c2");
     assert_eq!(scan["destination"]["name"], "c0", "{scan}");
+    assert_eq!(scan["node"], hostnames[2], "{scan}");
     assert_eq!(
         scan["destination"]["node"],
         swarm.address(0).to_string(),
         "{scan}"
     );
+
+    // Spoofing across nodes: c2 sends UDP to c0 claiming c1's address;
+    // node 2's agent sees it leave c2 and names the liar.
+    let datagram = frames::udp(4444, 5555, b"not me");
+    let octets = |ip: String| ip.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let packet = frames::ipv4(
+        octets(container_ip(1)),
+        octets(container_ip(0)),
+        17,
+        &[],
+        0,
+        &datagram,
+    );
+    let frame = frames::ethernet(
+        mac_of(&swarm.nodes[0], "c0"),
+        mac_of(&swarm.nodes[2], "c2"),
+        ETH_P_IP,
+        &packet,
+    );
+    let socket = RawSocket::open_in(&c2).expect("raw socket in c2");
+    for _ in 0..3 {
+        socket.send(&frame).expect("send");
+    }
+    let spoof = agents[2].wait_for_alert("ip_spoof", |a| a["source"]["name"] == "c2");
+    assert_eq!(spoof["destination"]["name"], "c0", "{spoof}");
+    assert_eq!(spoof["evidence"]["claimed_ip"], container_ip(1), "{spoof}");
+    assert_eq!(spoof["node"], hostnames[2], "{spoof}");
+
+    // Cleartext HTTP on a TLS port, c0 on node 0 to c1 on node 1: alerted
+    // by the sender's agent, the far end named.
+    let c1 = netns_of(&swarm.nodes[1], "c1");
+    tcp_sessions(
+        &c0,
+        &c1,
+        &container_ip(1),
+        8443,
+        1,
+        b"GET /admin HTTP/1.1\r\nHost: c1\r\n\r\n",
+    );
+    let cleartext = agents[0].wait_for_alert("cleartext", |a| {
+        a["source"]["name"] == "c0" && a["evidence"]["destination_port"] == 8443
+    });
+    assert_eq!(cleartext["destination"]["name"], "c1", "{cleartext}");
+    assert_eq!(cleartext["evidence"]["protocol"], "http", "{cleartext}");
+    assert_eq!(cleartext["node"], hostnames[0], "{cleartext}");
 
     // Node 2's engine restarts: nodes 0 and 1 keep their counts, and count on.
     swarm.nodes[2].restart().expect("node 2 restarts");

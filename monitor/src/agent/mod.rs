@@ -307,6 +307,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     let (poller, stop_poller) = spawn_stage("poller", &mut tasks, move |stop| poller.run(&stop))?;
     let (ring, stop_ring) = spawn_stage("ring consumer", &mut tasks, move |stop| ring.run(&stop))?;
+    lock(&sink).set_node_source(docker_snapshot.clone());
     let captures = Captures::new(datapath.capture.filters, MAX_RUNNING_CAPTURES);
     if let Some(on_alert) = &config.capture_on_alert {
         lock(&sink).set_evidence(Box::new(CaptureOnAlert::new(

@@ -47,6 +47,11 @@ pub struct Alert {
     /// file name in that directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capture: Option<String>,
+    /// The node whose agent raised it: its Docker host's name (on a swarm,
+    /// the node's host name), so that alerts gathered from many agents
+    /// keep apart. Set by the sink.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Evidence gathered when an alert is raised (a packet capture): its name

@@ -10,7 +10,11 @@ use std::{
 use anyhow::Context as _;
 
 use super::{Alert, Severity};
-use crate::{docker::end_name, rotating::RotatingFile};
+use crate::{
+    docker::{end_name, Snapshot},
+    rotating::RotatingFile,
+    sync::Published,
+};
 
 /// Alerts the API keeps, newest first.
 const RECENT: usize = 1000;
@@ -57,6 +61,8 @@ pub struct AlertSink {
     /// (kind, severity, source) to alerts raised.
     counts: HashMap<(&'static str, Severity, String), u64>,
     evidence: Option<Box<dyn super::AlertEvidence>>,
+    /// Where the node's name is read for each alert.
+    docker: Option<Published<Snapshot>>,
 }
 
 impl AlertSink {
@@ -69,7 +75,14 @@ impl AlertSink {
             recent: VecDeque::new(),
             counts: HashMap::new(),
             evidence: None,
+            docker: None,
         }
+    }
+
+    /// Names the node in every alert raised from now on, from the Docker
+    /// host `docker` describes at that moment.
+    pub fn set_node_source(&mut self, docker: Published<Snapshot>) {
+        self.docker = Some(docker);
     }
 
     /// Gathers `evidence` for every alert raised from now on.
@@ -108,6 +121,9 @@ impl AlertSink {
             .counts
             .entry((alert.kind, alert.severity, end_name(&alert.source)))
             .or_default() += 1;
+        if let Some(docker) = &self.docker {
+            alert.node = docker.load().node().map(str::to_owned);
+        }
         if let Some(evidence) = &mut self.evidence {
             alert.capture = evidence.collect(&alert);
         }
@@ -153,6 +169,7 @@ mod tests {
         let end = |ip: &str| Directory::default().by_address(ip.parse().expect("ip"));
         Alert {
             capture: None,
+            node: None,
             time: "2026-11-29T00:00:00.000Z".into(),
             kind,
             severity: Severity::Critical,
@@ -161,6 +178,25 @@ mod tests {
             summary: "test".into(),
             evidence: json!({}),
         }
+    }
+
+    #[test]
+    fn alerts_name_the_node_the_engine_names_once_it_answered() {
+        let docker = crate::sync::published(Snapshot::default());
+        let mut sink = AlertSink::new(None, 60 * SECOND);
+        sink.set_node_source(docker.clone());
+        assert!(sink.raise(alert("ip_spoof", "10.0.0.2", "10.0.0.3"), SECOND));
+        let mut inventory = crate::docker::Inventory::default();
+        inventory.engine.name = "node-a".into();
+        docker.store(std::sync::Arc::new(Snapshot::new(
+            Some(std::sync::Arc::new(inventory)),
+            std::collections::BTreeMap::new(),
+        )));
+        assert!(sink.raise(alert("ip_spoof", "10.0.0.2", "10.0.0.4"), SECOND));
+        let nodes: Vec<_> = sink.recent().map(|a| a.node.clone()).collect();
+        assert_eq!(nodes, [Some("node-a".to_owned()), None]);
+        let line = serde_json::to_value(sink.recent().next().expect("an alert")).expect("json");
+        assert_eq!(line["node"], "node-a");
     }
 
     #[test]

@@ -522,6 +522,7 @@ mod tests {
             compose_service: None,
             network_mode: "net".to_owned(),
             pid: None,
+            sandbox_key: None,
             endpoints: vec![Endpoint {
                 network: "net".to_owned(),
                 network_id: "net-id".to_owned(),
@@ -577,6 +578,7 @@ mod tests {
     fn alert(kind: &'static str, source: FlowEnd, destination: Option<FlowEnd>) -> Alert {
         Alert {
             capture: None,
+            node: None,
             time: "2026-12-03T10:00:00.000Z".to_owned(),
             kind,
             severity: Severity::Warning,

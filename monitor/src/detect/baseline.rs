@@ -99,6 +99,7 @@ impl Baseline {
         let (from, to, ..) = edge;
         Some(Alert {
             capture: None,
+            node: None,
             time: attempt.time(),
             kind: "new_connection",
             severity: Severity::Warning,

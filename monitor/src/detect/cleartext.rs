@@ -274,6 +274,7 @@ fn alert(
     };
     Alert {
         capture: None,
+        node: None,
         time: clock::rfc3339_ms(now_ns),
         kind: "cleartext",
         severity: Severity::Warning,

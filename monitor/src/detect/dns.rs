@@ -129,6 +129,7 @@ impl DnsDetector {
         examples.truncate(5);
         found.alerts.push(Alert {
             capture: None,
+            node: None,
             time: clock::rfc3339_ms(now_ns),
             kind: "dns_tunnel",
             severity: Severity::Warning,
@@ -171,6 +172,7 @@ impl DnsDetector {
         window.nxdomain_alerted = true;
         found.alerts.push(Alert {
             capture: None,
+            node: None,
             time: clock::rfc3339_ms(now_ns),
             kind: "nxdomain_storm",
             severity: Severity::Warning,

@@ -106,6 +106,7 @@ impl FloodDetector {
                 .collect();
             alerts.push(Alert {
                 capture: None,
+                node: None,
                 time: clock::rfc3339_ms(now_ns),
                 kind: "syn_flood",
                 severity: Severity::Critical,

@@ -44,6 +44,7 @@ pub fn host_access(record: &FlowRecord, directory: &Directory, ports: &[u16]) ->
     };
     Some(Alert {
         capture: None,
+        node: None,
         time: clock::rfc3339_ms(record.stats.first_seen_ns),
         kind: "host_access",
         severity: if metadata || record.key.dst_port != 22 {

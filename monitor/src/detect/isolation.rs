@@ -28,6 +28,7 @@ pub fn isolation_violation(attempt: &Attempt, directory: &Directory) -> Option<A
     };
     Some(Alert {
         capture: None,
+        node: None,
         time: attempt.time(),
         kind: "isolation_violation",
         severity: Severity::Critical,

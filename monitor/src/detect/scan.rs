@@ -203,6 +203,7 @@ impl Detector for PortScan {
             .collect();
         found.alerts.push(Alert {
             capture: None,
+            node: None,
             time: attempt.time(),
             kind: "port_scan",
             severity: Severity::Warning,
@@ -279,6 +280,7 @@ impl HostSweep {
         let (tried, window) = self.hosts.summary(&name, crossed)?;
         Some(Alert {
             capture: None,
+            node: None,
             time: time(),
             kind: "host_sweep",
             severity: Severity::Warning,

@@ -186,6 +186,7 @@ fn spike_alert(config: &TrafficSpike, spike: &Spike<'_, (String, String)>) -> Al
     let factor = bytes as f64 / edge.baseline.max(1.0);
     Alert {
         capture: None,
+        node: None,
         time: clock::rfc3339_ms(now_ns),
         kind: "traffic_spike",
         severity: Severity::Warning,
@@ -295,6 +296,7 @@ fn flood_alert(config: &PacketFlood, spike: &Spike<'_, (String, String, u8)>) ->
     let window = config.window.as_secs_f64();
     Some(Alert {
         capture: None,
+        node: None,
         time: clock::rfc3339_ms(now_ns),
         kind,
         severity: Severity::Critical,

@@ -71,6 +71,7 @@ pub fn ip_spoof(record: &FlowRecord, directory: &Directory) -> Check {
         .unwrap_or_default();
     Check::Spoofed(Box::new(Alert {
         capture: None,
+        node: None,
         time: clock::rfc3339_ms(record.stats.first_seen_ns),
         kind: "ip_spoof",
         severity: Severity::Critical,
@@ -128,6 +129,7 @@ pub fn arp_spoof(
         .unwrap_or_default();
     Some(Alert {
         capture: None,
+        node: None,
         time: clock::rfc3339_ms(seen.timestamp_ns),
         kind: "arp_spoof",
         severity: Severity::Critical,

@@ -52,6 +52,7 @@ fn container(name: &str, network: &str, address: [u8; 4], veth: u32) -> Containe
         compose_service: None,
         network_mode: network.into(),
         pid: None,
+        sandbox_key: None,
         endpoints: vec![Endpoint {
             network: network.into(),
             network_id: network.into(),

@@ -430,6 +430,7 @@ mod tests {
             compose_service: None,
             network_mode: String::new(),
             pid: None,
+            sandbox_key: None,
             endpoints: networks
                 .iter()
                 .map(|n| Endpoint {

@@ -23,6 +23,9 @@ use super::{netns, swarm::SwarmView, Posture};
 pub struct EngineInfo {
     pub version: String,
     pub api_version: String,
+    /// The Docker host's name (`GET /info`): on a swarm, the node's host
+    /// name, the one Prometheus' `dockerswarm_sd` gives.
+    pub name: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -62,6 +65,11 @@ pub struct Container {
     /// `bridge`, a network name, `host`, `none`, `container:<id>`.
     pub network_mode: String,
     pub pid: Option<u32>,
+    /// The file Docker binds the container's network namespace on
+    /// (`<exec-root>/netns/<id>`): how an agent that does not share the
+    /// host's PID namespace finds it.
+    #[serde(skip)]
+    pub sandbox_key: Option<String>,
     pub endpoints: Vec<Endpoint>,
     pub posture: Posture,
     pub labels: BTreeMap<String, String>,
@@ -200,9 +208,11 @@ impl EngineInfo {
     /// without the connection dropping.
     pub async fn of(docker: &Docker) -> anyhow::Result<EngineInfo> {
         let version = docker.version().await.context("GET /version")?;
+        let info = docker.info().await.context("GET /info")?;
         Ok(EngineInfo {
             version: version.version.unwrap_or_default(),
             api_version: version.api_version.unwrap_or_default(),
+            name: info.name.unwrap_or_default(),
         })
     }
 }
@@ -401,9 +411,10 @@ fn container(inspect: ContainerInspectResponse) -> Option<Container> {
         .iter()
         .filter_map(|spec| exposed_port(spec))
         .collect();
-    let endpoints = inspect
-        .network_settings
-        .and_then(|settings| settings.networks)
+    let settings = inspect.network_settings.unwrap_or_default();
+    let sandbox_key = settings.sandbox_key.filter(|key| !key.is_empty());
+    let endpoints = settings
+        .networks
         .unwrap_or_default()
         .into_iter()
         .map(|(network, settings)| endpoint(network, settings))
@@ -427,6 +438,7 @@ fn container(inspect: ContainerInspectResponse) -> Option<Container> {
             .and_then(|s| s.pid)
             .and_then(|pid| u32::try_from(pid).ok())
             .filter(|pid| *pid != 0),
+        sandbox_key,
         endpoints,
         posture,
         labels,
@@ -478,7 +490,7 @@ async fn map_veths(
     macs.sort();
     let key = (container.id.clone(), pid, macs);
     if !cache.links.contains_key(&key) {
-        match netns::container_links(pid).await {
+        match probe(container, pid).await {
             Ok(links) => {
                 cache.links.insert(key.clone(), links);
             }
@@ -498,6 +510,22 @@ async fn map_veths(
     let links = cache.links.get(&key)?;
     match_veths(container, links, overlays);
     Some(key)
+}
+
+/// The veths inside the container's namespace, named by its pid or, where
+/// that pid is not one of the agent's PID namespace (an agent run as a
+/// Swarm service, which cannot share the host's), by its `SandboxKey`.
+async fn probe(container: &Container, pid: u32) -> anyhow::Result<Vec<netns::ContainerLink>> {
+    let by_pid = match netns::container_links(pid).await {
+        Ok(links) => return Ok(links),
+        Err(err) => err,
+    };
+    let Some(key) = &container.sandbox_key else {
+        return Err(by_pid);
+    };
+    netns::sandbox_links(std::path::Path::new(key))
+        .await
+        .map_err(|by_key| anyhow::anyhow!("{by_pid:#}; by its sandbox key: {by_key:#}"))
 }
 
 /// Each endpoint's host veth: the one whose peer has the endpoint's MAC.
@@ -575,6 +603,7 @@ mod tests {
             compose_service: None,
             network_mode: mode.into(),
             pid: Some(1),
+            sandbox_key: None,
             endpoints: on
                 .iter()
                 .map(|(network, veth)| Endpoint {

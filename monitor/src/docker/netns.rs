@@ -9,8 +9,14 @@
 //! with `setns` would need CAP_SYS_ADMIN, and opening `/proc/PID/ns/net` of
 //! a process with other capabilities CAP_SYS_PTRACE; this way needs only
 //! the CAP_NET_ADMIN that attaching needs anyway.
+//!
+//! An agent without the host's PID namespace (a Swarm service cannot have
+//! it) cannot name a namespace by the pid Docker reports: it names it by
+//! a descriptor of the file Docker keeps it under (the container's
+//! `SandboxKey`, an nsfs bind mount the agent can open when that
+//! directory is mounted into it), the same request with `NETNSA_FD`.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, os::fd::AsRawFd as _, path::Path};
 
 use anyhow::{bail, Context as _};
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -37,11 +43,50 @@ const NSID_NOT_ASSIGNED: i32 = -1;
 /// Lists the veths inside the network namespace of process `pid` (a pid
 /// of the agent's PID namespace: the host's, for Docker's `State.Pid`).
 pub async fn container_links(pid: u32) -> anyhow::Result<Vec<ContainerLink>> {
+    links_of(Namespace::Pid(pid)).await
+}
+
+/// Lists the veths inside the network namespace bound at `path` (a
+/// container's `SandboxKey`, `<exec-root>/netns/<id>`).
+pub async fn sandbox_links(path: &Path) -> anyhow::Result<Vec<ContainerLink>> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("opening the network namespace {}", path.display()))?;
+    let fd = u32::try_from(file.as_raw_fd()).context("descriptor")?;
+    links_of(Namespace::Fd(fd, path)).await
+}
+
+/// A network namespace named by a process in it, or by an open descriptor
+/// of it (and the file it was opened from, for messages).
+#[derive(Clone, Copy)]
+enum Namespace<'a> {
+    Pid(u32),
+    Fd(u32, &'a Path),
+}
+
+impl Namespace<'_> {
+    fn attribute(self) -> NsidAttribute {
+        match self {
+            Namespace::Pid(pid) => NsidAttribute::Pid(pid),
+            Namespace::Fd(fd, _) => NsidAttribute::Fd(fd),
+        }
+    }
+}
+
+impl std::fmt::Display for Namespace<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Namespace::Pid(pid) => write!(f, "pid {pid}'s network namespace"),
+            Namespace::Fd(_, path) => write!(f, "network namespace {}", path.display()),
+        }
+    }
+}
+
+async fn links_of(namespace: Namespace<'_>) -> anyhow::Result<Vec<ContainerLink>> {
     let handle = crate::links::connect()?;
-    let nsid = namespace_id(&handle, pid).await?;
+    let nsid = namespace_id(&handle, namespace).await?;
     let links = namespace_veths(&handle, nsid)
         .await
-        .with_context(|| format!("listing the links of pid {pid}'s network namespace"))?;
+        .with_context(|| format!("listing the links of {namespace}"))?;
     Ok(links.into_iter().map(|(_, link)| link).collect())
 }
 
@@ -116,16 +161,16 @@ async fn namespace_veths(handle: &Handle, nsid: i32) -> anyhow::Result<Vec<(u32,
     Ok(links)
 }
 
-/// The id of pid's network namespace in ours. Moving a veth end into a
+/// The id of a network namespace in ours. Moving a veth end into a
 /// namespace usually gives it one; if not, the kernel is asked to pick one
 /// (ids live as long as the namespace, as `ip netns set` ones do).
-async fn namespace_id(handle: &Handle, pid: u32) -> anyhow::Result<i32> {
-    let assigned = query_nsid(handle, pid).await?;
+async fn namespace_id(handle: &Handle, namespace: Namespace<'_>) -> anyhow::Result<i32> {
+    let assigned = query_nsid(handle, namespace).await?;
     if assigned != NSID_NOT_ASSIGNED {
         return Ok(assigned);
     }
     let assign = nsid_message(vec![
-        NsidAttribute::Pid(pid),
+        namespace.attribute(),
         NsidAttribute::Id(NSID_NOT_ASSIGNED),
     ]);
     let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewNsId(assign));
@@ -140,19 +185,19 @@ async fn namespace_id(handle: &Handle, pid: u32) -> anyhow::Result<i32> {
                 // EEXIST: another process assigned one meanwhile.
                 if code.get() != -libc::EEXIST {
                     return Err(err.to_io())
-                        .with_context(|| format!("assigning an id to pid {pid}'s namespace"));
+                        .with_context(|| format!("assigning an id to {namespace}"));
                 }
             }
         }
     }
-    match query_nsid(handle, pid).await? {
-        NSID_NOT_ASSIGNED => bail!("pid {pid}'s network namespace got no id"),
+    match query_nsid(handle, namespace).await? {
+        NSID_NOT_ASSIGNED => bail!("{namespace} got no id"),
         nsid => Ok(nsid),
     }
 }
 
-async fn query_nsid(handle: &Handle, pid: u32) -> anyhow::Result<i32> {
-    let query = nsid_message(vec![NsidAttribute::Pid(pid)]);
+async fn query_nsid(handle: &Handle, namespace: Namespace<'_>) -> anyhow::Result<i32> {
+    let query = nsid_message(vec![namespace.attribute()]);
     let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(query));
     request.header.flags = NLM_F_REQUEST;
     let mut answers = handle
@@ -171,13 +216,13 @@ async fn query_nsid(handle: &Handle, pid: u32) -> anyhow::Result<i32> {
             }
             NetlinkPayload::Error(err) => {
                 return Err(err.to_io()).with_context(|| {
-                    format!("reading the network namespace id of pid {pid} (is it in our PID namespace?)")
+                    format!("reading the id of {namespace} (a pid of another PID namespace?)")
                 });
             }
             _ => {}
         }
     }
-    bail!("no answer for the network namespace id of pid {pid}")
+    bail!("no answer for the id of {namespace}")
 }
 
 /// `NsidMessage` is `#[non_exhaustive]`: no struct literal.
@@ -247,9 +292,15 @@ mod tests {
         let pid = isolated.pid();
         let handle = crate::links::connect().expect("rtnetlink");
         // A fresh namespace with no link to ours has no id in ours yet.
-        assert_eq!(query_nsid(&handle, pid).await.ok(), Some(NSID_NOT_ASSIGNED));
+        assert_eq!(
+            query_nsid(&handle, Namespace::Pid(pid)).await.ok(),
+            Some(NSID_NOT_ASSIGNED)
+        );
         assert_eq!(container_links(pid).await.expect("probe"), Vec::new());
-        assert_ne!(query_nsid(&handle, pid).await.ok(), Some(NSID_NOT_ASSIGNED));
+        assert_ne!(
+            query_nsid(&handle, Namespace::Pid(pid)).await.ok(),
+            Some(NSID_NOT_ASSIGNED)
+        );
 
         let (host, inside) = (format!("xmh{pid}"), format!("xmc{pid}"));
         let pid_arg = pid.to_string();
@@ -266,5 +317,33 @@ mod tests {
             Some(links[0].peer_ifindex),
             ifindex.ok().and_then(|i| i.trim().parse().ok())
         );
+    }
+
+    #[tokio::test]
+    async fn a_namespace_named_by_its_file_lists_its_veth_and_peer() {
+        if !root() {
+            return;
+        }
+        // What Docker's SandboxKey is: the namespace bound on a file.
+        let name = format!("xmsb{}", std::process::id());
+        ip(&["netns", "add", &name]);
+        let (host, inside) = (format!("{name}h"), format!("{name}c"));
+        ip(&[
+            "link", "add", &host, "type", "veth", "peer", "name", &inside, "netns", &name,
+        ]);
+        let ifindex = std::fs::read_to_string(format!("/sys/class/net/{host}/ifindex"));
+        let links = sandbox_links(Path::new(&format!("/run/netns/{name}"))).await;
+        let missing = sandbox_links(Path::new("/run/netns/xm-no-such-namespace")).await;
+        ip(&["link", "del", &host]);
+        ip(&["netns", "del", &name]);
+        let links = links.expect("probe by file");
+        assert_eq!(links.len(), 1, "{links:?}");
+        assert_eq!(links[0].name, inside);
+        assert_eq!(
+            Some(links[0].peer_ifindex),
+            ifindex.ok().and_then(|i| i.trim().parse().ok())
+        );
+        let err = format!("{:#}", missing.expect_err("no such file"));
+        assert!(err.contains("xm-no-such-namespace"), "{err}");
     }
 }

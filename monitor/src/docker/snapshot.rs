@@ -23,6 +23,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The node this agent watches: its Docker host's name, once the
+    /// engine answered.
+    pub fn node(&self) -> Option<&str> {
+        let name = self.inventory.as_deref()?.engine.name.as_str();
+        (!name.is_empty()).then_some(name)
+    }
+
     pub fn new(inventory: Option<Arc<Inventory>>, interfaces: BTreeMap<u32, String>) -> Snapshot {
         Snapshot {
             directory: Arc::new(Directory::new(inventory.as_deref(), host_addresses())),

@@ -72,6 +72,7 @@ pub fn violation(
     let time = clock::rfc3339_ms(stats.first_seen_ns);
     Some(Alert {
         capture: None,
+        node: None,
         summary: format!(
             "{} sent {protocol} to {} port {} against the policy ({rule}): {verdict}",
             name(&source),

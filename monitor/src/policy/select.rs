@@ -122,6 +122,7 @@ pub(crate) mod tests {
             compose_service: service.map(str::to_owned),
             network_mode: String::new(),
             pid: None,
+            sandbox_key: None,
             endpoints: Vec::new(),
             posture: Posture::default(),
             labels,
