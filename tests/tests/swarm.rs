@@ -9,7 +9,8 @@
 //! sandbox namespace, counts a cross-host flow exactly, names the far end
 //! (task, service, stack, node) from what its engine's overlay gossip
 //! says, and alerts on a port scan across nodes, the alert naming the node
-//! that raised it; a node restarting takes nothing from the others' counts.
+//! that raised it; a node restarting, then leaving the swarm, takes nothing
+//! from the others' counts.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -161,6 +162,17 @@ fn mac_of(node: &NamespacedEngine, name: &str) -> [u8; 6] {
         *byte = u8::from_str_radix(part, 16).expect("hex");
     }
     mac
+}
+
+/// The state the manager gives node `name` (`ready`, `down`).
+fn manager_node_state(swarm: &Swarm, name: &str) -> String {
+    on_manager(
+        swarm,
+        &[],
+        &["node", "inspect", "-f", "{{.Status.State}}", name],
+    )
+    .trim()
+    .to_owned()
 }
 
 /// The stack's agent on `node` runs as the stack says: not privileged,
@@ -478,5 +490,17 @@ fn agents_on_three_nodes_count_and_name_overlay_flows_between_them() {
     udp(&c0, &task1, &tasks[1].1, 3);
     flow(&agents[0], &container_ip(0), &tasks[1].1, "udp", 8);
     flow(&agents[1], &container_ip(0), &tasks[1].1, "udp", 8);
+    // Node 2 leaves the swarm and the manager forgets it: the same.
+    swarm.nodes[2]
+        .docker(&["swarm", "leave", "--force"])
+        .expect("node 2 leaves");
+    let node2 = hostnames[2].as_str();
+    wait_within("node 2 down", Duration::from_secs(30), || {
+        manager_node_state(&swarm, node2) == "down"
+    });
+    on_manager(&swarm, &[], &["node", "rm", "--force", node2]);
+    udp(&c0, &task1, &tasks[1].1, 3);
+    flow(&agents[0], &container_ip(0), &tasks[1].1, "udp", 11);
+    flow(&agents[1], &container_ip(0), &tasks[1].1, "udp", 11);
     drop(agents);
 }
