@@ -1,6 +1,6 @@
 //! What the agent receives from the ring buffer: the contract of the
 //! stages each batch is handed to, then the totals per kind and a bounded
-//! history of the latest events, which the ring consumer keeps.
+//! history of the latest events, which the event consumer keeps.
 
 use std::{
     collections::VecDeque,

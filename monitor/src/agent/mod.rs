@@ -4,7 +4,8 @@
 //! ```text
 //! kernel FLOWS map ──> poller thread ──> traffic series, detectors,
 //!                      (flow table)      learner, flow log, policy alerts
-//! kernel EVENTS ring ─> ring thread ───> detectors, event log
+//! kernel EVENTS ring ─> ring reader ───> event consumer thread: detectors,
+//!                                          event log
 //! rtnetlink + Docker ─> link follower ─> attachments, policy, Docker snapshot
 //! ```
 //! The API reads what each stage publishes (see `api::ReadModel`);
@@ -47,7 +48,7 @@ use crate::{
     web_config::{self, WebConfig},
 };
 use poller::Poller;
-use ring::RingConsumer;
+use ring::{EventConsumers, EventReader};
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -299,14 +300,22 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Box::new(detectors.clone()),
         Box::new(DnsTracker::new(dns.clone())),
     ];
-    let ring = RingConsumer {
+    let (batches, drained) = mpsc::sync_channel(ring::QUEUED_BATCHES);
+    let reader = EventReader {
         ring: datapath.events,
+        batches,
+    };
+    let event_consumers = EventConsumers {
         consumers: event_consumers,
         log: events.clone(),
         docker: docker_snapshot.clone(),
     };
     let (poller, stop_poller) = spawn_stage("poller", &mut tasks, move |stop| poller.run(&stop))?;
-    let (ring, stop_ring) = spawn_stage("ring consumer", &mut tasks, move |stop| ring.run(&stop))?;
+    let (ring, stop_ring) = spawn_stage("ring reader", &mut tasks, move |stop| reader.run(&stop))?;
+    // Stopped by the reader: it ends once the reader's batches are consumed.
+    let (event_consumers, _) = spawn_stage("event consumer", &mut tasks, move |_| {
+        event_consumers.run(&drained)
+    })?;
     lock(&sink).set_node_source(docker_snapshot.clone());
     let captures = Captures::new(datapath.capture.filters, MAX_RUNNING_CAPTURES);
     if let Some(on_alert) = &config.capture_on_alert {
@@ -402,13 +411,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tasks.shutdown().await;
     drop((stop_poller, stop_ring, stop_capture_reader));
     let capture_reader = join_stage("capture reader", capture_reader).await;
-    let ring = join_stage("ring consumer", ring).await;
+    let ring = join_stage("ring reader", ring).await;
+    let event_consumers = join_stage("event consumer", event_consumers).await;
     let poller = join_stage("poller", poller).await;
     let detached = lock(&programs).detach_all();
     tracing::info!("detached from {detached} interfaces, exiting");
     outcome?;
     capture_reader?;
     ring?;
+    event_consumers?;
     poller?.finish()
 }
 

@@ -44,7 +44,7 @@ pub struct ReadModel {
     pub docker_up: Arc<AtomicBool>,
     /// The poller's flow table, read-only.
     pub flows: TableReader,
-    /// The ring consumer's totals and latest events.
+    /// The event consumer's totals and latest events.
     pub events: Arc<EventLog>,
     /// The alert sink's latest alerts.
     pub alerts: Arc<Mutex<AlertSink>>,

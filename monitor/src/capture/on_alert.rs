@@ -102,7 +102,7 @@ pub struct CaptureOnAlert {
     pub captures: Arc<Captures>,
     pub docker: Published<Snapshot>,
     /// The agent's runtime, which writes the files: alerts are raised on
-    /// the poller's and the ring consumer's threads.
+    /// the poller's and the event consumer's threads.
     pub runtime: tokio::runtime::Handle,
     running: Arc<AtomicUsize>,
     /// Files being written, never removed to make room.

@@ -86,7 +86,10 @@ impl CleartextDetector {
         let pending = self.pending.entry(*key).or_insert_with(|| Pending {
             first_ns: at_ns,
             read_ns: now_ns,
-            samples: Vec::new(),
+            // Most flows send one sample before they settle; a first push
+            // into an empty Vec would make room for four (96 bytes a flow
+            // more, at up to MAX_PENDING flows in a burst).
+            samples: Vec::with_capacity(1),
         });
         if pending.samples.len() < SAMPLES_PER_FLOW {
             pending.samples.push(data.to_vec());
@@ -105,26 +108,21 @@ impl CleartextDetector {
         found: &mut Findings,
     ) {
         // Group the settled samples by connection, keyed by its client flow.
+        // The samples move out of `pending` rather than being copied: at a
+        // burst of new flows they are tens of thousands.
         let mut connections: ByFlow<Vec<(bool, Vec<u8>)>> = ByFlow::default();
-        let mut done = Vec::new();
-        for (key, pending) in &self.pending {
-            let record = find(key);
-            let settled = now_ns.saturating_sub(pending.first_ns) >= SETTLE_NS
-                && now_ns.saturating_sub(pending.read_ns) >= READ_GRACE_NS;
-            if !settled {
-                continue;
-            }
-            done.push(*key);
-            let Some(record) = record else {
+        let settled = self.pending.extract_if(|_, pending| {
+            now_ns.saturating_sub(pending.first_ns) >= SETTLE_NS
+                && now_ns.saturating_sub(pending.read_ns) >= READ_GRACE_NS
+        });
+        for (key, pending) in settled {
+            let Some(record) = find(&key) else {
                 continue;
             };
             let from_client = client_side(&record, find(&key.reversed()).as_ref());
-            let client = if from_client { *key } else { key.reversed() };
+            let client = if from_client { key } else { key.reversed() };
             let samples = connections.entry(client).or_default();
-            samples.extend(pending.samples.iter().map(|s| (from_client, s.clone())));
-        }
-        for key in done {
-            self.pending.remove(&key);
+            samples.extend(pending.samples.into_iter().map(|s| (from_client, s)));
         }
         for (client, samples) in connections {
             // Judged once: later samples (another CPU's budget, TLS records

@@ -179,7 +179,7 @@ fn push_bounded(queue: &mut VecDeque<DnsRecord>, record: DnsRecord, cap: usize) 
     queue.push_back(record);
 }
 
-/// The ring consumer's stage: parses DNS events and matches answers to
+/// The event consumer's stage: parses DNS events and matches answers to
 /// queries, publishing into its [`DnsLog`].
 pub struct DnsTracker {
     log: Arc<DnsLog>,
