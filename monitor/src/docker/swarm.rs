@@ -10,7 +10,7 @@
 //! by its address and a remote service has no stack.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
 
@@ -19,6 +19,8 @@ use bollard::{
     Docker,
 };
 use serde::Serialize;
+
+use super::{Container, Endpoint, Posture};
 
 /// `com.docker.stack.namespace`: the stack a service was deployed in.
 pub const STACK_LABEL: &str = "com.docker.stack.namespace";
@@ -36,6 +38,44 @@ pub struct RemoteEnd {
     /// The node's host name (its address where this engine cannot ask).
     pub node: Option<String>,
     pub network: String,
+    #[serde(skip)]
+    pub network_id: String,
+}
+
+impl RemoteEnd {
+    /// The remote end as a flow policy's selectors see it, with its one
+    /// endpoint: its name, and as labels only what the gossip tells
+    /// (`com.docker.swarm.service.name`, and `com.docker.stack.namespace`
+    /// where a manager names the stack). Its other labels, compose's
+    /// included, stay on its own node.
+    pub fn as_container(&self, ip: IpAddr) -> Container {
+        let labels = [(SERVICE_LABEL, &self.service), (STACK_LABEL, &self.stack)]
+            .into_iter()
+            .filter_map(|(key, value)| Some((key.to_owned(), value.clone()?)))
+            .collect();
+        Container {
+            id: format!("remote:{}:{ip}", self.network_id),
+            name: self.name.clone(),
+            image: String::new(),
+            compose_project: None,
+            compose_service: None,
+            network_mode: self.network.clone(),
+            pid: None,
+            sandbox_key: None,
+            endpoints: vec![Endpoint {
+                network: self.network.clone(),
+                network_id: self.network_id.clone(),
+                ip: ip.is_ipv4().then_some(ip),
+                ipv6: ip.is_ipv6().then_some(ip),
+                mac: None,
+                gateway: None,
+                host_ifindex: None,
+            }],
+            posture: Posture::default(),
+            labels,
+            exposed_ports: BTreeSet::new(),
+        }
+    }
 }
 
 /// What this engine knows of the swarm it is in.
@@ -49,6 +89,17 @@ pub struct SwarmView {
 }
 
 impl SwarmView {
+    /// The remote ends of other nodes as containers, one endpoint each:
+    /// addresses `local` holds (this host's containers, by network id
+    /// and address) are left out, their containers say more.
+    pub fn remote_containers(&self, local: &BTreeSet<(&str, IpAddr)>) -> Vec<Container> {
+        self.remote
+            .iter()
+            .filter(|(ip, end)| !local.contains(&(end.network_id.as_str(), **ip)))
+            .map(|(ip, end)| end.as_container(*ip))
+            .collect()
+    }
+
     /// Asks the engine about `overlays` (network id to name). Never fails:
     /// what it cannot learn stays unnamed, and the reason is logged.
     pub async fn of(docker: &Docker, overlays: &BTreeMap<String, String>) -> SwarmView {
@@ -92,6 +143,7 @@ impl SwarmView {
                     stack: stack.clone(),
                     node,
                     network: network_name.clone(),
+                    network_id: id.clone(),
                 };
                 if let (Some(vip), Some(service)) = (ip_at(&detail, "VIP"), &service) {
                     view.remote.insert(vip, end(service.clone(), None));

@@ -74,9 +74,23 @@ impl SlotBook {
 
 pub fn compile(policy: &Policy, inventory: &Inventory, slots: &mut SlotBook) -> Compiled {
     let mut compiled = Compiled::default();
-    // Endpoints by network id: who shares a bridge with whom.
+    let local: BTreeSet<(&str, IpAddr)> = inventory
+        .containers
+        .values()
+        .flat_map(|c| &c.endpoints)
+        .flat_map(|e| {
+            [e.ip, e.ipv6]
+                .into_iter()
+                .flatten()
+                .map(|ip| (e.network_id.as_str(), ip))
+        })
+        .collect();
+    // Tasks and containers of other swarm nodes on an overlay: judged as
+    // destinations like this host's containers (they have no veth here).
+    let remote = inventory.swarm.remote_containers(&local);
+    // Endpoints by network id: who shares a bridge or an overlay with whom.
     let mut networks: BTreeMap<&str, Vec<(&Container, &Endpoint)>> = BTreeMap::new();
-    for container in inventory.containers.values() {
+    for container in inventory.containers.values().chain(&remote) {
         for endpoint in &container.endpoints {
             networks
                 .entry(endpoint.network_id.as_str())

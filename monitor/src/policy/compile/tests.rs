@@ -210,3 +210,46 @@ fn slots_outlive_reloads_and_overflow_into_other() {
     }
     assert_eq!(slots.name_of(slots.clone().slot("one more")), Some("other"));
 }
+
+#[test]
+fn remote_overlay_ends_are_judged_as_destinations() {
+    use crate::docker::swarm::{RemoteEnd, SERVICE_LABEL};
+    let policy = Policy::parse(&format!(
+        "version: 1\ndefaults: {{\"*\": allow}}\nrules:\n  - {{name: no-db, from: {{container: web}}, to: {{labels: {{{SERVICE_LABEL}: db}}}}, protocol: tcp, action: deny}}\n  - {{name: no-task, from: {{container: web}}, to: {{container: other.1.x}}, protocol: udp, action: deny}}\n",
+    ))
+    .expect("valid");
+    let mut web = container("web", None, None);
+    web.endpoints.push(endpoint("ov", 2, 1 << 24 | 12));
+    let mut inventory = Inventory::default();
+    inventory.containers.insert(web.id.clone(), web);
+    let remote = |name: &str, service: Option<&str>| RemoteEnd {
+        name: name.to_owned(),
+        service: service.map(str::to_owned),
+        stack: None,
+        node: Some("10.0.9.2".to_owned()),
+        network: "ov".to_owned(),
+        network_id: "ov-id".to_owned(),
+    };
+    let ip = |octet| IpAddr::V4(Ipv4Addr::new(10, 0, 0, octet));
+    let swarm = &mut inventory.swarm.remote;
+    swarm.insert(ip(3), remote("db.1.abc", Some("db")));
+    swarm.insert(ip(4), remote("other.1.x", None));
+    // This host's own address, as the gossip lists it too: not twice.
+    swarm.insert(ip(2), remote("web", None));
+    let mut slots = SlotBook::default();
+    let compiled = compile(&policy, &inventory, &mut slots);
+    let lookup = |octet, protocol| {
+        let addr = Ipv4Addr::new(10, 0, 0, octet).to_ipv6_mapped().octets();
+        let found = kernel_lookup(&compiled, 1 << 24 | 12, addr, protocol, 80).expect("entry");
+        (found.action, slots.name_of(found.slot).map(str::to_owned))
+    };
+    let deny = PolicyAction::Deny as u8;
+    let allow = PolicyAction::Allow as u8;
+    assert_eq!(lookup(3, ip_proto::TCP), (deny, Some("no-db".to_owned())));
+    assert_eq!(lookup(3, ip_proto::UDP).0, allow);
+    assert_eq!(lookup(4, ip_proto::UDP), (deny, Some("no-task".to_owned())));
+    assert_eq!(lookup(4, ip_proto::TCP).0, allow);
+    // Two remote ends, each a marker and one rule's entry; none to itself.
+    assert_eq!(compiled.rules.len(), 4);
+    assert_eq!(compiled.ifaces.len(), 1);
+}
