@@ -3,8 +3,10 @@
 //! action and exiting, are each counted at their own veth (the programs are
 //! attached when the kernel enslaves the veth, before the container's
 //! process starts) and named after themselves in the API and the metrics
-//! after they are gone (identities are kept for `--series-grace`). The
-//! attach latency of their veths is printed (p50, p99).
+//! after they are gone (identities are kept for `--series-grace`), however
+//! late the engine answers. The attach latency of their veths is printed
+//! (p50, p99, from the log and from `crossmon_attach_latency_seconds`).
+//! The agent holds only the documented capabilities.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -19,16 +21,23 @@ use std::{
 
 use integration_tests::{
     agent::{get, get_json, wait_until, Agent},
+    caps,
     docker::{docker, docker_ready, unique, DockerNetwork, IMAGE},
-    exposition::{parse, scrape, sum},
+    exposition::{parse, scrape, select, sum, Sample},
 };
+use monitor::datapath::preflight::CAPABILITIES;
 
 const CONTAINERS: usize = 200;
 /// Echo requests each container sends, one every `INTERVAL` seconds: a
-/// container lives about a second. It is named only if the engine answers
-/// an inspection while it runs (and its veth exists): on a host loaded
-/// past 8 on 2 cores, containers that lived a tenth of a second went
-/// unnamed now and then (8 of 200 once), though counted at their veth.
+/// container lives about a second. Its veth is named by the namespace its
+/// peer moved into (the container's process's cgroup names the
+/// container, the engine's events its name), not by an inspection the
+/// engine may answer after the container is gone. That needs a process
+/// of the container alive when the agent reads the veth's notification:
+/// with the inspection at start switched off, all 200 were named on a host
+/// loaded past 13 on 2 cores; with `INTERVAL` at 0.02 as well (containers
+/// living a tenth of a second, less than the agent's lag there), 106 of
+/// 200 were not.
 const PINGS: u64 = 5;
 const INTERVAL: &str = "0.2";
 /// Containers started at once.
@@ -47,8 +56,6 @@ fn sender_ip(i: usize) -> String {
 }
 
 #[test]
-#[ignore = "naming is not yet exact on a loaded host (0 to 30 of 200 unnamed, though all counted \
-            at their veth): run by hand with --ignored"]
 fn two_hundred_short_lived_containers_are_counted_at_their_own_veth_and_named() {
     docker_ready();
     let net = DockerNetwork::create(
@@ -61,7 +68,12 @@ fn two_hundred_short_lived_containers_are_counted_at_their_own_veth_and_named() 
         ],
     )
     .expect("network");
-    let agent = Agent::start(&[]);
+    // With the documented capabilities only: finding a veth's container
+    // by its namespace needs no more.
+    let documented: Vec<&str> = CAPABILITIES.iter().map(|cap| cap.name).collect();
+    let setpriv = caps::setpriv_only(&documented);
+    let wrapper: Vec<&str> = setpriv.iter().map(String::as_str).collect();
+    let agent = Agent::start_under(&wrapper, &[]);
     wait_until("the engine connected", || {
         get_json(agent.addr, "/healthz")["docker_up"] == true
     });
@@ -183,14 +195,31 @@ fn two_hundred_short_lived_containers_are_counted_at_their_own_veth_and_named() 
         .filter(|(_, counted)| *counted != PINGS as f64)
         .collect();
     assert!(wrong.is_empty(), "series not at {PINGS}: {wrong:?}");
-    // The veths were attached before anything crossed them.
-    assert_eq!(
-        sum(&samples, "crossmon_unattached_packets_total", &[]),
-        0.0,
-        "packets crossed a veth before it was attached"
+    // The test's veths were attached before anything crossed them. The
+    // metric sums every bridge's: on a shared engine also others' veths,
+    // some found by the agent's first listing, used since.
+    let output = docker(&["network", "inspect", "-f", "{{.Id}}", &net.name]).expect("network id");
+    let id = String::from_utf8_lossy(&output.stdout);
+    let bridge = format!("bridge=br-{}", id.trim().get(..12).expect("a network id"));
+    let log = agent.log();
+    let late: Vec<&str> = log
+        .lines()
+        .filter(|line| {
+            line.contains(&bridge)
+                && line.contains("latency_us=")
+                && field(line, "unattached_packets=").is_none_or(|packets| packets != 0)
+        })
+        .collect();
+    assert!(
+        late.is_empty(),
+        "packets crossed a veth before it was attached: {late:?}"
+    );
+    eprintln!(
+        "crossmon_unattached_packets_total {} (veths found at start included)",
+        sum(&samples, "crossmon_unattached_packets_total", &[])
     );
 
-    let mut latencies = attach_latencies_us(&agent.log());
+    let mut latencies = attach_latencies_us(&log, &bridge);
     // A veth a listing attached first (its notification came while the
     // follower was busy) has no latency: most have one.
     assert!(!latencies.is_empty(), "no attach logged a latency");
@@ -203,15 +232,42 @@ fn two_hundred_short_lived_containers_are_counted_at_their_own_veth_and_named() 
         at(0.99),
         at(1.0)
     );
+    eprintln!(
+        "crossmon_attach_latency_seconds (every veth the agent attached at its notification): \
+         p50 <= {} s, p99 <= {} s of {}",
+        bucket_quantile(&samples, 0.5),
+        bucket_quantile(&samples, 0.99),
+        sum(&samples, "crossmon_attach_latency_seconds_count", &[])
+    );
 }
 
-/// `latency_us=N` of every `attached` line of the agent's log.
-fn attach_latencies_us(log: &str) -> Vec<u64> {
+/// The upper bound of the histogram bucket holding quantile `q`.
+fn bucket_quantile(samples: &[Sample], q: f64) -> String {
+    let total = sum(samples, "crossmon_attach_latency_seconds_count", &[]);
+    let mut buckets: Vec<(f64, &str, f64)> =
+        select(samples, "crossmon_attach_latency_seconds_bucket", &[])
+            .filter_map(|s| {
+                let le = s.labels.get("le")?;
+                Some((le.parse().ok()?, le.as_str(), s.value))
+            })
+            .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+        .iter()
+        .find(|(_, _, count)| *count >= q * total)
+        .map_or("?".to_owned(), |(_, le, _)| (*le).to_owned())
+}
+
+/// `latency_us=N` of every `attached` line of the agent's log on `bridge`.
+fn attach_latencies_us(log: &str, bridge: &str) -> Vec<u64> {
     log.lines()
-        .filter(|line| line.contains("attached") && line.contains("latency_us="))
-        .filter_map(|line| {
-            let value = line.split("latency_us=").nth(1)?;
-            value.split_whitespace().next()?.parse().ok()
-        })
+        .filter(|line| line.contains("attached") && line.contains(bridge))
+        .filter_map(|line| field(line, "latency_us="))
         .collect()
+}
+
+/// The number after `name` (`latency_us=`) in a log line.
+fn field(line: &str, name: &str) -> Option<u64> {
+    let value = line.split(name).nth(1)?;
+    value.split_whitespace().next()?.parse().ok()
 }

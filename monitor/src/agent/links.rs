@@ -4,7 +4,7 @@
 //! the Docker snapshot every reader uses.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::{
     datapath::{AttachStats, Programs},
-    docker::{Inventory, Snapshot},
+    docker::{owner_of_namespace, Inventory, NamespaceIds, Snapshot, VethOwner},
     links::{self, BridgePort, LinkEvent},
     policy::PolicyInForce,
     sync::{lock, Published},
@@ -39,6 +39,9 @@ pub struct LinkFollower {
     /// Docker's `<exec-root>/netns`: the sandboxes of overlay networks,
     /// whose endpoints' veths are attached there.
     pub sandboxes: PathBuf,
+    /// `--series-grace`: how long a veth's owner is remembered after the
+    /// veth is gone (what it counted is named after it meanwhile).
+    pub grace: Duration,
 }
 
 /// What the follower keeps between notifications.
@@ -49,6 +52,18 @@ struct State {
     /// When the notification that showed each veth enslaved was taken off
     /// the socket, until it is attached: the start of its attach latency.
     enslaved_at: HashMap<u32, Instant>,
+    /// Whose each veth is, found through the namespace its peer moved
+    /// into, while the container runs: a container that talks and exits
+    /// at once may be gone before the engine answers an inspection.
+    owners: BTreeMap<u32, VethOwner>,
+    /// When owned veths went: their owner is forgotten after the grace.
+    owners_gone: HashMap<u32, Instant>,
+    /// Veths a listing found no owner for: not searched again by listings.
+    ownerless: HashSet<u32>,
+    namespaces: NamespaceIds,
+    /// The last inventory received, and the same with `owners` applied.
+    identified: Option<(Arc<Inventory>, Arc<Inventory>)>,
+    owners_changed: bool,
 }
 
 impl LinkFollower {
@@ -65,6 +80,12 @@ impl LinkFollower {
         let mut state = State {
             bridges: HashMap::new(),
             enslaved_at: HashMap::new(),
+            owners: BTreeMap::new(),
+            owners_gone: HashMap::new(),
+            ownerless: HashSet::new(),
+            namespaces: NamespaceIds::default(),
+            identified: None,
+            owners_changed: false,
         };
         let mut resync_at = Some(tokio::time::Instant::now());
         loop {
@@ -135,24 +156,148 @@ impl LinkFollower {
         if link.kind != Some(InfoKind::Veth) {
             return false;
         }
-        if lock(&self.programs).is_attached(link.ifindex) {
+        let attached = lock(&self.programs).is_attached(link.ifindex);
+        if !attached {
+            state.enslaved_at.entry(link.ifindex).or_insert(received);
+        }
+        if !self.watches(bridge_name, self.known().as_deref()) {
             return false;
         }
-        state.enslaved_at.entry(link.ifindex).or_insert(received);
-        let inventory = self.known();
-        if !self.watches(bridge_name, inventory.as_deref()) {
-            return false;
+        let bridge_name = bridge_name.clone();
+        if !attached {
+            let port = BridgePort {
+                ifindex: link.ifindex,
+                name: link.name,
+                bridge_ifindex: master,
+                bridge_name: bridge_name.clone(),
+                peer: None,
+            };
+            self.attach(handle, state, &port).await;
         }
-        let port = BridgePort {
-            ifindex: link.ifindex,
-            name: link.name,
-            bridge_ifindex: master,
-            bridge_name: bridge_name.clone(),
-            peer: None,
+        // The peer is in the container's namespace (the notification of
+        // the veth going up, after Docker moved it in): whose it is, while
+        // the container's first process runs.
+        let found = match link.link_netnsid {
+            Some(nsid) => {
+                self.find_owner(handle, state, link.ifindex, &bridge_name, nsid)
+                    .await
+            }
+            None => false,
         };
-        self.attach(handle, state, &port).await;
-        self.publish(inventory);
+        if !attached || found {
+            let inventory = self.identified(state, self.known());
+            self.publish(inventory);
+        }
         false
+    }
+
+    /// Finds the container of veth `ifindex` by the namespace `nsid` its
+    /// peer is in, unless known; returns whether it was found now.
+    async fn find_owner(
+        &self,
+        handle: &Handle,
+        state: &mut State,
+        ifindex: u32,
+        bridge: &str,
+        nsid: i32,
+    ) -> bool {
+        // Without Docker there are no containers to name.
+        if self.inventory.is_none() || state.owners.contains_key(&ifindex) {
+            return false;
+        }
+        let Some(container) = owner_of_namespace(handle, nsid, &mut state.namespaces).await else {
+            tracing::debug!(
+                ifindex,
+                nsid,
+                "no container process in the veth's namespace"
+            );
+            return false;
+        };
+        tracing::debug!(ifindex, %container, "veth owner found by its namespace");
+        state.owners.insert(
+            ifindex,
+            VethOwner {
+                container,
+                bridge: bridge.to_owned(),
+            },
+        );
+        state.owners_changed = true;
+        true
+    }
+
+    /// `known` with the veth owners found by namespace applied (computed
+    /// once per inventory and change of owners).
+    fn identified(
+        &self,
+        state: &mut State,
+        known: Option<Arc<Inventory>>,
+    ) -> Option<Arc<Inventory>> {
+        let known = known?;
+        if let Some((source, identified)) = &state.identified {
+            if Arc::ptr_eq(source, &known) && !state.owners_changed {
+                return Some(identified.clone());
+            }
+        }
+        let identified = if state.owners.is_empty() {
+            known.clone()
+        } else {
+            Arc::new(known.with_veth_owners(&state.owners))
+        };
+        state.identified = Some((known, identified.clone()));
+        state.owners_changed = false;
+        Some(identified)
+    }
+
+    /// Forgets the owners of veths gone for longer than the grace, and
+    /// searches those of attached veths still unnamed (attached by a
+    /// listing, or their notification came before any container process
+    /// was in the namespace).
+    async fn follow_owners(
+        &self,
+        handle: &Handle,
+        state: &mut State,
+        links: &HashMap<u32, links::Link>,
+        ports: &[BridgePort],
+        named: impl Fn(u32) -> bool,
+    ) {
+        let now = Instant::now();
+        for ifindex in state.owners.keys() {
+            if !links.contains_key(ifindex) {
+                state.owners_gone.entry(*ifindex).or_insert(now);
+            }
+        }
+        let grace = self.grace;
+        let expired: Vec<u32> = state
+            .owners_gone
+            .iter()
+            .filter(|(_, gone)| now.saturating_duration_since(**gone) >= grace)
+            .map(|(ifindex, _)| *ifindex)
+            .collect();
+        for ifindex in expired {
+            state.owners_gone.remove(&ifindex);
+            state.owners.remove(&ifindex);
+            state.owners_changed = true;
+        }
+        state
+            .ownerless
+            .retain(|ifindex| links.contains_key(ifindex));
+        for port in ports {
+            let Some((nsid, _)) = port.peer else {
+                continue;
+            };
+            if named(port.ifindex)
+                || state.owners.contains_key(&port.ifindex)
+                || state.ownerless.contains(&port.ifindex)
+            {
+                continue;
+            }
+            if !self
+                .find_owner(handle, state, port.ifindex, &port.bridge_name, nsid)
+                .await
+            {
+                state.ownerless.insert(port.ifindex);
+            }
+        }
     }
 
     /// Lists every link: attaches what notifications did not, detaches what
@@ -164,20 +309,25 @@ impl LinkFollower {
             .filter(|link| link.kind == Some(InfoKind::Bridge))
             .map(|link| (link.ifindex, link.name.clone()))
             .collect();
-        let known = self
+        let received = self
             .inventory
             .as_mut()
             .and_then(|receiver| receiver.borrow_and_update().clone());
         let ports: Vec<BridgePort> = links::bridge_ports(&links)
             .into_iter()
-            .filter(|port| self.watches(&port.bridge_name, known.as_deref()))
+            .filter(|port| self.watches(&port.bridge_name, received.as_deref()))
             .collect();
+        let previous = self.docker.load();
+        self.follow_owners(handle, state, &links, &ports, |ifindex| {
+            previous.directory.veth_owner(ifindex).is_some()
+        })
+        .await;
+        let known = self.identified(state, received);
         // A container's policy is in force before its veth is attached.
         if let Some(policy) = &self.policy {
             lock(policy).on_inventory(known.clone());
         }
         // Also without Docker: a new bridge brings a new host address.
-        let previous = self.docker.load();
         let mut identified = Snapshot::new(known.clone(), previous.interfaces.clone());
         // Veths still unnamed keep their flows waiting meanwhile.
         identified.unnamed = previous
@@ -267,6 +417,18 @@ impl LinkFollower {
     /// Attaches to one veth; records how long after its notification, and
     /// how many packets crossed it before.
     async fn attach(&self, handle: &Handle, state: &mut State, port: &BridgePort) {
+        // Read before attaching: what the interface carried without the
+        // programs (a bound from below: a packet crossing during the
+        // attach calls may be in neither). Read after, it would blame the
+        // attach for what crossed the veth once the programs were on it
+        // (on a busy bridge, its broadcasts).
+        let before = match links::link(handle, port.ifindex).await {
+            Ok(link) => link.map_or(0, |link| link.packets),
+            Err(err) => {
+                tracing::debug!(interface = %port.name, "counters before attaching: {err:#}");
+                0
+            }
+        };
         let attached = lock(&self.programs).attach(&port.name, port.ifindex, port.bridge_ifindex);
         if let Err(err) = attached {
             // Mostly a short-lived container's veth, deleted between its
@@ -286,15 +448,6 @@ impl LinkFollower {
             .enslaved_at
             .remove(&port.ifindex)
             .map(|enslaved| done.saturating_duration_since(enslaved));
-        // Read after attaching: what the interface counted up to just
-        // after the programs were in place (a bound from above).
-        let before = match links::link(handle, port.ifindex).await {
-            Ok(link) => link.map_or(0, |link| link.packets),
-            Err(err) => {
-                tracing::debug!(interface = %port.name, "counters after attaching: {err:#}");
-                0
-            }
-        };
         self.stats.attached(latency, before);
         tracing::info!(
             interface = %port.name,

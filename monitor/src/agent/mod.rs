@@ -247,6 +247,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             policy: policy.clone(),
             stats: attach_stats.clone(),
             sandboxes: config.docker_exec_root.join("netns"),
+            grace: Duration::from_nanos(config.metrics.grace_ns),
         }
         .run(),
     );

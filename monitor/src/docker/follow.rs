@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use super::{
     client::{connect, endpoint},
     inventory::ProbeCache,
-    EngineInfo, Inventory,
+    Container, EngineInfo, Inventory,
 };
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -147,50 +147,66 @@ async fn session(
     // overlays' gossip says is asked again on a timer.
     let mut refresh = tokio::time::interval(SWARM_REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Events that came during the last listing: another one is due.
+    let mut missed = false;
     loop {
-        let event = tokio::select! {
-            event = events.next() => event,
-            _ = refresh.tick() => {
-                let known = inventory.borrow().clone();
-                let Some(known) = known else {
+        if !missed {
+            let event = tokio::select! {
+                event = events.next() => event,
+                _ = refresh.tick() => {
+                    let known = inventory.borrow().clone();
+                    let Some(known) = known else {
+                        continue;
+                    };
+                    let swarm = known.ask_swarm(&docker).await;
+                    inventory.send_if_modified(|current| match current {
+                        Some(now) if now.swarm != swarm => {
+                            let mut next = (**now).clone();
+                            next.swarm = swarm;
+                            *current = Some(Arc::new(next));
+                            true
+                        }
+                        _ => false,
+                    });
                     continue;
-                };
-                let swarm = known.ask_swarm(&docker).await;
-                inventory.send_if_modified(|current| match current {
-                    Some(now) if now.swarm != swarm => {
-                        let mut next = (**now).clone();
-                        next.swarm = swarm;
-                        *current = Some(Arc::new(next));
-                        true
-                    }
-                    _ => false,
-                });
-                continue;
-            }
-        };
-        match event {
-            None => anyhow::bail!("the event stream ended"),
-            Some(event) => {
-                let event = event.context("reading the event stream")?;
-                on_start(&docker, &event, inventory);
-            }
+                }
+            };
+            on_event(&docker, &received(event)?, inventory);
         }
         let quiet = tokio::time::sleep(DEBOUNCE);
         tokio::pin!(quiet);
         loop {
             tokio::select! {
                 () = &mut quiet => break,
-                event = events.next() => match event {
-                    None => anyhow::bail!("the event stream ended"),
-                    Some(event) => {
-                        let event = event.context("reading the event stream")?;
-                        on_start(&docker, &event, inventory);
-                    }
-                },
+                event = events.next() => on_event(&docker, &received(event)?, inventory),
             }
         }
-        let synced = Inventory::sync(&docker, &engine, cache).await?;
+        // Events are read during the listing too (it takes seconds with
+        // many containers on a loaded host): a container they announce is
+        // named before its flows stop waiting for a name.
+        missed = false;
+        let sync = Inventory::sync(&docker, &engine, cache);
+        tokio::pin!(sync);
+        let synced = loop {
+            tokio::select! {
+                synced = &mut sync => break synced?,
+                event = events.next() => {
+                    on_event(&docker, &received(event)?, inventory);
+                    missed = true;
+                }
+            }
+        };
         publish(inventory, synced, grace);
+    }
+}
+
+/// The next event of the stream, or why there is none.
+fn received(
+    event: Option<Result<EventMessage, bollard::errors::Error>>,
+) -> anyhow::Result<EventMessage> {
+    match event {
+        None => anyhow::bail!("the event stream ended"),
+        Some(event) => event.context("reading the event stream"),
     }
 }
 
@@ -213,6 +229,34 @@ fn publish(
         );
         *current = Some(Arc::new(synced));
     });
+}
+
+/// Every container event names its container (announced at once, for a
+/// container gone before any inspection); a start is inspected.
+fn on_event(
+    docker: &bollard::Docker,
+    event: &EventMessage,
+    inventory: &Arc<watch::Sender<Option<Arc<Inventory>>>>,
+) {
+    if let Some(container) = announced(event) {
+        inventory.send_if_modified(|current| {
+            let Some(next) = current.as_deref().and_then(|k| k.with_announced(container)) else {
+                return false;
+            };
+            *current = Some(Arc::new(next));
+            true
+        });
+    }
+    on_start(docker, event, inventory);
+}
+
+/// The container a container event describes.
+fn announced(event: &EventMessage) -> Option<Container> {
+    if event.typ? != EventMessageTypeEnum::CONTAINER {
+        return None;
+    }
+    let actor = event.actor.as_ref()?;
+    Container::announced(actor.id.as_deref()?, actor.attributes.as_ref()?)
 }
 
 /// A container that starts is inspected at once, beside the session (not

@@ -109,6 +109,41 @@ impl Container {
             })
     }
 
+    /// A container as an engine event describes it (`Actor.Attributes`
+    /// of `create`, `start`, `die`...: its name, image and every label),
+    /// before or without an inspection: events arrive, late or not, even
+    /// for a container gone before the engine could be asked about it.
+    /// No endpoints: its veths are found by their namespace
+    /// ([`Inventory::with_veth_owners`]).
+    pub fn announced(id: &str, attributes: &HashMap<String, String>) -> Option<Container> {
+        let name = attributes.get("name")?.trim_start_matches('/').to_owned();
+        let labels: BTreeMap<String, String> = attributes
+            .iter()
+            .filter(|(key, _)| !EVENT_ATTRIBUTES.contains(&key.as_str()))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        Some(Container {
+            id: id.to_owned(),
+            name,
+            image: attributes.get("image").cloned().unwrap_or_default(),
+            compose_project: labels.get("com.docker.compose.project").cloned(),
+            compose_service: labels.get("com.docker.compose.service").cloned(),
+            network_mode: String::new(),
+            pid: None,
+            sandbox_key: None,
+            endpoints: Vec::new(),
+            posture: Posture::default(),
+            labels,
+            exposed_ports: BTreeSet::new(),
+        })
+    }
+
+    /// Whether this comes from an inspection (an event's account has no
+    /// network mode).
+    fn inspected(&self) -> bool {
+        !self.network_mode.is_empty()
+    }
+
     /// Fills what this inspection of an endpoint lacks (veth, addresses)
     /// from an earlier one of the same container on the same network.
     fn keep_known(&mut self, earlier: &Container) {
@@ -135,6 +170,18 @@ impl Container {
             .get("crossmon.metrics")
             .is_some_and(|v| v.eq_ignore_ascii_case("off"))
     }
+}
+
+/// The attributes the engine adds to a container event's labels.
+const EVENT_ATTRIBUTES: [&str; 5] = ["name", "image", "exitCode", "execDuration", "signal"];
+
+/// A veth whose container was found through its namespace
+/// ([`super::owner_of_namespace`]), not by the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VethOwner {
+    pub container: String,
+    /// The bridge it is enslaved to: which network it is on.
+    pub bridge: String,
 }
 
 /// The values of [`Container::unwatched`], in the order metrics list them.
@@ -309,6 +356,82 @@ impl Inventory {
             container.keep_known(known);
         }
         inventory.containers.insert(container.id.clone(), container);
+        inventory
+    }
+
+    /// This inventory with `container`, known from an engine event only,
+    /// among the departed (as of now) if the inventory knows nothing of
+    /// it: the next listing finds it running or leaves it departed for
+    /// `--series-grace`. `None` if it is known already.
+    pub fn with_announced(&self, container: Container) -> Option<Inventory> {
+        if self.containers.contains_key(&container.id) || self.departed.contains_key(&container.id)
+        {
+            return None;
+        }
+        let mut inventory = self.clone();
+        inventory
+            .departed
+            .insert(container.id.clone(), (container, Instant::now()));
+        Some(inventory)
+    }
+
+    /// This inventory with the veths found through their namespaces given
+    /// to their containers (running or departed), on the network of their
+    /// bridge, where no inspection gave the veth to any container nor that
+    /// network's endpoint a veth; a container only an event told of gets
+    /// the endpoint (what an inspection found stands).
+    pub fn with_veth_owners(&self, owners: &BTreeMap<u32, VethOwner>) -> Inventory {
+        let mut inventory = self.clone();
+        let inspected: BTreeSet<u32> = self
+            .containers
+            .values()
+            .chain(self.departed.values().map(|(c, _)| c))
+            .flat_map(|c| c.endpoints.iter().filter_map(|e| e.host_ifindex))
+            .collect();
+        for (ifindex, owner) in owners {
+            // An inspection named it (the namespace's first container, when
+            // `container:` ones share it): that stands.
+            if inspected.contains(ifindex) {
+                continue;
+            }
+            let Some(network) = inventory
+                .networks
+                .values()
+                .find(|n| n.bridge.as_deref() == Some(owner.bridge.as_str()))
+            else {
+                continue;
+            };
+            let container = match inventory.containers.get_mut(&owner.container) {
+                Some(running) => running,
+                None => match inventory.departed.get_mut(&owner.container) {
+                    Some((departed, _)) => departed,
+                    None => continue,
+                },
+            };
+            let inspected = container.inspected();
+            match container
+                .endpoints
+                .iter_mut()
+                .find(|e| e.network_id == network.id)
+            {
+                Some(endpoint) if endpoint.host_ifindex.is_none() => {
+                    endpoint.host_ifindex = Some(*ifindex);
+                }
+                // An inspection's endpoints are all the container has (a
+                // network it left is not given back).
+                Some(_) => {}
+                None if inspected => {}
+                None => container.endpoints.push(Endpoint {
+                    network: network.name.clone(),
+                    network_id: network.id.clone(),
+                    ip: None,
+                    ipv6: None,
+                    mac: None,
+                    gateway: None,
+                    host_ifindex: Some(*ifindex),
+                }),
+            }
+        }
         inventory
     }
 
@@ -565,6 +688,9 @@ mod properties;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+
+    use crate::docker::Directory;
 
     #[test]
     fn macs_parse_strictly() {
@@ -635,6 +761,112 @@ mod tests {
         );
         // A bridge veth not attached (yet) is no reason of these.
         assert_eq!(why(container("br", &[("br", Some(8))])), None);
+    }
+
+    #[test]
+    fn an_event_names_a_container_and_a_veth_found_by_namespace_joins_it() {
+        let attributes: HashMap<String, String> = [
+            ("name", "job-1"),
+            ("image", "busybox"),
+            ("exitCode", "0"),
+            ("com.docker.compose.project", "shop"),
+            ("team", "payments"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let announced = Container::announced("abc", &attributes).expect("named");
+        assert_eq!(announced.name, "job-1");
+        assert_eq!(announced.image, "busybox");
+        assert_eq!(announced.compose_project.as_deref(), Some("shop"));
+        assert_eq!(
+            announced.labels.keys().collect::<Vec<_>>(),
+            ["com.docker.compose.project", "team"]
+        );
+        assert!(Container::announced("abc", &HashMap::new()).is_none());
+
+        let mut inventory = Inventory::default();
+        inventory.networks.insert(
+            "net".into(),
+            Network {
+                id: "net".into(),
+                name: "jobs".into(),
+                driver: "bridge".into(),
+                bridge: Some("br-jobs".into()),
+                gateways: Vec::new(),
+                inter_container_communication: true,
+            },
+        );
+        let inventory = inventory.with_announced(announced.clone()).expect("new");
+        assert!(inventory.departed.contains_key("abc"));
+        // Known already: an event adds nothing.
+        assert!(inventory.with_announced(announced).is_none());
+
+        let owners = BTreeMap::from([
+            (
+                7,
+                VethOwner {
+                    container: "abc".into(),
+                    bridge: "br-jobs".into(),
+                },
+            ),
+            // Unknown container, unknown bridge: left alone.
+            (
+                8,
+                VethOwner {
+                    container: "nobody".into(),
+                    bridge: "br-jobs".into(),
+                },
+            ),
+            (
+                9,
+                VethOwner {
+                    container: "abc".into(),
+                    bridge: "br-other".into(),
+                },
+            ),
+        ]);
+        let identified = inventory.with_veth_owners(&owners);
+        let (container, _) = &identified.departed["abc"];
+        assert_eq!(container.endpoints.len(), 1);
+        assert_eq!(container.endpoints[0].network, "jobs");
+        assert_eq!(container.endpoints[0].host_ifindex, Some(7));
+        let directory = Directory::new(Some(&identified), HashSet::new());
+        let (owner, _) = directory.veth_owner(7).expect("veth 7 named");
+        assert_eq!(owner.name, "job-1");
+        assert!(directory.veth_owner(8).is_none());
+        assert!(directory.veth_owner(9).is_none());
+        // Applied again: the same (an inspection's veth stands).
+        let again = identified.with_veth_owners(&owners);
+        assert_eq!(again.departed["abc"].0.endpoints.len(), 1);
+
+        // Inspected since, without that network (disconnected): its veth
+        // is not given back; an endpoint the inspection left without a
+        // veth gets it.
+        let mut inspected = inventory.clone();
+        let (container, _) = inspected.departed.get_mut("abc").expect("known");
+        container.network_mode = "other".into();
+        let identified = inspected.with_veth_owners(&owners);
+        assert!(identified.departed["abc"].0.endpoints.is_empty());
+        let (container, _) = inspected.departed.get_mut("abc").expect("known");
+        container.endpoints = endpoint_without_veth();
+        let identified = inspected.with_veth_owners(&owners);
+        assert_eq!(
+            identified.departed["abc"].0.endpoints[0].host_ifindex,
+            Some(7)
+        );
+    }
+
+    fn endpoint_without_veth() -> Vec<Endpoint> {
+        vec![Endpoint {
+            network: "jobs".into(),
+            network_id: "net".into(),
+            ip: None,
+            ipv6: None,
+            mac: None,
+            gateway: None,
+            host_ifindex: None,
+        }]
     }
 
     #[test]

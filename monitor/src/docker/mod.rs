@@ -1,6 +1,7 @@
 //! Container identity from the Docker engine. crossmon only reads: list,
 //! inspect, version and the event stream; it never changes anything.
 
+mod cgroup;
 mod client;
 pub mod directory;
 mod follow;
@@ -13,6 +14,9 @@ pub mod swarm;
 pub use client::connect;
 pub use directory::{end_name, service_name, Directory, EndKind, FlowEnd, AGGREGATE};
 pub use follow::follow;
-pub use inventory::{Container, Endpoint, EngineInfo, Inventory, Network, UNWATCHED_REASONS};
+pub use inventory::{
+    Container, Endpoint, EngineInfo, Inventory, Network, VethOwner, UNWATCHED_REASONS,
+};
+pub use netns::{owner_of_namespace, NamespaceIds};
 pub use posture::Posture;
 pub use snapshot::Snapshot;

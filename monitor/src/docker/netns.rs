@@ -120,6 +120,46 @@ pub async fn host_veth_peers() -> anyhow::Result<Vec<ContainerLink>> {
     Ok(peers)
 }
 
+/// Namespace ids of containers' processes, by (container id, pid): an id
+/// lives as long as its namespace, and a container restarted has a new
+/// pid.
+#[derive(Default)]
+pub struct NamespaceIds(HashMap<(String, u32), i32>);
+
+/// The container whose processes live in network namespace `nsid` (an id
+/// in ours: a host veth's `IFLA_LINK_NETNSID`), found through the cgroups
+/// of the processes running now; `None` if no container process is in it
+/// (gone already, or not a container's). Namespaces shared by several
+/// containers (`--network container:`) name the one with the lowest pid,
+/// mostly the one that made it.
+pub async fn owner_of_namespace(
+    handle: &Handle,
+    nsid: i32,
+    known: &mut NamespaceIds,
+) -> Option<String> {
+    let running = super::cgroup::container_pids();
+    known.0.retain(|(id, pid), _| running.get(id) == Some(pid));
+    let mut candidates: Vec<(u32, String)> = Vec::new();
+    for (id, pid) in running {
+        let key = (id, pid);
+        let found = match known.0.get(&key) {
+            Some(found) => *found,
+            None => match query_nsid(handle, Namespace::Pid(pid)).await {
+                // Not assigned yet: it may get one when a veth moves in.
+                Ok(NSID_NOT_ASSIGNED) | Err(_) => continue,
+                Ok(found) => {
+                    known.0.insert(key.clone(), found);
+                    found
+                }
+            },
+        };
+        if found == nsid {
+            candidates.push((key.1, key.0));
+        }
+    }
+    candidates.into_iter().min().map(|(_, id)| id)
+}
+
 /// The veths of namespace `nsid` (an id in ours), with their ifindex there.
 async fn namespace_veths(handle: &Handle, nsid: i32) -> anyhow::Result<Vec<(u32, ContainerLink)>> {
     let mut request = handle.link().get();
