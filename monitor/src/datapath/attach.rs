@@ -59,6 +59,11 @@ pub struct ProgramRunStats {
     /// Instructions the verifier processed to accept it (kernels 5.16+
     /// report it).
     pub verified_instructions: Option<u32>,
+    /// Instructions of the program as the kernel runs it, after the
+    /// verifier's rewrites (`bpftool prog`'s xlated length / 8).
+    pub translated_instructions: Option<u32>,
+    /// Bytes of its JIT-compiled code (`None` without the JIT).
+    pub jited_bytes: Option<u32>,
 }
 
 /// The loaded programs and where they are attached.
@@ -242,6 +247,8 @@ impl Programs {
                     run_time: info.run_time(),
                     run_count: info.run_count(),
                     verified_instructions: info.verified_instruction_count(),
+                    translated_instructions: info.size_translated().map(|bytes| bytes / 8),
+                    jited_bytes: Some(info.size_jitted()).filter(|&bytes| bytes != 0),
                 })
             })
             .collect()

@@ -321,8 +321,10 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 
     if throughput {
         println!(
-            "\n{}\nMean ns per program run (run-time statistics pass):\n\n{}",
+            "\n{}\nRatios to bare, per repetition:\n\n{}\nMean ns per program run (run-time \
+             statistics pass):\n\n{}",
             report.throughput_table(),
+            report.ratio_table(),
             report.cost_table()
         );
     }
@@ -503,7 +505,17 @@ fn benchmarks_md(
     line(&mut md, "");
     md.push_str(&report.throughput_table());
     line(&mut md, "");
-    line(&mut md, "## Targets (issue 7)");
+    line(
+        &mut md,
+        "Ratio to the bare path repetition by repetition (each run over the bare path's run of \
+         the same repetition, the monitors' order rotated): lowest to highest, and the 95 % \
+         confidence interval of their mean (Student's t). Where an interval straddles a target, \
+         more repetitions (`--repetitions`) narrow it.",
+    );
+    line(&mut md, "");
+    md.push_str(&report.ratio_table());
+    line(&mut md, "");
+    line(&mut md, "## Targets (issue 18)");
     line(&mut md, "");
     for target in report.targets() {
         line(&mut md, &format!("- {target}"));

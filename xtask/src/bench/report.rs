@@ -30,8 +30,56 @@ pub struct ProgramCost {
     pub ns_per_run: f64,
 }
 
-/// Per packet, per program, at default settings (issue 7).
-pub const NS_PER_RUN_TARGET: f64 = 150.0;
+/// Per packet, `to_container` at default settings (issue 18); see
+/// [`Workload::from_container_target_ns`] for `from_container`.
+pub const TO_CONTAINER_TARGET_NS: f64 = 100.0;
+
+/// Two-sided 95 % quantiles of Student's t for 1 to 30 degrees of
+/// freedom; beyond, the normal's.
+const T_95: [f64; 30] = [
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+    2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+    2.052, 2.048, 2.045, 2.042,
+];
+
+/// How a monitor's ratio to the bare path varied over the repetitions:
+/// each repetition's figure over the bare path's of the same repetition.
+pub struct RatioSpread {
+    pub min: f64,
+    pub max: f64,
+    /// 95 % confidence interval of the mean ratio (Student's t); `None`
+    /// with fewer than two repetitions.
+    pub interval: Option<(f64, f64)>,
+}
+
+impl RatioSpread {
+    pub fn of(ratios: &[f64]) -> Option<Self> {
+        let n = ratios.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = ratios.iter().sum::<f64>() / n as f64;
+        let interval = (n >= 2).then(|| {
+            let variance = ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            let t = T_95.get(n - 2).copied().unwrap_or(1.96);
+            let half = t * (variance / n as f64).sqrt();
+            (mean - half, mean + half)
+        });
+        Some(Self {
+            min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            max: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            interval,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        let mut out = format!("{:.2} to {:.2}", self.min, self.max);
+        if let Some((lo, hi)) = self.interval {
+            let _ = write!(out, ", 95 % CI {lo:.3} to {hi:.3}");
+        }
+        out
+    }
+}
 
 /// `MONITORS[0]` is the bare path, `MONITORS[1]` crossmon at default
 /// settings.
@@ -81,6 +129,43 @@ impl Report<'_> {
 
     fn ratio(&self, monitor: usize, workload: Workload) -> Option<f64> {
         Some(self.median(monitor, workload)? / self.median(BARE, workload)?)
+    }
+
+    /// Each repetition's ratio of `monitor` to the bare path.
+    fn paired_ratios(&self, monitor: usize, workload: Workload) -> Vec<f64> {
+        let of = |i: usize, repetition: usize| {
+            self.measurements
+                .iter()
+                .find(|m| m.monitor == i && m.workload == workload && m.repetition == repetition)
+                .map(|m| m.value)
+        };
+        self.measurements
+            .iter()
+            .filter(|m| m.monitor == monitor && m.workload == workload)
+            .filter_map(|m| Some(m.value / of(BARE, m.repetition).filter(|&v| v > 0.0)?))
+            .collect()
+    }
+
+    /// Per workload and monitor, how the ratio to the bare path spread
+    /// over the repetitions and its confidence interval.
+    pub fn ratio_table(&self) -> String {
+        let mut out = String::from("| workload |");
+        for monitor in &self.monitors[1..] {
+            let _ = write!(out, " {} |", monitor.name);
+        }
+        out.push_str("\n|---|");
+        out.push_str(&"---|".repeat(self.monitors.len() - 1));
+        out.push('\n');
+        for workload in Workload::ALL {
+            let _ = write!(out, "| {} |", workload.title());
+            for i in 1..self.monitors.len() {
+                let cell = RatioSpread::of(&self.paired_ratios(i, workload))
+                    .map_or_else(|| "n/a".to_owned(), |spread| spread.describe());
+                let _ = write!(out, " {cell} |");
+            }
+            out.push('\n');
+        }
+        out
     }
 
     /// Program names of `monitor`'s costs, in first-seen order.
@@ -173,7 +258,7 @@ impl Report<'_> {
         out
     }
 
-    /// One line per target of issue 7 of the passes that ran, each `pass`
+    /// One line per target (issue 18) of the passes that ran, each `pass`
     /// or `miss`.
     pub fn targets(&self) -> Vec<String> {
         let mut lines = if self.measurements.is_empty() {
@@ -191,34 +276,35 @@ impl Report<'_> {
         let mut lines = Vec::new();
         for workload in Workload::ALL {
             let ratio = self.ratio(CROSSMON, workload);
+            let spread = RatioSpread::of(&self.paired_ratios(CROSSMON, workload))
+                .map_or_else(String::new, |spread| {
+                    format!(" (per repetition {})", spread.describe())
+                });
             lines.push(format!(
-                "{}: crossmon at {} of bare (target >= {:.2}): {}",
+                "{}: crossmon at {}{spread} of bare (target >= {:.2}): {}",
                 workload.title(),
                 ratio.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.3}")),
                 workload.target(),
                 verdict(ratio.is_some_and(|r| r >= workload.target()))
             ));
         }
-        let worst = self
-            .programs()
-            .into_iter()
-            .flat_map(|program| {
-                Workload::ALL.map(|workload| {
-                    self.cost(CROSSMON, workload, program)
-                        .map(|ns| (ns, program, workload))
-                })
-            })
-            .flatten()
-            .max_by(|a, b| a.0.total_cmp(&b.0));
-        lines.push(match worst {
-            Some((ns, program, workload)) => format!(
-                "ns per packet per program at default settings: at most {ns:.0} (`{program}`, {}) \
-                 (target <= {NS_PER_RUN_TARGET:.0}): {}",
-                workload.title(),
-                verdict(ns <= NS_PER_RUN_TARGET)
-            ),
-            None => "ns per packet per program: not measured: miss".to_owned(),
-        });
+        for program in self.programs() {
+            for workload in Workload::ALL {
+                let target = if program == "from_container" {
+                    workload.from_container_target_ns()
+                } else {
+                    TO_CONTAINER_TARGET_NS
+                };
+                let ns = self.cost(CROSSMON, workload, program);
+                lines.push(format!(
+                    "`{program}` ns per run on {} at default settings: {} (target <= \
+                     {target:.0}): {}",
+                    workload.title(),
+                    ns.map_or_else(|| "n/a".to_owned(), |ns| format!("{ns:.0}")),
+                    verdict(ns.is_some_and(|ns| ns <= target))
+                ));
+            }
+        }
         let pcap: Vec<usize> = (0..self.monitors.len())
             .filter(|&i| matches!(self.monitors[i].kind, Kind::Tcpdump | Kind::Softflowd))
             .collect();

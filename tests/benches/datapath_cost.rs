@@ -1,0 +1,171 @@
+//! What counting costs a packet, by packet type: both programs timed by the
+//! kernel around the program alone (BPF_PROG_TEST_RUN) at default settings,
+//! and the programs' instruction counts, which do not move with the
+//! machine's load. Run by `cargo xtask bench` (root: it loads the
+//! programs); the figures each kernel lever of issue 18 was measured by.
+//!
+//! A flow's later packets are timed over many runs of one frame; a new
+//! flow's first packet can be timed only once, so those rows are single
+//! runs of distinct flows, beside single runs of the same packets once
+//! their flows are counted: the kernel's timing of one run adds the same
+//! overhead to both.
+
+use integration_tests::frames::*;
+use monitor::datapath::{
+    self, Datapath, DatapathConfig, Event, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
+};
+use monitor_common::{ip_proto, tcp_flag};
+
+/// Runs per measure of a flow's later packets, and measures per figure
+/// (the median is kept).
+const REPEAT: u32 = 200_000;
+const MEASURES: usize = 7;
+/// Distinct flows whose first packet is timed, per row.
+const NEW_FLOWS: u16 = 20_000;
+/// Drained every 500 flows: well under a quarter full.
+const RING_BYTES: u32 = 1 << 24;
+const CLIENT: [u8; 4] = [10, 9, 0, 2];
+const SERVER: [u8; 4] = [10, 9, 0, 3];
+
+fn frame(src_port: u16, protocol: u8, flags: u8, payload: usize) -> Vec<u8> {
+    let mac = |ip: [u8; 4]| [2, 0, 0, 0, 0, ip[3]];
+    let payload = vec![0x5a; payload];
+    let l4 = if protocol == ip_proto::TCP {
+        tcp(src_port, 80, flags, &payload)
+    } else {
+        udp(src_port, 8125, &payload)
+    };
+    ethernet(
+        mac(SERVER),
+        mac(CLIENT),
+        ETH_P_IP,
+        &ipv4(CLIENT, SERVER, protocol, &[], 0, &l4),
+    )
+}
+
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Median ns per run of `program` on a flow already counted and sampled.
+fn steady(dp: &mut Datapath, program: &str, frame: &[u8]) -> anyhow::Result<f64> {
+    let mut events = Vec::new();
+    for _ in 0..4 {
+        dp.programs.test_run(program, frame)?;
+    }
+    let mut times = Vec::new();
+    for _ in 0..MEASURES {
+        let (_, mean) = dp.programs.time_runs(program, frame, REPEAT)?;
+        times.push(mean.as_secs_f64() * 1e9);
+    }
+    dp.events.drain(&mut events);
+    anyhow::ensure!(
+        events.len() <= 3,
+        "{} events from a flow already sampled",
+        events.len()
+    );
+    Ok(median(times))
+}
+
+/// Mean ns of single runs of `from_container` on the first packet of
+/// `NEW_FLOWS` distinct flows (`first(port)`), and of single runs on the
+/// same packets once past the flows' payload samples; checks the events.
+/// The ring is drained as the agent would: a ring left over a quarter
+/// full wakes its reader at every record, which would be timed too.
+fn first_packets(
+    dp: &mut Datapath,
+    first: impl Fn(u16) -> Vec<u8>,
+    payload_sampled: bool,
+) -> anyhow::Result<(f64, f64)> {
+    let frames: Vec<Vec<u8>> = (0..NEW_FLOWS).map(|i| first(20_000 + i)).collect();
+    let mut events = Vec::new();
+    let mut pass = |dp: &mut Datapath, timed: bool| -> anyhow::Result<f64> {
+        let mut total = 0.0;
+        for (i, frame) in frames.iter().enumerate() {
+            let (_, took) = dp.programs.time_runs(PROGRAM_FROM_CONTAINER, frame, 1)?;
+            total += took.as_secs_f64();
+            if i % 500 == 499 {
+                dp.events.drain(&mut events);
+            }
+        }
+        dp.events.drain(&mut events);
+        Ok(if timed {
+            total / f64::from(NEW_FLOWS) * 1e9
+        } else {
+            0.0
+        })
+    };
+    let new = pass(dp, true)?;
+    // The second packet of each flow is sampled too (the default of 2).
+    pass(dp, false)?;
+    let again = pass(dp, true)?;
+    let new_flows = events
+        .iter()
+        .filter(|e| matches!(e, Event::NewFlow { .. }))
+        .count();
+    let samples = events
+        .iter()
+        .filter(|e| matches!(e, Event::Payload { .. }))
+        .count();
+    let expected_samples = if payload_sampled { 2 * frames.len() } else { 0 };
+    anyhow::ensure!(
+        new_flows == frames.len() && samples == expected_samples,
+        "{new_flows} new-flow events and {samples} payload samples from {} new flows",
+        frames.len()
+    );
+    Ok((new, again))
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut dp = datapath::load(&DatapathConfig {
+        ring_bytes: RING_BYTES,
+        ..DatapathConfig::default()
+    })?;
+    println!("| packet | program | ns per run |");
+    println!("|---|---|---:|");
+    let udp_64 = frame(40_000, ip_proto::UDP, 0, 64);
+    let tcp_1448 = frame(40_001, ip_proto::TCP, tcp_flag::ACK, 1448);
+    for (label, frame) in [
+        ("UDP, 64-byte payload, flow counted", &udp_64),
+        ("TCP, 1448-byte segment, flow counted", &tcp_1448),
+    ] {
+        for program in [PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER] {
+            // `to_container` counts what no watched veth counted first:
+            // a flow of its own, from an address of the other host.
+            let ns = steady(&mut dp, program, frame)?;
+            println!("| {label} | `{program}` | {ns:.0} |");
+        }
+    }
+    let (new, again) = first_packets(&mut dp, |p| frame(p, ip_proto::UDP, 0, 64), true)?;
+    println!("| UDP, first datagram of a new flow (single runs) | `{PROGRAM_FROM_CONTAINER}` | {new:.0} |");
+    println!(
+        "| UDP, the same flows past their samples (single runs) | `{PROGRAM_FROM_CONTAINER}` | {again:.0} |"
+    );
+    let (new, again) = first_packets(
+        &mut dp,
+        |p| frame(p, ip_proto::TCP, tcp_flag::SYN, 0),
+        false,
+    )?;
+    println!(
+        "| TCP SYN of a new connection (single runs) | `{PROGRAM_FROM_CONTAINER}` | {new:.0} |"
+    );
+    println!(
+        "| TCP, the same SYNs again, flows counted (single runs) | `{PROGRAM_FROM_CONTAINER}` | {again:.0} |"
+    );
+
+    println!();
+    println!("| program | instructions the verifier processed | instructions after loading (xlated) | JITed bytes |");
+    println!("|---|---:|---:|---:|");
+    for stats in dp.programs.run_stats()? {
+        let shown = |n: Option<u32>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
+        println!(
+            "| `{}` | {} | {} | {} |",
+            stats.name,
+            shown(stats.verified_instructions),
+            shown(stats.translated_instructions),
+            shown(stats.jited_bytes),
+        );
+    }
+    Ok(())
+}
