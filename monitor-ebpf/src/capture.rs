@@ -5,7 +5,7 @@
 //! Capture is per veth and independent of counting: `to_container` captures
 //! the packets it does not count because the sender's veth did.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use monitor_common::{CaptureFilter, CaptureRecord, CAPTURE_MATCH_PEER, MAX_SNAPLEN};
 
 use crate::{
@@ -47,7 +47,9 @@ pub fn packet(ctx: &TcContext, seen: &Seen, frame: &Result<Frame, Malformed>) {
         (*record).capture_id = filter.capture_id;
         (*record).ifindex = seen.ifindex;
         (*record).original_len = ctx.len();
-        (*record).timestamp_ns = seen.now_ns;
+        // Exact, unlike `seen.now_ns`: the pcapng shows packets'
+        // spacing.
+        (*record).timestamp_ns = bpf_ktime_get_ns();
         (*record).direction = seen.direction as u8;
         (*record)._pad = [0; 7];
         // Through ring memory, as `events::forget` explains: the length

@@ -20,7 +20,7 @@ mod tracepoints;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::bpf_get_prandom_u32,
     macros::classifier,
     programs::TcContext,
 };
@@ -30,7 +30,9 @@ use monitor_common::{ip_proto, Counter, Direction, EventKind, FlowKey, FlowStats
 use crate::{
     events::Seen,
     flow::Accounted,
-    maps::{bump, counted_at_ingress, veth_id, PAYLOAD_BYTES, PAYLOAD_PACKETS, SAMPLE_RATE},
+    maps::{
+        bump, counted_at_ingress, now_ns, veth_id, PAYLOAD_BYTES, PAYLOAD_PACKETS, SAMPLE_RATE,
+    },
     parse::{Frame, Malformed},
     policy::Verdict,
 };
@@ -99,8 +101,7 @@ fn seen(ctx: &TcContext, direction: Direction) -> Seen {
         direction,
         // SAFETY: `skb` is the context pointer the kernel handed to the program.
         ifindex: veth_id(unsafe { (*ctx.skb.skb).ifindex }),
-        // SAFETY: helper without preconditions.
-        now_ns: unsafe { bpf_ktime_get_ns() },
+        now_ns: now_ns(),
     }
 }
 

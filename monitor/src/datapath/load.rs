@@ -9,10 +9,10 @@ use aya::{
 use aya_log::EbpfLogger;
 use monitor_common::{
     CAPTURE_ACTIVE_MAP, CAPTURE_FILTERS_MAP, CAPTURE_LOST_MAP, CAPTURE_RING_MAP,
-    COUNTED_IFACES_MAP, COUNTERS_MAP, DROPS_MAP, EVENTS_MAP, FLOWS_MAP, GLOBAL_DNS_EVENTS,
-    GLOBAL_NEW_FLOW_EVENTS, GLOBAL_PAYLOAD_BYTES, GLOBAL_PAYLOAD_PACKETS, GLOBAL_SAMPLE_RATE,
-    MAX_CAPTURE, POLICY_COUNTS_MAP, POLICY_DENIED_MAP, POLICY_IFACES_MAP, POLICY_RULES_MAP,
-    POLICY_STATE_MAP, RETRANSMITS_MAP,
+    COUNTED_IFACES_MAP, COUNTERS_MAP, DROPS_MAP, EVENTS_MAP, FLOWS_MAP, GLOBAL_COARSE_CLOCK,
+    GLOBAL_DNS_EVENTS, GLOBAL_NEW_FLOW_EVENTS, GLOBAL_PAYLOAD_BYTES, GLOBAL_PAYLOAD_PACKETS,
+    GLOBAL_SAMPLE_RATE, MAX_CAPTURE, POLICY_COUNTS_MAP, POLICY_DENIED_MAP, POLICY_IFACES_MAP,
+    POLICY_RULES_MAP, POLICY_STATE_MAP, RETRANSMITS_MAP,
 };
 
 use super::{
@@ -228,6 +228,7 @@ pub(super) struct Globals {
     sample_rate: u32,
     new_flow_events: u32,
     dns_events: u32,
+    coarse_clock: u32,
     log_level: u8,
     flow_capacity: u32,
     ring_bytes: u32,
@@ -242,6 +243,7 @@ impl Globals {
             sample_rate: config.sample_rate,
             new_flow_events: u32::from(config.new_flow_events),
             dns_events: u32::from(config.dns_events),
+            coarse_clock: u32::from(super::preflight::has_coarse_clock()),
             // aya-log's level 0 disables every log statement in the programs.
             log_level: match config.ebpf_log {
                 None | Some(log::LevelFilter::Off) => 0,
@@ -267,6 +269,7 @@ pub(super) fn loader(globals: &Globals) -> EbpfLoader<'_> {
         .override_global(GLOBAL_SAMPLE_RATE, &globals.sample_rate, true)
         .override_global(GLOBAL_NEW_FLOW_EVENTS, &globals.new_flow_events, true)
         .override_global(GLOBAL_DNS_EVENTS, &globals.dns_events, true)
+        .override_global(GLOBAL_COARSE_CLOCK, &globals.coarse_clock, true)
         .override_global("AYA_LOG_LEVEL", &globals.log_level, true);
     loader
 }
