@@ -1,10 +1,12 @@
-//! Header parsing. Every read copies a whole header with
-//! `bpf_skb_load_bytes` (`ctx.load`), which bounds-checks against the whole
-//! skb, paged data included, so a truncated frame yields an error here and
-//! never an out-of-bounds access. Direct packet reads would be cheaper per
-//! read, but the verifier then tracks every read's offset range and the
-//! paths through VLAN tags, IPv6 extension headers and event captures stop
-//! being pruned: copies keep verification small on every kernel.
+//! Header parsing. The common case, an untagged IPv4 frame whose headers
+//! sit in the skb's linear part, is read in place at fixed offsets. Every
+//! other read copies a whole header with `bpf_skb_load_bytes`
+//! (`ctx.load`), which bounds-checks against the whole skb, paged data
+//! included, so a truncated frame yields an error here and never an
+//! out-of-bounds access. Direct reads at variable offsets would be cheaper
+//! per read, but the verifier then tracks every read's offset range and
+//! the paths through VLAN tags, IPv6 extension headers and event captures
+//! stop being pruned: copies keep verification small on every kernel.
 
 use aya_ebpf::programs::TcContext;
 use monitor_common::{ip_proto, FlowKey};
@@ -58,6 +60,21 @@ pub struct IpPacket {
     pub payload_len: u32,
 }
 
+/// The frame's first `N` bytes where the skb's linear part holds them:
+/// direct packet access, at offset 0 only, so the verifier tracks one
+/// fixed range and the paths after it merge as with a copy.
+#[inline(always)]
+fn in_place<const N: usize>(ctx: &TcContext) -> Option<&[u8; N]> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + N > end {
+        return None;
+    }
+    // SAFETY: the verifier-checked bounds above: `N` bytes from `start`
+    // are packet data, readable for the program's whole run (nothing in
+    // it moves the packet).
+    Some(unsafe { &*(start as *const [u8; N]) })
+}
+
 #[inline(always)]
 fn be16(ctx: &TcContext, offset: usize) -> Result<u16, Malformed> {
     bytes::<2>(ctx, offset).map(u16::from_be_bytes)
@@ -76,10 +93,20 @@ const ETH_IPV4_L4_HEAD: usize = ETH_HLEN + 20 + L4_HEAD;
 
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Frame, Malformed> {
-    // Most frames are untagged IPv4 TCP or UDP: one copy brings all three
-    // headers, where the walk below takes three (a helper call costs more
-    // than its bytes). Shorter frames take the walk.
-    if let Ok(head) = bytes::<ETH_IPV4_L4_HEAD>(ctx, 0) {
+    // Most frames are untagged IPv4 TCP or UDP, their headers in the skb's
+    // linear part: read there, at fixed offsets, without a helper call.
+    // Otherwise one copy brings all three headers, where the walk below
+    // takes three (a helper call costs more than its bytes). Shorter
+    // frames take the walk.
+    let copied;
+    let head = match in_place::<ETH_IPV4_L4_HEAD>(ctx) {
+        Some(head) => Some(head),
+        None => {
+            copied = bytes::<ETH_IPV4_L4_HEAD>(ctx, 0).ok();
+            copied.as_ref()
+        }
+    };
+    if let Some(head) = head {
         if u16::from_be_bytes([head[12], head[13]]) == ETH_P_IP {
             let (Ok(ip), Ok(l4)) = (
                 <&[u8; 20]>::try_from(&head[ETH_HLEN..ETH_HLEN + 20]),
