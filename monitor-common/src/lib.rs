@@ -389,13 +389,22 @@ pub struct EventHeader {
     pub kind: u8,
     /// A [`Direction`] value.
     pub direction: u8,
-    pub _pad: [u8; 2],
+    /// [`EVENT_OPENS_FLOW`], or 0.
+    pub flags: u8,
+    pub _pad: u8,
     /// Interface the packet was seen on.
     pub ifindex: u32,
     /// CLOCK_MONOTONIC (see [`GLOBAL_COARSE_CLOCK`]).
     pub timestamp_ns: u64,
 }
 const _: () = assert!(size_of::<EventHeader>() == 16);
+
+/// [`EventHeader::flags`] bit of a payload or DNS record whose packet
+/// opened its flow: the record is the flow's new-flow event too (one ring
+/// record where there would be two). Set only when new-flow events are on;
+/// a flow whose first packet carries nothing to sample gets a
+/// [`NewFlowEvent`].
+pub const EVENT_OPENS_FLOW: u8 = 1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     ArpEvent, CaptureEvent, Direction, EventHeader, EventKind, FlowKey, NewFlowEvent, ARP_LEN,
-    MAX_CAPTURE,
+    EVENT_OPENS_FLOW, MAX_CAPTURE,
 };
 
 use crate::maps::{bump, EVENTS};
@@ -23,11 +23,12 @@ pub struct Seen {
 
 impl Seen {
     #[inline(always)]
-    fn header(&self, kind: EventKind) -> EventHeader {
+    fn header(&self, kind: EventKind, flags: u8) -> EventHeader {
         EventHeader {
             kind: kind as u8,
             direction: self.direction as u8,
-            _pad: [0; 2],
+            flags,
+            _pad: 0,
             ifindex: self.ifindex,
             timestamp_ns: self.now_ns,
         }
@@ -56,7 +57,7 @@ pub fn new_flow(seen: &Seen, key: &FlowKey) {
         return;
     };
     entry.write(NewFlowEvent {
-        header: seen.header(EventKind::NewFlow),
+        header: seen.header(EventKind::NewFlow, 0),
         key: *key,
     });
     entry.submit(wakeup());
@@ -64,8 +65,11 @@ pub fn new_flow(seen: &Seen, key: &FlowKey) {
 
 /// Copies up to `limit` bytes starting at `offset` of a span `span_len` long.
 /// `kind` is `Payload` (span = transport payload) or `PacketSample` (span =
-/// the whole frame, `key` zero).
+/// the whole frame, `key` zero). `opens_flow`: the record is the flow's
+/// new-flow event too (`EVENT_OPENS_FLOW`), lost with it when the ring is
+/// full.
 #[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "one capture, its parts")]
 pub fn capture(
     ctx: &TcContext,
     seen: &Seen,
@@ -74,16 +78,21 @@ pub fn capture(
     offset: usize,
     span_len: u32,
     limit: u32,
+    opens_flow: bool,
 ) {
     let Some(mut entry) = EVENTS.reserve::<CaptureEvent>(0) else {
         bump(kind.lost_counter());
+        if opens_flow {
+            bump(EventKind::NewFlow.lost_counter());
+        }
         return;
     };
     let event = entry.as_mut_ptr();
+    let flags = if opens_flow { EVENT_OPENS_FLOW } else { 0 };
     // SAFETY: `event` points at a reserved record of the right size; fields
     // are written through raw pointers because the record is uninitialised.
     unsafe {
-        (*event).header = seen.header(kind);
+        (*event).header = seen.header(kind, flags);
         (*event).key = *key;
         (*event).original_len = span_len;
         let in_skb = ctx.len().saturating_sub(offset as u32);
@@ -108,7 +117,7 @@ pub fn arp(ctx: &TcContext, seen: &Seen, offset: usize) {
     let in_skb = ctx.len().saturating_sub(offset as u32);
     // SAFETY: as in `capture`.
     unsafe {
-        (*event).header = seen.header(EventKind::Arp);
+        (*event).header = seen.header(EventKind::Arp, 0);
         (*event).eth_dst = [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]];
         (*event).eth_src = [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]];
         (*event).captured_len = copy_bytes(ctx, offset, (*event).arp.as_mut_ptr(), in_skb, ARP_LEN);

@@ -4,8 +4,8 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use monitor_common::{tcp_flag, Counter, Direction, FlowStats};
 
 use crate::{
-    events::{self, Seen},
-    maps::{bump, FLOWS, NEW_FLOW_EVENTS},
+    events::Seen,
+    maps::{bump, FLOWS},
     parse::IpPacket,
 };
 
@@ -14,6 +14,8 @@ pub enum Accounted {
     /// Counted into a flow already in the map; this CPU's slot of it.
     Counted(*mut FlowStats),
     /// The packet opened its flow: the entry was created with it counted.
+    /// The caller sends the new-flow event, alone or with the packet's
+    /// payload sample.
     Created,
     /// Already counted where it left a container (see [`account`]).
     Duplicate,
@@ -23,6 +25,8 @@ pub enum Accounted {
 
 /// Counts the packet into its flow. A packet that opens a flow is counted
 /// in the value the entry is created with: one map operation, not three.
+/// NOEXIST makes exactly one CPU win the creation of a flow, so its
+/// new-flow event is sent once even when CPUs race.
 /// `first_samples` is what the new entry's `payload_samples` starts at.
 ///
 /// A packet leaving the host towards a container whose flow this CPU
@@ -55,16 +59,12 @@ pub fn account(seen: &Seen, packet: &IpPacket, segments: u32, first_samples: u8)
         ifindex: seen.ifindex,
     };
     count(&mut stats, seen, packet, segments);
-    // NOEXIST makes exactly one CPU win the creation of a flow, so the
-    // new-flow event is sent once even when CPUs race. A per-CPU entry
-    // created here holds the value in this CPU's slot and zeros elsewhere.
+    // A per-CPU entry created here holds the value in this CPU's slot and
+    // zeros elsewhere.
     if FLOWS
         .insert(packet.key, stats, u64::from(BPF_NOEXIST))
         .is_ok()
     {
-        if NEW_FLOW_EVENTS.load() != 0 {
-            events::new_flow(seen, &packet.key);
-        }
         return Accounted::Created;
     }
     // Another CPU created it first: count into this CPU's slot of it.

@@ -31,7 +31,8 @@ use crate::{
     events::Seen,
     flow::Accounted,
     maps::{
-        bump, counted_at_ingress, now_ns, veth_id, PAYLOAD_BYTES, PAYLOAD_PACKETS, SAMPLE_RATE,
+        bump, counted_at_ingress, now_ns, veth_id, NEW_FLOW_EVENTS, PAYLOAD_BYTES, PAYLOAD_PACKETS,
+        SAMPLE_RATE,
     },
     parse::{Frame, Malformed},
     policy::Verdict,
@@ -118,6 +119,7 @@ fn observe(ctx: &TcContext, seen: &Seen, frame: Result<Frame, Malformed>) {
             0,
             ctx.len(),
             PACKET_HEAD_BYTES,
+            false,
         );
     }
 
@@ -138,9 +140,13 @@ fn observe(ctx: &TcContext, seen: &Seen, frame: Result<Frame, Malformed>) {
             let wants_sample = limit != 0 && packet.payload_len != 0 && is_tcp_or_udp;
             let first_samples = u8::from(wants_sample && PAYLOAD_PACKETS.load() != 0);
             let dns = dns::wanted(&packet);
+            let mut opens_flow = false;
             let sample = match flow::account(seen, &packet, segments, first_samples) {
                 Accounted::Counted(slot) => wants_sample && !sampled_enough(slot),
-                Accounted::Created => first_samples != 0,
+                Accounted::Created => {
+                    opens_flow = NEW_FLOW_EVENTS.load() != 0;
+                    first_samples != 0
+                }
                 Accounted::Duplicate => return,
                 Accounted::Refused => {
                     debug!(ctx, "flow map refused an entry on ifindex {}", seen.ifindex);
@@ -151,9 +157,10 @@ fn observe(ctx: &TcContext, seen: &Seen, frame: Result<Frame, Malformed>) {
             if packet.l4_truncated {
                 bump(Counter::Malformed);
             }
-            // One capture for both: a DNS packet's sample is its DNS event
-            // (the agent hands it to the payload's readers too), and the
-            // programs keep a single copy path for the verifier.
+            // One capture for all: a DNS packet's sample is its DNS event
+            // (the agent hands it to the payload's readers too), the
+            // packet that opened the flow announces it in the same record,
+            // and the programs keep a single copy path for the verifier.
             if sample || dns {
                 let (kind, limit) = if dns {
                     (EventKind::Dns, dns::BYTES)
@@ -168,7 +175,10 @@ fn observe(ctx: &TcContext, seen: &Seen, frame: Result<Frame, Malformed>) {
                     packet.payload_offset,
                     packet.payload_len,
                     limit,
+                    opens_flow,
                 );
+            } else if opens_flow {
+                events::new_flow(seen, &packet.key);
             }
         }
         Ok(Frame::Arp(offset)) => {

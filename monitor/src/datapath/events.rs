@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use monitor_common::{
     ArpEvent, CaptureEvent, Direction, EventHeader, EventKind, FlowKey, NewFlowEvent, ARP_LEN,
-    MAX_CAPTURE,
+    EVENT_OPENS_FLOW, MAX_CAPTURE,
 };
 use std::os::fd::{AsRawFd, RawFd};
 use tokio::io::unix::AsyncFd;
@@ -155,6 +155,23 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
     }
 }
 
+/// The new-flow event a payload or DNS record also is, when its packet
+/// opened the flow (`EVENT_OPENS_FLOW`): it comes first, as the two
+/// records it replaces came.
+pub fn opened_flow(record: &[u8], event: &Event) -> Option<Event> {
+    let header: EventHeader = read(record)?;
+    if header.flags & EVENT_OPENS_FLOW == 0 {
+        return None;
+    }
+    match event {
+        Event::Payload { seen, key, .. } | Event::Dns { seen, key, .. } => Some(Event::NewFlow {
+            seen: *seen,
+            key: *key,
+        }),
+        _ => None,
+    }
+}
+
 impl ArpPacket {
     /// Decodes the fixed Ethernet/IPv4 ARP layout (RFC 826 with htype 1,
     /// ptype 0x0800, hlen 6, plen 4); anything else keeps only the operation.
@@ -208,7 +225,10 @@ impl EventRing {
         let mut undecodable = 0;
         while let Some(record) = self.ring.next() {
             match decode(&record) {
-                Ok(event) => out.push(event),
+                Ok(event) => {
+                    out.extend(opened_flow(&record, &event));
+                    out.push(event);
+                }
                 Err(err) => {
                     undecodable += 1;
                     tracing::debug!("dropping ring record: {err}");
@@ -261,7 +281,8 @@ mod tests {
         EventHeader {
             kind: kind as u8,
             direction: Direction::FromContainer as u8,
-            _pad: [0; 2],
+            flags: 0,
+            _pad: 0,
             ifindex: 7,
             timestamp_ns: 42,
         }
@@ -336,6 +357,38 @@ mod tests {
     }
 
     #[test]
+    fn a_record_that_opened_its_flow_is_its_new_flow_event_too() {
+        let key = FlowKey::ipv4([10, 0, 0, 1], 40_000, [10, 0, 0, 2], 80, 6);
+        for (kind, flags, announced) in [
+            (EventKind::Payload, EVENT_OPENS_FLOW, true),
+            (EventKind::Dns, EVENT_OPENS_FLOW, true),
+            (EventKind::Payload, 0, false),
+            (EventKind::PacketSample, EVENT_OPENS_FLOW, false),
+        ] {
+            let record = bytes_of(&CaptureEvent {
+                header: EventHeader {
+                    flags,
+                    ..header(kind)
+                },
+                key,
+                original_len: 3,
+                captured_len: 3,
+                data: [7; MAX_CAPTURE],
+            });
+            let event = decode(&record).expect("a well-formed record");
+            let expected = announced.then(|| Event::NewFlow {
+                seen: Seen {
+                    direction: Direction::FromContainer,
+                    ifindex: 7,
+                    timestamp_ns: 42,
+                },
+                key,
+            });
+            assert_eq!(opened_flow(&record, &event), expected, "{kind:?}");
+        }
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert_eq!(decode(&[]), Err(DecodeError::Short(0)));
         assert_eq!(decode(&[99; 16]), Err(DecodeError::UnknownKind(99)));
@@ -371,7 +424,8 @@ mod tests {
                 move |(direction, ifindex, timestamp_ns)| EventHeader {
                     kind: kind as u8,
                     direction: direction as u8,
-                    _pad: [0; 2],
+                    flags: 0,
+                    _pad: 0,
                     ifindex,
                     timestamp_ns,
                 },
