@@ -44,10 +44,11 @@ pub const GLOBAL_DNS_EVENTS: &str = "DNS_EVENTS";
 /// another one (an overlay network's sandbox), whose ifindexes may equal
 /// the host's. Every map keyed by interface holds these ids.
 pub const GLOBAL_NETNS_TAG: &str = "NETNS_TAG";
-/// Name of the global that picks the programs' clock: 1 for
-/// `bpf_ktime_get_coarse_ns` (kernel 5.11; CLOCK_MONOTONIC as of the last
-/// timer tick), 0 for `bpf_ktime_get_ns`. Flow and event times are then
-/// up to a tick (1 to 10 ms) early; capture records keep the exact clock.
+/// Name of the global that picks the programs' clock for a flow's latest
+/// packet and the enforce lease: 1 for `bpf_ktime_get_coarse_ns` (kernel
+/// 5.11; CLOCK_MONOTONIC as of the last timer tick, up to a tick (1 to
+/// 10 ms) behind), 0 for `bpf_ktime_get_ns`. A flow's first packet,
+/// events and capture records always read the exact clock.
 pub const GLOBAL_COARSE_CLOCK: &str = "COARSE_CLOCK";
 /// Where the namespace tag sits in a veth id: ifindexes of a sandbox
 /// namespace stay below 2^24 (16M interfaces created in it).
@@ -266,8 +267,7 @@ pub struct FlowStats {
     pub packets: u64,
     /// Sum of IP total lengths (header + payload), as NetFlow counts octets.
     pub bytes: u64,
-    /// CLOCK_MONOTONIC of the first packet on this CPU (see
-    /// [`GLOBAL_COARSE_CLOCK`]).
+    /// CLOCK_MONOTONIC of the first packet on this CPU.
     pub first_seen_ns: u64,
     /// CLOCK_MONOTONIC of the latest packet on this CPU (see
     /// [`GLOBAL_COARSE_CLOCK`]).
@@ -394,7 +394,7 @@ pub struct EventHeader {
     pub _pad: u8,
     /// Interface the packet was seen on.
     pub ifindex: u32,
-    /// CLOCK_MONOTONIC (see [`GLOBAL_COARSE_CLOCK`]).
+    /// CLOCK_MONOTONIC.
     pub timestamp_ns: u64,
 }
 const _: () = assert!(size_of::<EventHeader>() == 16);

@@ -5,12 +5,12 @@
 //! Capture is per veth and independent of counting: `to_container` captures
 //! the packets it does not count because the sender's veth did.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use monitor_common::{CaptureFilter, CaptureRecord, CAPTURE_MATCH_PEER, MAX_SNAPLEN};
 
 use crate::{
     events::{copy_bytes, forget, Seen},
-    maps::{CAPTURE_ACTIVE, CAPTURE_FILTERS, CAPTURE_LOST, CAPTURE_RING},
+    maps::{exact_ns, CAPTURE_ACTIVE, CAPTURE_FILTERS, CAPTURE_LOST, CAPTURE_RING},
     parse::{Frame, Malformed},
     policy::same,
 };
@@ -49,7 +49,7 @@ pub fn packet(ctx: &TcContext, seen: &Seen, frame: &Result<Frame, Malformed>) {
         (*record).original_len = ctx.len();
         // Exact, unlike `seen.now_ns`: the pcapng shows packets'
         // spacing.
-        (*record).timestamp_ns = bpf_ktime_get_ns();
+        (*record).timestamp_ns = exact_ns();
         (*record).direction = seen.direction as u8;
         (*record)._pad = [0; 7];
         // Through ring memory, as `events::forget` explains: the length

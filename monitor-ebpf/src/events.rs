@@ -11,13 +11,14 @@ use monitor_common::{
     EVENT_OPENS_FLOW, MAX_CAPTURE,
 };
 
-use crate::maps::{bump, EVENTS};
+use crate::maps::{bump, exact_ns, EVENTS};
 
 /// Where and when a packet was seen.
 #[derive(Clone, Copy)]
 pub struct Seen {
     pub direction: Direction,
     pub ifindex: u32,
+    /// To a tick (`maps::coarse_ns`).
     pub now_ns: u64,
 }
 
@@ -30,7 +31,9 @@ impl Seen {
             flags,
             _pad: 0,
             ifindex: self.ifindex,
-            timestamp_ns: self.now_ns,
+            // Exact: records are rare next to packets, and a DNS answer's
+            // latency is the difference of two.
+            timestamp_ns: exact_ns(),
         }
     }
 }

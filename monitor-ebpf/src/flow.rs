@@ -5,7 +5,7 @@ use monitor_common::{tcp_flag, Counter, Direction, FlowStats};
 
 use crate::{
     events::Seen,
-    maps::{bump, FLOWS},
+    maps::{bump, exact_ns, FLOWS},
     parse::IpPacket,
 };
 
@@ -43,11 +43,14 @@ pub fn account(seen: &Seen, packet: &IpPacket, segments: u32, first_samples: u8)
     if let Some(slot) = FLOWS.get_ptr_mut(packet.key) {
         return count_into(slot, seen, packet, segments);
     }
+    // Exact: a handshake's round trip is the difference of two flows'
+    // first packets, and which of two flows came first names the server.
+    let now = exact_ns();
     let mut stats = FlowStats {
         packets: 0,
         bytes: 0,
-        first_seen_ns: seen.now_ns,
-        last_seen_ns: seen.now_ns,
+        first_seen_ns: now,
+        last_seen_ns: now,
         syn: 0,
         syn_ack: 0,
         rst: 0,
@@ -89,7 +92,7 @@ fn count_into(slot: *mut FlowStats, seen: &Seen, packet: &IpPacket, segments: u3
         return Accounted::Duplicate;
     }
     if stats.first_seen_ns == 0 {
-        stats.first_seen_ns = seen.now_ns;
+        stats.first_seen_ns = exact_ns();
         stats.ifindex = seen.ifindex;
         stats.direction = seen.direction as u8;
     }
@@ -99,7 +102,10 @@ fn count_into(slot: *mut FlowStats, seen: &Seen, packet: &IpPacket, segments: u3
 
 #[inline(always)]
 fn count(stats: &mut FlowStats, seen: &Seen, packet: &IpPacket, segments: u32) {
-    stats.last_seen_ns = seen.now_ns;
+    // The coarse clock may lag the exact first packet's time by a tick.
+    if seen.now_ns > stats.last_seen_ns {
+        stats.last_seen_ns = seen.now_ns;
+    }
     let extra_segments = u64::from(segments.max(1) - 1);
     stats.packets = stats.packets.wrapping_add(1 + extra_segments);
     stats.bytes = stats

@@ -31,8 +31,8 @@ use crate::{
     events::Seen,
     flow::Accounted,
     maps::{
-        bump, counted_at_ingress, now_ns, veth_id, NEW_FLOW_EVENTS, PAYLOAD_BYTES, PAYLOAD_PACKETS,
-        SAMPLE_RATE,
+        bump, coarse_ns, counted_at_ingress, veth_id, NEW_FLOW_EVENTS, PAYLOAD_BYTES,
+        PAYLOAD_PACKETS, SAMPLE_RATE,
     },
     parse::{Frame, Malformed},
     policy::Verdict,
@@ -102,7 +102,7 @@ fn seen(ctx: &TcContext, direction: Direction) -> Seen {
         direction,
         // SAFETY: `skb` is the context pointer the kernel handed to the program.
         ifindex: veth_id(unsafe { (*ctx.skb.skb).ifindex }),
-        now_ns: now_ns(),
+        now_ns: coarse_ns(),
     }
 }
 

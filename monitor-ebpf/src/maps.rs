@@ -128,22 +128,29 @@ pub fn veth_id(ifindex: u32) -> u32 {
     ifindex | NETNS_TAG.load()
 }
 
-/// When a packet was seen, for flows, events and the policy's lease:
-/// CLOCK_MONOTONIC at the last timer tick where the kernel has the coarse
-/// helper. Its few milliseconds of lag matter to none of them, and it
-/// costs a packet a read of the timekeeper's copy instead of a clock
-/// source read (a paravirtual clock's, in a VM). 5.10 lacks the helper:
-/// the global is a constant to the verifier, which never sees the call
-/// there.
+/// When a packet was seen, where a tick's precision is enough (a flow's
+/// latest packet, the enforce lease): CLOCK_MONOTONIC at the last timer
+/// tick where the kernel has the coarse helper, read from the
+/// timekeeper's copy instead of a clock source (a paravirtual clock's, in
+/// a VM). 5.10 lacks the helper: the global is a constant to the verifier,
+/// which never sees the call there. What orders or subtracts times (a
+/// flow's first packet, events, captures) reads [`exact_ns`].
 #[inline(always)]
-pub fn now_ns() -> u64 {
+pub fn coarse_ns() -> u64 {
     if COARSE_CLOCK.load() != 0 {
         // SAFETY: helper without preconditions.
         unsafe { bpf_ktime_get_coarse_ns() }
     } else {
-        // SAFETY: as above.
-        unsafe { bpf_ktime_get_ns() }
+        exact_ns()
     }
+}
+
+/// CLOCK_MONOTONIC now: a handshake's round trip is the difference of
+/// two flows' first packets, a DNS answer's latency that of two events.
+#[inline(always)]
+pub fn exact_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 #[inline(always)]

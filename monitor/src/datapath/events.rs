@@ -376,7 +376,7 @@ mod tests {
                 data: [7; MAX_CAPTURE],
             });
             let event = decode(&record).expect("a well-formed record");
-            let expected = announced.then(|| Event::NewFlow {
+            let expected = announced.then_some(Event::NewFlow {
                 seen: Seen {
                     direction: Direction::FromContainer,
                     ifindex: 7,

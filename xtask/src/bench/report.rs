@@ -31,7 +31,7 @@ pub struct ProgramCost {
 }
 
 /// Per packet, `to_container` at default settings (issue 18); see
-/// [`Workload::from_container_target_ns`] for `from_container`.
+/// [`Workload::max_ns_from_container`] for `from_container`.
 pub const TO_CONTAINER_TARGET_NS: f64 = 100.0;
 
 /// Two-sided 95 % quantiles of Student's t for 1 to 30 degrees of
@@ -291,7 +291,7 @@ impl Report<'_> {
         for program in self.programs() {
             for workload in Workload::ALL {
                 let target = if program == "from_container" {
-                    workload.from_container_target_ns()
+                    workload.max_ns_from_container()
                 } else {
                     TO_CONTAINER_TARGET_NS
                 };

@@ -98,7 +98,7 @@ impl Workload {
     /// The most ns per run `from_container` may cost on this workload
     /// (issue 18): a churned connection's packets each open or close a
     /// flow, so they get twice the steady figure.
-    pub fn from_container_target_ns(self) -> f64 {
+    pub fn max_ns_from_container(self) -> f64 {
         match self {
             Self::TcpBulk | Self::SmallUdp => 150.0,
             Self::Churn => 300.0,
