@@ -290,10 +290,12 @@ impl Report<'_> {
         }
         for program in self.programs() {
             for workload in Workload::ALL {
-                let target = if program == "from_container" {
-                    workload.max_ns_from_container()
-                } else {
-                    TO_CONTAINER_TARGET_NS
+                // The tracepoint programs run per retransmission or drop,
+                // not per packet: no target.
+                let target = match program {
+                    "from_container" => workload.max_ns_from_container(),
+                    "to_container" => TO_CONTAINER_TARGET_NS,
+                    _ => continue,
                 };
                 let ns = self.cost(CROSSMON, workload, program);
                 lines.push(format!(
