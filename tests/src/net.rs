@@ -34,7 +34,7 @@
 
 use std::{
     fs::File,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
@@ -690,4 +690,26 @@ impl Drop for Routed {
             let _ = run(Command::new(tool).arg("-D").args(rule));
         }
     }
+}
+
+/// `count` datagrams sent from the namespace at path `from` to `target`;
+/// how many a socket bound in namespace `to` received.
+pub fn datagrams_delivered(from: &str, to: &str, target: &str, count: usize) -> usize {
+    let target: SocketAddr = target.parse().expect("an address");
+    let receiver = in_netns(to, || {
+        let socket = UdpSocket::bind(("0.0.0.0", target.port()))?;
+        socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+        Ok(socket)
+    })
+    .expect("receiver");
+    in_netns(from, || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        for _ in 0..count {
+            socket.send_to(b"policy", target)?;
+        }
+        Ok(())
+    })
+    .expect("send");
+    let mut buffer = [0u8; 64];
+    std::iter::from_fn(|| receiver.recv(&mut buffer).ok()).count()
 }

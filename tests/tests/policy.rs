@@ -8,7 +8,6 @@
 )]
 
 use std::{
-    net::{SocketAddr, UdpSocket},
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
@@ -20,7 +19,7 @@ use integration_tests::{
     docker::{docker_ready, Container, DockerNetwork},
     exposition::{parse, scrape, sum},
     frames::*,
-    net::in_netns,
+    net::datagrams_delivered,
     require_root,
     scratch::Scratch,
     synthetic::{self, container, TEST_RUN_IFINDEX},
@@ -463,28 +462,6 @@ fn policy_count(agent: &Agent, family: &str, rule: &str) -> f64 {
 fn udp_delivered(from: &Container, to: &Container, ip: &str, port: u16, count: usize) -> usize {
     let (from, to) = (from.netns().expect("netns"), to.netns().expect("netns"));
     datagrams_delivered(&from, &to, &format!("{ip}:{port}"), count)
-}
-
-/// `count` datagrams sent from the namespace at path `from` to `target`;
-/// how many a socket bound in namespace `to` received.
-fn datagrams_delivered(from: &str, to: &str, target: &str, count: usize) -> usize {
-    let target: SocketAddr = target.parse().expect("address");
-    let receiver = in_netns(to, || {
-        let socket = UdpSocket::bind(("0.0.0.0", target.port()))?;
-        socket.set_read_timeout(Some(Duration::from_millis(500)))?;
-        Ok(socket)
-    })
-    .expect("receiver");
-    in_netns(from, || {
-        let socket = UdpSocket::bind("0.0.0.0:0")?;
-        for _ in 0..count {
-            socket.send_to(b"policy", target)?;
-        }
-        Ok(())
-    })
-    .expect("send");
-    let mut buffer = [0u8; 64];
-    std::iter::from_fn(|| receiver.recv(&mut buffer).ok()).count()
 }
 
 /// web -> api:80 and api -> db:5432 work; web -> db and db -> web are

@@ -28,10 +28,12 @@ use integration_tests::{
     caps,
     docker::{tcp_sessions, IMAGE},
     engine::NamespacedEngine,
+    exposition::{parse, scrape, sum},
     frames::{self, ETH_P_IP},
-    net::in_netns,
+    net::{datagrams_delivered, in_netns},
     prometheus::{prometheus_installed, Prometheus, Scrape},
     require_root,
+    scratch::Scratch,
     sidecar_image::SidecarImage,
     swarm::Swarm,
     traffic::RawSocket,
@@ -145,6 +147,48 @@ fn deploy_agents(swarm: &Swarm, image: &str) -> Vec<AgentApi> {
         std::thread::sleep(Duration::from_millis(250));
     }
     addrs.into_iter().map(AgentApi::at).collect()
+}
+
+/// Where the test's policy is, inside the agents' containers.
+const POLICY_DIR: &str = "/etc/crossmon-policy";
+/// c0's UDP to the service's tasks on this port breaks the policy.
+const DENIED_PORT: u16 = 7001;
+const DENIED_RULE: &str = "c0-not-7001";
+
+/// The stack's agents of the first `nodes` nodes, once rolled over by
+/// `docker service update CHANGES` with `mode` in force.
+fn agents_updated(swarm: &Swarm, changes: &[&str], mode: &str, nodes: usize) -> Vec<AgentApi> {
+    let service = format!("{CROSSMON_STACK}_crossmon");
+    let mut update = vec![
+        "service",
+        "update",
+        "--detach=true",
+        "--update-parallelism",
+        "0",
+    ];
+    update.extend(changes);
+    update.push(&service);
+    on_manager(swarm, &[], &update);
+    (0..nodes)
+        .map(|i| {
+            let addr = SocketAddr::new(swarm.address(i).into(), API_PORT);
+            wait_within(
+                &format!("node {i}'s agent in {mode} mode"),
+                Duration::from_secs(60),
+                || {
+                    get(addr, "/metrics").is_some_and(|(_, text)| {
+                        sum(&parse(&text), "crossmon_policy_info", &[("mode", mode)]) == 1.0
+                    })
+                },
+            );
+            AgentApi::at(addr)
+        })
+        .collect()
+}
+
+/// `crossmon_policy_drops_total{rule}` or `_violations_total{rule}`.
+fn policy_count(agent: &AgentApi, family: &str, rule: &str) -> f64 {
+    sum(&parse(&scrape(agent.addr)), family, &[("rule", rule)])
 }
 
 /// The MAC address of container `name` of `node` on the overlay.
@@ -502,5 +546,58 @@ fn agents_on_three_nodes_count_and_name_overlay_flows_between_them() {
     udp(&c0, &task1, &tasks[1].1, 3);
     flow(&agents[0], &container_ip(0), &tasks[1].1, "udp", 11);
     flow(&agents[1], &container_ip(0), &tasks[1].1, "udp", 11);
+
+    // A flow policy judges a pair across nodes as a pair on one node: the
+    // task on node 1 is a destination of c0's veth on node 0, selected by
+    // the service label the overlay's gossip carries.
+    let policy = Scratch::new("swarm-policy");
+    policy.write(
+        "policy.yml",
+        &format!(
+            "version: 1\ndefaults: {{\"*\": allow}}\nrules:\n  - {{name: {DENIED_RULE}, from: {{container: c0}}, to: {{labels: {{com.docker.swarm.service.name: {SERVICE}}}}}, protocol: udp, ports: [{DENIED_PORT}], action: deny}}\n"
+        ),
+    );
+    let dir = policy.dir().to_str().unwrap();
+    let policy_file = format!("{POLICY_DIR}/policy.yml");
+    let denied = format!("{}:{DENIED_PORT}", tasks[1].1);
+    let allowed = format!("{}:{UDP_PORT}", tasks[1].1);
+    // Observe: delivered, counted and alerted by node 0's agent.
+    let mount = format!("type=bind,source={dir},target={POLICY_DIR},readonly=true");
+    let observe = format!("run --policy {policy_file}");
+    let agents = agents_updated(
+        &swarm,
+        &["--mount-add", &mount, "--args", &observe],
+        "observe",
+        2,
+    );
+    agents[0].wait_attached(&["c0"]);
+    assert_eq!(datagrams_delivered(&c0, &task1, &denied, 4), 4);
+    wait_within("4 violations", Duration::from_secs(10), || {
+        policy_count(&agents[0], "crossmon_policy_violations_total", DENIED_RULE) == 4.0
+    });
+    let violation =
+        agents[0].wait_for_alert("policy_violation", |a| a["evidence"]["rule"] == DENIED_RULE);
+    assert_eq!(
+        identity(&violation["destination"]),
+        task1_identity,
+        "{violation}"
+    );
+    assert_eq!(violation["source"]["name"], "c0", "{violation}");
+    assert_eq!(violation["evidence"]["verdict"], "passed", "{violation}");
+    assert_eq!(datagrams_delivered(&c0, &task1, &allowed, 3), 3);
+    // Enforce: the denied datagrams are dropped at c0's veth, exactly
+    // counted; the allowed port still passes.
+    let enforce = format!("{observe} --enforce");
+    let agents = agents_updated(&swarm, &["--args", &enforce], "enforce", 2);
+    agents[0].wait_attached(&["c0"]);
+    assert_eq!(datagrams_delivered(&c0, &task1, &denied, 6), 0);
+    wait_within("6 drops", Duration::from_secs(10), || {
+        policy_count(&agents[0], "crossmon_policy_drops_total", DENIED_RULE) == 6.0
+    });
+    assert_eq!(datagrams_delivered(&c0, &task1, &allowed, 3), 3);
+    assert_eq!(
+        policy_count(&agents[0], "crossmon_policy_drops_total", DENIED_RULE),
+        6.0
+    );
     drop(agents);
 }
