@@ -6,17 +6,16 @@
 //! (a 118-byte and a 1514-byte frame copied into the capture ring). Run by
 //! `cargo xtask bench` (root: it loads the programs).
 
-use integration_tests::{frames::*, synthetic::TEST_RUN_IFINDEX};
+use integration_tests::{frames::*, synthetic::TEST_RUN_IFINDEX, timing::median_ns};
 use monitor::datapath::{
     self, CapturedPacket, Datapath, DatapathConfig, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
 };
 use monitor_common::{ip_proto, tcp_flag, CaptureFilter, CAPTURE_MATCH_PEER, MAX_SNAPLEN};
 
-/// Runs per measure, and measures per figure (the median is kept).
+/// Runs per measure.
 const REPEAT: u32 = 200_000;
 /// Runs per measure when every run writes a record: what the ring holds.
 const REPEAT_CAPTURED: u32 = 20_000;
-const MEASURES: usize = 7;
 /// 20,000 records of 1632 bytes fit.
 const RING_BYTES: u32 = 1 << 26;
 const CLIENT: [u8; 4] = [10, 9, 0, 2];
@@ -53,11 +52,9 @@ fn time(
     repeat: u32,
     captured: bool,
 ) -> anyhow::Result<f64> {
-    let mut times = Vec::new();
     let mut records: Vec<CapturedPacket> = Vec::new();
-    for _ in 0..MEASURES {
+    let ns = median_ns(|| {
         let (_, mean) = dp.programs.time_runs(program, frame, repeat)?;
-        times.push(mean);
         records.clear();
         dp.capture.ring.drain(&mut records);
         let expected = if captured { repeat as usize } else { 0 };
@@ -66,13 +63,13 @@ fn time(
             "{program}: {} records, expected {expected}",
             records.len()
         );
-    }
+        Ok(mean)
+    })?;
     anyhow::ensure!(
         dp.capture.ring.lost()? == 0,
         "records lost: the ring is too small"
     );
-    times.sort();
-    Ok(times[MEASURES / 2].as_secs_f64() * 1e9)
+    Ok(ns)
 }
 
 fn main() -> anyhow::Result<()> {

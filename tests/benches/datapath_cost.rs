@@ -10,16 +10,14 @@
 //! their flows are counted: the kernel's timing of one run adds the same
 //! overhead to both.
 
-use integration_tests::frames::*;
+use integration_tests::{frames::*, timing::median_ns};
 use monitor::datapath::{
     self, Datapath, DatapathConfig, Event, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
 };
 use monitor_common::{ip_proto, tcp_flag};
 
-/// Runs per measure of a flow's later packets, and measures per figure
-/// (the median is kept).
+/// Runs per measure of a flow's later packets.
 const REPEAT: u32 = 200_000;
-const MEASURES: usize = 7;
 /// Distinct flows whose first packet is timed, per row.
 const NEW_FLOWS: u16 = 20_000;
 /// Drained every 500 flows: well under a quarter full.
@@ -43,11 +41,6 @@ fn frame(src_port: u16, protocol: u8, flags: u8, payload: usize) -> Vec<u8> {
     )
 }
 
-fn median(mut times: Vec<f64>) -> f64 {
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
-}
-
 /// Median ns per run of `program` on a flow already counted and sampled.
 fn steady(dp: &mut Datapath, program: &str, frame: &[u8]) -> anyhow::Result<f64> {
     let mut events = Vec::new();
@@ -56,18 +49,14 @@ fn steady(dp: &mut Datapath, program: &str, frame: &[u8]) -> anyhow::Result<f64>
     }
     dp.events.drain(&mut events);
     events.clear();
-    let mut times = Vec::new();
-    for _ in 0..MEASURES {
-        let (_, mean) = dp.programs.time_runs(program, frame, REPEAT)?;
-        times.push(mean.as_secs_f64() * 1e9);
-    }
+    let ns = median_ns(|| Ok(dp.programs.time_runs(program, frame, REPEAT)?.1))?;
     dp.events.drain(&mut events);
     anyhow::ensure!(
         events.is_empty(),
         "{} events from a flow already sampled",
         events.len()
     );
-    Ok(median(times))
+    Ok(ns)
 }
 
 /// Mean ns of single runs of `from_container` on the first packet of

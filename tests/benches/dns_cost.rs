@@ -7,13 +7,12 @@
 //! Run by `cargo bench -p integration-tests --bench dns_cost` (root: it
 //! loads the programs).
 
-use integration_tests::frames::*;
+use integration_tests::{frames::*, timing::median_ns};
 use monitor::datapath::{self, Datapath, DatapathConfig, Event, PROGRAM_FROM_CONTAINER};
 use monitor_common::ip_proto;
 
 /// Runs per measure (every DNS run writes a record: the ring holds them).
 const REPEAT: u32 = 20_000;
-const MEASURES: usize = 7;
 /// 20,000 records of 576 bytes fit.
 const RING_BYTES: u32 = 1 << 25;
 const CLIENT: [u8; 4] = [10, 9, 0, 2];
@@ -39,18 +38,16 @@ fn datagram(src_port: u16, dst_port: u16, payload: usize) -> Vec<u8> {
 /// Median ns per run; the ring drained after each measure and its DNS
 /// records counted against `dns_records` per run.
 fn time(dp: &mut Datapath, frame: &[u8], dns_records: u32) -> anyhow::Result<f64> {
-    let mut times = Vec::new();
     let mut events = Vec::new();
     // The flow's first packets are sampled: past them before timing.
     for _ in 0..4 {
         dp.programs.test_run(PROGRAM_FROM_CONTAINER, frame)?;
     }
     dp.events.drain(&mut events);
-    for _ in 0..MEASURES {
+    median_ns(|| {
         let (_, mean) = dp
             .programs
             .time_runs(PROGRAM_FROM_CONTAINER, frame, REPEAT)?;
-        times.push(mean);
         events.clear();
         dp.events.drain(&mut events);
         let dns = events
@@ -58,9 +55,8 @@ fn time(dp: &mut Datapath, frame: &[u8], dns_records: u32) -> anyhow::Result<f64
             .filter(|e| matches!(e, Event::Dns { .. }))
             .count();
         anyhow::ensure!(dns == (REPEAT * dns_records) as usize, "{dns} DNS records");
-    }
-    times.sort();
-    Ok(times[MEASURES / 2].as_secs_f64() * 1e9)
+        Ok(mean)
+    })
 }
 
 fn main() -> anyhow::Result<()> {

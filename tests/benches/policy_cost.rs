@@ -13,6 +13,7 @@ use integration_tests::{
     frames::*,
     scratch::Scratch,
     synthetic::{self, container, TEST_RUN_IFINDEX},
+    timing::median_ns,
 };
 use monitor::{
     datapath::{self, DatapathConfig, Programs, PROGRAM_FROM_CONTAINER},
@@ -21,9 +22,8 @@ use monitor::{
 };
 use monitor_common::{ip_proto, tcp_flag};
 
-/// Runs per measure, and measures per figure (the median is kept).
+/// Runs per measure.
 const REPEAT: u32 = 200_000;
-const MEASURES: usize = 7;
 const CLIENT: [u8; 4] = [10, 9, 0, 2];
 const SERVER: [u8; 4] = [10, 9, 0, 3];
 const OTHER: [u8; 4] = [10, 9, 0, 4];
@@ -62,15 +62,13 @@ fn segment(dst: [u8; 4]) -> Vec<u8> {
 
 /// Median ns per run, and the verdict.
 fn time(programs: &mut Programs, frame: &[u8]) -> anyhow::Result<(f64, i32)> {
-    let mut times = Vec::new();
     let mut verdict = 0;
-    for _ in 0..MEASURES {
+    let ns = median_ns(|| {
         let (v, mean) = programs.time_runs(PROGRAM_FROM_CONTAINER, frame, REPEAT)?;
         verdict = v;
-        times.push(mean);
-    }
-    times.sort();
-    Ok((times[MEASURES / 2].as_secs_f64() * 1e9, verdict))
+        Ok(mean)
+    })?;
+    Ok((ns, verdict))
 }
 
 fn ns(duration: f64) -> String {

@@ -86,8 +86,15 @@ impl NamespacedEngine {
 
     /// `docker ARGS` against this engine, failing with stderr.
     pub fn docker(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.docker_with_env(&[], args)
+    }
+
+    /// `docker ARGS` against this engine with `env` set too (what a stack
+    /// file's variables take), failing with stderr.
+    pub fn docker_with_env(&self, env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Output> {
         let output = Command::new("docker")
             .env("DOCKER_HOST", self.docker_host())
+            .envs(env.iter().copied())
             .args(args)
             .output()
             .context("running docker")?;

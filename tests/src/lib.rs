@@ -21,6 +21,7 @@ pub mod sidecar_image;
 pub mod swarm;
 pub mod synthetic;
 pub mod tc_hooks;
+pub mod timing;
 pub mod traffic;
 
 use std::path::PathBuf;

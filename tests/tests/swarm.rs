@@ -19,7 +19,6 @@
 
 use std::{
     net::{SocketAddr, TcpStream, UdpSocket},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -88,17 +87,10 @@ fn task_on(node: &NamespacedEngine) -> (String, String) {
 
 /// `docker ARGS` against the manager, with `env`, failing with stderr.
 fn on_manager(swarm: &Swarm, env: &[(&str, &str)], args: &[&str]) -> String {
-    let output = Command::new("docker")
-        .env("DOCKER_HOST", swarm.manager().docker_host())
-        .envs(env.iter().copied())
-        .args(args)
-        .output()
-        .expect("docker");
-    assert!(
-        output.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = swarm
+        .manager()
+        .docker_with_env(env, args)
+        .expect("docker on the manager");
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::{
     datapath::{AttachStats, Programs},
-    docker::{owner_of_namespace, Inventory, NamespaceIds, Snapshot, VethOwner},
+    docker::{self, owner_of_namespace, Inventory, NamespaceIds, Snapshot, VethOwner},
     links::{self, BridgePort, LinkEvent},
     policy::PolicyInForce,
     sync::{lock, Published},
@@ -535,12 +535,9 @@ fn attach_overlays(programs: &mut Programs, overlay_ports: &[SandboxPort]) {
 /// the names Docker gives bridges it creates.
 fn is_docker_bridge_name(name: &str) -> bool {
     name == "docker0"
-        || name.strip_prefix("br-").is_some_and(|id| {
-            id.len() == 12
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        })
+        || name
+            .strip_prefix("br-")
+            .is_some_and(|id| docker::is_engine_id(id, 12))
 }
 
 #[cfg(test)]

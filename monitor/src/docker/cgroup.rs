@@ -49,17 +49,9 @@ pub fn container_of(cgroup: &str) -> Option<&str> {
                 .strip_prefix("docker-")
                 .and_then(|scope| scope.strip_suffix(".scope"))
                 .unwrap_or(segment);
-            is_container_id(id).then_some(id)
+            super::is_engine_id(id, 64).then_some(id)
         })
     })
-}
-
-/// 64 lowercase hex digits: what Docker's ids are.
-fn is_container_id(text: &str) -> bool {
-    text.len() == 64
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

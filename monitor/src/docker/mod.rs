@@ -20,3 +20,12 @@ pub use inventory::{
 pub use netns::{owner_of_namespace, NamespaceIds};
 pub use posture::Posture;
 pub use snapshot::Snapshot;
+
+/// `digits` lowercase hex digits: what the engine's ids are (64), and the
+/// short forms it puts in names (12 in a bridge's `br-<id>`).
+pub fn is_engine_id(text: &str, digits: usize) -> bool {
+    text.len() == digits
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
