@@ -178,15 +178,18 @@ async fn docker_checks(report: &mut Report, host: Option<&str>) {
             .unwrap_or_default(),
         Err(_) => HashSet::new(),
     };
+    // As it would be once attached: a veth on a bridge is watched, and so
+    // is an interface the inventory tagged with another namespace (an
+    // overlay's sandbox, a macvlan or ipvlan container's own).
+    let watchable = |i: u32| bridge_veths.contains(&i) || i >= monitor_common::veth_id(1, 0);
     let (mut attachable, mut other) = (0, Vec::new());
     for container in inventory.containers.values() {
-        // As it would be once attached: a veth on a bridge is watched.
-        let on_bridge = container
+        let watched = container
             .endpoints
             .iter()
-            .any(|e| e.host_ifindex.is_some_and(|i| bridge_veths.contains(&i)));
-        match container.unwatched(&inventory.networks, |i| bridge_veths.contains(&i)) {
-            None if on_bridge => attachable += 1,
+            .any(|e| e.host_ifindex.is_some_and(watchable));
+        match container.unwatched(&inventory.networks, watchable) {
+            None if watched => attachable += 1,
             reason => other.push(format!(
                 "{} ({})",
                 container.name,
@@ -195,7 +198,7 @@ async fn docker_checks(report: &mut Report, host: Option<&str>) {
         }
     }
     let detail = format!(
-        "{} running, {attachable} on bridge networks can be watched",
+        "{} running, {attachable} can be watched",
         inventory.containers.len()
     );
     if other.is_empty() {

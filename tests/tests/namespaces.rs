@@ -18,7 +18,7 @@ use integration_tests::{
 };
 use monitor::{
     agent,
-    datapath::{self, AttachMode, Datapath, DatapathConfig, Event},
+    datapath::{self, AttachMode, Datapath, DatapathConfig, Event, Side},
     flows::FlowTable,
 };
 use monitor_common::{ip_proto, veth_id, Direction, FlowKey, FlowStats};
@@ -616,7 +616,7 @@ fn veths_in_another_namespace_are_counted_apart_from_the_hosts_with_the_same_ifi
             monitor
                 .datapath
                 .programs
-                .attach_in(&sandbox.path(), 1, index)
+                .attach_in(&sandbox.path(), 1, index, Side::Host)
                 .expect("attach in the sandbox");
         }
         assert_eq!(monitor.datapath.programs.sandbox_count(), 1);

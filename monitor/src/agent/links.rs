@@ -17,7 +17,7 @@ use rtnetlink::Handle;
 use tokio::sync::watch;
 
 use crate::{
-    datapath::{AttachStats, Programs},
+    datapath::{AttachStats, Programs, Side},
     docker::{self, owner_of_namespace, Inventory, NamespaceIds, Snapshot, VethOwner},
     links::{self, BridgePort, LinkEvent},
     policy::PolicyInForce,
@@ -337,22 +337,35 @@ impl LinkFollower {
             .copied()
             .collect();
         self.docker.store(Arc::new(identified));
-        let overlay_ports: Vec<SandboxPort> = known
+        let overlay_ports =
+            known
+                .iter()
+                .flat_map(|k| k.overlay_veths())
+                .map(|(network_id, tag, ifindex)| SandboxPort {
+                    netns: self.sandboxes.join(sandbox_name(network_id)),
+                    tag,
+                    ifindex,
+                    side: Side::Host,
+                });
+        let own_ports = known
             .iter()
-            .flat_map(|k| k.overlay_veths())
-            .map(|(network_id, tag, ifindex)| SandboxPort {
-                netns: self.sandboxes.join(sandbox_name(network_id)),
-                tag,
-                ifindex,
-            })
-            .collect();
-        self.detach_stale(&ports, &overlay_ports);
+            .flat_map(|k| k.namespace_interfaces())
+            .filter_map(|(container, tag, ifindex)| {
+                Some(SandboxPort {
+                    netns: container_namespace(container)?,
+                    tag,
+                    ifindex,
+                    side: Side::Container,
+                })
+            });
+        let sandbox_ports: Vec<SandboxPort> = overlay_ports.chain(own_ports).collect();
+        self.detach_stale(&ports, &sandbox_ports);
         for port in &ports {
             if !lock(&self.programs).is_attached(port.ifindex) {
                 self.attach(handle, state, port).await;
             }
         }
-        attach_overlays(&mut lock(&self.programs), &overlay_ports);
+        attach_sandboxed(&mut lock(&self.programs), &sandbox_ports);
         state
             .enslaved_at
             .retain(|ifindex, _| links.contains_key(ifindex));
@@ -388,10 +401,10 @@ impl LinkFollower {
             || is_docker_bridge_name(bridge)
     }
 
-    fn detach_stale(&self, ports: &[BridgePort], overlay_ports: &[SandboxPort]) {
+    fn detach_stale(&self, ports: &[BridgePort], sandbox_ports: &[SandboxPort]) {
         let wanted: BTreeMap<u32, &BridgePort> = ports.iter().map(|p| (p.ifindex, p)).collect();
-        let wanted_overlay: BTreeMap<u32, &SandboxPort> =
-            overlay_ports.iter().map(|p| (p.id(), p)).collect();
+        let wanted_sandboxed: BTreeMap<u32, &SandboxPort> =
+            sandbox_ports.iter().map(|p| (p.id(), p)).collect();
         let mut programs = lock(&self.programs);
         let stale: Vec<u32> = programs
             .attached()
@@ -399,9 +412,9 @@ impl LinkFollower {
                 None => wanted
                     .get(&a.ifindex)
                     .is_none_or(|p| p.bridge_ifindex != a.bridge_ifindex),
-                Some(netns) => wanted_overlay
+                Some(netns) => wanted_sandboxed
                     .get(&a.ifindex)
-                    .is_none_or(|p| &p.netns != netns),
+                    .is_none_or(|p| &p.netns != netns || p.side != a.side),
             })
             .map(|a| a.ifindex)
             .collect();
@@ -494,12 +507,15 @@ impl LinkFollower {
     }
 }
 
-/// A container's veth in an overlay network's sandbox namespace.
+/// An interface in a namespace other than the agent's: a container's
+/// veth in an overlay network's sandbox, or a container's own macvlan or
+/// ipvlan interface in its namespace.
 struct SandboxPort {
     netns: PathBuf,
     tag: u8,
     /// In that namespace.
     ifindex: u32,
+    side: Side,
 }
 
 impl SandboxPort {
@@ -514,19 +530,30 @@ fn sandbox_name(network_id: &str) -> String {
     format!("1-{}", network_id.get(..10).unwrap_or(network_id))
 }
 
-/// Attaches to overlay endpoints' veths in their sandboxes (known from the
-/// inventory only: no notification of another namespace reaches ours).
-fn attach_overlays(programs: &mut Programs, overlay_ports: &[SandboxPort]) {
-    for port in overlay_ports {
+/// The network namespace of a container: the file Docker binds it on
+/// (`SandboxKey`), or its process's.
+fn container_namespace(container: &docker::Container) -> Option<PathBuf> {
+    match (&container.sandbox_key, container.pid) {
+        (Some(key), _) => Some(PathBuf::from(key)),
+        (None, Some(pid)) => Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
+        (None, None) => None,
+    }
+}
+
+/// Attaches to interfaces in other namespaces: overlay endpoints' veths
+/// in their sandboxes, macvlan and ipvlan interfaces in their containers
+/// (known from the inventory only: no notification of another namespace
+/// reaches ours).
+fn attach_sandboxed(programs: &mut Programs, ports: &[SandboxPort]) {
+    for port in ports {
         if programs.is_attached(port.id()) {
             continue;
         }
-        let sandbox = port.netns.display();
-        match programs.attach_in(&port.netns, port.tag, port.ifindex) {
-            Ok(()) => {
-                tracing::info!(%sandbox, ifindex = port.ifindex, "attached in an overlay sandbox")
-            }
-            Err(err) => tracing::warn!(%sandbox, ifindex = port.ifindex, "not attached: {err:#}"),
+        let netns = port.netns.display();
+        let (ifindex, side) = (port.ifindex, port.side);
+        match programs.attach_in(&port.netns, port.tag, port.ifindex, port.side) {
+            Ok(()) => tracing::info!(%netns, ifindex, ?side, "attached in another namespace"),
+            Err(err) => tracing::warn!(%netns, ifindex, ?side, "not attached: {err:#}"),
         }
     }
 }

@@ -110,7 +110,8 @@ pub struct FlowJson {
     pub retransmits: Option<u64>,
     /// `from_container` or `to_container`: where the packets were counted.
     pub direction: &'static str,
-    /// Host-side veth where the flow was counted.
+    /// Interface where the flow was counted: a host-side veth, or a
+    /// macvlan or ipvlan container's own interface in its namespace.
     pub interface: Option<String>,
     pub src: FlowEnd,
     pub dst: FlowEnd,
@@ -452,7 +453,8 @@ pub struct ContainerNetworkJson {
     pub ip: Option<String>,
     pub ipv6: Option<String>,
     pub mac: Option<String>,
-    /// Host-side veth, found from inside the container's namespace.
+    /// Host-side veth, found from inside the container's namespace; for a
+    /// macvlan or ipvlan endpoint, the id of its own interface there.
     pub ifindex: Option<u32>,
     pub interface: Option<String>,
     pub attached: bool,

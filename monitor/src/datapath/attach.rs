@@ -33,10 +33,37 @@ pub struct VethAttachment {
     /// `tcx` or `clsact` (netlink, kernels before 6.6).
     pub mode: &'static str,
     /// The namespace of an interface outside the agent's (an overlay
-    /// network's sandbox); its ifindex field is then its tagged id.
+    /// network's sandbox, a container's own); its ifindex field is then
+    /// its tagged id.
     pub netns: Option<PathBuf>,
+    pub side: Side,
     #[serde(skip)]
     links: [SchedClassifierLinkId; 2],
+}
+
+/// Which end of a container's link an interface is: which of its hooks
+/// sees what the container sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// A veth's end outside the container (on a bridge, in an overlay's
+    /// sandbox): what the container sends enters it (TC ingress).
+    #[default]
+    Host,
+    /// The container's own interface, inside its namespace (macvlan,
+    /// ipvlan, which have no end outside): what it sends leaves it (TC
+    /// egress).
+    Container,
+}
+
+impl Side {
+    /// The hooks of `from_container` and `to_container`, in that order.
+    fn hooks(self) -> [TcAttachType; 2] {
+        match self {
+            Side::Host => [TcAttachType::Ingress, TcAttachType::Egress],
+            Side::Container => [TcAttachType::Egress, TcAttachType::Ingress],
+        }
+    }
 }
 
 /// How the classifiers are hooked to an interface.
@@ -103,7 +130,7 @@ impl Programs {
             return Ok(());
         }
         self.mark(ifindex)?;
-        let links = match hook(&mut self.ebpf, self.tcx, name) {
+        let links = match hook(&mut self.ebpf, self.tcx, name, Side::Host) {
             Ok(links) => links,
             Err(err) => {
                 self.unmark(ifindex);
@@ -118,6 +145,7 @@ impl Programs {
                 bridge_ifindex,
                 mode: self.mode(),
                 netns: None,
+                side: Side::Host,
                 links,
             },
         );
@@ -125,11 +153,17 @@ impl Programs {
     }
 
     /// Attaches to both directions of interface `ifindex` of the network
-    /// namespace at `netns` (an overlay network's sandbox), tagged `tag`
-    /// (1 and up, one per namespace): its id is `veth_id(tag, ifindex)`.
-    /// The namespace's instance of the programs is loaded at its first
-    /// interface.
-    pub fn attach_in(&mut self, netns: &Path, tag: u8, ifindex: u32) -> anyhow::Result<()> {
+    /// namespace at `netns` (an overlay network's sandbox, `Side::Host`; a
+    /// container's own, `Side::Container`), tagged `tag` (1 and up, one per
+    /// namespace): its id is `veth_id(tag, ifindex)`. The namespace's
+    /// instance of the programs is loaded at its first interface.
+    pub fn attach_in(
+        &mut self,
+        netns: &Path,
+        tag: u8,
+        ifindex: u32,
+        side: Side,
+    ) -> anyhow::Result<()> {
         let id = veth_id(tag, ifindex);
         if tag == 0 || ifindex >= veth_id(1, 0) {
             bail!(
@@ -147,12 +181,20 @@ impl Programs {
                 .with_context(|| format!("loading the programs for {}", netns.display()))?;
             self.sandboxes.insert(tag, ebpf);
         }
-        self.mark(id)?;
+        // At the ingress hook of a container's own interface, a packet has
+        // come in through that interface itself: marked, `to_container`
+        // would take everything delivered to the container for counted
+        // already. Unmarked, what a watched sibling sent it (a macvlan's,
+        // switched in the driver, on the sender's CPU) is known by its
+        // flow, as routed traffic is.
+        if side == Side::Host {
+            self.mark(id)?;
+        }
         let tcx = self.tcx;
         let attached = match self.sandboxes.get_mut(&tag) {
             Some(sandbox) => sandbox::within(netns, || {
                 let name = sandbox::interface_name(ifindex)?;
-                let links = hook(sandbox, tcx, &name)?;
+                let links = hook(sandbox, tcx, &name, side)?;
                 Ok((name, links))
             }),
             None => Err(anyhow::anyhow!("no programs for {}", netns.display())),
@@ -173,6 +215,7 @@ impl Programs {
                 bridge_ifindex: 0,
                 mode: self.mode(),
                 netns: Some(netns.to_owned()),
+                side,
                 links,
             },
         );
@@ -341,8 +384,13 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedCl
 }
 
 /// Attaches `ebpf`'s classifiers to both directions of `name`, an
-/// interface of the calling thread's namespace.
-fn hook(ebpf: &mut Ebpf, tcx: bool, name: &str) -> anyhow::Result<[SchedClassifierLinkId; 2]> {
+/// interface of the calling thread's namespace, the container's `side`.
+fn hook(
+    ebpf: &mut Ebpf,
+    tcx: bool,
+    name: &str,
+    side: Side,
+) -> anyhow::Result<[SchedClassifierLinkId; 2]> {
     if !tcx {
         // Legacy TC needs the clsact qdisc. It may exist already (ours
         // from an earlier attachment, or another tool's): then adding
@@ -350,7 +398,7 @@ fn hook(ebpf: &mut Ebpf, tcx: bool, name: &str) -> anyhow::Result<[SchedClassifi
         if let Err(err) = tc::qdisc_add_clsact(name) {
             tracing::debug!("adding clsact to {name}: {err}");
         }
-        remove_leftover_filters(name);
+        remove_leftover_filters(name, side);
     }
     let options = || {
         if tcx {
@@ -359,26 +407,23 @@ fn hook(ebpf: &mut Ebpf, tcx: bool, name: &str) -> anyhow::Result<[SchedClassifi
             TcAttachOptions::Netlink(NlOptions::default())
         }
     };
-    let ingress = program(ebpf, PROGRAM_FROM_CONTAINER)?
-        .attach_with_options(name, TcAttachType::Ingress, options())
-        .with_context(|| format!("attaching to ingress of {name}"))?;
-    match program(ebpf, PROGRAM_TO_CONTAINER)?.attach_with_options(
-        name,
-        TcAttachType::Egress,
-        options(),
-    ) {
-        Ok(egress) => Ok([ingress, egress]),
+    let [sent, delivered] = side.hooks();
+    let from = program(ebpf, PROGRAM_FROM_CONTAINER)?
+        .attach_with_options(name, sent, options())
+        .with_context(|| format!("attaching to {sent:?} of {name}"))?;
+    match program(ebpf, PROGRAM_TO_CONTAINER)?.attach_with_options(name, delivered, options()) {
+        Ok(to) => Ok([from, to]),
         Err(err) => {
-            let _ = program(ebpf, PROGRAM_FROM_CONTAINER)?.detach(ingress);
-            Err(err).with_context(|| format!("attaching to egress of {name}"))
+            let _ = program(ebpf, PROGRAM_FROM_CONTAINER)?.detach(from);
+            Err(err).with_context(|| format!("attaching to {delivered:?} of {name}"))
         }
     }
 }
 
 /// Detaches what [`hook`] attached, in the namespace it attached in.
-fn unhook(ebpf: &mut Ebpf, [ingress, egress]: [SchedClassifierLinkId; 2]) -> anyhow::Result<()> {
-    let from = program(ebpf, PROGRAM_FROM_CONTAINER)?.detach(ingress);
-    let to = program(ebpf, PROGRAM_TO_CONTAINER)?.detach(egress);
+fn unhook(ebpf: &mut Ebpf, [from, to]: [SchedClassifierLinkId; 2]) -> anyhow::Result<()> {
+    let from = program(ebpf, PROGRAM_FROM_CONTAINER)?.detach(from);
+    let to = program(ebpf, PROGRAM_TO_CONTAINER)?.detach(to);
     from.and(to).map_err(anyhow::Error::new)
 }
 
@@ -388,10 +433,11 @@ fn unhook(ebpf: &mut Ebpf, [ingress, egress]: [SchedClassifierLinkId; 2]) -> any
 /// removed before attaching so an interface never runs two copies. Two
 /// agents in clsact mode on one host would remove each other's; the API
 /// address they would share stops the second before it attaches.
-fn remove_leftover_filters(interface: &str) {
+fn remove_leftover_filters(interface: &str, side: Side) {
+    let [sent, delivered] = side.hooks();
     for (direction, program) in [
-        (TcAttachType::Ingress, PROGRAM_FROM_CONTAINER),
-        (TcAttachType::Egress, PROGRAM_TO_CONTAINER),
+        (sent, PROGRAM_FROM_CONTAINER),
+        (delivered, PROGRAM_TO_CONTAINER),
     ] {
         match tc::qdisc_detach_program(interface, direction, program) {
             Ok(()) => tracing::warn!(

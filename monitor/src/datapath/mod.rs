@@ -15,7 +15,7 @@ pub mod preflight;
 pub mod sandbox;
 pub mod tracepoints;
 
-pub use attach::{AttachMode, ProgramRunStats, Programs, VethAttachment};
+pub use attach::{AttachMode, ProgramRunStats, Programs, Side, VethAttachment};
 pub use attach_stats::{AttachCounts, AttachStats, ATTACH_LATENCY_BUCKETS};
 pub use capture::{CaptureFilters, CaptureMaps, CaptureRing, CapturedPacket};
 pub use counters::{Counters, KernelCounters};

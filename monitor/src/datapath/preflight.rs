@@ -26,8 +26,9 @@ pub struct Capability {
 /// Exactly what crossmon needs; each was taken away in turn and the agent
 /// failed without it (tests/tests/privileges.rs). Container namespaces are
 /// read over rtnetlink by namespace id, so neither CAP_SYS_ADMIN (setns)
-/// nor CAP_SYS_PTRACE (`/proc/PID/ns`) is needed, except to watch overlay
-/// networks: attaching in their sandboxes enters them (CAP_SYS_ADMIN).
+/// nor CAP_SYS_PTRACE (`/proc/PID/ns`) is needed, except to watch overlay,
+/// macvlan and ipvlan networks: attaching in their sandboxes or in the
+/// containers' namespaces enters them (CAP_SYS_ADMIN).
 pub const CAPABILITIES: [Capability; 3] = [
     Capability {
         name: "CAP_BPF",

@@ -1,5 +1,6 @@
 //! The classifiers for another network namespace: an overlay network's
-//! sandbox, where Docker puts the host side of its containers' veths.
+//! sandbox, where Docker puts the host side of its containers' veths, or
+//! a container's own, where its macvlan or ipvlan interface is.
 //!
 //! Its ifindexes may equal the host's, and the maps key interfaces by
 //! ifindex, so each namespace gets an instance of its own, loaded with
@@ -7,7 +8,8 @@
 //! sharing every map of the agent's instance: the maps are pinned for the
 //! time of the load, the loader reuses pinned maps by path, the pins are
 //! removed again. The instance is attached from a thread that entered the
-//! namespace (`setns`: CAP_SYS_ADMIN, only for overlay networks).
+//! namespace (`setns`: CAP_SYS_ADMIN, only for overlay, macvlan and ipvlan
+//! networks).
 
 use std::{
     fs::File,

@@ -15,7 +15,7 @@ use bollard::{
 };
 use serde::Serialize;
 
-use monitor_common::veth_id;
+use monitor_common::{veth_id, NETNS_TAG_SHIFT};
 
 use super::{netns, swarm::SwarmView, Posture};
 
@@ -83,11 +83,12 @@ impl Container {
     }
 
     /// Why some of this running container's traffic crosses no watched
-    /// veth, if it does not: its network mode (`host`, `none`,
-    /// `container`: it shares another container's namespace, whose veth
-    /// counts its traffic under that container's name), or the driver of a
-    /// network whose endpoint has no veth (`macvlan`, `ipvlan`). `attached`
-    /// says whether a host veth is watched.
+    /// interface, if it does not: its network mode (`host`, `none`,
+    /// `container`: it shares another container's namespace, whose
+    /// interface counts its traffic under that container's name), or the
+    /// driver of a network whose endpoint's interface (no veth: watched
+    /// inside the container's namespace) is not attached (`macvlan`,
+    /// `ipvlan`). `attached` says whether an interface id is watched.
     pub fn unwatched(
         &self,
         networks: &BTreeMap<String, Network>,
@@ -198,6 +199,11 @@ pub struct Inventory {
     /// tagged id of the veth in that namespace. Tag 0: none was left, the
     /// network is not watched.
     pub overlays: BTreeMap<String, u8>,
+    /// Containers whose own namespace has programs of its own (their
+    /// macvlan or ipvlan interfaces are watched from inside), by id, with
+    /// its tag: such an endpoint's `host_ifindex` is the tagged id of its
+    /// interface in that namespace.
+    pub namespace_tags: BTreeMap<String, u8>,
     /// The swarm this engine is in: its node, who has the overlay
     /// addresses on other nodes.
     pub swarm: SwarmView,
@@ -216,6 +222,15 @@ pub struct ProbeCache {
     /// Sandbox tags, kept while their network lives: a veth's id must not
     /// change under the flows counted at it.
     overlay_tags: BTreeMap<String, u8>,
+    /// Tags of the namespaces of containers with an interface watched
+    /// from inside (macvlan, ipvlan), by container id, kept while it runs.
+    /// One tag space with the overlays': each tag is one instance of the
+    /// programs, in one namespace.
+    namespace_tags: BTreeMap<String, u8>,
+    /// A cache for one inspection ([`Inventory::inspect_started`]): it
+    /// lends the listing's tags but gives none, which only the listing's
+    /// cache, knowing them all, can keep unique.
+    lends_only: bool,
 }
 
 impl ProbeCache {
@@ -228,14 +243,13 @@ impl ProbeCache {
             if self.overlay_tags.contains_key(&network.id) {
                 continue;
             }
-            let used: BTreeSet<u8> = self.overlay_tags.values().copied().collect();
-            match (1..=u8::MAX).find(|tag| !used.contains(tag)) {
+            match self.free_tag() {
                 Some(tag) => {
                     self.overlay_tags.insert(network.id.clone(), tag);
                 }
                 None => tracing::warn!(
                     network = %network.name,
-                    "more than 255 overlay networks: this one is not watched"
+                    "more than 255 overlay networks and watched container namespaces: this network is not watched"
                 ),
             }
         }
@@ -247,6 +261,37 @@ impl ProbeCache {
                 (n.id.clone(), tag)
             })
             .collect()
+    }
+
+    /// The tag of container `id`'s namespace: kept for a known one, the
+    /// lowest free for a new one; 0 when none is left (or this cache only
+    /// lends): its interfaces are not watched.
+    fn namespace_tag(&mut self, id: &str, name: &str) -> u8 {
+        if let Some(tag) = self.namespace_tags.get(id) {
+            return *tag;
+        }
+        if self.lends_only {
+            return 0;
+        }
+        let Some(tag) = self.free_tag() else {
+            tracing::warn!(
+                container = %name,
+                "more than 255 overlay networks and watched container namespaces: its macvlan or ipvlan interface is not watched"
+            );
+            return 0;
+        };
+        self.namespace_tags.insert(id.to_owned(), tag);
+        tag
+    }
+
+    fn free_tag(&self) -> Option<u8> {
+        let used: BTreeSet<u8> = self
+            .overlay_tags
+            .values()
+            .chain(self.namespace_tags.values())
+            .copied()
+            .collect();
+        (1..=u8::MAX).find(|tag| !used.contains(tag))
     }
 }
 
@@ -295,11 +340,15 @@ impl Inventory {
             containers.insert(container.id.clone(), container);
         }
         cache.links.retain(|key, _| live_keys.contains(key));
+        cache
+            .namespace_tags
+            .retain(|id, _| containers.contains_key(id));
         let mut inventory = Inventory {
             engine: engine.clone(),
             networks,
             containers,
             overlays,
+            namespace_tags: cache.namespace_tags.clone(),
             swarm: SwarmView::default(),
             departed: BTreeMap::new(),
         };
@@ -333,11 +382,31 @@ impl Inventory {
         })
     }
 
+    /// The interfaces watched inside containers' own namespaces: (the
+    /// container, its namespace's tag, the ifindex there).
+    pub fn namespace_interfaces(&self) -> impl Iterator<Item = (&Container, u8, u32)> + '_ {
+        self.containers.values().flat_map(move |c| {
+            let tag = self.namespace_tags.get(&c.id).copied().unwrap_or(0);
+            c.endpoints.iter().filter_map(move |e| {
+                let id = e.host_ifindex?;
+                (tag != 0 && id >> NETNS_TAG_SHIFT == u32::from(tag)).then_some((
+                    c,
+                    tag,
+                    id & (veth_id(1, 0) - 1),
+                ))
+            })
+        })
+    }
+
     /// One container inspected now, at its start: a container that talks
     /// and exits at once may be gone before the next full listing, and
     /// must be named all the same. `None` if it is already stopped.
     pub async fn inspect_started(&self, docker: &Docker, id: &str) -> Option<Container> {
-        let mut cache = ProbeCache::default();
+        let mut cache = ProbeCache {
+            namespace_tags: self.namespace_tags.clone(),
+            lends_only: true,
+            ..ProbeCache::default()
+        };
         let (container, _) = inspect(docker, id, &mut cache, &self.overlays).await?;
         let stopped =
             container.pid.is_none() && container.endpoints.iter().all(|e| e.host_ifindex.is_none());
@@ -623,15 +692,21 @@ async fn map_veths(
                 // tears its endpoints down, reached through the host veths.
                 tracing::debug!(container = %container.name, "namespace probe failed: {err:#}");
                 match netns::host_veth_peers().await {
-                    Ok(links) => match_veths(container, &links, overlays),
+                    Ok(links) => match_veths(container, &links, overlays, 0),
                     Err(err) => tracing::debug!("probing host veths' peers: {err:#}"),
                 }
                 return None;
             }
         }
     }
-    let links = cache.links.get(&key)?;
-    match_veths(container, links, overlays);
+    let links = cache.links.get(&key)?.clone();
+    // A namespace is tagged only when it has an interface to watch inside.
+    let own_tag = if links.iter().any(|link| link.peer_ifindex.is_none()) {
+        cache.namespace_tag(&container.id, &container.name)
+    } else {
+        0
+    };
+    match_veths(container, &links, overlays, own_tag);
     Some(key)
 }
 
@@ -651,25 +726,44 @@ async fn probe(container: &Container, pid: u32) -> anyhow::Result<Vec<netns::Con
         .map_err(|by_key| anyhow::anyhow!("{by_pid:#}; by its sandbox key: {by_key:#}"))
 }
 
-/// Each endpoint's host veth: the one whose peer has the endpoint's MAC.
+/// Each endpoint's host veth: the one whose peer has the endpoint's MAC;
+/// or, for an interface with no peer (macvlan, ipvlan), its tagged id in
+/// the container's namespace (tagged `own_tag`; 0: not watched). An
+/// endpoint without a MAC (ipvlan ones have none in Docker's inspection)
+/// gets the container's one peerless interface no other endpoint's MAC
+/// names, if there is exactly one.
 fn match_veths(
     container: &mut Container,
     links: &[netns::ContainerLink],
     overlays: &BTreeMap<String, u8>,
+    own_tag: u8,
 ) {
+    let macs: Vec<[u8; 6]> = container
+        .endpoints
+        .iter()
+        .filter_map(|e| e.mac.as_deref().and_then(parse_mac))
+        .collect();
+    let unnamed_peerless: Vec<&netns::ContainerLink> = links
+        .iter()
+        .filter(|link| link.peer_ifindex.is_none() && !link.mac.is_some_and(|m| macs.contains(&m)))
+        .collect();
     for endpoint in &mut container.endpoints {
         let mac = endpoint.mac.as_deref().and_then(parse_mac);
+        let link = match mac {
+            Some(mac) => links.iter().find(|link| link.mac == Some(mac)),
+            None => match unnamed_peerless.as_slice() {
+                [only] => Some(*only),
+                _ => None,
+            },
+        };
         let tag = overlays.get(&endpoint.network_id).copied();
-        endpoint.host_ifindex = links
-            .iter()
-            .find(|link| mac.is_some() && link.mac == mac)
-            .and_then(|link| match tag {
-                None => Some(link.peer_ifindex),
-                Some(0) => None,
-                Some(tag) => {
-                    (link.peer_ifindex < veth_id(1, 0)).then(|| veth_id(tag, link.peer_ifindex))
-                }
-            });
+        endpoint.host_ifindex = link.and_then(|link| match (link.peer_ifindex, tag) {
+            (None, _) => (own_tag != 0 && link.ifindex < veth_id(1, 0))
+                .then(|| veth_id(own_tag, link.ifindex)),
+            (Some(peer), None) => Some(peer),
+            (Some(_), Some(0)) => None,
+            (Some(peer), Some(tag)) => (peer < veth_id(1, 0)).then(|| veth_id(tag, peer)),
+        });
     }
 }
 
@@ -761,6 +855,90 @@ mod tests {
         );
         // A bridge veth not attached (yet) is no reason of these.
         assert_eq!(why(container("br", &[("br", Some(8))])), None);
+        // A macvlan interface watched inside its namespace is no reason.
+        assert_eq!(why(container("mv", &[("mv", Some(7))])), None);
+    }
+
+    fn link(ifindex: u32, mac: [u8; 6], peer: Option<u32>) -> netns::ContainerLink {
+        netns::ContainerLink {
+            name: format!("eth{ifindex}"),
+            mac: Some(mac),
+            ifindex,
+            peer_ifindex: peer,
+        }
+    }
+
+    #[test]
+    fn peerless_interfaces_are_named_by_their_tagged_id_in_the_containers_namespace() {
+        let endpoint = |network: &str, mac: Option<&str>| Endpoint {
+            network: network.into(),
+            network_id: network.into(),
+            ip: None,
+            ipv6: None,
+            mac: mac.map(Into::into),
+            gateway: None,
+            host_ifindex: None,
+        };
+        let mut container = Container::announced(
+            "c",
+            &[("name".to_owned(), "c".to_owned())].into_iter().collect(),
+        )
+        .expect("a container");
+        container.endpoints = vec![
+            endpoint("br", Some("02:42:ac:11:00:02")),
+            endpoint("mv", Some("02:42:0a:ed:00:02")),
+            endpoint("iv", None),
+        ];
+        let links = [
+            link(2, [2, 0x42, 0xac, 0x11, 0, 2], Some(40)),
+            link(3, [2, 0x42, 0x0a, 0xed, 0, 2], None),
+            // An ipvlan interface has its parent's MAC, which Docker does
+            // not report.
+            link(4, [2, 0, 0, 0, 0, 9], None),
+        ];
+        let veths = |c: &Container| -> Vec<Option<u32>> {
+            c.endpoints.iter().map(|e| e.host_ifindex).collect()
+        };
+        let mut watched = container.clone();
+        match_veths(&mut watched, &links, &BTreeMap::new(), 5);
+        assert_eq!(
+            veths(&watched),
+            [Some(40), Some(veth_id(5, 3)), Some(veth_id(5, 4))]
+        );
+        // No tag left: only the veth is watched.
+        let mut untagged = container.clone();
+        match_veths(&mut untagged, &links, &BTreeMap::new(), 0);
+        assert_eq!(veths(&untagged), [Some(40), None, None]);
+        // Two MAC-less endpoints and two peerless interfaces: no guess.
+        let mut ambiguous = container;
+        ambiguous.endpoints[1].mac = None;
+        match_veths(&mut ambiguous, &links, &BTreeMap::new(), 5);
+        assert_eq!(veths(&ambiguous), [Some(40), None, None]);
+    }
+
+    #[test]
+    fn namespace_tags_share_the_overlays_space_and_a_lending_cache_gives_none() {
+        let overlay = Network {
+            id: "ov".into(),
+            name: "ov".into(),
+            driver: "overlay".into(),
+            bridge: None,
+            gateways: Vec::new(),
+            inter_container_communication: true,
+        };
+        let mut cache = ProbeCache::default();
+        let overlays = cache.tag_overlays(&[("ov".to_owned(), overlay)].into_iter().collect());
+        assert_eq!(overlays.get("ov"), Some(&1));
+        assert_eq!(cache.namespace_tag("a", "a"), 2);
+        assert_eq!(cache.namespace_tag("b", "b"), 3);
+        assert_eq!(cache.namespace_tag("a", "a"), 2, "kept");
+        let mut lending = ProbeCache {
+            namespace_tags: cache.namespace_tags.clone(),
+            lends_only: true,
+            ..ProbeCache::default()
+        };
+        assert_eq!(lending.namespace_tag("b", "b"), 3);
+        assert_eq!(lending.namespace_tag("new", "new"), 0);
     }
 
     #[test]

@@ -28,25 +28,29 @@ use netlink_packet_route::{
 };
 use rtnetlink::Handle;
 
-/// An interface inside a container with a peer outside.
+/// An Ethernet interface inside a container: a veth with its peer
+/// outside, or one with no peer (macvlan, ipvlan), watched from inside.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerLink {
     pub name: String,
     pub mac: Option<[u8; 6]>,
-    /// The host-side veth's ifindex.
-    pub peer_ifindex: u32,
+    /// Its ifindex in the container's namespace.
+    pub ifindex: u32,
+    /// The host-side veth's ifindex; `None` for an interface that is no
+    /// veth (a macvlan or ipvlan one, whose traffic crosses no host veth).
+    pub peer_ifindex: Option<u32>,
 }
 
 /// `NETNSA_NSID_NOT_ASSIGNED`: the namespace has no id in ours yet.
 const NSID_NOT_ASSIGNED: i32 = -1;
 
-/// Lists the veths inside the network namespace of process `pid` (a pid
+/// Lists the Ethernet interfaces inside the network namespace of process `pid` (a pid
 /// of the agent's PID namespace: the host's, for Docker's `State.Pid`).
 pub async fn container_links(pid: u32) -> anyhow::Result<Vec<ContainerLink>> {
     links_of(Namespace::Pid(pid)).await
 }
 
-/// Lists the veths inside the network namespace bound at `path` (a
+/// Lists the Ethernet interfaces inside the network namespace bound at `path` (a
 /// container's `SandboxKey`, `<exec-root>/netns/<id>`).
 pub async fn sandbox_links(path: &Path) -> anyhow::Result<Vec<ContainerLink>> {
     let file = std::fs::File::open(path)
@@ -84,7 +88,7 @@ impl std::fmt::Display for Namespace<'_> {
 async fn links_of(namespace: Namespace<'_>) -> anyhow::Result<Vec<ContainerLink>> {
     let handle = crate::links::connect()?;
     let nsid = namespace_id(&handle, namespace).await?;
-    let links = namespace_veths(&handle, nsid)
+    let links = namespace_links(&handle, nsid)
         .await
         .with_context(|| format!("listing the links of {namespace}"))?;
     Ok(links.into_iter().map(|(_, link)| link).collect())
@@ -107,12 +111,15 @@ pub async fn host_veth_peers() -> anyhow::Result<Vec<ContainerLink>> {
     let mut peers = Vec::new();
     for (nsid, wanted) in by_namespace {
         // A namespace torn down meanwhile: its veths are gone too.
-        let Ok(links) = namespace_veths(&handle, nsid).await else {
+        let Ok(links) = namespace_links(&handle, nsid).await else {
             continue;
         };
         for (index, mut link) in links {
+            if link.peer_ifindex.is_none() {
+                continue;
+            }
             if let Some((_, host)) = wanted.iter().find(|(peer, _)| *peer == index) {
-                link.peer_ifindex = *host;
+                link.peer_ifindex = Some(*host);
                 peers.push(link);
             }
         }
@@ -160,8 +167,10 @@ pub async fn owner_of_namespace(
     candidates.into_iter().min().map(|(_, id)| id)
 }
 
-/// The veths of namespace `nsid` (an id in ours), with their ifindex there.
-async fn namespace_veths(handle: &Handle, nsid: i32) -> anyhow::Result<Vec<(u32, ContainerLink)>> {
+/// The Ethernet interfaces of namespace `nsid` (an id in ours), with
+/// their ifindex there: veths with a peer, and any other with a MAC
+/// (macvlan, ipvlan; not the loopback, whose address is all zeros).
+async fn namespace_links(handle: &Handle, nsid: i32) -> anyhow::Result<Vec<(u32, ContainerLink)>> {
     let mut request = handle.link().get();
     request
         .message_mut()
@@ -178,14 +187,16 @@ async fn namespace_veths(handle: &Handle, nsid: i32) -> anyhow::Result<Vec<(u32,
         let mut link = ContainerLink {
             name: String::new(),
             mac: None,
-            peer_ifindex: 0,
+            ifindex: index,
+            peer_ifindex: None,
         };
         let mut is_veth = false;
+        let mut peer = 0;
         for attribute in message.attributes {
             match attribute {
                 LinkAttribute::IfName(name) => link.name = name,
                 LinkAttribute::Address(mac) => link.mac = mac.try_into().ok(),
-                LinkAttribute::Link(peer) => link.peer_ifindex = peer,
+                LinkAttribute::Link(index) => peer = index,
                 LinkAttribute::LinkInfo(infos) => {
                     is_veth = infos
                         .iter()
@@ -194,7 +205,12 @@ async fn namespace_veths(handle: &Handle, nsid: i32) -> anyhow::Result<Vec<(u32,
                 _ => {}
             }
         }
-        if is_veth && link.peer_ifindex != 0 {
+        if is_veth {
+            if peer != 0 {
+                link.peer_ifindex = Some(peer);
+                links.push((index, link));
+            }
+        } else if link.mac.is_some_and(|mac| mac != [0; 6]) {
             links.push((index, link));
         }
     }
@@ -353,7 +369,7 @@ mod tests {
         assert_eq!(links.len(), 1, "{links:?}");
         assert_eq!(links[0].name, inside);
         assert_eq!(
-            Some(links[0].peer_ifindex),
+            links[0].peer_ifindex,
             ifindex.ok().and_then(|i| i.trim().parse().ok())
         );
     }
@@ -377,7 +393,7 @@ mod tests {
         assert_eq!(links.len(), 1, "{links:?}");
         assert_eq!(links[0].name, inside);
         assert_eq!(
-            Some(links[0].peer_ifindex),
+            links[0].peer_ifindex,
             ifindex.ok().and_then(|i| i.trim().parse().ok())
         );
         let err = format!("{:#}", missing.expect_err("no such file"));

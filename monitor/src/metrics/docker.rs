@@ -55,7 +55,7 @@ impl Collector for DockerCollector {
             }
             let mut family = out.family(
                 "crossmon_unwatched_containers",
-                "Running containers with traffic that crosses no watched veth, by why: host, macvlan, ipvlan, container (another container's namespace), none.",
+                "Running containers with traffic that crosses no watched interface, by why: host, macvlan, ipvlan (interface not attached in its namespace), container (another container's namespace), none.",
                 Kind::Gauge,
             );
             for (reason, n) in UNWATCHED_REASONS.iter().zip(unwatched) {
