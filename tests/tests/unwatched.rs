@@ -20,6 +20,7 @@ use integration_tests::{
     agent::{get_json, wait_until, Agent},
     docker::{docker_ready, Container, DockerNetwork},
     exposition::{parse, scrape, sum},
+    net::datagrams_delivered,
 };
 use serde_json::Value;
 
@@ -166,6 +167,7 @@ fn containers_crossmon_cannot_watch_are_counted_by_reason() {
             f["protocol"] == "icmp"
                 && f["dst_ip"] == peer_ip.as_str()
                 && f["src"]["name"] == owner.name.as_str()
+                && f["src"]["shared_with"] == serde_json::json!([sharer.name])
                 && f["direction"] == "from_container"
                 && f["packets"] == 4
         })
@@ -189,6 +191,18 @@ fn containers_crossmon_cannot_watch_are_counted_by_reason() {
     let reply = agent.named_flow(&mac_b.name, &mac_a.name, "icmp", 3);
     assert_eq!(reply["direction"], "from_container", "{reply}");
     assert_eq!(reply["interface"], interface_of(&mac_b.name), "{reply}");
+    // A burst, each datagram counted once: where it left, not again where
+    // the driver delivered it.
+    let delivered = datagrams_delivered(
+        &mac_a.netns().expect("netns"),
+        &mac_b.netns().expect("netns"),
+        &format!("{b_ip}:5353"),
+        200,
+    );
+    // Under the receiving socket's default buffer (500 overflow it).
+    assert_eq!(delivered, 200, "datagrams between macvlan siblings");
+    let burst = agent.named_flow(&mac_a.name, &mac_b.name, "udp", 200);
+    assert_eq!(burst["interface"], interface_of(&mac_a.name), "{burst}");
     // What reaches a macvlan container through its parent (here from the
     // parent's veth peer, given an address on the network) is counted
     // where it is delivered, and its answers where they leave.

@@ -298,6 +298,7 @@ mod tests {
             service: None,
             stack: None,
             node: None,
+            shared_with: Vec::new(),
             container: None,
         }
     }

@@ -50,6 +50,11 @@ pub struct FlowEnd {
     pub service: Option<String>,
     pub stack: Option<String>,
     pub node: Option<String>,
+    /// Running containers that joined this container's network namespace
+    /// (`--network container:<it>`): their traffic crosses its interface
+    /// and is counted as its own, which no classifier can tell apart.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<String>,
     /// The container itself, for what the API does not show (labels,
     /// exposed ports).
     #[serde(skip)]
@@ -70,6 +75,7 @@ impl FlowEnd {
             service: None,
             stack: None,
             node: None,
+            shared_with: Vec::new(),
             container: None,
         }
     }
@@ -104,6 +110,7 @@ impl FlowEnd {
             service: container.labels.get(SERVICE_LABEL).cloned(),
             stack: container.labels.get(STACK_LABEL).cloned(),
             node: node.cloned(),
+            shared_with: Vec::new(),
             container: Some(container.clone()),
         }
     }
@@ -122,6 +129,9 @@ pub struct Directory {
     /// This host's swarm node, and the overlay addresses of other nodes.
     node: Option<String>,
     remote: BTreeMap<IpAddr, RemoteEnd>,
+    /// Names of the running containers in each container's namespace
+    /// (`--network container:<id>`), by the owner's id.
+    joined: HashMap<String, Vec<String>>,
 }
 
 impl Directory {
@@ -145,6 +155,13 @@ impl Directory {
         }
         for container in inventory.containers.values() {
             directory.add(container, true);
+            if let Some(owner) = container.network_mode.strip_prefix("container:") {
+                directory
+                    .joined
+                    .entry(owner.to_owned())
+                    .or_default()
+                    .push(container.name.clone());
+            }
         }
         // The departed, most recent first, only where no running container
         // (or more recent departed one) has the address or veth: what they
@@ -180,12 +197,15 @@ impl Directory {
     fn slot(&self, slot: Option<&(String, usize)>, ip: IpAddr) -> Option<FlowEnd> {
         let (id, index) = slot?;
         let container = self.containers.get(id)?;
-        Some(FlowEnd::container(
-            container,
-            container.endpoints.get(*index)?,
-            ip,
-            self.node.as_ref(),
-        ))
+        Some(FlowEnd {
+            shared_with: self.joined.get(id).cloned().unwrap_or_default(),
+            ..FlowEnd::container(
+                container,
+                container.endpoints.get(*index)?,
+                ip,
+                self.node.as_ref(),
+            )
+        })
     }
 
     /// The container and endpoint behind a host-side veth.
