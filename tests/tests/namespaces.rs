@@ -641,3 +641,76 @@ fn veths_in_another_namespace_are_counted_apart_from_the_hosts_with_the_same_ifi
         assert_eq!(monitor.datapath.programs.sandbox_count(), 0);
     }
 }
+
+/// A container's own interface (a macvlan or ipvlan one, with no end
+/// outside) is watched inside its namespace with the hooks swapped: what
+/// the container sends is counted at its egress, from the container, once,
+/// though the receiver's ingress sees it too; what reaches it from the host
+/// is counted at its ingress, to the container. The hosts' `eth0` stand
+/// for such interfaces: veths, which every kernel of the VM tier has.
+#[test]
+fn interfaces_inside_containers_count_with_the_hooks_swapped() {
+    require_root();
+    for mode in [AttachMode::Auto, AttachMode::Clsact] {
+        let net = TestNet::new(2).expect("test network");
+        let config = DatapathConfig {
+            attach_mode: mode,
+            ..DatapathConfig::default()
+        };
+        let mut monitor = Monitor {
+            datapath: datapath::load(&config).expect("programs load"),
+        };
+        let (a, b) = (net.host(0), net.host(1));
+        let mut ids = Vec::new();
+        for (tag, host) in [(1u8, a), (2u8, b)] {
+            // SAFETY: a NUL-terminated name.
+            let index = host
+                .run(|| Ok(unsafe { libc::if_nametoindex(c"eth0".as_ptr()) }))
+                .expect("eth0's index");
+            assert_ne!(index, 0, "eth0 in {}", host.netns_name());
+            let netns = std::path::PathBuf::from(format!("/var/run/netns/{}", host.netns_name()));
+            monitor
+                .datapath
+                .programs
+                .attach_in(&netns, tag, index, Side::Container)
+                .expect("attach inside the namespace");
+            ids.push(veth_id(tag, index));
+        }
+        traffic::ping(a, b.ip4().into(), 3, 56).expect("ping between the hosts");
+        let gateway: IpAddr = net.gateway_v4().into();
+        let out = std::process::Command::new("ping")
+            .args(["-q", "-c", "2", "-i", "0.2", "-W", "1"])
+            .arg(a.ip4().to_string())
+            .output()
+            .expect("ping");
+        assert!(out.status.success(), "{out:?}");
+        let cases = [
+            (
+                a.ip4().into(),
+                b.ip4().into(),
+                3,
+                ids[0],
+                Direction::FromContainer,
+            ),
+            (
+                b.ip4().into(),
+                a.ip4().into(),
+                3,
+                ids[1],
+                Direction::FromContainer,
+            ),
+            (gateway, a.ip4().into(), 2, ids[0], Direction::ToContainer),
+            (a.ip4().into(), gateway, 2, ids[0], Direction::FromContainer),
+        ];
+        for (src, dst, packets, id, direction) in cases {
+            let flow = monitor.flow(src, dst, 0, 0, ip_proto::ICMP);
+            assert_eq!(
+                (flow.packets, flow.ifindex, flow.direction),
+                (packets, id, direction as u8),
+                "{src} -> {dst} ({mode:?})"
+            );
+        }
+        assert_eq!(monitor.datapath.programs.detach_all(), 2);
+        assert_eq!(monitor.datapath.programs.sandbox_count(), 0);
+    }
+}
