@@ -76,6 +76,14 @@ impl Monitor {
     }
 }
 
+/// The default configuration, attaching in `mode`.
+fn in_mode(mode: AttachMode) -> DatapathConfig {
+    DatapathConfig {
+        attach_mode: mode,
+        ..DatapathConfig::default()
+    }
+}
+
 fn key(src: IpAddr, dst: IpAddr, src_port: u16, dst_port: u16, protocol: u8) -> FlowKey {
     let addr = |ip: IpAddr| match ip {
         IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), 4u8),
@@ -604,10 +612,7 @@ fn veths_in_another_namespace_are_counted_apart_from_the_hosts_with_the_same_ifi
     require_root();
     for mode in [AttachMode::Auto, AttachMode::Clsact] {
         let net = TestNet::new(2).expect("test network");
-        let config = DatapathConfig {
-            attach_mode: mode,
-            ..DatapathConfig::default()
-        };
+        let config = in_mode(mode);
         let mut monitor = Monitor::attach_with(&net, config);
         let (a, b) = (net.host(0), net.host(1));
         let indexes = [a.veth_ifindex(), b.veth_ifindex()];
@@ -653,10 +658,7 @@ fn interfaces_inside_containers_count_with_the_hooks_swapped() {
     require_root();
     for mode in [AttachMode::Auto, AttachMode::Clsact] {
         let net = TestNet::new(2).expect("test network");
-        let config = DatapathConfig {
-            attach_mode: mode,
-            ..DatapathConfig::default()
-        };
+        let config = in_mode(mode);
         let mut monitor = Monitor {
             datapath: datapath::load(&config).expect("programs load"),
         };
