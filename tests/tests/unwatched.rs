@@ -20,8 +20,12 @@ use integration_tests::{
     agent::{get_json, wait_until, Agent},
     docker::{docker_ready, Container, DockerNetwork},
     exposition::{parse, scrape, sum},
+    frames::{ethernet, ipv4, udp, ETH_P_IP},
     net::datagrams_delivered,
+    scratch::Scratch,
+    traffic::RawSocket,
 };
+use monitor_common::ip_proto;
 use serde_json::Value;
 
 /// A veth pair in the root namespace, the parent of a macvlan network
@@ -228,6 +232,55 @@ fn containers_crossmon_cannot_watch_are_counted_by_reason() {
     mac_a.connect_refused(&b_ip, 30_000..30_030);
     let scan = agent.wait_for_alert("port_scan", |a| a["source"]["name"] == mac_a.name.as_str());
     assert_eq!(scan["destination"]["name"], mac_b.name.as_str(), "{scan}");
+    // Under an enforced policy that allows everything only the spoofing
+    // checks bite, where a macvlan container sends: its own frames pass
+    // them (they carry the MAC and address its interface has), a datagram
+    // with another source address is dropped.
+    drop(agent);
+    let scratch = Scratch::new("unwatched");
+    let policy = scratch.write("policy.yaml", "version: 1\ndefaults: {\"*\": allow}\n");
+    let agent = Agent::start(&["--policy", policy.to_str().expect("UTF-8"), "--enforce"]);
+    agent.wait_attached(&[&mac_a.name, &mac_b.name]);
+    mac_a.ping(&b_ip, 3);
+    agent.named_flow(&mac_a.name, &mac_b.name, "icmp", 3);
+    agent.named_flow(&mac_b.name, &mac_a.name, "icmp", 3);
+    let a_mac = mac_a.mac(&macvlan.name).expect("mac");
+    let b_mac = mac_b.mac(&macvlan.name).expect("mac");
+    let b_octets: std::net::Ipv4Addr = b_ip.parse().expect("IPv4");
+    let spoofed = ethernet(
+        b_mac,
+        a_mac,
+        ETH_P_IP,
+        &ipv4(
+            [10, 237, 0, 99],
+            b_octets.octets(),
+            ip_proto::UDP,
+            &[],
+            0,
+            &udp(4444, 5555, b"not me"),
+        ),
+    );
+    let sender = RawSocket::open_in(&mac_a.netns().expect("netns")).expect("raw socket");
+    // Dropped at the sender's own egress, before any wire: the send
+    // itself is told (a packet socket's ENOBUFS; a UDP socket without IP_RECVERR is not told).
+    for _ in 0..3 {
+        let err = sender.send(&spoofed).expect_err("dropped as it is sent");
+        let errno = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error);
+        assert_eq!(errno, Some(libc::ENOBUFS), "{err:#}");
+    }
+    let drops = |rule: &str| {
+        sum(
+            &parse(&scrape(agent.addr)),
+            "crossmon_policy_drops_total",
+            &[("rule", rule)],
+        )
+    };
+    wait_until("3 spoofed datagrams dropped", || {
+        drops("spoofed_source") == 3.0
+    });
+    assert_eq!(drops("spoofed_arp"), 0.0, "the siblings' own ARP");
     // A stopped macvlan container's programs go with it.
     let id = agent.container(&mac_b.name, |_| true)["networks"][0]["ifindex"].clone();
     drop(mac_b);

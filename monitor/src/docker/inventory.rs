@@ -731,7 +731,9 @@ async fn probe(container: &Container, pid: u32) -> anyhow::Result<Vec<netns::Con
 /// the container's namespace (tagged `own_tag`; 0: not watched). An
 /// endpoint without a MAC (ipvlan ones have none in Docker's inspection)
 /// gets the container's one peerless interface no other endpoint's MAC
-/// names, if there is exactly one.
+/// names, if there is exactly one, and that interface's MAC (an ipvlan
+/// one's is its parent's): what it sends carries it, and a policy's
+/// spoofing check compares with it.
 fn match_veths(
     container: &mut Container,
     links: &[netns::ContainerLink],
@@ -752,7 +754,10 @@ fn match_veths(
         let link = match mac {
             Some(mac) => links.iter().find(|link| link.mac == Some(mac)),
             None => match unnamed_peerless.as_slice() {
-                [only] => Some(*only),
+                [only] => {
+                    endpoint.mac = only.mac.map(|m| format_mac(&m));
+                    Some(*only)
+                }
                 _ => None,
             },
         };
@@ -765,6 +770,12 @@ fn match_veths(
             (Some(peer), Some(tag)) => (peer < veth_id(1, 0)).then(|| veth_id(tag, peer)),
         });
     }
+}
+
+/// `02:42:ac:11:00:02`, as Docker writes MACs.
+fn format_mac(mac: &[u8; 6]) -> String {
+    let bytes: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    bytes.join(":")
 }
 
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -904,6 +915,12 @@ mod tests {
         assert_eq!(
             veths(&watched),
             [Some(40), Some(veth_id(5, 3)), Some(veth_id(5, 4))]
+        );
+        // The ipvlan endpoint takes its interface's MAC, which its frames
+        // carry (a policy's spoofing check compares with it).
+        assert_eq!(
+            watched.endpoints[2].mac.as_deref(),
+            Some("02:00:00:00:00:09")
         );
         // No tag left: only the veth is watched.
         let mut untagged = container.clone();
