@@ -692,7 +692,7 @@ async fn map_veths(
                 // tears its endpoints down, reached through the host veths.
                 tracing::debug!(container = %container.name, "namespace probe failed: {err:#}");
                 match netns::host_veth_peers().await {
-                    Ok(links) => match_veths(container, &links, overlays, 0),
+                    Ok(links) => match_veths(container, &links, overlays, || 0),
                     Err(err) => tracing::debug!("probing host veths' peers: {err:#}"),
                 }
                 return None;
@@ -700,13 +700,14 @@ async fn map_veths(
         }
     }
     let links = cache.links.get(&key)?.clone();
-    // A namespace is tagged only when it has an interface to watch inside.
-    let own_tag = if links.iter().any(|link| link.peer_ifindex.is_none()) {
-        cache.namespace_tag(&container.id, &container.name)
-    } else {
-        0
-    };
-    match_veths(container, &links, overlays, own_tag);
+    // A namespace is tagged only when an endpoint's interface is watched
+    // inside it (not for a bridge a container made in it, Docker in
+    // Docker's).
+    let (id, name) = (container.id.clone(), container.name.clone());
+    let mut own_tag = None;
+    match_veths(container, &links, overlays, || {
+        *own_tag.get_or_insert_with(|| cache.namespace_tag(&id, &name))
+    });
     Some(key)
 }
 
@@ -728,7 +729,8 @@ async fn probe(container: &Container, pid: u32) -> anyhow::Result<Vec<netns::Con
 
 /// Each endpoint's host veth: the one whose peer has the endpoint's MAC;
 /// or, for an interface with no peer (macvlan, ipvlan), its tagged id in
-/// the container's namespace (tagged `own_tag`; 0: not watched). An
+/// the container's namespace (tagged by `own_tag`, asked only then; 0:
+/// not watched). An
 /// endpoint without a MAC (ipvlan ones have none in Docker's inspection)
 /// gets the container's one peerless interface no other endpoint's MAC
 /// names, if there is exactly one, and that interface's MAC (an ipvlan
@@ -738,7 +740,7 @@ fn match_veths(
     container: &mut Container,
     links: &[netns::ContainerLink],
     overlays: &BTreeMap<String, u8>,
-    own_tag: u8,
+    mut own_tag: impl FnMut() -> u8,
 ) {
     let macs: Vec<[u8; 6]> = container
         .endpoints
@@ -763,8 +765,10 @@ fn match_veths(
         };
         let tag = overlays.get(&endpoint.network_id).copied();
         endpoint.host_ifindex = link.and_then(|link| match (link.peer_ifindex, tag) {
-            (None, _) => (own_tag != 0 && link.ifindex < veth_id(1, 0))
-                .then(|| veth_id(own_tag, link.ifindex)),
+            (None, _) => {
+                let own = own_tag();
+                (own != 0 && link.ifindex < veth_id(1, 0)).then(|| veth_id(own, link.ifindex))
+            }
             (Some(peer), None) => Some(peer),
             (Some(_), Some(0)) => None,
             (Some(peer), Some(tag)) => (peer < veth_id(1, 0)).then(|| veth_id(tag, peer)),
@@ -911,7 +915,7 @@ mod tests {
             c.endpoints.iter().map(|e| e.host_ifindex).collect()
         };
         let mut watched = container.clone();
-        match_veths(&mut watched, &links, &BTreeMap::new(), 5);
+        match_veths(&mut watched, &links, &BTreeMap::new(), || 5);
         assert_eq!(
             veths(&watched),
             [Some(40), Some(veth_id(5, 3)), Some(veth_id(5, 4))]
@@ -924,13 +928,25 @@ mod tests {
         );
         // No tag left: only the veth is watched.
         let mut untagged = container.clone();
-        match_veths(&mut untagged, &links, &BTreeMap::new(), 0);
+        match_veths(&mut untagged, &links, &BTreeMap::new(), || 0);
         assert_eq!(veths(&untagged), [Some(40), None, None]);
         // Two MAC-less endpoints and two peerless interfaces: no guess.
         let mut ambiguous = container;
         ambiguous.endpoints[1].mac = None;
-        match_veths(&mut ambiguous, &links, &BTreeMap::new(), 5);
+        match_veths(&mut ambiguous, &links, &BTreeMap::new(), || 5);
         assert_eq!(veths(&ambiguous), [Some(40), None, None]);
+        // A bridge the container made inside (Docker in Docker's docker0)
+        // names no endpoint: its namespace takes no tag.
+        let mut bridged = Container::announced(
+            "d",
+            &[("name".to_owned(), "d".to_owned())].into_iter().collect(),
+        )
+        .expect("a container");
+        bridged.endpoints = vec![endpoint("br", Some("02:42:ac:11:00:02"))];
+        match_veths(&mut bridged, &links[..2], &BTreeMap::new(), || -> u8 {
+            panic!("a tag asked for")
+        });
+        assert_eq!(veths(&bridged), [Some(40)]);
     }
 
     #[test]
