@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{
     config::Cleartext,
-    excerpt::excerpt,
+    excerpt::Head,
     protocols::{classify, tls_expected, Protocol},
     Alert, Detector, Findings, PollEnd, Severity,
 };
@@ -38,11 +38,43 @@ const SAMPLES_PER_FLOW: usize = 4;
 /// (source, destination, protocol, encrypted).
 pub type ProtocolLabels = (String, String, &'static str, bool);
 
+/// A flow's samples awaiting its connection's verdict, classified as they
+/// come rather than kept: a burst of new flows holds tens of thousands.
+/// Which side the flow is, client or server, is known only at the verdict,
+/// so each sample is read as both.
 struct Pending {
-    /// When the first sample's packet was seen, and when it was read.
-    first_ns: u64,
-    read_ns: u64,
-    samples: Vec<Vec<u8>>,
+    /// When the samples have settled: [`SETTLE_NS`] after the first
+    /// sample's packet, [`READ_GRACE_NS`] after it was read.
+    settled_ns: u64,
+    as_client: Reading,
+    as_server: Reading,
+    samples: u8,
+    /// The first sample, as much as an alert's excerpt shows of it.
+    head: Head,
+}
+
+/// What one side's samples showed, in the order they came.
+#[derive(Default)]
+struct Reading {
+    first: Option<Protocol>,
+    known: Option<Protocol>,
+    encrypted: bool,
+}
+
+impl Reading {
+    fn add(&mut self, protocol: Protocol) {
+        self.first.get_or_insert(protocol);
+        if protocol != Protocol::Unknown {
+            self.known.get_or_insert(protocol);
+        }
+        self.encrypted |= protocol.is_encrypted();
+    }
+}
+
+impl Pending {
+    fn settled(&self, now_ns: u64) -> bool {
+        now_ns >= self.settled_ns
+    }
 }
 
 pub struct CleartextDetector {
@@ -83,16 +115,20 @@ impl CleartextDetector {
         if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(key) {
             return;
         }
+        let cap = self.config.alert_payload_bytes;
         let pending = self.pending.entry(*key).or_insert_with(|| Pending {
-            first_ns: at_ns,
-            read_ns: now_ns,
-            // Most flows send one sample before they settle; a first push
-            // into an empty Vec would make room for four (96 bytes a flow
-            // more, at up to MAX_PENDING flows in a burst).
-            samples: Vec::with_capacity(1),
+            settled_ns: (at_ns.saturating_add(SETTLE_NS)).max(now_ns.saturating_add(READ_GRACE_NS)),
+            as_client: Reading::default(),
+            as_server: Reading::default(),
+            samples: 0,
+            head: Head::of(data, cap),
         });
-        if pending.samples.len() < SAMPLES_PER_FLOW {
-            pending.samples.push(data.to_vec());
+        if usize::from(pending.samples) < SAMPLES_PER_FLOW {
+            pending.samples += 1;
+            // The client opened the connection to its destination port; the
+            // server's flow goes back from it.
+            pending.as_client.add(classify(data, true, key.dst_port));
+            pending.as_server.add(classify(data, false, key.src_port));
         }
     }
 
@@ -107,69 +143,93 @@ impl CleartextDetector {
         now_ns: u64,
         found: &mut Findings,
     ) {
-        // Group the settled samples by connection, keyed by its client flow.
-        // The samples move out of `pending` rather than being copied: at a
-        // burst of new flows they are tens of thousands.
-        let mut connections: ByFlow<Vec<(bool, Vec<u8>)>> = ByFlow::default();
-        let settled = self.pending.extract_if(|_, pending| {
-            now_ns.saturating_sub(pending.first_ns) >= SETTLE_NS
-                && now_ns.saturating_sub(pending.read_ns) >= READ_GRACE_NS
-        });
-        for (key, pending) in settled {
-            let Some(record) = find(&key) else {
-                continue;
-            };
-            let from_client = client_side(&record, find(&key.reversed()).as_ref());
-            let client = if from_client { key } else { key.reversed() };
-            let samples = connections.entry(client).or_default();
-            samples.extend(pending.samples.into_iter().map(|s| (from_client, s)));
-        }
-        for (client, samples) in connections {
-            // Judged once: later samples (another CPU's budget, TLS records
-            // past the handshake) tell nothing new.
-            if judged(&client) {
+        // Each connection once, from its client flow's samples when they
+        // settled, else from its server flow's; in place, not grouped in a
+        // second map: at a burst of new flows they are tens of thousands.
+        let from_client = |key: &FlowKey| -> Option<bool> {
+            let record = find(key)?;
+            Some(client_side(&record, find(&key.reversed()).as_ref()))
+        };
+        for (key, pending) in &self.pending {
+            if !pending.settled(now_ns) {
                 continue;
             }
-            let Some(record) = find(&client) else {
+            let Some(is_client) = from_client(key) else {
                 continue;
             };
-            let verdict = verdict(&samples, client.dst_port);
-            found.verdicts.push((
-                client,
-                PayloadVerdict {
-                    protocol: verdict.protocol,
-                    encrypted: verdict.encrypted,
-                },
-            ));
-            let (source, destination) = directory.ends(&record.key, &record.stats);
-            found.protocols.push((
-                end_name(&source),
-                end_name(&destination),
-                verdict.protocol.name(),
-                verdict.encrypted,
-            ));
-            // Judged only when crossmon saw the connection open: samples
-            // taken mid-stream (TLS records past the handshake) tell no
-            // protocol.
-            let opened_seen = outcome::is_attempt(&record, find(&client.reversed()).as_ref());
-            if let Some(reason) = self.tls_required(&record, &destination) {
-                if !verdict.encrypted && opened_seen {
-                    let first = samples
-                        .iter()
-                        .find(|(from_client, _)| *from_client)
-                        .or(samples.first())
-                        .map(|(_, data)| data.as_slice())
-                        .unwrap_or_default();
-                    let excerpt = excerpt(first, self.config.alert_payload_bytes);
-                    found.alerts.push(alert(
-                        &record,
-                        (source, destination),
-                        &verdict,
-                        &reason,
-                        excerpt,
-                        now_ns,
-                    ));
-                }
+            let reverse = key.reversed();
+            let other = self
+                .pending
+                .get(&reverse)
+                .filter(|other| other.settled(now_ns))
+                .and_then(|other| Some((from_client(&reverse)?, other)));
+            let (client, samples) = match (is_client, other) {
+                (true, Some((false, server))) => (*key, (Some(pending), Some(server))),
+                (true, _) => (*key, (Some(pending), None)),
+                // Judged from the client's flow.
+                (false, Some((true, _))) => continue,
+                (false, _) => (reverse, (None, Some(pending))),
+            };
+            self.judge(client, samples, find, judged, directory, now_ns, found);
+        }
+        self.pending.retain(|_, pending| !pending.settled(now_ns));
+    }
+
+    /// The verdict on one connection from its two flows' settled samples
+    /// (either may have none); an alert where it broke a TLS requirement.
+    #[expect(clippy::too_many_arguments, reason = "check's context, passed on")]
+    fn judge(
+        &self,
+        client: FlowKey,
+        (client_samples, server_samples): (Option<&Pending>, Option<&Pending>),
+        find: &dyn Fn(&FlowKey) -> Option<FlowRecord>,
+        judged: &dyn Fn(&FlowKey) -> bool,
+        directory: &Directory,
+        now_ns: u64,
+        found: &mut Findings,
+    ) {
+        // Judged once: later samples (another CPU's budget, TLS records
+        // past the handshake) tell nothing new.
+        if judged(&client) {
+            return;
+        }
+        let Some(record) = find(&client) else {
+            return;
+        };
+        let verdict = verdict(client_samples, server_samples);
+        found.verdicts.push((
+            client,
+            PayloadVerdict {
+                protocol: verdict.protocol,
+                encrypted: verdict.encrypted,
+            },
+        ));
+        let (source, destination) = directory.ends(&record.key, &record.stats);
+        found.protocols.push((
+            end_name(&source),
+            end_name(&destination),
+            verdict.protocol.name(),
+            verdict.encrypted,
+        ));
+        // Judged only when crossmon saw the connection open: samples
+        // taken mid-stream (TLS records past the handshake) tell no
+        // protocol.
+        let opened_seen = outcome::is_attempt(&record, find(&client.reversed()).as_ref());
+        if let Some(reason) = self.tls_required(&record, &destination) {
+            if !verdict.encrypted && opened_seen {
+                // The client's first sample, else the server's.
+                let excerpt = client_samples
+                    .or(server_samples)
+                    .map(|p| p.head.excerpt())
+                    .unwrap_or_default();
+                found.alerts.push(alert(
+                    &record,
+                    (source, destination),
+                    &verdict,
+                    &reason,
+                    excerpt,
+                    now_ns,
+                ));
             }
         }
     }
@@ -236,25 +296,23 @@ fn client_side(record: &FlowRecord, reverse: Option<&FlowRecord>) -> bool {
     }
 }
 
-fn verdict(samples: &[(bool, Vec<u8>)], dst_port: u16) -> Verdict {
-    let classified: Vec<(bool, Protocol)> = samples
-        .iter()
-        .map(|(from_client, data)| (*from_client, classify(data, *from_client, dst_port)))
-        .collect();
-    let known = |from_client: bool| {
-        classified
-            .iter()
-            .find(|(side, p)| *side == from_client && *p != Protocol::Unknown)
-            .map(|(_, p)| *p)
-    };
+fn verdict(client: Option<&Pending>, server: Option<&Pending>) -> Verdict {
+    let client_reading = client.map(|p| &p.as_client);
+    let server_reading = server.map(|p| &p.as_server);
+    let readings = || client_reading.into_iter().chain(server_reading);
     Verdict {
-        protocol: known(true).or(known(false)).unwrap_or(Protocol::Unknown),
-        encrypted: classified.iter().any(|(_, p)| p.is_encrypted()),
-        client_opened_with_tls: classified
-            .iter()
-            .find(|(side, _)| *side)
-            .is_some_and(|(_, p)| matches!(p, Protocol::Tls | Protocol::Quic)),
-        samples: samples.len(),
+        protocol: readings()
+            .find_map(|r| r.known)
+            .unwrap_or(Protocol::Unknown),
+        encrypted: readings().any(|r| r.encrypted),
+        client_opened_with_tls: client_reading
+            .and_then(|r| r.first)
+            .is_some_and(|p| matches!(p, Protocol::Tls | Protocol::Quic)),
+        samples: [client, server]
+            .into_iter()
+            .flatten()
+            .map(|p| usize::from(p.samples))
+            .sum(),
     }
 }
 
@@ -484,7 +542,7 @@ mod tests {
             detector.sample(&FlowKey::ZERO, GET, SEC, SEC);
         }
         assert_eq!(
-            detector.pending[&FlowKey::ZERO].samples.len(),
+            usize::from(detector.pending[&FlowKey::ZERO].samples),
             SAMPLES_PER_FLOW
         );
         for port in 0..=u16::MAX {

@@ -7,24 +7,69 @@
 /// could as well be a password sent first.
 const MAX_VERB: usize = 8;
 
-/// The excerpt of `payload` for an alert: the first `cap` bytes, escaped,
-/// or with `cap == 0` the redacted form.
-pub fn excerpt(payload: &[u8], cap: usize) -> String {
-    if cap == 0 {
-        let verb = verb(payload);
-        let withheld = payload.len() - verb.len();
-        return match (verb.is_empty(), withheld) {
-            (_, 0) => verb.to_owned(),
-            (true, n) => format!("[{n} bytes redacted]"),
-            (false, n) => format!("{verb} [{n} bytes redacted]"),
-        };
+/// What an alert's excerpt needs of a payload, kept in place of it: a
+/// connection's first sample waits for its verdict among tens of thousands
+/// at a burst of new flows.
+pub enum Head {
+    /// By default (`cap == 0`): the opening verb, if any, and the length.
+    Redacted {
+        verb: [u8; MAX_VERB],
+        verb_len: u8,
+        len: u32,
+    },
+    /// The first `cap` bytes an operator asked for, and the length.
+    Shown { bytes: Box<[u8]>, len: u32 },
+}
+
+impl Head {
+    /// What the excerpt of `payload` under `cap` needs.
+    pub fn of(payload: &[u8], cap: usize) -> Self {
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        if cap == 0 {
+            let word = verb(payload).as_bytes();
+            let mut verb = [0; MAX_VERB];
+            verb[..word.len()].copy_from_slice(word);
+            return Head::Redacted {
+                verb,
+                // At most MAX_VERB.
+                verb_len: word.len() as u8,
+                len,
+            };
+        }
+        Head::Shown {
+            bytes: payload[..payload.len().min(cap)].into(),
+            len,
+        }
     }
-    let shown = &payload[..payload.len().min(cap)];
-    let mut text: String = shown.escape_ascii().to_string();
-    if payload.len() > shown.len() {
-        text.push_str(&format!(" [{} more bytes]", payload.len() - shown.len()));
+
+    /// The excerpt for an alert: the bytes kept, escaped, and how many
+    /// were withheld or not shown.
+    pub fn excerpt(&self) -> String {
+        match self {
+            Head::Redacted {
+                verb,
+                verb_len,
+                len,
+            } => {
+                // Upper-case ASCII letters are valid UTF-8.
+                let verb = std::str::from_utf8(&verb[..usize::from(*verb_len)]).unwrap_or_default();
+                let withheld = *len as usize - verb.len();
+                match (verb.is_empty(), withheld) {
+                    (_, 0) => verb.to_owned(),
+                    (true, n) => format!("[{n} bytes redacted]"),
+                    (false, n) => format!("{verb} [{n} bytes redacted]"),
+                }
+            }
+            Head::Shown { bytes, len } => {
+                let mut text: String = bytes.escape_ascii().to_string();
+                let more = *len as usize - bytes.len();
+                if more > 0 {
+                    text.push_str(&format!(" [{more} more bytes]"));
+                }
+                text
+            }
+        }
     }
-    text
 }
 
 /// The opening upper-case word, when it stands alone (followed by a space,
@@ -50,6 +95,11 @@ fn verb(payload: &[u8]) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The excerpt of `payload` under `cap`, as kept.
+    fn excerpt(payload: &[u8], cap: usize) -> String {
+        Head::of(payload, cap).excerpt()
+    }
 
     #[test]
     fn by_default_only_the_verb_and_the_count_remain() {
