@@ -218,6 +218,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = AgentConfig::DEFAULT_IDLE_TIMEOUT.into(), value_parser = duration_arg)]
     pub idle_timeout: humantime::Duration,
 
+    /// A closed TCP connection (an RST either way, or a FIN both ways)
+    /// leaves the kernel map and the API once its last packet is this old.
+    #[arg(long, default_value_t = AgentConfig::DEFAULT_CLOSE_LINGER.into(), value_parser = duration_arg)]
+    pub close_linger: humantime::Duration,
+
     /// Series per traffic metric family (flows, connections); label
     /// combinations beyond it are counted in an `other` series.
     #[arg(long, default_value_t = MetricsConfig::DEFAULT_MAX_SERIES, value_parser = clap::value_parser!(u32).range(1..))]
@@ -488,6 +493,7 @@ impl RunArgs {
             },
             poll_interval: self.poll_interval.into(),
             idle_timeout: self.idle_timeout.into(),
+            close_linger: self.close_linger.into(),
             use_docker: !self.no_docker,
             docker_host: self.docker_host.clone(),
             docker_exec_root: self.docker_exec_root.clone(),

@@ -3,7 +3,7 @@
 //! [`TestNet`]: crate::TestNet
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{ErrorKind, Read as _, Write as _},
     net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
@@ -76,6 +76,17 @@ pub struct TcpExchange {
     pub server: TcpSide,
 }
 
+/// How a connection of [`tcp_connection`] ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// The client closes its side after the request, the server after
+    /// the response: a FIN each way.
+    Fin,
+    /// The client aborts once it has the response: an RST (`SO_LINGER`
+    /// of zero), no FIN.
+    Reset,
+}
+
 /// One connection: the client sends `request` and closes its side, the
 /// server reads it all, answers `response` and closes. Returns the segment
 /// counts once both namespaces have gone quiet.
@@ -86,6 +97,23 @@ pub fn tcp_exchange(
     port: u16,
     request: &[u8],
     response: &[u8],
+) -> anyhow::Result<TcpExchange> {
+    tcp_connection(
+        client,
+        server,
+        (server_ip, port),
+        (request, response),
+        Close::Fin,
+    )
+}
+
+/// One connection as [`tcp_exchange`] makes it, ended as `close` says.
+pub fn tcp_connection(
+    client: &Host,
+    server: &Host,
+    (server_ip, port): (IpAddr, u16),
+    (request, response): (&[u8], &[u8]),
+    close: Close,
 ) -> anyhow::Result<TcpExchange> {
     let listener = server.run(|| {
         Ok(TcpListener::bind(SocketAddr::new(
@@ -98,14 +126,24 @@ pub fn tcp_exchange(
         let serving = scope.spawn(|| -> anyhow::Result<()> {
             let (mut stream, _) = listener.accept()?;
             stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            let mut received = Vec::new();
-            stream.read_to_end(&mut received)?;
+            let received = read_all(&mut stream, request.len(), close)?;
             ensure!(
                 received == request,
                 "server received {} bytes, not the request",
                 received.len()
             );
             stream.write_all(response)?;
+            if close == Close::Reset {
+                // Until the client's RST arrives: the server sends nothing more.
+                let mut rest = Vec::new();
+                let reset = stream.read_to_end(&mut rest);
+                ensure!(
+                    reset
+                        .as_ref()
+                        .is_err_and(|e| e.kind() == ErrorKind::ConnectionReset),
+                    "the server saw {reset:?}, not the client's RST"
+                );
+            }
             Ok(())
         });
         let port = client.run(|| {
@@ -115,15 +153,20 @@ pub fn tcp_exchange(
             )?;
             stream.set_read_timeout(Some(Duration::from_secs(5)))?;
             stream.write_all(request)?;
-            stream.shutdown(Shutdown::Write)?;
-            let mut received = Vec::new();
-            stream.read_to_end(&mut received)?;
+            if close == Close::Fin {
+                stream.shutdown(Shutdown::Write)?;
+            }
+            let received = read_all(&mut stream, response.len(), close)?;
             ensure!(
                 received == response,
                 "client received {} bytes, not the response",
                 received.len()
             );
-            Ok(stream.local_addr()?.port())
+            let port = stream.local_addr()?.port();
+            if close == Close::Reset {
+                abort(&stream)?;
+            }
+            Ok(port)
         })?;
         serving
             .join()
@@ -147,6 +190,47 @@ pub fn tcp_exchange(
             payload: response.len() as u64,
         },
     })
+}
+
+/// What the peer sent: all of it up to its FIN, or with [`Close::Reset`],
+/// where no FIN comes, exactly `len` bytes.
+fn read_all(stream: &mut TcpStream, len: usize, close: Close) -> anyhow::Result<Vec<u8>> {
+    let mut received = Vec::new();
+    match close {
+        Close::Fin => {
+            stream.read_to_end(&mut received)?;
+        }
+        Close::Reset => {
+            received.resize(len, 0);
+            stream.read_exact(&mut received)?;
+        }
+    }
+    Ok(received)
+}
+
+/// Closes `stream` with an RST rather than a FIN: a linger of zero.
+fn abort(stream: &TcpStream) -> anyhow::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a `linger` of the size passed, read only
+    // during the call.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    ensure!(
+        result == 0,
+        "SO_LINGER: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! `/metrics` of the real binary over test networks: exact counts, the
-//! exposition promtool accepts, bounded series and counts that survive a
-//! full flow map.
+//! exposition promtool accepts, bounded series, counts that survive a
+//! full flow map, and closed connections ended early with their exact
+//! counts.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -8,16 +9,21 @@
 )]
 
 use std::{
-    net::{IpAddr, SocketAddr, TcpStream},
+    io::Read as _,
+    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
 
 use integration_tests::{
-    agent::{our_programs_on, wait_until, Agent},
+    agent::{get_json, our_programs_on, wait_until, wait_within, Agent},
     exposition::{parse, samples_when, scrape, select, sum},
     prometheus::{prometheus_installed, promtool_check_metrics},
-    require_root, traffic, TestNet,
+    require_root,
+    scratch::Scratch,
+    traffic::{self, Close, TcpExchange},
+    TestNet,
 };
+use serde_json::Value;
 
 fn attached(net: &TestNet) {
     for host in net.hosts() {
@@ -168,6 +174,158 @@ fn counts_survive_a_full_flow_map() {
     assert_eq!(sum(&samples, "crossmon_flow_bytes_total", &[]), 40.0 * 31.0);
     assert!(sum(&samples, "crossmon_flows_evicted_total", &[]) > 0.0);
     assert!(sum(&samples, "crossmon_flow_map_entries", &[]) <= 8.0);
+}
+
+/// A connection the client closed its side of (its FIN, acknowledged)
+/// while the server keeps its own open: the two sockets, held open.
+fn half_closed(
+    from: &integration_tests::Host,
+    to: &integration_tests::Host,
+    port: u16,
+) -> (TcpStream, TcpStream) {
+    let address = SocketAddr::new(to.ip4().into(), port);
+    let listener = to
+        .run(|| Ok(TcpListener::bind(address)?))
+        .expect("listening in the namespace");
+    let client = from
+        .run(|| {
+            Ok(TcpStream::connect_timeout(
+                &address,
+                Duration::from_secs(2),
+            )?)
+        })
+        .expect("connect from the namespace");
+    let (mut server, _) = listener.accept().expect("accept");
+    client.shutdown(Shutdown::Write).expect("the client's FIN");
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert_eq!(
+        server.read(&mut [0; 1]).expect("read"),
+        0,
+        "the FIN arrived"
+    );
+    (client, server)
+}
+
+/// The flow log's end line of the connection to `port`, once written.
+fn ended(path: &std::path::Path, port: u16) -> Value {
+    let mut found = Value::Null;
+    wait_until(
+        &format!("the end of the connection to {port} logged"),
+        || {
+            found = std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .map(|line| serde_json::from_str::<Value>(line).expect("one JSON object per line"))
+                .find(|line| line["dst_port"] == port && line["event"] == "end")
+                .unwrap_or(Value::Null);
+            !found.is_null()
+        },
+    );
+    found
+}
+
+#[test]
+fn closed_connections_end_after_the_linger_with_exact_counts_and_half_closed_ones_stay() {
+    require_root();
+    let net = TestNet::new(2).expect("test network");
+    let scratch = Scratch::new("closed");
+    let log = scratch.path("flows.jsonl");
+    // The agent polls every 200 ms (the harness's setting).
+    let (linger, poll) = (Duration::from_secs(1), Duration::from_millis(200));
+    let agent = Agent::start(&[
+        "--no-docker",
+        "--close-linger",
+        "1s",
+        "--flow-log",
+        log.to_str().expect("UTF-8"),
+    ]);
+    attached(&net);
+    let (a, b) = (net.host(0), net.host(1));
+    // Ports other tests do not use: the agent counts every veth of the
+    // host, other tests' too, and without Docker names their series and
+    // ours differ only by port.
+    let fin = traffic::tcp_exchange(a, b, b.ip4().into(), 5817, b"hello", b"world")
+        .expect("connection closed by FIN both ways");
+    let rst = traffic::tcp_connection(
+        a,
+        b,
+        (b.ip4().into(), 5818),
+        (b"hello", b"world"),
+        Close::Reset,
+    )
+    .expect("connection aborted by RST");
+    for exchange in [&fin, &rst] {
+        assert_eq!(
+            (exchange.client.retransmitted, exchange.server.retransmitted),
+            (0, 0),
+            "the byte counts below assume no retransmission"
+        );
+    }
+    // Opened after the exchanges, lest its segments count among theirs.
+    let _held = half_closed(a, b, 5819);
+    // Each exchange returned once its namespaces had been quiet for 300
+    // ms: their last packet is at least that old. Both connections leave
+    // the table (the API) within the linger and a poll, and a second more
+    // for a loaded machine's scheduling.
+    let port_of = |flow: &Value, port: u16| flow["dst_port"] == port || flow["src_port"] == port;
+    let listed = |port: u16| {
+        get_json(agent.addr, "/api/v1/flows")
+            .as_array()
+            .expect("a list of flows")
+            .iter()
+            .filter(|f| port_of(f, port))
+            .count()
+    };
+    wait_within(
+        "the closed connections gone",
+        linger + poll + Duration::from_secs(1),
+        || listed(5817) + listed(5818) == 0,
+    );
+    // Gone from the kernel map too: every poll reads every entry of the
+    // map into the table, so an entry left there would be back in it. And
+    // the half-closed connection, quiet as long as the linger and two
+    // polls, is still there.
+    std::thread::sleep(linger + 2 * poll);
+    assert_eq!((listed(5817), listed(5818)), (0, 0), "back from the map");
+    assert_eq!(listed(5819), 2, "a FIN one way only is no close");
+
+    // Ended with their final counts: in the flow log and in the metrics.
+    let exact = |line: &Value, exchange: &TcpExchange| {
+        assert_eq!(
+            [
+                &line["packets"],
+                &line["bytes"],
+                &line["reply_packets"],
+                &line["reply_bytes"]
+            ],
+            [
+                exchange.client.segments,
+                exchange.client.ip_bytes(20),
+                exchange.server.segments,
+                exchange.server.ip_bytes(20)
+            ],
+            "{line:#}"
+        );
+    };
+    exact(&ended(&log, 5817), &fin);
+    exact(&ended(&log, 5818), &rst);
+    let samples = parse(&scrape(agent.addr));
+    for (port, exchange) in [("5817", &fin), ("5818", &rst)] {
+        let to_server = [("protocol", "tcp"), ("destination_port", port)];
+        assert_eq!(
+            (
+                sum(&samples, "crossmon_flow_packets_total", &to_server),
+                sum(&samples, "crossmon_flow_bytes_total", &to_server)
+            ),
+            (
+                exchange.client.segments as f64,
+                exchange.client.ip_bytes(20) as f64
+            ),
+            "to port {port}"
+        );
+    }
 }
 
 /// `kernel.bpf_stats_enabled` on for the life of the guard, as it was after.

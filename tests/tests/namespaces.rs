@@ -472,7 +472,8 @@ fn idle_flows_are_taken_out_and_evicted_flows_keep_their_counts() {
         let port =
             traffic::udp_send(a, b, b.ip4().into(), 6000 + i, &[b"one", b"two"]).expect("udp");
         ports.push((port, 6000 + i));
-        agent::poll_once(&mut monitor.datapath.flows, &table, 0).expect("poll");
+        agent::poll_once(&mut monitor.datapath.flows, &table, agent::Cutoffs::idle(0))
+            .expect("poll");
     }
     for (src_port, dst_port) in &ports {
         let record = table
@@ -496,7 +497,12 @@ fn idle_flows_are_taken_out_and_evicted_flows_keep_their_counts() {
     // Everything is idle against a cutoff of "now": taken out of the kernel
     // map (atomically with its last counts) and out of the table.
     let now = monitor::clock::monotonic_ns();
-    agent::poll_once(&mut monitor.datapath.flows, &table, now).expect("poll");
+    agent::poll_once(
+        &mut monitor.datapath.flows,
+        &table,
+        agent::Cutoffs::idle(now),
+    )
+    .expect("poll");
     assert!(monitor.flows().is_empty());
     assert!(table.read().expect("table").is_empty());
 }

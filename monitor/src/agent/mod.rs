@@ -15,7 +15,7 @@ mod links;
 mod poller;
 mod ring;
 
-pub use poller::poll_once;
+pub use poller::{poll_once, Cutoffs};
 
 use std::{
     net::SocketAddr,
@@ -59,6 +59,10 @@ pub struct AgentConfig {
     /// Flows without packets for this long are removed from the kernel map
     /// and from the API.
     pub idle_timeout: Duration,
+    /// A closed TCP connection (an RST either way, or a FIN both ways)
+    /// leaves the kernel map and the API once its last packet is this old,
+    /// rather than after `idle_timeout`.
+    pub close_linger: Duration,
     /// Where the Docker engine is (`None`: `$DOCKER_HOST` or the local
     /// socket); no engine at all with `use_docker` off.
     pub use_docker: bool,
@@ -93,6 +97,10 @@ impl AgentConfig {
     ));
     pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+    /// Long enough for a last retransmitted FIN or ACK to reach the flow
+    /// still counted; short enough that a churn of connections does not
+    /// fill the map.
+    pub const DEFAULT_CLOSE_LINGER: Duration = Duration::from_secs(2);
     pub const DEFAULT_ALERT_COOLDOWN: Duration = Duration::from_secs(5 * 60);
     pub const DEFAULT_STATE_DIR: &'static str = "/var/lib/crossmon";
     /// Docker's default `--exec-root`.
@@ -111,6 +119,7 @@ impl Default for AgentConfig {
             datapath: DatapathConfig::default(),
             poll_interval: Self::DEFAULT_POLL_INTERVAL,
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            close_linger: Self::DEFAULT_CLOSE_LINGER,
             use_docker: true,
             docker_host: None,
             docker_exec_root: PathBuf::from(Self::DEFAULT_DOCKER_EXEC_ROOT),
@@ -296,6 +305,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         status: status.clone(),
         interval: config.poll_interval,
         idle_timeout: config.idle_timeout,
+        close_linger: config.close_linger,
     };
     let event_consumers: Vec<Box<dyn EventConsumer>> = vec![
         Box::new(detectors.clone()),

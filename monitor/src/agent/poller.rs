@@ -7,6 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use monitor_common::ip_proto;
+
 use crate::{
     clock,
     datapath::{Counters, FlowMap, ProgramRunStats, Programs},
@@ -39,6 +41,7 @@ pub struct Poller {
     pub status: Published<PollStatus>,
     pub interval: Duration,
     pub idle_timeout: Duration,
+    pub close_linger: Duration,
 }
 
 impl Poller {
@@ -64,9 +67,13 @@ impl Poller {
     }
 
     fn poll(&mut self, status: &mut PollStatus) {
-        let idle_ns = u64::try_from(self.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let ago = |span: Duration| u64::try_from(span.as_nanos()).unwrap_or(u64::MAX);
         let now = clock::monotonic_ns();
-        match poll_once(&mut self.flows, &self.table, now.saturating_sub(idle_ns)) {
+        let cutoffs = Cutoffs {
+            idle_ns: now.saturating_sub(ago(self.idle_timeout)),
+            closed_ns: now.saturating_sub(ago(self.close_linger)),
+        };
+        match poll_once(&mut self.flows, &self.table, cutoffs) {
             Ok(outcome) => {
                 if outcome.evicted > 0 {
                     tracing::warn!(
@@ -149,18 +156,45 @@ fn program_stats(programs: &Mutex<Programs>) -> Option<Vec<ProgramRunStats>> {
         .ok()
 }
 
+/// Before when (CLOCK_MONOTONIC) a flow's last packet must be for a poll
+/// to end it.
+#[derive(Clone, Copy, Debug)]
+pub struct Cutoffs {
+    /// Any flow: `--idle-timeout` ago.
+    pub idle_ns: u64,
+    /// A closed TCP connection (an RST either way, or a FIN both ways),
+    /// judged by the later of its two flows' last packets:
+    /// `--close-linger` ago.
+    pub closed_ns: u64,
+}
+
+impl Cutoffs {
+    /// Idle flows only, at `idle_ns`: closed connections wait as long.
+    pub fn idle(idle_ns: u64) -> Self {
+        Cutoffs {
+            idle_ns,
+            closed_ns: idle_ns,
+        }
+    }
+}
+
 /// One read of the kernel map into `table`; exported for tests. The table
 /// is locked per batch of the read, never across a syscall, so the API
 /// stays responsive with a full map. A read that fails half-way leaves the
 /// table with newer counts for part of the flows, which is all it is.
+///
+/// Idle flows and closed connections are taken out of the map with their
+/// last counts (lookup and delete at once) and out of the table, ended at
+/// this poll with their final totals.
 pub fn poll_once(
     flows: &mut FlowMap,
     table: &RwLock<FlowTable>,
-    idle_cutoff_ns: u64,
+    cutoffs: Cutoffs,
 ) -> anyhow::Result<PollOutcome> {
     let mut outcome = PollOutcome::default();
     let mut read = 0;
     let mut idle = Vec::new();
+    let mut closing = Vec::new();
     write(table).begin_poll();
     flows.for_each_batch(|batch| {
         let mut table = write(table);
@@ -169,15 +203,24 @@ pub fn poll_once(
         for (key, stats) in batch.iter().filter(|(_, s)| s.first_seen_ns != 0) {
             read += 1;
             table.observe(key, stats, &mut outcome);
-            if stats.last_seen_ns < idle_cutoff_ns {
+            if stats.last_seen_ns < cutoffs.idle_ns {
                 idle.push(*key);
+            } else if key.protocol == ip_proto::TCP
+                && (stats.rst != 0 || stats.fin != 0)
+                && stats.last_seen_ns < cutoffs.closed_ns
+            {
+                closing.push(*key);
             }
         }
     })?;
-    write(table).end_poll(&mut outcome);
+    let closed = {
+        let mut table = write(table);
+        table.end_poll(&mut outcome);
+        table.closed(&closing, cutoffs.closed_ns)
+    };
     let mut retired = Vec::new();
     let mut failed = None;
-    for key in &idle {
+    for key in idle.iter().chain(&closed) {
         match flows.take(key) {
             Ok(Some(last)) => retired.push((*key, last)),
             Ok(None) => {}
@@ -197,6 +240,9 @@ pub fn poll_once(
         return Err(err);
     }
     outcome.entries = read - retired.len();
-    outcome.expired = table.expire(idle_cutoff_ns);
+    outcome.expired = table.expire(cutoffs.idle_ns);
+    outcome
+        .expired
+        .extend(closed.iter().filter_map(|key| table.end(key)));
     Ok(outcome)
 }

@@ -9,7 +9,7 @@ use monitor_common::{FlowKey, FlowStats};
 
 use std::sync::{Arc, RwLock};
 
-use super::ByFlow;
+use super::{ByFlow, FlowSet};
 use crate::{model::FlowRecord, sync::read};
 
 #[derive(Default)]
@@ -110,6 +110,38 @@ impl FlowTable {
             false
         });
         expired
+    }
+
+    /// Of the flows `candidates` (each with a FIN or an RST), those of
+    /// connections closed (an RST either way, or a FIN both ways) whose
+    /// last packet either way is older than `cutoff_ns`: both flows of
+    /// each, the reverse one when the table has it.
+    pub fn closed(&self, candidates: &[FlowKey], cutoff_ns: u64) -> FlowSet {
+        let mut closed = FlowSet::default();
+        for key in candidates {
+            let reversed = key.reversed();
+            let Some(flow) = self.flows.get(key).map(Entry::total) else {
+                continue;
+            };
+            let reverse = self.flows.get(&reversed).map(Entry::total);
+            let either = reverse.unwrap_or_default();
+            let ended = flow.rst != 0 || either.rst != 0 || (flow.fin != 0 && either.fin != 0);
+            if ended && flow.last_seen_ns.max(either.last_seen_ns) < cutoff_ns {
+                closed.insert(*key);
+                if reverse.is_some() {
+                    closed.insert(reversed);
+                }
+            }
+        }
+        closed
+    }
+
+    /// Forgets a flow, returning it with its final totals.
+    pub fn end(&mut self, key: &FlowKey) -> Option<FlowRecord> {
+        self.flows.remove(key).map(|entry| FlowRecord {
+            key: *key,
+            stats: entry.total(),
+        })
     }
 
     pub fn len(&self) -> usize {
