@@ -12,8 +12,12 @@
 
 use core::mem::size_of;
 
-/// Per-flow statistics: `LRU_PERCPU_HASH<FlowKey, FlowStats>`.
+/// Per-flow statistics of IPv6 flows: `LRU_PERCPU_HASH<FlowKey, FlowStats>`.
 pub const FLOWS_MAP: &str = "FLOWS";
+/// Per-flow statistics of IPv4 flows: `LRU_PERCPU_HASH<FlowKeyV4,
+/// FlowStats>`, beside [`FLOWS_MAP`] with the same capacity: a 16-byte key
+/// hashes and compares in less time than a 40-byte one, on every packet.
+pub const FLOWS_V4_MAP: &str = "FLOWS_V4";
 /// Ring buffer carrying [`EventHeader`]-prefixed records.
 pub const EVENTS_MAP: &str = "EVENTS";
 /// `PERCPU_ARRAY<u64>` indexed by [`Counter`].
@@ -229,6 +233,64 @@ impl FlowKey {
             dst_port: self.src_port,
             ..*self
         }
+    }
+}
+
+/// [`FlowKey`] of an IPv4 flow as [`FLOWS_V4_MAP`] keys it: the same
+/// fields, addresses in 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKeyV4 {
+    /// Network byte order.
+    pub src_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKeyV4>() == 16);
+
+impl FlowKeyV4 {
+    pub const ZERO: FlowKeyV4 = FlowKeyV4 {
+        src_addr: [0; 4],
+        dst_addr: [0; 4],
+        src_port: 0,
+        dst_port: 0,
+        protocol: 0,
+        _pad: [0; 3],
+    };
+
+    /// The key of `key`'s flow in [`FLOWS_V4_MAP`], when it is an IPv4 one
+    /// (IPv4-mapped addresses, version 4).
+    #[inline(always)]
+    pub fn narrow(key: &FlowKey) -> Option<FlowKeyV4> {
+        let v4 = |a: &[u8; 16]| match a {
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d] => Some([*a, *b, *c, *d]),
+            _ => None,
+        };
+        if key.ip_version != 4 {
+            return None;
+        }
+        Some(FlowKeyV4 {
+            src_addr: v4(&key.src_addr)?,
+            dst_addr: v4(&key.dst_addr)?,
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+            protocol: key.protocol,
+            _pad: [0; 3],
+        })
+    }
+
+    /// The flow's [`FlowKey`], as the rest of crossmon names flows.
+    pub const fn widen(&self) -> FlowKey {
+        FlowKey::ipv4(
+            self.src_addr,
+            self.src_port,
+            self.dst_addr,
+            self.dst_port,
+            self.protocol,
+        )
     }
 }
 
@@ -666,6 +728,7 @@ mod user {
     }
     pod!(
         FlowKey,
+        FlowKeyV4,
         FlowStats,
         EventHeader,
         NewFlowEvent,

@@ -1,11 +1,11 @@
-//! Per-flow accounting in the `FLOWS` map.
+//! Per-flow accounting in the flow maps (`FLOWS_V4` for IPv4, `FLOWS`).
 
-use aya_ebpf::bindings::BPF_NOEXIST;
-use monitor_common::{tcp_flag, Counter, Direction, FlowStats};
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::LruPerCpuHashMap};
+use monitor_common::{tcp_flag, Counter, Direction, FlowKey, FlowKeyV4, FlowStats};
 
 use crate::{
     events::Seen,
-    maps::{bump, exact_ns, FLOWS},
+    maps::{bump, exact_ns, FLOWS, FLOWS_V4},
     parse::IpPacket,
 };
 
@@ -40,7 +40,32 @@ pub enum Accounted {
 /// wire would carry, each with its own headers.
 #[inline(always)]
 pub fn account(seen: &Seen, packet: &IpPacket, segments: u32, first_samples: u8) -> Accounted {
-    if let Some(slot) = FLOWS.get_ptr_mut(packet.key) {
+    match FlowKeyV4::narrow(&packet.key) {
+        Some(key) => account_in(&FLOWS_V4, &key, seen, packet, segments, first_samples),
+        None => account_in(&FLOWS, &packet.key, seen, packet, segments, first_samples),
+    }
+}
+
+/// Whether the flow `key` is in the flow map of its family.
+#[inline(always)]
+pub fn known(key: &FlowKey) -> bool {
+    match FlowKeyV4::narrow(key) {
+        Some(key) => FLOWS_V4.get_ptr(key).is_some(),
+        None => FLOWS.get_ptr(key).is_some(),
+    }
+}
+
+/// [`account`] in the map of the packet's family.
+#[inline(always)]
+fn account_in<K>(
+    flows: &LruPerCpuHashMap<K, FlowStats>,
+    key: &K,
+    seen: &Seen,
+    packet: &IpPacket,
+    segments: u32,
+    first_samples: u8,
+) -> Accounted {
+    if let Some(slot) = flows.get_ptr_mut(key) {
         return count_into(slot, seen, packet, segments);
     }
     // Exact: a handshake's round trip is the difference of two flows'
@@ -64,14 +89,11 @@ pub fn account(seen: &Seen, packet: &IpPacket, segments: u32, first_samples: u8)
     count(&mut stats, seen, packet, segments);
     // A per-CPU entry created here holds the value in this CPU's slot and
     // zeros elsewhere.
-    if FLOWS
-        .insert(packet.key, stats, u64::from(BPF_NOEXIST))
-        .is_ok()
-    {
+    if flows.insert(key, stats, u64::from(BPF_NOEXIST)).is_ok() {
         return Accounted::Created;
     }
     // Another CPU created it first: count into this CPU's slot of it.
-    match FLOWS.get_ptr_mut(packet.key) {
+    match flows.get_ptr_mut(key) {
         Some(slot) => count_into(slot, seen, packet, segments),
         None => {
             bump(Counter::FlowUpdateFailed);

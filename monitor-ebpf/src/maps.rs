@@ -8,17 +8,23 @@ use aya_ebpf::{
     Global,
 };
 use monitor_common::{
-    CaptureFilter, Counter, DeniedStats, DropKey, FlowKey, FlowStats, PolicyIface, PolicyIfaceKey,
-    PolicyRuleKey, PolicyRuleValue, DEFAULT_CAPTURE_RING_BYTES, DEFAULT_DNS_EVENTS,
+    CaptureFilter, Counter, DeniedStats, DropKey, FlowKey, FlowKeyV4, FlowStats, PolicyIface,
+    PolicyIfaceKey, PolicyRuleKey, PolicyRuleValue, DEFAULT_CAPTURE_RING_BYTES, DEFAULT_DNS_EVENTS,
     DEFAULT_FLOW_CAPACITY, DEFAULT_NEW_FLOW_EVENTS, DEFAULT_PAYLOAD_BYTES, DEFAULT_PAYLOAD_PACKETS,
     DEFAULT_RING_BYTES, DEFAULT_SAMPLE_RATE, DROPS_CAPACITY, MAX_CAPTURED_IFACES, NO_FIELD,
     POLICY_SLOTS, POLICY_STATE_LEN, RETRANSMITS_CAPACITY,
 };
 
 /// Per-CPU values: the hot path never contends on a cache line or needs
-/// atomics; the agent sums the CPUs. The agent resizes it at load.
+/// atomics; the agent sums the CPUs. The agent resizes it at load. IPv6
+/// flows; IPv4 ones are in `FLOWS_V4`.
 #[map]
 pub static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> =
+    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+/// IPv4 flows, by a key of 16 bytes (`monitor_common::FLOWS_V4_MAP`).
+#[map]
+pub static FLOWS_V4: LruPerCpuHashMap<FlowKeyV4, FlowStats> =
     LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
 #[map]

@@ -14,7 +14,7 @@ use monitor_common::{
 
 use crate::{
     events::Seen,
-    maps::{FLOWS, POLICY_COUNTS, POLICY_DENIED, POLICY_IFACES, POLICY_RULES, POLICY_STATE},
+    maps::{POLICY_COUNTS, POLICY_DENIED, POLICY_IFACES, POLICY_RULES, POLICY_STATE},
     parse::{Frame, IpPacket, Malformed},
 };
 
@@ -124,7 +124,7 @@ fn lookup(key: &PolicyRuleKey) -> Option<PolicyRuleValue> {
 /// dropped packet is not counted).
 #[inline(always)]
 fn is_reply(key: &FlowKey) -> bool {
-    FLOWS.get_ptr(key.reversed()).is_some()
+    crate::flow::known(&key.reversed())
 }
 
 /// Whether the source is one the container may send from: its own, an

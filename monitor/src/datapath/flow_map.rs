@@ -1,4 +1,5 @@
-//! Reading the per-CPU flow map in batches.
+//! Reading the per-CPU flow maps in batches: IPv4 flows in one (a 16-byte
+//! key, `FlowKeyV4`), IPv6 flows in the other; both read as `FlowKey`s.
 //!
 //! aya 0.14 has no batch operations, so this module issues
 //! `BPF_MAP_LOOKUP_BATCH` (kernel 5.6) and `BPF_MAP_LOOKUP_AND_DELETE_ELEM`
@@ -15,7 +16,7 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{Map, MapData};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
-use monitor_common::{FlowKey, FlowStats};
+use monitor_common::{FlowKey, FlowKeyV4, FlowStats};
 
 use crate::model::merge_cpus;
 
@@ -45,28 +46,34 @@ impl Expiry {
 }
 
 pub struct FlowMap {
+    /// IPv6 flows.
     map: MapData,
+    /// IPv4 flows.
+    map_v4: MapData,
     expiry: Expiry,
     cpus: usize,
     keys: Vec<FlowKey>,
+    keys_v4: Vec<FlowKeyV4>,
     values: Vec<FlowStats>,
     /// One batch, its values summed over CPUs.
     batch: Vec<(FlowKey, FlowStats)>,
 }
 
 impl FlowMap {
-    pub(super) fn new(map: Map) -> anyhow::Result<Self> {
-        let Map::PerCpuLruHashMap(map) = map else {
-            anyhow::bail!("the flow map is not an LRU per-CPU hash");
+    pub(super) fn new(map: Map, map_v4: Map) -> anyhow::Result<Self> {
+        let (Map::PerCpuLruHashMap(map), Map::PerCpuLruHashMap(map_v4)) = (map, map_v4) else {
+            anyhow::bail!("a flow map is not an LRU per-CPU hash");
         };
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, err)| anyhow::anyhow!("{path}: {err}"))
             .context("counting possible CPUs")?;
         let mut flows = Self {
             map,
+            map_v4,
             expiry: Expiry::LookupAndDelete,
             cpus,
             keys: vec![FlowKey::ZERO; BATCH],
+            keys_v4: vec![FlowKeyV4::ZERO; BATCH],
             values: vec![FlowStats::default(); BATCH * cpus],
             batch: Vec::with_capacity(BATCH),
         };
@@ -95,7 +102,7 @@ impl FlowMap {
         self.expiry
     }
 
-    /// Capacity the kernel allocated.
+    /// Capacity the kernel allocated, for each family.
     pub fn capacity(&self) -> anyhow::Result<u32> {
         Ok(self
             .map
@@ -115,41 +122,35 @@ impl FlowMap {
 
     /// Calls `each` with the flows of every syscall's batch (up to 4096),
     /// statistics summed over CPUs: a consumer can lock what it updates per
-    /// batch, and nothing holds the whole map's contents at once.
+    /// batch, and nothing holds the whole map's contents at once. IPv4
+    /// flows first, then IPv6 ones.
     pub fn for_each_batch(
         &mut self,
         mut each: impl FnMut(&[(FlowKey, FlowStats)]),
     ) -> anyhow::Result<()> {
-        // The kernel's batch cursor for hash maps is a bucket index (u32).
-        let mut cursor = 0u64;
-        let mut first = true;
-        loop {
-            // SAFETY: an all-zero bpf_attr is valid for every command.
-            let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-            // SAFETY: writing the union member the command reads.
-            let batch = unsafe { &mut attr.batch };
-            batch.in_batch = if first { 0 } else { &raw const cursor as u64 };
-            batch.out_batch = &raw mut cursor as u64;
-            batch.keys = self.keys.as_mut_ptr() as u64;
-            batch.values = self.values.as_mut_ptr() as u64;
-            batch.count = BATCH as u32;
-            batch.map_fd = self.map.fd().as_fd().as_raw_fd() as u32;
-            let result = sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
-            // SAFETY: the kernel wrote back how many entries it filled.
-            let filled = unsafe { attr.batch.count } as usize;
-            self.batch.clear();
-            for (i, key) in self.keys.iter().take(filled.min(BATCH)).enumerate() {
-                let per_cpu = &self.values[i * self.cpus..(i + 1) * self.cpus];
-                self.batch.push((*key, merge_cpus(per_cpu)));
+        let cpus = self.cpus;
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut emit = |keys: &mut dyn Iterator<Item = FlowKey>, values: &[FlowStats]| {
+            batch.clear();
+            for (i, key) in keys.enumerate() {
+                batch.push((key, merge_cpus(&values[i * cpus..(i + 1) * cpus])));
             }
-            each(&self.batch);
-            match result {
-                Ok(()) => first = false,
-                // ENOENT: the walk reached the end (possibly with a last chunk).
-                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-                Err(err) => return Err(err).context("BPF_MAP_LOOKUP_BATCH on the flow map"),
-            }
-        }
+            each(&batch);
+        };
+        lookup_batches(
+            &self.map_v4,
+            &mut self.keys_v4,
+            &mut self.values,
+            |keys, values| emit(&mut keys.iter().map(FlowKeyV4::widen), values),
+        )?;
+        lookup_batches(
+            &self.map,
+            &mut self.keys,
+            &mut self.values,
+            |keys, values| emit(&mut keys.iter().copied(), values),
+        )?;
+        self.batch = batch;
+        Ok(())
     }
 
     /// Removes a flow and returns its statistics, read and deleted in one
@@ -176,8 +177,18 @@ impl FlowMap {
         let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
         // SAFETY: writing the union member the command reads.
         let elem = unsafe { &mut attr.__bindgen_anon_2 };
-        elem.map_fd = self.map.fd().as_fd().as_raw_fd() as u32;
-        elem.key = std::ptr::from_ref(key) as u64;
+        // Alive until the call returns: the kernel reads the key there.
+        let key_v4 = FlowKeyV4::narrow(key);
+        match &key_v4 {
+            Some(key_v4) => {
+                elem.map_fd = self.map_v4.fd().as_fd().as_raw_fd() as u32;
+                elem.key = std::ptr::from_ref(key_v4) as u64;
+            }
+            None => {
+                elem.map_fd = self.map.fd().as_fd().as_raw_fd() as u32;
+                elem.key = std::ptr::from_ref(key) as u64;
+            }
+        }
         // The kernel refuses (EINVAL) a delete whose attr has anything set
         // past the key.
         if cmd != bpf_cmd::BPF_MAP_DELETE_ELEM {
@@ -200,9 +211,45 @@ impl FlowMap {
     }
 }
 
+/// `BPF_MAP_LOOKUP_BATCH` over `map` to its end, `keys.len()` entries at
+/// a time: `each` gets the keys of every batch and their per-CPU values.
+fn lookup_batches<K>(
+    map: &MapData,
+    keys: &mut [K],
+    values: &mut [FlowStats],
+    mut each: impl FnMut(&[K], &[FlowStats]),
+) -> anyhow::Result<()> {
+    // The kernel's batch cursor for hash maps is a bucket index (u32).
+    let mut cursor = 0u64;
+    let mut first = true;
+    loop {
+        // SAFETY: an all-zero bpf_attr is valid for every command.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: writing the union member the command reads.
+        let batch = unsafe { &mut attr.batch };
+        batch.in_batch = if first { 0 } else { &raw const cursor as u64 };
+        batch.out_batch = &raw mut cursor as u64;
+        batch.keys = keys.as_mut_ptr() as u64;
+        batch.values = values.as_mut_ptr() as u64;
+        batch.count = keys.len() as u32;
+        batch.map_fd = map.fd().as_fd().as_raw_fd() as u32;
+        let result = sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
+        // SAFETY: the kernel wrote back how many entries it filled.
+        let filled = (unsafe { attr.batch.count } as usize).min(keys.len());
+        each(&keys[..filled], values);
+        match result {
+            Ok(()) => first = false,
+            // ENOENT: the walk reached the end (possibly with a last chunk).
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(err) => return Err(err).context("BPF_MAP_LOOKUP_BATCH on a flow map"),
+        }
+    }
+}
+
 fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
     // SAFETY: `attr` is a valid bpf_attr whose pointers reference buffers
-    // sized for the map (keys: BATCH, values: BATCH * possible CPUs, each
+    // sized for the map (keys: BATCH of the map's key, values: BATCH *
+    // possible CPUs, each
     // FlowStats already a multiple of 8 bytes as the kernel lays them out).
     let ret = unsafe {
         libc::syscall(

@@ -9,10 +9,10 @@ use aya::{
 use aya_log::EbpfLogger;
 use monitor_common::{
     CAPTURE_ACTIVE_MAP, CAPTURE_FILTERS_MAP, CAPTURE_LOST_MAP, CAPTURE_RING_MAP,
-    COUNTED_IFACES_MAP, COUNTERS_MAP, DROPS_MAP, EVENTS_MAP, FLOWS_MAP, GLOBAL_COARSE_CLOCK,
-    GLOBAL_DNS_EVENTS, GLOBAL_NEW_FLOW_EVENTS, GLOBAL_PAYLOAD_BYTES, GLOBAL_PAYLOAD_PACKETS,
-    GLOBAL_SAMPLE_RATE, MAX_CAPTURE, POLICY_COUNTS_MAP, POLICY_DENIED_MAP, POLICY_IFACES_MAP,
-    POLICY_RULES_MAP, POLICY_STATE_MAP, RETRANSMITS_MAP,
+    COUNTED_IFACES_MAP, COUNTERS_MAP, DROPS_MAP, EVENTS_MAP, FLOWS_MAP, FLOWS_V4_MAP,
+    GLOBAL_COARSE_CLOCK, GLOBAL_DNS_EVENTS, GLOBAL_NEW_FLOW_EVENTS, GLOBAL_PAYLOAD_BYTES,
+    GLOBAL_PAYLOAD_PACKETS, GLOBAL_SAMPLE_RATE, MAX_CAPTURE, POLICY_COUNTS_MAP, POLICY_DENIED_MAP,
+    POLICY_IFACES_MAP, POLICY_RULES_MAP, POLICY_STATE_MAP, RETRANSMITS_MAP,
 };
 
 use super::{
@@ -188,7 +188,10 @@ pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
         &mut ebpf,
         RETRANSMITS_MAP,
     )?)?);
-    let flows = FlowMap::new(take_map(&mut ebpf, FLOWS_MAP)?)?;
+    let flows = FlowMap::new(
+        take_map(&mut ebpf, FLOWS_MAP)?,
+        take_map(&mut ebpf, FLOWS_V4_MAP)?,
+    )?;
     let events = EventRing::new(RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?);
     let counters = Counters::new(PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?);
     let counted: HashMap<MapData, u32, u8> =
@@ -262,6 +265,7 @@ pub(super) fn loader(globals: &Globals) -> EbpfLoader<'_> {
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(FLOWS_MAP, globals.flow_capacity)
+        .map_max_entries(FLOWS_V4_MAP, globals.flow_capacity)
         .map_max_entries(EVENTS_MAP, globals.ring_bytes)
         .map_max_entries(CAPTURE_RING_MAP, globals.capture_ring_bytes)
         .override_global(GLOBAL_PAYLOAD_BYTES, &globals.payload_bytes, true)

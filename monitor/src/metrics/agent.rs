@@ -77,13 +77,13 @@ impl Collector for DatapathCollector {
         let kernel = &poll.kernel;
         out.family(
             "crossmon_flow_map_entries",
-            "Entries in the kernel flow map at the latest read.",
+            "Entries in the kernel flow maps (IPv4 and IPv6) at the latest read.",
             Kind::Gauge,
         )
         .sample(&[], poll.flow_map_entries);
         out.family(
             "crossmon_flow_map_capacity",
-            "Entries the kernel flow map holds before evicting (--flow-capacity).",
+            "Entries each kernel flow map (IPv4, IPv6) holds before evicting (--flow-capacity).",
             Kind::Gauge,
         )
         .sample(&[], poll.flow_map_capacity);
