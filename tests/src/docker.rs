@@ -148,6 +148,54 @@ impl Drop for DockerNetwork {
     }
 }
 
+/// A macvlan network whose parent is one end of a veth pair of its own
+/// (never a real NIC; these kernels have no dummy interfaces); the other
+/// end is its "wire". Removed on drop, the network before the pair.
+pub struct MacvlanNetwork {
+    pub network: DockerNetwork,
+    parent: String,
+}
+
+impl MacvlanNetwork {
+    pub fn create(what: &str, subnet: &str) -> anyhow::Result<Self> {
+        let parent = format!(
+            "xm{}v{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let wire = format!("{parent}x");
+        crate::net::ip(&[
+            "link", "add", &parent, "type", "veth", "peer", "name", &wire,
+        ])?;
+        let made = (|| {
+            crate::net::ip(&["link", "set", &parent, "up"])?;
+            crate::net::ip(&["link", "set", &wire, "up"])?;
+            let option = format!("parent={parent}");
+            DockerNetwork::create(what, &["-d", "macvlan", "--subnet", subnet, "-o", &option])
+        })();
+        match made {
+            Ok(network) => Ok(Self { network, parent }),
+            Err(err) => {
+                let _ = crate::net::ip(&["link", "del", &parent]);
+                Err(err)
+            }
+        }
+    }
+
+    /// The parent's peer, in the root namespace.
+    pub fn wire(&self) -> String {
+        format!("{}x", self.parent)
+    }
+}
+
+impl Drop for MacvlanNetwork {
+    fn drop(&mut self) {
+        // Docker refuses to delete a network whose parent is gone first.
+        let _ = docker(&["network", "rm", &self.network.name]);
+        let _ = crate::net::ip(&["link", "del", &self.parent]);
+    }
+}
+
 /// A running container (`sleep` forever unless told otherwise), removed on
 /// drop.
 pub struct Container {

@@ -18,7 +18,7 @@ use std::{collections::BTreeMap, process::Command};
 
 use integration_tests::{
     agent::{get_json, wait_until, Agent},
-    docker::{docker_ready, Container, DockerNetwork},
+    docker::{docker_ready, Container, DockerNetwork, MacvlanNetwork},
     exposition::{parse, scrape, sum},
     frames::{ethernet, ipv4, udp, ETH_P_IP},
     net::datagrams_delivered,
@@ -27,39 +27,6 @@ use integration_tests::{
 };
 use monitor_common::ip_proto;
 use serde_json::Value;
-
-/// A veth pair in the root namespace, the parent of a macvlan network
-/// (this kernel has no dummy interfaces); removed on drop.
-struct Parent(String);
-
-impl Parent {
-    fn create() -> Self {
-        let name = format!("xm{}p", std::process::id() % 100_000);
-        let peer = format!("{name}x");
-        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
-        ip(&["link", "set", &name, "up"]);
-        ip(&["link", "set", &peer, "up"]);
-        Self(name)
-    }
-}
-
-impl Parent {
-    /// The other end of the pair: the parent's "wire".
-    fn peer(&self) -> String {
-        format!("{}x", self.0)
-    }
-}
-
-impl Drop for Parent {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().expect("ip");
-    assert!(status.success(), "ip {args:?}");
-}
 
 /// Each container's `unwatched` in `/api/v1/containers`, by name.
 fn unwatched(agent: &Agent) -> BTreeMap<String, Value> {
@@ -107,19 +74,7 @@ fn containers_crossmon_cannot_watch_are_counted_by_reason() {
         "{unattached} unattached packets counted, {veth} alone carried {before_agent}"
     );
 
-    let parent = Parent::create();
-    let macvlan = DockerNetwork::create(
-        "macvlan",
-        &[
-            "-d",
-            "macvlan",
-            "--subnet",
-            "10.237.0.0/24",
-            "-o",
-            &format!("parent={}", parent.0),
-        ],
-    )
-    .expect("macvlan network");
+    let macvlan = MacvlanNetwork::create("macvlan", "10.237.0.0/24").expect("macvlan network");
     let host = Container::run("host", &["--network", "host"]).expect("host container");
     let none = Container::run("none", &["--network", "none"]).expect("none container");
     let sharer = Container::run(
@@ -127,7 +82,7 @@ fn containers_crossmon_cannot_watch_are_counted_by_reason() {
         &["--network", &format!("container:{}", owner.name)],
     )
     .expect("container: container");
-    let (mac_a, mac_b) = (macvlan.run("maca"), macvlan.run("macb"));
+    let (mac_a, mac_b) = (macvlan.network.run("maca"), macvlan.network.run("macb"));
     let expected: BTreeMap<String, Value> = [
         (&owner, Value::Null),
         (&peer, Value::Null),
@@ -181,7 +136,7 @@ fn containers_crossmon_cannot_watch_are_counted_by_reason() {
     // every host interface; each is watched on its own interface, inside
     // its namespace, where it sends and receives.
     agent.wait_attached(&[&mac_a.name, &mac_b.name]);
-    let b_ip = mac_b.ip(&macvlan.name).expect("macvlan address");
+    let b_ip = mac_b.ip(&macvlan.network.name).expect("macvlan address");
     mac_a.ping(&b_ip, 3);
     let interface_of = |name: &str| {
         let interface =
@@ -210,7 +165,8 @@ fn containers_crossmon_cannot_watch_are_counted_by_reason() {
     // What reaches a macvlan container through its parent (here from the
     // parent's veth peer, given an address on the network) is counted
     // where it is delivered, and its answers where they leave.
-    ip(&["addr", "add", "10.237.0.250/24", "dev", &parent.peer()]);
+    integration_tests::net::ip(&["addr", "add", "10.237.0.250/24", "dev", &macvlan.wire()])
+        .expect("an address on the wire");
     let outside = Command::new("ping")
         .args(["-q", "-c", "4", "-W", "2", &b_ip])
         .output()
@@ -244,8 +200,8 @@ fn containers_crossmon_cannot_watch_are_counted_by_reason() {
     mac_a.ping(&b_ip, 3);
     agent.named_flow(&mac_a.name, &mac_b.name, "icmp", 3);
     agent.named_flow(&mac_b.name, &mac_a.name, "icmp", 3);
-    let a_mac = mac_a.mac(&macvlan.name).expect("mac");
-    let b_mac = mac_b.mac(&macvlan.name).expect("mac");
+    let a_mac = mac_a.mac(&macvlan.network.name).expect("mac");
+    let b_mac = mac_b.mac(&macvlan.network.name).expect("mac");
     let b_octets: std::net::Ipv4Addr = b_ip.parse().expect("IPv4");
     let spoofed = ethernet(
         b_mac,
@@ -291,5 +247,5 @@ fn containers_crossmon_cannot_watch_are_counted_by_reason() {
             .lines()
             .any(|line| line.contains("detached") && line.contains(&detached))
     });
-    drop((mac_a, macvlan, parent));
+    drop((mac_a, macvlan));
 }

@@ -64,6 +64,9 @@ struct State {
     /// The last inventory received, and the same with `owners` applied.
     identified: Option<(Arc<Inventory>, Arc<Inventory>)>,
     owners_changed: bool,
+    /// Interfaces in other namespaces that could not be attached (by
+    /// namespace and id), warned of already.
+    not_attached: HashSet<(PathBuf, u32)>,
 }
 
 impl LinkFollower {
@@ -86,6 +89,7 @@ impl LinkFollower {
             namespaces: NamespaceIds::default(),
             identified: None,
             owners_changed: false,
+            not_attached: HashSet::new(),
         };
         let mut resync_at = Some(tokio::time::Instant::now());
         loop {
@@ -365,7 +369,11 @@ impl LinkFollower {
                 self.attach(handle, state, port).await;
             }
         }
-        attach_sandboxed(&mut lock(&self.programs), &sandbox_ports);
+        attach_sandboxed(
+            &mut lock(&self.programs),
+            &sandbox_ports,
+            &mut state.not_attached,
+        );
         state
             .enslaved_at
             .retain(|ifindex, _| links.contains_key(ifindex));
@@ -543,8 +551,14 @@ fn container_namespace(container: &docker::Container) -> Option<PathBuf> {
 /// Attaches to interfaces in other namespaces: overlay endpoints' veths
 /// in their sandboxes, macvlan and ipvlan interfaces in their containers
 /// (known from the inventory only: no notification of another namespace
-/// reaches ours).
-fn attach_sandboxed(programs: &mut Programs, ports: &[SandboxPort]) {
+/// reaches ours). A failure is warned of once per interface (without
+/// CAP_SYS_ADMIN every listing fails the same way), then at debug level.
+fn attach_sandboxed(
+    programs: &mut Programs,
+    ports: &[SandboxPort],
+    not_attached: &mut HashSet<(PathBuf, u32)>,
+) {
+    not_attached.retain(|(netns, id)| ports.iter().any(|p| &p.netns == netns && p.id() == *id));
     for port in ports {
         if programs.is_attached(port.id()) {
             continue;
@@ -552,8 +566,17 @@ fn attach_sandboxed(programs: &mut Programs, ports: &[SandboxPort]) {
         let netns = port.netns.display();
         let (ifindex, side) = (port.ifindex, port.side);
         match programs.attach_in(&port.netns, port.tag, port.ifindex, port.side) {
-            Ok(()) => tracing::info!(%netns, ifindex, ?side, "attached in another namespace"),
-            Err(err) => tracing::warn!(%netns, ifindex, ?side, "not attached: {err:#}"),
+            Ok(()) => {
+                not_attached.remove(&(port.netns.clone(), port.id()));
+                tracing::info!(%netns, ifindex, ?side, "attached in another namespace");
+            }
+            Err(err) => {
+                if not_attached.insert((port.netns.clone(), port.id())) {
+                    tracing::warn!(%netns, ifindex, ?side, "not attached: {err:#}");
+                } else {
+                    tracing::debug!(%netns, ifindex, ?side, "not attached: {err:#}");
+                }
+            }
         }
     }
 }

@@ -174,6 +174,10 @@ impl Programs {
         if self.attached.contains_key(&id) {
             return Ok(());
         }
+        // Entered first: without CAP_SYS_ADMIN (not in the default set)
+        // this fails, and it must not cost a load and a verification of
+        // the programs at every listing.
+        sandbox::within(netns, || sandbox::interface_name(ifindex))?;
         if !self.sandboxes.contains_key(&tag) {
             let ebpf = self
                 .instances
