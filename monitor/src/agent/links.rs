@@ -539,12 +539,15 @@ fn sandbox_name(network_id: &str) -> String {
 }
 
 /// The network namespace of a container: the file Docker binds it on
-/// (`SandboxKey`), or its process's.
+/// (`SandboxKey`) where the agent sees it (a Swarm service mounts that
+/// directory), or its process's (the compose sidecar has the host's PIDs,
+/// not that directory).
 fn container_namespace(container: &docker::Container) -> Option<PathBuf> {
-    match (&container.sandbox_key, container.pid) {
-        (Some(key), _) => Some(PathBuf::from(key)),
-        (None, Some(pid)) => Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
-        (None, None) => None,
+    let key = container.sandbox_key.as_ref().map(PathBuf::from);
+    match (key, container.pid) {
+        (Some(key), _) if key.exists() => Some(key),
+        (_, Some(pid)) => Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
+        (key, None) => key,
     }
 }
 
@@ -602,5 +605,21 @@ mod tests {
         assert!(!is_docker_bridge_name("br-0123456789AB"));
         assert!(!is_docker_bridge_name("br-lan"));
         assert!(!is_docker_bridge_name("virbr0"));
+    }
+
+    #[test]
+    fn a_container_namespace_is_its_sandbox_key_where_seen_else_its_process() {
+        let attributes = [("name".to_owned(), "c".to_owned())].into_iter().collect();
+        let mut container = docker::Container::announced("c", &attributes).expect("container");
+        container.pid = Some(42);
+        container.sandbox_key = Some("/".into());
+        assert_eq!(container_namespace(&container), Some(PathBuf::from("/")));
+        container.sandbox_key = Some("/var/run/docker/netns/no-such-sandbox".into());
+        let by_pid = Some(PathBuf::from("/proc/42/ns/net"));
+        assert_eq!(container_namespace(&container), by_pid);
+        container.sandbox_key = None;
+        assert_eq!(container_namespace(&container), by_pid);
+        container.pid = None;
+        assert_eq!(container_namespace(&container), None);
     }
 }
