@@ -16,6 +16,7 @@ pub mod frames;
 pub mod mib;
 pub mod net;
 pub mod prometheus;
+pub mod prometheus_image;
 pub mod scratch;
 pub mod sidecar_image;
 pub mod swarm;
@@ -23,6 +24,7 @@ pub mod synthetic;
 pub mod tc_hooks;
 pub mod timing;
 pub mod traffic;
+pub mod tshark;
 
 use std::path::PathBuf;
 

@@ -18,7 +18,7 @@ use crate::{
     scratch::Scratch,
 };
 
-const PROMETHEUS: &str = "/usr/bin/prometheus";
+pub const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
 /// Like `agent::wait_until`, which cannot say what it last saw.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -42,10 +42,6 @@ pub struct Scrape {
     pub https: Option<Tls>,
     pub basic_auth: Option<(String, String)>,
     pub rule_files: Vec<PathBuf>,
-    /// Find the targets with deploy/swarm/prometheus.yml's job instead,
-    /// its discovery aimed at this engine (`unix:///...`): every node of
-    /// its swarm, at the target's port, labelled `node` with its host name.
-    pub swarm: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -65,7 +61,6 @@ impl Scrape {
             https: None,
             basic_auth: None,
             rule_files: Vec::new(),
-            swarm: None,
         }
     }
 
@@ -79,9 +74,6 @@ impl Scrape {
             "scrape_timeout": interval,
             "static_configs": [{ "targets": [self.target.to_string()] }],
         });
-        if let Some(engine) = &self.swarm {
-            job = swarm_job(engine, self.target.port(), &interval);
-        }
         if let Some(tls) = &self.https {
             job["scheme"] = json!("https");
             job["tls_config"] = json!({ "ca_file": tls.ca_file });
@@ -100,25 +92,6 @@ impl Scrape {
     }
 }
 
-/// The job of deploy/swarm/prometheus.yml, its discovery aimed at `engine`
-/// and `port`, refreshed and scraped every `interval`.
-fn swarm_job(engine: &str, port: u16, interval: &str) -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/swarm/prometheus.yml"
-    );
-    let text = std::fs::read_to_string(path).expect("deploy/swarm/prometheus.yml");
-    let config: Value = serde_yaml::from_str(&text).expect("deploy/swarm/prometheus.yml parses");
-    let mut job = config["scrape_configs"][0].clone();
-    job["scrape_interval"] = json!(interval);
-    job["scrape_timeout"] = json!(interval);
-    let discovery = &mut job["dockerswarm_sd_configs"][0];
-    discovery["host"] = json!(engine);
-    discovery["port"] = json!(port);
-    discovery["refresh_interval"] = json!(interval);
-    job
-}
-
 /// One instant-query result: a vector element, or a scalar without labels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
@@ -126,12 +99,28 @@ pub struct Sample {
     pub value: f64,
 }
 
-/// A Prometheus server in a directory of its own; both go on drop.
+/// A Prometheus server in a directory of its own; both go on drop. Its
+/// HTTP API is its [`PrometheusApi`].
 pub struct Prometheus {
     child: Child,
     /// Configuration, data and log; removed after the process is gone.
     dir: Scratch,
+    api: PrometheusApi,
+}
+
+/// The HTTP API of a Prometheus server, wherever it runs.
+pub struct PrometheusApi {
     pub addr: SocketAddr,
+    /// How long a wait for a target or a value lasts.
+    patience: Duration,
+}
+
+impl std::ops::Deref for Prometheus {
+    type Target = PrometheusApi;
+
+    fn deref(&self) -> &PrometheusApi {
+        &self.api
+    }
 }
 
 impl Prometheus {
@@ -155,7 +144,11 @@ impl Prometheus {
             .stderr(File::create(dir.path("prometheus.log")).expect("Prometheus log"))
             .spawn()
             .unwrap_or_else(|e| panic!("starting {PROMETHEUS} (`cargo xtask setup`): {e}"));
-        let mut prometheus = Prometheus { child, dir, addr };
+        let mut prometheus = Prometheus {
+            child,
+            dir,
+            api: PrometheusApi::at(addr, PATIENCE),
+        };
         let deadline = Instant::now() + PATIENCE;
         while get(addr, "/-/ready").is_none_or(|(status, _)| status != 200) {
             if let Some(status) = prometheus.child.try_wait().expect("wait") {
@@ -169,6 +162,14 @@ impl Prometheus {
             std::thread::sleep(Duration::from_millis(50));
         }
         prometheus
+    }
+}
+
+impl PrometheusApi {
+    /// The server at `addr`, waited for up to `patience` for a target or
+    /// a value (a few of its scrape intervals).
+    pub fn at(addr: SocketAddr, patience: Duration) -> Self {
+        Self { addr, patience }
     }
 
     /// `(health, last error)` of the target: `up`, `down`, or `unknown`
@@ -189,7 +190,7 @@ impl Prometheus {
 
     /// Takes some 5 s after [`Prometheus::start`]: see `target_health`.
     pub fn wait_for_target_up(&self) {
-        poll(|| match self.target_health() {
+        poll(self.patience, || match self.target_health() {
             (health, _) if health == "up" => Ok(()),
             (health, error) => Err(format!("target {health}: {error}")),
         })
@@ -236,7 +237,7 @@ impl Prometheus {
 
     /// Waits until `promql` yields exactly one sample, of value `expected`.
     pub fn wait_for_value(&self, promql: &str, expected: f64) {
-        poll(|| match self.query(promql).as_slice() {
+        poll(self.patience, || match self.query(promql).as_slice() {
             [sample] if sample.value == expected => Ok(()),
             other => Err(format!("{other:?}")),
         })
@@ -263,8 +264,8 @@ impl Drop for Prometheus {
 }
 
 /// Retries `attempt` until it succeeds or time is up; then its last error.
-fn poll(mut attempt: impl FnMut() -> Result<(), String>) -> Result<(), String> {
-    let deadline = Instant::now() + PATIENCE;
+fn poll(patience: Duration, mut attempt: impl FnMut() -> Result<(), String>) -> Result<(), String> {
+    let deadline = Instant::now() + patience;
     loop {
         let last = match attempt() {
             Ok(()) => return Ok(()),

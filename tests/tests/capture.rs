@@ -22,71 +22,8 @@ use integration_tests::{
     docker::{docker_ready, DockerNetwork},
     net::in_netns,
     scratch::Scratch,
+    tshark::{capture, running_captures, tshark, IN, OUT},
 };
-
-/// `frame.packet_flags_direction` of pcapng's epb_flags, as the container
-/// sees it: sent to it, sent by it.
-const IN: &str = "0x00000001";
-const OUT: &str = "0x00000002";
-
-/// `tshark -r FILE -T fields` of these fields, one packet a line.
-const FIELDS: &[&str] = &[
-    "frame.interface_name",
-    "frame.packet_flags_direction",
-    "ip.src",
-    "ip.dst",
-    "ip.proto",
-    "udp.srcport",
-    "udp.dstport",
-    "tcp.srcport",
-    "tcp.dstport",
-    "tcp.flags.str",
-    "tcp.len",
-    "frame.len",
-    "frame.cap_len",
-];
-
-fn tshark(file: &std::path::Path) -> Vec<Vec<String>> {
-    let mut command = Command::new("tshark");
-    command
-        .arg("-r")
-        .arg(file)
-        .args(["-T", "fields", "-E", "separator=|"]);
-    for field in FIELDS {
-        command.args(["-e", field]);
-    }
-    let output = command
-        .output()
-        .expect("running tshark (package tshark; `cargo xtask setup` installs it)");
-    assert!(
-        output.status.success(),
-        "tshark -r {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| line.split('|').map(str::to_owned).collect())
-        .collect()
-}
-
-fn capture(agent: &Agent, args: &[&str]) -> Command {
-    let mut command = Command::new(crossmon_bin());
-    command
-        .args(["capture", "--url", &format!("http://{}", agent.addr)])
-        .args(args);
-    command
-}
-
-fn running_captures(agent: &Agent) -> u64 {
-    get(agent.addr, "/metrics")
-        .and_then(|(_, text)| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("crossmon_captures_running "))
-                .and_then(|n| n.trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn one_line_exit_2(output: &Output, says: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -112,7 +49,7 @@ fn udp_datagrams_and_a_tcp_exchange_are_captured_exactly_in_both_directions() {
     let scratch = Scratch::new("capture");
     let file = scratch.dir().join("a.pcapng");
     let capturing = capture(
-        &agent,
+        agent.addr,
         &[
             "--container",
             &a.name,
@@ -127,7 +64,7 @@ fn udp_datagrams_and_a_tcp_exchange_are_captured_exactly_in_both_directions() {
     .stderr(std::process::Stdio::piped())
     .spawn()
     .unwrap();
-    wait_until("the capture running", || running_captures(&agent) == 1);
+    wait_until("the capture running", || running_captures(agent.addr) == 1);
 
     // Exactly five datagrams A -> B:9999, each a different size, B listening
     // (no ICMP unreachable back).
@@ -231,7 +168,7 @@ fn udp_datagrams_and_a_tcp_exchange_are_captured_exactly_in_both_directions() {
     assert!(flags(&sent).iter().any(|f| f.contains('F')), "A's FIN");
     assert!(flags(&received).iter().any(|f| f.contains('F')), "B's FIN");
     assert_eq!(
-        running_captures(&agent),
+        running_captures(agent.addr),
         0,
         "the capture stopped with its duration"
     );
@@ -249,7 +186,7 @@ fn a_snaplen_truncates_and_keeps_the_original_length() {
     let scratch = Scratch::new("capture");
     let file = scratch.dir().join("snap.pcapng");
     let capturing = capture(
-        &agent,
+        agent.addr,
         &[
             "--container",
             &b.name,
@@ -265,7 +202,7 @@ fn a_snaplen_truncates_and_keeps_the_original_length() {
     .arg(&file)
     .spawn()
     .unwrap();
-    wait_until("the capture running", || running_captures(&agent) == 1);
+    wait_until("the capture running", || running_captures(agent.addr) == 1);
     a.exec(&["ping", "-q", "-c", "2", "-s", "500", &ip_b])
         .unwrap();
     let output = capturing.wait_with_output().unwrap();
@@ -290,7 +227,7 @@ fn bad_requests_fail_with_one_line_and_exit_status_2() {
     let scratch = Scratch::new("capture");
     let file = scratch.dir().join("never.pcapng");
     let file = file.to_str().unwrap();
-    let run = |args: &[&str]| capture(&agent, args).output().unwrap();
+    let run = |args: &[&str]| capture(agent.addr, args).output().unwrap();
     one_line_exit_2(
         &run(&["--container", "no-such-container", "-w", file]),
         "no container named",
@@ -357,7 +294,7 @@ fn a_port_scan_leaves_a_capture_of_its_syns_and_rsts_named_in_the_alert() {
     // The scan goes on while the capture runs.
     scanner.connect_refused(&target_ip, 30_030..30_050);
     wait_until("the capture on alert finished", || {
-        running_captures(&agent) == 0
+        running_captures(agent.addr) == 0
     });
     let packets = tshark(&dir.join(name));
     let syns = packets

@@ -3,14 +3,19 @@
 //! service with a task on each node, and one crossmon per node: the
 //! sidecar image deployed with deploy/swarm/stack.yml as it is shipped (a
 //! global service with two capabilities, without the host's PID
-//! namespace: it finds containers' namespaces by their sandbox keys).
+//! namespace: it finds containers' namespaces by their sandbox keys),
+//! beside the stack's Prometheus on the manager (an image of the test's
+//! Prometheus binary, under the stack's image name).
 //!
 //! Each agent attaches to its own containers' veths inside the overlay's
 //! sandbox namespace, counts a cross-host flow exactly, names the far end
 //! (task, service, stack, node) from what its engine's overlay gossip
-//! says, and alerts on a port scan across nodes, the alert naming the node
-//! that raised it; a node restarting, then leaving the swarm, takes nothing
-//! from the others' counts.
+//! says, and alerts on a port scan, spoofing, cleartext, a new connection
+//! and broken isolation across nodes, each alert naming the node that
+//! raised it; a capture of a cross-host flow holds exactly its packets on
+//! both nodes; the stack's Prometheus finds and scrapes the three agents;
+//! a node restarting, then leaving the swarm, takes nothing from the
+//! others' counts.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -30,12 +35,13 @@ use integration_tests::{
     exposition::{parse, scrape, sum},
     frames::{self, ETH_P_IP},
     net::{datagrams_delivered, in_netns},
-    prometheus::{prometheus_installed, Prometheus, Scrape},
-    require_root,
+    prometheus::{prometheus_installed, PrometheusApi},
+    prometheus_image, require_root,
     scratch::Scratch,
     sidecar_image::SidecarImage,
     swarm::Swarm,
     traffic::RawSocket,
+    tshark::{capture, running_captures, tshark, IN, OUT},
 };
 use monitor::datapath::preflight::{CAPABILITIES, CAP_SYS_ADMIN};
 use serde_json::Value;
@@ -46,6 +52,12 @@ const STACK: &str = "xmst";
 const API_PORT: u16 = 9810;
 /// The stack crossmon is deployed as.
 const CROSSMON_STACK: &str = "xmcm";
+/// Where the stack's Prometheus answers, on the manager (the stack's
+/// default).
+const PROMETHEUS_PORT: u16 = 9090;
+/// How long the stack's Prometheus may take to show a change: its
+/// configuration as shipped scrapes every 15 s.
+const PROMETHEUS_PATIENCE: Duration = Duration::from_secs(40);
 const STACK_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/swarm/stack.yml");
 const UDP_PORT: u16 = 7000;
 /// One source port for every send: one flow, counted on across sends.
@@ -53,6 +65,32 @@ const UDP_SOURCE_PORT: u16 = 40_000;
 
 fn container_ip(i: usize) -> String {
     format!("10.232.7.{}", 10 + i)
+}
+
+/// An attachable overlay `name` on `subnet`, created on the manager.
+fn create_overlay(swarm: &Swarm, name: &str, subnet: &str) {
+    swarm
+        .manager()
+        .docker(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--attachable",
+            "--subnet",
+            subnet,
+            name,
+        ])
+        .unwrap_or_else(|err| panic!("overlay {name}: {err:#}"));
+}
+
+/// Container `name` on `node`, started with `options`, sleeping.
+fn sleeper(node: &NamespacedEngine, name: &str, options: &[&str]) {
+    let mut args = vec!["run", "-d", "--name", name];
+    args.extend(options);
+    args.extend([IMAGE, "sleep", "600"]);
+    node.docker(&args)
+        .unwrap_or_else(|err| panic!("{name} on {}: {err:#}", node.name));
 }
 
 /// `/proc/PID/ns/net` of container `name` of `node`.
@@ -95,13 +133,18 @@ fn on_manager(swarm: &Swarm, env: &[(&str, &str)], args: &[&str]) -> String {
 }
 
 /// deploy/swarm/stack.yml, as shipped, with the sidecar image loaded on
-/// every node: one agent per node, each found at its node's address. The
-/// test engines' sockets and exec roots are named after their nodes,
-/// which the stack's variables take as Swarm templates.
-fn deploy_agents(swarm: &Swarm, image: &str) -> Vec<AgentApi> {
+/// every node and the Prometheus image built on the manager under the
+/// stack's name for it: one agent per node, each found at its node's
+/// address, and Prometheus at the manager's. The test engines' sockets
+/// and exec roots are named after their nodes, which the stack's
+/// variables take as Swarm templates.
+fn deploy_stack(swarm: &Swarm, image: &str) -> (Vec<AgentApi>, PrometheusApi) {
     for node in &swarm.nodes {
         node.load(image).expect("the sidecar image on every node");
     }
+    let prometheus_image = prometheus_image::stack_default().expect("the stack's Prometheus image");
+    prometheus_image::build_in(swarm.manager(), &prometheus_image)
+        .expect("the Prometheus image on the manager");
     on_manager(
         swarm,
         &[
@@ -138,7 +181,14 @@ fn deploy_agents(swarm: &Swarm, image: &str) -> Vec<AgentApi> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    addrs.into_iter().map(AgentApi::at).collect()
+    let prometheus = SocketAddr::new(swarm.address(0).into(), PROMETHEUS_PORT);
+    wait_within("the stack's Prometheus", Duration::from_secs(60), || {
+        get(prometheus, "/-/ready").is_some_and(|(status, _)| status == 200)
+    });
+    (
+        addrs.into_iter().map(AgentApi::at).collect(),
+        PrometheusApi::at(prometheus, PROMETHEUS_PATIENCE),
+    )
 }
 
 /// Where the test's policy is, inside the agents' containers.
@@ -220,7 +270,7 @@ fn assert_least_privilege(node: &NamespacedEngine) {
             "ps",
             "-q",
             "--filter",
-            &format!("label=com.docker.stack.namespace={CROSSMON_STACK}"),
+            &format!("label=com.docker.swarm.service.name={CROSSMON_STACK}_crossmon"),
         ])
         .expect("the agent's container");
     let config = node
@@ -299,18 +349,7 @@ fn agents_on_three_nodes_count_and_name_overlay_flows_between_them() {
     let image = SidecarImage::build();
     let mut swarm = Swarm::new("xmsw", 3).expect("a three-node swarm");
     let manager = swarm.manager();
-    manager
-        .docker(&[
-            "network",
-            "create",
-            "-d",
-            "overlay",
-            "--attachable",
-            "--subnet",
-            "10.232.7.0/24",
-            NETWORK,
-        ])
-        .expect("overlay");
+    create_overlay(&swarm, NETWORK, "10.232.7.0/24");
     manager
         .docker(&[
             "service",
@@ -333,20 +372,11 @@ fn agents_on_three_nodes_count_and_name_overlay_flows_between_them() {
         ])
         .expect("a global service");
     for (i, node) in swarm.nodes.iter().enumerate() {
-        node.docker(&[
-            "run",
-            "-d",
-            "--name",
+        sleeper(
+            node,
             &format!("c{i}"),
-            "--network",
-            NETWORK,
-            "--ip",
-            &container_ip(i),
-            IMAGE,
-            "sleep",
-            "600",
-        ])
-        .expect("container on the overlay");
+            &["--network", NETWORK, "--ip", &container_ip(i)],
+        );
     }
     let mut tasks = Vec::new();
     for node in &swarm.nodes {
@@ -357,7 +387,7 @@ fn agents_on_three_nodes_count_and_name_overlay_flows_between_them() {
     }
     let hostnames: Vec<String> = swarm.nodes.iter().map(|n| n.name.clone()).collect();
 
-    let agents = deploy_agents(&swarm, &image.0);
+    let (agents, prometheus) = deploy_stack(&swarm, &image.0);
     for node in &swarm.nodes {
         assert_least_privilege(node);
     }
@@ -388,21 +418,24 @@ fn agents_on_three_nodes_count_and_name_overlay_flows_between_them() {
         ping_once(node, &tasks[i].0, &container_ip(i));
     }
 
-    // c0 on node 0 sends 5 datagrams to the task on node 1.
-    // Prometheus finds the three agents through the manager, and labels
-    // each with its node.
-    let prometheus = Prometheus::start(&Scrape {
-        swarm: Some(swarm.manager().docker_host()),
-        ..Scrape::new(SocketAddr::new(swarm.address(0).into(), API_PORT))
-    });
+    // The stack's Prometheus finds the three agents through the manager's
+    // engine, scrapes each, and labels each with its node.
     prometheus.wait_for_value("count(up == 1)", 3.0);
-    let mut nodes: Vec<String> = prometheus
-        .query("up")
+    let mut nodes: Vec<(String, f64)> = prometheus
+        .query(r#"up{job="crossmon"}"#)
         .into_iter()
-        .map(|s| s.labels["node"].clone())
+        .map(|s| (s.labels["node"].clone(), s.value))
         .collect();
-    nodes.sort();
-    assert_eq!(nodes, hostnames);
+    nodes.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        nodes,
+        hostnames
+            .iter()
+            .map(|n| (n.clone(), 1.0))
+            .collect::<Vec<_>>()
+    );
+
+    // c0 on node 0 sends 5 datagrams to the task on node 1.
 
     let c0 = netns_of(&swarm.nodes[0], "c0");
     let task1 = netns_of(&swarm.nodes[1], &tasks[1].0);
@@ -539,6 +572,10 @@ fn agents_on_three_nodes_count_and_name_overlay_flows_between_them() {
     flow(&agents[0], &container_ip(0), &tasks[1].1, "udp", 11);
     flow(&agents[1], &container_ip(0), &tasks[1].1, "udp", 11);
 
+    // Before any policy: in enforce mode the router's forwarding, from
+    // addresses not its own, would be dropped as spoofed.
+    isolation_broken_across_nodes(&swarm, &agents, &hostnames);
+
     // A flow policy judges a pair across nodes as a pair on one node: the
     // task on node 1 is a destination of c0's veth on node 0, selected by
     // the service label the overlay's gossip carries.
@@ -549,13 +586,19 @@ fn agents_on_three_nodes_count_and_name_overlay_flows_between_them() {
             "version: 1\ndefaults: {{\"*\": allow}}\nrules:\n  - {{name: {DENIED_RULE}, from: {{container: c0}}, to: {{labels: {{com.docker.swarm.service.name: {SERVICE}}}}}, protocol: udp, ports: [{DENIED_PORT}], action: deny}}\n"
         ),
     );
+    // Past the rollover, the baseline of connections (learnt since the
+    // agents' first start) is no longer learning.
+    policy.write(
+        "detectors.toml",
+        "[new_connection]\nlearning_period = \"1s\"\n",
+    );
     let dir = policy.dir().to_str().unwrap();
     let policy_file = format!("{POLICY_DIR}/policy.yml");
     let denied = format!("{}:{DENIED_PORT}", tasks[1].1);
     let allowed = format!("{}:{UDP_PORT}", tasks[1].1);
     // Observe: delivered, counted and alerted by node 0's agent.
     let mount = format!("type=bind,source={dir},target={POLICY_DIR},readonly=true");
-    let observe = format!("run --policy {policy_file}");
+    let observe = format!("run --policy {policy_file} --config {POLICY_DIR}/detectors.toml");
     let agents = agents_updated(
         &swarm,
         &["--mount-add", &mount, "--args", &observe],
@@ -591,5 +634,218 @@ fn agents_on_three_nodes_count_and_name_overlay_flows_between_them() {
         policy_count(&agents[0], "crossmon_policy_drops_total", DENIED_RULE),
         6.0
     );
-    drop(agents);
+
+    new_connection_across_nodes(&swarm, &agents, &hostnames);
+    capture_across_nodes(&agents, &c0, &task1, &tasks[1]);
+}
+
+/// The alerts of `kind` of `agent` whose `select` holds, once the agent
+/// has had two polls more to raise any other.
+fn alerts_settled(agent: &AgentApi, kind: &str, select: impl Fn(&Value) -> bool) -> Vec<Value> {
+    std::thread::sleep(Duration::from_secs(2));
+    agent
+        .alerts()
+        .into_iter()
+        .filter(|a| a["kind"] == kind && select(a))
+        .collect()
+}
+
+/// The one alert of `kind` whose `select` holds that node 0's agent raised
+/// (`node0` its host name) about c0 as the source, named with its node.
+fn one_alert_of_c0(
+    agent: &AgentApi,
+    kind: &str,
+    select: impl Fn(&Value) -> bool + Copy,
+    node0: &str,
+) -> Value {
+    agent.wait_for_alert(kind, select);
+    let alerts = alerts_settled(agent, kind, select);
+    let [alert] = alerts.as_slice() else {
+        panic!("one {kind}, not {alerts:?}");
+    };
+    assert_eq!(alert["node"], node0, "{alert}");
+    assert_eq!(
+        identity(&alert["source"]),
+        ["c0".into(), Value::Null, Value::Null, node0.into()],
+        "{alert}"
+    );
+    alert.clone()
+}
+
+/// A connection c0 (node 0) never made before, to c1 (node 1): exactly one
+/// `new_connection` alert, raised as on a bridge by the sender's agent
+/// (detectors judge what a watched container sent), naming both ends and
+/// its node; none on node 1.
+fn new_connection_across_nodes(swarm: &Swarm, agents: &[AgentApi], hostnames: &[String]) {
+    let c0 = netns_of(&swarm.nodes[0], "c0");
+    let c1 = netns_of(&swarm.nodes[1], "c1");
+    tcp_sessions(&c0, &c1, &container_ip(1), 8082, 1, b"hello");
+    let to_c1 = |a: &Value| a["destination"]["name"] == "c1";
+    let alert = one_alert_of_c0(&agents[0], "new_connection", to_c1, &hostnames[0]);
+    assert_eq!(alert["destination"]["node"], hostnames[1], "{alert}");
+    assert_eq!(alert["evidence"]["destination_port"], 8082, "{alert}");
+    assert_eq!(alert["evidence"]["outcome"], "established", "{alert}");
+    assert!(alerts_settled(&agents[1], "new_connection", to_c1).is_empty());
+}
+
+const ISOLATED_NETWORK: &str = "xmiso";
+
+/// i1 on node 1, on an overlay of its own (which d0 on node 0 joins too,
+/// so that node 0's engine hears its gossip), reached from c0 (node 0, on
+/// the first overlay only) through a router on node 1 on both: Docker
+/// isolates c0 from i1, so c0's agent, which names i1 by its stand-in
+/// from the gossip, raises exactly one `isolation_violation` naming both
+/// and their nodes; node 1's agent, which sees only the router send to
+/// i1 on their shared overlay, none.
+fn isolation_broken_across_nodes(swarm: &Swarm, agents: &[AgentApi], hostnames: &[String]) {
+    create_overlay(swarm, ISOLATED_NETWORK, "10.232.8.0/24");
+    sleeper(&swarm.nodes[0], "d0", &["--network", ISOLATED_NETWORK]);
+    let node1 = &swarm.nodes[1];
+    sleeper(
+        node1,
+        "r1",
+        &[
+            "--network",
+            NETWORK,
+            "--ip",
+            "10.232.7.30",
+            "--sysctl",
+            "net.ipv4.ip_forward=1",
+        ],
+    );
+    node1
+        .docker(&[
+            "network",
+            "connect",
+            "--ip",
+            "10.232.8.30",
+            ISOLATED_NETWORK,
+            "r1",
+        ])
+        .expect("the router on both overlays");
+    let i1_ip = "10.232.8.11";
+    sleeper(node1, "i1", &["--network", ISOLATED_NETWORK, "--ip", i1_ip]);
+    agents[1].wait_attached(&["r1", "i1"]);
+    for (netns, route) in [
+        (
+            netns_of(&swarm.nodes[0], "c0"),
+            ["10.232.8.0/24", "via", "10.232.7.30"],
+        ),
+        (
+            netns_of(node1, "i1"),
+            ["10.232.7.0/24", "via", "10.232.8.30"],
+        ),
+    ] {
+        let status = std::process::Command::new("nsenter")
+            .arg(format!("--net={netns}"))
+            .args(["ip", "route", "add"])
+            .args(route)
+            .status()
+            .expect("nsenter");
+        assert!(status.success(), "route {route:?} in {netns}");
+    }
+    // Node 0's engine hears of i1, then its agent (which asks every
+    // SWARM_REFRESH, 3 s) does: only then is c0's attempt judged.
+    wait_within("node 0's engine knows i1", Duration::from_secs(30), || {
+        swarm.nodes[0]
+            .text(&["network", "inspect", "--verbose", ISOLATED_NETWORK])
+            .is_ok_and(|text| text.contains(i1_ip))
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    swarm.nodes[0]
+        .docker(&["exec", "c0", "ping", "-q", "-c", "2", "-W", "5", i1_ip])
+        .expect("c0 reaches i1 through the router");
+    let alert = one_alert_of_c0(&agents[0], "isolation_violation", |_| true, &hostnames[0]);
+    assert_eq!(alert["destination"]["name"], "i1", "{alert}");
+    assert_eq!(alert["destination"]["node"], hostnames[1], "{alert}");
+    assert_eq!(
+        alert["evidence"]["source_networks"],
+        serde_json::json!([NETWORK]),
+        "{alert}"
+    );
+    assert_eq!(
+        alert["evidence"]["destination_networks"],
+        serde_json::json!([ISOLATED_NETWORK]),
+        "{alert}"
+    );
+    assert_eq!(alert["evidence"]["outcome"], "answered", "{alert}");
+    assert!(alerts_settled(&agents[1], "isolation_violation", |_| true).is_empty());
+}
+
+/// A capture on each end of a cross-host flow, c0 (node 0) to the task on
+/// node 1, each asked of its own node's agent with the other end as peer:
+/// both files hold exactly the 5 datagrams sent, whole, out of c0 and into
+/// the task.
+fn capture_across_nodes(agents: &[AgentApi], c0: &str, task1: &str, task: &(String, String)) {
+    let scratch = Scratch::new("swarm-capture");
+    // Who is captured, with which peer, and which way the datagrams go.
+    let ends = [
+        ("c0", task.1.clone(), OUT),
+        (task.0.as_str(), container_ip(0), IN),
+    ];
+    let files: Vec<_> = (0..ends.len())
+        .map(|i| scratch.path(&format!("node{i}.pcapng")))
+        .collect();
+    let capturing: Vec<_> = ends
+        .iter()
+        .zip(agents)
+        .zip(&files)
+        .map(|(((name, peer, _), agent), file)| {
+            capture(
+                agent.addr,
+                &[
+                    "--container",
+                    name,
+                    "--peer",
+                    peer,
+                    "--protocol",
+                    "udp",
+                    "--duration",
+                    "5s",
+                    "-w",
+                ],
+            )
+            .arg(file)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("crossmon capture")
+        })
+        .collect();
+    for agent in &agents[..ends.len()] {
+        wait_within("the capture running", Duration::from_secs(5), || {
+            running_captures(agent.addr) == 1
+        });
+    }
+    udp(c0, task1, &task.1, 5);
+    let frame = (14 + 20 + 8 + "datagram 0".len()).to_string();
+    for ((child, file), (name, _, direction)) in capturing.into_iter().zip(&files).zip(&ends) {
+        let output = child.wait_with_output().expect("crossmon capture");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let expected: Vec<Vec<String>> = (0..5)
+            .map(|_| {
+                [
+                    name,
+                    *direction,
+                    &container_ip(0),
+                    &task.1,
+                    "17",
+                    &UDP_SOURCE_PORT.to_string(),
+                    &UDP_PORT.to_string(),
+                    "",
+                    "",
+                    "",
+                    "",
+                    &frame,
+                    &frame,
+                ]
+                .map(|field| (*field).to_owned())
+                .to_vec()
+            })
+            .collect();
+        assert_eq!(tshark(file), expected, "{name}'s capture");
+    }
 }

@@ -241,7 +241,12 @@ fn node_of(end: &FlowEnd) -> Node {
         ip: (end.kind != EndKind::Host)
             .then(|| end.ip.map(|ip| ip.to_string()))
             .flatten(),
-        posture: end.container.as_ref().map(|c| c.posture.clone()),
+        // A remote end's posture is known on its own node only.
+        posture: end
+            .container
+            .as_ref()
+            .filter(|c| !c.is_stand_in())
+            .map(|c| c.posture.clone()),
         alerts: 0,
     }
 }

@@ -84,6 +84,34 @@ mod tests {
     }
 
     #[test]
+    fn a_remote_end_of_another_overlay_reached_is_alerted_one_of_a_shared_overlay_is_not() {
+        let remote = |name: &str, network: &str| crate::docker::swarm::RemoteEnd {
+            name: name.into(),
+            service: Some("web".into()),
+            stack: Some("shop".into()),
+            node: Some("n1".into()),
+            network: network.into(),
+            network_id: network.into(),
+        };
+        let lab = Lab::with_remote(
+            2,
+            [
+                ([10, 0, 9, 5].into(), remote("web.1.x", "other")),
+                ([10, 0, 0, 9].into(), remote("web.2.y", "front")),
+            ],
+        );
+        let isolated = lab.attempt(front(2), [10, 0, 9, 5], 80, TCP, Outcome::Refused, SEC);
+        let alerts = try_attempt(&mut Isolation, &lab, &isolated);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(ends(&alerts[0]), ("c2".into(), Some("web.1.x".into())));
+        let destination = alerts[0].destination.as_ref().unwrap();
+        assert_eq!(destination.node.as_deref(), Some("n1"));
+        assert_eq!(alerts[0].evidence["destination_networks"][0], "other");
+        let shared = lab.attempt(front(2), [10, 0, 0, 9], 80, TCP, Outcome::Refused, SEC);
+        assert!(try_attempt(&mut Isolation, &lab, &shared).is_empty());
+    }
+
+    #[test]
     fn an_attempt_that_did_not_get_through_is_isolation_working() {
         let lab = Lab::new(3);
         let attempt = lab.attempt(front(2), ISOLATED, 80, UDP, Outcome::Unanswered, SEC);

@@ -15,7 +15,10 @@ use crate::{
         events::{ArpPacket, Seen},
         Event,
     },
-    docker::{inventory::Network, Container, Directory, Endpoint, FlowEnd, Inventory, Posture},
+    docker::{
+        inventory::Network, swarm::RemoteEnd, Container, Directory, Endpoint, FlowEnd, Inventory,
+        Posture,
+    },
     event_log::EventBatch,
     flows::outcome::Outcome,
     model::FlowRecord,
@@ -76,6 +79,23 @@ impl Lab {
 
     /// As [`Lab::new`], each container changed by `edit` first.
     pub fn with(count: u8, edit: impl Fn(&mut Container)) -> Lab {
+        Lab {
+            directory: Directory::new(Some(&Self::inventory(count, edit)), HashSet::new()),
+        }
+    }
+
+    /// As [`Lab::new`], this host a swarm node `n0` where the overlay
+    /// gossip tells of `remote` ends on other nodes.
+    pub fn with_remote(count: u8, remote: impl IntoIterator<Item = (IpAddr, RemoteEnd)>) -> Lab {
+        let mut inventory = Self::inventory(count, |_| {});
+        inventory.swarm.node = Some("n0".into());
+        inventory.swarm.remote = remote.into_iter().collect();
+        Lab {
+            directory: Directory::new(Some(&inventory), HashSet::new()),
+        }
+    }
+
+    fn inventory(count: u8, edit: impl Fn(&mut Container)) -> Inventory {
         let network = |name: &str, icc: bool, gateway: [u8; 4]| Network {
             id: name.into(),
             name: name.into(),
@@ -88,7 +108,7 @@ impl Lab {
             .map(|n| container(&format!("c{n}"), "front", front(n), 1000 + u32::from(n)))
             .collect();
         containers.push(container("iso", "back", ISOLATED, 2002));
-        let inventory = Inventory {
+        Inventory {
             networks: [
                 network("front", true, GATEWAY),
                 network("back", false, [10, 0, 1, 1]),
@@ -104,9 +124,6 @@ impl Lab {
                 })
                 .collect(),
             ..Inventory::default()
-        };
-        Lab {
-            directory: Directory::new(Some(&inventory), HashSet::new()),
         }
     }
 

@@ -80,14 +80,17 @@ impl FlowEnd {
         }
     }
 
-    /// A task or container of another node of the swarm.
-    fn remote(remote: &RemoteEnd, ip: IpAddr) -> Self {
+    /// A task or container of another node of the swarm, with its
+    /// stand-in container: detectors and policies that need a container
+    /// on both ends (isolation, new connections) judge it as a local one.
+    fn remote(remote: &RemoteEnd, stand_in: &Arc<Container>, ip: IpAddr) -> Self {
         Self {
             name: Some(remote.name.clone()),
             network: Some(remote.network.clone()),
             service: remote.service.clone(),
             stack: remote.stack.clone(),
             node: remote.node.clone(),
+            container: Some(stand_in.clone()),
             ..Self::bare(EndKind::Container, ip)
         }
     }
@@ -126,9 +129,10 @@ pub struct Directory {
     containers: HashMap<String, Arc<Container>>,
     /// Network id to whether its containers may talk to each other.
     inter_container: HashMap<String, bool>,
-    /// This host's swarm node, and the overlay addresses of other nodes.
+    /// This host's swarm node, and the overlay addresses of other nodes
+    /// with their stand-in containers.
     node: Option<String>,
-    remote: BTreeMap<IpAddr, RemoteEnd>,
+    remote: BTreeMap<IpAddr, (RemoteEnd, Arc<Container>)>,
     /// Names of the running containers in each container's namespace
     /// (`--network container:<id>`), by the owner's id.
     joined: HashMap<String, Vec<String>>,
@@ -144,7 +148,12 @@ impl Directory {
             return directory;
         };
         directory.node.clone_from(&inventory.swarm.node);
-        directory.remote.clone_from(&inventory.swarm.remote);
+        directory.remote = inventory
+            .swarm
+            .remote
+            .iter()
+            .map(|(ip, end)| (*ip, (end.clone(), Arc::new(end.as_container(*ip)))))
+            .collect();
         for network in inventory.networks.values() {
             directory
                 .inter_container
@@ -242,8 +251,8 @@ impl Directory {
         if let Some(end) = self.slot(self.by_ip.get(&ip), ip) {
             return end;
         }
-        if let Some(remote) = self.remote.get(&ip) {
-            return FlowEnd::remote(remote, ip);
+        if let Some((remote, stand_in)) = self.remote.get(&ip) {
+            return FlowEnd::remote(remote, stand_in, ip);
         }
         if let Some(network) = self.gateways.get(&ip) {
             return FlowEnd {

@@ -27,6 +27,17 @@ pub const STACK_LABEL: &str = "com.docker.stack.namespace";
 /// The service a task's container belongs to.
 pub const SERVICE_LABEL: &str = "com.docker.swarm.service.name";
 
+/// The id prefix of a remote end's stand-in container.
+const STAND_IN_ID: &str = "remote:";
+
+impl Container {
+    /// Whether this is a remote end's stand-in, which knows only what the
+    /// overlay's gossip tells (not its posture, image or ports).
+    pub fn is_stand_in(&self) -> bool {
+        self.id.starts_with(STAND_IN_ID)
+    }
+}
+
 /// An address on an overlay network that is not a container of this host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RemoteEnd {
@@ -54,7 +65,7 @@ impl RemoteEnd {
             .filter_map(|(key, value)| Some((key.to_owned(), value.clone()?)))
             .collect();
         Container {
-            id: format!("remote:{}:{ip}", self.network_id),
+            id: format!("{STAND_IN_ID}{}:{ip}", self.network_id),
             name: self.name.clone(),
             image: String::new(),
             compose_project: None,
