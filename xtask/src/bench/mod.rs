@@ -21,6 +21,7 @@ mod agent_cost;
 mod cargo_bench;
 mod monitor;
 mod net;
+mod noop;
 mod programs;
 mod render_scale;
 mod report;

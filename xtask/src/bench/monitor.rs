@@ -16,6 +16,7 @@ use anyhow::{bail, Context as _};
 
 use super::{
     net::{BenchNet, BRIDGE},
+    noop::NoopClassifier,
     programs::{self, RunCounters},
 };
 use crate::cmd;
@@ -25,6 +26,9 @@ pub enum Kind {
     Bare,
     /// `crossmon run --no-docker` with these extra arguments.
     Crossmon(&'static [&'static str]),
+    /// [`NoopClassifier`] on crossmon's hooks: the floor any classifier
+    /// there pays.
+    NoopClassifier,
     Tcpdump,
     Softflowd,
 }
@@ -58,6 +62,13 @@ pub const MONITORS: &[Monitor] = &[
                       counting only, no payload sample and no new-flow event",
     },
     Monitor {
+        name: "noop classifier",
+        kind: Kind::NoopClassifier,
+        description: "a TC program of two instructions (`return TC_ACT_UNSPEC`) on TCX ingress \
+                      and egress of both veths, where crossmon attaches: the cost of the hook \
+                      itself, a floor for any classifier (not a monitor)",
+    },
+    Monitor {
         name: "tcpdump",
         kind: Kind::Tcpdump,
         description: "`tcpdump -i xmb-br -s 128 -w /dev/null`: libpcap capture on the bridge \
@@ -89,9 +100,16 @@ impl Monitor {
             programs: BTreeMap::new(),
             log: log.clone(),
             api: None,
+            noop: None,
         };
         let command = match self.kind {
             Kind::Bare => return Ok(session),
+            Kind::NoopClassifier => {
+                let noop = NoopClassifier::attach(net)?;
+                session.programs.insert(noop.id, "noop".to_owned());
+                session.noop = Some(noop);
+                return Ok(session);
+            }
             Kind::Crossmon(extra) => {
                 let api = free_loopback_port()?;
                 session.api = Some(api);
@@ -151,6 +169,8 @@ pub struct Session {
     log: PathBuf,
     /// crossmon's HTTP API.
     api: Option<SocketAddr>,
+    /// Attached while the session lives.
+    noop: Option<NoopClassifier>,
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);

@@ -15,10 +15,10 @@ use crate::cmd;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_ENABLE_STATS: libc::c_long = 32;
 const BPF_STATS_RUN_TIME: u32 = 0;
-const BPF_TCX_INGRESS: u32 = 46;
-const BPF_TCX_EGRESS: u32 = 47;
+pub const BPF_TCX_INGRESS: u32 = 46;
+pub const BPF_TCX_EGRESS: u32 = 47;
 
-fn bpf(command: libc::c_long, attr: &mut [u64]) -> std::io::Result<libc::c_long> {
+pub fn bpf(command: libc::c_long, attr: &mut [u64]) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a zero-padded `union bpf_attr` prefix of the length
     // passed; the kernel reads and writes only within it.
     let ret = unsafe {
@@ -44,11 +44,17 @@ pub struct RunTimeStats(#[expect(dead_code, reason = "held for its drop only")] 
 impl RunTimeStats {
     pub fn enable() -> anyhow::Result<Self> {
         let mut attr = [u64::from(BPF_STATS_RUN_TIME)];
-        let fd = bpf(BPF_ENABLE_STATS, &mut attr).context("enabling BPF run-time statistics")?;
-        let fd = i32::try_from(fd).context("BPF_ENABLE_STATS returned no descriptor")?;
-        // SAFETY: a new descriptor the kernel just handed to us alone.
-        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+        let fd =
+            owned(bpf(BPF_ENABLE_STATS, &mut attr)).context("enabling BPF run-time statistics")?;
+        Ok(Self(fd))
     }
+}
+
+/// The descriptor a `bpf` command returned, owned.
+pub fn owned(fd: std::io::Result<libc::c_long>) -> anyhow::Result<OwnedFd> {
+    let fd = i32::try_from(fd?).context("the kernel returned no descriptor")?;
+    // SAFETY: a new descriptor the kernel just handed to us alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Cumulative counters of one program, from `/proc/PID/fdinfo`.
