@@ -481,12 +481,23 @@ impl RingReader {
         let mut packets = Vec::new();
         while let Err(std_mpsc::TryRecvError::Empty) = stop.try_recv() {
             self.ring.wait(DRAIN_INTERVAL);
+            // Mapped while a capture runs; drained once more after the
+            // last one stops, then unmapped.
+            let running = self.captures.running() > 0;
+            if running {
+                if let Err(err) = self.ring.open() {
+                    tracing::warn!("capture ring: {err:#}");
+                }
+            }
             let undecodable = self.ring.drain(&mut packets);
             if undecodable != 0 {
                 tracing::debug!("{undecodable} capture records did not decode");
             }
             if !packets.is_empty() {
                 self.captures.deliver(packets.drain(..));
+            }
+            if !running {
+                self.ring.close();
             }
             if let Ok(lost) = self.ring.lost() {
                 self.captures

@@ -1,9 +1,10 @@
 //! The capture maps: which veths the programs capture (and what of their
 //! packets), the ring the packets come back through, and what it lost.
 
-use std::os::fd::AsRawFd as _;
+use std::os::fd::{AsFd as _, AsRawFd as _};
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
 use monitor_common::{CaptureFilter, CaptureRecord, Direction, MAX_SNAPLEN};
 
 /// One packet the programs captured.
@@ -40,12 +41,16 @@ impl CaptureMaps {
     pub(super) fn new(
         active: Array<MapData, u32>,
         filters: HashMap<MapData, u32, CaptureFilter>,
-        ring: RingBuf<MapData>,
+        ring: MapData,
         lost: PerCpuArray<MapData, u64>,
     ) -> Self {
         Self {
             filters: CaptureFilters { active, filters },
-            ring: CaptureRing { ring, lost },
+            ring: CaptureRing {
+                map: ring,
+                mapped: None,
+                lost,
+            },
         }
     }
 }
@@ -81,17 +86,51 @@ impl CaptureFilters {
     }
 }
 
-/// The `CAPTURE_RING` ring buffer and its loss counter.
+/// The `CAPTURE_RING` ring buffer and its loss counter. The ring is
+/// mapped only while it is needed ([`CaptureRing::map`]): the kernel maps
+/// a ring's data pages twice (so that a record can wrap around) and all at
+/// once, 8 MiB of the agent's resident memory for the default 4 MiB ring,
+/// which is idle but for captures. The ring's memory is the kernel's
+/// either way.
 pub struct CaptureRing {
-    ring: RingBuf<MapData>,
+    map: MapData,
+    mapped: Option<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
 }
 
 impl CaptureRing {
-    /// Drains the ring into `out`; returns how many records did not decode.
+    /// Maps the ring, if it is not.
+    pub fn open(&mut self) -> anyhow::Result<()> {
+        if self.mapped.is_none() {
+            // A second descriptor of the same map: the mapping's own,
+            // closed with it.
+            let fd = self
+                .map
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .context("duplicating the capture ring's descriptor")?;
+            let data = MapData::from_fd(fd).context("the capture ring's descriptor")?;
+            let ring = RingBuf::try_from(Map::RingBuf(data)).context("mapping the capture ring")?;
+            self.mapped = Some(ring);
+        }
+        Ok(())
+    }
+
+    /// Unmaps the ring. Records left in it stay in the kernel's ring until
+    /// it is mapped again.
+    pub fn close(&mut self) {
+        self.mapped = None;
+    }
+
+    /// Drains the ring into `out`, when mapped; returns how many records
+    /// did not decode.
     pub fn drain(&mut self, out: &mut Vec<CapturedPacket>) -> usize {
+        let Some(ring) = &mut self.mapped else {
+            return 0;
+        };
         let mut undecodable = 0;
-        while let Some(record) = self.ring.next() {
+        while let Some(record) = ring.next() {
             match decode(&record) {
                 Some(packet) => out.push(packet),
                 None => undecodable += 1,
@@ -100,10 +139,16 @@ impl CaptureRing {
         undecodable
     }
 
-    /// Waits until the ring is readable or `timeout` passes.
+    /// Waits until the ring is readable or `timeout` passes; unmapped,
+    /// `timeout` (records left from an earlier capture would make it
+    /// readable at once).
     pub fn wait(&self, timeout: std::time::Duration) {
+        if self.mapped.is_none() {
+            std::thread::sleep(timeout);
+            return;
+        }
         let mut fd = libc::pollfd {
-            fd: self.ring.as_raw_fd(),
+            fd: self.map.fd().as_fd().as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };

@@ -206,7 +206,7 @@ pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
     let capture = CaptureMaps::new(
         Array::try_from(take_map(&mut ebpf, CAPTURE_ACTIVE_MAP)?)?,
         HashMap::try_from(take_map(&mut ebpf, CAPTURE_FILTERS_MAP)?)?,
-        RingBuf::try_from(take_map(&mut ebpf, CAPTURE_RING_MAP)?)?,
+        capture_ring(take_map(&mut ebpf, CAPTURE_RING_MAP)?)?,
         PerCpuArray::try_from(take_map(&mut ebpf, CAPTURE_LOST_MAP)?)?,
     );
     Ok(Datapath {
@@ -296,6 +296,15 @@ pub(super) fn load_classifiers(ebpf: &mut aya::Ebpf) -> anyhow::Result<()> {
 fn take_map(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
     ebpf.take_map(name)
         .with_context(|| format!("map {name} missing from the object"))
+}
+
+/// The capture ring's map, not mapped into memory until a capture needs it
+/// ([`super::CaptureRing`]).
+fn capture_ring(map: aya::maps::Map) -> anyhow::Result<MapData> {
+    match map {
+        aya::maps::Map::RingBuf(data) => Ok(data),
+        _ => bail!("map {CAPTURE_RING_MAP} is not a ring buffer"),
+    }
 }
 
 fn page_size() -> u32 {
