@@ -98,9 +98,11 @@ impl AgentConfig {
     pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
     /// Long enough for a last retransmitted FIN or ACK to reach the flow
-    /// still counted; short enough that a churn of connections does not
-    /// fill the map.
-    pub const DEFAULT_CLOSE_LINGER: Duration = Duration::from_secs(2);
+    /// still counted, and for a short connection to be seen judged (its
+    /// payload verdict waits 2 s, 2.5 when read late) in the API and the
+    /// live map before it leaves; short enough that a churn of connections
+    /// does not hold the map for the idle timeout.
+    pub const DEFAULT_CLOSE_LINGER: Duration = Duration::from_secs(5);
     pub const DEFAULT_ALERT_COOLDOWN: Duration = Duration::from_secs(5 * 60);
     pub const DEFAULT_STATE_DIR: &'static str = "/var/lib/crossmon";
     /// Docker's default `--exec-root`.

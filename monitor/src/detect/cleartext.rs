@@ -18,7 +18,7 @@ use super::{
 use crate::{
     clock,
     datapath::Event,
-    docker::{end_name, service_name, Directory, FlowEnd},
+    docker::{end_name, service_name, FlowEnd},
     event_log::EventBatch,
     flows::{outcome, ByFlow},
     model::{protocol_name, FlowRecord},
@@ -132,17 +132,13 @@ impl CleartextDetector {
         }
     }
 
-    /// Decides the connections whose samples have settled, and returns
-    /// the verdicts by client flow. `find` looks a flow up among the live
-    /// and the just-ended ones; `judged` tells a connection decided before.
-    pub fn check(
-        &mut self,
-        find: &dyn Fn(&FlowKey) -> Option<FlowRecord>,
-        judged: &dyn Fn(&FlowKey) -> bool,
-        directory: &Directory,
-        now_ns: u64,
-        found: &mut Findings,
-    ) {
+    /// Decides the connections whose samples have settled, or whose flow
+    /// ended at this poll (a closed connection leaves after
+    /// `--close-linger`, which may be shorter than the wait: it sends
+    /// nothing more), and returns the verdicts by client flow.
+    pub fn check(&mut self, poll: &PollEnd<'_>, found: &mut Findings) {
+        let (find, now_ns) = (poll.find, poll.now_ns);
+        let ready = |key: &FlowKey, pending: &Pending| pending.settled(now_ns) || (poll.ended)(key);
         // Each connection once, from its client flow's samples when they
         // settled, else from its server flow's; in place, not grouped in a
         // second map: at a burst of new flows they are tens of thousands.
@@ -151,7 +147,7 @@ impl CleartextDetector {
             Some(client_side(&record, find(&key.reversed()).as_ref()))
         };
         for (key, pending) in &self.pending {
-            if !pending.settled(now_ns) {
+            if !ready(key, pending) {
                 continue;
             }
             let Some(is_client) = from_client(key) else {
@@ -161,7 +157,7 @@ impl CleartextDetector {
             let other = self
                 .pending
                 .get(&reverse)
-                .filter(|other| other.settled(now_ns))
+                .filter(|other| ready(&reverse, other))
                 .and_then(|other| Some((from_client(&reverse)?, other)));
             let (client, samples) = match (is_client, other) {
                 (true, Some((false, server))) => (*key, (Some(pending), Some(server))),
@@ -170,27 +166,24 @@ impl CleartextDetector {
                 (false, Some((true, _))) => continue,
                 (false, _) => (reverse, (None, Some(pending))),
             };
-            self.judge(client, samples, find, judged, directory, now_ns, found);
+            self.judge(client, samples, poll, found);
         }
-        self.pending.retain(|_, pending| !pending.settled(now_ns));
+        self.pending.retain(|key, pending| !ready(key, pending));
     }
 
     /// The verdict on one connection from its two flows' settled samples
     /// (either may have none); an alert where it broke a TLS requirement.
-    #[expect(clippy::too_many_arguments, reason = "check's context, passed on")]
     fn judge(
         &self,
         client: FlowKey,
         (client_samples, server_samples): (Option<&Pending>, Option<&Pending>),
-        find: &dyn Fn(&FlowKey) -> Option<FlowRecord>,
-        judged: &dyn Fn(&FlowKey) -> bool,
-        directory: &Directory,
-        now_ns: u64,
+        poll: &PollEnd<'_>,
         found: &mut Findings,
     ) {
+        let (find, directory, now_ns) = (poll.find, poll.directory, poll.now_ns);
         // Judged once: later samples (another CPU's budget, TLS records
         // past the handshake) tell nothing new.
-        if judged(&client) {
+        if (poll.judged)(&client) {
             return;
         }
         let Some(record) = find(&client) else {
@@ -279,7 +272,7 @@ impl Detector for CleartextDetector {
     }
 
     fn end_of_poll(&mut self, poll: &PollEnd<'_>, found: &mut Findings) {
-        self.check(poll.find, poll.judged, poll.directory, poll.now_ns, found);
+        self.check(poll, found);
     }
 }
 
@@ -392,7 +385,14 @@ mod tests {
     ) -> Findings {
         let find = |key: &FlowKey| flows.iter().find(|f| f.key == *key).copied();
         let mut found = Findings::default();
-        detector.check(&find, judged, &lab.directory, now_ns, &mut found);
+        let poll = PollEnd {
+            find: &find,
+            judged,
+            ended: &|_| false,
+            directory: &lab.directory,
+            now_ns,
+        };
+        detector.check(&poll, &mut found);
         found
     }
 
@@ -531,6 +531,28 @@ mod tests {
         let found = decide(&mut detector, &lab, &flows, &|_| false, 5 * SEC);
         assert_eq!(found.alerts.len(), 1);
         assert_eq!(ends(&found.alerts[0]), ("c2".into(), Some("c3".into())));
+    }
+
+    #[test]
+    fn a_connection_that_ended_before_its_samples_settled_is_judged_at_its_end() {
+        let lab = Lab::new(3);
+        let mut detector = defaults();
+        let (client, flows) = connection(&lab, 443, true);
+        detector.sample(&client, GET, SEC, SEC);
+        let find = |key: &FlowKey| flows.iter().find(|f| f.key == *key).copied();
+        let mut found = Findings::default();
+        // Both flows ended at this poll (closed, past a short linger).
+        let poll = PollEnd {
+            find: &find,
+            judged: &|_| false,
+            ended: &|_| true,
+            directory: &lab.directory,
+            now_ns: SEC + SEC / 10,
+        };
+        detector.check(&poll, &mut found);
+        assert_eq!(found.alerts.len(), 1);
+        assert_eq!(found.verdicts.len(), 1);
+        assert!(detector.pending.is_empty());
     }
 
     #[test]

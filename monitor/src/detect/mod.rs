@@ -164,6 +164,8 @@ pub struct PollEnd<'a> {
     /// Whether a connection (by its client flow) already has a payload
     /// verdict.
     pub judged: &'a dyn Fn(&FlowKey) -> bool,
+    /// Whether a flow ended at this poll.
+    pub ended: &'a dyn Fn(&FlowKey) -> bool,
     pub directory: &'a Directory,
     pub now_ns: u64,
 }
@@ -420,9 +422,11 @@ impl PollConsumer for Detectors {
         {
             let verdicts = &self.verdicts_by_flow;
             let judged = |key: &FlowKey| verdicts.contains_key(key);
+            let ended = |key: &FlowKey| flows.has_ended(key);
             let end = PollEnd {
                 find: &find,
                 judged: &judged,
+                ended: &ended,
                 directory: poll.directory,
                 now_ns: poll.now_ns,
             };

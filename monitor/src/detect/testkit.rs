@@ -209,11 +209,13 @@ pub fn try_attempt(detector: &mut dyn Detector, lab: &Lab, attempt: &Attempt) ->
 pub fn end_poll(detector: &mut dyn Detector, lab: &Lab, now_ns: u64) -> Vec<Alert> {
     let find = |_: &FlowKey| None;
     let judged = |_: &FlowKey| false;
+    let ended = |_: &FlowKey| false;
     let mut found = Findings::default();
     detector.end_of_poll(
         &PollEnd {
             find: &find,
             judged: &judged,
+            ended: &ended,
             directory: &lab.directory,
             now_ns,
         },

@@ -53,6 +53,11 @@ impl<'a> PollView<'a> {
         self.table.get(key).is_some()
     }
 
+    /// Whether a flow ended at this poll.
+    pub fn has_ended(&self, key: &FlowKey) -> bool {
+        self.ended.contains_key(key)
+    }
+
     /// Every flow, with whether it ended at this poll.
     pub fn records(&self) -> impl Iterator<Item = (FlowRecord, bool)> + '_ {
         self.table
