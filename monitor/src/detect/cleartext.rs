@@ -198,12 +198,15 @@ impl CleartextDetector {
             },
         ));
         let (source, destination) = directory.ends(&record.key, &record.stats);
-        found.protocols.push((
-            end_name(&source),
-            end_name(&destination),
-            verdict.protocol.name(),
-            verdict.encrypted,
-        ));
+        *found
+            .protocols
+            .entry((
+                end_name(&source),
+                end_name(&destination),
+                verdict.protocol.name(),
+                verdict.encrypted,
+            ))
+            .or_default() += 1;
         // Judged only when crossmon saw the connection open: samples
         // taken mid-stream (TLS records past the handshake) tell no
         // protocol.
@@ -422,7 +425,10 @@ mod tests {
             !alert.evidence.to_string().contains("hunter2"),
             "redacted by default"
         );
-        assert_eq!(found.protocols, [("c2".into(), "c3".into(), "http", false)]);
+        assert_eq!(
+            found.protocols,
+            [(("c2".into(), "c3".into(), "http", false), 1)].into()
+        );
         assert!(detector.pending.is_empty());
     }
 

@@ -136,9 +136,10 @@ pub struct Findings {
     pub alerts: Vec<Alert>,
     /// Payload verdicts decided, by the connection's client flow.
     pub verdicts: Vec<(FlowKey, PayloadVerdict)>,
-    /// Connections whose protocol was decided, for
-    /// `crossmon_connection_protocols_total`.
-    pub protocols: Vec<ProtocolLabels>,
+    /// Connections whose protocol was decided, counted by their labels
+    /// for `crossmon_connection_protocols_total`: a burst of new flows
+    /// decides tens of thousands at one poll, mostly alike.
+    pub protocols: std::collections::HashMap<ProtocolLabels, u64>,
 }
 
 /// What a flow a watched container sent added since the last poll.
@@ -295,8 +296,8 @@ impl Detectors {
             self.verdicts_by_flow.insert(client, verdict);
             self.verdicts_changed = true;
         }
-        for labels in found.protocols {
-            *self.protocols.value(labels, now_ns) += 1;
+        for (labels, connections) in found.protocols {
+            *self.protocols.value(labels, now_ns) += connections;
         }
         if found.alerts.is_empty() {
             return;
