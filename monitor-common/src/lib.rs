@@ -64,6 +64,14 @@ pub const fn veth_id(tag: u8, ifindex: u32) -> u32 {
     ((tag as u32) << NETNS_TAG_SHIFT) | ifindex
 }
 
+/// The namespace tag and the ifindex in that namespace of a [`veth_id`].
+pub const fn veth_id_parts(id: u32) -> (u8, u32) {
+    (
+        (id >> NETNS_TAG_SHIFT) as u8,
+        id & ((1 << NETNS_TAG_SHIFT) - 1),
+    )
+}
+
 /// `LRU_PERCPU_HASH<FlowKey, u64>`: TCP segments retransmitted, by flow,
 /// from the `tcp:tcp_retransmit_skb` tracepoint.
 pub const RETRANSMITS_MAP: &str = "RETRANSMITS";

@@ -16,7 +16,7 @@ use aya::{
 };
 use serde::Serialize;
 
-use monitor_common::{veth_id, NETNS_TAG_SHIFT};
+use monitor_common::{veth_id, veth_id_parts};
 
 use super::{
     sandbox::{self, InstanceLoader},
@@ -174,11 +174,11 @@ impl Programs {
         if self.attached.contains_key(&id) {
             return Ok(());
         }
-        // Entered first: without CAP_SYS_ADMIN (not in the default set)
-        // this fails, and it must not cost a load and a verification of
-        // the programs at every listing.
-        sandbox::within(netns, || sandbox::interface_name(ifindex))?;
         if !self.sandboxes.contains_key(&tag) {
+            // Entered first: without CAP_SYS_ADMIN (not in the default
+            // set) this fails, and it must not cost a load and a
+            // verification of the programs at every listing.
+            sandbox::within(netns, || sandbox::interface_name(ifindex))?;
             let ebpf = self
                 .instances
                 .load(tag)
@@ -240,7 +240,7 @@ impl Programs {
         let result = match &attachment.netns {
             None => unhook(&mut self.ebpf, attachment.links),
             Some(netns) => {
-                let tag = u8::try_from(ifindex >> NETNS_TAG_SHIFT).unwrap_or_default();
+                let (tag, _) = veth_id_parts(ifindex);
                 match self.sandboxes.get_mut(&tag) {
                     // A namespace already gone took the attachments with it.
                     Some(sandbox) => {
@@ -369,7 +369,7 @@ impl Programs {
             .attached
             .values()
             .filter(|a| a.netns.is_some())
-            .filter_map(|a| u8::try_from(a.ifindex >> NETNS_TAG_SHIFT).ok())
+            .map(|a| veth_id_parts(a.ifindex).0)
             .collect();
         self.sandboxes.retain(|tag, _| used.contains(tag));
     }

@@ -15,7 +15,7 @@ use bollard::{
 };
 use serde::Serialize;
 
-use monitor_common::{veth_id, NETNS_TAG_SHIFT};
+use monitor_common::{veth_id, veth_id_parts};
 
 use super::{netns, swarm::SwarmView, Posture};
 
@@ -376,8 +376,8 @@ impl Inventory {
         self.containers.values().flat_map(move |c| {
             c.endpoints.iter().filter_map(move |e| {
                 let tag = *self.overlays.get(&e.network_id)?;
-                let id = e.host_ifindex?;
-                Some((e.network_id.as_str(), tag, id & (veth_id(1, 0) - 1)))
+                let (_, ifindex) = veth_id_parts(e.host_ifindex?);
+                Some((e.network_id.as_str(), tag, ifindex))
             })
         })
     }
@@ -388,12 +388,8 @@ impl Inventory {
         self.containers.values().flat_map(move |c| {
             let tag = self.namespace_tags.get(&c.id).copied().unwrap_or(0);
             c.endpoints.iter().filter_map(move |e| {
-                let id = e.host_ifindex?;
-                (tag != 0 && id >> NETNS_TAG_SHIFT == u32::from(tag)).then_some((
-                    c,
-                    tag,
-                    id & (veth_id(1, 0) - 1),
-                ))
+                let (id_tag, ifindex) = veth_id_parts(e.host_ifindex?);
+                (tag != 0 && id_tag == tag).then_some((c, tag, ifindex))
             })
         })
     }
@@ -757,7 +753,7 @@ fn match_veths(
             Some(mac) => links.iter().find(|link| link.mac == Some(mac)),
             None => match unnamed_peerless.as_slice() {
                 [only] => {
-                    endpoint.mac = only.mac.map(|m| format_mac(&m));
+                    endpoint.mac = only.mac.map(crate::model::mac_text);
                     Some(*only)
                 }
                 _ => None,
@@ -774,12 +770,6 @@ fn match_veths(
             (Some(peer), Some(tag)) => (peer < veth_id(1, 0)).then(|| veth_id(tag, peer)),
         });
     }
-}
-
-/// `02:42:ac:11:00:02`, as Docker writes MACs.
-fn format_mac(mac: &[u8; 6]) -> String {
-    let bytes: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-    bytes.join(":")
 }
 
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
