@@ -105,6 +105,7 @@ fn every_run_flag_with_an_invalid_value_exits_2_naming_it() {
         ("dns", &["maybe", ""]),
         ("poll-interval", &["0s", "soon", "-1s"]),
         ("idle-timeout", &["0s", "forever"]),
+        ("close-linger", &["0s", "a moment"]),
         ("max-series", &["0", "lots"]),
         ("series-grace", &["0m", "a while"]),
         ("config", &["/nonexistent/crossmon.toml"]),
