@@ -578,7 +578,15 @@ fn every_dns_packet_is_sent_up_whole() {
     );
 }
 
+/// What the capture ring holds. The agent maps the ring only while a
+/// capture runs (an unmapped ring drains nothing); records written before
+/// stay in the kernel's ring until it is mapped.
 fn captured(datapath: &mut Datapath) -> Vec<monitor::datapath::CapturedPacket> {
+    datapath
+        .capture
+        .ring
+        .open()
+        .expect("mapping the capture ring");
     let mut packets = Vec::new();
     assert_eq!(
         datapath.capture.ring.drain(&mut packets),
