@@ -21,8 +21,16 @@ const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const MIRROR_ENV: &str = "CROSSMON_DEBIAN_MIRROR";
 /// What the tests need that the cloud flavour builds as modules: bridges
 /// (with stp and llc), veth pairs, clsact and `tc ... bpf` filters (the
-/// legacy attach before TCX). Their dependencies are added.
-const MODULES: &[&str] = &["bridge", "veth", "sch_ingress", "cls_bpf"];
+/// legacy attach before TCX), and the drivers of the container interfaces
+/// with no end outside (macvlan, ipvlan). Their dependencies are added.
+const MODULES: &[&str] = &[
+    "bridge",
+    "veth",
+    "sch_ingress",
+    "cls_bpf",
+    "macvlan",
+    "ipvlan",
+];
 
 /// A kernel ready to boot, as cached.
 pub struct KernelFiles {
@@ -35,19 +43,57 @@ pub struct KernelFiles {
 
 /// Files of a cached kernel directory. `PACKAGE` is written last, after
 /// the directory was complete, and the directory is renamed into place:
-/// an interrupted download never looks cached.
+/// an interrupted download never looks cached. `WANTED` is the
+/// [`MODULES`] it was extracted for: a cache made for another list lacks
+/// a module or carries one no longer asked for, and is fetched again.
 const VMLINUZ: &str = "vmlinuz";
 const MODULES_DIR: &str = "modules";
 const ORDER: &str = "order";
+const WANTED: &str = "wanted";
 const PACKAGE: &str = "package";
 
 /// The newest cloud kernel of `suite`, from the cache or downloaded.
 pub fn kernel(suite: &str) -> anyhow::Result<KernelFiles> {
     let dir = cache_dir()?.join(suite);
-    if !dir.join(PACKAGE).is_file() {
-        download(suite, &dir)?;
+    match cached(&dir) {
+        Cache::Current => {}
+        Cache::Absent => download(suite, &dir)?,
+        Cache::OtherModules => {
+            println!(
+                "the cached kernel in {} was extracted for other modules than {}: fetching it again",
+                dir.display(),
+                MODULES.join(", ")
+            );
+            download(suite, &dir)?;
+        }
     }
     read_cached(&dir)
+}
+
+/// What the cache holds of a suite's kernel.
+#[derive(Debug, PartialEq, Eq)]
+enum Cache {
+    Absent,
+    /// A complete download, of other [`MODULES`] than these.
+    OtherModules,
+    Current,
+}
+
+fn cached(dir: &Path) -> Cache {
+    if !dir.join(PACKAGE).is_file() {
+        return Cache::Absent;
+    }
+    let wanted = fs::read_to_string(dir.join(MODULES_DIR).join(WANTED)).unwrap_or_default();
+    if wanted == wanted_modules() {
+        Cache::Current
+    } else {
+        Cache::OtherModules
+    }
+}
+
+/// [`MODULES`], one a line, as `WANTED` records them.
+fn wanted_modules() -> String {
+    MODULES.join("\n") + "\n"
 }
 
 /// `$XDG_CACHE_HOME/crossmon/vm`, else `~/.cache/crossmon/vm`.
@@ -271,7 +317,9 @@ fn extract(root: &Path, into: &Path) -> anyhow::Result<()> {
         loader.add(module)?;
     }
     let order = loader.order.join("\n") + "\n";
-    fs::write(into.join(MODULES_DIR).join(ORDER), order).context("writing the module order")
+    fs::write(into.join(MODULES_DIR).join(ORDER), order).context("writing the module order")?;
+    fs::write(into.join(MODULES_DIR).join(WANTED), wanted_modules())
+        .context("writing the modules asked for")
 }
 
 /// `boot/vmlinuz-RELEASE`: the path and RELEASE (`uname -r`).
@@ -575,5 +623,22 @@ mod tests {
             Some("nf_conntrack")
         );
         assert!(is_builtin("kernel/net/ipv6/ipv6.ko\n", "ipv6"));
+    }
+
+    #[test]
+    fn a_cache_made_for_other_modules_is_not_current() {
+        let dir = env::temp_dir().join(format!("crossmon-vm-cache-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join(MODULES_DIR)).unwrap();
+        assert_eq!(cached(&dir), Cache::Absent);
+        fs::write(dir.join(PACKAGE), "linux-image-x.deb\n").unwrap();
+        // A cache from before the list was recorded.
+        assert_eq!(cached(&dir), Cache::OtherModules);
+        let wanted = dir.join(MODULES_DIR).join(WANTED);
+        fs::write(&wanted, "bridge\nveth\nsch_ingress\ncls_bpf\n").unwrap();
+        assert_eq!(cached(&dir), Cache::OtherModules);
+        fs::write(&wanted, wanted_modules()).unwrap();
+        assert_eq!(cached(&dir), Cache::Current);
+        let _ = fs::remove_dir_all(&dir);
     }
 }
