@@ -96,12 +96,16 @@ fn host_tiers(
         // One test at a time: tests load programs, create namespaces and
         // bridges, and count packets exactly. `test_args` (a name filter,
         // `--nocapture`) goes to every test binary.
+        for (binary, test, why) in vm::VM_ONLY {
+            println!("not running {binary}'s {test} on the host: it {why}; the VM tier runs it");
+        }
         *totals = run_counting(
             cmd::cargo()
                 .env("CROSSMON_BIN", &binary)
                 .env("CROSSMON_IMAGE_CONTEXT", image::context_dir())
                 .args(["test", "--workspace", "--exclude", "monitor-ebpf", "--"])
                 .args(test_args)
+                .args(vm::host_skips())
                 .arg("--test-threads=1"),
         )?;
         if totals.ran() == 0 && !test_args.is_empty() {

@@ -33,6 +33,24 @@ const POLICY_TESTS: &[&str] = &[
     "enforce_drops_denied_datagrams_on_real_veths_in_both_attach_modes",
     "an_enforce_lease_left_unrenewed_lapses_into_observing",
 ];
+/// Tests `#[ignore]`d because the host's kernel lacks what they need and
+/// every VM kernel has it, as `(binary, test, why)`. The host tier leaves
+/// them out by name, saying so (an ignored test would fail its run as a
+/// skip); the VMs run their binaries' ignored tests.
+pub const VM_ONLY: &[(&str, &str, &str)] = &[(
+    "namespaces",
+    "ipvlan_siblings_are_counted_once_at_the_senders_egress",
+    "needs the ipvlan driver, a module the VMs load",
+)];
+
+/// The host tier's libtest arguments leaving [`VM_ONLY`] out.
+pub fn host_skips() -> Vec<String> {
+    VM_ONLY
+        .iter()
+        .flat_map(|(_, test, _)| ["--skip".to_owned(), (*test).to_owned()])
+        .collect()
+}
+
 /// The share of the fuzz's frames run under emulation (see fuzz.rs):
 /// about 230,000 program runs, 15 s at some 65 us a run.
 const FUZZ_SCALE: &str = "0.3";
@@ -191,6 +209,13 @@ fn steps(kernel: Kernel, test_args: &[String]) -> Vec<Step> {
         argv.extend(args);
         for (_, test, _) in kernel.lacks().iter().filter(|(binary, ..)| *binary == name) {
             argv.extend(["--skip".to_owned(), (*test).to_owned()]);
+        }
+        // libtest refuses the two together, and either given twice.
+        let asked = argv
+            .iter()
+            .any(|arg| arg == "--ignored" || arg == "--include-ignored");
+        if !asked && VM_ONLY.iter().any(|(binary, ..)| *binary == name) {
+            argv.push("--include-ignored".to_owned());
         }
         Step { name, argv }
     };
@@ -468,8 +493,35 @@ mod tests {
                 .unwrap_or_default()
         };
         assert!(namespaces(Kernel::V5_10)
-            .ends_with("--skip a_second_tcx_program_after_crossmon_sees_every_packet"));
+            .contains(" --skip a_second_tcx_program_after_crossmon_sees_every_packet "));
         assert!(!namespaces(Kernel::V6_12).contains("--skip"));
+    }
+
+    #[test]
+    fn the_vms_run_the_tests_the_host_leaves_out() {
+        let argv = |name: &str, test_args: &[&str]| {
+            steps(Kernel::V6_12, &args(test_args))
+                .into_iter()
+                .find(|step| step.name == name)
+                .map(|step| step.argv)
+                .unwrap_or_default()
+        };
+        let ignored = |argv: &[String]| {
+            argv.iter()
+                .filter(|arg| *arg == "--ignored" || *arg == "--include-ignored")
+                .count()
+        };
+        for (binary, test, _) in VM_ONLY {
+            assert!(TESTS.contains(binary), "{binary} is not run in the VMs");
+            assert!(argv(binary, &[]).ends_with(&args(&["--include-ignored"])));
+            // One of the two flags at most: libtest refuses more.
+            assert_eq!(ignored(&argv(binary, &["--ignored", test])), 1);
+            assert_eq!(ignored(&argv(binary, &["--include-ignored"])), 1);
+            let skips = host_skips();
+            assert!(skips.windows(2).any(|pair| pair == args(&["--skip", test])));
+        }
+        assert_eq!(ignored(&argv("program_runs", &[])), 0);
+        assert_eq!(ignored(&argv("fuzz", &[])), 0);
     }
 
     #[test]
