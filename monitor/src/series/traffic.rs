@@ -2,7 +2,7 @@
 //! previous one to its series, so series only grow, and their sum is the
 //! kernel's count whatever happens to flows (eviction, expiry, relabelling).
 
-use std::sync::Arc;
+use std::{collections::hash_map::Entry, sync::Arc};
 
 use monitor_common::{ip_proto, FlowKey};
 
@@ -72,6 +72,40 @@ struct Exported {
     connection_counted: bool,
 }
 
+impl Exported {
+    /// Whether the flow has uncounted traffic or an undecided connection
+    /// (a flow never exported always has).
+    fn needs_update(&self, record: &FlowRecord) -> bool {
+        self.packets != record.stats.packets
+            || self.bytes != record.stats.bytes
+            || (record.key.protocol == ip_proto::TCP
+                && outcome::is_attempt(record, None)
+                && !self.connection_counted)
+    }
+
+    /// Adds what the flow counted since its last export to its series.
+    fn add_traffic(
+        &mut self,
+        record: &FlowRecord,
+        labels: &FlowLabels,
+        series: &mut SeriesBook<FlowLabels, FlowCounts>,
+        now_ns: u64,
+    ) {
+        // Totals only grow (the table keeps evicted counts); wrapping is
+        // the kernel's u64 counters wrapping.
+        let packets = record.stats.packets.wrapping_sub(self.packets);
+        let bytes = record.stats.bytes.wrapping_sub(self.bytes);
+        if packets == 0 && bytes == 0 {
+            return;
+        }
+        self.packets = record.stats.packets;
+        self.bytes = record.stats.bytes;
+        let counts = series.value(labels.clone(), now_ns);
+        counts.packets = counts.packets.wrapping_add(packets);
+        counts.bytes = counts.bytes.wrapping_add(bytes);
+    }
+}
+
 impl TrafficSeries {
     pub fn new(config: MetricsConfig) -> Self {
         Self {
@@ -100,21 +134,37 @@ impl TrafficSeries {
         // flows that list was megabytes at every poll. Learning changes
         // nothing `needs_update` reads, so both passes pick the same flows.
         for (record, _) in flows.records() {
-            if self.needs_update(&record) {
+            let exported = self.exported.get(&record.key);
+            if exported.is_none_or(|exported| exported.needs_update(&record)) {
                 self.served
                     .learn(&record, find(&record.key.reversed()).as_ref(), now_ns);
             }
         }
         for (record, ended) in flows.records() {
-            if !self.needs_update(&record) {
-                continue;
-            }
+            // One lookup of the flow's exported counts serves the check and
+            // the update (at 100k flows, the check looking each flow up
+            // apart from the update was a fifth of the agent's time).
+            let exported = match self.exported.entry(record.key) {
+                Entry::Occupied(exported) if exported.get().needs_update(&record) => {
+                    exported.into_mut()
+                }
+                Entry::Occupied(_) => continue,
+                Entry::Vacant(vacant) => vacant.insert(Exported::default()),
+            };
             let ends = directory.ends(&record.key, &record.stats);
             let labels = FlowLabels::of(&record, &ends, &self.served);
-            self.add_traffic(&record, &labels, now_ns);
+            exported.add_traffic(&record, &labels, &mut self.flows, now_ns);
+            // Only a TCP flow has a connection result, and only then is its
+            // reverse looked up.
+            if record.key.protocol != ip_proto::TCP || exported.connection_counted {
+                continue;
+            }
             let reverse = find(&record.key.reversed());
             if let Some(result) = connection_result(&record, reverse.as_ref(), ended, now_ns) {
-                self.add_connection(&record.key, &labels, result, now_ns);
+                exported.connection_counted = true;
+                *self
+                    .connections
+                    .value(ConnectionLabels::of(&labels, result), now_ns) += 1;
             }
         }
         for key in flows.ended() {
@@ -122,51 +172,6 @@ impl TrafficSeries {
         }
         self.departures.follow(inventory, now_ns);
         self.sweep(now_ns);
-    }
-
-    /// Whether a flow has uncounted traffic or an undecided connection.
-    fn needs_update(&self, record: &FlowRecord) -> bool {
-        let Some(exported) = self.exported.get(&record.key) else {
-            return true;
-        };
-        exported.packets != record.stats.packets
-            || exported.bytes != record.stats.bytes
-            || (record.key.protocol == ip_proto::TCP
-                && outcome::is_attempt(record, None)
-                && !exported.connection_counted)
-    }
-
-    fn add_traffic(&mut self, record: &FlowRecord, labels: &FlowLabels, now_ns: u64) {
-        let exported = self.exported.entry(record.key).or_default();
-        // Totals only grow (the table keeps evicted counts); wrapping is
-        // the kernel's u64 counters wrapping.
-        let packets = record.stats.packets.wrapping_sub(exported.packets);
-        let bytes = record.stats.bytes.wrapping_sub(exported.bytes);
-        if packets == 0 && bytes == 0 {
-            return;
-        }
-        exported.packets = record.stats.packets;
-        exported.bytes = record.stats.bytes;
-        let counts = self.flows.value(labels.clone(), now_ns);
-        counts.packets = counts.packets.wrapping_add(packets);
-        counts.bytes = counts.bytes.wrapping_add(bytes);
-    }
-
-    fn add_connection(
-        &mut self,
-        key: &FlowKey,
-        flow: &FlowLabels,
-        result: &'static str,
-        now_ns: u64,
-    ) {
-        let exported = self.exported.entry(*key).or_default();
-        if exported.connection_counted {
-            return;
-        }
-        exported.connection_counted = true;
-        *self
-            .connections
-            .value(ConnectionLabels::of(flow, result), now_ns) += 1;
     }
 
     /// Removes the series of containers departed longer than the grace
