@@ -14,14 +14,16 @@ use crate::model::{key_addrs, FlowRecord};
 /// (address, port, IP protocol) to when it last answered (monotonic ns).
 #[derive(Default)]
 pub struct ServedPorts {
-    served: HashMap<(IpAddr, u16, u8), u64>,
+    /// Seeded at random (a container chooses its addresses and ports):
+    /// foldhash, as flow keys, since every changed flow's label looks here.
+    served: HashMap<(IpAddr, u16, u8), u64, foldhash::fast::RandomState>,
     capacity: usize,
 }
 
 impl ServedPorts {
     pub fn new(capacity: usize) -> Self {
         Self {
-            served: HashMap::new(),
+            served: HashMap::default(),
             capacity,
         }
     }

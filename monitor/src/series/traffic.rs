@@ -87,7 +87,7 @@ impl Exported {
     fn add_traffic(
         &mut self,
         record: &FlowRecord,
-        labels: &FlowLabels,
+        labels: FlowLabels,
         series: &mut SeriesBook<FlowLabels, FlowCounts>,
         now_ns: u64,
     ) {
@@ -100,7 +100,7 @@ impl Exported {
         }
         self.packets = record.stats.packets;
         self.bytes = record.stats.bytes;
-        let counts = series.value(labels.clone(), now_ns);
+        let counts = series.value(labels, now_ns);
         counts.packets = counts.packets.wrapping_add(packets);
         counts.bytes = counts.bytes.wrapping_add(bytes);
     }
@@ -153,19 +153,18 @@ impl TrafficSeries {
             };
             let ends = directory.ends(&record.key, &record.stats);
             let labels = FlowLabels::of(&record, &ends, &self.served);
-            exported.add_traffic(&record, &labels, &mut self.flows, now_ns);
             // Only a TCP flow has a connection result, and only then is its
-            // reverse looked up.
-            if record.key.protocol != ip_proto::TCP || exported.connection_counted {
-                continue;
+            // reverse looked up. Before the traffic, which takes the labels.
+            if record.key.protocol == ip_proto::TCP && !exported.connection_counted {
+                let reverse = find(&record.key.reversed());
+                if let Some(result) = connection_result(&record, reverse.as_ref(), ended, now_ns) {
+                    exported.connection_counted = true;
+                    *self
+                        .connections
+                        .value(ConnectionLabels::of(&labels, result), now_ns) += 1;
+                }
             }
-            let reverse = find(&record.key.reversed());
-            if let Some(result) = connection_result(&record, reverse.as_ref(), ended, now_ns) {
-                exported.connection_counted = true;
-                *self
-                    .connections
-                    .value(ConnectionLabels::of(&labels, result), now_ns) += 1;
-            }
+            exported.add_traffic(&record, labels, &mut self.flows, now_ns);
         }
         for key in flows.ended() {
             self.exported.remove(key);
