@@ -77,6 +77,9 @@ fn main() -> anyhow::Result<()> {
         capture_ring_bytes: RING_BYTES,
         ..DatapathConfig::default()
     })?;
+    // The agent maps the ring only while a capture runs; unmapped, it
+    // drains nothing, and every measure would find no records.
+    dp.capture.ring.open()?;
     let (small, full) = (segment(64), segment(1460));
     println!("| capture | from_container | to_container |");
     println!("|---|---:|---:|");
