@@ -258,13 +258,24 @@ impl Programs {
     /// Detaches from every interface; errors are logged, not returned, so
     /// one vanished interface does not keep the others attached.
     pub fn detach_all(&mut self) -> usize {
-        let ifindexes: Vec<u32> = self.attached.keys().copied().collect();
-        for ifindex in &ifindexes {
-            if let Err(err) = self.detach(*ifindex) {
+        let attached: Vec<(u32, String)> = self
+            .attached
+            .values()
+            .map(|attachment| (attachment.ifindex, attachment.name.clone()))
+            .collect();
+        for (ifindex, name) in &attached {
+            let Err(err) = self.detach(*ifindex) else {
+                continue;
+            };
+            // A veth deleted meanwhile took its filters with it; one still
+            // here keeps clsact filters running after the agent is gone.
+            if sandbox::interface_name(*ifindex).is_ok_and(|now| now == *name) {
+                tracing::warn!("{err:#}: its classifiers may outlive crossmon");
+            } else {
                 tracing::debug!("{err:#}");
             }
         }
-        ifindexes.len()
+        attached.len()
     }
 
     pub fn attached(&self) -> impl Iterator<Item = &VethAttachment> {
