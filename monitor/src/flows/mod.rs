@@ -5,10 +5,12 @@
 pub mod outcome;
 mod pipeline;
 mod poll_view;
+mod sharded;
 mod table;
 
 pub use pipeline::{Poll, PollConsumer, PollStatus};
 pub use poll_view::PollView;
+pub use sharded::ShardedByFlow;
 pub use table::{FlowTable, PollOutcome, TableReader};
 
 use std::collections::{HashMap, HashSet};

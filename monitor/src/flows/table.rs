@@ -9,12 +9,12 @@ use monitor_common::{FlowKey, FlowStats};
 
 use std::sync::{Arc, RwLock};
 
-use super::{ByFlow, FlowSet};
+use super::{FlowSet, ShardedByFlow};
 use crate::{model::FlowRecord, sync::read};
 
 #[derive(Default)]
 pub struct FlowTable {
-    flows: ByFlow<Entry>,
+    flows: ShardedByFlow<Entry>,
     /// Poll generation, to spot flows absent from the latest read.
     generation: u64,
 }

@@ -16,7 +16,7 @@ use crate::{
     docker::{Container, Directory, Inventory},
     flows::{
         outcome::{self, Outcome},
-        ByFlow, Poll, PollConsumer, PollView,
+        Poll, PollConsumer, PollView, ShardedByFlow,
     },
     model::FlowRecord,
 };
@@ -50,7 +50,7 @@ pub struct TrafficSeries {
     flows: SeriesBook<FlowLabels, FlowCounts>,
     connections: SeriesBook<ConnectionLabels, u64>,
     /// What each flow has added to its series so far.
-    exported: ByFlow<Exported>,
+    exported: ShardedByFlow<Exported>,
     served: ServedPorts,
     /// Containers that left, kept for the grace period so their info
     /// series can still be joined.
@@ -111,7 +111,7 @@ impl TrafficSeries {
         Self {
             flows: SeriesBook::new(config.max_series, FlowLabels::overflow()),
             connections: SeriesBook::new(config.max_series, ConnectionLabels::overflow()),
-            exported: ByFlow::default(),
+            exported: ShardedByFlow::default(),
             served: ServedPorts::new(config.max_series.saturating_mul(4)),
             departures: Departures::new(config.grace_ns),
             grace_ns: config.grace_ns,
