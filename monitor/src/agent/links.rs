@@ -429,8 +429,7 @@ impl LinkFollower {
         for ifindex in stale {
             match programs.detach(ifindex) {
                 Ok(()) => tracing::info!(ifindex, "interface gone or left its bridge: detached"),
-                // A deleted veth takes its links with it; nothing left to undo.
-                Err(err) => tracing::debug!("{err:#}"),
+                Err(err) => tracing::warn!("{err:#}: its classifiers may keep running"),
             }
         }
     }

@@ -238,7 +238,16 @@ impl Programs {
             return Ok(());
         };
         let result = match &attachment.netns {
-            None => unhook(&mut self.ebpf, attachment.links),
+            // A veth deleted meanwhile took its filters with it.
+            None => match unhook(&mut self.ebpf, attachment.links) {
+                Err(err)
+                    if sandbox::interface_name(ifindex)
+                        .is_ok_and(|name| name == attachment.name) =>
+                {
+                    Err(err)
+                }
+                _ => Ok(()),
+            },
             Some(netns) => {
                 let (tag, _) = veth_id_parts(ifindex);
                 match self.sandboxes.get_mut(&tag) {
@@ -258,24 +267,14 @@ impl Programs {
     /// Detaches from every interface; errors are logged, not returned, so
     /// one vanished interface does not keep the others attached.
     pub fn detach_all(&mut self) -> usize {
-        let attached: Vec<(u32, String)> = self
-            .attached
-            .values()
-            .map(|attachment| (attachment.ifindex, attachment.name.clone()))
-            .collect();
-        for (ifindex, name) in &attached {
-            let Err(err) = self.detach(*ifindex) else {
-                continue;
-            };
-            // A veth deleted meanwhile took its filters with it; one still
-            // here keeps clsact filters running after the agent is gone.
-            if sandbox::interface_name(*ifindex).is_ok_and(|now| now == *name) {
-                tracing::warn!("{err:#}: its classifiers may outlive crossmon");
-            } else {
-                tracing::debug!("{err:#}");
+        let ifindexes: Vec<u32> = self.attached.keys().copied().collect();
+        for ifindex in &ifindexes {
+            if let Err(err) = self.detach(*ifindex) {
+                // clsact filters outlive the agent.
+                tracing::warn!("{err:#}: its classifiers may keep running");
             }
         }
-        attached.len()
+        ifindexes.len()
     }
 
     pub fn attached(&self) -> impl Iterator<Item = &VethAttachment> {
