@@ -135,6 +135,10 @@ impl SwarmView {
         if swarm.control_available == Some(true) {
             manager_names(docker, &mut nodes, &mut stacks).await;
         }
+        let names = Names {
+            nodes: &nodes,
+            stacks: &stacks,
+        };
         for (id, name) in overlays {
             let options = InspectNetworkOptionsBuilder::new().verbose(true).build();
             let network = match docker.inspect_network(id, Some(options)).await {
@@ -145,38 +149,63 @@ impl SwarmView {
                 }
             };
             let network_name = network.name.clone().unwrap_or_else(|| name.clone());
-            for (service, detail) in network.services.unwrap_or_default() {
-                let service = (!service.is_empty()).then_some(service);
-                let stack = service.as_ref().and_then(|s| stacks.get(s).cloned());
-                let end = |name: String, node: Option<String>| RemoteEnd {
-                    name,
-                    service: service.clone(),
-                    stack: stack.clone(),
-                    node,
-                    network: network_name.clone(),
-                    network_id: id.clone(),
-                };
-                if let (Some(vip), Some(service)) = (ip_at(&detail, "VIP"), &service) {
-                    view.remote.insert(vip, end(service.clone(), None));
-                }
-                let tasks = detail.get("Tasks").and_then(|t| t.as_array());
-                for task in tasks.into_iter().flatten() {
-                    let (Some(ip), Some(name)) = (
-                        ip_at(task, "EndpointIP"),
-                        task.get("Name").and_then(|n| n.as_str()),
-                    ) else {
-                        continue;
-                    };
-                    let host = task
-                        .get("Info")
-                        .and_then(|info| info.get("Host IP"))
-                        .and_then(|h| h.as_str());
-                    let node = host.map(|h| nodes.get(h).cloned().unwrap_or_else(|| h.to_owned()));
-                    view.remote.insert(ip, end(name.to_owned(), node));
-                }
-            }
+            let services = network.services.unwrap_or_default();
+            view.remote
+                .extend(names.remote_ends(&services, &network_name, id));
         }
         view
+    }
+}
+
+/// What the engine names beyond one network: node host names by address
+/// and stacks by service (a manager's answers; empty on a worker).
+struct Names<'a> {
+    nodes: &'a HashMap<String, String>,
+    stacks: &'a HashMap<String, String>,
+}
+
+impl Names<'_> {
+    /// The addresses one overlay's verbose answer lists under `Services`:
+    /// each service's virtual IP as the service, each task or attached
+    /// container by its name and node.
+    fn remote_ends(
+        &self,
+        services: &HashMap<String, serde_json::Value>,
+        network: &str,
+        network_id: &str,
+    ) -> Vec<(IpAddr, RemoteEnd)> {
+        let mut ends = Vec::new();
+        for (service, detail) in services {
+            let service = (!service.is_empty()).then(|| service.clone());
+            let stack = service.as_ref().and_then(|s| self.stacks.get(s).cloned());
+            let end = |name: String, node: Option<String>| RemoteEnd {
+                name,
+                service: service.clone(),
+                stack: stack.clone(),
+                node,
+                network: network.to_owned(),
+                network_id: network_id.to_owned(),
+            };
+            if let (Some(vip), Some(service)) = (ip_at(detail, "VIP"), &service) {
+                ends.push((vip, end(service.clone(), None)));
+            }
+            let tasks = detail.get("Tasks").and_then(|t| t.as_array());
+            for task in tasks.into_iter().flatten() {
+                let (Some(ip), Some(name)) = (
+                    ip_at(task, "EndpointIP"),
+                    task.get("Name").and_then(|n| n.as_str()),
+                ) else {
+                    continue;
+                };
+                let host = task
+                    .get("Info")
+                    .and_then(|info| info.get("Host IP"))
+                    .and_then(|h| h.as_str());
+                let node = host.map(|h| self.nodes.get(h).cloned().unwrap_or_else(|| h.to_owned()));
+                ends.push((ip, end(name.to_owned(), node)));
+            }
+        }
+        ends
     }
 }
 
@@ -214,5 +243,93 @@ async fn manager_names(
             }
         }
         Err(err) => tracing::debug!("GET /services: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Services` of `GET /networks/{id}?verbose=true` as Docker 20.10
+    /// answers it: a service with its virtual IP and a task on another
+    /// node, and containers attached with `docker run --network` under
+    /// `""`, with no virtual IP.
+    fn services() -> HashMap<String, serde_json::Value> {
+        serde_json::from_str(
+            r#"{
+                "web": {"VIP": "10.0.1.2", "Ports": [], "LocalLBIndex": 257, "Tasks": [
+                    {"Name": "shop_web.1.x7f", "EndpointID": "e1", "EndpointIP": "10.0.1.3",
+                     "Info": {"Host IP": "192.168.7.2"}}]},
+                "": {"VIP": "<nil>", "Ports": [], "LocalLBIndex": 0, "Tasks": [
+                    {"Name": "debug", "EndpointID": "e2", "EndpointIP": "10.0.1.9",
+                     "Info": {"Host IP": "192.168.7.3"}}]}
+            }"#,
+        )
+        .unwrap()
+    }
+
+    fn end(
+        name: &str,
+        service: Option<&str>,
+        stack: Option<&str>,
+        node: Option<&str>,
+    ) -> RemoteEnd {
+        RemoteEnd {
+            name: name.to_owned(),
+            service: service.map(str::to_owned),
+            stack: stack.map(str::to_owned),
+            node: node.map(str::to_owned),
+            network: "shop_net".to_owned(),
+            network_id: "n1".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_managers_view_names_the_virtual_ip_as_its_service_and_tasks_by_node_and_stack() {
+        let nodes = HashMap::from([("192.168.7.2".to_owned(), "node-b".to_owned())]);
+        let stacks = HashMap::from([("web".to_owned(), "shop".to_owned())]);
+        let names = Names {
+            nodes: &nodes,
+            stacks: &stacks,
+        };
+        let ends: BTreeMap<IpAddr, RemoteEnd> = names
+            .remote_ends(&services(), "shop_net", "n1")
+            .into_iter()
+            .collect();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            ends,
+            BTreeMap::from([
+                (ip("10.0.1.2"), end("web", Some("web"), Some("shop"), None)),
+                (
+                    ip("10.0.1.3"),
+                    end("shop_web.1.x7f", Some("web"), Some("shop"), Some("node-b"))
+                ),
+                // A node the engine could not name stays its address.
+                (
+                    ip("10.0.1.9"),
+                    end("debug", None, None, Some("192.168.7.3"))
+                ),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_workers_view_has_no_stack_and_names_nodes_by_address() {
+        let none = HashMap::new();
+        let names = Names {
+            nodes: &none,
+            stacks: &none,
+        };
+        let ends = names.remote_ends(&services(), "shop_net", "n1");
+        let task = ends
+            .iter()
+            .find(|(_, end)| end.name == "shop_web.1.x7f")
+            .unwrap();
+        assert_eq!(
+            task.1,
+            end("shop_web.1.x7f", Some("web"), None, Some("192.168.7.2"))
+        );
+        assert_eq!(ends.len(), 3);
     }
 }
