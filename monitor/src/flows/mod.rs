@@ -2,16 +2,18 @@
 //! kernel map evicting or expiring entries, one view of each poll, and the
 //! contract of the stages the poller feeds.
 
+mod exported;
 pub mod outcome;
 mod pipeline;
 mod poll_view;
 mod sharded;
 mod table;
 
+pub use exported::Exported;
 pub use pipeline::{Poll, PollConsumer, PollStatus};
 pub use poll_view::PollView;
 pub use sharded::ShardedByFlow;
-pub use table::{FlowTable, PollOutcome, TableReader};
+pub use table::{EndedFlow, FlowTable, PollOutcome, TableReader};
 
 use std::collections::{HashMap, HashSet};
 

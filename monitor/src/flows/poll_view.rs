@@ -6,13 +6,15 @@ use std::collections::HashSet;
 
 use monitor_common::FlowKey;
 
-use super::{ByFlow, FlowTable};
+use super::{ByFlow, EndedFlow, Exported, FlowTable};
 use crate::model::FlowRecord;
 
 pub struct PollView<'a> {
     table: &'a FlowTable,
-    expired: &'a [FlowRecord],
-    ended: ByFlow<FlowRecord>,
+    expired: &'a [EndedFlow],
+    /// The records of `expired` by key: references, as when every flow
+    /// expires at once this index is as long as the table.
+    ended: ByFlow<&'a FlowRecord>,
     /// Veths whose young live flows wait for a later poll, and since when
     /// a flow is young (see [`Self::holding`]).
     held: HashSet<u32>,
@@ -22,11 +24,14 @@ pub struct PollView<'a> {
 impl<'a> PollView<'a> {
     /// `expired`: the flows the table forgot at this poll, with their final
     /// totals.
-    pub fn new(table: &'a FlowTable, expired: &'a [FlowRecord]) -> Self {
+    pub fn new(table: &'a FlowTable, expired: &'a [EndedFlow]) -> Self {
         Self {
             table,
             expired,
-            ended: expired.iter().map(|r| (r.key, *r)).collect(),
+            ended: expired
+                .iter()
+                .map(|ended| (ended.record.key, &ended.record))
+                .collect(),
             held: HashSet::new(),
             young_since_ns: u64::MAX,
         }
@@ -45,7 +50,9 @@ impl<'a> PollView<'a> {
 
     /// A flow by key, live or just ended.
     pub fn find(&self, key: &FlowKey) -> Option<FlowRecord> {
-        self.table.get(key).or_else(|| self.ended.get(key).copied())
+        self.table
+            .get(key)
+            .or_else(|| self.ended.get(key).map(|record| **record))
     }
 
     /// Whether a flow is live (in the table, not ended).
@@ -60,14 +67,25 @@ impl<'a> PollView<'a> {
 
     /// Every flow, with whether it ended at this poll.
     pub fn records(&self) -> impl Iterator<Item = (FlowRecord, bool)> + '_ {
+        self.exported_records()
+            .map(|(record, ended, _)| (record, ended))
+    }
+
+    /// Every flow, with whether it ended at this poll and what the traffic
+    /// series counted of it.
+    pub fn exported_records(&self) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
         self.table
-            .records()
-            .filter(|record| {
+            .exported_records()
+            .filter(|(record, _)| {
                 record.stats.first_seen_ns < self.young_since_ns
                     || !self.held.contains(&record.stats.ifindex)
             })
-            .map(|record| (record, false))
-            .chain(self.expired.iter().map(|record| (*record, true)))
+            .map(|(record, exported)| (record, false, exported))
+            .chain(
+                self.expired
+                    .iter()
+                    .map(|ended| (ended.record, true, &ended.exported)),
+            )
     }
 
     /// The keys of the flows that ended at this poll.

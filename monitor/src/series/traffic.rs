@@ -2,7 +2,7 @@
 //! previous one to its series, so series only grow, and their sum is the
 //! kernel's count whatever happens to flows (eviction, expiry, relabelling).
 
-use std::{collections::hash_map::Entry, sync::Arc};
+use std::sync::Arc;
 
 use monitor_common::{ip_proto, FlowKey};
 
@@ -16,7 +16,7 @@ use crate::{
     docker::{Container, Directory, Inventory},
     flows::{
         outcome::{self, Outcome},
-        Poll, PollConsumer, PollView, ShardedByFlow,
+        Exported, Poll, PollConsumer, PollView,
     },
     model::FlowRecord,
 };
@@ -49,8 +49,6 @@ impl Default for MetricsConfig {
 pub struct TrafficSeries {
     flows: SeriesBook<FlowLabels, FlowCounts>,
     connections: SeriesBook<ConnectionLabels, u64>,
-    /// What each flow has added to its series so far.
-    exported: ShardedByFlow<Exported>,
     served: ServedPorts,
     /// Containers that left, kept for the grace period so their info
     /// series can still be joined.
@@ -65,45 +63,13 @@ pub struct FlowCounts {
     pub bytes: u64,
 }
 
-#[derive(Default)]
-struct Exported {
-    packets: u64,
-    bytes: u64,
-    connection_counted: bool,
-}
-
-impl Exported {
-    /// Whether the flow has uncounted traffic or an undecided connection
-    /// (a flow never exported always has).
-    fn needs_update(&self, record: &FlowRecord) -> bool {
-        self.packets != record.stats.packets
-            || self.bytes != record.stats.bytes
-            || (record.key.protocol == ip_proto::TCP
-                && outcome::is_attempt(record, None)
-                && !self.connection_counted)
-    }
-
-    /// Adds what the flow counted since its last export to its series.
-    fn add_traffic(
-        &mut self,
-        record: &FlowRecord,
-        labels: FlowLabels,
-        series: &mut SeriesBook<FlowLabels, FlowCounts>,
-        now_ns: u64,
-    ) {
-        // Totals only grow (the table keeps evicted counts); wrapping is
-        // the kernel's u64 counters wrapping.
-        let packets = record.stats.packets.wrapping_sub(self.packets);
-        let bytes = record.stats.bytes.wrapping_sub(self.bytes);
-        if packets == 0 && bytes == 0 {
-            return;
-        }
-        self.packets = record.stats.packets;
-        self.bytes = record.stats.bytes;
-        let counts = series.value(labels, now_ns);
-        counts.packets = counts.packets.wrapping_add(packets);
-        counts.bytes = counts.bytes.wrapping_add(bytes);
-    }
+/// Whether the flow has traffic its series do not hold yet, or an
+/// undecided connection.
+fn needs_update(record: &FlowRecord, exported: &Exported) -> bool {
+    exported.has_new_traffic(&record.stats)
+        || (record.key.protocol == ip_proto::TCP
+            && outcome::is_attempt(record, None)
+            && !exported.connection_counted())
 }
 
 impl TrafficSeries {
@@ -111,15 +77,15 @@ impl TrafficSeries {
         Self {
             flows: SeriesBook::new(config.max_series, FlowLabels::overflow()),
             connections: SeriesBook::new(config.max_series, ConnectionLabels::overflow()),
-            exported: ShardedByFlow::default(),
             served: ServedPorts::new(config.max_series.saturating_mul(4)),
             departures: Departures::new(config.grace_ns),
             grace_ns: config.grace_ns,
         }
     }
 
-    /// Adds what flows counted since the last update. `expired` are flows
-    /// the table just forgot, with their final totals.
+    /// Adds what flows counted since the last update, including the final
+    /// totals of the flows that ended at this poll. What each flow has
+    /// added so far is kept in its table entry ([`Exported`]).
     pub fn update(
         &mut self,
         flows: &PollView,
@@ -133,41 +99,35 @@ impl TrafficSeries {
         // Two passes rather than a list of the changed flows: at 100k busy
         // flows that list was megabytes at every poll. Learning changes
         // nothing `needs_update` reads, so both passes pick the same flows.
-        for (record, _) in flows.records() {
-            let exported = self.exported.get(&record.key);
-            if exported.is_none_or(|exported| exported.needs_update(&record)) {
+        for (record, _, exported) in flows.exported_records() {
+            if needs_update(&record, exported) {
                 self.served
                     .learn(&record, find(&record.key.reversed()).as_ref(), now_ns);
             }
         }
-        for (record, ended) in flows.records() {
-            // One lookup of the flow's exported counts serves the check and
-            // the update (at 100k flows, the check looking each flow up
-            // apart from the update was a fifth of the agent's time).
-            let exported = match self.exported.entry(record.key) {
-                Entry::Occupied(exported) if exported.get().needs_update(&record) => {
-                    exported.into_mut()
-                }
-                Entry::Occupied(_) => continue,
-                Entry::Vacant(vacant) => vacant.insert(Exported::default()),
-            };
+        for (record, ended, exported) in flows.exported_records() {
+            if !needs_update(&record, exported) {
+                continue;
+            }
             let ends = directory.ends(&record.key, &record.stats);
             let labels = FlowLabels::of(&record, &ends, &self.served);
             // Only a TCP flow has a connection result, and only then is its
             // reverse looked up. Before the traffic, which takes the labels.
-            if record.key.protocol == ip_proto::TCP && !exported.connection_counted {
+            if record.key.protocol == ip_proto::TCP && !exported.connection_counted() {
                 let reverse = find(&record.key.reversed());
                 if let Some(result) = connection_result(&record, reverse.as_ref(), ended, now_ns) {
-                    exported.connection_counted = true;
+                    exported.count_connection();
                     *self
                         .connections
                         .value(ConnectionLabels::of(&labels, result), now_ns) += 1;
                 }
             }
-            exported.add_traffic(&record, labels, &mut self.flows, now_ns);
-        }
-        for key in flows.ended() {
-            self.exported.remove(key);
+            let (packets, bytes) = exported.take_new_traffic(&record.stats);
+            if packets != 0 || bytes != 0 {
+                let counts = self.flows.value(labels, now_ns);
+                counts.packets = counts.packets.wrapping_add(packets);
+                counts.bytes = counts.bytes.wrapping_add(bytes);
+            }
         }
         self.departures.follow(inventory, now_ns);
         self.sweep(now_ns);
@@ -273,13 +233,17 @@ mod tests {
 
     fn table(flows: &[(FlowKey, FlowStats)]) -> FlowTable {
         let mut table = FlowTable::new();
+        poll(&mut table, flows);
+        table
+    }
+
+    fn poll(table: &mut FlowTable, flows: &[(FlowKey, FlowStats)]) {
         let mut outcome = PollOutcome::default();
         table.begin_poll();
         for (key, stats) in flows {
             table.observe(key, stats, &mut outcome);
         }
         table.end_poll(&mut outcome);
-        table
     }
 
     fn metrics(max_series: usize) -> TrafficSeries {
@@ -351,22 +315,20 @@ mod tests {
             protocol: ip_proto::UDP,
             ..key(1, 40000, 2, 53)
         };
-        traffic.update(
-            &PollView::new(&table(&[(flow_key, udp)]), &[]),
-            &directory,
-            None,
-            SECOND,
-        );
-        let expired = FlowRecord {
-            key: flow_key,
-            stats: FlowStats {
-                packets: 5,
-                bytes: 300,
-                ..udp
-            },
+        let mut flows = table(&[(flow_key, udp)]);
+        traffic.update(&PollView::new(&flows, &[]), &directory, None, SECOND);
+        // Three more packets, then the table forgets the flow: they are
+        // counted from what it took with it.
+        let more = FlowStats {
+            packets: 5,
+            bytes: 300,
+            ..udp
         };
+        poll(&mut flows, &[(flow_key, more)]);
+        let expired = flows.expire(u64::MAX);
+        assert!(flows.is_empty());
         traffic.update(
-            &PollView::new(&FlowTable::new(), &[expired]),
+            &PollView::new(&flows, &expired),
             &directory,
             None,
             2 * SECOND,
