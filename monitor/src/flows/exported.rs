@@ -10,8 +10,10 @@ use monitor_common::FlowStats;
 /// The agent's one traffic series ([`crate::flows::PollConsumer`] of
 /// the poller) update it through the poll's view of the table, which the
 /// API reads at the same time under the same read lock: hence atomics.
-/// Only the poller's thread writes them and nothing else reads them, so
-/// relaxed loads and stores (plain moves) are all they need.
+/// Only that series, on the poller's thread, reads or writes them (the
+/// methods are the crate's alone; a second series over the same table
+/// would take the first one's counts), so relaxed loads and stores (plain
+/// moves) are all they need.
 #[derive(Debug, Default)]
 pub struct Exported {
     packets: AtomicU64,
@@ -21,14 +23,14 @@ pub struct Exported {
 
 impl Exported {
     /// Whether the flow counted traffic the series do not hold yet.
-    pub fn has_new_traffic(&self, total: &FlowStats) -> bool {
+    pub(crate) fn has_new_traffic(&self, total: &FlowStats) -> bool {
         self.packets.load(Relaxed) != total.packets || self.bytes.load(Relaxed) != total.bytes
     }
 
     /// What the flow counted since the last take, as (packets, bytes),
     /// now held by the series. Totals only grow (the table keeps evicted
     /// counts); wrapping is the kernel's u64 counters wrapping.
-    pub fn take_new_traffic(&self, total: &FlowStats) -> (u64, u64) {
+    pub(crate) fn take_new_traffic(&self, total: &FlowStats) -> (u64, u64) {
         let packets = total.packets.wrapping_sub(self.packets.load(Relaxed));
         let bytes = total.bytes.wrapping_sub(self.bytes.load(Relaxed));
         self.packets.store(total.packets, Relaxed);
@@ -37,11 +39,11 @@ impl Exported {
     }
 
     /// Whether the flow's connection attempt has its result counted.
-    pub fn connection_counted(&self) -> bool {
+    pub(crate) fn connection_counted(&self) -> bool {
         self.connection_counted.load(Relaxed)
     }
 
-    pub fn count_connection(&self) {
+    pub(crate) fn count_connection(&self) {
         self.connection_counted.store(true, Relaxed);
     }
 }

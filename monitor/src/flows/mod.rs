@@ -12,7 +12,7 @@ mod table;
 pub use exported::Exported;
 pub use pipeline::{Poll, PollConsumer, PollStatus};
 pub use poll_view::PollView;
-pub use sharded::ShardedByFlow;
+use sharded::ShardedByFlow;
 pub use table::{EndedFlow, FlowTable, PollOutcome, TableReader};
 
 use std::collections::{HashMap, HashSet};

@@ -73,7 +73,9 @@ impl<'a> PollView<'a> {
 
     /// Every flow, with whether it ended at this poll and what the traffic
     /// series counted of it.
-    pub fn exported_records(&self) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
+    pub(crate) fn exported_records(
+        &self,
+    ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
         self.table
             .exported_records()
             .filter(|(record, _)| {

@@ -1,5 +1,5 @@
-//! A map keyed by flow for the maps that hold every flow, split in shards
-//! that grow one at a time.
+//! A map keyed by flow for the flow table, which holds every flow, split
+//! in shards that grow one at a time.
 //!
 //! A hash map grows by moving into one twice its size, both live until
 //! the move ends: at 100k flows the flow table's last growth alone put

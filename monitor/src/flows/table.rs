@@ -111,10 +111,11 @@ impl FlowTable {
     pub fn expire(&mut self, cutoff_ns: u64) -> Vec<EndedFlow> {
         let mut expired = Vec::new();
         self.flows.retain(|key, entry| {
-            if entry.total().last_seen_ns >= cutoff_ns {
+            let total = entry.total();
+            if total.last_seen_ns >= cutoff_ns {
                 return true;
             }
-            expired.push(entry.end(*key));
+            expired.push(entry.end(*key, total));
             false
         });
         expired
@@ -147,7 +148,8 @@ impl FlowTable {
     /// Forgets a flow, returning it with its final totals.
     pub fn end(&mut self, key: &FlowKey) -> Option<EndedFlow> {
         let mut entry = self.flows.remove(key)?;
-        Some(entry.end(*key))
+        let total = entry.total();
+        Some(entry.end(*key, total))
     }
 
     pub fn len(&self) -> usize {
@@ -165,7 +167,7 @@ impl FlowTable {
 
     /// Cumulative totals of every flow, with what the traffic series
     /// counted of it.
-    pub fn exported_records(&self) -> impl Iterator<Item = (FlowRecord, &Exported)> + '_ {
+    pub(crate) fn exported_records(&self) -> impl Iterator<Item = (FlowRecord, &Exported)> + '_ {
         self.flows.iter().map(|(key, entry)| {
             let record = FlowRecord {
                 key: *key,
@@ -195,13 +197,10 @@ impl Entry {
         }
     }
 
-    /// The flow as it leaves the table.
-    fn end(&mut self, key: FlowKey) -> EndedFlow {
+    /// The flow as it leaves the table, with its `total`.
+    fn end(&mut self, key: FlowKey, total: FlowStats) -> EndedFlow {
         EndedFlow {
-            record: FlowRecord {
-                key,
-                stats: self.total(),
-            },
+            record: FlowRecord { key, stats: total },
             exported: std::mem::take(&mut self.exported),
         }
     }

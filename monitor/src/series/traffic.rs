@@ -336,13 +336,41 @@ mod tests {
         assert_eq!(packets(&traffic, &[]), 5);
         let bytes: u64 = traffic.flows.iter().map(|(_, c)| c.bytes).sum();
         assert_eq!(bytes, 300);
-        // Forgotten: the same key later counts as a new flow from zero.
-        traffic.update(
-            &PollView::new(&table(&[(flow_key, udp)]), &[]),
-            &directory,
-            None,
-            3 * SECOND,
-        );
+        // Forgotten: the same key back in the same table counts as a new
+        // flow from zero.
+        poll(&mut flows, &[(flow_key, udp)]);
+        traffic.update(&PollView::new(&flows, &[]), &directory, None, 3 * SECOND);
         assert_eq!(packets(&traffic, &[]), 7);
+    }
+
+    #[test]
+    fn a_connection_counted_while_live_is_not_counted_again_when_it_ends() {
+        let mut traffic = metrics(100);
+        let directory = Directory::default();
+        let (client, server) = (key(1, 40000, 2, 80), key(2, 80, 1, 40000));
+        // Undecided while only the SYN is seen: the attempt waits.
+        let unanswered = key(1, 40001, 2, 81);
+        let mut flows = table(&[
+            (client, stats(3, 1, 0, 0)),
+            (server, stats(2, 0, 1, 0)),
+            (unanswered, stats(1, 1, 0, 0)),
+        ]);
+        traffic.update(&PollView::new(&flows, &[]), &directory, None, 2 * SECOND);
+        assert_eq!(connections(&traffic, "established"), 1);
+        assert_eq!(connections(&traffic, "unanswered"), 0);
+        assert_eq!(packets(&traffic, &[]), 6);
+
+        // All three leave the table (closed, then the rest): the
+        // established connection stays counted once, the waiting attempt
+        // is decided by its end, and no packet is counted twice.
+        let ended: Vec<_> = [client, server, unanswered]
+            .iter()
+            .filter_map(|key| flows.end(key))
+            .collect();
+        assert!(flows.is_empty());
+        traffic.update(&PollView::new(&flows, &ended), &directory, None, 3 * SECOND);
+        assert_eq!(connections(&traffic, "established"), 1);
+        assert_eq!(connections(&traffic, "unanswered"), 1);
+        assert_eq!(packets(&traffic, &[]), 6);
     }
 }
