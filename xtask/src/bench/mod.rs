@@ -488,6 +488,13 @@ fn benchmarks_md(
     line(
         &mut md,
         &format!(
+            "- CPU vulnerabilities and mitigations: {}",
+            machine.mitigations
+        ),
+    );
+    line(
+        &mut md,
+        &format!(
             "- {} repetitions, {} s per workload run ({} s in the cost pass), {} for them; {} for \
              the agent pass; load average {}",
             options.repetitions,

@@ -379,6 +379,10 @@ pub struct Machine {
     pub os: String,
     pub revision: String,
     pub tools: String,
+    /// The kernel's speculation mitigations in force: on CPUs that need a return thunk or
+    /// retpolines, every helper call and syscall costs several times more, which moves the
+    /// ns figures far more than load does.
+    pub mitigations: String,
 }
 
 impl Machine {
@@ -398,6 +402,9 @@ impl Machine {
                 .unwrap_or_else(|_| "unknown".to_owned())
         };
         let cpuinfo = read("/proc/cpuinfo");
+        let mitigations = mitigations_in_force(std::path::Path::new(
+            "/sys/devices/system/cpu/vulnerabilities",
+        ));
         let dirty = !run("git", &["status", "--porcelain"]).is_empty();
         Machine {
             date: run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
@@ -430,7 +437,30 @@ impl Machine {
             )
             .trim_end_matches(',')
             .to_owned(),
+            mitigations,
         }
+    }
+}
+
+/// Each CPU vulnerability the kernel reports as anything but "Not affected", by name, sorted.
+fn mitigations_in_force(dir: &std::path::Path) -> String {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return "unknown".to_owned();
+    };
+    let mut found: Vec<String> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let state = std::fs::read_to_string(entry.path()).ok()?;
+            let state = state.trim();
+            (state != "Not affected")
+                .then(|| format!("{}: {state}", entry.file_name().to_string_lossy()))
+        })
+        .collect();
+    found.sort();
+    if found.is_empty() {
+        "none".to_owned()
+    } else {
+        found.join("; ")
     }
 }
 
