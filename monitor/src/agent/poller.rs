@@ -12,8 +12,8 @@ use monitor_common::ip_proto;
 use crate::{
     clock,
     datapath::{Counters, FlowMap, ProgramRunStats, Programs},
-    docker::Snapshot,
-    flows::{FlowTable, Poll, PollConsumer, PollOutcome, PollStatus, PollView},
+    docker::{Directory, Snapshot},
+    flows::{FlowTable, Poll, PollConsumer, PollOutcome, PollStatus, PollView, REVISIT_NS},
     policy::PolicyInForce,
     sync::{lock, read, write, Published},
 };
@@ -44,6 +44,30 @@ pub struct Poller {
     pub close_linger: Duration,
 }
 
+/// What the consumers saw of a poll that the next one's walk depends on.
+struct Handed {
+    now_ns: u64,
+    directory: Arc<Directory>,
+}
+
+/// From when on the consumers walk live flows (see
+/// [`PollView::active_since`]): those with a packet within [`REVISIT_NS`]
+/// of the previous poll they saw, not of this one, so that flows counted
+/// while reads failed are walked too; every flow at the first poll, and
+/// when the directory changed since (a veth has an owner now, or an
+/// address another name). A flow held back until now is walked too: it
+/// was younger than [`NAME_WAIT`] at the previous poll.
+fn active_since(previous: Option<&Handed>, directory: &Arc<Directory>) -> u64 {
+    match previous {
+        Some(handed) if Arc::ptr_eq(&handed.directory, directory) => {
+            handed.now_ns.saturating_sub(REVISIT_NS)
+        }
+        _ => 0,
+    }
+}
+
+const _: () = assert!(NAME_WAIT.as_nanos() <= REVISIT_NS as u128);
+
 impl Poller {
     /// Polls until `stop` is dropped; returns itself, so that the agent can
     /// [`Self::finish`] after a run that ended well.
@@ -52,6 +76,7 @@ impl Poller {
             flow_map_capacity: self.capacity,
             ..PollStatus::default()
         };
+        let mut handed = None;
         let mut next = Instant::now();
         loop {
             let wait = next.saturating_duration_since(Instant::now());
@@ -60,13 +85,15 @@ impl Poller {
             }
             // A late poll delays the next one rather than bunching them.
             next = Instant::now() + self.interval;
-            self.poll(&mut status);
+            self.poll(&mut status, &mut handed);
             self.status.store(Arc::new(status.clone()));
             release_freed_memory();
         }
     }
 
-    fn poll(&mut self, status: &mut PollStatus) {
+    /// `handed`: the latest poll the consumers saw, `None` before the
+    /// first.
+    fn poll(&mut self, status: &mut PollStatus, handed: &mut Option<Handed>) {
         let ago = |span: Duration| u64::try_from(span.as_nanos()).unwrap_or(u64::MAX);
         let now = clock::monotonic_ns();
         let cutoffs = Cutoffs {
@@ -97,8 +124,15 @@ impl Poller {
                 let held = docker.unnamed.iter().copied().collect();
                 let young =
                     now.saturating_sub(u64::try_from(NAME_WAIT.as_nanos()).unwrap_or(u64::MAX));
+                let since = active_since(handed.as_ref(), &docker.directory);
+                *handed = Some(Handed {
+                    now_ns: now,
+                    directory: Arc::clone(&docker.directory),
+                });
                 let poll = Poll {
-                    flows: PollView::new(&table, &outcome.expired).holding(held, young),
+                    flows: PollView::new(&table, &outcome.expired)
+                        .holding(held, young)
+                        .active_since(since),
                     directory: &docker.directory,
                     inventory: docker.inventory.as_deref(),
                     denied: &denied,
@@ -246,3 +280,6 @@ pub fn poll_once(
         .extend(closed.iter().filter_map(|key| table.end(key)));
     Ok(outcome)
 }
+
+#[cfg(test)]
+mod quiet_flows;

@@ -28,7 +28,7 @@ mod scan;
 mod spike;
 mod spoof;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 
 pub use cleartext::{PayloadVerdict, ProtocolLabels};
 pub use protocols::Protocol;
@@ -323,7 +323,8 @@ impl Detectors {
         // Only flows a watched container sent: the sender is known by its
         // veth. Flows towards containers are the other side's business; a
         // veth with no container yet (one just started) is looked at again
-        // at the next poll. Neither is remembered: at 100k flows that is
+        // once the directory names it (a poll after the directory changed
+        // walks every flow). Neither is remembered: at 100k flows that is
         // megabytes.
         if !record.stats.from_container() || directory.veth_owner(record.stats.ifindex).is_none() {
             return;

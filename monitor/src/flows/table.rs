@@ -162,19 +162,27 @@ impl FlowTable {
 
     /// Cumulative totals of every flow.
     pub fn records(&self) -> impl Iterator<Item = FlowRecord> + '_ {
-        self.exported_records().map(|(record, _)| record)
+        self.exported_records(0).map(|(record, _)| record)
     }
 
-    /// Cumulative totals of every flow, with what the traffic series
-    /// counted of it.
-    pub(crate) fn exported_records(&self) -> impl Iterator<Item = (FlowRecord, &Exported)> + '_ {
-        self.flows.iter().map(|(key, entry)| {
-            let record = FlowRecord {
-                key: *key,
-                stats: entry.total(),
-            };
-            (record, &entry.exported)
-        })
+    /// Cumulative totals of the flows with a packet at or after
+    /// `active_since_ns` (every flow at 0), with what the traffic series
+    /// counted of each. The others are passed over before their totals
+    /// are summed.
+    pub(crate) fn exported_records(
+        &self,
+        active_since_ns: u64,
+    ) -> impl Iterator<Item = (FlowRecord, &Exported)> + '_ {
+        self.flows
+            .iter()
+            .filter(move |(_, entry)| entry.last_seen_ns() >= active_since_ns)
+            .map(|(key, entry)| {
+                let record = FlowRecord {
+                    key: *key,
+                    stats: entry.total(),
+                };
+                (record, &entry.exported)
+            })
     }
 
     pub fn get(&self, key: &FlowKey) -> Option<FlowRecord> {
@@ -195,6 +203,15 @@ impl Entry {
             }
             None => self.live,
         }
+    }
+
+    /// The last packet of any incarnation: the total's, without summing.
+    fn last_seen_ns(&self) -> u64 {
+        let settled = self
+            .settled
+            .as_ref()
+            .map_or(0, |settled| settled.last_seen_ns);
+        self.live.last_seen_ns.max(settled)
     }
 
     /// The flow as it leaves the table, with its `total`.

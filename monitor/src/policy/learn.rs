@@ -74,7 +74,7 @@ impl Learner {
     }
 
     /// Learns from one flow; `Some(true)` once decided, `None` to look
-    /// again at the next poll.
+    /// again when the view hands it over next.
     fn attempt(
         &mut self,
         record: &FlowRecord,

@@ -13,7 +13,7 @@ use crate::{
     book::SeriesBook,
     datapath::RetransmitMap,
     docker::{end_name, Directory},
-    flows::{ByFlow, Poll, PollConsumer, PollView},
+    flows::{outcome::UNANSWERED_AFTER_NS, ByFlow, Poll, PollConsumer, PollView},
     model::FlowRecord,
     sync::{published, Published},
 };
@@ -82,7 +82,8 @@ impl RttHistogram {
 struct Counted {
     rst: u32,
     retransmits: u64,
-    rtt_measured: bool,
+    /// The handshake was timed, or its attempt's deadline passed first.
+    rtt_done: bool,
 }
 
 pub struct TcpHealth {
@@ -152,17 +153,22 @@ impl TcpHealth {
             let counted = self.counted.entry(record.key).or_default();
             let resets = record.stats.rst.saturating_sub(counted.rst);
             let retransmits = retransmitted(&record.key).saturating_sub(counted.retransmits);
-            let rtt = if counted.rtt_measured {
+            let rtt = if counted.rtt_done {
                 None
             } else {
                 handshake_rtt_ns(&record, flows.find(&record.key.reversed()).as_ref())
             };
+            // A handshake is timed while its attempt is open: a SYN-ACK
+            // after the deadline finds the connection counted unanswered,
+            // and is no round trip. The poller's walk relies on it
+            // (`flows::REVISIT_NS`).
+            counted.rtt_done |= rtt.is_some()
+                || now_ns.saturating_sub(record.stats.first_seen_ns) >= UNANSWERED_AFTER_NS;
             if resets == 0 && retransmits == 0 && rtt.is_none() {
                 continue;
             }
             counted.rst = record.stats.rst;
             counted.retransmits += retransmits;
-            counted.rtt_measured |= rtt.is_some();
             let (src, dst) = directory.ends(&record.key, &record.stats);
             let pair = (end_name(&src), end_name(&dst));
             if resets != 0 {
