@@ -6,9 +6,10 @@
 //! ports, labelled and rendered by the agent's own code; only the kernel
 //! and the HTTP layer are left out.
 
+mod synthetic;
+
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    collections::BTreeSet,
     time::{Duration, Instant},
 };
 
@@ -16,52 +17,15 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use monitor::{
-    docker::{Container, Directory, Endpoint, Inventory, Posture, Snapshot},
+    docker::{Directory, Snapshot},
     flows::{FlowTable, PollOutcome, PollStatus, PollView},
     metrics::{self, Metrics, MetricsConfig},
     series::TrafficSeries,
 };
 use monitor_common::{ip_proto, Direction, FlowKey, FlowStats};
+use synthetic::{container_ip, inventory, CONTAINERS};
 
-const CONTAINERS: u32 = 200;
 const RUNS: usize = 5;
-
-fn container_ip(i: u32) -> Ipv4Addr {
-    Ipv4Addr::from(0x0a00_0000 + 2 + i)
-}
-
-fn inventory(ports: &BTreeSet<(u16, u8)>) -> Inventory {
-    let mut inventory = Inventory::default();
-    for i in 0..CONTAINERS {
-        let id = format!("{i:064x}");
-        inventory.containers.insert(
-            id.clone(),
-            Container {
-                id,
-                name: format!("shop-service-{i:03}-1"),
-                image: "registry.example/shop/service:1.4.2".into(),
-                compose_project: Some("shop".into()),
-                compose_service: Some(format!("service-{i:03}")),
-                network_mode: "shop_default".into(),
-                pid: None,
-                sandbox_key: None,
-                endpoints: vec![Endpoint {
-                    network: "shop_default".into(),
-                    network_id: "n".repeat(64),
-                    ip: Some(IpAddr::V4(container_ip(i))),
-                    ipv6: None,
-                    mac: None,
-                    gateway: None,
-                    host_ifindex: Some(1000 + i),
-                }],
-                posture: Posture::default(),
-                labels: BTreeMap::new(),
-                exposed_ports: ports.clone(),
-            },
-        );
-    }
-    inventory
-}
 
 /// `series` flows, each its own (source, destination, port) series.
 fn flows(series: u32) -> (FlowTable, BTreeSet<(u16, u8)>) {

@@ -211,9 +211,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             program_benches.push((bench, cargo_bench::build("integration-tests", bench.name)?));
         }
     }
-    let render_bench = if agent_pass {
-        println!("==> build the metrics_scale bench (release)");
-        Some(render_scale::build()?)
+    let agent_benches = if agent_pass {
+        Some(agent_cost::AgentBenches::build()?)
     } else {
         None
     };
@@ -315,8 +314,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let bench_time = bench_started.elapsed();
     let br_netfilter = net.br_netfilter;
     drop(iperf);
-    if let Some(render_bench) = &render_bench {
-        report.agent = Some(agent_cost::run(&net, &crossmon, &log_dir, render_bench)?);
+    if let Some(benches) = &agent_benches {
+        report.agent = Some(agent_cost::run(&net, &crossmon, &log_dir, benches)?);
     }
     drop(net);
 
