@@ -22,7 +22,7 @@ use monitor::{
     detect::{config::DetectConfig, Detectors},
     docker::{Directory, Inventory},
     flows::{FlowTable, Poll, PollConsumer, PollOutcome, PollView, REVISIT_NS},
-    series::{MetricsConfig, TcpHealth, TrafficSeries},
+    series::{MetricsConfig, Retransmits, TcpHealth, TrafficSeries},
 };
 use monitor_common::{ip_proto, tcp_flag, Direction, FlowKey, FlowStats};
 use synthetic::{container_ip, inventory, CONTAINERS};
@@ -145,7 +145,8 @@ impl Agent {
         let started = Instant::now();
         let flows = PollView::new(&self.table, &[]).active_since(since);
         self.traffic.update(&flows, directory, Some(inventory), now);
-        self.health.update(&flows, directory, &|_| 0, now);
+        self.health
+            .update(&flows, directory, &Retransmits::default(), now);
         self.detectors.on_poll(&Poll {
             flows,
             directory,

@@ -34,6 +34,18 @@ impl Retransmits {
     pub fn of_connection(&self, key: &FlowKey) -> Option<u64> {
         Some(self.of_flow(key)? + self.of_flow(&key.reversed())?)
     }
+
+    /// Every flow the kernel retransmitted on, with its total.
+    pub fn flows(&self) -> impl Iterator<Item = (&FlowKey, u64)> + '_ {
+        self.0.iter().flatten().map(|(key, total)| (key, *total))
+    }
+}
+
+/// The totals by flow, or `None` where the tracepoint is not attached.
+impl From<Option<HashMap<FlowKey, u64>>> for Retransmits {
+    fn from(totals: Option<HashMap<FlowKey, u64>>) -> Self {
+        Retransmits(totals)
+    }
 }
 
 /// Upper bounds of `crossmon_tcp_handshake_rtt_seconds`: from a bridge
@@ -137,52 +149,76 @@ impl TcpHealth {
         self.by_flow.clone()
     }
 
-    /// Adds what TCP flows showed since the last poll. `retransmitted`
-    /// gives the segments the kernel retransmitted on a flow, in total.
+    /// Adds what TCP flows showed since the last poll: the flows the poll
+    /// hands over, and any other the kernel retransmitted on since.
     pub fn update(
         &mut self,
         flows: &PollView,
         directory: &Directory,
-        retransmitted: &dyn Fn(&FlowKey) -> u64,
+        retransmits: &Retransmits,
         now_ns: u64,
     ) {
         for (record, _) in flows.records() {
-            if record.key.protocol != ip_proto::TCP {
-                continue;
-            }
-            let counted = self.counted.entry(record.key).or_default();
-            let resets = record.stats.rst.saturating_sub(counted.rst);
-            let retransmits = retransmitted(&record.key).saturating_sub(counted.retransmits);
-            let rtt = if counted.rtt_done {
-                None
-            } else {
-                handshake_rtt_ns(&record, flows.find(&record.key.reversed()).as_ref())
-            };
-            // A handshake is timed while its attempt is open: a SYN-ACK
-            // after the deadline finds the connection counted unanswered,
-            // and is no round trip. The poller's walk relies on it
-            // (`flows::REVISIT_NS`).
-            counted.rtt_done |= rtt.is_some()
-                || now_ns.saturating_sub(record.stats.first_seen_ns) >= UNANSWERED_AFTER_NS;
-            if resets == 0 && retransmits == 0 && rtt.is_none() {
-                continue;
-            }
-            counted.rst = record.stats.rst;
-            counted.retransmits += retransmits;
-            let (src, dst) = directory.ends(&record.key, &record.stats);
-            let pair = (end_name(&src), end_name(&dst));
-            if resets != 0 {
-                *self.resets.value(pair.clone(), now_ns) += u64::from(resets);
-            }
-            if retransmits != 0 {
-                *self.retransmits.value(pair.clone(), now_ns) += retransmits;
-            }
-            if let Some(ns) = rtt {
-                self.rtt.value(pair, now_ns).observe(ns as f64 / 1e9);
+            self.flow(&record, flows, directory, retransmits, now_ns);
+        }
+        // A retransmission lost before the veth (a path dropped inside the
+        // container) grows the kernel's count while the flow counts
+        // nothing, so the poll may not hand the flow over.
+        for (key, total) in retransmits.flows() {
+            let behind = self
+                .counted
+                .get(key)
+                .is_some_and(|counted| counted.retransmits < total);
+            if let Some(record) = flows.find(key).filter(|_| behind) {
+                self.flow(&record, flows, directory, retransmits, now_ns);
             }
         }
         for key in flows.ended() {
             self.counted.remove(key);
+        }
+    }
+
+    /// What one flow showed since it was last looked at.
+    fn flow(
+        &mut self,
+        record: &FlowRecord,
+        flows: &PollView,
+        directory: &Directory,
+        retransmits: &Retransmits,
+        now_ns: u64,
+    ) {
+        if record.key.protocol != ip_proto::TCP {
+            return;
+        }
+        let counted = self.counted.entry(record.key).or_default();
+        let resets = record.stats.rst.saturating_sub(counted.rst);
+        let retransmitted = retransmits.of_flow(&record.key).unwrap_or(0);
+        let retransmitted = retransmitted.saturating_sub(counted.retransmits);
+        let rtt = if counted.rtt_done {
+            None
+        } else {
+            handshake_rtt_ns(record, flows.find(&record.key.reversed()).as_ref())
+        };
+        // A handshake is timed while its attempt is open: a SYN-ACK after
+        // the deadline finds the connection counted unanswered, and is no
+        // round trip. The poller's walk relies on it (`flows::REVISIT_NS`).
+        counted.rtt_done |= rtt.is_some()
+            || now_ns.saturating_sub(record.stats.first_seen_ns) >= UNANSWERED_AFTER_NS;
+        if resets == 0 && retransmitted == 0 && rtt.is_none() {
+            return;
+        }
+        counted.rst = record.stats.rst;
+        counted.retransmits += retransmitted;
+        let (src, dst) = directory.ends(&record.key, &record.stats);
+        let pair = (end_name(&src), end_name(&dst));
+        if resets != 0 {
+            *self.resets.value(pair.clone(), now_ns) += u64::from(resets);
+        }
+        if retransmitted != 0 {
+            *self.retransmits.value(pair.clone(), now_ns) += retransmitted;
+        }
+        if let Some(ns) = rtt {
+            self.rtt.value(pair, now_ns).observe(ns as f64 / 1e9);
         }
     }
 
@@ -201,13 +237,8 @@ impl TcpHealth {
 
 impl PollConsumer for TcpHealth {
     fn on_poll(&mut self, poll: &Poll<'_>) {
-        let retransmits = Retransmits(self.kernel.as_ref().map(RetransmitMap::totals));
-        self.update(
-            &poll.flows,
-            poll.directory,
-            &|key| retransmits.of_flow(key).unwrap_or(0),
-            poll.now_ns,
-        );
+        let retransmits = Retransmits::from(self.kernel.as_ref().map(RetransmitMap::totals));
+        self.update(&poll.flows, poll.directory, &retransmits, poll.now_ns);
         self.by_flow.store(Arc::new(retransmits));
         self.departures.follow(poll.inventory, poll.now_ns);
         if let Some(gone) = self.departures.take_gone(poll.now_ns) {

@@ -60,8 +60,9 @@ impl Load {
 const WINDOW: Duration = Duration::from_secs(8);
 /// How long the idle flows of a run with some are left quiet before the
 /// measured window: past the 6 s the agent's consumers still walk a flow
-/// after its last packet (`flows::REVISIT_NS`).
-const QUIET: Duration = Duration::from_secs(8);
+/// after the poll before its last packet (`flows::REVISIT_NS`), a poll
+/// interval (1 s), and margin.
+const QUIET: Duration = Duration::from_secs(10);
 /// Enough flow-map room for the most flows measured (the default holds
 /// 65536).
 const FLOW_CAPACITY: &str = "262144";

@@ -2,12 +2,14 @@
 //! they make the same of every poll as when they walk every flow. Random
 //! traffic between containers (handshakes answered at once or seconds
 //! later, refused or never; UDP answered or not; flows quiet for long
-//! stretches, then busy again; connections closed; flows expired; polls
-//! from a tenth of a second to nine seconds apart; a container the
-//! directory learns of late, its young flows held until then) goes through two pipelines fed the same kernel
-//! reads: one walks every flow at every poll, the other what the poller
-//! leaves it. After every poll their traffic and TCP series, alerts and
-//! learnt policy must be equal.
+//! stretches, then busy again; retransmissions lost inside a container,
+//! which the kernel counts but no flow does; connections closed; flows
+//! expired; polls from a tenth of a second to nine seconds apart; a
+//! container the directory learns of late, its young flows held until
+//! then) goes through two pipelines fed the same kernel reads: one walks
+//! every flow at every poll, the other what the poller leaves it. After
+//! every poll their traffic and TCP series, alerts and learnt policy must
+//! be equal.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -32,7 +34,7 @@ use crate::{
     docker::Directory,
     flows::{EndedFlow, FlowSet, FlowTable, Poll, PollConsumer, PollOutcome, PollView},
     policy::Learner,
-    series::{MetricsConfig, TcpHealth, TrafficSeries},
+    series::{MetricsConfig, Retransmits, TcpHealth, TrafficSeries},
     sync::lock,
 };
 
@@ -51,6 +53,10 @@ enum Segment {
     Ack,
     Rst,
     Fin,
+    /// A TCP segment the sender retransmitted but lost before its veth
+    /// (a path dropped inside the container): counted by the kernel's
+    /// retransmit tracepoint, never by the flow.
+    Lost,
 }
 
 /// A packet of the connection (or UDP exchange) between a client and a
@@ -84,14 +90,20 @@ impl Packet {
     }
 
     /// Counts the packet into the kernel's entry of its flow, as the
-    /// programs do at the sender's veth.
-    fn count(&self, kernel: &mut HashMap<FlowKey, FlowStats>, now: u64) {
+    /// programs do at the sender's veth, or into the retransmissions.
+    fn count(&self, kernel: &mut Kernel, now: u64) {
+        if let Segment::Lost = self.segment {
+            if !self.udp {
+                *kernel.retransmits.entry(self.key()).or_default() += 1;
+            }
+            return;
+        }
         let sender = if self.from_server {
             self.server
         } else {
             self.client
         };
-        let stats = kernel.entry(self.key()).or_insert_with(|| FlowStats {
+        let stats = kernel.flows.entry(self.key()).or_insert_with(|| FlowStats {
             first_seen_ns: now,
             ifindex: Lab::veth(front(2 + sender)),
             direction: Direction::FromContainer as u8,
@@ -121,9 +133,18 @@ impl Packet {
                 stats.fin += 1;
                 tcp_flag::FIN | tcp_flag::ACK
             }
+            Segment::Lost => return,
         };
         stats.tcp_flags |= flags;
     }
+}
+
+/// What the programs counted: the flow map, and the retransmissions by
+/// flow.
+#[derive(Default)]
+struct Kernel {
+    flows: HashMap<FlowKey, FlowStats>,
+    retransmits: HashMap<FlowKey, u64>,
 }
 
 /// Time passes, the packets go, then the agent polls.
@@ -140,6 +161,7 @@ fn packet() -> impl Strategy<Value = Packet> {
         4 => Just(Segment::Ack),
         1 => Just(Segment::Rst),
         1 => Just(Segment::Fin),
+        1 => Just(Segment::Lost),
     ];
     (
         0..CONTAINERS,
@@ -265,9 +287,15 @@ impl Pipeline {
 }
 
 impl Consumers {
-    fn consume(&mut self, flows: PollView, directory: &Directory, now: u64) {
+    fn consume(
+        &mut self,
+        flows: PollView,
+        directory: &Directory,
+        retransmits: &Retransmits,
+        now: u64,
+    ) {
         self.traffic.update(&flows, directory, None, now);
-        self.health.update(&flows, directory, &|_| 0, now);
+        self.health.update(&flows, directory, retransmits, now);
         self.learner.on_poll(&flows, directory, now);
         self.detectors.on_poll(&Poll {
             flows,
@@ -296,6 +324,11 @@ impl Consumers {
                 self.health
                     .resets()
                     .map(|(pair, count)| format!("resets {pair:?} {count}")),
+            )
+            .chain(
+                self.health
+                    .retransmits()
+                    .map(|(pair, count)| format!("retransmits {pair:?} {count}")),
             )
             // By kind and target: which of several sources a port scan
             // alert names depends on the order of the poll's attempts,
@@ -333,7 +366,7 @@ proptest! {
     ) {
         let mut every = Pipeline::new();
         let mut lately = Pipeline::new();
-        let mut kernel: HashMap<FlowKey, FlowStats> = HashMap::new();
+        let mut kernel = Kernel::default();
         let mut handed: Option<Handed> = None;
         let unnamed = Arc::new(Lab::new(CONTAINERS - 1).directory);
         let named = Arc::new(Lab::new(CONTAINERS).directory);
@@ -344,7 +377,7 @@ proptest! {
                 packet.count(&mut kernel, now);
             }
             let directory = if index < named_at { &unnamed } else { &named };
-            let read: Vec<_> = kernel.iter().map(|(key, stats)| (*key, *stats)).collect();
+            let read: Vec<_> = kernel.flows.iter().map(|(key, stats)| (*key, *stats)).collect();
             every.read(&read);
             lately.read(&read);
             let closing: Vec<FlowKey> = read
@@ -365,7 +398,7 @@ proptest! {
                 .copied()
                 .collect();
             for (key, _) in &taken {
-                kernel.remove(key);
+                kernel.flows.remove(key);
             }
             let ended_every = every.end(&taken, &closed, now);
             let ended_lately = lately.end(&taken, &closed, now);
@@ -382,9 +415,11 @@ proptest! {
                 now_ns: now,
                 directory: Arc::clone(directory),
             });
+            let retransmits = || Retransmits::from(Some(kernel.retransmits.clone()));
             every.consumers.consume(
                 PollView::new(&every.table, &ended_every).holding(held.clone(), young),
                 directory,
+                &retransmits(),
                 now,
             );
             lately.consumers.consume(
@@ -392,6 +427,7 @@ proptest! {
                     .holding(held, young)
                     .active_since(since),
                 directory,
+                &retransmits(),
                 now,
             );
             prop_assert_eq!(every.consumers.made(), lately.consumers.made(), "after step {}", index);
