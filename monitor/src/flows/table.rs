@@ -111,11 +111,10 @@ impl FlowTable {
     pub fn expire(&mut self, cutoff_ns: u64) -> Vec<EndedFlow> {
         let mut expired = Vec::new();
         self.flows.retain(|key, entry| {
-            let total = entry.total();
-            if total.last_seen_ns >= cutoff_ns {
+            if entry.last_seen_ns() >= cutoff_ns {
                 return true;
             }
-            expired.push(entry.end(*key, total));
+            expired.push(entry.end(*key));
             false
         });
         expired
@@ -148,8 +147,7 @@ impl FlowTable {
     /// Forgets a flow, returning it with its final totals.
     pub fn end(&mut self, key: &FlowKey) -> Option<EndedFlow> {
         let mut entry = self.flows.remove(key)?;
-        let total = entry.total();
-        Some(entry.end(*key, total))
+        Some(entry.end(*key))
     }
 
     pub fn len(&self) -> usize {
@@ -214,10 +212,13 @@ impl Entry {
         self.live.last_seen_ns.max(settled)
     }
 
-    /// The flow as it leaves the table, with its `total`.
-    fn end(&mut self, key: FlowKey, total: FlowStats) -> EndedFlow {
+    /// The flow as it leaves the table, with its final totals.
+    fn end(&mut self, key: FlowKey) -> EndedFlow {
         EndedFlow {
-            record: FlowRecord { key, stats: total },
+            record: FlowRecord {
+                key,
+                stats: self.total(),
+            },
             exported: std::mem::take(&mut self.exported),
         }
     }
