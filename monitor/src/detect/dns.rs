@@ -284,23 +284,14 @@ fn entropy(label: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::docker::EndIdentity;
 
     fn container(name: &str) -> FlowEnd {
-        FlowEnd {
-            kind: EndKind::Container,
+        let identity = EndIdentity {
             name: Some(name.into()),
-            id: None,
-            image: None,
-            compose_project: None,
-            compose_service: None,
-            network: None,
-            ip: None,
-            service: None,
-            stack: None,
-            node: None,
-            shared_with: Vec::new(),
-            container: None,
-        }
+            ..EndIdentity::bare(EndKind::Container)
+        };
+        FlowEnd::new(std::sync::Arc::new(identity), None)
     }
 
     fn run(queries: &[&str], nx: usize) -> Vec<Alert> {

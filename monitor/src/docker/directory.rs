@@ -7,7 +7,7 @@
 //! addresses.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
 };
@@ -35,9 +35,19 @@ pub enum EndKind {
     Unknown,
 }
 
-/// One end of a flow, as the API shows it.
-#[derive(Clone, Debug, Serialize)]
+/// One end of a flow, as the API shows it: who it is, and the address the
+/// flow carried. Who it is ([`EndIdentity`], through `Deref`) is built once
+/// per directory and shared by every flow of that end, so naming both ends
+/// of each flow at each poll copies no strings.
+#[derive(Clone, Debug)]
 pub struct FlowEnd {
+    identity: Arc<EndIdentity>,
+    pub ip: Option<IpAddr>,
+}
+
+/// Everything of a [`FlowEnd`] but its address.
+#[derive(Clone, Debug)]
+pub struct EndIdentity {
     pub kind: EndKind,
     pub name: Option<String>,
     pub id: Option<String>,
@@ -45,7 +55,6 @@ pub struct FlowEnd {
     pub compose_project: Option<String>,
     pub compose_service: Option<String>,
     pub network: Option<String>,
-    pub ip: Option<IpAddr>,
     /// The Swarm service, its stack and the node the end runs on.
     pub service: Option<String>,
     pub stack: Option<String>,
@@ -53,16 +62,56 @@ pub struct FlowEnd {
     /// Running containers that joined this container's network namespace
     /// (`--network container:<it>`): their traffic crosses its interface
     /// and is counted as its own, which no classifier can tell apart.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shared_with: Vec<String>,
     /// The container itself, for what the API does not show (labels,
     /// exposed ports).
-    #[serde(skip)]
     pub container: Option<Arc<Container>>,
 }
 
+/// The API's and alert log's flow-end object, its address among the
+/// identity's fields where it always was (docs/alerts.md shows the order).
+impl Serialize for FlowEnd {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+
+        let who = &*self.identity;
+        let mut end = serializer.serialize_struct("FlowEnd", 12)?;
+        end.serialize_field("kind", &who.kind)?;
+        end.serialize_field("name", &who.name)?;
+        end.serialize_field("id", &who.id)?;
+        end.serialize_field("image", &who.image)?;
+        end.serialize_field("compose_project", &who.compose_project)?;
+        end.serialize_field("compose_service", &who.compose_service)?;
+        end.serialize_field("network", &who.network)?;
+        end.serialize_field("ip", &self.ip)?;
+        end.serialize_field("service", &who.service)?;
+        end.serialize_field("stack", &who.stack)?;
+        end.serialize_field("node", &who.node)?;
+        if who.shared_with.is_empty() {
+            end.skip_field("shared_with")?;
+        } else {
+            end.serialize_field("shared_with", &who.shared_with)?;
+        }
+        end.end()
+    }
+}
+
+impl std::ops::Deref for FlowEnd {
+    type Target = EndIdentity;
+
+    fn deref(&self) -> &EndIdentity {
+        &self.identity
+    }
+}
+
 impl FlowEnd {
-    fn bare(kind: EndKind, ip: IpAddr) -> Self {
+    pub fn new(identity: Arc<EndIdentity>, ip: Option<IpAddr>) -> Self {
+        Self { identity, ip }
+    }
+}
+
+impl EndIdentity {
+    pub fn bare(kind: EndKind) -> Self {
         Self {
             kind,
             name: None,
@@ -71,7 +120,6 @@ impl FlowEnd {
             compose_project: None,
             compose_service: None,
             network: None,
-            ip: Some(ip),
             service: None,
             stack: None,
             node: None,
@@ -83,23 +131,23 @@ impl FlowEnd {
     /// A task or container of another node of the swarm, with its
     /// stand-in container: detectors and policies that need a container
     /// on both ends (isolation, new connections) judge it as a local one.
-    fn remote(remote: &RemoteEnd, stand_in: &Arc<Container>, ip: IpAddr) -> Self {
+    fn remote(remote: &RemoteEnd, stand_in: Container) -> Self {
         Self {
             name: Some(remote.name.clone()),
             network: Some(remote.network.clone()),
             service: remote.service.clone(),
             stack: remote.stack.clone(),
             node: remote.node.clone(),
-            container: Some(stand_in.clone()),
-            ..Self::bare(EndKind::Container, ip)
+            container: Some(Arc::new(stand_in)),
+            ..Self::bare(EndKind::Container)
         }
     }
 
     fn container(
         container: &Arc<Container>,
         endpoint: &Endpoint,
-        ip: IpAddr,
         node: Option<&String>,
+        shared_with: Vec<String>,
     ) -> Self {
         Self {
             kind: EndKind::Container,
@@ -109,65 +157,136 @@ impl FlowEnd {
             compose_project: container.compose_project.clone(),
             compose_service: container.compose_service.clone(),
             network: Some(endpoint.network.clone()),
-            ip: Some(ip),
             service: container.labels.get(SERVICE_LABEL).cloned(),
             stack: container.labels.get(STACK_LABEL).cloned(),
             node: node.cloned(),
-            shared_with: Vec::new(),
+            shared_with,
             container: Some(container.clone()),
+        }
+    }
+
+    fn named(kind: EndKind, name: &str, network: Option<String>) -> Self {
+        Self {
+            name: Some(name.to_owned()),
+            network,
+            ..Self::bare(kind)
         }
     }
 }
 
+/// The directory's maps are keyed by addresses and interface indexes that
+/// containers choose or cause: seeded at random (foldhash, several times
+/// faster than std's SipHash, which showed in the poll's profile).
+type ByKey<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A container's endpoint: who it is, and which of its endpoints.
+#[derive(Clone)]
+struct Slot {
+    identity: Arc<EndIdentity>,
+    endpoint: usize,
+}
+
 #[derive(Default)]
 pub struct Directory {
-    /// (container id, endpoint index) by address and by host-side veth.
-    by_ip: HashMap<IpAddr, (String, usize)>,
-    by_veth: HashMap<u32, (String, usize)>,
-    gateways: HashMap<IpAddr, String>,
-    host: HashSet<IpAddr>,
-    containers: HashMap<String, Arc<Container>>,
+    by_ip: ByKey<IpAddr, Slot>,
+    by_veth: ByKey<u32, Slot>,
+    gateways: ByKey<IpAddr, Arc<EndIdentity>>,
+    host: HashSet<IpAddr, foldhash::fast::RandomState>,
     /// Network id to whether its containers may talk to each other.
-    inter_container: HashMap<String, bool>,
-    /// This host's swarm node, and the overlay addresses of other nodes
-    /// with their stand-in containers.
-    node: Option<String>,
-    remote: BTreeMap<IpAddr, (RemoteEnd, Arc<Container>)>,
-    /// Names of the running containers in each container's namespace
-    /// (`--network container:<id>`), by the owner's id.
-    joined: HashMap<String, Vec<String>>,
+    inter_container: ByKey<String, bool>,
+    /// The overlay addresses of other nodes of the swarm, each end with its
+    /// stand-in container.
+    remote: ByKey<IpAddr, Arc<EndIdentity>>,
+    /// The ends nothing names but their kind.
+    nameless: Nameless,
+}
+
+struct Nameless {
+    host: Arc<EndIdentity>,
+    external: Arc<EndIdentity>,
+    unknown: Arc<EndIdentity>,
+}
+
+impl Default for Nameless {
+    fn default() -> Self {
+        Self {
+            host: Arc::new(EndIdentity::named(EndKind::Host, "host", None)),
+            external: Arc::new(EndIdentity::bare(EndKind::External)),
+            unknown: Arc::new(EndIdentity::bare(EndKind::Unknown)),
+        }
+    }
+}
+
+/// Which container endpoint holds each address and veth, before their
+/// identities are built (those need every running container's
+/// `--network container:` joiners).
+#[derive(Default)]
+struct Claims<'a> {
+    by_ip: HashMap<IpAddr, (&'a Container, usize)>,
+    by_veth: HashMap<u32, (&'a Container, usize)>,
+    /// Each gateway's network name: the last one told wins.
+    gateways: HashMap<IpAddr, &'a str>,
+    /// Every container once, a running one rather than a departed one.
+    containers: HashMap<&'a str, Arc<Container>>,
+}
+
+impl<'a> Claims<'a> {
+    /// A container's endpoints, replacing what they had (`running`) or
+    /// only where nothing is known.
+    fn add(&mut self, container: &'a Container, running: bool) {
+        self.containers
+            .entry(&container.id)
+            .or_insert_with(|| Arc::new(container.clone()));
+        for (index, endpoint) in container.endpoints.iter().enumerate() {
+            if let Some(gateway) = endpoint.gateway {
+                self.gateways.insert(gateway, &endpoint.network);
+            }
+            for ip in [endpoint.ip, endpoint.ipv6].into_iter().flatten() {
+                claim(self.by_ip.entry(ip), (container, index), running);
+            }
+            if let Some(ifindex) = endpoint.host_ifindex {
+                claim(self.by_veth.entry(ifindex), (container, index), running);
+            }
+        }
+    }
 }
 
 impl Directory {
-    pub fn new(inventory: Option<&Inventory>, host_addresses: HashSet<IpAddr>) -> Self {
+    pub fn new<'a>(inventory: Option<&'a Inventory>, host_addresses: HashSet<IpAddr>) -> Self {
         let mut directory = Directory {
-            host: host_addresses,
+            host: host_addresses.into_iter().collect(),
             ..Directory::default()
         };
         let Some(inventory) = inventory else {
             return directory;
         };
-        directory.node.clone_from(&inventory.swarm.node);
+        let node = inventory.swarm.node.as_ref();
         directory.remote = inventory
             .swarm
             .remote
             .iter()
-            .map(|(ip, end)| (*ip, (end.clone(), Arc::new(end.as_container(*ip)))))
+            .map(|(ip, end)| {
+                (
+                    *ip,
+                    Arc::new(EndIdentity::remote(end, end.as_container(*ip))),
+                )
+            })
             .collect();
+        let mut claims = Claims::default();
         for network in inventory.networks.values() {
             directory
                 .inter_container
                 .insert(network.id.clone(), network.inter_container_communication);
             for gateway in &network.gateways {
-                directory.gateways.insert(*gateway, network.name.clone());
+                claims.gateways.insert(*gateway, &network.name);
             }
         }
+        let mut joined: HashMap<&str, Vec<String>> = HashMap::new();
         for container in inventory.containers.values() {
-            directory.add(container, true);
+            claims.add(container, true);
             if let Some(owner) = container.network_mode.strip_prefix("container:") {
-                directory
-                    .joined
-                    .entry(owner.to_owned())
+                joined
+                    .entry(owner)
                     .or_default()
                     .push(container.name.clone());
             }
@@ -178,50 +297,54 @@ impl Directory {
         let mut departed: Vec<_> = inventory.departed.values().collect();
         departed.sort_by_key(|(_, left)| std::cmp::Reverse(*left));
         for (container, _) in departed {
-            directory.add(container, false);
+            claims.add(container, false);
         }
+        directory.gateways = claims
+            .gateways
+            .iter()
+            .map(|(ip, network)| {
+                let end =
+                    EndIdentity::named(EndKind::Gateway, "gateway", Some((*network).to_owned()));
+                (*ip, Arc::new(end))
+            })
+            .collect();
+        // One identity per endpoint, whichever addresses and veth it holds.
+        let mut identities: HashMap<(&str, usize), Arc<EndIdentity>> = HashMap::new();
+        let mut slot = |(container, endpoint): (&'a Container, usize)| {
+            let identity = identities
+                .entry((container.id.as_str(), endpoint))
+                .or_insert_with(|| {
+                    Arc::new(EndIdentity::container(
+                        &claims.containers[container.id.as_str()],
+                        &container.endpoints[endpoint],
+                        node,
+                        joined
+                            .get(container.id.as_str())
+                            .cloned()
+                            .unwrap_or_default(),
+                    ))
+                })
+                .clone();
+            Slot { identity, endpoint }
+        };
+        directory.by_ip = claims
+            .by_ip
+            .into_iter()
+            .map(|(ip, c)| (ip, slot(c)))
+            .collect();
+        directory.by_veth = claims
+            .by_veth
+            .into_iter()
+            .map(|(ifindex, c)| (ifindex, slot(c)))
+            .collect();
         directory
-    }
-
-    /// A container's endpoints, replacing what they had (`running`) or
-    /// only where nothing is known.
-    fn add(&mut self, container: &Container, running: bool) {
-        for (index, endpoint) in container.endpoints.iter().enumerate() {
-            if let Some(gateway) = endpoint.gateway {
-                self.gateways.insert(gateway, endpoint.network.clone());
-            }
-            let slot = (container.id.clone(), index);
-            for ip in [endpoint.ip, endpoint.ipv6].into_iter().flatten() {
-                claim(self.by_ip.entry(ip), &slot, running);
-            }
-            if let Some(ifindex) = endpoint.host_ifindex {
-                claim(self.by_veth.entry(ifindex), &slot, running);
-            }
-        }
-        self.containers
-            .entry(container.id.clone())
-            .or_insert_with(|| Arc::new(container.clone()));
-    }
-
-    fn slot(&self, slot: Option<&(String, usize)>, ip: IpAddr) -> Option<FlowEnd> {
-        let (id, index) = slot?;
-        let container = self.containers.get(id)?;
-        Some(FlowEnd {
-            shared_with: self.joined.get(id).cloned().unwrap_or_default(),
-            ..FlowEnd::container(
-                container,
-                container.endpoints.get(*index)?,
-                ip,
-                self.node.as_ref(),
-            )
-        })
     }
 
     /// The container and endpoint behind a host-side veth.
     pub fn veth_owner(&self, ifindex: u32) -> Option<(&Arc<Container>, &Endpoint)> {
-        let (id, index) = self.by_veth.get(&ifindex)?;
-        let container = self.containers.get(id)?;
-        Some((container, container.endpoints.get(*index)?))
+        let slot = self.by_veth.get(&ifindex)?;
+        let container = slot.identity.container.as_ref()?;
+        Some((container, container.endpoints.get(slot.endpoint)?))
     }
 
     /// Whether Docker's configuration lets `a` and `b` talk: they share a
@@ -243,45 +366,37 @@ impl Directory {
     pub fn by_veth_end(&self, ifindex: u32) -> Option<FlowEnd> {
         let (_, endpoint) = self.veth_owner(ifindex)?;
         let ip = endpoint.ip.or(endpoint.ipv6)?;
-        self.slot(self.by_veth.get(&ifindex), ip)
+        self.veth_end(ifindex, ip)
+    }
+
+    fn veth_end(&self, ifindex: u32, ip: IpAddr) -> Option<FlowEnd> {
+        let slot = self.by_veth.get(&ifindex)?;
+        Some(FlowEnd::new(slot.identity.clone(), Some(ip)))
     }
 
     /// Who has address `ip`.
     pub fn by_address(&self, ip: IpAddr) -> FlowEnd {
-        if let Some(end) = self.slot(self.by_ip.get(&ip), ip) {
-            return end;
-        }
-        if let Some((remote, stand_in)) = self.remote.get(&ip) {
-            return FlowEnd::remote(remote, stand_in, ip);
-        }
-        if let Some(network) = self.gateways.get(&ip) {
-            return FlowEnd {
-                network: Some(network.clone()),
-                name: Some("gateway".into()),
-                ..FlowEnd::bare(EndKind::Gateway, ip)
-            };
-        }
-        if self.host.contains(&ip) {
-            return FlowEnd {
-                name: Some("host".into()),
-                ..FlowEnd::bare(EndKind::Host, ip)
-            };
-        }
-        FlowEnd::bare(
-            if is_global(ip) {
-                EndKind::External
-            } else {
-                EndKind::Unknown
-            },
-            ip,
-        )
+        let identity = if let Some(slot) = self.by_ip.get(&ip) {
+            &slot.identity
+        } else if let Some(remote) = self.remote.get(&ip) {
+            remote
+        } else if let Some(gateway) = self.gateways.get(&ip) {
+            gateway
+        } else if self.host.contains(&ip) {
+            &self.nameless.host
+        } else if is_global(ip) {
+            &self.nameless.external
+        } else {
+            &self.nameless.unknown
+        };
+        FlowEnd::new(identity.clone(), Some(ip))
     }
 
     /// Both ends of a flow: the container behind the veth where it was
     /// counted, and the other end by address.
     pub fn ends(&self, key: &FlowKey, stats: &FlowStats) -> (FlowEnd, FlowEnd) {
         let (src, dst) = key_addrs(key);
-        let by_veth = |ip| self.slot(self.by_veth.get(&stats.ifindex), ip);
+        let by_veth = |ip| self.veth_end(stats.ifindex, ip);
         if stats.from_container() {
             (
                 by_veth(src).unwrap_or_else(|| self.by_address(src)),
@@ -298,19 +413,15 @@ impl Directory {
 
 /// Takes an address or veth for `slot`: always for a running container,
 /// only if free for a departed one.
-fn claim<K>(
-    entry: std::collections::hash_map::Entry<'_, K, (String, usize)>,
-    slot: &(String, usize),
-    running: bool,
-) {
+fn claim<K, S>(entry: std::collections::hash_map::Entry<'_, K, S>, slot: S, running: bool) {
     match entry {
         std::collections::hash_map::Entry::Occupied(mut taken) => {
             if running {
-                taken.insert(slot.clone());
+                taken.insert(slot);
             }
         }
         std::collections::hash_map::Entry::Vacant(free) => {
-            free.insert(slot.clone());
+            free.insert(slot);
         }
     }
 }
@@ -434,6 +545,78 @@ mod tests {
         assert_eq!(
             directory.by_address("2001:db8::1".parse().unwrap()).kind,
             EndKind::External
+        );
+    }
+
+    fn on_shop(id: &str, ip: [u8; 4], veth: u32) -> Container {
+        Container {
+            id: id.repeat(12),
+            name: id.into(),
+            image: "busybox".into(),
+            compose_project: None,
+            compose_service: None,
+            network_mode: String::new(),
+            pid: None,
+            sandbox_key: None,
+            endpoints: vec![Endpoint {
+                network: "shop".into(),
+                network_id: "n1".into(),
+                ip: Some(IpAddr::from(ip)),
+                ipv6: None,
+                mac: None,
+                gateway: Some(IpAddr::from([172, 27, 0, 1])),
+                host_ifindex: Some(veth),
+            }],
+            posture: Default::default(),
+            labels: Default::default(),
+            exposed_ports: Default::default(),
+        }
+    }
+
+    #[test]
+    fn running_containers_take_addresses_from_departed_ones_and_share_their_identity() {
+        let web = on_shop("a", [172, 27, 0, 2], 10);
+        let joiner = Container {
+            network_mode: format!("container:{}", web.id),
+            endpoints: Vec::new(),
+            ..on_shop("j", [0, 0, 0, 0], 0)
+        };
+        let gone_here = on_shop("g", [172, 27, 0, 2], 11);
+        let gone_alone = on_shop("o", [172, 27, 0, 3], 12);
+        let inventory = Inventory {
+            containers: [&web, &joiner].map(|c| (c.id.clone(), c.clone())).into(),
+            departed: [&gone_here, &gone_alone]
+                .map(|c| (c.id.clone(), (c.clone(), std::time::Instant::now())))
+                .into(),
+            ..Inventory::default()
+        };
+        let directory = Directory::new(Some(&inventory), HashSet::new());
+        let name = |ip: [u8; 4]| directory.by_address(IpAddr::from(ip)).name.clone();
+        assert_eq!(name([172, 27, 0, 2]).as_deref(), Some("a"));
+        assert_eq!(name([172, 27, 0, 3]).as_deref(), Some("o"));
+        assert_eq!(name([172, 27, 0, 1]).as_deref(), Some("gateway"));
+        assert_eq!(
+            directory
+                .by_veth_end(11)
+                .and_then(|end| end.name.clone())
+                .as_deref(),
+            Some("g"),
+            "a departed container keeps a veth no one else has"
+        );
+        // Both flows of a connection name the container with one identity.
+        let key = FlowKey::ipv4([172, 27, 0, 2], 40_000, [172, 27, 0, 3], 80, 6);
+        let sent = FlowStats {
+            ifindex: 10,
+            direction: monitor_common::Direction::FromContainer as u8,
+            ..FlowStats::default()
+        };
+        let (source, _) = directory.ends(&key, &sent);
+        let by_address = directory.by_address(IpAddr::from([172, 27, 0, 2]));
+        assert!(Arc::ptr_eq(&source.identity, &by_address.identity));
+        assert_eq!(source.shared_with, ["j"]);
+        assert_eq!(
+            serde_json::to_string(&source).unwrap(),
+            r#"{"kind":"container","name":"a","id":"aaaaaaaaaaaa","image":"busybox","compose_project":null,"compose_service":null,"network":"shop","ip":"172.27.0.2","service":null,"stack":null,"node":null,"shared_with":["j"]}"#
         );
     }
 

@@ -88,7 +88,7 @@ impl Learner {
         }
         let (src, src_end) = directory.veth_owner(record.stats.ifindex)?;
         let (_, dst_ip) = key_addrs(&record.key);
-        let Some(dst) = directory.by_address(dst_ip).container else {
+        let Some(dst) = directory.by_address(dst_ip).container.clone() else {
             return Some(true);
         };
         if !outcome::is_attempt(record, reverse) {
