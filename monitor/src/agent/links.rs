@@ -4,7 +4,7 @@
 //! the Docker snapshot every reader uses.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -332,7 +332,7 @@ impl LinkFollower {
             lock(policy).on_inventory(known.clone());
         }
         // Also without Docker: a new bridge brings a new host address.
-        let mut identified = Snapshot::new(known.clone(), previous.interfaces.clone());
+        let mut identified = previous.renewed(known.clone(), previous.interfaces.clone());
         // Veths still unnamed keep their flows waiting meanwhile.
         identified.unnamed = previous
             .unnamed
@@ -480,37 +480,21 @@ impl LinkFollower {
 
     /// Publishes the attachments, with the veths not yet named.
     fn publish(&self, inventory: Option<Arc<Inventory>>) {
-        let snapshot = self.docker.load();
-        let same_inventory = match (&snapshot.inventory, &inventory) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        let directory = if same_inventory {
-            snapshot.directory.clone()
-        } else {
-            Snapshot::new(inventory.clone(), BTreeMap::new()).directory
-        };
         let interfaces: BTreeMap<u32, String> = lock(&self.programs)
             .attached()
             .map(|a| (a.ifindex, a.name.clone()))
             .collect();
+        let mut snapshot = self.docker.load().renewed(inventory, interfaces);
         // Only with Docker: without it no veth is ever named.
-        let unnamed = if self.inventory.is_some() {
-            interfaces
+        if self.inventory.is_some() {
+            snapshot.unnamed = snapshot
+                .interfaces
                 .keys()
-                .filter(|ifindex| directory.veth_owner(**ifindex).is_none())
+                .filter(|ifindex| snapshot.directory.veth_owner(**ifindex).is_none())
                 .copied()
-                .collect()
-        } else {
-            BTreeSet::new()
-        };
-        self.docker.store(Arc::new(Snapshot {
-            inventory,
-            directory,
-            interfaces,
-            unnamed,
-        }));
+                .collect();
+        }
+        self.docker.store(Arc::new(snapshot));
     }
 }
 

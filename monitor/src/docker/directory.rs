@@ -340,6 +340,11 @@ impl Directory {
         directory
     }
 
+    /// Whether the host's own addresses are `host`, as when built.
+    pub fn has_host_addresses(&self, host: &HashSet<IpAddr>) -> bool {
+        self.host.len() == host.len() && host.iter().all(|ip| self.host.contains(ip))
+    }
+
     /// The container and endpoint behind a host-side veth.
     pub fn veth_owner(&self, ifindex: u32) -> Option<(&Arc<Container>, &Endpoint)> {
         let slot = self.by_veth.get(&ifindex)?;
