@@ -194,7 +194,9 @@ impl TcpHealth {
         let resets = record.stats.rst.saturating_sub(counted.rst);
         let retransmitted = retransmits.of_flow(&record.key).unwrap_or(0);
         let retransmitted = retransmitted.saturating_sub(counted.retransmits);
-        let rtt = if counted.rtt_done {
+        // Only a client's flow (it sent a SYN) has a round trip: the
+        // server's flow is not worth a lookup of its reverse.
+        let rtt = if counted.rtt_done || record.stats.syn == 0 {
             None
         } else {
             handshake_rtt_ns(record, flows.find(&record.key.reversed()).as_ref())
