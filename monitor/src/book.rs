@@ -2,10 +2,9 @@
 //! a cap (with one overflow series beyond it), pruned of containers long
 //! gone.
 
-use std::{
-    collections::{HashMap, HashSet},
-    hash::Hash,
-};
+use std::hash::Hash;
+
+use hashbrown::{hash_map::EntryRef, Equivalent, HashMap, HashSet};
 
 /// Label value of the overflow series, and of every label in it.
 pub const OTHER: &str = "other";
@@ -13,8 +12,24 @@ pub const OTHER: &str = "other";
 /// Labels name containers, networks and ports, which containers choose:
 /// the hash is seeded at random (foldhash, several times faster than std's
 /// SipHash on these strings, which showed in the agent's profile at 100k
-/// flows, where each poll looks up a series per changed flow).
+/// flows, where each poll looks up a series per changed flow). hashbrown's
+/// maps rather than std's: they look up by a borrowed form of the labels
+/// ([`SeriesLabels`]).
 type ByLabels<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// What a series is looked up by: its labels, or a form of them borrowed
+/// from the flow that hashes and compares alike ([`Equivalent`]), so that
+/// finding a known series (nearly every lookup) copies no string; only a
+/// new or refused combination is made owned.
+pub trait SeriesLabels<L>: Hash + Equivalent<L> {
+    fn to_labels(&self) -> L;
+}
+
+impl<L: Clone + Eq + Hash> SeriesLabels<L> for L {
+    fn to_labels(&self) -> L {
+        self.clone()
+    }
+}
 
 pub struct SeriesBook<L, V> {
     series: ByLabels<L, Series<V>>,
@@ -30,6 +45,15 @@ pub struct SeriesBook<L, V> {
 struct Series<V> {
     value: V,
     updated_ns: u64,
+}
+
+impl<V: Default> Series<V> {
+    fn new(now_ns: u64) -> Self {
+        Self {
+            value: V::default(),
+            updated_ns: now_ns,
+        }
+    }
 }
 
 /// How far the memory of refused combinations goes before it restarts, so
@@ -49,24 +73,31 @@ impl<L: Clone + Eq + Hash, V: Default> SeriesBook<L, V> {
 
     /// The value to update for `labels` at `now_ns`: their own series, or
     /// the overflow series once `capacity` combinations exist.
-    pub fn value(&mut self, labels: L, now_ns: u64) -> &mut V {
+    pub fn value<Q: SeriesLabels<L> + ?Sized>(&mut self, labels: &Q, now_ns: u64) -> &mut V {
         // A known combination (nearly every call) is looked up twice, not
-        // three times: the room left is only asked of a new one.
-        let labels = if self.series.contains_key(&labels) || self.has_room() {
-            labels
+        // three times: the room left is only asked of a new one. (Once, by
+        // the entry alone, would leave the map borrowed where a refused
+        // combination turns to the overflow series: the borrow checker
+        // refuses that.)
+        let series = if self.series.contains_key(labels) || self.has_room() {
+            match self.series.entry_ref(labels) {
+                EntryRef::Occupied(series) => series.into_mut(),
+                EntryRef::Vacant(series) => {
+                    series.insert_with_key(labels.to_labels(), Series::new(now_ns))
+                }
+            }
         } else {
             if self.refused.len() >= REFUSED_MEMORY {
                 self.refused.clear();
             }
-            if self.refused.insert(labels) {
+            if !self.refused.contains(labels) {
+                self.refused.insert(labels.to_labels());
                 self.dropped += 1;
             }
-            self.overflow.clone()
+            self.series
+                .entry(self.overflow.clone())
+                .or_insert_with(|| Series::new(now_ns))
         };
-        let series = self.series.entry(labels).or_insert_with(|| Series {
-            value: V::default(),
-            updated_ns: now_ns,
-        });
         series.updated_ns = now_ns;
         &mut series.value
     }
@@ -121,7 +152,7 @@ mod tests {
     fn combinations_beyond_the_cap_fold_into_the_overflow_once_counted() {
         let mut book = book(2);
         for (labels, now) in [("a", 1), ("b", 1), ("c", 1), ("c", 2), ("d", 2), ("a", 3)] {
-            *book.value(labels.to_owned(), now) += 1;
+            *book.value(&labels.to_owned(), now) += 1;
         }
         assert_eq!(
             values(&book),
@@ -135,7 +166,7 @@ mod tests {
     fn only_stale_series_of_departed_ends_are_swept() {
         let mut book = book(10);
         for (labels, now) in [("gone-old", 1), ("gone-recent", 9), ("alive-old", 1)] {
-            *book.value(labels.to_owned(), now) += 1;
+            *book.value(&labels.to_owned(), now) += 1;
         }
         assert_eq!(book.sweep(5, |l| l.starts_with("gone")), 1);
         assert_eq!(

@@ -4,6 +4,8 @@
 
 mod sink;
 
+use std::borrow::Cow;
+
 pub use sink::{AlertLog, AlertSink};
 
 use serde::Serialize;
@@ -61,11 +63,14 @@ pub trait AlertEvidence: Send {
 }
 
 impl Alert {
-    /// The name an alert is counted and de-duplicated under for an end.
-    pub fn end_name(end: &FlowEnd) -> String {
-        end.name
-            .clone()
-            .or_else(|| end.ip.map(|ip| ip.to_string()))
-            .unwrap_or_else(|| "unknown".to_owned())
+    /// The name an alert is counted and de-duplicated under for an end:
+    /// borrowed from it, as the detectors look their state up by it per
+    /// flow and poll, but for an address.
+    pub fn end_name(end: &FlowEnd) -> Cow<'_, str> {
+        match (&end.name, end.ip) {
+            (Some(name), _) => Cow::Borrowed(name),
+            (None, Some(ip)) => Cow::Owned(ip.to_string()),
+            (None, None) => Cow::Borrowed("unknown"),
+        }
     }
 }

@@ -93,11 +93,11 @@ impl AlertSink {
     /// Raises `alert` unless the same kind and pair alerted within the
     /// cooldown; returns whether it was raised.
     pub fn raise(&mut self, mut alert: Alert, now_ns: u64) -> bool {
-        let source = Alert::end_name(&alert.source);
+        let source = Alert::end_name(&alert.source).into_owned();
         let destination = alert
             .destination
             .as_ref()
-            .map(Alert::end_name)
+            .map(|end| Alert::end_name(end).into_owned())
             .unwrap_or_default();
         let key = (alert.kind, source.clone(), destination);
         if let Some(last) = self.last.get(&key) {
@@ -119,7 +119,11 @@ impl AlertSink {
         // addresses, opted-out containers as `aggregate`.
         *self
             .counts
-            .entry((alert.kind, alert.severity, end_name(&alert.source)))
+            .entry((
+                alert.kind,
+                alert.severity,
+                end_name(&alert.source).to_owned(),
+            ))
             .or_default() += 1;
         if let Some(docker) = &self.docker {
             alert.node = docker.load().node().map(str::to_owned);

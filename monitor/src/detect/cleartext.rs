@@ -201,8 +201,8 @@ impl CleartextDetector {
         *found
             .protocols
             .entry((
-                end_name(&source),
-                end_name(&destination),
+                end_name(&source).to_owned(),
+                end_name(&destination).to_owned(),
                 verdict.protocol.name(),
                 verdict.encrypted,
             ))

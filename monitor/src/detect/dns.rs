@@ -83,7 +83,7 @@ impl DnsDetector {
         client: FlowEnd,
         now_ns: u64,
     ) -> &mut Window {
-        let name = Alert::end_name(&client);
+        let name = Alert::end_name(&client).into_owned();
         let window = windows
             .entry(name)
             .or_insert_with(|| Window::new(client.clone(), now_ns));

@@ -56,11 +56,17 @@ impl FloodDetector {
             }
             _ => entry.polls.push_back((now_ns, syns, completed)),
         }
-        entry
-            .sources
-            .entry(Alert::end_name(source))
-            .or_insert_with(|| (0, source.clone()))
-            .0 += syns;
+        // Looked up by the borrowed name: a source already counted (most
+        // SYNs of a flood) copies nothing.
+        let name = Alert::end_name(source);
+        match entry.sources.get_mut(name.as_ref()) {
+            Some((counted, _)) => *counted += syns,
+            None => {
+                entry
+                    .sources
+                    .insert(name.into_owned(), (syns, source.clone()));
+            }
+        }
         if syns > 0 {
             entry.fresh = true;
             entry.end = Some(destination.clone());

@@ -297,7 +297,7 @@ impl Detectors {
             self.verdicts_changed = true;
         }
         for (labels, connections) in found.protocols {
-            *self.protocols.value(labels, now_ns) += connections;
+            *self.protocols.value(&labels, now_ns) += connections;
         }
         if found.alerts.is_empty() {
             return;

@@ -168,7 +168,7 @@ impl Detector for PortScan {
             .probers
             .entry(destination)
             .or_default()
-            .entry(Alert::end_name(&attempt.source))
+            .entry(Alert::end_name(&attempt.source).into_owned())
             .or_insert_with(|| Prober {
                 end: attempt.source.clone(),
                 attempts: 0,
@@ -272,7 +272,7 @@ impl HostSweep {
         time: impl FnOnce() -> String,
         now_ns: u64,
     ) -> Option<Alert> {
-        let name = Alert::end_name(source);
+        let name = Alert::end_name(source).into_owned();
         let crossed = self.hosts.record(&name, destination, outcome, now_ns)?;
         if !self.once.first(name.clone(), now_ns) {
             return None;

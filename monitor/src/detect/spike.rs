@@ -5,8 +5,12 @@
 //! container sends another, with a shorter window and no warm-up: a flood
 //! is a rate no edge had before, and its first window is already one.
 
-use std::{collections::HashMap, hash::Hash, time::Duration};
+use std::{
+    hash::{Hash, Hasher},
+    time::Duration,
+};
 
+use hashbrown::{hash_map::EntryRef, Equivalent, HashMap};
 use monitor_common::ip_proto;
 use serde_json::json;
 
@@ -44,9 +48,61 @@ struct Edge {
     alerted: bool,
 }
 
+/// An edge by its ends' names ([`Alert::end_name`]) and, for a flood, the
+/// protocol of its packets (a spike counts the bytes of every protocol).
+#[derive(PartialEq, Eq)]
+struct EdgeKey {
+    source: String,
+    destination: String,
+    protocol: Option<u8>,
+}
+
+/// [`EdgeKey`] borrowed from a flow's ends, to find a known edge with:
+/// every flow with new traffic looks its edge up at every poll.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct EdgeKeyRef<'a> {
+    source: &'a str,
+    destination: &'a str,
+    protocol: Option<u8>,
+}
+
+impl EdgeKeyRef<'_> {
+    fn to_key(self) -> EdgeKey {
+        EdgeKey {
+            source: self.source.to_owned(),
+            destination: self.destination.to_owned(),
+            protocol: self.protocol,
+        }
+    }
+}
+
+impl Equivalent<EdgeKey> for EdgeKeyRef<'_> {
+    fn equivalent(&self, key: &EdgeKey) -> bool {
+        *self == key.borrowed()
+    }
+}
+
+impl EdgeKey {
+    fn borrowed(&self) -> EdgeKeyRef<'_> {
+        EdgeKeyRef {
+            source: &self.source,
+            destination: &self.destination,
+            protocol: self.protocol,
+        }
+    }
+}
+
+/// The borrowed form's hash, so that a lookup by either finds the same
+/// edge.
+impl Hash for EdgeKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.borrowed().hash(state);
+    }
+}
+
 /// An edge whose window went over its limits.
-struct Spike<'a, K> {
-    key: &'a K,
+struct Spike<'a> {
+    key: &'a EdgeKey,
     edge: &'a Edge,
     amount: u64,
     now_ns: u64,
@@ -54,33 +110,53 @@ struct Spike<'a, K> {
 
 /// Amounts per edge in tumbling windows, each judged against the moving
 /// average of the edge's earlier windows.
-struct EdgeWindows<K> {
+struct EdgeWindows {
     limits: Limits,
-    edges: HashMap<K, Edge>,
+    /// Names are chosen by containers: the hash is seeded at random.
+    edges: HashMap<EdgeKey, Edge, foldhash::fast::RandomState>,
 }
 
-impl<K: Eq + Hash> EdgeWindows<K> {
+impl EdgeWindows {
     fn new(limits: Limits) -> Self {
         Self {
             limits,
-            edges: HashMap::new(),
+            edges: HashMap::default(),
         }
     }
 
-    fn add(&mut self, key: K, source: &FlowEnd, destination: &FlowEnd, amount: u64, now_ns: u64) {
+    fn add(
+        &mut self,
+        (source, destination): (&FlowEnd, &FlowEnd),
+        protocol: Option<u8>,
+        amount: u64,
+        now_ns: u64,
+    ) {
         if amount == 0 {
             return;
         }
-        let edge = self.edges.entry(key).or_insert_with(|| Edge {
-            source: source.clone(),
-            destination: destination.clone(),
-            window_start_ns: now_ns,
-            amount: 0,
-            baseline: 0.0,
-            windows: 0,
-            quiet_windows: 0,
-            alerted: false,
-        });
+        let (source_name, destination_name) =
+            (Alert::end_name(source), Alert::end_name(destination));
+        let key = EdgeKeyRef {
+            source: &source_name,
+            destination: &destination_name,
+            protocol,
+        };
+        let edge = match self.edges.entry_ref(&key) {
+            EntryRef::Occupied(edge) => edge.into_mut(),
+            EntryRef::Vacant(edge) => edge.insert_with_key(
+                key.to_key(),
+                Edge {
+                    source: source.clone(),
+                    destination: destination.clone(),
+                    window_start_ns: now_ns,
+                    amount: 0,
+                    baseline: 0.0,
+                    windows: 0,
+                    quiet_windows: 0,
+                    alerted: false,
+                },
+            ),
+        };
         edge.amount = edge.amount.saturating_add(amount);
     }
 
@@ -88,7 +164,7 @@ impl<K: Eq + Hash> EdgeWindows<K> {
     /// soon as the open window gets there (a flood is alerted while it
     /// lasts), else when it closes. Closes the windows that ended by
     /// `now_ns`.
-    fn check(&mut self, now_ns: u64, mut alert: impl FnMut(&Spike<'_, K>)) {
+    fn check(&mut self, now_ns: u64, mut alert: impl FnMut(&Spike<'_>)) {
         let limits = self.limits;
         let over = |edge: &Edge, amount: u64| {
             edge.windows >= limits.warmup_windows
@@ -146,7 +222,7 @@ fn nanos(duration: Duration) -> u64 {
 
 pub struct SpikeDetector {
     config: TrafficSpike,
-    windows: EdgeWindows<(String, String)>,
+    windows: EdgeWindows,
 }
 
 impl SpikeDetector {
@@ -164,8 +240,7 @@ impl SpikeDetector {
 
     /// Bytes a flow added this poll.
     pub fn observe(&mut self, source: &FlowEnd, destination: &FlowEnd, bytes: u64, now_ns: u64) {
-        let key = (Alert::end_name(source), Alert::end_name(destination));
-        self.windows.add(key, source, destination, bytes, now_ns);
+        self.windows.add((source, destination), None, bytes, now_ns);
     }
 
     /// Alerts for the windows over their limits by `now_ns`.
@@ -176,7 +251,7 @@ impl SpikeDetector {
     }
 }
 
-fn spike_alert(config: &TrafficSpike, spike: &Spike<'_, (String, String)>) -> Alert {
+fn spike_alert(config: &TrafficSpike, spike: &Spike<'_>) -> Alert {
     let Spike {
         edge,
         amount: bytes,
@@ -229,7 +304,7 @@ impl Detector for SpikeDetector {
 /// a flood of its own).
 pub struct PacketFloodDetector {
     config: PacketFlood,
-    windows: EdgeWindows<(String, String, u8)>,
+    windows: EdgeWindows,
 }
 
 impl PacketFloodDetector {
@@ -262,15 +337,9 @@ impl Detector for PacketFloodDetector {
         if traffic.answers || flood_kind(protocol).is_none() {
             return;
         }
-        let key = (
-            Alert::end_name(traffic.source),
-            Alert::end_name(traffic.destination),
-            protocol,
-        );
         self.windows.add(
-            key,
-            traffic.source,
-            traffic.destination,
+            (traffic.source, traffic.destination),
+            Some(protocol),
             traffic.new_packets,
             now_ns,
         );
@@ -285,14 +354,19 @@ impl Detector for PacketFloodDetector {
     }
 }
 
-fn flood_alert(config: &PacketFlood, spike: &Spike<'_, (String, String, u8)>) -> Option<Alert> {
+fn flood_alert(config: &PacketFlood, spike: &Spike<'_>) -> Option<Alert> {
     let Spike {
-        key: (source, destination, protocol),
+        key: EdgeKey {
+            source,
+            destination,
+            protocol,
+        },
         edge,
         amount: packets,
         now_ns,
     } = *spike;
-    let kind = flood_kind(*protocol)?;
+    let protocol = (*protocol)?;
+    let kind = flood_kind(protocol)?;
     let window = config.window.as_secs_f64();
     Some(Alert {
         capture: None,
@@ -302,12 +376,12 @@ fn flood_alert(config: &PacketFlood, spike: &Spike<'_, (String, String, u8)>) ->
         severity: Severity::Critical,
         summary: format!(
             "{source} sent {packets} {} packets to {destination} within {}, its usual {:.0}",
-            protocol_name(*protocol),
+            protocol_name(protocol),
             humantime::format_duration(config.window),
             edge.baseline,
         ),
         evidence: json!({
-            "protocol": protocol_name(*protocol),
+            "protocol": protocol_name(protocol),
             "packets": packets,
             "baseline_packets": edge.baseline,
             "windows_of_history": edge.windows,

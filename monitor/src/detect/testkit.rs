@@ -263,8 +263,11 @@ pub fn arp(sender: [u8; 4], operation: u16, target: [u8; 4], at_ns: u64) -> Even
 /// The names of an alert's ends.
 pub fn ends(alert: &Alert) -> (String, Option<String>) {
     (
-        Alert::end_name(&alert.source),
-        alert.destination.as_ref().map(Alert::end_name),
+        Alert::end_name(&alert.source).into_owned(),
+        alert
+            .destination
+            .as_ref()
+            .map(|end| Alert::end_name(end).into_owned()),
     )
 }
 

@@ -161,10 +161,11 @@ impl DnsLog {
     fn publish(&self, record: DnsRecord, now_ns: u64) {
         {
             let mut counts = lock(&self.counts);
-            let container = record.container.clone();
             *match record.rcode {
-                Some(rcode) => counts.responses.value((container, rcode), now_ns),
-                None => counts.unanswered.value(container, now_ns),
+                Some(rcode) => counts
+                    .responses
+                    .value(&(record.container.clone(), rcode), now_ns),
+                None => counts.unanswered.value(&record.container, now_ns),
             } += 1;
         }
         push_bounded(&mut lock(&self.unlogged), record.clone(), UNLOGGED);
@@ -224,15 +225,15 @@ impl DnsTracker {
                 protocol: key.protocol,
                 id: message.id,
             };
-            let container = end_name(&src_end);
+            let container = end_name(&src_end).to_owned();
             *lock(&self.log.counts)
                 .queries
-                .value(container.clone(), seen.timestamp_ns) += 1;
+                .value(&container, seen.timestamp_ns) += 1;
             let record = DnsRecord {
                 time: clock::rfc3339_ms(seen.timestamp_ns),
                 container,
                 client_ip: src.to_string(),
-                server: end_name(&dst_end),
+                server: end_name(&dst_end).to_owned(),
                 server_ip: dst.to_string(),
                 protocol: protocol_name(key.protocol),
                 id: message.id,
@@ -266,9 +267,9 @@ impl DnsTracker {
             },
             None => DnsRecord {
                 time: clock::rfc3339_ms(seen.timestamp_ns),
-                container: end_name(&dst_end),
+                container: end_name(&dst_end).to_owned(),
                 client_ip: dst.to_string(),
-                server: end_name(&src_end),
+                server: end_name(&src_end).to_owned(),
                 server_ip: src.to_string(),
                 protocol: protocol_name(key.protocol),
                 id: message.id,

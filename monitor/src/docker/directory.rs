@@ -494,16 +494,16 @@ pub fn host_addresses() -> HashSet<IpAddr> {
 /// its traffic is counted in series shared by all such containers.
 pub const AGGREGATE: &str = "aggregate";
 /// A container's name, or what kind of end it is.
-pub fn end_name(end: &FlowEnd) -> String {
+pub fn end_name(end: &FlowEnd) -> &str {
     match end.kind {
         EndKind::Container => match &end.container {
-            Some(container) if container.metrics_off() => AGGREGATE.to_owned(),
-            _ => end.name.clone().unwrap_or_else(|| "unknown".to_owned()),
+            Some(container) if container.metrics_off() => AGGREGATE,
+            _ => end.name.as_deref().unwrap_or("unknown"),
         },
-        EndKind::Gateway => "gateway".to_owned(),
-        EndKind::Host => "host".to_owned(),
-        EndKind::External => "external".to_owned(),
-        EndKind::Unknown => "unknown".to_owned(),
+        EndKind::Gateway => "gateway",
+        EndKind::Host => "host",
+        EndKind::External => "external",
+        EndKind::Unknown => "unknown",
     }
 }
 
@@ -518,7 +518,7 @@ pub fn service_name(end: &FlowEnd) -> String {
         _ => match (&end.stack, &end.service) {
             (Some(stack), Some(service)) => format!("{stack}/{service}"),
             (None, Some(service)) => service.clone(),
-            _ => end_name(end),
+            _ => end_name(end).to_owned(),
         },
     }
 }

@@ -62,7 +62,7 @@ pub fn violation(
     let source = directory.by_veth_end(stats.ifindex)?;
     let (_, dst_ip) = key_addrs(key);
     let destination = directory.by_address(dst_ip);
-    let name = |end: &crate::docker::FlowEnd| Alert::end_name(end);
+    let name = Alert::end_name;
     let protocol = protocol_name(key.protocol);
     let verdict = if stats.dropped > 0 {
         "dropped"

@@ -130,7 +130,9 @@ impl DropCounts {
                 drop.reason.clone_from(&reason);
                 drop.packets += new;
             }
-            *self.series.value((end_name(&src), reason), now_ns) += new;
+            *self
+                .series
+                .value(&(end_name(&src).to_owned(), reason), now_ns) += new;
         }
         self.seen = totals;
     }

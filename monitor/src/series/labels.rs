@@ -1,11 +1,18 @@
 //! The label values of traffic series: names, not addresses, and ports only
 //! where a service listens, so that series stay few and meaningful.
+//!
+//! Each poll looks up the series of every changed flow: by labels borrowed
+//! from the flow's ends (`*LabelsRef`), which hash and compare as the owned
+//! labels do, so that only a new series copies them.
 
+use std::hash::{Hash, Hasher};
+
+use hashbrown::Equivalent;
 use monitor_common::{ip_proto, Direction, FlowKey};
 
 use super::served::ServedPorts;
 use crate::{
-    book::OTHER,
+    book::{SeriesLabels, OTHER},
     docker::{end_name, FlowEnd},
     model::{key_addrs, protocol_name, FlowRecord},
 };
@@ -20,13 +27,26 @@ pub const EPHEMERAL: &str = "ephemeral";
 /// The destination port of protocols without ports (ICMP).
 pub const NO_PORT: &str = "none";
 
+/// The source network of a flow whose ends have none.
+const UNKNOWN_NETWORK: &str = "unknown";
+
 /// `crossmon_flow_{packets,bytes}_total` labels, in declaration order.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowLabels {
     pub source: String,
     pub destination: String,
     pub source_network: String,
     pub destination_port: String,
+    pub protocol: &'static str,
+}
+
+/// [`FlowLabels`] borrowed from a flow, to find its series with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowLabelsRef<'a> {
+    pub source: &'a str,
+    pub destination: &'a str,
+    pub source_network: &'a str,
+    pub destination_port: &'a str,
     pub protocol: &'static str,
 }
 
@@ -39,11 +59,21 @@ pub const FLOW_LABEL_NAMES: [&str; 5] = [
 ];
 
 /// `crossmon_connections_total` labels, in declaration order.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionLabels {
     pub source: String,
     pub destination: String,
     pub destination_port: String,
+    pub protocol: &'static str,
+    pub result: &'static str,
+}
+
+/// [`ConnectionLabels`] borrowed from a flow, to find its series with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnectionLabelsRef<'a> {
+    pub source: &'a str,
+    pub destination: &'a str,
+    pub destination_port: &'a str,
     pub protocol: &'static str,
     pub result: &'static str,
 }
@@ -56,29 +86,61 @@ pub const CONNECTION_LABEL_NAMES: [&str; 5] = [
     "result",
 ];
 
-impl FlowLabels {
+impl<'a> FlowLabelsRef<'a> {
+    /// The labels of `record` between `ends`; a served port's number is
+    /// written into `port_text`.
     pub fn of(
         record: &FlowRecord,
-        (src, dst): &(FlowEnd, FlowEnd),
+        ends: &'a (FlowEnd, FlowEnd),
         served: &ServedPorts,
-    ) -> FlowLabels {
+        port_text: &'a mut itoa::Buffer,
+    ) -> Self {
+        let (src, dst) = ends;
         // The network where the flow was counted: the container end's.
         let counted_end = match record.stats.direction() {
             Direction::ToContainer => [dst, src],
             Direction::FromContainer => [src, dst],
         };
-        FlowLabels {
+        FlowLabelsRef {
             source: end_name(src),
             destination: end_name(dst),
             source_network: counted_end
                 .iter()
-                .find_map(|end| end.network.clone())
-                .unwrap_or_else(|| "unknown".to_owned()),
-            destination_port: destination_port(&record.key, dst, served),
+                .find_map(|end| end.network.as_deref())
+                .unwrap_or(UNKNOWN_NETWORK),
+            destination_port: destination_port(&record.key, dst, served, port_text),
             protocol: protocol_name(record.key.protocol),
         }
     }
+}
 
+impl Equivalent<FlowLabels> for FlowLabelsRef<'_> {
+    fn equivalent(&self, labels: &FlowLabels) -> bool {
+        *self == labels.borrowed()
+    }
+}
+
+impl SeriesLabels<FlowLabels> for FlowLabelsRef<'_> {
+    fn to_labels(&self) -> FlowLabels {
+        FlowLabels {
+            source: self.source.to_owned(),
+            destination: self.destination.to_owned(),
+            source_network: self.source_network.to_owned(),
+            destination_port: self.destination_port.to_owned(),
+            protocol: self.protocol,
+        }
+    }
+}
+
+/// The borrowed form's hash, so that a lookup by either finds the same
+/// series.
+impl Hash for FlowLabels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.borrowed().hash(state);
+    }
+}
+
+impl FlowLabels {
     pub fn overflow() -> FlowLabels {
         FlowLabels {
             source: OTHER.into(),
@@ -86,6 +148,16 @@ impl FlowLabels {
             source_network: OTHER.into(),
             destination_port: OTHER.into(),
             protocol: OTHER,
+        }
+    }
+
+    fn borrowed(&self) -> FlowLabelsRef<'_> {
+        FlowLabelsRef {
+            source: &self.source,
+            destination: &self.destination,
+            source_network: &self.source_network,
+            destination_port: &self.destination_port,
+            protocol: self.protocol,
         }
     }
 
@@ -100,17 +172,45 @@ impl FlowLabels {
     }
 }
 
-impl ConnectionLabels {
-    pub fn of(flow: &FlowLabels, result: &'static str) -> ConnectionLabels {
-        ConnectionLabels {
-            source: flow.source.clone(),
-            destination: flow.destination.clone(),
-            destination_port: flow.destination_port.clone(),
+impl<'a> ConnectionLabelsRef<'a> {
+    pub fn of(flow: &FlowLabelsRef<'a>, result: &'static str) -> Self {
+        ConnectionLabelsRef {
+            source: flow.source,
+            destination: flow.destination,
+            destination_port: flow.destination_port,
             protocol: flow.protocol,
             result,
         }
     }
+}
 
+impl Equivalent<ConnectionLabels> for ConnectionLabelsRef<'_> {
+    fn equivalent(&self, labels: &ConnectionLabels) -> bool {
+        *self == labels.borrowed()
+    }
+}
+
+impl SeriesLabels<ConnectionLabels> for ConnectionLabelsRef<'_> {
+    fn to_labels(&self) -> ConnectionLabels {
+        ConnectionLabels {
+            source: self.source.to_owned(),
+            destination: self.destination.to_owned(),
+            destination_port: self.destination_port.to_owned(),
+            protocol: self.protocol,
+            result: self.result,
+        }
+    }
+}
+
+/// The borrowed form's hash, so that a lookup by either finds the same
+/// series.
+impl Hash for ConnectionLabels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.borrowed().hash(state);
+    }
+}
+
+impl ConnectionLabels {
     pub fn overflow() -> ConnectionLabels {
         ConnectionLabels {
             source: OTHER.into(),
@@ -118,6 +218,16 @@ impl ConnectionLabels {
             destination_port: OTHER.into(),
             protocol: OTHER,
             result: OTHER,
+        }
+    }
+
+    fn borrowed(&self) -> ConnectionLabelsRef<'_> {
+        ConnectionLabelsRef {
+            source: &self.source,
+            destination: &self.destination,
+            destination_port: &self.destination_port,
+            protocol: self.protocol,
+            result: self.result,
         }
     }
 
@@ -132,9 +242,16 @@ impl ConnectionLabels {
     }
 }
 
-fn destination_port(key: &FlowKey, dst: &FlowEnd, served: &ServedPorts) -> String {
+/// The port label: the number if the destination serves it, written into
+/// `port_text` (on the caller's stack: no string per flow and poll).
+fn destination_port<'a>(
+    key: &FlowKey,
+    dst: &FlowEnd,
+    served: &ServedPorts,
+    port_text: &'a mut itoa::Buffer,
+) -> &'a str {
     if !matches!(key.protocol, ip_proto::TCP | ip_proto::UDP) {
-        return NO_PORT.to_owned();
+        return NO_PORT;
     }
     let (_, dst_ip) = key_addrs(key);
     let exposed = dst.container.as_ref().is_some_and(|container| {
@@ -143,8 +260,57 @@ fn destination_port(key: &FlowKey, dst: &FlowEnd, served: &ServedPorts) -> Strin
             .contains(&(key.dst_port, key.protocol))
     });
     if exposed || served.contains(dst_ip, key.dst_port, key.protocol) {
-        key.dst_port.to_string()
+        port_text.format(key.dst_port)
     } else {
-        EPHEMERAL.to_owned()
+        EPHEMERAL
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        book::SeriesBook,
+        detect::testkit::{front, Lab},
+    };
+
+    /// Labels borrowed from a flow (c2 to c3 on a port c3 exposes) and
+    /// the same made owned, as they were before the borrowed form, find one
+    /// series, whichever comes first.
+    #[test]
+    fn a_series_is_one_whether_made_or_found_by_owned_or_borrowed_labels() {
+        for port in [0, 7, 80, 8080, 65535] {
+            let lab = Lab::with(3, |c| {
+                c.exposed_ports.insert((port, ip_proto::TCP));
+            });
+            let record = lab.flow(front(2), front(3), port, ip_proto::TCP);
+            let ends = lab.directory.ends(&record.key, &record.stats);
+            let mut port_text = itoa::Buffer::new();
+            let borrowed = FlowLabelsRef::of(&record, &ends, &ServedPorts::new(10), &mut port_text);
+            let owned = FlowLabels {
+                source: "c2".into(),
+                destination: "c3".into(),
+                source_network: "front".into(),
+                destination_port: port.to_string(),
+                protocol: "tcp",
+            };
+            let made: FlowLabels = borrowed.to_labels();
+            assert_eq!(made, owned);
+
+            // Owned first, then borrowed; and the other way round.
+            let mut flows = SeriesBook::new(10, FlowLabels::overflow());
+            *flows.value(&owned, 1) += 1;
+            *flows.value(&borrowed, 2) += 1;
+            let mut connections = SeriesBook::new(10, ConnectionLabels::overflow());
+            let connection = ConnectionLabelsRef::of(&borrowed, "refused");
+            *connections.value(&connection, 1) += 1;
+            let connection_owned: ConnectionLabels = connection.to_labels();
+            *connections.value(&connection_owned, 2) += 1;
+            // One series each, holding both counts.
+            let flow_values: Vec<u64> = flows.iter().map(|(_, n)| *n).collect();
+            assert_eq!(flow_values, [2], "port {port}");
+            let connection_values: Vec<u64> = connections.iter().map(|(_, n)| *n).collect();
+            assert_eq!(connection_values, [2], "port {port}");
+        }
     }
 }

@@ -212,15 +212,15 @@ impl TcpHealth {
         counted.rst = record.stats.rst;
         counted.retransmits += retransmitted;
         let (src, dst) = directory.ends(&record.key, &record.stats);
-        let pair = (end_name(&src), end_name(&dst));
+        let pair = (end_name(&src).to_owned(), end_name(&dst).to_owned());
         if resets != 0 {
-            *self.resets.value(pair.clone(), now_ns) += u64::from(resets);
+            *self.resets.value(&pair, now_ns) += u64::from(resets);
         }
         if retransmitted != 0 {
-            *self.retransmits.value(pair.clone(), now_ns) += retransmitted;
+            *self.retransmits.value(&pair, now_ns) += retransmitted;
         }
         if let Some(ns) = rtt {
-            self.rtt.value(pair, now_ns).observe(ns as f64 / 1e9);
+            self.rtt.value(&pair, now_ns).observe(ns as f64 / 1e9);
         }
     }
 

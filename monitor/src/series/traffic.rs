@@ -8,7 +8,7 @@ use monitor_common::{ip_proto, FlowKey};
 
 use super::{
     departures::Departures,
-    labels::{ConnectionLabels, FlowLabels},
+    labels::{ConnectionLabels, ConnectionLabelsRef, FlowLabels, FlowLabelsRef},
     served::ServedPorts,
 };
 use crate::{
@@ -110,21 +110,22 @@ impl TrafficSeries {
                 continue;
             }
             let ends = directory.ends(&record.key, &record.stats);
-            let labels = FlowLabels::of(&record, &ends, &self.served);
+            let mut port_text = itoa::Buffer::new();
+            let labels = FlowLabelsRef::of(&record, &ends, &self.served, &mut port_text);
             // Only a TCP flow has a connection result, and only then is its
-            // reverse looked up. Before the traffic, which takes the labels.
+            // reverse looked up.
             if record.key.protocol == ip_proto::TCP && !exported.connection_counted() {
                 let reverse = find(&record.key.reversed());
                 if let Some(result) = connection_result(&record, reverse.as_ref(), ended, now_ns) {
                     exported.count_connection();
                     *self
                         .connections
-                        .value(ConnectionLabels::of(&labels, result), now_ns) += 1;
+                        .value(&ConnectionLabelsRef::of(&labels, result), now_ns) += 1;
                 }
             }
             let (packets, bytes) = exported.take_new_traffic(&record.stats);
             if packets != 0 || bytes != 0 {
-                let counts = self.flows.value(labels, now_ns);
+                let counts = self.flows.value(&labels, now_ns);
                 counts.packets = counts.packets.wrapping_add(packets);
                 counts.bytes = counts.bytes.wrapping_add(bytes);
             }
