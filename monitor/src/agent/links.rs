@@ -18,7 +18,9 @@ use tokio::sync::watch;
 
 use crate::{
     datapath::{AttachStats, Programs, Side},
-    docker::{self, owner_of_namespace, Inventory, NamespaceIds, Snapshot, VethOwner},
+    docker::{
+        self, host_addresses, owner_of_namespace, Inventory, NamespaceIds, Snapshot, VethOwner,
+    },
     links::{self, BridgePort, LinkEvent},
     policy::PolicyInForce,
     sync::{lock, Published},
@@ -332,7 +334,11 @@ impl LinkFollower {
             lock(policy).on_inventory(known.clone());
         }
         // Also without Docker: a new bridge brings a new host address.
-        let mut identified = previous.renewed(known.clone(), previous.interfaces.clone());
+        let mut identified = previous.renewed(
+            known.clone(),
+            previous.interfaces.clone(),
+            Some(host_addresses()),
+        );
         // Veths still unnamed keep their flows waiting meanwhile.
         identified.unnamed = previous
             .unnamed
@@ -484,7 +490,7 @@ impl LinkFollower {
             .attached()
             .map(|a| (a.ifindex, a.name.clone()))
             .collect();
-        let mut snapshot = self.docker.load().renewed(inventory, interfaces);
+        let mut snapshot = self.docker.load().renewed(inventory, interfaces, None);
         // Only with Docker: without it no veth is ever named.
         if self.inventory.is_some() {
             snapshot.unnamed = snapshot

@@ -7,7 +7,7 @@
 //! addresses.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{hash_map::Entry, HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
 };
@@ -180,7 +180,6 @@ impl EndIdentity {
 type ByKey<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A container's endpoint: who it is, and which of its endpoints.
-#[derive(Clone)]
 struct Slot {
     identity: Arc<EndIdentity>,
     endpoint: usize,
@@ -224,19 +223,16 @@ impl Default for Nameless {
 struct Claims<'a> {
     by_ip: HashMap<IpAddr, (&'a Container, usize)>,
     by_veth: HashMap<u32, (&'a Container, usize)>,
-    /// Each gateway's network name: the last one told wins.
+    /// Each gateway's network name. Unlike addresses and veths, the last
+    /// one told wins, a departed container's too (as it always has: a
+    /// network's gateway keeps its network whoever tells it).
     gateways: HashMap<IpAddr, &'a str>,
-    /// Every container once, a running one rather than a departed one.
-    containers: HashMap<&'a str, Arc<Container>>,
 }
 
 impl<'a> Claims<'a> {
     /// A container's endpoints, replacing what they had (`running`) or
-    /// only where nothing is known.
+    /// only where nothing is known; gateways whatever they had.
     fn add(&mut self, container: &'a Container, running: bool) {
-        self.containers
-            .entry(&container.id)
-            .or_insert_with(|| Arc::new(container.clone()));
         for (index, endpoint) in container.endpoints.iter().enumerate() {
             if let Some(gateway) = endpoint.gateway {
                 self.gateways.insert(gateway, &endpoint.network);
@@ -297,7 +293,11 @@ impl Directory {
         let mut departed: Vec<_> = inventory.departed.values().collect();
         departed.sort_by_key(|(_, left)| std::cmp::Reverse(*left));
         for (container, _) in departed {
-            claims.add(container, false);
+            // One copy of a container names it: the inventory keeps the
+            // running and the departed apart, and a running one would win.
+            if !inventory.containers.contains_key(&container.id) {
+                claims.add(container, false);
+            }
         }
         directory.gateways = claims
             .gateways
@@ -308,41 +308,51 @@ impl Directory {
                 (*ip, Arc::new(end))
             })
             .collect();
-        // One identity per endpoint, whichever addresses and veth it holds.
+        // One identity per endpoint, whichever addresses and veth it holds,
+        // and one shared copy of each container.
+        let mut containers: HashMap<&str, Arc<Container>> = HashMap::new();
         let mut identities: HashMap<(&str, usize), Arc<EndIdentity>> = HashMap::new();
         let mut slot = |(container, endpoint): (&'a Container, usize)| {
-            let identity = identities
-                .entry((container.id.as_str(), endpoint))
-                .or_insert_with(|| {
-                    Arc::new(EndIdentity::container(
-                        &claims.containers[container.id.as_str()],
-                        &container.endpoints[endpoint],
+            let identity = match identities.entry((&container.id, endpoint)) {
+                Entry::Occupied(known) => known.get().clone(),
+                Entry::Vacant(new) => {
+                    let shared = containers
+                        .entry(&container.id)
+                        .or_insert_with(|| Arc::new(container.clone()));
+                    let joiners = joined.get(container.id.as_str()).cloned();
+                    let identity = EndIdentity::container(
+                        shared,
+                        container.endpoints.get(endpoint)?,
                         node,
-                        joined
-                            .get(container.id.as_str())
-                            .cloned()
-                            .unwrap_or_default(),
-                    ))
-                })
-                .clone();
-            Slot { identity, endpoint }
+                        joiners.unwrap_or_default(),
+                    );
+                    new.insert(Arc::new(identity)).clone()
+                }
+            };
+            Some(Slot { identity, endpoint })
         };
         directory.by_ip = claims
             .by_ip
             .into_iter()
-            .map(|(ip, c)| (ip, slot(c)))
+            .filter_map(|(ip, c)| Some((ip, slot(c)?)))
             .collect();
         directory.by_veth = claims
             .by_veth
             .into_iter()
-            .map(|(ifindex, c)| (ifindex, slot(c)))
+            .filter_map(|(ifindex, c)| Some((ifindex, slot(c)?)))
             .collect();
         directory
     }
 
-    /// Whether the host's own addresses are `host`, as when built.
+    /// Whether the host's own addresses are `host`, as when built, but
+    /// for IPv6 link-local ones: each veth brings its own and takes it
+    /// away, and a directory rebuilt for each would make every poll after
+    /// a veth came or went walk every flow. Such an address is named the
+    /// host's from the next rebuild on (a container start or stop).
     pub fn has_host_addresses(&self, host: &HashSet<IpAddr>) -> bool {
-        self.host.len() == host.len() && host.iter().all(|ip| self.host.contains(ip))
+        let routed = |ip: &&IpAddr| !is_link_local_v6(**ip);
+        self.host.iter().filter(routed).all(|ip| host.contains(ip))
+            && host.iter().filter(routed).all(|ip| self.host.contains(ip))
     }
 
     /// The container and endpoint behind a host-side veth.
@@ -418,17 +428,21 @@ impl Directory {
 
 /// Takes an address or veth for `slot`: always for a running container,
 /// only if free for a departed one.
-fn claim<K, S>(entry: std::collections::hash_map::Entry<'_, K, S>, slot: S, running: bool) {
+fn claim<K, S>(entry: Entry<'_, K, S>, slot: S, running: bool) {
     match entry {
-        std::collections::hash_map::Entry::Occupied(mut taken) => {
+        Entry::Occupied(mut taken) => {
             if running {
                 taken.insert(slot);
             }
         }
-        std::collections::hash_map::Entry::Vacant(free) => {
+        Entry::Vacant(free) => {
             free.insert(slot);
         }
     }
+}
+
+fn is_link_local_v6(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
 }
 
 /// Globally routable unicast (what `IpAddr::is_global` will say once stable).
@@ -450,7 +464,7 @@ fn is_global(ip: IpAddr) -> bool {
                 || v6.is_multicast()
                 || v6.is_unspecified()
                 || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
+                || is_link_local_v6(ip))
                 && v6.to_ipv4_mapped().is_none_or(|v4| is_global(v4.into()))
         }
     }
@@ -588,9 +602,12 @@ mod tests {
         };
         let gone_here = on_shop("g", [172, 27, 0, 2], 11);
         let gone_alone = on_shop("o", [172, 27, 0, 3], 12);
+        // Never both running and departed, but were it so the running wins.
+        let mut twin = web.clone();
+        twin.endpoints[0].network = "old".into();
         let inventory = Inventory {
             containers: [&web, &joiner].map(|c| (c.id.clone(), c.clone())).into(),
-            departed: [&gone_here, &gone_alone]
+            departed: [&gone_here, &gone_alone, &twin]
                 .map(|c| (c.id.clone(), (c.clone(), std::time::Instant::now())))
                 .into(),
             ..Inventory::default()
@@ -618,6 +635,10 @@ mod tests {
         let (source, _) = directory.ends(&key, &sent);
         let by_address = directory.by_address(IpAddr::from([172, 27, 0, 2]));
         assert!(Arc::ptr_eq(&source.identity, &by_address.identity));
+        assert_eq!(
+            directory.by_veth_end(10).unwrap().network.as_deref(),
+            Some("shop")
+        );
         assert_eq!(source.shared_with, ["j"]);
         assert_eq!(
             serde_json::to_string(&source).unwrap(),

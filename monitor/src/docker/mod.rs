@@ -12,7 +12,9 @@ mod snapshot;
 pub mod swarm;
 
 pub use client::connect;
-pub use directory::{end_name, service_name, Directory, EndIdentity, EndKind, FlowEnd, AGGREGATE};
+pub use directory::{
+    end_name, host_addresses, service_name, Directory, EndIdentity, EndKind, FlowEnd, AGGREGATE,
+};
 pub use follow::follow;
 pub use inventory::{
     Container, Endpoint, EngineInfo, Inventory, Network, VethOwner, UNWATCHED_REASONS,

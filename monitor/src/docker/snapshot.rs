@@ -3,11 +3,12 @@
 //! follower so that every reader sees one consistent moment.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
+    net::IpAddr,
     sync::Arc,
 };
 
-use super::{directory::host_addresses, Directory, Inventory};
+use super::{host_addresses, Directory, Inventory};
 
 pub struct Snapshot {
     /// The latest inventory, once the engine answered.
@@ -43,21 +44,28 @@ impl Snapshot {
     /// neither the inventory nor the host's addresses changed: a new
     /// directory makes the next poll walk every flow (`agent::poller`), and
     /// the link follower resyncs at every link change on a watched bridge.
+    /// `host`: the host's addresses as they are now, where they may have
+    /// changed (a resync); `None` keeps those of this snapshot's directory
+    /// for the same inventory.
     pub fn renewed(
         &self,
         inventory: Option<Arc<Inventory>>,
         interfaces: BTreeMap<u32, String>,
+        host: Option<HashSet<IpAddr>>,
     ) -> Snapshot {
         let same_inventory = match (&self.inventory, &inventory) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             (None, None) => true,
             _ => false,
         };
-        let host = host_addresses();
-        let directory = if same_inventory && self.directory.has_host_addresses(&host) {
-            self.directory.clone()
-        } else {
-            Arc::new(Directory::new(inventory.as_deref(), host))
+        let directory = match host {
+            Some(host) if !same_inventory || !self.directory.has_host_addresses(&host) => {
+                Arc::new(Directory::new(inventory.as_deref(), host))
+            }
+            None if !same_inventory => {
+                Arc::new(Directory::new(inventory.as_deref(), host_addresses()))
+            }
+            _ => self.directory.clone(),
         };
         Snapshot {
             inventory,
@@ -80,15 +88,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_directory_is_rebuilt_only_for_a_new_inventory() {
+    fn a_directory_is_rebuilt_only_for_a_new_inventory_or_host_address() {
+        let addresses = |list: &[&str]| -> HashSet<IpAddr> {
+            list.iter().map(|ip| ip.parse().unwrap()).collect()
+        };
+        let host = addresses(&["192.0.2.10", "fe80::1"]);
         let inventory = Arc::new(Inventory::default());
-        let first = Snapshot::default().renewed(Some(inventory.clone()), BTreeMap::new());
-        let again = first.renewed(Some(inventory), [(7, "veth7".into())].into());
-        assert!(Arc::ptr_eq(&first.directory, &again.directory));
-        assert_eq!(again.interfaces.len(), 1);
-        let new = again.renewed(Some(Arc::new(Inventory::default())), BTreeMap::new());
-        assert!(!Arc::ptr_eq(&again.directory, &new.directory));
-        let gone = new.renewed(None, BTreeMap::new());
-        assert!(!Arc::ptr_eq(&new.directory, &gone.directory));
+        let first =
+            Snapshot::default().renewed(Some(inventory.clone()), BTreeMap::new(), Some(host));
+        let same = |a: &Snapshot, b: &Snapshot| Arc::ptr_eq(&a.directory, &b.directory);
+        // A veth came, with its link-local address.
+        let veth = first.renewed(
+            Some(inventory.clone()),
+            [(7, "veth7".into())].into(),
+            Some(addresses(&["192.0.2.10", "fe80::1", "fe80::2"])),
+        );
+        assert!(same(&first, &veth));
+        assert_eq!(veth.interfaces.len(), 1);
+        let attached = veth.renewed(Some(inventory.clone()), BTreeMap::new(), None);
+        assert!(same(&veth, &attached));
+        let bridge = attached.renewed(
+            Some(inventory),
+            BTreeMap::new(),
+            Some(addresses(&["192.0.2.10", "198.51.100.1"])),
+        );
+        assert!(!same(&attached, &bridge), "a new bridge's address");
+        let started = bridge.renewed(Some(Arc::new(Inventory::default())), BTreeMap::new(), None);
+        assert!(!same(&bridge, &started), "a new inventory");
+        let gone = started.renewed(None, BTreeMap::new(), None);
+        assert!(!same(&started, &gone));
     }
 }
