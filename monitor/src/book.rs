@@ -31,6 +31,69 @@ impl<L: Clone + Eq + Hash> SeriesLabels<L> for L {
     }
 }
 
+/// Declares an owned key of strings (then `Copy` values) and its borrowed
+/// twin, which hashes and compares as the owned key does: a map of owned
+/// keys is searched by the borrowed one ([`Equivalent`]), which is made
+/// owned only to insert ([`SeriesLabels`]).
+macro_rules! owned_and_borrowed {
+    (
+        $(#[$owned_meta:meta])*
+        $vis:vis struct $owned:ident;
+        $(#[$borrowed_meta:meta])*
+        struct $borrowed:ident {
+            $($string:ident),+;
+            $($copied:ident: $ty:ty),*
+        }
+    ) => {
+        $(#[$owned_meta])*
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        $vis struct $owned {
+            $(pub $string: String,)+
+            $(pub $copied: $ty,)*
+        }
+
+        $(#[$borrowed_meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        $vis struct $borrowed<'a> {
+            $(pub $string: &'a str,)+
+            $(pub $copied: $ty,)*
+        }
+
+        impl $owned {
+            $vis fn borrowed(&self) -> $borrowed<'_> {
+                $borrowed {
+                    $($string: &self.$string,)+
+                    $($copied: self.$copied,)*
+                }
+            }
+        }
+
+        /// The borrowed form's hash, so that a lookup by either finds the
+        /// same entry.
+        impl std::hash::Hash for $owned {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.borrowed().hash(state);
+            }
+        }
+
+        impl hashbrown::Equivalent<$owned> for $borrowed<'_> {
+            fn equivalent(&self, key: &$owned) -> bool {
+                *self == key.borrowed()
+            }
+        }
+
+        impl $crate::book::SeriesLabels<$owned> for $borrowed<'_> {
+            fn to_labels(&self) -> $owned {
+                $owned {
+                    $($string: self.$string.to_owned(),)+
+                    $($copied: self.$copied,)*
+                }
+            }
+        }
+    };
+}
+pub(crate) use owned_and_borrowed;
+
 pub struct SeriesBook<L, V> {
     series: ByLabels<L, Series<V>>,
     /// The overflow series' labels; in `series` once first used, beyond

@@ -5,12 +5,9 @@
 //! container sends another, with a shorter window and no warm-up: a flood
 //! is a rate no edge had before, and its first window is already one.
 
-use std::{
-    hash::{Hash, Hasher},
-    time::Duration,
-};
+use std::time::Duration;
 
-use hashbrown::{hash_map::EntryRef, Equivalent, HashMap};
+use hashbrown::{hash_map::EntryRef, HashMap};
 use monitor_common::ip_proto;
 use serde_json::json;
 
@@ -18,7 +15,12 @@ use super::{
     config::{PacketFlood, TrafficSpike},
     Alert, Detector, Findings, PollEnd, Severity, Traffic,
 };
-use crate::{clock, docker::FlowEnd, model::protocol_name};
+use crate::{
+    book::{owned_and_borrowed, SeriesLabels as _},
+    clock,
+    docker::FlowEnd,
+    model::protocol_name,
+};
 
 /// Weight of the newest window in the moving average.
 const ALPHA: f64 = 0.3;
@@ -48,55 +50,16 @@ struct Edge {
     alerted: bool,
 }
 
-/// An edge by its ends' names ([`Alert::end_name`]) and, for a flood, the
-/// protocol of its packets (a spike counts the bytes of every protocol).
-#[derive(PartialEq, Eq)]
-struct EdgeKey {
-    source: String,
-    destination: String,
-    protocol: Option<u8>,
-}
-
-/// [`EdgeKey`] borrowed from a flow's ends, to find a known edge with:
-/// every flow with new traffic looks its edge up at every poll.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct EdgeKeyRef<'a> {
-    source: &'a str,
-    destination: &'a str,
-    protocol: Option<u8>,
-}
-
-impl EdgeKeyRef<'_> {
-    fn to_key(self) -> EdgeKey {
-        EdgeKey {
-            source: self.source.to_owned(),
-            destination: self.destination.to_owned(),
-            protocol: self.protocol,
-        }
-    }
-}
-
-impl Equivalent<EdgeKey> for EdgeKeyRef<'_> {
-    fn equivalent(&self, key: &EdgeKey) -> bool {
-        *self == key.borrowed()
-    }
-}
-
-impl EdgeKey {
-    fn borrowed(&self) -> EdgeKeyRef<'_> {
-        EdgeKeyRef {
-            source: &self.source,
-            destination: &self.destination,
-            protocol: self.protocol,
-        }
-    }
-}
-
-/// The borrowed form's hash, so that a lookup by either finds the same
-/// edge.
-impl Hash for EdgeKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.borrowed().hash(state);
+owned_and_borrowed! {
+    /// An edge by its ends' names ([`Alert::end_name`]) and, for a flood,
+    /// the protocol of its packets (a spike counts the bytes of every
+    /// protocol).
+    struct EdgeKey;
+    /// [`EdgeKey`] borrowed from a flow's ends, to find a known edge with:
+    /// every flow with new traffic looks its edge up at every poll.
+    struct EdgeKeyRef {
+        source, destination;
+        protocol: Option<u8>
     }
 }
 
@@ -144,7 +107,7 @@ impl EdgeWindows {
         let edge = match self.edges.entry_ref(&key) {
             EntryRef::Occupied(edge) => edge.into_mut(),
             EntryRef::Vacant(edge) => edge.insert_with_key(
-                key.to_key(),
+                key.to_labels(),
                 Edge {
                     source: source.clone(),
                     destination: destination.clone(),

@@ -5,14 +5,11 @@
 //! from the flow's ends (`*LabelsRef`), which hash and compare as the owned
 //! labels do, so that only a new series copies them.
 
-use std::hash::{Hash, Hasher};
-
-use hashbrown::Equivalent;
 use monitor_common::{ip_proto, Direction, FlowKey};
 
 use super::served::ServedPorts;
 use crate::{
-    book::{SeriesLabels, OTHER},
+    book::{owned_and_borrowed, OTHER},
     docker::{end_name, FlowEnd},
     model::{key_addrs, protocol_name, FlowRecord},
 };
@@ -30,24 +27,14 @@ pub const NO_PORT: &str = "none";
 /// The source network of a flow whose ends have none.
 const UNKNOWN_NETWORK: &str = "unknown";
 
-/// `crossmon_flow_{packets,bytes}_total` labels, in declaration order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FlowLabels {
-    pub source: String,
-    pub destination: String,
-    pub source_network: String,
-    pub destination_port: String,
-    pub protocol: &'static str,
-}
-
-/// [`FlowLabels`] borrowed from a flow, to find its series with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FlowLabelsRef<'a> {
-    pub source: &'a str,
-    pub destination: &'a str,
-    pub source_network: &'a str,
-    pub destination_port: &'a str,
-    pub protocol: &'static str,
+owned_and_borrowed! {
+    /// `crossmon_flow_{packets,bytes}_total` labels, in declaration order.
+    pub struct FlowLabels;
+    /// [`FlowLabels`] borrowed from a flow, to find its series with.
+    struct FlowLabelsRef {
+        source, destination, source_network, destination_port;
+        protocol: &'static str
+    }
 }
 
 pub const FLOW_LABEL_NAMES: [&str; 5] = [
@@ -58,24 +45,15 @@ pub const FLOW_LABEL_NAMES: [&str; 5] = [
     "protocol",
 ];
 
-/// `crossmon_connections_total` labels, in declaration order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnectionLabels {
-    pub source: String,
-    pub destination: String,
-    pub destination_port: String,
-    pub protocol: &'static str,
-    pub result: &'static str,
-}
-
-/// [`ConnectionLabels`] borrowed from a flow, to find its series with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnectionLabelsRef<'a> {
-    pub source: &'a str,
-    pub destination: &'a str,
-    pub destination_port: &'a str,
-    pub protocol: &'static str,
-    pub result: &'static str,
+owned_and_borrowed! {
+    /// `crossmon_connections_total` labels, in declaration order.
+    pub struct ConnectionLabels;
+    /// [`ConnectionLabels`] borrowed from a flow, to find its series with.
+    struct ConnectionLabelsRef {
+        source, destination, destination_port;
+        protocol: &'static str,
+        result: &'static str
+    }
 }
 
 pub const CONNECTION_LABEL_NAMES: [&str; 5] = [
@@ -114,32 +92,6 @@ impl<'a> FlowLabelsRef<'a> {
     }
 }
 
-impl Equivalent<FlowLabels> for FlowLabelsRef<'_> {
-    fn equivalent(&self, labels: &FlowLabels) -> bool {
-        *self == labels.borrowed()
-    }
-}
-
-impl SeriesLabels<FlowLabels> for FlowLabelsRef<'_> {
-    fn to_labels(&self) -> FlowLabels {
-        FlowLabels {
-            source: self.source.to_owned(),
-            destination: self.destination.to_owned(),
-            source_network: self.source_network.to_owned(),
-            destination_port: self.destination_port.to_owned(),
-            protocol: self.protocol,
-        }
-    }
-}
-
-/// The borrowed form's hash, so that a lookup by either finds the same
-/// series.
-impl Hash for FlowLabels {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.borrowed().hash(state);
-    }
-}
-
 impl FlowLabels {
     pub fn overflow() -> FlowLabels {
         FlowLabels {
@@ -148,16 +100,6 @@ impl FlowLabels {
             source_network: OTHER.into(),
             destination_port: OTHER.into(),
             protocol: OTHER,
-        }
-    }
-
-    fn borrowed(&self) -> FlowLabelsRef<'_> {
-        FlowLabelsRef {
-            source: &self.source,
-            destination: &self.destination,
-            source_network: &self.source_network,
-            destination_port: &self.destination_port,
-            protocol: self.protocol,
         }
     }
 
@@ -184,32 +126,6 @@ impl<'a> ConnectionLabelsRef<'a> {
     }
 }
 
-impl Equivalent<ConnectionLabels> for ConnectionLabelsRef<'_> {
-    fn equivalent(&self, labels: &ConnectionLabels) -> bool {
-        *self == labels.borrowed()
-    }
-}
-
-impl SeriesLabels<ConnectionLabels> for ConnectionLabelsRef<'_> {
-    fn to_labels(&self) -> ConnectionLabels {
-        ConnectionLabels {
-            source: self.source.to_owned(),
-            destination: self.destination.to_owned(),
-            destination_port: self.destination_port.to_owned(),
-            protocol: self.protocol,
-            result: self.result,
-        }
-    }
-}
-
-/// The borrowed form's hash, so that a lookup by either finds the same
-/// series.
-impl Hash for ConnectionLabels {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.borrowed().hash(state);
-    }
-}
-
 impl ConnectionLabels {
     pub fn overflow() -> ConnectionLabels {
         ConnectionLabels {
@@ -218,16 +134,6 @@ impl ConnectionLabels {
             destination_port: OTHER.into(),
             protocol: OTHER,
             result: OTHER,
-        }
-    }
-
-    fn borrowed(&self) -> ConnectionLabelsRef<'_> {
-        ConnectionLabelsRef {
-            source: &self.source,
-            destination: &self.destination,
-            destination_port: &self.destination_port,
-            protocol: self.protocol,
-            result: self.result,
         }
     }
 
@@ -270,7 +176,7 @@ fn destination_port<'a>(
 mod tests {
     use super::*;
     use crate::{
-        book::SeriesBook,
+        book::{SeriesBook, SeriesLabels as _},
         detect::testkit::{front, Lab},
     };
 
