@@ -345,7 +345,14 @@ impl Detectors {
         seen.bytes = record.stats.bytes;
         let new_packets = record.stats.packets.saturating_sub(seen.packets);
         seen.packets = record.stats.packets;
-        let reverse = find(&record.key.reversed());
+        // The reverse tells whether a flow answers, and decides an attempt:
+        // a decided TCP flow needs neither (at 100k busy connections, one
+        // lookup per flow and poll fewer).
+        let reverse = if record.key.protocol != ip_proto::TCP || !seen.decided {
+            find(&record.key.reversed())
+        } else {
+            None
+        };
         let reverse = reverse.as_ref();
         let (mut syns, mut completed) = (0, 0);
         if record.key.protocol == ip_proto::TCP {

@@ -29,8 +29,14 @@ impl ServedPorts {
     }
 
     /// Learns from one flow and its reverse (if counted): the side that
-    /// answered serves the port it answered from.
-    pub fn learn(&mut self, flow: &FlowRecord, reverse: Option<&FlowRecord>, now_ns: u64) {
+    /// answered serves the port it answered from. The reverse is looked up
+    /// only where the flow alone does not tell (a server's flow does).
+    pub fn learn(
+        &mut self,
+        flow: &FlowRecord,
+        reverse: impl FnOnce() -> Option<FlowRecord>,
+        now_ns: u64,
+    ) {
         let Some(server) = answering_side(flow, reverse) else {
             return;
         };
@@ -53,16 +59,21 @@ impl ServedPorts {
 }
 
 /// The (address, port, protocol) that answered in this pair of flows.
-fn answering_side(flow: &FlowRecord, reverse: Option<&FlowRecord>) -> Option<(IpAddr, u16, u8)> {
+fn answering_side(
+    flow: &FlowRecord,
+    reverse: impl FnOnce() -> Option<FlowRecord>,
+) -> Option<(IpAddr, u16, u8)> {
     let key = &flow.key;
     let (src, dst) = key_addrs(key);
     match key.protocol {
         // SYN-ACKs come from the listening side.
         ip_proto::TCP if flow.stats.syn_ack > 0 => Some((src, key.src_port, key.protocol)),
-        ip_proto::TCP if reverse?.stats.syn_ack > 0 => Some((dst, key.dst_port, key.protocol)),
+        ip_proto::TCP => {
+            (reverse()?.stats.syn_ack > 0).then_some((dst, key.dst_port, key.protocol))
+        }
         // The flow that began first asked; the other answered.
         ip_proto::UDP => {
-            let reverse = reverse?;
+            let reverse = reverse()?;
             if reverse.stats.first_seen_ns > flow.stats.first_seen_ns {
                 Some((dst, key.dst_port, key.protocol))
             } else {
@@ -106,7 +117,7 @@ mod tests {
         let answer = record(SERVER, 80, CLIENT, 40000, stats(2, 0, 1));
         for (flow, reverse) in [(&request, &answer), (&answer, &request)] {
             let mut served = ServedPorts::new(10);
-            served.learn(flow, Some(reverse), 5);
+            served.learn(flow, || Some(*reverse), 5);
             assert!(served.contains(SERVER.into(), 80, ip_proto::TCP));
             assert!(!served.contains(CLIENT.into(), 40000, ip_proto::TCP));
         }
@@ -117,8 +128,8 @@ mod tests {
         let mut served = ServedPorts::new(10);
         let request = record(CLIENT, 40000, SERVER, 81, stats(1, 1, 0));
         let rst = record(SERVER, 81, CLIENT, 40000, stats(2, 0, 0));
-        served.learn(&request, Some(&rst), 5);
-        served.learn(&request, None, 5);
+        served.learn(&request, || Some(rst), 5);
+        served.learn(&request, || None, 5);
         assert!(!served.contains(SERVER.into(), 81, ip_proto::TCP));
     }
 
@@ -129,7 +140,7 @@ mod tests {
         query.key.protocol = ip_proto::UDP;
         reply.key.protocol = ip_proto::UDP;
         let mut served = ServedPorts::new(10);
-        served.learn(&reply, Some(&query), 5);
+        served.learn(&reply, || Some(query), 5);
         assert!(served.contains(SERVER.into(), 53, ip_proto::UDP));
         assert!(!served.contains(CLIENT.into(), 50000, ip_proto::UDP));
     }
@@ -139,7 +150,7 @@ mod tests {
         let mut served = ServedPorts::new(1);
         for (port, seen) in [(80, 5), (81, 6)] {
             let answer = record(SERVER, port, CLIENT, 40000, stats(2, 0, 1));
-            served.learn(&answer, None, seen);
+            served.learn(&answer, || None, seen);
         }
         assert!(served.contains(SERVER.into(), 80, ip_proto::TCP));
         assert!(!served.contains(SERVER.into(), 81, ip_proto::TCP));

@@ -102,7 +102,7 @@ impl TrafficSeries {
         for (record, _, exported) in flows.exported_records() {
             if needs_update(&record, exported) {
                 self.served
-                    .learn(&record, find(&record.key.reversed()).as_ref(), now_ns);
+                    .learn(&record, || find(&record.key.reversed()), now_ns);
             }
         }
         for (record, ended, exported) in flows.exported_records() {
