@@ -118,13 +118,19 @@ pub struct TcpHealth {
 /// from the first SYN (retransmissions included, as a user waits).
 pub fn handshake_rtt_ns(flow: &FlowRecord, reverse: Option<&FlowRecord>) -> Option<u64> {
     let reverse = reverse?;
-    if flow.key.protocol != ip_proto::TCP || flow.stats.syn == 0 || reverse.stats.syn_ack == 0 {
+    if !opens_handshake(flow) || reverse.stats.syn_ack == 0 {
         return None;
     }
     reverse
         .stats
         .first_seen_ns
         .checked_sub(flow.stats.first_seen_ns)
+}
+
+/// Whether `flow` is a TCP client's (it sent a SYN): only such a flow has
+/// a handshake to time, so only its reverse is worth a lookup.
+fn opens_handshake(flow: &FlowRecord) -> bool {
+    flow.key.protocol == ip_proto::TCP && flow.stats.syn != 0
 }
 
 impl TcpHealth {
@@ -194,9 +200,7 @@ impl TcpHealth {
         let resets = record.stats.rst.saturating_sub(counted.rst);
         let retransmitted = retransmits.of_flow(&record.key).unwrap_or(0);
         let retransmitted = retransmitted.saturating_sub(counted.retransmits);
-        // Only a client's flow (it sent a SYN) has a round trip: the
-        // server's flow is not worth a lookup of its reverse.
-        let rtt = if counted.rtt_done || record.stats.syn == 0 {
+        let rtt = if counted.rtt_done || !opens_handshake(record) {
             None
         } else {
             handshake_rtt_ns(record, flows.find(&record.key.reversed()).as_ref())
