@@ -27,6 +27,24 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 /// through one of these is not counted again, so container-to-container
 /// traffic is counted once.
 pub const COUNTED_IFACES_MAP: &str = "COUNTED_IFACES";
+/// `ARRAY<u32>` of [`COUNTED_SLOTS_LEN`] slots: a direct-mapped copy of
+/// [`COUNTED_IFACES_MAP`] that `to_container` reads first, an array
+/// lookup the verifier inlines where the hash map costs a helper call and
+/// a hash. Slot [`counted_slot`]`(id)` holds `id` when that one counted
+/// veth maps there, [`COUNTED_SLOT_SHARED`] when several do (the packet's
+/// veth is then looked up in the hash map), 0 when none does.
+pub const COUNTED_SLOTS_MAP: &str = "COUNTED_SLOTS";
+/// Slots of [`COUNTED_SLOTS_MAP`]: twice the veths crossmon watches.
+pub const COUNTED_SLOTS_LEN: u32 = 1 << COUNTED_SLOT_BITS;
+const COUNTED_SLOT_BITS: u32 = 13;
+/// A slot that several counted veths map to.
+pub const COUNTED_SLOT_SHARED: u32 = u32::MAX;
+
+/// The slot of veth id `id` in [`COUNTED_SLOTS_MAP`]: Fibonacci hashing,
+/// which gives consecutive ifindexes (a namespace's veths) distinct slots.
+pub const fn counted_slot(id: u32) -> u32 {
+    id.wrapping_mul(0x9E37_79B9) >> (32 - COUNTED_SLOT_BITS)
+}
 
 /// Name of the global holding the number of payload bytes captured per sample
 /// (0 disables payload sampling; values above [`MAX_CAPTURE`] are clamped).

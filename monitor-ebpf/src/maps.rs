@@ -8,11 +8,12 @@ use aya_ebpf::{
     Global,
 };
 use monitor_common::{
-    CaptureFilter, Counter, DeniedStats, DropKey, FlowKey, FlowKeyV4, FlowStats, PolicyIface,
-    PolicyIfaceKey, PolicyRuleKey, PolicyRuleValue, DEFAULT_CAPTURE_RING_BYTES, DEFAULT_DNS_EVENTS,
-    DEFAULT_FLOW_CAPACITY, DEFAULT_NEW_FLOW_EVENTS, DEFAULT_PAYLOAD_BYTES, DEFAULT_PAYLOAD_PACKETS,
-    DEFAULT_RING_BYTES, DEFAULT_SAMPLE_RATE, DROPS_CAPACITY, MAX_CAPTURED_IFACES, NO_FIELD,
-    POLICY_SLOTS, POLICY_STATE_LEN, RETRANSMITS_CAPACITY,
+    counted_slot, CaptureFilter, Counter, DeniedStats, DropKey, FlowKey, FlowKeyV4, FlowStats,
+    PolicyIface, PolicyIfaceKey, PolicyRuleKey, PolicyRuleValue, COUNTED_SLOTS_LEN,
+    COUNTED_SLOT_SHARED, DEFAULT_CAPTURE_RING_BYTES, DEFAULT_DNS_EVENTS, DEFAULT_FLOW_CAPACITY,
+    DEFAULT_NEW_FLOW_EVENTS, DEFAULT_PAYLOAD_BYTES, DEFAULT_PAYLOAD_PACKETS, DEFAULT_RING_BYTES,
+    DEFAULT_SAMPLE_RATE, DROPS_CAPACITY, MAX_CAPTURED_IFACES, NO_FIELD, POLICY_SLOTS,
+    POLICY_STATE_LEN, RETRANSMITS_CAPACITY,
 };
 
 /// Per-CPU values: the hot path never contends on a cache line or needs
@@ -37,6 +38,10 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 /// `monitor_common::COUNTED_IFACES_MAP`.
 #[map]
 pub static COUNTED_IFACES: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Its direct-mapped copy, read first: `monitor_common::COUNTED_SLOTS_MAP`.
+#[map]
+pub static COUNTED_SLOTS: Array<u32> = Array::with_max_entries(COUNTED_SLOTS_LEN, 0);
 
 /// The policy's mode and generation, set by the agent at run time; see
 /// `monitor_common::POLICY_STATE_MAP` and the other policy maps.
@@ -167,8 +172,18 @@ pub fn bump(counter: Counter) {
     }
 }
 
+/// Whether a packet that came into the host through interface `id` was
+/// counted there (a watched veth's `from_container`).
 #[inline(always)]
-pub fn counted_at_ingress(ifindex: u32) -> bool {
-    // SAFETY: the value is a plain byte; nothing is read through the reference.
-    unsafe { COUNTED_IFACES.get(ifindex).is_some() }
+pub fn counted_at_ingress(id: u32) -> bool {
+    let Some(&cached) = COUNTED_SLOTS.get(counted_slot(id)) else {
+        return false;
+    };
+    if cached == COUNTED_SLOT_SHARED {
+        // SAFETY: the value is a plain byte; nothing is read through the reference.
+        return unsafe { COUNTED_IFACES.get(id).is_some() };
+    }
+    // An empty slot holds 0, the id of no interface (a packet the host
+    // itself sent has ingress ifindex 0).
+    cached == id && id != 0
 }

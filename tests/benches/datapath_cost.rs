@@ -10,7 +10,7 @@
 //! their flows are counted: the kernel's timing of one run adds the same
 //! overhead to both.
 
-use integration_tests::{frames::*, timing::median_ns};
+use integration_tests::{frames::*, net::TestNet, timing::median_ns};
 use monitor::datapath::{
     self, Datapath, DatapathConfig, Event, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
 };
@@ -41,15 +41,26 @@ fn frame(src_port: u16, protocol: u8, flags: u8, payload: usize) -> Vec<u8> {
     )
 }
 
-/// Median ns per run of `program` on a flow already counted and sampled.
-fn steady(dp: &mut Datapath, program: &str, frame: &[u8]) -> anyhow::Result<f64> {
+/// Median ns per run of `program` on a flow already counted and sampled,
+/// the frame come in through `ingress_ifindex` (0: none).
+fn steady(
+    dp: &mut Datapath,
+    program: &str,
+    frame: &[u8],
+    ingress_ifindex: u32,
+) -> anyhow::Result<f64> {
     let mut events = Vec::new();
     for _ in 0..4 {
         dp.programs.test_run(program, frame)?;
     }
     dp.events.drain(&mut events);
     events.clear();
-    let ns = median_ns(|| Ok(dp.programs.time_runs(program, frame, REPEAT)?.1))?;
+    let ns = median_ns(|| {
+        Ok(dp
+            .programs
+            .time_runs_from(program, frame, ingress_ifindex, REPEAT)?
+            .1)
+    })?;
     dp.events.drain(&mut events);
     anyhow::ensure!(
         events.is_empty(),
@@ -143,10 +154,26 @@ fn main() -> anyhow::Result<()> {
         for program in [PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER] {
             // `to_container` counts what no watched veth counted first:
             // a flow of its own, from an address of the other host.
-            let ns = steady(&mut dp, program, frame)?;
+            let ns = steady(&mut dp, program, frame, 0)?;
             println!("| {label} | `{program}` | {ns:.0} |");
         }
     }
+    // Container to container: what left a watched veth was counted there,
+    // and `to_container` only tells that it came in through one.
+    let net = TestNet::new(1)?;
+    let sender = net.host(0);
+    dp.programs.attach(
+        sender.veth_name(),
+        sender.veth_ifindex(),
+        net.bridge_ifindex(),
+    )?;
+    let ns = steady(
+        &mut dp,
+        PROGRAM_TO_CONTAINER,
+        &udp_64,
+        sender.veth_ifindex(),
+    )?;
+    println!("| UDP, 64-byte payload, bridged from a watched veth | `{PROGRAM_TO_CONTAINER}` | {ns:.0} |");
     let (new, again) = first_packets(&mut dp, |p| frame(p, ip_proto::UDP, 0, 64), true)?;
     println!("| UDP, first datagram of a new flow (single runs) | `{PROGRAM_FROM_CONTAINER}` | {new:.0} |");
     println!(

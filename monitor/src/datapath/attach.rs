@@ -7,7 +7,6 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{HashMap, MapData},
     programs::{
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcAttachType},
         LinkOrder, SchedClassifier, TestRun as _, TestRunOptions,
@@ -19,6 +18,7 @@ use serde::Serialize;
 use monitor_common::{veth_id, veth_id_parts};
 
 use super::{
+    counted::CountedIfaces,
     sandbox::{self, InstanceLoader},
     PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
 };
@@ -96,7 +96,7 @@ pub struct ProgramRunStats {
 /// The loaded programs and where they are attached.
 pub struct Programs {
     ebpf: Ebpf,
-    counted_ifaces: HashMap<MapData, u32, u8>,
+    counted_ifaces: CountedIfaces,
     /// By id (`veth_id`): ifindexes in the agent's namespace, tagged ones
     /// in others.
     attached: BTreeMap<u32, VethAttachment>,
@@ -109,7 +109,7 @@ pub struct Programs {
 impl Programs {
     pub(super) fn new(
         ebpf: Ebpf,
-        counted_ifaces: HashMap<MapData, u32, u8>,
+        counted_ifaces: CountedIfaces,
         mode: AttachMode,
         instances: InstanceLoader,
     ) -> Self {
@@ -342,10 +342,28 @@ impl Programs {
         frame: &[u8],
         repeat: u32,
     ) -> anyhow::Result<(i32, std::time::Duration)> {
+        self.time_runs_from(name, frame, 0, repeat)
+    }
+
+    /// [`Self::time_runs`] on a frame that came into the host through
+    /// interface `ingress_ifindex` (0: none), as a bridged one did.
+    pub fn time_runs_from(
+        &mut self,
+        name: &str,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        repeat: u32,
+    ) -> anyhow::Result<(i32, std::time::Duration)> {
+        // The start of `struct __sk_buff` up to `ingress_ifindex` (offset
+        // 36, UAPI), the one field set: the kernel takes a shorter
+        // context and requires the fields it does not accept to be zero.
+        let mut ctx = [0u8; 40];
+        ctx[36..].copy_from_slice(&ingress_ifindex.to_ne_bytes());
         let result = self
             .program(name)?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
+                ctx_in: (ingress_ifindex != 0).then_some(&ctx[..]),
                 repeat,
                 ..TestRunOptions::default()
             })
@@ -368,9 +386,7 @@ impl Programs {
     /// Mark before attaching, so the first packet leaving through another
     /// veth already knows this one's traffic is counted on the way in.
     fn mark(&mut self, ifindex: u32) -> anyhow::Result<()> {
-        self.counted_ifaces
-            .insert(ifindex, 1, 0)
-            .with_context(|| format!("registering interface {ifindex} as counted"))
+        self.counted_ifaces.insert(ifindex)
     }
 
     /// A namespace's instance goes with its last attachment.
@@ -385,8 +401,7 @@ impl Programs {
     }
 
     fn unmark(&mut self, ifindex: u32) {
-        // Absent already is fine.
-        let _ = self.counted_ifaces.remove(&ifindex);
+        self.counted_ifaces.remove(ifindex);
     }
 }
 

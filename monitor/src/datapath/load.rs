@@ -9,16 +9,17 @@ use aya::{
 use aya_log::EbpfLogger;
 use monitor_common::{
     CAPTURE_ACTIVE_MAP, CAPTURE_FILTERS_MAP, CAPTURE_LOST_MAP, CAPTURE_RING_MAP,
-    COUNTED_IFACES_MAP, COUNTERS_MAP, DROPS_MAP, EVENTS_MAP, FLOWS_MAP, FLOWS_V4_MAP,
-    GLOBAL_COARSE_CLOCK, GLOBAL_DNS_EVENTS, GLOBAL_NEW_FLOW_EVENTS, GLOBAL_PAYLOAD_BYTES,
-    GLOBAL_PAYLOAD_PACKETS, GLOBAL_SAMPLE_RATE, MAX_CAPTURE, POLICY_COUNTS_MAP, POLICY_DENIED_MAP,
-    POLICY_IFACES_MAP, POLICY_RULES_MAP, POLICY_STATE_MAP, RETRANSMITS_MAP,
+    COUNTED_IFACES_MAP, COUNTED_SLOTS_MAP, COUNTERS_MAP, DROPS_MAP, EVENTS_MAP, FLOWS_MAP,
+    FLOWS_V4_MAP, GLOBAL_COARSE_CLOCK, GLOBAL_DNS_EVENTS, GLOBAL_NEW_FLOW_EVENTS,
+    GLOBAL_PAYLOAD_BYTES, GLOBAL_PAYLOAD_PACKETS, GLOBAL_SAMPLE_RATE, MAX_CAPTURE,
+    POLICY_COUNTS_MAP, POLICY_DENIED_MAP, POLICY_IFACES_MAP, POLICY_RULES_MAP, POLICY_STATE_MAP,
+    RETRANSMITS_MAP,
 };
 
 use super::{
-    sandbox::InstanceLoader, tracepoints, AttachMode, CaptureMaps, Counters, DropMap, EventRing,
-    FlowMap, PolicyMaps, Programs, RetransmitMap, PROGRAM_FROM_CONTAINER, PROGRAM_SKB_DROP,
-    PROGRAM_TCP_RETRANSMIT, PROGRAM_TO_CONTAINER,
+    counted::CountedIfaces, sandbox::InstanceLoader, tracepoints, AttachMode, CaptureMaps,
+    Counters, DropMap, EventRing, FlowMap, PolicyMaps, Programs, RetransmitMap,
+    PROGRAM_FROM_CONTAINER, PROGRAM_SKB_DROP, PROGRAM_TCP_RETRANSMIT, PROGRAM_TO_CONTAINER,
 };
 
 /// The object built by `build.rs` from `monitor-ebpf`.
@@ -194,8 +195,10 @@ pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
     )?;
     let events = EventRing::new(RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?);
     let counters = Counters::new(PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?);
-    let counted: HashMap<MapData, u32, u8> =
-        HashMap::try_from(take_map(&mut ebpf, COUNTED_IFACES_MAP)?)?;
+    let counted = CountedIfaces::new(
+        HashMap::try_from(take_map(&mut ebpf, COUNTED_IFACES_MAP)?)?,
+        Array::try_from(take_map(&mut ebpf, COUNTED_SLOTS_MAP)?)?,
+    );
     let policy = PolicyMaps::new(
         Array::try_from(take_map(&mut ebpf, POLICY_STATE_MAP)?)?,
         HashMap::try_from(take_map(&mut ebpf, POLICY_IFACES_MAP)?)?,

@@ -5,6 +5,7 @@ mod attach;
 mod attach_stats;
 mod btf;
 pub mod capture;
+mod counted;
 mod counters;
 pub mod dns;
 pub mod events;
