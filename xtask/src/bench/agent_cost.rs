@@ -32,12 +32,13 @@ pub struct Load {
     pub active: u64,
 }
 
-/// The cost runs' loads, and how many runs of each (one at 100k, the
-/// slowest to warm up).
+/// The cost runs' loads, and how many runs of each (three at 100k
+/// active, the target's load; one of the slow warm-up to 100k flows of
+/// which 10k stay active).
 const LOADS: [(Load, usize); 4] = [
     (Load::all_active(1_000), 3),
     (Load::all_active(10_000), 3),
-    (Load::all_active(100_000), 1),
+    (Load::all_active(100_000), 3),
     (
         Load {
             flows: 100_000,
@@ -63,6 +64,9 @@ const WINDOW: Duration = Duration::from_secs(8);
 /// after the poll before its last packet (`flows::REVISIT_NS`), a poll
 /// interval (1 s), and margin.
 const QUIET: Duration = Duration::from_secs(10);
+/// How long after the last payload sample the cleartext detector may
+/// still judge its connection: its 2 s wait for a verdict, and margin.
+const VERDICTS: Duration = Duration::from_secs(3);
 /// Enough flow-map room for the most flows measured (the default holds
 /// 65536).
 const FLOW_CAPACITY: &str = "262144";
@@ -223,6 +227,13 @@ fn cost_run(
         let seen = wait_for_flows(&mut session, api, flows)?;
         if active < flows {
             sleep(QUIET)?;
+        } else {
+            // The window measures flows that are active, not new: each
+            // new flow's first two datagrams, a second apart, are
+            // sampled, and the second round of 100k samples, with its
+            // verdicts, would fall in it.
+            settled(api, payload_samples)?;
+            sleep(VERDICTS)?;
         }
         let (ticks, at) = (cpu_ticks(pid)?, Instant::now());
         sleep(WINDOW)?;
@@ -309,7 +320,7 @@ fn status_kib(status: &str, key: &str) -> Option<u64> {
 }
 
 /// The agent's new-flow counters.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct EventCounters {
     events: u64,
     lost: u64,
@@ -326,19 +337,28 @@ fn event_counters(api: SocketAddr) -> anyhow::Result<EventCounters> {
     })
 }
 
-/// The counters once two readings a poll apart agree: the ring drained and
-/// the kernel's counters read.
-fn settled(api: SocketAddr) -> anyhow::Result<EventCounters> {
-    let mut last = event_counters(api)?;
+fn payload_samples(api: SocketAddr) -> anyhow::Result<u64> {
+    Ok(sample(&metrics(api)?, r#"crossmon_events_total{kind="payload"}"#)? as u64)
+}
+
+/// What `read` reads once two readings a poll apart agree: the ring
+/// drained and the kernel's counters read.
+fn settled<T: PartialEq + std::fmt::Debug>(
+    api: SocketAddr,
+    read: impl Fn(SocketAddr) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut last = read(api)?;
     for _ in 0..SETTLE_READINGS {
         sleep(SETTLE)?;
-        let now = event_counters(api)?;
+        let now = read(api)?;
         if now == last {
             return Ok(now);
         }
         last = now;
     }
-    println!("  warning: the new-flow counters still moved after {SETTLE_READINGS} readings");
+    println!(
+        "  warning: the event counters still moved after {SETTLE_READINGS} readings: {last:?}"
+    );
     Ok(last)
 }
 
@@ -349,12 +369,12 @@ fn event_path(net: &BenchNet, crossmon: &Path, log_dir: &Path) -> anyhow::Result
     // A hundred flows first, which spend the server's ICMP burst: its
     // port-unreachables make a flow of their own.
     sender.send_while(1e3, Pattern::Fresh, || sleep(Duration::from_millis(100)))?;
-    let mut before = settled(api)?;
+    let mut before = settled(api, event_counters)?;
     let mut steps = Vec::new();
     for offered in OFFERED {
         let ((), sent) = sender.send_while(offered, Pattern::Fresh, || sleep(STEP))?;
         session.check_running()?;
-        let after = settled(api)?;
+        let after = settled(api, event_counters)?;
         let step = event_step(offered, &sent, before, after);
         println!(
             "[events] offered {offered:.0} new flows/s, sent {:.0}/s: {} flows, {} events, {} \
@@ -551,7 +571,9 @@ impl AgentCost {
              default 65536 so that 100k flows fit. Where the sender could not keep one \
              datagram per flow per second (second column), flows still stayed active: each went \
              a little longer between datagrams, well within the idle timeout. Once `crossmon_flows` on `/metrics` shows \
-             all N, the agent's user and system time (`/proc/PID/stat`, every thread) is read \
+             all N, and the payload samples of the flows' first datagrams (two a flow, a \
+             second apart) have stopped coming and had their {} s to be judged, the agent's \
+             user and system time (`/proc/PID/stat`, every thread) is read \
              over {} s, then its RSS (`VmRSS`) and peak RSS (`VmHWM`). The programs run in \
              the kernel on the sending CPU and are not in these figures: their cost is in the \
              table above. Without Docker, no flow has a container sender, so the detectors keep \
@@ -563,6 +585,7 @@ impl AgentCost {
              timeout), and the window starts {} s after their last datagram, once the \
              consumers no longer walk them. Medians; the runs column lists each run's CPU.\n",
             COST_MONITOR.description,
+            VERDICTS.as_secs(),
             WINDOW.as_secs(),
             QUIET.as_secs()
         );
