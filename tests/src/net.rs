@@ -196,6 +196,18 @@ impl TestNet {
     /// A bridge with `hosts` hosts (at most 200): up, every neighbour
     /// pinned, and silent (nothing crossed it for [`QUIET`]).
     pub fn new(hosts: usize) -> anyhow::Result<TestNet> {
+        Self::create(&vec![None; hosts])
+    }
+
+    /// [`TestNet::new`] with one host per ifindex, its host-side veth
+    /// created with that ifindex (it must be free).
+    pub fn with_veth_ifindexes(ifindexes: &[u32]) -> anyhow::Result<TestNet> {
+        let chosen: Vec<Option<u32>> = ifindexes.iter().copied().map(Some).collect();
+        Self::create(&chosen)
+    }
+
+    fn create(veth_ifindexes: &[Option<u32>]) -> anyhow::Result<TestNet> {
+        let hosts = veth_ifindexes.len();
         ensure!(hosts <= 200, "a /24 test subnet holds at most 200 hosts");
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
@@ -216,11 +228,17 @@ impl TestNet {
         let [_, a, b, c] = pid.to_be_bytes();
         let bridge_mac = [0x02, 0x78, a, b, c, n as u8];
         // On error `net` is dropped here, which removes what was created.
-        net.build(&prefix, hosts, bridge_mac)?;
+        net.build(&prefix, veth_ifindexes, bridge_mac)?;
         Ok(net)
     }
 
-    fn build(&mut self, prefix: &str, hosts: usize, bridge_mac: [u8; 6]) -> anyhow::Result<()> {
+    fn build(
+        &mut self,
+        prefix: &str,
+        veth_ifindexes: &[Option<u32>],
+        bridge_mac: [u8; 6],
+    ) -> anyhow::Result<()> {
+        let hosts = veth_ifindexes.len();
         let br = self.bridge.clone();
         ensure!(
             format!("{prefix}h{hosts}").len() <= MAX_IFNAME,
@@ -257,7 +275,7 @@ impl TestNet {
         self.bridge_ifindex = ifindex(None, &br)?;
         self.open_firewall();
 
-        for i in 0..hosts {
+        for (i, chosen) in veth_ifindexes.iter().enumerate() {
             let netns = format!("{prefix}n{i}");
             let veth = format!("{prefix}h{i}");
             ip(&["netns", "add", &netns])?;
@@ -279,9 +297,17 @@ impl TestNet {
                 ),
                 mac: [0; 6],
             });
+            let index = chosen.map(|index| index.to_string());
+            let index: &[&str] = match &index {
+                Some(index) => &["index", index],
+                None => &[],
+            };
             ip(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns,
-            ])?;
+                &["link", "add", &veth][..],
+                index,
+                &["type", "veth", "peer", "name", "eth0", "netns", &netns],
+            ]
+            .concat())?;
             // A bridge port needs no IPv6 of its own; with it, the port sends
             // DAD, MLD and router solicitations into the host's namespace.
             sysctl(&format!("net/ipv6/conf/{veth}/disable_ipv6"), "1")?;

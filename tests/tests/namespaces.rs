@@ -21,7 +21,7 @@ use monitor::{
     datapath::{self, AttachMode, Datapath, DatapathConfig, Event, Side},
     flows::FlowTable,
 };
-use monitor_common::{ip_proto, veth_id, Direction, FlowKey, FlowStats};
+use monitor_common::{counted_slot, ip_proto, veth_id, Direction, FlowKey, FlowStats};
 
 /// crossmon's datapath attached to every host of a test net.
 struct Monitor {
@@ -893,4 +893,71 @@ fn ipvlan_siblings_are_counted_once_at_the_senders_egress() {
 #[test]
 fn macvlan_siblings_are_counted_once_at_the_senders_egress() {
     siblings_are_counted_once_at_the_senders_egress(Driver::Macvlan);
+}
+
+/// `n` ifindexes free in this namespace, far above those the host hands
+/// out, that share one slot of the counted veths' direct-mapped copy.
+fn free_ifindexes_sharing_a_slot(n: usize) -> Vec<u32> {
+    let in_use: Vec<u32> = std::fs::read_dir("/sys/class/net")
+        .expect("listing interfaces")
+        .filter_map(|entry| {
+            let path = entry.ok()?.path().join("ifindex");
+            std::fs::read_to_string(path).ok()?.trim().parse().ok()
+        })
+        .collect();
+    let first = 2_000_000 + std::process::id() % 1_000_000;
+    (first..)
+        .filter(|i| !in_use.contains(i) && counted_slot(*i) == counted_slot(first))
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn veths_sharing_a_counted_slot_are_told_apart() {
+    require_root();
+    let net =
+        TestNet::with_veth_ifindexes(&free_ifindexes_sharing_a_slot(3)).expect("test network");
+    let (a, b, c) = (net.host(0), net.host(1), net.host(2));
+    let mut monitor = Monitor {
+        datapath: datapath::load(&DatapathConfig::default()).expect("programs load"),
+    };
+    // `c` stays unwatched: what it sends is counted where it reaches `b`.
+    for host in [a, b] {
+        monitor
+            .datapath
+            .programs
+            .attach(host.veth_name(), host.veth_ifindex(), net.bridge_ifindex())
+            .expect("attach");
+    }
+    let payloads: [&[u8]; 5] = [b"crossmon"; 5];
+    let sent = |monitor: &mut Monitor, from, label: &str| {
+        let port = traffic::udp_send(from, b, b.ip4().into(), 7000, &payloads).expect("udp");
+        let src = IpAddr::from(from.ip4());
+        let flow = monitor.flow(src, b.ip4().into(), port, 7000, ip_proto::UDP);
+        assert_eq!(flow.packets, 5, "{label}");
+        flow.ifindex
+    };
+    // Counted where it left `a`, known so at `b` through the hash map.
+    assert_eq!(
+        sent(&mut monitor, a, "a watched veth's datagrams, counted once"),
+        a.veth_ifindex()
+    );
+    assert_eq!(
+        sent(&mut monitor, c, "an unwatched veth's datagrams"),
+        b.veth_ifindex()
+    );
+    // The slot is left to `b` alone: `a`'s datagrams are now counted at `b`.
+    monitor
+        .datapath
+        .programs
+        .detach(a.veth_ifindex())
+        .expect("detach");
+    assert_eq!(
+        sent(&mut monitor, a, "a veth no longer watched"),
+        b.veth_ifindex()
+    );
+    assert_eq!(
+        sent(&mut monitor, c, "an unwatched veth's datagrams"),
+        b.veth_ifindex()
+    );
 }

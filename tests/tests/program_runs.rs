@@ -13,7 +13,7 @@ use integration_tests::{frames::*, require_root};
 use monitor::datapath::{
     self, Datapath, DatapathConfig, Event, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
 };
-use monitor_common::{counted_slot, ip_proto, tcp_flag, FlowKey, FlowStats};
+use monitor_common::{ip_proto, tcp_flag, FlowKey, FlowStats};
 
 const TC_ACT_UNSPEC: i32 = -1;
 const A: Mac = [0x02, 0, 0, 0, 0, 0x0a];
@@ -759,100 +759,5 @@ fn capture_records_that_do_not_fit_the_ring_are_counted_as_lost() {
         received + lost,
         20,
         "every record delivered or counted lost"
-    );
-}
-
-/// A veth pair made with a chosen ifindex, deleted on drop.
-struct IndexedVeth {
-    name: String,
-    ifindex: u32,
-}
-
-impl IndexedVeth {
-    fn new(name: String, ifindex: u32) -> IndexedVeth {
-        let index = ifindex.to_string();
-        let peer = format!("{name}p");
-        integration_tests::net::ip(&[
-            "link", "add", &name, "index", &index, "type", "veth", "peer", "name", &peer,
-        ])
-        .expect("creating a veth with a chosen ifindex");
-        IndexedVeth { name, ifindex }
-    }
-}
-
-impl Drop for IndexedVeth {
-    fn drop(&mut self) {
-        let _ = integration_tests::net::ip(&["link", "del", &self.name]);
-    }
-}
-
-/// Veths whose ids share a slot of the counted interfaces' direct-mapped
-/// copy are told apart through the hash map, and a slot left to one veth
-/// names it alone again.
-#[test]
-fn bridged_packets_are_known_by_their_veth_when_veths_share_a_slot() {
-    let mut dp = load(DatapathConfig::default());
-    let in_use: Vec<u32> = std::fs::read_dir("/sys/class/net")
-        .expect("listing interfaces")
-        .filter_map(|entry| {
-            let path = entry.ok()?.path().join("ifindex");
-            std::fs::read_to_string(path).ok()?.trim().parse().ok()
-        })
-        .collect();
-    // Free ifindexes far above those the host hands out, all in one slot.
-    let first = 2_000_000 + std::process::id() % 1_000_000;
-    let [a, b, c]: [u32; 3] = (first..)
-        .filter(|i| !in_use.contains(i) && counted_slot(*i) == counted_slot(first))
-        .take(3)
-        .collect::<Vec<_>>()
-        .try_into()
-        .unwrap();
-    let pid = std::process::id();
-    let veths = [(a, 'a'), (b, 'b')].map(|(i, tag)| IndexedVeth::new(format!("xms{pid}{tag}"), i));
-    for veth in &veths {
-        dp.programs
-            .attach(&veth.name, veth.ifindex, 0)
-            .expect("attaching");
-    }
-    let mut port = 30_000;
-    let mut counted_here = |dp: &mut Datapath, came_in_through: u32| {
-        port += 1;
-        let frame = ethernet(
-            B,
-            A,
-            ETH_P_IP,
-            &ipv4(IP_A, IP_B, ip_proto::UDP, &[], 0, &udp(port, 53, b"")),
-        );
-        let (verdict, _) = dp
-            .programs
-            .time_runs_from(PROGRAM_TO_CONTAINER, &frame, came_in_through, 1)
-            .expect("test run");
-        assert_eq!(verdict, TC_ACT_UNSPEC);
-        let flow = key(v4_mapped(IP_A), v4_mapped(IP_B), port, 53, ip_proto::UDP, 4);
-        flows(dp).contains_key(&flow)
-    };
-    assert!(
-        !counted_here(&mut dp, a),
-        "came in through watched veth {a}"
-    );
-    assert!(
-        !counted_here(&mut dp, b),
-        "came in through watched veth {b}"
-    );
-    assert!(counted_here(&mut dp, c), "came in through {c}, not watched");
-    dp.programs.detach(a).expect("detaching");
-    assert!(
-        counted_here(&mut dp, a),
-        "came in through {a}, no longer watched"
-    );
-    assert!(
-        !counted_here(&mut dp, b),
-        "came in through watched veth {b}"
-    );
-    assert!(counted_here(&mut dp, c), "came in through {c}, not watched");
-    dp.programs.detach(b).expect("detaching");
-    assert!(
-        counted_here(&mut dp, b),
-        "came in through {b}, no longer watched"
     );
 }
