@@ -346,7 +346,8 @@ impl Programs {
     }
 
     /// [`Self::time_runs`] on a frame that came into the host through
-    /// interface `ingress_ifindex` (0: none), as a bridged one did.
+    /// interface `ingress_ifindex` (0: none), as a bridged one did. 5.10's
+    /// BPF_PROG_TEST_RUN refuses an ingress ifindex (EINVAL).
     pub fn time_runs_from(
         &mut self,
         name: &str,
