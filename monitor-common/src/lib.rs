@@ -27,6 +27,8 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 /// through one of these is not counted again, so container-to-container
 /// traffic is counted once.
 pub const COUNTED_IFACES_MAP: &str = "COUNTED_IFACES";
+/// Veths [`COUNTED_IFACES_MAP`] holds.
+pub const COUNTED_IFACES_CAPACITY: u32 = 4096;
 /// `ARRAY<u32>` of [`COUNTED_SLOTS_LEN`] slots: a direct-mapped copy of
 /// [`COUNTED_IFACES_MAP`] that `to_container` reads first, an array
 /// lookup the verifier inlines where the hash map costs a helper call and
@@ -37,6 +39,7 @@ pub const COUNTED_SLOTS_MAP: &str = "COUNTED_SLOTS";
 /// Slots of [`COUNTED_SLOTS_MAP`]: twice the veths crossmon watches.
 pub const COUNTED_SLOTS_LEN: u32 = 1 << COUNTED_SLOT_BITS;
 const COUNTED_SLOT_BITS: u32 = 13;
+const _: () = assert!(COUNTED_SLOTS_LEN >= 2 * COUNTED_IFACES_CAPACITY);
 /// A slot that several counted veths map to.
 pub const COUNTED_SLOT_SHARED: u32 = u32::MAX;
 

@@ -9,11 +9,11 @@ use aya_ebpf::{
 };
 use monitor_common::{
     counted_slot, CaptureFilter, Counter, DeniedStats, DropKey, FlowKey, FlowKeyV4, FlowStats,
-    PolicyIface, PolicyIfaceKey, PolicyRuleKey, PolicyRuleValue, COUNTED_SLOTS_LEN,
-    COUNTED_SLOT_SHARED, DEFAULT_CAPTURE_RING_BYTES, DEFAULT_DNS_EVENTS, DEFAULT_FLOW_CAPACITY,
-    DEFAULT_NEW_FLOW_EVENTS, DEFAULT_PAYLOAD_BYTES, DEFAULT_PAYLOAD_PACKETS, DEFAULT_RING_BYTES,
-    DEFAULT_SAMPLE_RATE, DROPS_CAPACITY, MAX_CAPTURED_IFACES, NO_FIELD, POLICY_SLOTS,
-    POLICY_STATE_LEN, RETRANSMITS_CAPACITY,
+    PolicyIface, PolicyIfaceKey, PolicyRuleKey, PolicyRuleValue, COUNTED_IFACES_CAPACITY,
+    COUNTED_SLOTS_LEN, COUNTED_SLOT_SHARED, DEFAULT_CAPTURE_RING_BYTES, DEFAULT_DNS_EVENTS,
+    DEFAULT_FLOW_CAPACITY, DEFAULT_NEW_FLOW_EVENTS, DEFAULT_PAYLOAD_BYTES, DEFAULT_PAYLOAD_PACKETS,
+    DEFAULT_RING_BYTES, DEFAULT_SAMPLE_RATE, DROPS_CAPACITY, MAX_CAPTURED_IFACES, NO_FIELD,
+    POLICY_SLOTS, POLICY_STATE_LEN, RETRANSMITS_CAPACITY,
 };
 
 /// Per-CPU values: the hot path never contends on a cache line or needs
@@ -37,7 +37,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 /// Interfaces where packets entering the host are counted; see
 /// `monitor_common::COUNTED_IFACES_MAP`.
 #[map]
-pub static COUNTED_IFACES: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+pub static COUNTED_IFACES: HashMap<u32, u8> = HashMap::with_max_entries(COUNTED_IFACES_CAPACITY, 0);
 
 /// Its direct-mapped copy, read first: `monitor_common::COUNTED_SLOTS_MAP`.
 #[map]

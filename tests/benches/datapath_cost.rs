@@ -167,13 +167,19 @@ fn main() -> anyhow::Result<()> {
         sender.veth_ifindex(),
         net.bridge_ifindex(),
     )?;
-    let ns = steady(
+    // 5.10's BPF_PROG_TEST_RUN refuses an ingress ifindex: the rows after
+    // this one still have their figures.
+    let bridged = steady(
         &mut dp,
         PROGRAM_TO_CONTAINER,
         &udp_64,
         sender.veth_ifindex(),
-    )?;
-    println!("| UDP, 64-byte payload, bridged from a watched veth | `{PROGRAM_TO_CONTAINER}` | {ns:.0} |");
+    )
+    .map_or_else(
+        |err| format!("n/a: {}", err.root_cause()),
+        |ns| format!("{ns:.0}"),
+    );
+    println!("| UDP, 64-byte payload, bridged from a watched veth | `{PROGRAM_TO_CONTAINER}` | {bridged} |");
     let (new, again) = first_packets(&mut dp, |p| frame(p, ip_proto::UDP, 0, 64), true)?;
     println!("| UDP, first datagram of a new flow (single runs) | `{PROGRAM_FROM_CONTAINER}` | {new:.0} |");
     println!(

@@ -199,11 +199,11 @@ impl TestNet {
         Self::create(&vec![None; hosts])
     }
 
-    /// [`TestNet::new`] with one host per ifindex, its host-side veth
-    /// created with that ifindex (it must be free).
-    pub fn with_veth_ifindexes(ifindexes: &[u32]) -> anyhow::Result<TestNet> {
-        let chosen: Vec<Option<u32>> = ifindexes.iter().copied().map(Some).collect();
-        Self::create(&chosen)
+    /// [`TestNet::new`] with one host per entry, its host-side veth
+    /// created with that ifindex (it must be free), or the kernel's
+    /// choice for `None`.
+    pub fn with_veth_ifindexes(veth_ifindexes: &[Option<u32>]) -> anyhow::Result<TestNet> {
+        Self::create(veth_ifindexes)
     }
 
     fn create(veth_ifindexes: &[Option<u32>]) -> anyhow::Result<TestNet> {
@@ -326,6 +326,10 @@ impl TestNet {
             ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
             let mac = mac_of(Some(&netns), "eth0")?;
             let veth_ifindex = ifindex(None, &veth)?;
+            ensure!(
+                chosen.is_none_or(|chosen| chosen == veth_ifindex),
+                "{veth} has ifindex {veth_ifindex}, not {chosen:?}"
+            );
             let host = &mut self.hosts[i];
             host.mac = mac;
             host.veth_ifindex = veth_ifindex;

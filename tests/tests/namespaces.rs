@@ -14,7 +14,7 @@ use integration_tests::{
     frames::{self, Mac, ETH_P_IP, ETH_P_IPV6},
     require_root, tc_hooks,
     traffic::{self, RawSocket},
-    TestNet,
+    Host, TestNet,
 };
 use monitor::{
     agent,
@@ -912,17 +912,26 @@ fn free_ifindexes_sharing_a_slot(n: usize) -> Vec<u32> {
         .collect()
 }
 
+/// Every packet `to_container` does not know counted on the way in is
+/// sampled here (a sample rate of 1), before the flow's own check for a
+/// duplicate: a sample at the receiver's veth is a packet taken for one
+/// that no watched veth counted.
 #[test]
 fn veths_sharing_a_counted_slot_are_told_apart() {
     require_root();
-    let net =
-        TestNet::with_veth_ifindexes(&free_ifindexes_sharing_a_slot(3)).expect("test network");
-    let (a, b, c) = (net.host(0), net.host(1), net.host(2));
+    let shared = free_ifindexes_sharing_a_slot(3);
+    let chosen: Vec<Option<u32>> = shared.iter().copied().map(Some).chain([None]).collect();
+    let net = TestNet::with_veth_ifindexes(&chosen).expect("test network");
+    let (a, b, c, d) = (net.host(0), net.host(1), net.host(2), net.host(3));
     let mut monitor = Monitor {
-        datapath: datapath::load(&DatapathConfig::default()).expect("programs load"),
+        datapath: datapath::load(&DatapathConfig {
+            sample_rate: 1,
+            ..DatapathConfig::default()
+        })
+        .expect("programs load"),
     };
-    // `c` stays unwatched: what it sends is counted where it reaches `b`.
-    for host in [a, b] {
+    // `c` stays unwatched: what it sends is counted where it arrives.
+    for host in [a, b, d] {
         monitor
             .datapath
             .programs
@@ -930,34 +939,59 @@ fn veths_sharing_a_counted_slot_are_told_apart() {
             .expect("attach");
     }
     let payloads: [&[u8]; 5] = [b"crossmon"; 5];
-    let sent = |monitor: &mut Monitor, from, label: &str| {
-        let port = traffic::udp_send(from, b, b.ip4().into(), 7000, &payloads).expect("udp");
-        let src = IpAddr::from(from.ip4());
-        let flow = monitor.flow(src, b.ip4().into(), port, 7000, ip_proto::UDP);
-        assert_eq!(flow.packets, 5, "{label}");
-        flow.ifindex
+    // Where the datagrams' flow was counted, and how many of them the
+    // receiver's veth took for uncounted.
+    let send = |monitor: &mut Monitor, from: &Host, to: &Host| {
+        monitor.events();
+        let port = traffic::udp_send(from, to, to.ip4().into(), 7000, &payloads).expect("udp");
+        let flow = monitor.flow(
+            from.ip4().into(),
+            to.ip4().into(),
+            port,
+            7000,
+            ip_proto::UDP,
+        );
+        assert_eq!(flow.packets, 5, "{} -> {}", from.ip4(), to.ip4());
+        let uncounted = monitor
+            .events()
+            .iter()
+            .filter(|event| {
+                matches!(event, Event::PacketSample { seen, .. }
+                    if seen.ifindex == to.veth_ifindex() && seen.direction == Direction::ToContainer)
+            })
+            .count();
+        (flow.ifindex, uncounted)
     };
-    // Counted where it left `a`, known so at `b` through the hash map.
+    // `a` and `b` share the slot: known counted through the hash map.
     assert_eq!(
-        sent(&mut monitor, a, "a watched veth's datagrams, counted once"),
-        a.veth_ifindex()
+        send(&mut monitor, a, b),
+        (a.veth_ifindex(), 0),
+        "a, watched"
     );
     assert_eq!(
-        sent(&mut monitor, c, "an unwatched veth's datagrams"),
-        b.veth_ifindex()
+        send(&mut monitor, c, b),
+        (b.veth_ifindex(), 5),
+        "c, unwatched"
     );
-    // The slot is left to `b` alone: `a`'s datagrams are now counted at `b`.
     monitor
         .datapath
         .programs
         .detach(a.veth_ifindex())
         .expect("detach");
+    // The slot is left to `b`, named there alone.
     assert_eq!(
-        sent(&mut monitor, a, "a veth no longer watched"),
-        b.veth_ifindex()
+        send(&mut monitor, a, b),
+        (b.veth_ifindex(), 5),
+        "a, no longer watched"
     );
     assert_eq!(
-        sent(&mut monitor, c, "an unwatched veth's datagrams"),
-        b.veth_ifindex()
+        send(&mut monitor, b, d),
+        (b.veth_ifindex(), 0),
+        "b, alone in the slot"
+    );
+    assert_eq!(
+        send(&mut monitor, c, b),
+        (b.veth_ifindex(), 5),
+        "c, unwatched"
     );
 }

@@ -355,11 +355,13 @@ impl Programs {
         ingress_ifindex: u32,
         repeat: u32,
     ) -> anyhow::Result<(i32, std::time::Duration)> {
-        // The start of `struct __sk_buff` up to `ingress_ifindex` (offset
-        // 36, UAPI), the one field set: the kernel takes a shorter
-        // context and requires the fields it does not accept to be zero.
-        let mut ctx = [0u8; 40];
-        ctx[36..].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        // `offsetof(struct __sk_buff, ingress_ifindex)`, UAPI.
+        const INGRESS_IFINDEX: usize = 36;
+        // The context up to that field, the one set: the kernel takes a
+        // shorter context and requires the fields it does not accept to
+        // be zero.
+        let mut ctx = [0u8; INGRESS_IFINDEX + 4];
+        ctx[INGRESS_IFINDEX..].copy_from_slice(&ingress_ifindex.to_ne_bytes());
         let result = self
             .program(name)?
             .test_run(TestRunOptions {

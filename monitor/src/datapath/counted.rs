@@ -26,36 +26,45 @@ impl CountedIfaces {
     }
 
     /// Counts veth `id`'s packets as counted at ingress from now on.
-    pub fn insert(&mut self, id: u32) -> anyhow::Result<()> {
+    pub(super) fn insert(&mut self, id: u32) -> anyhow::Result<()> {
+        let slot = counted_slot(id);
+        if !self.by_slot.entry(slot).or_default().insert(id) {
+            return Ok(());
+        }
         // The hash map first: a slot turned shared is read through it.
         self.ids
             .insert(id, 1, 0)
-            .with_context(|| format!("registering interface {id} as counted"))?;
-        self.by_slot.entry(counted_slot(id)).or_default().insert(id);
-        self.write_slot(counted_slot(id)).inspect_err(|_| {
-            self.remove(id);
-        })
+            .with_context(|| format!("registering interface {id} as counted"))
+            .and_then(|()| self.write_slot(slot))
+            .inspect_err(|_| self.remove(id))
     }
 
     /// Forgets veth `id`; absent already is fine.
-    pub fn remove(&mut self, id: u32) {
+    pub(super) fn remove(&mut self, id: u32) {
         let slot = counted_slot(id);
-        if let Some(ids) = self.by_slot.get_mut(&slot) {
-            ids.remove(&id);
-            if let Err(err) = self.write_slot(slot) {
-                tracing::warn!("{err:#}");
-            }
+        let Some(ids) = self.by_slot.get_mut(&slot) else {
+            return;
+        };
+        if !ids.remove(&id) {
+            return;
+        }
+        if ids.is_empty() {
+            self.by_slot.remove(&slot);
+        }
+        if let Err(err) = self.write_slot(slot) {
+            tracing::warn!("{err:#}");
         }
         let _ = self.ids.remove(&id);
     }
 
+    /// The kernel writes a slot with a memcpy, not one store: a program
+    /// may read a slot half written, which names no veth (not counted
+    /// here; the flow's direction check still keeps the packet from
+    /// being counted twice).
     fn write_slot(&mut self, slot: u32) -> anyhow::Result<()> {
-        let ids = self.by_slot.get(&slot).cloned().unwrap_or_default();
-        if ids.is_empty() {
-            self.by_slot.remove(&slot);
-        }
+        let value = self.by_slot.get(&slot).map_or(0, slot_value);
         self.slots
-            .set(slot, slot_value(&ids), 0)
+            .set(slot, value, 0)
             .with_context(|| format!("writing counted interfaces' slot {slot}"))
     }
 }

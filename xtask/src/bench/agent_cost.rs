@@ -111,6 +111,10 @@ pub struct CostRun {
     pub cpu_percent: f64,
     pub rss_mib: f64,
     pub peak_rss_mib: f64,
+    /// Payload samples the agent received during the window: what new
+    /// flows cost crept in (a sender moved to a CPU whose slot of its
+    /// flows had not been sampled yet samples them again).
+    pub samples_in_window: u64,
     /// Datagrams per second the sender kept up: below `flows` each flow
     /// went a little longer than a second between datagrams.
     pub sent_rate: f64,
@@ -180,8 +184,14 @@ pub fn run(
             let run = cost_run(net, crossmon, log_dir, load)?;
             println!(
                 "[agent {repetition}/{repetitions}] {} flows, {} active ({} seen): {:.2} % of \
-                 one core, RSS {:.1} MiB (peak {:.1})",
-                load.flows, load.active, run.seen, run.cpu_percent, run.rss_mib, run.peak_rss_mib
+                 one core, RSS {:.1} MiB (peak {:.1}), {} payload samples in the window",
+                load.flows,
+                load.active,
+                run.seen,
+                run.cpu_percent,
+                run.rss_mib,
+                run.peak_rss_mib,
+                run.samples_in_window
             );
             runs.push(run);
         }
@@ -235,6 +245,7 @@ fn cost_run(
             settled(api, payload_samples)?;
             sleep(VERDICTS)?;
         }
+        let samples = payload_samples(api)?;
         let (ticks, at) = (cpu_ticks(pid)?, Instant::now());
         sleep(WINDOW)?;
         let busy = cpu_ticks(pid)?.saturating_sub(ticks) as f64 / ticks_per_second;
@@ -248,6 +259,7 @@ fn cost_run(
         };
         let (rss_mib, peak_rss_mib) = (mib("VmRSS")?, mib("VmHWM")?);
         // After the readings: a scrape costs the agent CPU too.
+        let samples_in_window = payload_samples(api)?.saturating_sub(samples);
         let still = flows_seen(api)?;
         ensure!(
             still >= flows,
@@ -259,6 +271,7 @@ fn cost_run(
             cpu_percent,
             rss_mib,
             peak_rss_mib,
+            samples_in_window,
             sent_rate: 0.0,
         })
     })?;
@@ -341,8 +354,7 @@ fn payload_samples(api: SocketAddr) -> anyhow::Result<u64> {
     Ok(sample(&metrics(api)?, r#"crossmon_events_total{kind="payload"}"#)? as u64)
 }
 
-/// What `read` reads once two readings a poll apart agree: the ring
-/// drained and the kernel's counters read.
+/// What `read` reads once two readings a poll apart agree.
 fn settled<T: PartialEq + std::fmt::Debug>(
     api: SocketAddr,
     read: impl Fn(SocketAddr) -> anyhow::Result<T>,
@@ -431,28 +443,31 @@ impl AgentCost {
     /// Medians over the runs at each flow count.
     pub fn cost_table(&self) -> String {
         let mut out = String::from(
-            "| flows | of them active | datagrams/s sent | agent CPU, % of one core | runs | RSS at \
-             the end | peak RSS |\n|---:|---:|---:|---:|---|---:|---:|\n",
+            "| flows | of them active | datagrams/s sent | agent CPU, % of one core | runs | payload \
+             samples in each run's window | RSS at the end | peak RSS |\n\
+             |---:|---:|---:|---:|---|---|---:|---:|\n",
         );
         for (load, _) in LOADS {
-            let runs: Vec<String> = self
-                .runs
-                .iter()
-                .filter(|run| run.load == load)
-                .map(|run| format!("{:.2}", run.cpu_percent))
-                .collect();
+            let runs: Vec<&CostRun> = self.runs.iter().filter(|run| run.load == load).collect();
+            let each = |figure: &dyn Fn(&CostRun) -> String| {
+                runs.iter()
+                    .map(|run| figure(run))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             let cell = |figure: Option<f64>, unit: &str| {
                 figure.map_or_else(|| "n/a".to_owned(), |value| format!("{value:.2}{unit}"))
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 load.flows,
                 load.active,
                 self.median_at(load, |run| run.sent_rate)
                     .map_or_else(|| "n/a".to_owned(), |rate| format!("{rate:.0}")),
                 cell(self.median_at(load, |run| run.cpu_percent), ""),
-                runs.join(", "),
+                each(&|run| format!("{:.2}", run.cpu_percent)),
+                each(&|run| run.samples_in_window.to_string()),
                 cell(self.median_at(load, |run| run.rss_mib), " MiB"),
                 cell(self.median_at(load, |run| run.peak_rss_mib), " MiB"),
             );
@@ -583,7 +598,10 @@ impl AgentCost {
              only 10k of them every second: the others sit idle in the table, as most flows \
              do on a host (finished connections and DNS lookups waiting out the idle \
              timeout), and the window starts {} s after their last datagram, once the \
-             consumers no longer walk them. Medians; the runs column lists each run's CPU.\n",
+             consumers no longer walk them. Medians; the runs column lists each run's CPU, the \
+             next how many payload samples reached the agent during each run's window (a \
+             flow's first two datagrams on each CPU are sampled: a sender moved to another CPU \
+             starts a round of samples there, whose cost is then in the figure).\n",
             COST_MONITOR.description,
             VERDICTS.as_secs(),
             WINDOW.as_secs(),
