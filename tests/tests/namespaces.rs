@@ -962,16 +962,18 @@ fn veths_sharing_a_counted_slot_are_told_apart() {
             .count();
         (flow.ifindex, uncounted)
     };
+    // Sender, receiver, where the flow is counted, datagrams the
+    // receiver's veth took for uncounted.
+    let check = |monitor: &mut Monitor, cases: &[(&Host, &Host, &Host, usize, &str)]| {
+        for &(from, to, counted_at, uncounted, label) in cases {
+            let expected = (counted_at.veth_ifindex(), uncounted);
+            assert_eq!(send(monitor, from, to), expected, "{label}");
+        }
+    };
     // `a` and `b` share the slot: known counted through the hash map.
-    assert_eq!(
-        send(&mut monitor, a, b),
-        (a.veth_ifindex(), 0),
-        "a, watched"
-    );
-    assert_eq!(
-        send(&mut monitor, c, b),
-        (b.veth_ifindex(), 5),
-        "c, unwatched"
+    check(
+        &mut monitor,
+        &[(a, b, a, 0, "a, watched"), (c, b, b, 5, "c, unwatched")],
     );
     monitor
         .datapath
@@ -979,19 +981,12 @@ fn veths_sharing_a_counted_slot_are_told_apart() {
         .detach(a.veth_ifindex())
         .expect("detach");
     // The slot is left to `b`, named there alone.
-    assert_eq!(
-        send(&mut monitor, a, b),
-        (b.veth_ifindex(), 5),
-        "a, no longer watched"
-    );
-    assert_eq!(
-        send(&mut monitor, b, d),
-        (b.veth_ifindex(), 0),
-        "b, alone in the slot"
-    );
-    assert_eq!(
-        send(&mut monitor, c, b),
-        (b.veth_ifindex(), 5),
-        "c, unwatched"
+    check(
+        &mut monitor,
+        &[
+            (a, b, b, 5, "a, no longer watched"),
+            (b, d, b, 0, "b, alone in the slot"),
+            (c, b, b, 5, "c, unwatched"),
+        ],
     );
 }
