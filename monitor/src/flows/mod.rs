@@ -12,7 +12,6 @@ mod table;
 pub use exported::Exported;
 pub use pipeline::{Poll, PollConsumer, PollStatus};
 pub use poll_view::{PollView, REVISIT_NS};
-use sharded::ShardedByFlow;
 pub use table::{EndedFlow, FlowTable, PollOutcome, TableReader};
 
 use std::collections::{HashMap, HashSet};

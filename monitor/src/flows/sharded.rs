@@ -1,23 +1,79 @@
 //! A map keyed by flow for the flow table, which holds every flow, split
-//! in shards that grow one at a time.
+//! in shards that grow one at a time, each entry reachable by its slot.
 //!
 //! A hash map grows by moving into one twice its size, both live until
 //! the move ends: at 100k flows the flow table's last growth alone put
 //! about 7 MB on the agent's peak RSS, above what it holds once grown.
 //! Shards chosen by the key's hash fill evenly and each grows on its own,
 //! so a growth holds one shard twice, a sixteenth of the map.
+//!
+//! An entry's [`Slot`] is its shard and its bucket there: it reaches the
+//! entry without hashing the key, for the table to find the flows of a
+//! read where the previous read left them (see `FlowTable::observe`). A
+//! slot holds until its entry is removed or its shard grows; [`at_mut`]
+//! checks the key, so a slot kept past either finds nothing.
+//!
+//! [`at_mut`]: ShardedByFlow::at_mut
 
-use std::{collections::hash_map::Entry, hash::BuildHasher as _};
+use std::hash::BuildHasher as _;
 
+use hashbrown::{hash_table::Entry, HashTable};
 use monitor_common::FlowKey;
-
-use super::ByFlow;
 
 const SHARD_BITS: u32 = 4;
 const SHARDS: usize = 1 << SHARD_BITS;
+const BUCKET_BITS: u32 = u32::BITS - SHARD_BITS;
+
+/// Where an entry sits: its shard and its bucket there, in one `u32` (the
+/// table keeps one per flow read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot(u32);
+
+impl Slot {
+    /// No entry: a removed flow's place in a remembered read.
+    pub const NONE: Slot = Slot(u32::MAX);
+
+    /// [`Self::NONE`] past the buckets a slot can name (2^28 in a shard):
+    /// the entry is then found by its key.
+    fn new(shard: usize, bucket: usize) -> Slot {
+        match u32::try_from(bucket) {
+            Ok(bucket) if bucket < Slot::NONE.0 >> SHARD_BITS => {
+                Slot((shard as u32) << BUCKET_BITS | bucket)
+            }
+            _ => Slot::NONE,
+        }
+    }
+
+    fn shard(self) -> usize {
+        (self.0 >> BUCKET_BITS) as usize
+    }
+
+    fn bucket(self) -> usize {
+        (self.0 & ((1 << BUCKET_BITS) - 1)) as usize
+    }
+}
+
+/// One shard, with its own seed.
+#[derive(Default)]
+struct Shard<V> {
+    entries: HashTable<(FlowKey, V)>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl<V> Shard<V> {
+    fn hash(&self, key: &FlowKey) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn get_mut(&mut self, key: &FlowKey) -> Option<&mut V> {
+        let hash = self.hash(key);
+        let (_, value) = self.entries.find_mut(hash, |(k, _)| k == key)?;
+        Some(value)
+    }
+}
 
 pub struct ShardedByFlow<V> {
-    shards: [ByFlow<V>; SHARDS],
+    shards: [Shard<V>; SHARDS],
     /// Seeded at random like each shard's own hash, so containers cannot
     /// choose keys that crowd one shard.
     pick: foldhash::fast::RandomState,
@@ -26,20 +82,40 @@ pub struct ShardedByFlow<V> {
 impl<V> Default for ShardedByFlow<V> {
     fn default() -> Self {
         Self {
-            shards: std::array::from_fn(|_| ByFlow::default()),
+            shards: std::array::from_fn(|_| Shard {
+                entries: HashTable::new(),
+                hasher: foldhash::fast::RandomState::default(),
+            }),
             pick: foldhash::fast::RandomState::default(),
         }
     }
 }
 
 impl<V> ShardedByFlow<V> {
+    /// Room for `flows` without growing, however they fall in shards.
+    #[cfg(test)]
+    pub fn with_capacity(flows: usize) -> Self {
+        let mut map = Self::default();
+        for shard in &mut map.shards {
+            shard.entries = HashTable::with_capacity(flows);
+        }
+        map
+    }
+
     fn shard(&self, key: &FlowKey) -> usize {
         // The top bits: the multiply that ends foldhash mixes them best.
         (self.pick.hash_one(key) >> (u64::BITS - SHARD_BITS)) as usize
     }
 
+    /// 32 bits of a hash of the key that [`Self::shard`] does not use.
+    pub fn fingerprint(&self, key: &FlowKey) -> u32 {
+        self.pick.hash_one(key) as u32
+    }
+
     pub fn get(&self, key: &FlowKey) -> Option<&V> {
-        self.shards[self.shard(key)].get(key)
+        let shard = &self.shards[self.shard(key)];
+        let (_, value) = shard.entries.find(shard.hash(key), |(k, _)| k == key)?;
+        Some(value)
     }
 
     pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut V> {
@@ -47,37 +123,125 @@ impl<V> ShardedByFlow<V> {
         self.shards[shard].get_mut(key)
     }
 
-    pub fn entry(&mut self, key: FlowKey) -> Entry<'_, FlowKey, V> {
-        let shard = self.shard(&key);
-        self.shards[shard].entry(key)
+    /// The entry at `slot` if it is `key`'s: a slot kept from earlier may
+    /// hold another flow since, or none.
+    pub fn at_mut(&mut self, slot: Slot, key: &FlowKey) -> Option<&mut V> {
+        let shard = self.shards.get_mut(slot.shard())?;
+        let (found, value) = shard.entries.get_bucket_mut(slot.bucket())?;
+        (found == key).then_some(value)
     }
 
-    pub fn remove(&mut self, key: &FlowKey) -> Option<V> {
-        let shard = self.shard(key);
-        self.shards[shard].remove(key)
-    }
-
-    pub fn retain(&mut self, mut keep: impl FnMut(&FlowKey, &mut V) -> bool) {
-        for shard in &mut self.shards {
-            shard.retain(&mut keep);
+    /// Asks the CPU to bring the entry at `slot` into its caches, to be
+    /// read soon: a read of entries scattered over the table is otherwise
+    /// one cache miss after another.
+    pub fn prefetch(&self, slot: Slot) {
+        if let Some(entry) = self
+            .shards
+            .get(slot.shard())
+            .and_then(|shard| shard.entries.get_bucket(slot.bucket()))
+        {
+            prefetch(entry);
         }
     }
 
+    /// `key`'s entry and its slot, inserted from `make` when absent (then
+    /// `true`).
+    pub fn get_or_insert_with(
+        &mut self,
+        key: FlowKey,
+        make: impl FnOnce() -> V,
+    ) -> (Slot, &mut V, bool) {
+        let index = self.shard(&key);
+        let shard = &mut self.shards[index];
+        let hasher = &shard.hasher;
+        let hash = hasher.hash_one(key);
+        let (entry, inserted) =
+            match shard
+                .entries
+                .entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k))
+            {
+                Entry::Occupied(entry) => (entry, false),
+                Entry::Vacant(entry) => (entry.insert((key, make())), true),
+            };
+        let slot = Slot::new(index, entry.bucket_index());
+        (slot, &mut entry.into_mut().1, inserted)
+    }
+
+    /// Removes `key`'s entry: its slot and value.
+    pub fn remove(&mut self, key: &FlowKey) -> Option<(Slot, V)> {
+        let index = self.shard(key);
+        let shard = &mut self.shards[index];
+        let entry = shard
+            .entries
+            .find_entry(shard.hash(key), |(k, _)| k == key)
+            .ok()?;
+        let slot = Slot::new(index, entry.bucket_index());
+        let ((_, value), _) = entry.remove();
+        Some((slot, value))
+    }
+
+    /// Removes the entries `select` picks: each with its key and slot.
+    pub fn extract(&mut self, mut select: impl FnMut(&V) -> bool) -> Vec<(FlowKey, Slot, V)> {
+        let mut extracted = Vec::new();
+        for (index, shard) in self.shards.iter_mut().enumerate() {
+            let buckets: Vec<usize> = shard
+                .entries
+                .iter_buckets()
+                .filter(|bucket| {
+                    shard
+                        .entries
+                        .get_bucket(*bucket)
+                        .is_some_and(|(_, value)| select(value))
+                })
+                .collect();
+            for bucket in buckets {
+                // Removing an entry moves no other: each bucket still holds
+                // what was picked.
+                if let Ok(entry) = shard.entries.get_bucket_entry(bucket) {
+                    let ((key, value), _) = entry.remove();
+                    extracted.push((key, Slot::new(index, bucket), value));
+                }
+            }
+        }
+        extracted
+    }
+
     pub fn len(&self) -> usize {
-        self.shards.iter().map(ByFlow::len).sum()
+        self.shards.iter().map(|shard| shard.entries.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.shards.iter().all(ByFlow::is_empty)
+        self.shards.iter().all(|shard| shard.entries.is_empty())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &V)> + '_ {
-        self.shards.iter().flat_map(ByFlow::iter)
+        self.shards
+            .iter()
+            .flat_map(|shard| shard.entries.iter().map(|(key, value)| (key, value)))
     }
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> + '_ {
-        self.shards.iter_mut().flat_map(ByFlow::values_mut)
+        self.shards
+            .iter_mut()
+            .flat_map(|shard| shard.entries.iter_mut().map(|(_, value)| value))
     }
+}
+
+/// The cache lines of `value`; a hint, a no-op where there is none.
+fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        const LINE: usize = 64;
+        let start = std::ptr::from_ref(value).cast::<i8>();
+        for offset in (0..size_of::<T>()).step_by(LINE) {
+            // SAFETY: SSE, which the instruction needs, is in every x86_64
+            // CPU; a prefetch reads nothing and faults on no address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }
 
 #[cfg(test)]
@@ -92,31 +256,56 @@ mod tests {
     fn behaves_as_one_map_across_its_shards() {
         let mut map = ShardedByFlow::default();
         for port in 0..1000 {
-            *map.entry(key(port)).or_insert(0) += u32::from(port);
+            *map.get_or_insert_with(key(port), || 0).1 += u32::from(port);
         }
         assert_eq!(map.len(), 1000);
         assert_eq!(map.get(&key(7)), Some(&7));
         *map.get_mut(&key(7)).unwrap() += 1;
-        assert_eq!(map.remove(&key(7)), Some(8));
+        assert_eq!(map.remove(&key(7)).map(|(_, value)| value), Some(8));
         assert_eq!(map.get(&key(7)), None);
-        map.retain(|_, value| *value % 2 == 0);
+        let odd = map.extract(|value| value % 2 == 1);
+        assert_eq!(odd.len(), 499);
+        assert!(odd
+            .iter()
+            .all(|(key, _, value)| u32::from(key.src_port) == *value));
         assert_eq!(map.len(), 500);
-        assert_eq!(map.iter().count(), 500);
+        assert!(map.iter().all(|(_, value)| value % 2 == 0));
         map.values_mut().for_each(|value| *value = 1);
         assert_eq!(map.iter().map(|(_, value)| value).sum::<u32>(), 500);
         assert!(!map.is_empty());
     }
 
     #[test]
+    fn a_slot_reaches_its_entry_until_removed() {
+        let mut map = ShardedByFlow::with_capacity(100);
+        let slots: Vec<Slot> = (0..100)
+            .map(|port| map.get_or_insert_with(key(port), || port).0)
+            .collect();
+        for (port, slot) in (0..100).zip(&slots) {
+            assert_eq!(map.get_or_insert_with(key(port), || 0).0, *slot);
+            assert_eq!(map.at_mut(*slot, &key(port)).copied(), Some(port));
+            assert_eq!(map.at_mut(*slot, &key(port + 1)), None);
+        }
+        assert_eq!(map.remove(&key(3)).map(|(slot, _)| slot), Some(slots[3]));
+        assert_eq!(map.at_mut(slots[3], &key(3)), None);
+        assert_eq!(map.at_mut(Slot::NONE, &key(4)), None);
+        // Removal moves no other entry.
+        for port in 4..100 {
+            assert!(map.at_mut(slots[port as usize], &key(port)).is_some());
+        }
+    }
+
+    #[test]
     fn fills_its_shards_evenly() {
         let mut map = ShardedByFlow::default();
         for port in 0..16_000 {
-            map.entry(key(port)).or_insert(());
+            map.get_or_insert_with(key(port), || ());
         }
         // 1000 a shard on average; a shard twice as full as another would
         // grow alone and hold an eighth of the map twice.
         for shard in &map.shards {
-            assert!((800..1200).contains(&shard.len()), "{}", shard.len());
+            let len = shard.entries.len();
+            assert!((800..1200).contains(&len), "{len}");
         }
     }
 }

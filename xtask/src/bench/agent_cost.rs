@@ -150,6 +150,9 @@ pub struct AgentCost {
     /// `poll_walk`'s table: the consumers' time per poll, walking every
     /// flow and those active lately.
     pub walk: String,
+    /// `table_read`'s table: a read into the flow table, in the previous
+    /// read's order and in a new one.
+    pub read: String,
     pub steps: Vec<EventStep>,
     pub elapsed: Duration,
 }
@@ -158,14 +161,16 @@ pub struct AgentCost {
 pub struct AgentBenches {
     render: PathBuf,
     walk: PathBuf,
+    read: PathBuf,
 }
 
 impl AgentBenches {
     pub fn build() -> anyhow::Result<AgentBenches> {
-        println!("==> build the metrics_scale and poll_walk benches (release)");
+        println!("==> build the metrics_scale, poll_walk and table_read benches (release)");
         Ok(AgentBenches {
             render: render_scale::build()?,
             walk: cargo_bench::build("monitor", "poll_walk")?,
+            read: cargo_bench::build("monitor", "table_read")?,
         })
     }
 }
@@ -203,6 +208,8 @@ pub fn run(
     );
     let walk = cargo_bench::table(&benches.walk)?;
     println!("[agent] the consumers' walk (poll_walk):\n{walk}");
+    let read = cargo_bench::table(&benches.read)?;
+    println!("[agent] the flow table's read (table_read):\n{read}");
     let steps = event_path(net, crossmon, log_dir)?;
     let elapsed = started.elapsed();
     println!("agent cost and event path: {}", minutes(elapsed));
@@ -210,6 +217,7 @@ pub fn run(
         runs,
         render,
         walk,
+        read,
         steps,
         elapsed,
     })
@@ -620,6 +628,17 @@ impl AgentCost {
              kernel map is the same for both and not timed.\n"
         );
         md.push_str(&self.walk);
+        let _ = writeln!(
+            md,
+            "\nWhat taking a read of the kernel map into the flow table costs \
+             (`FlowTable::observe` for each entry), as `cargo bench -p monitor --bench \
+             table_read` measures it at 100k flows: two tables polled in turn, one read in the \
+             same order at every poll, as the kernel hands out its entries, so that each flow \
+             is found where the previous read left it; the other in a new order at every poll, \
+             so that each flow is looked up by its key. A buffer larger than the table is \
+             written between polls, as the agent's own work evicts the table between reads.\n"
+        );
+        md.push_str(&self.read);
         let _ = writeln!(
             md,
             "\n`/metrics` render time and size, as `cargo bench -p monitor --bench \
