@@ -10,8 +10,9 @@
 //! An entry's [`Slot`] is its shard and its bucket there: it reaches the
 //! entry without hashing the key, for the table to find the flows of a
 //! read where the previous read left them (see `FlowTable::observe`). A
-//! slot holds until its entry is removed or its shard grows; [`at_mut`]
-//! checks the key, so a slot kept past either finds nothing.
+//! slot holds until its entry is removed or its shard is rehashed (when it
+//! grows, or when an insert finds it full of removed entries' tombstones);
+//! [`at_mut`] checks the key, so a slot kept past either finds nothing.
 //!
 //! [`at_mut`]: ShardedByFlow::at_mut
 
@@ -33,8 +34,8 @@ impl Slot {
     /// No entry: a removed flow's place in a remembered read.
     pub const NONE: Slot = Slot(u32::MAX);
 
-    /// [`Self::NONE`] past the buckets a slot can name (2^28 in a shard):
-    /// the entry is then found by its key.
+    /// [`Self::NONE`] past the buckets a slot can name (2^28 - 1 in a
+    /// shard): the entry is then found by its key.
     fn new(shard: usize, bucket: usize) -> Slot {
         match u32::try_from(bucket) {
             Ok(bucket) if bucket < Slot::NONE.0 >> SHARD_BITS => {
@@ -54,7 +55,6 @@ impl Slot {
 }
 
 /// One shard, with its own seed.
-#[derive(Default)]
 struct Shard<V> {
     entries: HashTable<(FlowKey, V)>,
     hasher: foldhash::fast::RandomState,
@@ -133,7 +133,8 @@ impl<V> ShardedByFlow<V> {
 
     /// Asks the CPU to bring the entry at `slot` into its caches, to be
     /// read soon: a read of entries scattered over the table is otherwise
-    /// one cache miss after another.
+    /// one cache miss after another. Finding the bucket reads its control
+    /// byte, a small array mostly in the caches.
     pub fn prefetch(&self, slot: Slot) {
         if let Some(entry) = self
             .shards
@@ -195,11 +196,13 @@ impl<V> ShardedByFlow<V> {
                 })
                 .collect();
             for bucket in buckets {
-                // Removing an entry moves no other: each bucket still holds
-                // what was picked.
+                // Removing an entry moves no other, so each bucket still
+                // holds what was picked; checked again all the same.
                 if let Ok(entry) = shard.entries.get_bucket_entry(bucket) {
-                    let ((key, value), _) = entry.remove();
-                    extracted.push((key, Slot::new(index, bucket), value));
+                    if select(&entry.get().1) {
+                        let ((key, value), _) = entry.remove();
+                        extracted.push((key, Slot::new(index, bucket), value));
+                    }
                 }
             }
         }
@@ -234,7 +237,10 @@ fn prefetch<T>(value: &T) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         const LINE: usize = 64;
         let start = std::ptr::from_ref(value).cast::<i8>();
-        for offset in (0..size_of::<T>()).step_by(LINE) {
+        // From the start of the line `value` begins in, to its last byte.
+        let into_line = start as usize % LINE;
+        let start = start.wrapping_sub(into_line);
+        for offset in (0..into_line + size_of::<T>()).step_by(LINE) {
             // SAFETY: SSE, which the instruction needs, is in every x86_64
             // CPU; a prefetch reads nothing and faults on no address.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };

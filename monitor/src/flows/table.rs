@@ -143,12 +143,16 @@ impl FlowTable {
                 });
                 if inserted {
                     outcome.new_flows += 1;
-                    // It came before the flow expected here.
-                    self.skew -= 1;
-                } else if entry.generation + 1 == generation {
+                }
+                if entry.generation + 1 == generation {
                     // Read before, elsewhere: the next flows are expected
                     // after it.
                     self.skew = entry.read_at as isize - position as isize;
+                } else {
+                    // Not in the previous read (new, re-created after an
+                    // eviction, or read twice): it took no place there,
+                    // and the flow expected here comes next.
+                    self.skew -= 1;
                 }
                 (slot, entry)
             }
@@ -398,6 +402,8 @@ impl TableReader {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn key(port: u16) -> FlowKey {
@@ -482,10 +488,12 @@ mod tests {
     #[test]
     fn each_flow_is_found_where_the_previous_read_left_it() {
         let mut table = FlowTable::with_capacity(200);
+        // Each flow its own count, so that a flow's read taken into
+        // another's entry shows.
         let read = |ports: &[u16], last: u64| -> Vec<(FlowKey, FlowStats)> {
             ports
                 .iter()
-                .map(|port| (key(*port), stats(10, last, 1)))
+                .map(|port| (key(*port), stats(10, last, u64::from(*port) + last)))
                 .collect()
         };
         let all: Vec<u16> = (0..100).collect();
@@ -525,11 +533,94 @@ mod tests {
         assert_eq!((outcome.new_flows, outcome.looked_up), (0, 0));
         assert_eq!(table.len(), left.len() + 1, "flow 50, evicted, stays");
         for port in &left {
+            let stats = table.get(&key(*port)).map(|r| r.stats);
             assert_eq!(
-                table.get(&key(*port)).map(|r| r.stats.last_seen_ns),
-                Some(30)
+                stats.map(|s| (s.last_seen_ns, s.packets)),
+                Some((30, u64::from(*port) + 30))
             );
         }
+    }
+
+    /// The kernel map's reads as the table may see them: flows created at
+    /// any place, evicted and re-created, taken out by the agent, parts of
+    /// the order changed, the table's shards growing and rehashing. What
+    /// the table holds of each flow is checked against the sum of its
+    /// incarnations after every poll.
+    #[test]
+    fn totals_hold_whatever_the_reads_order() {
+        struct Rng(u64);
+        impl Rng {
+            fn below(&mut self, n: usize) -> usize {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                (self.0 % n.max(1) as u64) as usize
+            }
+        }
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut table = FlowTable::new();
+        // The kernel map in its read order, and each flow's expected
+        // total over its incarnations.
+        let mut kernel: Vec<(FlowKey, FlowStats)> = Vec::new();
+        let mut totals: HashMap<FlowKey, u64> = HashMap::new();
+        let mut next_port = 0_u16;
+        for round in 1..=80_u64 {
+            let now = round * 10;
+            match round % 4 {
+                // Evictions of flows as last read (what a flow counts
+                // between a read and its eviction is lost to the agent),
+                // some re-created elsewhere, counting anew.
+                0 => {
+                    let evicted: Vec<FlowKey> = (0..rng.below(10))
+                        .map(|_| kernel.remove(rng.below(kernel.len())).0)
+                        .collect();
+                    for key in evicted {
+                        if rng.below(2) == 0 {
+                            let at = rng.below(kernel.len() + 1);
+                            kernel.insert(at, (key, stats(now + 1, now + 1, 2)));
+                            *totals.entry(key).or_default() += 2;
+                        }
+                    }
+                }
+                // A stretch of the order reversed.
+                1 => {
+                    let from = rng.below(kernel.len());
+                    let to = (from + rng.below(20)).min(kernel.len());
+                    kernel[from..to].reverse();
+                }
+                _ => {}
+            }
+            for (key, stats) in &mut kernel {
+                let more = 1 + rng.below(3) as u64;
+                stats.packets += more;
+                stats.last_seen_ns = now;
+                *totals.entry(*key).or_default() += more;
+            }
+            for _ in 0..rng.below(60) {
+                let key = key(next_port);
+                next_port += 1;
+                let at = rng.below(kernel.len() + 1);
+                kernel.insert(at, (key, stats(now, now, 1)));
+                *totals.entry(key).or_default() += 1;
+            }
+            poll(&mut table, &kernel);
+            // The agent takes flows out: closed ones, by key.
+            for _ in 0..rng.below(8) {
+                let (key, _) = kernel.remove(rng.below(kernel.len()));
+                let ended = table.end(&key).map(|ended| ended.record.stats.packets);
+                assert_eq!(ended, totals.remove(&key));
+            }
+            assert_eq!(table.len(), totals.len(), "round {round}");
+            for (key, total) in &totals {
+                let packets = table.get(key).map(|record| record.stats.packets);
+                assert_eq!(packets, Some(*total), "round {round}");
+            }
+        }
+        assert!(table.len() > 1000, "{} flows: the shards grew", table.len());
+        // Read twice as it stands: the second read finds every flow in
+        // place (no insert, so nothing moved in between).
+        poll(&mut table, &kernel);
+        assert_eq!(poll(&mut table, &kernel).looked_up, 0);
     }
 
     #[test]
