@@ -68,7 +68,7 @@ fn pin_to_last_cpu() -> anyhow::Result<()> {
         .rev()
         .find(|cpu| unsafe { libc::CPU_ISSET(*cpu, &allowed) })
         .context("the sender may run on no CPU")?;
-    // SAFETY: as above, on a set we own.
+    // SAFETY: a zeroed cpu_set_t is an empty set.
     let mut only: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `last` is below CPU_SETSIZE.
     unsafe { libc::CPU_SET(last, &mut only) };
