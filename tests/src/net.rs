@@ -196,17 +196,13 @@ impl TestNet {
     /// A bridge with `hosts` hosts (at most 200): up, every neighbour
     /// pinned, and silent (nothing crossed it for [`QUIET`]).
     pub fn new(hosts: usize) -> anyhow::Result<TestNet> {
-        Self::create(&vec![None; hosts])
+        Self::with_veth_ifindexes(&vec![None; hosts])
     }
 
     /// [`TestNet::new`] with one host per entry, its host-side veth
     /// created with that ifindex (it must be free), or the kernel's
     /// choice for `None`.
     pub fn with_veth_ifindexes(veth_ifindexes: &[Option<u32>]) -> anyhow::Result<TestNet> {
-        Self::create(veth_ifindexes)
-    }
-
-    fn create(veth_ifindexes: &[Option<u32>]) -> anyhow::Result<TestNet> {
         let hosts = veth_ifindexes.len();
         ensure!(hosts <= 200, "a /24 test subnet holds at most 200 hosts");
         let n = NEXT.fetch_add(1, Ordering::Relaxed);

@@ -64,12 +64,6 @@ impl<V> Shard<V> {
     fn hash(&self, key: &FlowKey) -> u64 {
         self.hasher.hash_one(key)
     }
-
-    fn get_mut(&mut self, key: &FlowKey) -> Option<&mut V> {
-        let hash = self.hash(key);
-        let (_, value) = self.entries.find_mut(hash, |(k, _)| k == key)?;
-        Some(value)
-    }
 }
 
 pub struct ShardedByFlow<V> {
@@ -119,8 +113,10 @@ impl<V> ShardedByFlow<V> {
     }
 
     pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut V> {
-        let shard = self.shard(key);
-        self.shards[shard].get_mut(key)
+        let shard = &mut self.shards[self.shard(key)];
+        let hash = shard.hash(key);
+        let (_, value) = shard.entries.find_mut(hash, |(k, _)| k == key)?;
+        Some(value)
     }
 
     /// The entry at `slot` if it is `key`'s: a slot kept from earlier may
