@@ -276,7 +276,10 @@ pub struct FlowKeyV4 {
     pub src_port: u16,
     pub dst_port: u16,
     pub protocol: u8,
-    pub _pad: [u8; 3],
+    /// Padding in scalars: an array of three zero bytes becomes a call to
+    /// a byte-at-a-time `memset` in the programs.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 const _: () = assert!(size_of::<FlowKeyV4>() == 16);
 
@@ -287,7 +290,8 @@ impl FlowKeyV4 {
         src_port: 0,
         dst_port: 0,
         protocol: 0,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
 
     /// The key of `key`'s flow in [`FLOWS_V4_MAP`], when it is an IPv4 one
@@ -307,7 +311,8 @@ impl FlowKeyV4 {
             src_port: key.src_port,
             dst_port: key.dst_port,
             protocol: key.protocol,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         })
     }
 
