@@ -36,6 +36,38 @@ pub const COUNTED_IFACES_CAPACITY: u32 = 4096;
 /// veth maps there, [`COUNTED_SLOT_SHARED`] when several do (the packet's
 /// veth is then looked up in the hash map), 0 when none does.
 pub const COUNTED_SLOTS_MAP: &str = "COUNTED_SLOTS";
+/// `ARRAY<TickClock>`, one entry: how the programs turn the kernel's
+/// tick count (`jiffies`) into CLOCK_MONOTONIC, for what a tick's
+/// precision is enough (a flow's latest packet, the enforce lease). The
+/// verifier inlines `bpf_jiffies64` into a load, where a clock read is a
+/// helper call, the most a counted packet paid after its flow's lookup.
+/// The agent measures the tick once, after the load and before it
+/// attaches anything (the `tick_probe` program); until then, and where it
+/// could not, the entry is zero and the programs read the exact clock.
+pub const TICK_CLOCK_MAP: &str = "TICK_CLOCK";
+
+/// [`TICK_CLOCK_MAP`]'s entry: CLOCK_MONOTONIC at the timer tick that
+/// made `jiffies` what it is is `jiffies * tick_ns + offset_ns` (wrapping:
+/// `offset_ns` is negative as often as not). The kernel advances both by
+/// the same `TICK_NSEC` at each tick, so the offset holds for its uptime.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickClock {
+    /// Nanoseconds a tick (the kernel's `TICK_NSEC`); 0 before the agent
+    /// measured it.
+    pub tick_ns: u64,
+    pub offset_ns: u64,
+}
+
+impl TickClock {
+    /// CLOCK_MONOTONIC, in ns, of the tick that set `jiffies`.
+    #[inline(always)]
+    pub fn at(&self, jiffies: u64) -> u64 {
+        jiffies
+            .wrapping_mul(self.tick_ns)
+            .wrapping_add(self.offset_ns)
+    }
+}
 /// Slots of [`COUNTED_SLOTS_MAP`]: twice the veths crossmon watches.
 pub const COUNTED_SLOTS_LEN: u32 = 1 << COUNTED_SLOT_BITS;
 const COUNTED_SLOT_BITS: u32 = 13;
@@ -69,12 +101,6 @@ pub const GLOBAL_DNS_EVENTS: &str = "DNS_EVENTS";
 /// another one (an overlay network's sandbox), whose ifindexes may equal
 /// the host's. Every map keyed by interface holds these ids.
 pub const GLOBAL_NETNS_TAG: &str = "NETNS_TAG";
-/// Name of the global that picks the programs' clock for a flow's latest
-/// packet and the enforce lease: 1 for `bpf_ktime_get_coarse_ns` (kernel
-/// 5.11; CLOCK_MONOTONIC as of the last timer tick, up to a tick (1 to
-/// 10 ms) behind), 0 for `bpf_ktime_get_ns`. A flow's first packet,
-/// events and capture records always read the exact clock.
-pub const GLOBAL_COARSE_CLOCK: &str = "COARSE_CLOCK";
 /// Where the namespace tag sits in a veth id: ifindexes of a sandbox
 /// namespace stay below 2^24 (16M interfaces created in it).
 pub const NETNS_TAG_SHIFT: u32 = 24;
@@ -365,8 +391,8 @@ pub struct FlowStats {
     pub bytes: u64,
     /// CLOCK_MONOTONIC of the first packet on this CPU.
     pub first_seen_ns: u64,
-    /// CLOCK_MONOTONIC of the latest packet on this CPU (see
-    /// [`GLOBAL_COARSE_CLOCK`]).
+    /// CLOCK_MONOTONIC of the latest packet on this CPU, to a timer tick
+    /// (see [`TICK_CLOCK_MAP`]).
     pub last_seen_ns: u64,
     /// SYN without ACK.
     pub syn: u32,
@@ -776,5 +802,6 @@ mod user {
         CaptureFilter,
         CaptureRecord,
         DropKey,
+        TickClock,
     );
 }

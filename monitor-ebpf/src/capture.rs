@@ -9,8 +9,9 @@ use aya_ebpf::programs::TcContext;
 use monitor_common::{CaptureFilter, CaptureRecord, CAPTURE_MATCH_PEER, MAX_SNAPLEN};
 
 use crate::{
+    clock::exact_ns,
     events::{copy_bytes, forget, Seen},
-    maps::{exact_ns, CAPTURE_ACTIVE, CAPTURE_FILTERS, CAPTURE_LOST, CAPTURE_RING},
+    maps::{CAPTURE_ACTIVE, CAPTURE_FILTERS, CAPTURE_LOST, CAPTURE_RING},
     parse::{Frame, Malformed},
     policy::same,
 };

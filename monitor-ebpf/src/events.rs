@@ -11,14 +11,17 @@ use monitor_common::{
     EVENT_OPENS_FLOW, MAX_CAPTURE,
 };
 
-use crate::maps::{bump, exact_ns, EVENTS};
+use crate::{
+    clock::exact_ns,
+    maps::{bump, EVENTS},
+};
 
 /// Where and when a packet was seen.
 #[derive(Clone, Copy)]
 pub struct Seen {
     pub direction: Direction,
     pub ifindex: u32,
-    /// To a tick (`maps::coarse_ns`).
+    /// To a tick (`clock::tick_ns`).
     pub now_ns: u64,
 }
 

@@ -4,8 +4,9 @@ use aya_ebpf::{bindings::BPF_NOEXIST, maps::LruPerCpuHashMap};
 use monitor_common::{tcp_flag, Counter, Direction, FlowKey, FlowKeyV4, FlowStats};
 
 use crate::{
+    clock::exact_ns,
     events::Seen,
-    maps::{bump, exact_ns, FLOWS, FLOWS_V4},
+    maps::{bump, FLOWS, FLOWS_V4},
     parse::IpPacket,
 };
 
@@ -124,7 +125,7 @@ fn count_into(slot: *mut FlowStats, seen: &Seen, packet: &IpPacket, segments: u3
 
 #[inline(always)]
 fn count(stats: &mut FlowStats, seen: &Seen, packet: &IpPacket, segments: u32) {
-    // The coarse clock may lag the exact first packet's time by a tick.
+    // The tick clock may lag the exact first packet's time by a tick.
     if seen.now_ns > stats.last_seen_ns {
         stats.last_seen_ns = seen.now_ns;
     }

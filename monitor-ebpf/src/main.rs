@@ -10,6 +10,7 @@
 #![no_main]
 
 mod capture;
+mod clock;
 mod dns;
 mod events;
 mod flow;
@@ -31,8 +32,8 @@ use crate::{
     events::Seen,
     flow::Accounted,
     maps::{
-        bump, coarse_ns, counted_at_ingress, veth_id, NEW_FLOW_EVENTS, PAYLOAD_BYTES,
-        PAYLOAD_PACKETS, SAMPLE_RATE,
+        bump, counted_at_ingress, veth_id, NEW_FLOW_EVENTS, PAYLOAD_BYTES, PAYLOAD_PACKETS,
+        SAMPLE_RATE,
     },
     parse::{Frame, Malformed},
     policy::Verdict,
@@ -102,7 +103,7 @@ fn seen(ctx: &TcContext, direction: Direction) -> Seen {
         direction,
         // SAFETY: `skb` is the context pointer the kernel handed to the program.
         ifindex: veth_id(unsafe { (*ctx.skb.skb).ifindex }),
-        now_ns: coarse_ns(),
+        now_ns: clock::tick_ns(),
     }
 }
 

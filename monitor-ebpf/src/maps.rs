@@ -2,7 +2,6 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     Global,
@@ -124,10 +123,6 @@ pub static SAMPLE_RATE: Global<u32> = Global::new(DEFAULT_SAMPLE_RATE);
 pub static NEW_FLOW_EVENTS: Global<u32> = Global::new(DEFAULT_NEW_FLOW_EVENTS);
 #[no_mangle]
 pub static DNS_EVENTS: Global<u32> = Global::new(DEFAULT_DNS_EVENTS);
-/// `monitor_common::GLOBAL_COARSE_CLOCK`: 1 where the kernel has
-/// `bpf_ktime_get_coarse_ns` (5.11).
-#[no_mangle]
-pub static COARSE_CLOCK: Global<u32> = Global::new(0);
 /// `monitor_common::GLOBAL_NETNS_TAG`: the namespace this instance of the
 /// programs is attached in, folded into every ifindex it reads.
 #[no_mangle]
@@ -137,31 +132,6 @@ pub static NETNS_TAG: Global<u32> = Global::new(0);
 #[inline(always)]
 pub fn veth_id(ifindex: u32) -> u32 {
     ifindex | NETNS_TAG.load()
-}
-
-/// When a packet was seen, where a tick's precision is enough (a flow's
-/// latest packet, the enforce lease): CLOCK_MONOTONIC at the last timer
-/// tick where the kernel has the coarse helper, read from the
-/// timekeeper's copy instead of a clock source (a paravirtual clock's, in
-/// a VM). 5.10 lacks the helper: the global is a constant to the verifier,
-/// which never sees the call there. What orders or subtracts times (a
-/// flow's first packet, events, captures) reads [`exact_ns`].
-#[inline(always)]
-pub fn coarse_ns() -> u64 {
-    if COARSE_CLOCK.load() != 0 {
-        // SAFETY: helper without preconditions.
-        unsafe { bpf_ktime_get_coarse_ns() }
-    } else {
-        exact_ns()
-    }
-}
-
-/// CLOCK_MONOTONIC now: a handshake's round trip is the difference of
-/// two flows' first packets, a DNS answer's latency that of two events.
-#[inline(always)]
-pub fn exact_ns() -> u64 {
-    // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_ns() }
 }
 
 #[inline(always)]

@@ -136,6 +136,61 @@ fn ipv4_options_udp_counted_with_payload_samples() {
     assert!(payloads.iter().all(|data| data.as_slice() == payload));
 }
 
+/// A counted packet is stamped with the timer tick it came in: the tick
+/// clock the load measured lands on CLOCK_MONOTONIC, not only on some
+/// clock that counts in ticks.
+#[test]
+fn a_flows_latest_packet_is_stamped_with_the_tick_it_came_in() {
+    let mut dp = load(DatapathConfig::default());
+    let clock = dp.tick_clock.clone().expect("the load measured the tick");
+    // The kernel's TICK_NSEC at the rates kernels are built with.
+    assert!(
+        [1_000_000, 3_333_333, 4_000_000, 10_000_000].contains(&clock.tick_ns),
+        "{clock:?}"
+    );
+    let frame = ethernet(
+        B,
+        A,
+        ETH_P_IP,
+        &ipv4(IP_A, IP_B, ip_proto::UDP, &[], 0, &udp(4100, 5100, b"x")),
+    );
+    let key = key(
+        v4_mapped(IP_A),
+        v4_mapped(IP_B),
+        4100,
+        5100,
+        ip_proto::UDP,
+        4,
+    );
+    pass(&mut dp, PROGRAM_FROM_CONTAINER, &frame);
+    let first_seen = flows(&mut dp)[&key].first_seen_ns;
+    for sent in 2..=6 {
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        let before = monitor::clock::monotonic_ns();
+        pass(&mut dp, PROGRAM_FROM_CONTAINER, &frame);
+        let after = monitor::clock::monotonic_ns();
+        let stats = flows(&mut dp)[&key];
+        assert_eq!(stats.packets, sent);
+        assert_eq!(
+            stats.first_seen_ns, first_seen,
+            "the first packet's time stays"
+        );
+        let last = stats.last_seen_ns;
+        assert_eq!(
+            last.wrapping_sub(clock.offset_ns) % clock.tick_ns,
+            0,
+            "{last} is a tick of {clock:?}"
+        );
+        // The tick before the packet, measured microseconds late (1 ms of
+        // room); a second tick of room below for a tick interrupt that
+        // came late.
+        assert!(
+            last <= after + 1_000_000 && last + 2 * clock.tick_ns > before,
+            "packet sent between {before} and {after}, stamped {last}"
+        );
+    }
+}
+
 #[test]
 fn vlan_tagged_tcp_flags_are_counted() {
     let mut dp = load(DatapathConfig::default());

@@ -8,17 +8,16 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use monitor_common::{
-    CAPTURE_ACTIVE_MAP, CAPTURE_FILTERS_MAP, CAPTURE_LOST_MAP, CAPTURE_RING_MAP,
+    TickClock, CAPTURE_ACTIVE_MAP, CAPTURE_FILTERS_MAP, CAPTURE_LOST_MAP, CAPTURE_RING_MAP,
     COUNTED_IFACES_MAP, COUNTED_SLOTS_MAP, COUNTERS_MAP, DROPS_MAP, EVENTS_MAP, FLOWS_MAP,
-    FLOWS_V4_MAP, GLOBAL_COARSE_CLOCK, GLOBAL_DNS_EVENTS, GLOBAL_NEW_FLOW_EVENTS,
-    GLOBAL_PAYLOAD_BYTES, GLOBAL_PAYLOAD_PACKETS, GLOBAL_SAMPLE_RATE, MAX_CAPTURE,
-    POLICY_COUNTS_MAP, POLICY_DENIED_MAP, POLICY_IFACES_MAP, POLICY_RULES_MAP, POLICY_STATE_MAP,
-    RETRANSMITS_MAP,
+    FLOWS_V4_MAP, GLOBAL_DNS_EVENTS, GLOBAL_NEW_FLOW_EVENTS, GLOBAL_PAYLOAD_BYTES,
+    GLOBAL_PAYLOAD_PACKETS, GLOBAL_SAMPLE_RATE, MAX_CAPTURE, POLICY_COUNTS_MAP, POLICY_DENIED_MAP,
+    POLICY_IFACES_MAP, POLICY_RULES_MAP, POLICY_STATE_MAP, RETRANSMITS_MAP,
 };
 
 use super::{
-    counted::CountedIfaces, sandbox::InstanceLoader, tracepoints, AttachMode, CaptureMaps,
-    Counters, DropMap, EventRing, FlowMap, PolicyMaps, Programs, RetransmitMap,
+    counted::CountedIfaces, sandbox::InstanceLoader, tick_clock, tracepoints, AttachMode,
+    CaptureMaps, Counters, DropMap, EventRing, FlowMap, PolicyMaps, Programs, RetransmitMap,
     PROGRAM_FROM_CONTAINER, PROGRAM_SKB_DROP, PROGRAM_TCP_RETRANSMIT, PROGRAM_TO_CONTAINER,
 };
 
@@ -122,6 +121,9 @@ pub struct Datapath {
     /// before 5.17), or why drops are not counted.
     pub drops: DropMap,
     pub drop_reasons: Result<std::collections::HashMap<u32, String>, String>,
+    /// The programs' tick clock as measured at the load, or why the
+    /// programs read the exact clock instead.
+    pub tick_clock: Result<TickClock, String>,
     /// Present when `ebpf_log` is set: drain it with [`EbpfLogger::flush`]
     /// when its fd is readable.
     pub ebpf_logger: Option<EbpfLogger<&'static dyn log::Log>>,
@@ -164,6 +166,13 @@ pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
         Some(aya_log::EbpfLogger::init(&mut ebpf).context("reading the programs' logs")?)
     };
     load_classifiers(&mut ebpf)?;
+    let tick_clock = tick_clock::set(&mut ebpf).map_err(|err| format!("{err:#}"));
+    match &tick_clock {
+        Ok(clock) => tracing::debug!(clock.tick_ns, "timer tick measured"),
+        Err(reason) => {
+            tracing::warn!("{reason}: the programs read the exact clock at every packet");
+        }
+    }
 
     let retransmits_status = layout
         .and_then(|_| {
@@ -223,6 +232,7 @@ pub fn load(config: &DatapathConfig) -> anyhow::Result<Datapath> {
         retransmits_status,
         drops,
         drop_reasons,
+        tick_clock,
         ebpf_logger,
     })
 }
@@ -234,7 +244,6 @@ pub(super) struct Globals {
     sample_rate: u32,
     new_flow_events: u32,
     dns_events: u32,
-    coarse_clock: u32,
     log_level: u8,
     flow_capacity: u32,
     ring_bytes: u32,
@@ -249,7 +258,6 @@ impl Globals {
             sample_rate: config.sample_rate,
             new_flow_events: u32::from(config.new_flow_events),
             dns_events: u32::from(config.dns_events),
-            coarse_clock: u32::from(super::preflight::has_coarse_clock()),
             // aya-log's level 0 disables every log statement in the programs.
             log_level: match config.ebpf_log {
                 None | Some(log::LevelFilter::Off) => 0,
@@ -276,7 +284,6 @@ pub(super) fn loader(globals: &Globals) -> EbpfLoader<'_> {
         .override_global(GLOBAL_SAMPLE_RATE, &globals.sample_rate, true)
         .override_global(GLOBAL_NEW_FLOW_EVENTS, &globals.new_flow_events, true)
         .override_global(GLOBAL_DNS_EVENTS, &globals.dns_events, true)
-        .override_global(GLOBAL_COARSE_CLOCK, &globals.coarse_clock, true)
         .override_global("AYA_LOG_LEVEL", &globals.log_level, true);
     loader
 }

@@ -14,6 +14,7 @@ mod load;
 mod policy_maps;
 pub mod preflight;
 pub mod sandbox;
+mod tick_clock;
 pub mod tracepoints;
 
 pub use attach::{AttachMode, ProgramRunStats, Programs, Side, VethAttachment};
@@ -33,3 +34,5 @@ pub const PROGRAM_TO_CONTAINER: &str = "to_container";
 pub const PROGRAM_TCP_RETRANSMIT: &str = "tcp_retransmit";
 /// The `skb:kfree_skb` program.
 pub const PROGRAM_SKB_DROP: &str = "skb_drop";
+/// Never attached: run to measure the timer tick (`tick_clock`).
+pub const PROGRAM_TICK_PROBE: &str = "tick_probe";

@@ -179,12 +179,6 @@ pub fn has_tcx() -> bool {
     KernelVersion::current().is_ok_and(|kernel| kernel >= KernelVersion::new(6, 6, 0))
 }
 
-/// `bpf_ktime_get_coarse_ns` arrived in Linux 5.11; before, the programs
-/// read the exact clock (`monitor_common::GLOBAL_COARSE_CLOCK`).
-pub fn has_coarse_clock() -> bool {
-    KernelVersion::current().is_ok_and(|kernel| kernel >= KernelVersion::new(5, 11, 0))
-}
-
 fn effective_caps() -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
     let hex = status

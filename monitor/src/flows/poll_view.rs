@@ -18,7 +18,7 @@ use crate::model::FlowRecord;
 /// answer after it finds the attempt counted unanswered, and TCP health
 /// times only handshakes answered before it). So a flow quiet for longer
 /// than the deadline has nothing left to show; the extra second covers
-/// the programs' coarse clock, which stamps up to a tick early. The flow
+/// the programs' tick clock, which stamps up to a tick early. The flow
 /// log, whose interval lines wait longer, walks every flow.
 pub const REVISIT_NS: u64 = UNANSWERED_AFTER_NS + 1_000_000_000;
 
