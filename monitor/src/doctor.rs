@@ -92,6 +92,21 @@ pub async fn run(docker_host: Option<&str>) -> bool {
                 ),
             );
             report.line(Verdict::Ok, "expiry", loaded.flows.expiry().describe());
+            match &loaded.tick_clock {
+                Ok(clock) => report.line(
+                    Verdict::Ok,
+                    "clock",
+                    format!(
+                        "timer tick measured ({} Hz): a flow's latest packet read from jiffies",
+                        1_000_000_000 / clock.tick_ns.max(1)
+                    ),
+                ),
+                Err(reason) => report.line(
+                    Verdict::Note,
+                    "clock",
+                    format!("{reason}: the programs read the exact clock at every packet"),
+                ),
+            }
             report.line(Verdict::Ok, "enforce", enforce_ends);
             match &loaded.retransmits_status {
                 Ok(()) => report.line(

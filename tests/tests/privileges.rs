@@ -153,6 +153,24 @@ fn doctor_names_the_capabilities_it_runs_with() {
     );
 }
 
+/// The load measures the timer tick with the documented capabilities and
+/// with the old engines' set: the probe reads `jiffies` (CAP_BPF, or
+/// CAP_SYS_ADMIN before 5.8) and is run through BPF_PROG_TEST_RUN.
+#[test]
+fn the_timer_tick_is_measured_with_either_set_of_capabilities() {
+    require_root();
+    let documented = names(&CAPABILITIES.iter().collect::<Vec<_>>());
+    for set in [documented, old_engine_set().0] {
+        let (_, report) = doctor_under(&caps::setpriv_only(&set));
+        assert!(
+            report
+                .lines()
+                .any(|line| line.starts_with("ok   clock        timer tick measured")),
+            "{set:?}:\n{report}"
+        );
+    }
+}
+
 /// `crossmon doctor` run by `setpriv` (no engine: only the capabilities
 /// line matters), and its report.
 fn doctor_under(setpriv: &[String]) -> (std::process::Output, String) {
