@@ -287,7 +287,10 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
                     disturbed,
                 });
             }
-            if monitor.is_crossmon() {
+            // crossmon's programs, and the noop classifier's: what a program
+            // of two instructions reads shows what the statistics add to
+            // every run.
+            if !session.programs.is_empty() {
                 let costs = program_costs(&net, &session, options)?;
                 for (workload, program, ns_per_run) in costs {
                     if workload == Workload::SmallUdp {
@@ -534,8 +537,11 @@ fn benchmarks_md(
         &mut md,
         "Mean ns per run of each program, from the kernel's run-time statistics \
          (`BPF_ENABLE_STATS`, what `kernel.bpf_stats_enabled=1` turns on), in a pass of its own \
-         after each crossmon session's timed runs. A run is one packet, except in TCP bulk, \
-         where a veth passes GSO super-packets of up to 64 KiB whole: one run each.",
+         after the timed runs of each session with programs of its own. A run is one packet, \
+         except in TCP bulk, where a veth passes GSO super-packets of up to 64 KiB whole: one \
+         run each. The `noop` rows are the noop classifier's two instructions: what the hook's \
+         call into a program and the statistics' own clock reads add to every run, measured \
+         alike.",
     );
     line(&mut md, "");
     md.push_str(&report.cost_table());

@@ -42,6 +42,9 @@ pub struct Monitor {
 
 /// The first is the bare path, the second crossmon at default settings:
 /// the targets are about those two.
+/// The name the noop classifier's run counters go by.
+pub const NOOP_PROGRAM: &str = "noop";
+
 pub const MONITORS: &[Monitor] = &[
     Monitor {
         name: "none",
@@ -83,10 +86,6 @@ pub const MONITORS: &[Monitor] = &[
 ];
 
 impl Monitor {
-    pub fn is_crossmon(&self) -> bool {
-        matches!(self.kind, Kind::Crossmon(_))
-    }
-
     pub fn start(
         &self,
         net: &BenchNet,
@@ -106,7 +105,7 @@ impl Monitor {
             Kind::Bare => return Ok(session),
             Kind::NoopClassifier => {
                 let noop = NoopClassifier::attach(net)?;
-                session.programs.insert(noop.id, "noop".to_owned());
+                session.programs.insert(noop.id, NOOP_PROGRAM.to_owned());
                 session.noop = Some(noop);
                 return Ok(session);
             }
@@ -280,9 +279,8 @@ impl Session {
 
     /// The run counters of the monitor's programs, summed by name.
     pub fn program_counters(&self) -> anyhow::Result<BTreeMap<String, RunCounters>> {
-        let Some(pid) = self.pid() else {
-            return Ok(BTreeMap::new());
-        };
+        // The noop classifier is the bench's own: its descriptors are here.
+        let pid = self.pid().unwrap_or_else(std::process::id);
         let mut by_name = BTreeMap::<String, RunCounters>::new();
         for (id, counters) in programs::held_by(pid)? {
             if let Some(name) = self.programs.get(&id) {

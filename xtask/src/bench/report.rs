@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::{
     agent_cost::AgentCost,
     cargo_bench::ProgramBench,
-    monitor::{Kind, Monitor},
+    monitor::{Kind, Monitor, NOOP_PROGRAM},
     workload::Workload,
 };
 use crate::cmd;
@@ -179,6 +179,15 @@ impl Report<'_> {
         names
     }
 
+    /// The noop classifier's ns per run on `workload`, when it ran.
+    fn noop_cost(&self, workload: Workload) -> Option<f64> {
+        let noop = self
+            .monitors
+            .iter()
+            .position(|monitor| matches!(monitor.kind, Kind::NoopClassifier))?;
+        self.cost(noop, workload, NOOP_PROGRAM)
+    }
+
     fn cost(&self, monitor: usize, workload: Workload, program: &str) -> Option<f64> {
         median(
             self.costs
@@ -298,9 +307,12 @@ impl Report<'_> {
                     _ => continue,
                 };
                 let ns = self.cost(CROSSMON, workload, program);
+                let floor = self.noop_cost(workload).map_or_else(String::new, |ns| {
+                    format!("; a noop classifier's run reads {ns:.0} under the same statistics")
+                });
                 lines.push(format!(
                     "`{program}` ns per run on {} at default settings: {} (target <= \
-                     {target:.0}): {}",
+                     {target:.0}{floor}): {}",
                     workload.title(),
                     ns.map_or_else(|| "n/a".to_owned(), |ns| format!("{ns:.0}")),
                     verdict(ns.is_some_and(|ns| ns <= target))
