@@ -95,6 +95,10 @@ pub const GLOBAL_NEW_FLOW_EVENTS: &str = "NEW_FLOW_EVENTS";
 /// TCP or UDP packet to or from port 53 with a payload, its first
 /// [`MAX_CAPTURE`] payload bytes.
 pub const GLOBAL_DNS_EVENTS: &str = "DNS_EVENTS";
+/// Name of the global that holds the event ring's size in bytes
+/// (`--ring-bytes`): the programs tell when a quarter of the ring waits
+/// without asking the ring its size, a helper call per record.
+pub const GLOBAL_RING_BYTES: &str = "RING_BYTES";
 /// Name of the global OR-ed into every ifindex the programs read (the
 /// veth's and the one a packet came in through): 0 in the agent's own
 /// network namespace, [`veth_id`]`(tag, 0)` in the instance loaded for

@@ -28,7 +28,7 @@ pub fn exact_ns() -> u64 {
 /// speculation thunk on many CPUs), read through the agent's measure of
 /// the tick. The exact clock until the agent measured it.
 #[inline(always)]
-pub fn tick_ns() -> u64 {
+pub fn last_tick_ns() -> u64 {
     match TICK_CLOCK.get(0) {
         // SAFETY: helper without preconditions.
         Some(clock) if clock.tick_ns != 0 => clock.at(unsafe { bpf_jiffies64() }),

@@ -2,7 +2,7 @@
 //! kind, so user space can report exactly what it missed.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_skb_load_bytes,
     programs::TcContext,
 };
@@ -13,7 +13,7 @@ use monitor_common::{
 
 use crate::{
     clock::exact_ns,
-    maps::{bump, EVENTS},
+    maps::{bump, EVENTS, RING_BYTES},
 };
 
 /// Where and when a packet was seen.
@@ -21,22 +21,22 @@ use crate::{
 pub struct Seen {
     pub direction: Direction,
     pub ifindex: u32,
-    /// To a tick (`clock::tick_ns`).
+    /// To a tick (`clock::last_tick_ns`).
     pub now_ns: u64,
 }
 
 impl Seen {
+    /// Records are stamped with the exact clock: they are rare next to
+    /// packets, and a DNS answer's latency is the difference of two.
     #[inline(always)]
-    fn header(&self, kind: EventKind, flags: u8) -> EventHeader {
+    fn header(&self, kind: EventKind, flags: u8, timestamp_ns: u64) -> EventHeader {
         EventHeader {
             kind: kind as u8,
             direction: self.direction as u8,
             flags,
             _pad: 0,
             ifindex: self.ifindex,
-            // Exact: records are rare next to packets, and a DNS answer's
-            // latency is the difference of two.
-            timestamp_ns: exact_ns(),
+            timestamp_ns,
         }
     }
 }
@@ -48,7 +48,7 @@ impl Seen {
 #[inline(always)]
 fn wakeup() -> u64 {
     let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    let size = EVENTS.query(u64::from(BPF_RB_RING_SIZE));
+    let size = u64::from(RING_BYTES.load());
     if waiting >= size / 4 {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
@@ -56,14 +56,15 @@ fn wakeup() -> u64 {
     }
 }
 
+/// The new-flow event of a flow whose first packet was stamped `opened_at_ns`.
 #[inline(always)]
-pub fn new_flow(seen: &Seen, key: &FlowKey) {
+pub fn new_flow(seen: &Seen, key: &FlowKey, opened_at_ns: u64) {
     let Some(mut entry) = EVENTS.reserve::<NewFlowEvent>(0) else {
         bump(EventKind::NewFlow.lost_counter());
         return;
     };
     entry.write(NewFlowEvent {
-        header: seen.header(EventKind::NewFlow, 0),
+        header: seen.header(EventKind::NewFlow, 0, opened_at_ns),
         key: *key,
     });
     entry.submit(wakeup());
@@ -71,9 +72,9 @@ pub fn new_flow(seen: &Seen, key: &FlowKey) {
 
 /// Copies up to `limit` bytes starting at `offset` of a span `span_len` long.
 /// `kind` is `Payload` (span = transport payload) or `PacketSample` (span =
-/// the whole frame, `key` zero). `opens_flow`: the record is the flow's
-/// new-flow event too (`EVENT_OPENS_FLOW`), lost with it when the ring is
-/// full.
+/// the whole frame, `key` zero). `opened_at_ns`: the record is the new-flow
+/// event too (`EVENT_OPENS_FLOW`) of the flow whose first packet, this one,
+/// was stamped then; lost with it when the ring is full.
 #[inline(always)]
 #[expect(clippy::too_many_arguments, reason = "one capture, its parts")]
 pub fn capture(
@@ -84,21 +85,24 @@ pub fn capture(
     offset: usize,
     span_len: u32,
     limit: u32,
-    opens_flow: bool,
+    opened_at_ns: Option<u64>,
 ) {
     let Some(mut entry) = EVENTS.reserve::<CaptureEvent>(0) else {
         bump(kind.lost_counter());
-        if opens_flow {
+        if opened_at_ns.is_some() {
             bump(EventKind::NewFlow.lost_counter());
         }
         return;
     };
     let event = entry.as_mut_ptr();
-    let flags = if opens_flow { EVENT_OPENS_FLOW } else { 0 };
+    let (flags, timestamp_ns) = match opened_at_ns {
+        Some(at) => (EVENT_OPENS_FLOW, at),
+        None => (0, exact_ns()),
+    };
     // SAFETY: `event` points at a reserved record of the right size; fields
     // are written through raw pointers because the record is uninitialised.
     unsafe {
-        (*event).header = seen.header(kind, flags);
+        (*event).header = seen.header(kind, flags, timestamp_ns);
         (*event).key = *key;
         (*event).original_len = span_len;
         let in_skb = ctx.len().saturating_sub(offset as u32);
@@ -123,7 +127,7 @@ pub fn arp(ctx: &TcContext, seen: &Seen, offset: usize) {
     let in_skb = ctx.len().saturating_sub(offset as u32);
     // SAFETY: as in `capture`.
     unsafe {
-        (*event).header = seen.header(EventKind::Arp, 0);
+        (*event).header = seen.header(EventKind::Arp, 0, exact_ns());
         (*event).eth_dst = [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]];
         (*event).eth_src = [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]];
         (*event).captured_len = copy_bytes(ctx, offset, (*event).arp.as_mut_ptr(), in_skb, ARP_LEN);

@@ -14,10 +14,10 @@ use crate::{
 pub enum Accounted {
     /// Counted into a flow already in the map; this CPU's slot of it.
     Counted(*mut FlowStats),
-    /// The packet opened its flow: the entry was created with it counted.
-    /// The caller sends the new-flow event, alone or with the packet's
-    /// payload sample.
-    Created,
+    /// The packet opened its flow: the entry was created with it counted,
+    /// its first packet stamped with this time. The caller sends the
+    /// new-flow event, alone or with the packet's payload sample.
+    Created(u64),
     /// Already counted where it left a container (see [`account`]).
     Duplicate,
     /// The map refused the entry (counted in `FlowUpdateFailed`).
@@ -91,7 +91,7 @@ fn account_in<K>(
     // A per-CPU entry created here holds the value in this CPU's slot and
     // zeros elsewhere.
     if flows.insert(key, stats, u64::from(BPF_NOEXIST)).is_ok() {
-        return Accounted::Created;
+        return Accounted::Created(now);
     }
     // Another CPU created it first: count into this CPU's slot of it.
     match flows.get_ptr_mut(key) {

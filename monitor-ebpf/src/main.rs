@@ -103,7 +103,7 @@ fn seen(ctx: &TcContext, direction: Direction) -> Seen {
         direction,
         // SAFETY: `skb` is the context pointer the kernel handed to the program.
         ifindex: veth_id(unsafe { (*ctx.skb.skb).ifindex }),
-        now_ns: clock::tick_ns(),
+        now_ns: clock::last_tick_ns(),
     }
 }
 
@@ -120,7 +120,7 @@ fn observe(ctx: &TcContext, seen: &Seen, frame: Result<Frame, Malformed>) {
             0,
             ctx.len(),
             PACKET_HEAD_BYTES,
-            false,
+            None,
         );
     }
 
@@ -141,11 +141,15 @@ fn observe(ctx: &TcContext, seen: &Seen, frame: Result<Frame, Malformed>) {
             let wants_sample = limit != 0 && packet.payload_len != 0 && is_tcp_or_udp;
             let first_samples = u8::from(wants_sample && PAYLOAD_PACKETS.load() != 0);
             let dns = dns::wanted(&packet);
-            let mut opens_flow = false;
+            // When the packet opened its flow and its event is wanted: the
+            // time its first packet was stamped with, which the event reuses.
+            let mut opened_at_ns = None;
             let sample = match flow::account(seen, &packet, segments, first_samples) {
                 Accounted::Counted(slot) => wants_sample && !sampled_enough(slot),
-                Accounted::Created => {
-                    opens_flow = NEW_FLOW_EVENTS.load() != 0;
+                Accounted::Created(at_ns) => {
+                    if NEW_FLOW_EVENTS.load() != 0 {
+                        opened_at_ns = Some(at_ns);
+                    }
                     first_samples != 0
                 }
                 Accounted::Duplicate => return,
@@ -176,10 +180,10 @@ fn observe(ctx: &TcContext, seen: &Seen, frame: Result<Frame, Malformed>) {
                     packet.payload_offset,
                     packet.payload_len,
                     limit,
-                    opens_flow,
+                    opened_at_ns,
                 );
-            } else if opens_flow {
-                events::new_flow(seen, &packet.key);
+            } else if let Some(at_ns) = opened_at_ns {
+                events::new_flow(seen, &packet.key, at_ns);
             }
         }
         Ok(Frame::Arp(offset)) => {

@@ -123,6 +123,8 @@ pub static SAMPLE_RATE: Global<u32> = Global::new(DEFAULT_SAMPLE_RATE);
 pub static NEW_FLOW_EVENTS: Global<u32> = Global::new(DEFAULT_NEW_FLOW_EVENTS);
 #[no_mangle]
 pub static DNS_EVENTS: Global<u32> = Global::new(DEFAULT_DNS_EVENTS);
+#[no_mangle]
+pub static RING_BYTES: Global<u32> = Global::new(DEFAULT_RING_BYTES);
 /// `monitor_common::GLOBAL_NETNS_TAG`: the namespace this instance of the
 /// programs is attached in, folded into every ifindex it reads.
 #[no_mangle]

@@ -56,6 +56,17 @@ fn events(datapath: &mut Datapath) -> Vec<Event> {
     events
 }
 
+/// The times the new-flow events in `events` carry.
+fn opened_at(events: &[Event]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            Event::NewFlow { seen, .. } => Some(seen.timestamp_ns),
+            _ => None,
+        })
+        .collect()
+}
+
 fn key(
     src: [u8; 16],
     dst: [u8; 16],
@@ -111,11 +122,11 @@ fn ipv4_options_udp_counted_with_payload_samples() {
     assert!(stats.first_seen_ns > 0 && stats.last_seen_ns >= stats.first_seen_ns);
 
     let events = events(&mut dp);
-    let new_flows = events
-        .iter()
-        .filter(|e| matches!(e, Event::NewFlow { .. }))
-        .count();
-    assert_eq!(new_flows, 1, "one new-flow event per flow");
+    assert_eq!(
+        opened_at(&events),
+        [stats.first_seen_ns],
+        "one new-flow event per flow, stamped when its first packet was"
+    );
     let payloads: Vec<&Vec<u8>> = events
         .iter()
         .filter_map(|e| match e {
@@ -143,11 +154,6 @@ fn ipv4_options_udp_counted_with_payload_samples() {
 fn a_flows_latest_packet_is_stamped_with_the_tick_it_came_in() {
     let mut dp = load(DatapathConfig::default());
     let clock = dp.tick_clock.clone().expect("the load measured the tick");
-    // The kernel's TICK_NSEC at the rates kernels are built with.
-    assert!(
-        [1_000_000, 3_333_333, 4_000_000, 10_000_000].contains(&clock.tick_ns),
-        "{clock:?}"
-    );
     let frame = ethernet(
         B,
         A,
@@ -181,11 +187,11 @@ fn a_flows_latest_packet_is_stamped_with_the_tick_it_came_in() {
             0,
             "{last} is a tick of {clock:?}"
         );
-        // The tick before the packet, measured microseconds late (1 ms of
-        // room); a second tick of room below for a tick interrupt that
-        // came late.
+        // The tick before the packet, measured microseconds late (a
+        // quarter tick of room, as the measure allows); a second tick of
+        // room below for a tick interrupt that came late.
         assert!(
-            last <= after + 1_000_000 && last + 2 * clock.tick_ns > before,
+            last <= after + clock.tick_ns / 4 && last + 2 * clock.tick_ns > before,
             "packet sent between {before} and {after}, stamped {last}"
         );
     }
@@ -240,6 +246,8 @@ fn vlan_tagged_tcp_flags_are_counted() {
         stats.direction,
         monitor_common::Direction::ToContainer as u8
     );
+    // A SYN carries no payload: its new-flow event is a record of its own.
+    assert_eq!(opened_at(&events(&mut dp)), [stats.first_seen_ns]);
 }
 
 #[test]

@@ -11,8 +11,8 @@ use monitor_common::{
     TickClock, CAPTURE_ACTIVE_MAP, CAPTURE_FILTERS_MAP, CAPTURE_LOST_MAP, CAPTURE_RING_MAP,
     COUNTED_IFACES_MAP, COUNTED_SLOTS_MAP, COUNTERS_MAP, DROPS_MAP, EVENTS_MAP, FLOWS_MAP,
     FLOWS_V4_MAP, GLOBAL_DNS_EVENTS, GLOBAL_NEW_FLOW_EVENTS, GLOBAL_PAYLOAD_BYTES,
-    GLOBAL_PAYLOAD_PACKETS, GLOBAL_SAMPLE_RATE, MAX_CAPTURE, POLICY_COUNTS_MAP, POLICY_DENIED_MAP,
-    POLICY_IFACES_MAP, POLICY_RULES_MAP, POLICY_STATE_MAP, RETRANSMITS_MAP,
+    GLOBAL_PAYLOAD_PACKETS, GLOBAL_RING_BYTES, GLOBAL_SAMPLE_RATE, MAX_CAPTURE, POLICY_COUNTS_MAP,
+    POLICY_DENIED_MAP, POLICY_IFACES_MAP, POLICY_RULES_MAP, POLICY_STATE_MAP, RETRANSMITS_MAP,
 };
 
 use super::{
@@ -284,6 +284,7 @@ pub(super) fn loader(globals: &Globals) -> EbpfLoader<'_> {
         .override_global(GLOBAL_SAMPLE_RATE, &globals.sample_rate, true)
         .override_global(GLOBAL_NEW_FLOW_EVENTS, &globals.new_flow_events, true)
         .override_global(GLOBAL_DNS_EVENTS, &globals.dns_events, true)
+        .override_global(GLOBAL_RING_BYTES, &globals.ring_bytes, true)
         .override_global("AYA_LOG_LEVEL", &globals.log_level, true);
     loader
 }
