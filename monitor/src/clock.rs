@@ -1,5 +1,6 @@
-//! The programs stamp packets with `bpf_ktime_get_ns`, i.e. CLOCK_MONOTONIC;
-//! people and SIEMs want wall-clock time.
+//! The programs stamp packets with CLOCK_MONOTONIC (exact, or to the timer
+//! tick: `monitor_common::TICK_CLOCK_MAP`); people and SIEMs want
+//! wall-clock time.
 
 use chrono::{DateTime, Utc};
 

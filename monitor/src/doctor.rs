@@ -98,7 +98,7 @@ pub async fn run(docker_host: Option<&str>) -> bool {
                     "clock",
                     format!(
                         "timer tick measured ({} Hz): a flow's latest packet read from jiffies",
-                        1_000_000_000 / clock.tick_ns.max(1)
+                        1_000_000_000 / clock.tick_ns
                     ),
                 ),
                 Err(reason) => report.line(

@@ -3,13 +3,15 @@
 //!
 //! User space cannot read `jiffies`, so `tick_probe` reads it beside
 //! CLOCK_MONOTONIC, run through `BPF_PROG_TEST_RUN`. Run back to back,
-//! its samples show when `jiffies` moves on: those first samples, a few
-//! microseconds after their tick, give the tick's length and where ticks
-//! fall on CLOCK_MONOTONIC.
+//! its samples show when `jiffies` moves on: the first sample of a new
+//! value is microseconds after its tick. Three such tick starts, a tenth
+//! of a second apart, give the tick's length over their whole span and
+//! where ticks fall on CLOCK_MONOTONIC; each start must then be where
+//! that clock puts it, or the measure is taken again.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use aya::{
     maps::Array,
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
@@ -23,17 +25,23 @@ use super::PROGRAM_TICK_PROBE;
 /// other, as two native-endian u64 at the start of the frame it is run on.
 const TICK_PROBE_FRAME: usize = 64;
 
-/// Tick starts timed: the tick's length is the median of their gaps.
-const EDGES: usize = 4;
+/// Tick starts timed, `SPACING` apart.
+const EDGES: usize = 3;
+/// Over 0.2 s, a start sampled late by as much as a tick moves the
+/// measured length by 2 % at most (at 100 Hz 5 %), where the rates
+/// kernels are built with lie 17 % apart or more.
+const SPACING: Duration = Duration::from_millis(100);
 /// The timer rates, in Hz, a kernel can be built with (`kernel/Kconfig.hz`,
-/// what x86 and arm64 offer). A sample taken tens of microseconds late
-/// moves a gap by a percent: the rate is the one nearest.
+/// what x86 and arm64 offer).
 const RATES: [u64; 4] = [100, 250, 300, 1000];
-/// How far the measured tick may be from the chosen rate's.
-const TOLERANCE: f64 = 0.1;
-/// Longer than four ticks at the slowest rate kernels are built with
-/// (100 Hz), with room for a busy machine.
-const GIVE_UP_AFTER: Duration = Duration::from_millis(500);
+/// How far the measured length may be from the nearest rate's tick.
+const TOLERANCE: f64 = 0.06;
+/// Ten ticks at the slowest rate: `jiffies` moves on within it on a
+/// running CPU.
+const GIVE_UP_AFTER: Duration = Duration::from_millis(100);
+/// Measures taken before the programs are left on the exact clock: a
+/// start sampled late (the prober preempted) spoils one.
+const ATTEMPTS: usize = 3;
 
 /// One run of the probe: `jiffies` and CLOCK_MONOTONIC (ns).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,9 +61,16 @@ pub fn set(ebpf: &mut Ebpf) -> anyhow::Result<TickClock> {
     probe
         .load()
         .map_err(|err| super::preflight::explain_program_error(PROGRAM_TICK_PROBE, err))?;
-    let edges = tick_starts(|| sample(probe))?;
-    let clock = measure(&edges)?;
-    probe.unload().context("unloading the tick probe")?;
+    let mut measured = Err(anyhow!("no measure taken"));
+    for _ in 0..ATTEMPTS {
+        measured = tick_starts(|| sample(probe), std::thread::sleep).and_then(|e| measure(&e));
+        if measured.is_ok() {
+            break;
+        }
+    }
+    let unloaded = probe.unload().context("unloading the tick probe");
+    let clock = measured.with_context(|| format!("measuring the timer tick ({ATTEMPTS} tries)"))?;
+    unloaded?;
     let mut map: Array<_, TickClock> = Array::try_from(
         ebpf.map_mut(TICK_CLOCK_MAP)
             .with_context(|| format!("map {TICK_CLOCK_MAP} missing from the object"))?,
@@ -86,50 +101,57 @@ fn sample(probe: &mut SchedClassifier) -> anyhow::Result<Sample> {
     })
 }
 
-/// Runs the probe until it has seen `jiffies` move on `EDGES` times:
-/// the first sample of each new value.
-fn tick_starts(mut sample: impl FnMut() -> anyhow::Result<Sample>) -> anyhow::Result<Vec<Sample>> {
-    let started = Instant::now();
-    let mut previous = sample()?;
+/// `EDGES` tick starts, with a `pause` of `SPACING` before each after the
+/// first.
+fn tick_starts(
+    mut sample: impl FnMut() -> anyhow::Result<Sample>,
+    mut pause: impl FnMut(Duration),
+) -> anyhow::Result<Vec<Sample>> {
     let mut edges = Vec::with_capacity(EDGES);
-    while edges.len() < EDGES {
-        if started.elapsed() > GIVE_UP_AFTER {
-            bail!(
-                "jiffies moved on {} times in {GIVE_UP_AFTER:?} of probing, not {EDGES}",
-                edges.len()
-            );
+    for _ in 0..EDGES {
+        if !edges.is_empty() {
+            pause(SPACING);
         }
-        let now = sample()?;
-        if now.ns == 0 {
-            bail!("the tick probe wrote no clock");
-        }
-        if now.jiffies != previous.jiffies {
-            edges.push(now);
-        }
-        previous = now;
+        edges.push(next_tick_start(&mut sample)?);
     }
     Ok(edges)
 }
 
-/// The tick from the first samples of successive `jiffies` values: its
-/// length, the kernel's `TICK_NSEC` for the rate nearest the median gap
-/// per tick (so that one sample delayed by the scheduler moves nothing),
-/// and its place on CLOCK_MONOTONIC, from the sample taken soonest after
-/// its tick.
+/// Samples until `jiffies` moves on: that first sample of its new value.
+fn next_tick_start(sample: &mut impl FnMut() -> anyhow::Result<Sample>) -> anyhow::Result<Sample> {
+    let started = Instant::now();
+    let before = sample()?;
+    loop {
+        let now = sample()?;
+        if now.ns == 0 {
+            bail!("the tick probe wrote no clock");
+        }
+        if now.jiffies != before.jiffies {
+            return Ok(now);
+        }
+        if started.elapsed() > GIVE_UP_AFTER {
+            bail!("jiffies did not move in {GIVE_UP_AFTER:?} of probing");
+        }
+    }
+}
+
+/// The tick from tick starts: its length, the kernel's `TICK_NSEC` of the
+/// rate nearest their span per tick, and its place on CLOCK_MONOTONIC,
+/// from the start sampled soonest after its tick (every sample is late,
+/// none early: the probe reads `jiffies` first). Refused unless every
+/// start lies within a quarter tick after where the clock puts it: a
+/// wrong rate drifts by whole ticks over the span, and a start sampled
+/// late was no start.
 pub fn measure(edges: &[Sample]) -> anyhow::Result<TickClock> {
-    let mut gaps: Vec<f64> = edges
-        .windows(2)
-        .filter_map(|pair| {
-            let ticks = pair[1].jiffies.checked_sub(pair[0].jiffies)?;
-            let ns = pair[1].ns.checked_sub(pair[0].ns)?;
-            (ticks != 0).then(|| ns as f64 / ticks as f64)
-        })
-        .collect();
-    if gaps.is_empty() {
+    let (Some(first), Some(last)) = (edges.first(), edges.last()) else {
+        bail!("no tick start to measure by");
+    };
+    let ticks = last.jiffies.saturating_sub(first.jiffies);
+    let span = last.ns.saturating_sub(first.ns);
+    if ticks == 0 {
         bail!("no two ticks to measure the tick by");
     }
-    gaps.sort_by(f64::total_cmp);
-    let gap = gaps[gaps.len() / 2];
+    let gap = span as f64 / ticks as f64;
     // The kernel's TICK_NSEC: NSEC_PER_SEC / HZ, rounded.
     let tick_ns = RATES
         .iter()
@@ -139,11 +161,23 @@ pub fn measure(edges: &[Sample]) -> anyhow::Result<TickClock> {
         .with_context(|| {
             format!("a tick of {gap:.0} ns is no timer rate a kernel is built with")
         })?;
+    // Where the clock would put the ticks by each start: the earliest is
+    // the least late.
+    let offset_of = |edge: &Sample| edge.ns.wrapping_sub(edge.jiffies.wrapping_mul(tick_ns));
     let offset_ns = edges
         .iter()
-        .map(|edge| edge.ns.wrapping_sub(edge.jiffies.wrapping_mul(tick_ns)))
+        .map(offset_of)
         .min_by_key(|&offset| offset as i64)
         .unwrap_or_default();
+    for edge in edges {
+        let late_ns = offset_of(edge).wrapping_sub(offset_ns);
+        if late_ns >= tick_ns / 4 {
+            bail!(
+                "a tick start sampled {} µs after where a tick of {tick_ns} ns puts it ({edge:?})",
+                late_ns / 1000
+            );
+        }
+    }
     Ok(TickClock { tick_ns, offset_ns })
 }
 
@@ -166,99 +200,84 @@ mod tests {
     }
 
     #[test]
-    fn ticks_sampled_late_by_microseconds_give_the_kernels_tick() {
-        let edges = [
-            edge(1000, 3_000),
-            edge(1001, 1_000),
-            edge(1002, 7_000),
-            edge(1003, 2_000),
-        ];
+    fn starts_sampled_microseconds_late_give_the_kernels_tick() {
+        let edges = [edge(1000, 3_000), edge(1025, 1_000), edge(1050, 7_000)];
         let clock = measure(&edges).unwrap();
         assert_eq!(clock.tick_ns, TICK);
         // The soonest sample places the ticks: 1 µs late.
-        let tick_1001 = 1001 * TICK + PHASE;
-        assert_eq!(clock.at(BOOT_JIFFIES + 1001), tick_1001 + 1_000);
-        assert_eq!(clock.at(BOOT_JIFFIES + 5000), 5000 * TICK + PHASE + 1_000);
+        assert_eq!(clock.at(BOOT_JIFFIES + 1025), 1025 * TICK + PHASE + 1_000);
+        assert_eq!(clock.at(BOOT_JIFFIES + 9000), 9000 * TICK + PHASE + 1_000);
     }
 
     #[test]
-    fn one_tick_seen_a_scheduler_slice_late_moves_nothing() {
-        // The probe was off the CPU for three ticks and saw the third
-        // 1 ms late; the median gap per tick is still the tick.
-        let edges = [
-            edge(10, 2_000),
-            edge(11, 2_000),
-            edge(14, 1_000_000),
-            edge(15, 2_000),
-            edge(16, 2_000),
-        ];
-        let clock = measure(&edges).unwrap();
-        assert_eq!(clock.tick_ns, TICK);
-        assert_eq!(clock.at(BOOT_JIFFIES + 11), 11 * TICK + PHASE + 2_000);
-    }
-
-    #[test]
-    fn gaps_a_percent_off_give_the_rate_nearest() {
-        // Seen on a VM at 250 Hz: gaps of 3.98 ms, not the 251 Hz they
-        // round to.
-        let edges: Vec<Sample> = (0..4)
-            .map(|n| Sample {
-                jiffies: 100 + n,
-                ns: n * 3_984_064,
-            })
-            .collect();
+    fn a_start_sampled_a_quarter_tick_late_spoils_the_measure() {
+        // The prober was preempted as the last tick came: that sample is
+        // no start, and the tick it would give is refused, not used.
+        let edges = [edge(1000, 2_000), edge(1025, 2_000), edge(1050, 1_100_000)];
+        let err = measure(&edges).unwrap_err().to_string();
+        assert!(err.contains("1098 µs after"), "{err}");
+        let edges = [edge(1000, 2_000), edge(1025, 2_000), edge(1050, 900_000)];
         assert_eq!(measure(&edges).unwrap().tick_ns, TICK);
-        let between = [
-            Sample { jiffies: 5, ns: 0 },
-            Sample {
-                jiffies: 6,
-                ns: 2_000_000,
-            },
-        ];
-        assert!(measure(&between).is_err(), "500 Hz is no kernel's rate");
     }
 
     #[test]
-    fn rates_that_do_not_divide_a_second_take_the_kernels_rounding() {
-        // 300 Hz: TICK_NSEC is 3333333, not 3333333.33.
-        let edges: Vec<Sample> = (0..4)
+    fn a_rate_near_another_does_not_pass_for_it() {
+        // 300 Hz starts, 0.2 s apart: 3333333 ns a tick (TICK_NSEC, not
+        // 3333333.33), never 250 Hz's 4 ms.
+        let edges: Vec<Sample> = [0, 30, 60]
+            .into_iter()
             .map(|n| Sample {
                 jiffies: 7 + n,
                 ns: 1_000_000 + n * 3_333_333 + 500,
             })
             .collect();
         assert_eq!(measure(&edges).unwrap().tick_ns, 3_333_333);
+        // Ticks of 2 ms are no rate a kernel is built with.
+        let between: Vec<Sample> = [0, 50]
+            .into_iter()
+            .map(|n| Sample {
+                jiffies: 9 + n,
+                ns: n * 2_000_000,
+            })
+            .collect();
+        assert!(measure(&between).is_err());
     }
 
     #[test]
-    fn samples_that_are_no_tick_are_refused() {
+    fn samples_that_are_no_ticks_are_refused() {
+        assert!(measure(&[]).is_err());
         assert!(measure(&[edge(1, 0)]).is_err());
         let stalled = [Sample { jiffies: 5, ns: 10 }, Sample { jiffies: 5, ns: 20 }];
         assert!(measure(&stalled).is_err());
-        let far = [
-            Sample { jiffies: 5, ns: 0 },
-            Sample {
-                jiffies: 6,
-                ns: 1_000_000_000_000,
-            },
-        ];
-        assert!(measure(&far).is_err());
     }
 
     #[test]
-    fn probing_stops_at_the_fourth_tick_start() {
-        // A tick every third sample.
+    fn probing_takes_three_starts_a_pause_apart() {
+        // A tick every third sample; the pauses are counted, not slept.
         let mut n = 0u64;
-        let edges = tick_starts(|| {
-            n += 1;
-            Ok(Sample {
-                jiffies: n / 3,
-                ns: n * 1_000,
-            })
-        })
+        let mut pauses = Vec::new();
+        let edges = tick_starts(
+            || {
+                n += 1;
+                Ok(Sample {
+                    jiffies: n / 3,
+                    ns: n * 1_000,
+                })
+            },
+            |pause| pauses.push(pause),
+        )
         .unwrap();
         let jiffies: Vec<u64> = edges.iter().map(|edge| edge.jiffies).collect();
-        assert_eq!(jiffies, [1, 2, 3, 4]);
+        // Each start is the first sample of a value after the one its
+        // search began on.
+        assert_eq!(jiffies, [1, 2, 3]);
         assert_eq!(edges[0].ns, 3_000);
+        assert_eq!(pauses, [SPACING, SPACING]);
+    }
+
+    #[test]
+    fn a_probe_that_writes_no_clock_is_refused() {
+        let err = tick_starts(|| Ok(Sample { jiffies: 1, ns: 0 }), |_| {}).unwrap_err();
+        assert!(err.to_string().contains("wrote no clock"), "{err}");
     }
 }

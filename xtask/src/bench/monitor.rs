@@ -40,11 +40,11 @@ pub struct Monitor {
     pub description: &'static str,
 }
 
-/// The first is the bare path, the second crossmon at default settings:
-/// the targets are about those two.
 /// The name the noop classifier's run counters go by.
 pub const NOOP_PROGRAM: &str = "noop";
 
+/// The first is the bare path, the second crossmon at default settings:
+/// the targets are about those two.
 pub const MONITORS: &[Monitor] = &[
     Monitor {
         name: "none",
