@@ -408,7 +408,10 @@ impl Programs {
     }
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
+pub(super) fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> anyhow::Result<&'a mut SchedClassifier> {
     ebpf.program_mut(name)
         .with_context(|| format!("program {name} missing"))?
         .try_into()

@@ -292,16 +292,21 @@ pub(super) fn loader(globals: &Globals) -> EbpfLoader<'_> {
 /// Loads (verifies) both classifiers of a loaded object.
 pub(super) fn load_classifiers(ebpf: &mut aya::Ebpf) -> anyhow::Result<()> {
     for name in [PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER] {
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the object"))?
-            .try_into()
-            .with_context(|| format!("program {name} is not a TC classifier"))?;
-        program
-            .load()
-            .map_err(|err| super::preflight::explain_program_error(name, err))?;
+        load_classifier(ebpf, name)?;
     }
     Ok(())
+}
+
+/// Loads (verifies) the classifier `name` of a loaded object.
+pub(super) fn load_classifier<'a>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &str,
+) -> anyhow::Result<&'a mut SchedClassifier> {
+    let program = super::attach::program(ebpf, name)?;
+    program
+        .load()
+        .map_err(|err| super::preflight::explain_program_error(name, err))?;
+    Ok(program)
 }
 
 fn take_map(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {

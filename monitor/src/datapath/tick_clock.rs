@@ -53,14 +53,7 @@ pub struct Sample {
 /// Measures the tick and writes it into the programs' clock map; the
 /// programs keep the exact clock when this fails.
 pub fn set(ebpf: &mut Ebpf) -> anyhow::Result<TickClock> {
-    let probe: &mut SchedClassifier = ebpf
-        .program_mut(PROGRAM_TICK_PROBE)
-        .with_context(|| format!("program {PROGRAM_TICK_PROBE} missing from the object"))?
-        .try_into()
-        .with_context(|| format!("program {PROGRAM_TICK_PROBE} is not a TC classifier"))?;
-    probe
-        .load()
-        .map_err(|err| super::preflight::explain_program_error(PROGRAM_TICK_PROBE, err))?;
+    let probe = super::load::load_classifier(ebpf, PROGRAM_TICK_PROBE)?;
     let mut measured = Err(anyhow!("no measure taken"));
     for _ in 0..ATTEMPTS {
         measured = tick_starts(|| sample(probe), std::thread::sleep).and_then(|e| measure(&e));
