@@ -37,17 +37,13 @@ pub fn last_tick_ns() -> u64 {
 }
 
 /// Run by the agent through `BPF_PROG_TEST_RUN`, never attached: the two
-/// clocks side by side, for the agent to measure the tick
-/// (`monitor_common::PROGRAM_TICK_PROBE`).
+/// clocks side by side, written over the frame's first 16 bytes, for the
+/// agent to measure the tick (`crossmon::datapath::tick_clock`).
 #[classifier]
 pub fn tick_probe(ctx: TcContext) -> i32 {
-    // SAFETY: helpers without preconditions.
+    // SAFETY: helper without preconditions.
     let jiffies = unsafe { bpf_jiffies64() };
-    let now = exact_ns();
-    let mut pair = [0u8; 16];
-    pair[..8].copy_from_slice(&jiffies.to_ne_bytes());
-    pair[8..].copy_from_slice(&now.to_ne_bytes());
     // A frame too short keeps its bytes: the agent sees zeros and gives up.
-    let _ = ctx.store(0, &pair, 0);
+    let _ = ctx.store(0, &[jiffies, exact_ns()], 0);
     TC_ACT_UNSPEC
 }

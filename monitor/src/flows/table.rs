@@ -548,16 +548,9 @@ mod tests {
     /// incarnations after every poll.
     #[test]
     fn totals_hold_whatever_the_reads_order() {
-        struct Rng(u64);
-        impl Rng {
-            fn below(&mut self, n: usize) -> usize {
-                self.0 ^= self.0 << 13;
-                self.0 ^= self.0 >> 7;
-                self.0 ^= self.0 << 17;
-                (self.0 % n.max(1) as u64) as usize
-            }
-        }
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut rng = fastrand::Rng::with_seed(0x2545_f491_4f6c_dd1d);
+        // `0..n` (0 when n is 0: an empty map has no place to pick).
+        let mut below = |n: usize| rng.usize(..n.max(1));
         let mut table = FlowTable::new();
         // The kernel map in its read order, and each flow's expected
         // total over its incarnations.
@@ -571,12 +564,12 @@ mod tests {
                 // between a read and its eviction is lost to the agent),
                 // some re-created elsewhere, counting anew.
                 0 => {
-                    let evicted: Vec<FlowKey> = (0..rng.below(10))
-                        .map(|_| kernel.remove(rng.below(kernel.len())).0)
+                    let evicted: Vec<FlowKey> = (0..below(10))
+                        .map(|_| kernel.remove(below(kernel.len())).0)
                         .collect();
                     for key in evicted {
-                        if rng.below(2) == 0 {
-                            let at = rng.below(kernel.len() + 1);
+                        if below(2) == 0 {
+                            let at = below(kernel.len() + 1);
                             kernel.insert(at, (key, stats(now + 1, now + 1, 2)));
                             *totals.entry(key).or_default() += 2;
                         }
@@ -584,29 +577,29 @@ mod tests {
                 }
                 // A stretch of the order reversed.
                 1 => {
-                    let from = rng.below(kernel.len());
-                    let to = (from + rng.below(20)).min(kernel.len());
+                    let from = below(kernel.len());
+                    let to = (from + below(20)).min(kernel.len());
                     kernel[from..to].reverse();
                 }
                 _ => {}
             }
             for (key, stats) in &mut kernel {
-                let more = 1 + rng.below(3) as u64;
+                let more = 1 + below(3) as u64;
                 stats.packets += more;
                 stats.last_seen_ns = now;
                 *totals.entry(*key).or_default() += more;
             }
-            for _ in 0..rng.below(60) {
+            for _ in 0..below(60) {
                 let key = key(next_port);
                 next_port += 1;
-                let at = rng.below(kernel.len() + 1);
+                let at = below(kernel.len() + 1);
                 kernel.insert(at, (key, stats(now, now, 1)));
                 *totals.entry(key).or_default() += 1;
             }
             poll(&mut table, &kernel);
             // The agent takes flows out: closed ones, by key.
-            for _ in 0..rng.below(8) {
-                let (key, _) = kernel.remove(rng.below(kernel.len()));
+            for _ in 0..below(8) {
+                let (key, _) = kernel.remove(below(kernel.len()));
                 let ended = table.end(&key).map(|ended| ended.record.stats.packets);
                 assert_eq!(ended, totals.remove(&key));
             }
