@@ -12,11 +12,12 @@
 
 use core::mem::size_of;
 
-/// Per-flow statistics of IPv6 flows: `LRU_PERCPU_HASH<FlowKey, FlowStats>`.
+/// Per-flow statistics of IPv6 flows: `LRU_HASH<FlowKey, FlowStats>`, one
+/// value per flow that every CPU adds to atomically.
 pub const FLOWS_MAP: &str = "FLOWS";
-/// Per-flow statistics of IPv4 flows: `LRU_PERCPU_HASH<FlowKeyV4,
-/// FlowStats>`, beside [`FLOWS_MAP`] with the same capacity: a 16-byte key
-/// hashes and compares in less time than a 40-byte one, on every packet.
+/// Per-flow statistics of IPv4 flows: `LRU_HASH<FlowKeyV4, FlowStats>`,
+/// beside [`FLOWS_MAP`] with the same capacity: a 16-byte key hashes and
+/// compares in less time than a 40-byte one, on every packet.
 pub const FLOWS_V4_MAP: &str = "FLOWS_V4";
 /// Ring buffer carrying [`EventHeader`]-prefixed records.
 pub const EVENTS_MAP: &str = "EVENTS";
@@ -85,7 +86,7 @@ pub const fn counted_slot(id: u32) -> u32 {
 /// (0 disables payload sampling; values above [`MAX_CAPTURE`] are clamped).
 pub const GLOBAL_PAYLOAD_BYTES: &str = "PAYLOAD_BYTES";
 /// Name of the global holding how many payload-carrying packets of each flow
-/// are sampled (per CPU that sees the flow).
+/// are sampled.
 pub const GLOBAL_PAYLOAD_PACKETS: &str = "PAYLOAD_PACKETS";
 /// Name of the global holding N of the 1-in-N random packet-head samples (0 = off).
 pub const GLOBAL_SAMPLE_RATE: &str = "SAMPLE_RATE";
@@ -393,9 +394,9 @@ pub struct FlowStats {
     pub packets: u64,
     /// Sum of IP total lengths (header + payload), as NetFlow counts octets.
     pub bytes: u64,
-    /// CLOCK_MONOTONIC of the first packet on this CPU.
+    /// CLOCK_MONOTONIC of the flow's first packet.
     pub first_seen_ns: u64,
-    /// CLOCK_MONOTONIC of the latest packet on this CPU, to a timer tick
+    /// CLOCK_MONOTONIC of the flow's latest packet, to a timer tick
     /// (see [`TICK_CLOCK_MAP`]).
     pub last_seen_ns: u64,
     /// SYN without ACK.
@@ -405,7 +406,7 @@ pub struct FlowStats {
     pub fin: u32,
     /// OR of the TCP flags of every packet.
     pub tcp_flags: u8,
-    /// Payload samples already sent to user space by this CPU.
+    /// Payload samples already sent to user space.
     pub payload_samples: u8,
     /// A [`Direction`] value.
     pub direction: u8,

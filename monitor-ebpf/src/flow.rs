@@ -1,6 +1,8 @@
 //! Per-flow accounting in the flow maps (`FLOWS_V4` for IPv4, `FLOWS`).
 
-use aya_ebpf::{bindings::BPF_NOEXIST, maps::LruPerCpuHashMap};
+use core::arch::asm;
+
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::LruHashMap};
 use monitor_common::{tcp_flag, Counter, Direction, FlowKey, FlowKeyV4, FlowStats};
 
 use crate::{
@@ -12,7 +14,8 @@ use crate::{
 
 /// What became of a packet.
 pub enum Accounted {
-    /// Counted into a flow already in the map; this CPU's slot of it.
+    /// Counted into a flow already in the map: its entry, shared by every
+    /// CPU.
     Counted(*mut FlowStats),
     /// The packet opened its flow: the entry was created with it counted,
     /// its first packet stamped with this time. The caller sends the
@@ -30,11 +33,16 @@ pub enum Accounted {
 /// new-flow event is sent once even when CPUs race.
 /// `first_samples` is what the new entry's `payload_samples` starts at.
 ///
-/// A packet leaving the host towards a container whose flow this CPU
-/// already counted *from* a container is that same packet, bridged or
-/// routed from a watched veth: forwarding runs in one softirq, on one CPU,
-/// from the ingress hook to the egress hook. It is not counted again. The
-/// lookup is the one counting needs anyway.
+/// One entry per flow, shared by the CPUs: its counters are added to
+/// atomically (XADD, on every supported kernel), so the counts are exact
+/// when CPUs count one flow at once, and a new entry costs its own 56
+/// bytes, where a per-CPU map zeroed a slot for every possible CPU on each
+/// insert and held `capacity * 56` bytes per CPU.
+///
+/// A packet leaving the host towards a container whose flow was counted
+/// *from* a container is that same packet, bridged or routed from a
+/// watched veth. It is not counted again. The lookup is the one counting
+/// needs anyway.
 ///
 /// `segments` is the skb's GSO segment count: a veth passes TSO/GSO
 /// super-packets whole, and what the flow should show is the segments the
@@ -59,43 +67,44 @@ pub fn known(key: &FlowKey) -> bool {
 /// [`account`] in the map of the packet's family.
 #[inline(always)]
 fn account_in<K>(
-    flows: &LruPerCpuHashMap<K, FlowStats>,
+    flows: &LruHashMap<K, FlowStats>,
     key: &K,
     seen: &Seen,
     packet: &IpPacket,
     segments: u32,
     first_samples: u8,
 ) -> Accounted {
-    if let Some(slot) = flows.get_ptr_mut(key) {
-        return count_into(slot, seen, packet, segments);
+    if let Some(entry) = flows.get_ptr_mut(key) {
+        return count_into(entry, seen, packet, segments);
     }
     // Exact: a handshake's round trip is the difference of two flows'
     // first packets, and which of two flows came first names the server.
     let now = exact_ns();
-    let mut stats = FlowStats {
-        packets: 0,
-        bytes: 0,
+    let flags = packet.tcp_flags;
+    let counted = CountedFlags::of(flags);
+    let extra_segments = u64::from(segments.max(1) - 1);
+    let stats = FlowStats {
+        packets: 1 + extra_segments,
+        bytes: wire_bytes(packet, extra_segments),
         first_seen_ns: now,
-        last_seen_ns: now,
-        syn: 0,
-        syn_ack: 0,
-        rst: 0,
-        fin: 0,
-        tcp_flags: 0,
+        // The tick clock may lag the exact first packet's time by a tick.
+        last_seen_ns: if seen.now_ns > now { seen.now_ns } else { now },
+        syn: u32::from(counted.syn),
+        syn_ack: u32::from(counted.syn_ack),
+        rst: u32::from(counted.rst),
+        fin: u32::from(counted.fin),
+        tcp_flags: flags,
         payload_samples: first_samples,
         direction: seen.direction as u8,
         _pad: 0,
         ifindex: seen.ifindex,
     };
-    count(&mut stats, seen, packet, segments);
-    // A per-CPU entry created here holds the value in this CPU's slot and
-    // zeros elsewhere.
     if flows.insert(key, stats, u64::from(BPF_NOEXIST)).is_ok() {
         return Accounted::Created(now);
     }
-    // Another CPU created it first: count into this CPU's slot of it.
+    // Another CPU created it first: count into the entry it made.
     match flows.get_ptr_mut(key) {
-        Some(slot) => count_into(slot, seen, packet, segments),
+        Some(entry) => count_into(entry, seen, packet, segments),
         None => {
             bump(Counter::FlowUpdateFailed);
             Accounted::Refused
@@ -103,53 +112,106 @@ fn account_in<K>(
     }
 }
 
+/// IP bytes of a packet and of the `extra_segments` more a GSO
+/// super-packet stands for, each with its own headers.
 #[inline(always)]
-fn count_into(slot: *mut FlowStats, seen: &Seen, packet: &IpPacket, segments: u32) -> Accounted {
-    // SAFETY: a per-CPU slot is only written by programs on this CPU, and
-    // programs do not nest on one CPU for the same hook.
-    let stats = unsafe { &mut *slot };
-    if seen.direction == Direction::ToContainer
-        && stats.first_seen_ns != 0
-        && stats.direction == Direction::FromContainer as u8
-    {
-        return Accounted::Duplicate;
-    }
-    if stats.first_seen_ns == 0 {
-        stats.first_seen_ns = exact_ns();
-        stats.ifindex = seen.ifindex;
-        stats.direction = seen.direction as u8;
-    }
-    count(stats, seen, packet, segments);
-    Accounted::Counted(slot)
+fn wire_bytes(packet: &IpPacket, extra_segments: u64) -> u64 {
+    u64::from(packet.ip_len)
+        .wrapping_add(extra_segments.wrapping_mul(u64::from(packet.headers_len)))
 }
 
 #[inline(always)]
-fn count(stats: &mut FlowStats, seen: &Seen, packet: &IpPacket, segments: u32) {
-    // The tick clock may lag the exact first packet's time by a tick.
-    if seen.now_ns > stats.last_seen_ns {
-        stats.last_seen_ns = seen.now_ns;
+fn count_into(entry: *mut FlowStats, seen: &Seen, packet: &IpPacket, segments: u32) -> Accounted {
+    // SAFETY: `entry` is a live element of a flow map, valid for the
+    // program's run. Other CPUs may write it at the same time, so it is
+    // read and written through the pointer only, never borrowed.
+    unsafe {
+        if seen.direction == Direction::ToContainer
+            && (*entry).direction == Direction::FromContainer as u8
+        {
+            return Accounted::Duplicate;
+        }
+        // Plain stores where a race costs at most a tick of `last_seen` or
+        // one flag of a packet racing another (the counters of SYN,
+        // SYN-ACK, RST and FIN, which closing and alerts read, are exact):
+        // the verifier of 5.10 has no atomic OR or exchange. A store only
+        // when something changes keeps the line clean on steady flows.
+        if seen.now_ns > (*entry).last_seen_ns {
+            (*entry).last_seen_ns = seen.now_ns;
+        }
+        let extra_segments = u64::from(segments.max(1) - 1);
+        add_u64(&raw mut (*entry).packets, 1 + extra_segments);
+        add_u64(&raw mut (*entry).bytes, wire_bytes(packet, extra_segments));
+        let flags = packet.tcp_flags;
+        if flags != 0 {
+            let seen_flags = (*entry).tcp_flags;
+            if seen_flags | flags != seen_flags {
+                (*entry).tcp_flags = seen_flags | flags;
+            }
+            let counted = CountedFlags::of(flags);
+            if counted.syn {
+                increment_u32(&raw mut (*entry).syn);
+            }
+            if counted.syn_ack {
+                increment_u32(&raw mut (*entry).syn_ack);
+            }
+            if counted.rst {
+                increment_u32(&raw mut (*entry).rst);
+            }
+            if counted.fin {
+                increment_u32(&raw mut (*entry).fin);
+            }
+        }
     }
-    let extra_segments = u64::from(segments.max(1) - 1);
-    stats.packets = stats.packets.wrapping_add(1 + extra_segments);
-    stats.bytes = stats
-        .bytes
-        .wrapping_add(u64::from(packet.ip_len))
-        .wrapping_add(extra_segments.wrapping_mul(u64::from(packet.headers_len)));
-    let flags = packet.tcp_flags;
-    if flags != 0 {
-        stats.tcp_flags |= flags;
+    Accounted::Counted(entry)
+}
+
+/// Which of a flow's flag counters a packet adds one to.
+struct CountedFlags {
+    /// SYN without ACK.
+    syn: bool,
+    syn_ack: bool,
+    rst: bool,
+    fin: bool,
+}
+
+impl CountedFlags {
+    #[inline(always)]
+    fn of(flags: u8) -> Self {
         let syn = flags & tcp_flag::SYN != 0;
         let ack = flags & tcp_flag::ACK != 0;
-        if syn && ack {
-            stats.syn_ack = stats.syn_ack.wrapping_add(1);
-        } else if syn {
-            stats.syn = stats.syn.wrapping_add(1);
+        Self {
+            syn: syn && !ack,
+            syn_ack: syn && ack,
+            rst: flags & tcp_flag::RST != 0,
+            fin: flags & tcp_flag::FIN != 0,
         }
-        if flags & tcp_flag::RST != 0 {
-            stats.rst = stats.rst.wrapping_add(1);
-        }
-        if flags & tcp_flag::FIN != 0 {
-            stats.fin = stats.fin.wrapping_add(1);
-        }
+    }
+}
+
+/// Adds to a counter other CPUs may add to at the same time: XADD, which
+/// every supported kernel's verifier accepts on a map value (the fetching
+/// atomics need 5.12). Written out because the BPF target has no
+/// compare-and-swap, so `core` offers no atomic add on it.
+///
+/// # Safety
+/// `counter` points to an aligned u64 of a map value.
+#[inline(always)]
+unsafe fn add_u64(counter: *mut u64, n: u64) {
+    // SAFETY: the caller's.
+    unsafe {
+        asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) counter, in(reg) n, options(nostack));
+    }
+}
+
+/// [`add_u64`] of one, for the 32-bit flag counters.
+///
+/// # Safety
+/// `counter` points to an aligned u32 of a map value.
+#[inline(always)]
+unsafe fn increment_u32(counter: *mut u32) {
+    // SAFETY: the caller's; the instruction adds the register's low half.
+    unsafe {
+        asm!("lock *(u32 *)({0} + 0) += {1}", in(reg) counter, in(reg) 1u64, options(nostack));
     }
 }

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     Global,
 };
 use monitor_common::{
@@ -15,17 +15,16 @@ use monitor_common::{
     POLICY_SLOTS, POLICY_STATE_LEN, RETRANSMITS_CAPACITY,
 };
 
-/// Per-CPU values: the hot path never contends on a cache line or needs
-/// atomics; the agent sums the CPUs. The agent resizes it at load. IPv6
-/// flows; IPv4 ones are in `FLOWS_V4`.
+/// One value per flow, shared by the CPUs (see `flow::account`). The
+/// agent resizes it at load. IPv6 flows; IPv4 ones are in `FLOWS_V4`.
 #[map]
-pub static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> =
-    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+pub static FLOWS: LruHashMap<FlowKey, FlowStats> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
 /// IPv4 flows, by a key of 16 bytes (`monitor_common::FLOWS_V4_MAP`).
 #[map]
-pub static FLOWS_V4: LruPerCpuHashMap<FlowKeyV4, FlowStats> =
-    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+pub static FLOWS_V4: LruHashMap<FlowKeyV4, FlowStats> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);

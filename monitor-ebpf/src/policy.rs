@@ -235,7 +235,8 @@ fn record(seen: &Seen, key: &FlowKey, slot: u32, dropped: bool) {
             }
         }
     };
-    // SAFETY: this CPU's slot, as in `flow::account`.
+    // SAFETY: this CPU's slot of a per-CPU entry: only programs on this
+    // CPU write it, and they do not nest for one hook.
     let stats = unsafe { &mut *entry };
     if stats.first_seen_ns == 0 {
         stats.first_seen_ns = seen.now_ns;

@@ -188,7 +188,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = monitor_common::DEFAULT_PAYLOAD_BYTES, value_parser = clap::value_parser!(u32).range(0..=MAX_CAPTURE as i64))]
     pub payload_bytes: u32,
 
-    /// Payload-carrying packets sampled per flow (counted per CPU).
+    /// Payload-carrying packets sampled per flow.
     #[arg(long, default_value_t = monitor_common::DEFAULT_PAYLOAD_PACKETS, value_parser = clap::value_parser!(u32).range(0..=255))]
     pub payload_packets: u32,
 

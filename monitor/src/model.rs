@@ -63,9 +63,10 @@ pub fn mac_text(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 
-/// Sums the per-CPU slots of one flow. Slots of CPUs that never saw the flow
-/// are all zero and must not drag `first_seen` to 0.
-pub fn merge_cpus(slots: &[FlowStats]) -> FlowStats {
+/// Sums counts of one flow: the entries the flow had in the map one after
+/// the other (each retired and recreated). An empty count (all zero) must
+/// not drag `first_seen` to 0.
+pub fn merge_counts(slots: &[FlowStats]) -> FlowStats {
     let mut total = FlowStats::default();
     for slot in slots.iter().filter(|s| s.first_seen_ns != 0) {
         if total.first_seen_ns == 0 || slot.first_seen_ns < total.first_seen_ns {
@@ -105,8 +106,8 @@ mod tests {
     }
 
     #[test]
-    fn sums_counts_and_spans_times_across_cpus() {
-        let merged = merge_cpus(&[
+    fn sums_counts_and_spans_times_across_entries() {
+        let merged = merge_counts(&[
             slot(20, 30, 2, 0x02),
             FlowStats::default(),
             slot(10, 25, 3, 0x10),
@@ -117,12 +118,15 @@ mod tests {
         assert_eq!(merged.last_seen_ns, 30);
         assert_eq!(merged.syn, 2);
         assert_eq!(merged.tcp_flags, 0x12);
-        // Interface and direction of the earliest slot: where the flow began.
+        // Interface and direction of the earliest entry: where the flow began.
         assert_eq!(merged.ifindex, 10);
     }
 
     #[test]
-    fn all_empty_slots_merge_to_empty() {
-        assert_eq!(merge_cpus(&[FlowStats::default(); 4]), FlowStats::default());
+    fn all_empty_counts_merge_to_empty() {
+        assert_eq!(
+            merge_counts(&[FlowStats::default(); 4]),
+            FlowStats::default()
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Reading the per-CPU flow maps in batches: IPv4 flows in one (a 16-byte
+//! Reading the flow maps in batches: IPv4 flows in one (a 16-byte
 //! key, `FlowKeyV4`), IPv6 flows in the other; both read as `FlowKey`s.
 //!
 //! aya 0.14 has no batch operations, so this module issues
@@ -17,8 +17,6 @@ use anyhow::Context as _;
 use aya::maps::{Map, MapData};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 use monitor_common::{FlowKey, FlowKeyV4, FlowStats};
-
-use crate::model::merge_cpus;
 
 /// Flows fetched per syscall.
 const BATCH: usize = 4096;
@@ -51,30 +49,25 @@ pub struct FlowMap {
     /// IPv4 flows.
     map_v4: MapData,
     expiry: Expiry,
-    cpus: usize,
     keys: Vec<FlowKey>,
     keys_v4: Vec<FlowKeyV4>,
     values: Vec<FlowStats>,
-    /// One batch, its values summed over CPUs.
+    /// One batch, keys widened.
     batch: Vec<(FlowKey, FlowStats)>,
 }
 
 impl FlowMap {
     pub(super) fn new(map: Map, map_v4: Map) -> anyhow::Result<Self> {
-        let (Map::PerCpuLruHashMap(map), Map::PerCpuLruHashMap(map_v4)) = (map, map_v4) else {
-            anyhow::bail!("a flow map is not an LRU per-CPU hash");
+        let (Map::LruHashMap(map), Map::LruHashMap(map_v4)) = (map, map_v4) else {
+            anyhow::bail!("a flow map is not an LRU hash");
         };
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(path, err)| anyhow::anyhow!("{path}: {err}"))
-            .context("counting possible CPUs")?;
         let mut flows = Self {
             map,
             map_v4,
             expiry: Expiry::LookupAndDelete,
-            cpus,
             keys: vec![FlowKey::ZERO; BATCH],
             keys_v4: vec![FlowKeyV4::ZERO; BATCH],
-            values: vec![FlowStats::default(); BATCH * cpus],
+            values: vec![FlowStats::default(); BATCH],
             batch: Vec::with_capacity(BATCH),
         };
         flows.expiry = flows.probe_expiry();
@@ -111,7 +104,7 @@ impl FlowMap {
             .max_entries())
     }
 
-    /// Calls `each` with every flow and its statistics summed over CPUs.
+    /// Calls `each` with every flow and its statistics.
     pub fn for_each(&mut self, mut each: impl FnMut(&FlowKey, &FlowStats)) -> anyhow::Result<()> {
         self.for_each_batch(|batch| {
             for (key, stats) in batch {
@@ -120,21 +113,18 @@ impl FlowMap {
         })
     }
 
-    /// Calls `each` with the flows of every syscall's batch (up to 4096),
-    /// statistics summed over CPUs: a consumer can lock what it updates per
+    /// Calls `each` with the flows of every syscall's batch (up to 4096): a
+    /// consumer can lock what it updates per
     /// batch, and nothing holds the whole map's contents at once. IPv4
     /// flows first, then IPv6 ones.
     pub fn for_each_batch(
         &mut self,
         mut each: impl FnMut(&[(FlowKey, FlowStats)]),
     ) -> anyhow::Result<()> {
-        let cpus = self.cpus;
         let mut batch = std::mem::take(&mut self.batch);
         let mut emit = |keys: &mut dyn Iterator<Item = FlowKey>, values: &[FlowStats]| {
             batch.clear();
-            for (i, key) in keys.enumerate() {
-                batch.push((key, merge_cpus(&values[i * cpus..(i + 1) * cpus])));
-            }
+            batch.extend(keys.zip(values.iter().copied()));
             each(&batch);
         };
         lookup_batches(
@@ -163,16 +153,15 @@ impl FlowMap {
             Expiry::LookupThenDelete => self.lookup_then_delete(key),
         };
         match taken {
-            Ok(()) => Ok(Some(merge_cpus(&self.values[..self.cpus]))),
+            Ok(()) => Ok(Some(self.values[0])),
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(err) => Err(err).with_context(|| format!("taking a flow out ({:?})", self.expiry)),
         }
     }
 
-    /// One element command on `key`, its per-CPU values read into the
-    /// first `cpus` slots of `values`.
+    /// One element command on `key`, its value read into `values[0]`.
     fn element(&mut self, cmd: bpf_cmd, key: &FlowKey) -> io::Result<()> {
-        let values = &mut self.values[..self.cpus];
+        let values = &mut self.values[..1];
         // SAFETY: as above.
         let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
         // SAFETY: writing the union member the command reads.
@@ -212,7 +201,7 @@ impl FlowMap {
 }
 
 /// `BPF_MAP_LOOKUP_BATCH` over `map` to its end, `keys.len()` entries at
-/// a time: `each` gets the keys of every batch and their per-CPU values.
+/// a time: `each` gets the keys of every batch and their values.
 fn lookup_batches<K>(
     map: &MapData,
     keys: &mut [K],
@@ -236,7 +225,7 @@ fn lookup_batches<K>(
         let result = sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
         // SAFETY: the kernel wrote back how many entries it filled.
         let filled = (unsafe { attr.batch.count } as usize).min(keys.len());
-        each(&keys[..filled], values);
+        each(&keys[..filled], &values[..filled]);
         match result {
             Ok(()) => first = false,
             // ENOENT: the walk reached the end (possibly with a last chunk).
@@ -248,9 +237,8 @@ fn lookup_batches<K>(
 
 fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
     // SAFETY: `attr` is a valid bpf_attr whose pointers reference buffers
-    // sized for the map (keys: BATCH of the map's key, values: BATCH *
-    // possible CPUs, each
-    // FlowStats already a multiple of 8 bytes as the kernel lays them out).
+    // sized for the map (BATCH keys of the map's key and BATCH values, each
+    // FlowStats as the kernel lays it out).
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -265,5 +253,3 @@ fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<()> {
         Ok(())
     }
 }
-
-const _: () = assert!(size_of::<FlowStats>().is_multiple_of(8));

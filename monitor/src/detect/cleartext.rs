@@ -32,7 +32,8 @@ const SETTLE_NS: u64 = 2_000_000_000;
 const READ_GRACE_NS: u64 = 500_000_000;
 /// Flows with samples awaiting a verdict; beyond, new ones are ignored.
 const MAX_PENDING: usize = 50_000;
-/// Samples kept per flow (the kernel sends up to two per CPU).
+/// Samples kept per flow (the kernel sends `--payload-packets`, 2 by
+/// default, and one more per CPU that races another on a new flow).
 const SAMPLES_PER_FLOW: usize = 4;
 
 /// (source, destination, protocol, encrypted).

@@ -351,9 +351,8 @@ impl Entry {
 }
 
 /// Whether `current` is a later kernel entry than the one `live` was read
-/// from. The merged first-seen time is a minimum over CPUs, so it can only
-/// move *earlier* within one entry (a CPU that stamped first wrote last);
-/// only a later one means a new entry.
+/// from: an entry's first-seen time is written when it is created and
+/// never changes.
 fn is_newer_incarnation(live: &FlowStats, current: &FlowStats) -> bool {
     live.first_seen_ns != 0 && current.first_seen_ns > live.first_seen_ns
 }
@@ -363,7 +362,7 @@ fn settle(settled: &mut FlowStats, incarnation: &FlowStats) {
     if incarnation.first_seen_ns == 0 {
         return;
     }
-    *settled = crate::model::merge_cpus(&[*settled, *incarnation]);
+    *settled = crate::model::merge_counts(&[*settled, *incarnation]);
 }
 
 /// The poller's table as others may read it: no way to change it. The

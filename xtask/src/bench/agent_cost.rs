@@ -608,8 +608,8 @@ impl AgentCost {
              timeout), and the window starts {} s after their last datagram, once the \
              consumers no longer walk them. Medians; the runs column lists each run's CPU, the \
              next how many payload samples reached the agent during each run's window (a \
-             flow's first two datagrams on each CPU are sampled: a sender moved to another CPU \
-             starts a round of samples there, whose cost is then in the figure).\n",
+             flow's first two datagrams are sampled, before the window opens; any sample in \
+             it has its cost in the figure).\n",
             COST_MONITOR.description,
             VERDICTS.as_secs(),
             WINDOW.as_secs(),

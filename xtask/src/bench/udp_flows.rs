@@ -53,33 +53,6 @@ impl Sent {
     }
 }
 
-/// Pins the calling thread to the highest-numbered CPU it may run on.
-fn pin_to_last_cpu() -> anyhow::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is an empty set, filled by the kernel.
-    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: `allowed` is a cpu_set_t of `size` bytes; 0 is this thread.
-    if unsafe { libc::sched_getaffinity(0, size, &mut allowed) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("reading the sender's CPUs");
-    }
-    let cpus = libc::CPU_SETSIZE as usize;
-    // SAFETY: CPU_ISSET reads a bit below CPU_SETSIZE of a valid set.
-    let last = (0..cpus)
-        .rev()
-        .find(|cpu| unsafe { libc::CPU_ISSET(*cpu, &allowed) })
-        .context("the sender may run on no CPU")?;
-    // SAFETY: a zeroed cpu_set_t is an empty set.
-    let mut only: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `last` is below CPU_SETSIZE.
-    unsafe { libc::CPU_SET(last, &mut only) };
-    // SAFETY: `only` is a cpu_set_t of `size` bytes; 0 is this thread.
-    if unsafe { libc::sched_setaffinity(0, size, &only) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("pinning the sender to CPU {last}"));
-    }
-    Ok(())
-}
-
 /// The socket index and destination port of flow `flow`.
 fn tuple(flow: u64) -> (usize, u16) {
     let socket = usize::try_from(flow / PORTS_PER_SOCKET).unwrap_or(usize::MAX);
@@ -100,15 +73,8 @@ impl UdpFlows {
     }
 
     /// Sends at `rate` datagrams per second (or as fast as it can, when
-    /// that is slower), on a thread in the client namespace pinned to the
-    /// last CPU, while `during` runs on the calling thread.
-    ///
-    /// Pinned, because the programs keep a flow's payload samples per CPU:
-    /// a sender the scheduler moves to another CPU has every flow sampled
-    /// again there, a round of 100k samples at 100k flows, and it moved at
-    /// random times (the agent pass's windows held 0 to 200k samples from
-    /// runs of one build). A host's busy flows have been sampled on each
-    /// CPU long ago; the window should see them so.
+    /// that is slower), on a thread in the client namespace, while `during`
+    /// runs on the calling thread.
     pub fn send_while<T>(
         &mut self,
         rate: f64,
@@ -119,7 +85,6 @@ impl UdpFlows {
         std::thread::scope(|scope| {
             let sending = scope.spawn(|| {
                 net::enter(&self.netns)?;
-                pin_to_last_cpu()?;
                 self.send_paced(rate, pattern, &stop)
             });
             let result = during();

@@ -78,9 +78,14 @@ impl Kernel {
             "a_second_tcx_program_after_crossmon_sees_every_packet",
             "needs TCX links (kernel 6.6+)",
         );
+        const NEEDS_TWO_CPUS: (&str, &str, &str) = (
+            "program_runs",
+            "two_cpus_counting_one_flow_at_once_lose_nothing",
+            "needs two CPUs; the VMs have one",
+        );
         match self {
-            Self::V5_10 | Self::V6_1 => &[NEEDS_TCX],
-            Self::V6_12 => &[],
+            Self::V5_10 | Self::V6_1 => &[NEEDS_TCX, NEEDS_TWO_CPUS],
+            Self::V6_12 => &[NEEDS_TWO_CPUS],
         }
     }
 
