@@ -1,6 +1,9 @@
 //! Per-flow accounting in the flow maps (`FLOWS_V4` for IPv4, `FLOWS`).
 
-use core::arch::asm;
+use core::{
+    arch::asm,
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, maps::LruHashMap};
 use monitor_common::{tcp_flag, Counter, Direction, FlowKey, FlowKeyV4, FlowStats};
@@ -124,29 +127,34 @@ fn wire_bytes(packet: &IpPacket, extra_segments: u64) -> u64 {
 fn count_into(entry: *mut FlowStats, seen: &Seen, packet: &IpPacket, segments: u32) -> Accounted {
     // SAFETY: `entry` is a live element of a flow map, valid for the
     // program's run. Other CPUs may write it at the same time, so it is
-    // read and written through the pointer only, never borrowed.
+    // read and written through the pointer only, never borrowed, and what
+    // is not added atomically is read and stored once each (volatile, as
+    // the kernel's READ_ONCE and WRITE_ONCE), never merged or repeated.
     unsafe {
+        // Written at the creation only.
         if seen.direction == Direction::ToContainer
             && (*entry).direction == Direction::FromContainer as u8
         {
             return Accounted::Duplicate;
         }
-        // Plain stores where a race costs at most a tick of `last_seen` or
-        // one flag of a packet racing another (the counters of SYN,
-        // SYN-ACK, RST and FIN, which closing and alerts read, are exact):
-        // the verifier of 5.10 has no atomic OR or exchange. A store only
-        // when something changes keeps the line clean on steady flows.
-        if seen.now_ns > (*entry).last_seen_ns {
-            (*entry).last_seen_ns = seen.now_ns;
+        // Stores where a race costs at most a tick of `last_seen` or one
+        // flag of a packet racing another (the counters of SYN, SYN-ACK,
+        // RST and FIN, which closing and alerts read, are exact): the
+        // verifier of 5.10 has no atomic OR or exchange. A store only when
+        // something changes keeps the line clean on steady flows.
+        let last_seen = &raw mut (*entry).last_seen_ns;
+        if seen.now_ns > read_volatile(last_seen) {
+            write_volatile(last_seen, seen.now_ns);
         }
         let extra_segments = u64::from(segments.max(1) - 1);
         add_u64(&raw mut (*entry).packets, 1 + extra_segments);
         add_u64(&raw mut (*entry).bytes, wire_bytes(packet, extra_segments));
         let flags = packet.tcp_flags;
         if flags != 0 {
-            let seen_flags = (*entry).tcp_flags;
-            if seen_flags | flags != seen_flags {
-                (*entry).tcp_flags = seen_flags | flags;
+            let tcp_flags = &raw mut (*entry).tcp_flags;
+            let before = read_volatile(tcp_flags);
+            if before | flags != before {
+                write_volatile(tcp_flags, before | flags);
             }
             let counted = CountedFlags::of(flags);
             if counted.syn {

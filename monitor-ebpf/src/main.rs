@@ -203,18 +203,19 @@ fn observe(ctx: &TcContext, seen: &Seen, frame: Result<Frame, Malformed>) {
 }
 
 /// Whether the flow's share of payload samples was already sent; counts
-/// one more otherwise. Not atomic (the verifier has no atomics on a byte):
-/// two CPUs sampling one flow in the same instant may each send one more.
+/// one more otherwise. Not atomic (BPF has no atomics on a byte): CPUs
+/// sampling one flow in the same instant may each send one.
 #[inline(always)]
 fn sampled_enough(entry: *mut FlowStats) -> bool {
-    // SAFETY: the flow's live entry; through the pointer only, as in
-    // `flow::account`, since other CPUs may write it.
+    // SAFETY: the flow's live entry; through the pointer only and once
+    // each way, as in `flow::account`, since other CPUs may write it.
     unsafe {
-        let samples = (*entry).payload_samples;
-        if u32::from(samples) >= PAYLOAD_PACKETS.load() {
+        let samples = &raw mut (*entry).payload_samples;
+        let taken = core::ptr::read_volatile(samples);
+        if u32::from(taken) >= PAYLOAD_PACKETS.load() {
             return true;
         }
-        (*entry).payload_samples = samples.saturating_add(1);
+        core::ptr::write_volatile(samples, taken.saturating_add(1));
     }
     false
 }

@@ -179,7 +179,8 @@ pub struct RunArgs {
     pub docker_exec_root: PathBuf,
 
     /// Flows the kernel map holds; the least recently used is evicted beyond.
-    /// Memory: about 64 bytes x possible CPUs per flow.
+    /// Memory: about 136 bytes per IPv4 flow and 160 per IPv6 flow, in each
+    /// family's map.
     #[arg(long, default_value_t = monitor_common::DEFAULT_FLOW_CAPACITY, value_parser = clap::value_parser!(u32).range(1..))]
     pub flow_capacity: u32,
 

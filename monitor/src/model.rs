@@ -66,24 +66,24 @@ pub fn mac_text(mac: [u8; 6]) -> String {
 /// Sums counts of one flow: the entries the flow had in the map one after
 /// the other (each retired and recreated). An empty count (all zero) must
 /// not drag `first_seen` to 0.
-pub fn merge_counts(slots: &[FlowStats]) -> FlowStats {
+pub fn merge_counts(entries: &[FlowStats]) -> FlowStats {
     let mut total = FlowStats::default();
-    for slot in slots.iter().filter(|s| s.first_seen_ns != 0) {
-        if total.first_seen_ns == 0 || slot.first_seen_ns < total.first_seen_ns {
-            total.first_seen_ns = slot.first_seen_ns;
-            total.ifindex = slot.ifindex;
-            total.direction = slot.direction;
+    for entry in entries.iter().filter(|s| s.first_seen_ns != 0) {
+        if total.first_seen_ns == 0 || entry.first_seen_ns < total.first_seen_ns {
+            total.first_seen_ns = entry.first_seen_ns;
+            total.ifindex = entry.ifindex;
+            total.direction = entry.direction;
         }
-        total.last_seen_ns = total.last_seen_ns.max(slot.last_seen_ns);
+        total.last_seen_ns = total.last_seen_ns.max(entry.last_seen_ns);
         // Kernel counters wrap; so does their sum, instead of panicking.
-        total.packets = total.packets.wrapping_add(slot.packets);
-        total.bytes = total.bytes.wrapping_add(slot.bytes);
-        total.syn = total.syn.wrapping_add(slot.syn);
-        total.syn_ack = total.syn_ack.wrapping_add(slot.syn_ack);
-        total.rst = total.rst.wrapping_add(slot.rst);
-        total.fin = total.fin.wrapping_add(slot.fin);
-        total.tcp_flags |= slot.tcp_flags;
-        total.payload_samples = total.payload_samples.saturating_add(slot.payload_samples);
+        total.packets = total.packets.wrapping_add(entry.packets);
+        total.bytes = total.bytes.wrapping_add(entry.bytes);
+        total.syn = total.syn.wrapping_add(entry.syn);
+        total.syn_ack = total.syn_ack.wrapping_add(entry.syn_ack);
+        total.rst = total.rst.wrapping_add(entry.rst);
+        total.fin = total.fin.wrapping_add(entry.fin);
+        total.tcp_flags |= entry.tcp_flags;
+        total.payload_samples = total.payload_samples.saturating_add(entry.payload_samples);
     }
     total
 }
@@ -92,7 +92,7 @@ pub fn merge_counts(slots: &[FlowStats]) -> FlowStats {
 mod tests {
     use super::*;
 
-    fn slot(first: u64, last: u64, packets: u64, flags: u8) -> FlowStats {
+    fn entry(first: u64, last: u64, packets: u64, flags: u8) -> FlowStats {
         FlowStats {
             packets,
             bytes: packets * 100,
@@ -108,9 +108,9 @@ mod tests {
     #[test]
     fn sums_counts_and_spans_times_across_entries() {
         let merged = merge_counts(&[
-            slot(20, 30, 2, 0x02),
+            entry(20, 30, 2, 0x02),
             FlowStats::default(),
-            slot(10, 25, 3, 0x10),
+            entry(10, 25, 3, 0x10),
         ]);
         assert_eq!(merged.packets, 5);
         assert_eq!(merged.bytes, 500);

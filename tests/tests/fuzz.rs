@@ -51,9 +51,9 @@ const SPLICES: u64 = 25_000;
 const GARBAGE: u64 = 20_000;
 const MIXED: u64 = 40_000;
 
-/// Every frame goes through both. (Whether the second run of an IP frame
-/// counts as a duplicate depends on the CPUs it ran on; no check below
-/// depends on it.)
+/// Every frame goes through both. (A run towards a container on a flow
+/// an earlier run counted from a container is a duplicate, not counted; no
+/// check below depends on it.)
 const PROGRAMS: [(&str, Direction); 2] = [
     (PROGRAM_TO_CONTAINER, Direction::ToContainer),
     (PROGRAM_FROM_CONTAINER, Direction::FromContainer),

@@ -374,26 +374,33 @@ impl Programs {
         Ok((result.return_value as i32, result.duration))
     }
 
-    /// Runs program `name` on `frame` `repeat` times on each of `cpus` at
-    /// the same time, one thread pinned to each: the mean time of one run
-    /// on each CPU. What counting costs, and whether its counts stay exact,
-    /// when several CPUs count one flow at once.
+    /// Runs program `name` on `frame` `repeat` times on `cpus` CPUs at the
+    /// same time (the first this thread may run on), one thread pinned to
+    /// each: the mean time of one run on each. What counting costs, and
+    /// whether its counts stay exact, when several CPUs count one flow at
+    /// once.
     pub fn time_runs_on_cpus(
         &self,
         name: &str,
         frame: &[u8],
         repeat: u32,
-        cpus: &[usize],
+        cpus: usize,
     ) -> anyhow::Result<Vec<std::time::Duration>> {
+        let allowed = allowed_cpus()?;
+        anyhow::ensure!(
+            allowed.len() >= cpus,
+            "needs {cpus} CPUs to run on at once; this thread may run on {}",
+            allowed.len()
+        );
         let program: &SchedClassifier = self
             .ebpf
             .program(name)
             .with_context(|| format!("program {name} missing"))?
             .try_into()
             .with_context(|| format!("program {name} is not a TC classifier"))?;
-        let start = std::sync::Barrier::new(cpus.len());
+        let start = std::sync::Barrier::new(cpus);
         std::thread::scope(|scope| {
-            let runs: Vec<_> = cpus
+            let runs: Vec<_> = allowed[..cpus]
                 .iter()
                 .map(|&cpu| {
                     let start = &start;
@@ -469,12 +476,23 @@ pub(super) fn program<'a>(
         .with_context(|| format!("program {name} is not a TC classifier"))
 }
 
-/// Keeps the calling thread on `cpu`.
+/// The CPUs the calling thread may run on (its cpuset, `taskset`).
+fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is the empty set, filled by the kernel.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a cpu_set_t of the size given; 0 is this thread.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0
+    {
+        return Err(std::io::Error::last_os_error()).context("reading this thread's CPUs");
+    }
+    // SAFETY: CPU_ISSET reads a bit below CPU_SETSIZE of a valid set.
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Keeps the calling thread on `cpu`, one of [`allowed_cpus`].
 fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        cpu < libc::CPU_SETSIZE as usize,
-        "CPU {cpu} is past the largest CPU set"
-    );
     // SAFETY: a zeroed cpu_set_t is the empty set; `cpu` is below
     // CPU_SETSIZE; the call only reads the set; 0 is this thread.
     let ret = unsafe {

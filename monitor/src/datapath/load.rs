@@ -36,7 +36,7 @@ pub struct DatapathConfig {
     pub capture_ring_bytes: u32,
     /// Payload bytes captured from the first payload packets of a flow (0 = off).
     pub payload_bytes: u32,
-    /// How many payload-carrying packets of each flow are captured (per CPU).
+    /// How many payload-carrying packets of each flow are captured.
     pub payload_packets: u32,
     /// 1-in-N random packet-head samples (0 = off).
     pub sample_rate: u32,

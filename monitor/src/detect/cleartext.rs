@@ -33,7 +33,7 @@ const READ_GRACE_NS: u64 = 500_000_000;
 /// Flows with samples awaiting a verdict; beyond, new ones are ignored.
 const MAX_PENDING: usize = 50_000;
 /// Samples kept per flow (the kernel sends `--payload-packets`, 2 by
-/// default, and one more per CPU that races another on a new flow).
+/// default, and more when CPUs race on one flow's packets).
 const SAMPLES_PER_FLOW: usize = 4;
 
 /// (source, destination, protocol, encrypted).
@@ -182,8 +182,8 @@ impl CleartextDetector {
         found: &mut Findings,
     ) {
         let (find, directory, now_ns) = (poll.find, poll.directory, poll.now_ns);
-        // Judged once: later samples (another CPU's budget, TLS records
-        // past the handshake) tell nothing new.
+        // Judged once: later samples (TLS records past the handshake, one
+        // more from CPUs racing) tell nothing new.
         if (poll.judged)(&client) {
             return;
         }

@@ -111,9 +111,8 @@ pub struct CostRun {
     pub cpu_percent: f64,
     pub rss_mib: f64,
     pub peak_rss_mib: f64,
-    /// Payload samples the agent received during the window: what new
-    /// flows cost crept in (a sender moved to a CPU whose slot of its
-    /// flows had not been sampled yet samples them again).
+    /// Payload samples the agent received during the window: whether what
+    /// new flows cost crept in.
     pub samples_in_window: u64,
     /// Datagrams per second the sender kept up: below `flows` each flow
     /// went a little longer than a second between datagrams.

@@ -70,8 +70,9 @@ pub enum Kernel {
 impl Kernel {
     pub const ALL: [Kernel; 3] = [Kernel::V5_10, Kernel::V6_1, Kernel::V6_12];
 
-    /// Tests this kernel cannot pass, as `(binary, test, why)`: they need
-    /// what it lacks. (Such a test fails rather than skips where it runs.)
+    /// Tests this kernel's VM cannot pass, as `(binary, test, why)`: they
+    /// need what the kernel or the VM (one vCPU) lacks. (Such a test fails
+    /// rather than skips where it runs.)
     fn lacks(self) -> &'static [(&'static str, &'static str, &'static str)] {
         const NEEDS_TCX: (&str, &str, &str) = (
             "namespaces",
