@@ -18,7 +18,7 @@
 
 use std::hash::BuildHasher as _;
 
-use hashbrown::{hash_table::Entry, HashTable};
+use hashbrown::HashTable;
 use monitor_common::FlowKey;
 
 const SHARD_BITS: u32 = 4;
@@ -152,14 +152,18 @@ impl<V> ShardedByFlow<V> {
         let shard = &mut self.shards[index];
         let hasher = &shard.hasher;
         let hash = hasher.hash_one(key);
-        let (entry, inserted) =
-            match shard
-                .entries
-                .entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k))
-            {
-                Entry::Occupied(entry) => (entry, false),
-                Entry::Vacant(entry) => (entry.insert((key, make())), true),
-            };
+        // Found without `entry`, which makes room for an insert first: a
+        // full shard would grow (or rehash) on a mere lookup, moving the
+        // entries whose slots the read has already taken.
+        let (entry, inserted) = match shard.entries.find_entry(hash, |(k, _)| *k == key) {
+            Ok(entry) => (entry, false),
+            Err(absent) => {
+                let entry = absent
+                    .into_table()
+                    .insert_unique(hash, (key, make()), |(k, _)| hasher.hash_one(k));
+                (entry, true)
+            }
+        };
         let slot = Slot::new(index, entry.bucket_index());
         (slot, &mut entry.into_mut().1, inserted)
     }
@@ -294,6 +298,27 @@ mod tests {
         // Removal moves no other entry.
         for port in 4..100 {
             assert!(map.at_mut(slots[port as usize], &key(port)).is_some());
+        }
+    }
+
+    #[test]
+    fn finding_an_entry_in_a_full_shard_moves_none() {
+        let mut map = ShardedByFlow::default();
+        let mut slots = Vec::new();
+        for port in 0.. {
+            let (slot, _, _) = map.get_or_insert_with(key(port), || ());
+            slots.push(slot);
+            let shard = &map.shards[slot.shard()].entries;
+            if shard.len() == shard.capacity() {
+                break;
+            }
+        }
+        // The shard has no room left: a lookup must not make some.
+        for (port, slot) in (0..).zip(&slots) {
+            assert_eq!(map.get_or_insert_with(key(port), || ()).0, *slot);
+        }
+        for (port, slot) in (0..).zip(&slots) {
+            assert!(map.at_mut(*slot, &key(port)).is_some());
         }
     }
 
