@@ -74,18 +74,30 @@ pub fn merge_counts(entries: &[FlowStats]) -> FlowStats {
             total.ifindex = entry.ifindex;
             total.direction = entry.direction;
         }
-        total.last_seen_ns = total.last_seen_ns.max(entry.last_seen_ns);
         // Kernel counters wrap; so does their sum, instead of panicking.
-        total.packets = total.packets.wrapping_add(entry.packets);
-        total.bytes = total.bytes.wrapping_add(entry.bytes);
-        total.syn = total.syn.wrapping_add(entry.syn);
-        total.syn_ack = total.syn_ack.wrapping_add(entry.syn_ack);
-        total.rst = total.rst.wrapping_add(entry.rst);
-        total.fin = total.fin.wrapping_add(entry.fin);
-        total.tcp_flags |= entry.tcp_flags;
+        combine_counts(&mut total, entry, u64::wrapping_add, u32::wrapping_add);
         total.payload_samples = total.payload_samples.saturating_add(entry.payload_samples);
     }
     total
+}
+
+/// Combines two counts of one flow field by field: packets and bytes with
+/// `wide`, the SYN, SYN-ACK, RST and FIN counts with `narrow`; the latest
+/// packet is the later one and the TCP flags are ORed.
+pub fn combine_counts(
+    into: &mut FlowStats,
+    other: &FlowStats,
+    wide: fn(u64, u64) -> u64,
+    narrow: fn(u32, u32) -> u32,
+) {
+    into.last_seen_ns = into.last_seen_ns.max(other.last_seen_ns);
+    into.packets = wide(into.packets, other.packets);
+    into.bytes = wide(into.bytes, other.bytes);
+    into.syn = narrow(into.syn, other.syn);
+    into.syn_ack = narrow(into.syn_ack, other.syn_ack);
+    into.rst = narrow(into.rst, other.rst);
+    into.fin = narrow(into.fin, other.fin);
+    into.tcp_flags |= other.tcp_flags;
 }
 
 #[cfg(test)]

@@ -268,13 +268,21 @@ fn handshake_round_trips_show_a_slow_links_delay_and_resets_are_counted() {
     // two here, the second just before it gives up.
     let retransmitted = retrans_segs(&client_netns) - before;
     assert!(retransmitted >= 1.0);
+    // Each value crossmon shows on the way, for a failure to tell "never
+    // counted" from "counted differently".
+    let mut shown = None;
     wait_until("the client's retransmissions counted", || {
-        counter(
+        let counted = counter(
             &agent,
             "crossmon_tcp_retransmits_total",
             &client.name,
             &server.name,
-        ) == retransmitted
+        );
+        if shown != Some(counted) {
+            println!("crossmon_tcp_retransmits_total: {counted} (the kernel: {retransmitted})");
+            shown = Some(counted);
+        }
+        counted == retransmitted
     });
     println!("retransmissions: the kernel counted {retransmitted}, crossmon the same");
     // The attempt's line in the flow log (it ends after 2 s idle) carries

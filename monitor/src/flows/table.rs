@@ -366,14 +366,7 @@ fn is_newer_incarnation(live: &FlowStats, current: &FlowStats) -> bool {
 fn advance(live: &mut FlowStats, current: &FlowStats) {
     let before = *live;
     *live = *current;
-    live.packets = live.packets.max(before.packets);
-    live.bytes = live.bytes.max(before.bytes);
-    live.syn = live.syn.max(before.syn);
-    live.syn_ack = live.syn_ack.max(before.syn_ack);
-    live.rst = live.rst.max(before.rst);
-    live.fin = live.fin.max(before.fin);
-    live.last_seen_ns = live.last_seen_ns.max(before.last_seen_ns);
-    live.tcp_flags |= before.tcp_flags;
+    crate::model::combine_counts(live, &before, u64::max, u32::max);
 }
 
 /// Adds an incarnation's counts to the settled totals.
