@@ -380,7 +380,7 @@ impl Programs {
     /// whether its counts stay exact, when several CPUs count one flow at
     /// once.
     pub fn time_runs_on_cpus(
-        &self,
+        &mut self,
         name: &str,
         frame: &[u8],
         repeat: u32,
@@ -392,12 +392,8 @@ impl Programs {
             "needs {cpus} CPUs to run on at once; this thread may run on {}",
             allowed.len()
         );
-        let program: &SchedClassifier = self
-            .ebpf
-            .program(name)
-            .with_context(|| format!("program {name} missing"))?
-            .try_into()
-            .with_context(|| format!("program {name} is not a TC classifier"))?;
+        // Shared by the threads: a test run needs no more than `&`.
+        let program: &SchedClassifier = self.program(name)?;
         let start = std::sync::Barrier::new(cpus);
         std::thread::scope(|scope| {
             let runs: Vec<_> = allowed[..cpus]

@@ -114,9 +114,8 @@ impl FlowMap {
     }
 
     /// Calls `each` with the flows of every syscall's batch (up to 4096): a
-    /// consumer can lock what it updates per
-    /// batch, and nothing holds the whole map's contents at once. IPv4
-    /// flows first, then IPv6 ones.
+    /// consumer can lock what it updates per batch, and nothing holds the
+    /// whole map's contents at once. IPv4 flows first, then IPv6 ones.
     pub fn for_each_batch(
         &mut self,
         mut each: impl FnMut(&[(FlowKey, FlowStats)]),

@@ -43,6 +43,14 @@ pub const VM_ONLY: &[(&str, &str, &str)] = &[(
     "needs the ipvlan driver, a module the VMs load",
 )];
 
+/// Tests no VM can pass, whatever its kernel, as `(binary, test, why)`:
+/// they need what the VMs lack. The host tier runs them.
+const HOST_ONLY: &[(&str, &str, &str)] = &[(
+    "program_runs",
+    "two_cpus_counting_one_flow_at_once_lose_nothing",
+    "needs two CPUs; the VMs have one (`-smp 1`, see boot.rs)",
+)];
+
 /// The host tier's libtest arguments leaving [`VM_ONLY`] out.
 pub fn host_skips() -> Vec<String> {
     VM_ONLY
@@ -70,24 +78,24 @@ pub enum Kernel {
 impl Kernel {
     pub const ALL: [Kernel; 3] = [Kernel::V5_10, Kernel::V6_1, Kernel::V6_12];
 
-    /// Tests this kernel's VM cannot pass, as `(binary, test, why)`: they
-    /// need what the kernel or the VM (one vCPU) lacks. (Such a test fails
-    /// rather than skips where it runs.)
+    /// Tests this kernel cannot pass, as `(binary, test, why)`: they need
+    /// what it lacks. (Such a test fails rather than skips where it runs.)
     fn lacks(self) -> &'static [(&'static str, &'static str, &'static str)] {
         const NEEDS_TCX: (&str, &str, &str) = (
             "namespaces",
             "a_second_tcx_program_after_crossmon_sees_every_packet",
             "needs TCX links (kernel 6.6+)",
         );
-        const NEEDS_TWO_CPUS: (&str, &str, &str) = (
-            "program_runs",
-            "two_cpus_counting_one_flow_at_once_lose_nothing",
-            "needs two CPUs; the VMs have one",
-        );
         match self {
-            Self::V5_10 | Self::V6_1 => &[NEEDS_TCX, NEEDS_TWO_CPUS],
-            Self::V6_12 => &[NEEDS_TWO_CPUS],
+            Self::V5_10 | Self::V6_1 => &[NEEDS_TCX],
+            Self::V6_12 => &[],
         }
+    }
+
+    /// What this kernel's VM leaves out: what the kernel lacks, and what
+    /// every VM does ([`HOST_ONLY`]).
+    fn left_out(self) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str)> {
+        self.lacks().iter().chain(HOST_ONLY)
     }
 
     /// The Debian suite whose newest cloud kernel is this version.
@@ -213,7 +221,7 @@ fn steps(kernel: Kernel, test_args: &[String]) -> Vec<Step> {
         let mut argv = vec![format!("{}/{name}", initramfs::TESTS_DIR)];
         argv.push("--test-threads=1".to_owned());
         argv.extend(args);
-        for (_, test, _) in kernel.lacks().iter().filter(|(binary, ..)| *binary == name) {
+        for (_, test, _) in kernel.left_out().filter(|(binary, ..)| *binary == name) {
             argv.extend(["--skip".to_owned(), (*test).to_owned()]);
         }
         // libtest refuses the two together, and either given twice.
@@ -328,7 +336,7 @@ pub fn run(kernel: Kernel, staged: &Staged) -> anyhow::Result<Outcome> {
     );
     let dir = work_dir().join(kernel.suite());
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (binary, test, why) in kernel.lacks() {
+    for (binary, test, why) in kernel.left_out() {
         println!("kernel {kernel}: not running {binary}'s {test}: it {why}");
     }
     let steps = steps(kernel, &staged.test_args);
@@ -501,6 +509,24 @@ mod tests {
         assert!(namespaces(Kernel::V5_10)
             .contains(" --skip a_second_tcx_program_after_crossmon_sees_every_packet "));
         assert!(!namespaces(Kernel::V6_12).contains("--skip"));
+    }
+
+    #[test]
+    fn every_vm_leaves_out_what_no_vm_can_run() {
+        for kernel in Kernel::ALL {
+            for (binary, test, _) in HOST_ONLY {
+                assert!(TESTS.contains(binary), "{binary} is not run in the VMs");
+                let argv = steps(kernel, &[])
+                    .into_iter()
+                    .find(|step| step.name == *binary)
+                    .map(|step| step.argv)
+                    .unwrap_or_default();
+                assert!(
+                    argv.windows(2).any(|pair| pair == args(&["--skip", test])),
+                    "{kernel}: {argv:?}"
+                );
+            }
+        }
     }
 
     #[test]
