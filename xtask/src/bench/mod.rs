@@ -272,19 +272,20 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
                 .into_iter()
                 .filter(|w| options.runs_workload(*w))
             {
-                let (value, disturbed) = measure(&net, &mut session, workload, options.seconds)?;
+                let run = measure(&net, &mut session, workload, options.seconds)?;
                 line.push_str(&format!(
                     "  {} {}{}",
-                    workload.display(value),
+                    workload.display(run.value),
                     workload.unit(),
-                    if disturbed { "*" } else { "" }
+                    if run.disturbed { "*" } else { "" }
                 ));
                 report.measurements.push(Measurement {
                     repetition,
                     monitor: index,
                     workload,
-                    value,
-                    disturbed,
+                    value: run.value,
+                    process_cpu: run.process_cpu,
+                    disturbed: run.disturbed,
                 });
             }
             // crossmon's programs, and the noop classifier's: what a program
@@ -292,15 +293,17 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             // every run.
             if !session.programs.is_empty() {
                 let costs = program_costs(&net, &session, options)?;
-                for (workload, program, ns_per_run) in costs {
-                    if workload == Workload::SmallUdp {
-                        line.push_str(&format!("  {program} {ns_per_run:.0} ns"));
+                for cost in costs {
+                    if cost.workload == Workload::SmallUdp {
+                        line.push_str(&format!("  {} {:.0} ns", cost.program, cost.ns_per_run));
                     }
                     report.costs.push(ProgramCost {
                         monitor: index,
-                        workload,
-                        program,
-                        ns_per_run,
+                        repetition,
+                        workload: cost.workload,
+                        program: cost.program,
+                        ns_per_run: cost.ns_per_run,
+                        cpu: cost.cpu,
                     });
                 }
             }
@@ -325,10 +328,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     if throughput {
         println!(
             "\n{}\nRatios to bare, per repetition:\n\n{}\nMean ns per program run (run-time \
-             statistics pass):\n\n{}",
+             statistics pass):\n\n{}\nCPU of each monitor, % of one core:\n\n{}",
             report.throughput_table(),
             report.ratio_table(),
-            report.cost_table()
+            report.cost_table(),
+            report.cpu_table()
         );
     }
     for (bench, table) in &report.program_benches {
@@ -390,14 +394,24 @@ fn minutes(duration: Duration) -> String {
     format!("{}m{:02}s", seconds / 60, seconds % 60)
 }
 
+/// One workload run under a monitor.
+struct Run {
+    value: f64,
+    /// The monitor's process CPU over the run, in cores (see
+    /// [`Session::process_cpu`]).
+    process_cpu: Option<f64>,
+    /// Another program sat on the bench veths through every try.
+    disturbed: bool,
+}
+
 /// One workload run, clear of foreign programs on the bench veths if it can
-/// be: returns the figure and whether one was there all the same.
+/// be.
 fn measure(
     net: &BenchNet,
     session: &mut Session,
     workload: Workload,
     seconds: u64,
-) -> anyhow::Result<(f64, bool)> {
+) -> anyhow::Result<Run> {
     for _ in 0..TRIES {
         let before = session.foreign_programs(net)?;
         if !before.is_empty() {
@@ -405,26 +419,60 @@ fn measure(
             sleep(Duration::from_secs(5))?;
             continue;
         }
-        let value = workload.run(net, seconds)?;
-        session.check_running()?;
+        let run = timed_run(net, session, workload, seconds)?;
         let after = session.foreign_programs(net)?;
         if after.is_empty() {
-            return Ok((value, false));
+            return Ok(run);
         }
         println!("  repeating: {} came during the run", after.join(", "));
     }
+    Ok(Run {
+        disturbed: true,
+        ..timed_run(net, session, workload, seconds)?
+    })
+}
+
+/// The workload once, with what the monitor's process spent meanwhile.
+fn timed_run(
+    net: &BenchNet,
+    session: &mut Session,
+    workload: Workload,
+    seconds: u64,
+) -> anyhow::Result<Run> {
+    let cpu_before = session.process_cpu()?;
+    let started = Instant::now();
     let value = workload.run(net, seconds)?;
+    let elapsed = started.elapsed();
     session.check_running()?;
-    Ok((value, true))
+    let process_cpu = match (cpu_before, session.process_cpu()?) {
+        (Some(before), Some(after)) => {
+            Some(after.saturating_sub(before).as_secs_f64() / elapsed.as_secs_f64())
+        }
+        _ => None,
+    };
+    Ok(Run {
+        value,
+        process_cpu,
+        disturbed: false,
+    })
+}
+
+/// One program over one workload run of the statistics pass.
+struct StatisticsRun {
+    workload: Workload,
+    program: String,
+    ns_per_run: f64,
+    /// Its run time over the run's, in cores.
+    cpu: f64,
 }
 
 /// Each workload once more with run-time statistics on: mean ns per run of
-/// each of the session's programs.
+/// each of the session's programs, and the CPU they took.
 fn program_costs(
     net: &BenchNet,
     session: &Session,
     options: &Options,
-) -> anyhow::Result<Vec<(Workload, String, f64)>> {
+) -> anyhow::Result<Vec<StatisticsRun>> {
     let _stats = RunTimeStats::enable()?;
     let mut costs = Vec::new();
     for workload in Workload::ALL
@@ -432,13 +480,20 @@ fn program_costs(
         .filter(|w| options.runs_workload(*w))
     {
         let before = session.program_counters()?;
+        let started = Instant::now();
         workload.run(net, options.cost_seconds)?;
+        let elapsed_ns = started.elapsed().as_nanos() as f64;
         for (program, after) in session.program_counters()? {
             let before = before.get(&program).copied().unwrap_or_default();
             let runs = after.run_cnt.saturating_sub(before.run_cnt);
             let ns = after.run_time_ns.saturating_sub(before.run_time_ns);
             if runs > 0 {
-                costs.push((workload, program, ns as f64 / runs as f64));
+                costs.push(StatisticsRun {
+                    workload,
+                    program,
+                    ns_per_run: ns as f64 / runs as f64,
+                    cpu: ns as f64 / elapsed_ns,
+                });
             }
         }
     }
@@ -545,6 +600,21 @@ fn benchmarks_md(
     );
     line(&mut md, "");
     md.push_str(&report.cost_table());
+    line(&mut md, "");
+    line(&mut md, "## CPU of each monitor");
+    line(&mut md, "");
+    line(
+        &mut md,
+        "What each monitor took of the machine while it watched, in % of one core, medians over \
+         the repetitions: `process`, its own process over the timed runs (crossmon's agent, \
+         tcpdump, softflowd; all threads, from `/proc/PID/stat`, to a clock tick); `programs`, \
+         its BPF programs' run time over the runs of the statistics pass above, statistics \
+         included (the noop classifier's figure is what they and the hook's call cost). On a \
+         machine the workload keeps busy, what a monitor takes the workload loses: this is the \
+         direct part of the gap between a ratio and 1; the rest is indirect (caches, wake-ups).",
+    );
+    line(&mut md, "");
+    md.push_str(&report.cpu_table());
     line(&mut md, "");
     for (bench, table) in &report.program_benches {
         line(&mut md, &format!("## {}", bench.title));

@@ -192,6 +192,27 @@ impl Session {
         self.child.as_ref().map(Child::id)
     }
 
+    /// CPU time the monitor's process has used so far, all its threads,
+    /// those that exited included, to a clock tick (`/proc/PID/stat`);
+    /// `None` for what runs no process of its own (the bare path, the noop
+    /// classifier).
+    pub fn process_cpu(&self) -> anyhow::Result<Option<Duration>> {
+        let Some(pid) = self.pid() else {
+            return Ok(None);
+        };
+        let path = format!("/proc/{pid}/stat");
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+            .ok()
+            .filter(|&ticks| ticks > 0)
+            .context("sysconf(_SC_CLK_TCK)")?;
+        let ticks = cpu_ticks(&stat).with_context(|| format!("parsing {path}"))?;
+        Ok(Some(Duration::from_nanos(
+            ticks.saturating_mul(1_000_000_000) / ticks_per_second,
+        )))
+    }
+
     /// crossmon's HTTP API.
     pub fn api(&self) -> anyhow::Result<SocketAddr> {
         self.api
@@ -346,6 +367,16 @@ impl Drop for Session {
     }
 }
 
+/// utime + stime of a `/proc/PID/stat` line, in clock ticks: its 14th and
+/// 15th fields, counted from the command's closing parenthesis, since a
+/// command may hold spaces and parentheses.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
 fn log_tail(log: &Path) -> String {
     let mut text = String::new();
     let _ = File::open(log).and_then(|mut file| file.read_to_string(&mut text));
@@ -380,4 +411,17 @@ fn get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     Some(response.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_ticks;
+
+    #[test]
+    fn cpu_ticks_are_user_and_system_time_after_the_command() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 612 0 0 0 37 5 0 0 20 0 9 0 \
+                    1234 5678 90 18446744073709551615";
+        assert_eq!(cpu_ticks(stat), Some(42));
+        assert_eq!(cpu_ticks("4242 (truncated) S 1"), None);
+    }
 }

@@ -17,6 +17,9 @@ pub struct Measurement {
     pub monitor: usize,
     pub workload: Workload,
     pub value: f64,
+    /// The monitor's process CPU over the run, in cores; `None` where no
+    /// process of its own runs.
+    pub process_cpu: Option<f64>,
     /// Another program sat on the bench veths through three tries, and the
     /// figure was kept anyway.
     pub disturbed: bool,
@@ -25,9 +28,12 @@ pub struct Measurement {
 /// One program's mean cost over one workload run with statistics on.
 pub struct ProgramCost {
     pub monitor: usize,
+    pub repetition: usize,
     pub workload: Workload,
     pub program: String,
     pub ns_per_run: f64,
+    /// Its run time over the run's, in cores.
+    pub cpu: f64,
 }
 
 /// Per packet, `to_container` at default settings (issue 18); see
@@ -267,6 +273,61 @@ impl Report<'_> {
         out
     }
 
+    /// Per workload, the CPU each monitor took, in % of one core, medians
+    /// over the repetitions: its process over the timed runs, and its
+    /// programs (all of them, summed) over the statistics pass.
+    pub fn cpu_table(&self) -> String {
+        let watching: Vec<usize> = (0..self.monitors.len()).filter(|&i| i != BARE).collect();
+        let mut out = String::from("| workload |");
+        for &i in &watching {
+            let _ = write!(out, " {} |", self.monitors[i].name);
+        }
+        out.push_str("\n|---|");
+        out.push_str(&"---:|".repeat(watching.len()));
+        out.push('\n');
+        for workload in Workload::ALL {
+            let _ = write!(out, "| {} |", workload.title());
+            for &i in &watching {
+                let process = median(
+                    self.measurements
+                        .iter()
+                        .filter(|m| m.monitor == i && m.workload == workload)
+                        .filter_map(|m| m.process_cpu)
+                        .collect(),
+                );
+                let parts: Vec<String> = [
+                    ("process", process),
+                    ("programs", self.programs_cpu(i, workload)),
+                ]
+                .into_iter()
+                .filter_map(|(what, cores)| Some(format!("{what} {:.1} %", cores? * 100.0)))
+                .collect();
+                let cell = if parts.is_empty() {
+                    "n/a".to_owned()
+                } else {
+                    parts.join(" + ")
+                };
+                let _ = write!(out, " {cell} |");
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The median over the repetitions of what `monitor`'s programs took
+    /// together on `workload`, in cores.
+    fn programs_cpu(&self, monitor: usize, workload: Workload) -> Option<f64> {
+        let mut by_repetition = std::collections::BTreeMap::<usize, f64>::new();
+        for cost in self
+            .costs
+            .iter()
+            .filter(|c| c.monitor == monitor && c.workload == workload)
+        {
+            *by_repetition.entry(cost.repetition).or_default() += cost.cpu;
+        }
+        median(by_repetition.into_values().collect())
+    }
+
     /// One line per target (issue 18) of the passes that ran, each `pass`
     /// or `miss`.
     pub fn targets(&self) -> Vec<String> {
@@ -485,4 +546,74 @@ pub fn load_average() -> String {
                 .join(" ")
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Measurement, ProgramCost, Report};
+    use crate::bench::{monitor::MONITORS, workload::Workload};
+
+    fn position(name: &str) -> usize {
+        MONITORS.iter().position(|m| m.name == name).unwrap()
+    }
+
+    #[test]
+    fn cpu_table_sums_a_runs_programs_and_takes_medians_over_repetitions() {
+        let crossmon = position("crossmon");
+        let noop = position("noop classifier");
+        let run = |repetition, monitor, process_cpu| Measurement {
+            repetition,
+            monitor,
+            workload: Workload::Churn,
+            value: 1.0,
+            process_cpu,
+            disturbed: false,
+        };
+        let cost = |repetition, monitor, program: &str, cpu| ProgramCost {
+            monitor,
+            repetition,
+            workload: Workload::Churn,
+            program: program.to_owned(),
+            ns_per_run: 1.0,
+            cpu,
+        };
+        let report = Report {
+            monitors: MONITORS,
+            measurements: vec![
+                run(0, crossmon, Some(0.05)),
+                run(1, crossmon, Some(0.09)),
+                run(2, crossmon, Some(0.07)),
+                run(0, noop, None),
+            ],
+            costs: vec![
+                cost(0, crossmon, "from_container", 0.06),
+                cost(0, crossmon, "to_container", 0.02),
+                cost(1, crossmon, "from_container", 0.05),
+                cost(1, crossmon, "to_container", 0.01),
+                cost(2, crossmon, "from_container", 0.10),
+                cost(0, noop, "noop", 0.004),
+            ],
+            agent: None,
+            program_benches: Vec::new(),
+        };
+        let table = report.cpu_table();
+        let header = table.lines().next().unwrap();
+        assert!(
+            !header.contains("| none |"),
+            "the bare path has no CPU of its own: {header}"
+        );
+        let cells = |row: &str| -> Vec<String> {
+            let line = table.lines().find(|l| l.starts_with(row)).unwrap();
+            line.split('|').map(|c| c.trim().to_owned()).collect()
+        };
+        let churn = cells("| TCP connection churn");
+        // Column 0 is empty (before the first bar), 1 the title, then the
+        // monitors but the bare path, in order.
+        assert_eq!(churn[crossmon + 1], "process 7.0 % + programs 8.0 %");
+        assert_eq!(churn[noop + 1], "programs 0.4 %");
+        assert_eq!(churn[position("tcpdump") + 1], "n/a");
+        assert!(cells("| TCP bulk")[2..]
+            .iter()
+            .all(|c| c == "n/a" || c.is_empty()));
+    }
 }
