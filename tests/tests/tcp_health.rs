@@ -130,7 +130,8 @@ fn counter(agent: &Agent, family: &str, sender: &str, receiver: &str) -> f64 {
                 && l.contains(&format!("destination=\"{receiver}\""))
         })
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
+        // From 0, where `sum` starts from -0, which prints as "-0".
+        .fold(0.0, |total, value| total + value)
 }
 
 /// An agent writing a flow log in a scratch directory, flows ending after
