@@ -609,9 +609,11 @@ fn benchmarks_md(
          the repetitions: `process`, its own process over the timed runs (crossmon's agent, \
          tcpdump, softflowd; all threads, from `/proc/PID/stat`, to a clock tick); `programs`, \
          its BPF programs' run time over the runs of the statistics pass above, statistics \
-         included (the noop classifier's figure is what they and the hook's call cost). On a \
-         machine the workload keeps busy, what a monitor takes the workload loses: this is the \
-         direct part of the gap between a ratio and 1; the rest is indirect (caches, wake-ups).",
+         included (the noop classifier's figure is what they and the hook's call cost). A pcap \
+         monitor's copies of packets into its ring are made by the kernel on the workload's \
+         time, in neither figure. On a machine the workload keeps busy, what a monitor takes \
+         the workload loses: this is the direct part of the gap between a ratio and 1; the rest \
+         is indirect (caches, wake-ups).",
     );
     line(&mut md, "");
     md.push_str(&report.cpu_table());

@@ -102,6 +102,18 @@ pub struct Report<'a> {
     pub program_benches: Vec<(&'static ProgramBench, String)>,
 }
 
+/// A markdown table's first two lines: a header `first`, then one per
+/// column, each column's rule `align` (`---`, or `---:` for figures).
+fn table_head<'a>(first: &str, columns: impl IntoIterator<Item = &'a str>, align: &str) -> String {
+    let mut head = format!("| {first} |");
+    let mut rule = String::from("|---|");
+    for column in columns {
+        let _ = write!(head, " {column} |");
+        let _ = write!(rule, "{align}|");
+    }
+    format!("{head}\n{rule}\n")
+}
+
 pub fn verdict(ok: bool) -> &'static str {
     if ok {
         "pass"
@@ -155,13 +167,11 @@ impl Report<'_> {
     /// Per workload and monitor, how the ratio to the bare path spread
     /// over the repetitions and its confidence interval.
     pub fn ratio_table(&self) -> String {
-        let mut out = String::from("| workload |");
-        for monitor in &self.monitors[1..] {
-            let _ = write!(out, " {} |", monitor.name);
-        }
-        out.push_str("\n|---|");
-        out.push_str(&"---|".repeat(self.monitors.len() - 1));
-        out.push('\n');
+        let mut out = table_head(
+            "workload",
+            self.monitors[1..].iter().map(|monitor| monitor.name),
+            "---",
+        );
         for workload in Workload::ALL {
             let _ = write!(out, "| {} |", workload.title());
             for i in 1..self.monitors.len() {
@@ -207,13 +217,14 @@ impl Report<'_> {
     /// The medians table: one row per workload, one column per monitor,
     /// each cell the median and its ratio to the bare path.
     pub fn throughput_table(&self) -> String {
-        let mut out = String::from("| workload |");
-        for monitor in self.monitors {
-            let _ = write!(out, " {} |", monitor.name);
-        }
-        out.push_str(" spread of bare runs |\n|---|");
-        out.push_str(&"---:|".repeat(self.monitors.len() + 1));
-        out.push('\n');
+        let mut out = table_head(
+            "workload",
+            self.monitors
+                .iter()
+                .map(|monitor| monitor.name)
+                .chain(["spread of bare runs"]),
+            "---:",
+        );
         for workload in Workload::ALL {
             let _ = write!(out, "| {}, {} |", workload.title(), workload.unit());
             for (i, _) in self.monitors.iter().enumerate() {
@@ -251,13 +262,11 @@ impl Report<'_> {
         let measured: Vec<usize> = (0..self.monitors.len())
             .filter(|&i| self.costs.iter().any(|c| c.monitor == i))
             .collect();
-        let mut out = String::from("| program, workload |");
-        for &i in &measured {
-            let _ = write!(out, " {} |", self.monitors[i].name);
-        }
-        out.push_str("\n|---|");
-        out.push_str(&"---:|".repeat(measured.len()));
-        out.push('\n');
+        let mut out = table_head(
+            "program, workload",
+            measured.iter().map(|&i| self.monitors[i].name),
+            "---:",
+        );
         for program in self.programs() {
             for workload in Workload::ALL {
                 let _ = write!(out, "| `{program}`, {} |", workload.title());
@@ -278,13 +287,11 @@ impl Report<'_> {
     /// programs (all of them, summed) over the statistics pass.
     pub fn cpu_table(&self) -> String {
         let watching: Vec<usize> = (0..self.monitors.len()).filter(|&i| i != BARE).collect();
-        let mut out = String::from("| workload |");
-        for &i in &watching {
-            let _ = write!(out, " {} |", self.monitors[i].name);
-        }
-        out.push_str("\n|---|");
-        out.push_str(&"---:|".repeat(watching.len()));
-        out.push('\n');
+        let mut out = table_head(
+            "workload",
+            watching.iter().map(|&i| self.monitors[i].name),
+            "---:",
+        );
         for workload in Workload::ALL {
             let _ = write!(out, "| {} |", workload.title());
             for &i in &watching {
