@@ -367,9 +367,10 @@ impl Drop for Session {
     }
 }
 
-/// utime + stime of a `/proc/PID/stat` line, in clock ticks: its 14th and
-/// 15th fields, counted from the command's closing parenthesis, since a
-/// command may hold spaces and parentheses.
+/// utime + stime of a `/proc/PID/stat` line, in clock ticks: fields 14
+/// and 15 of proc(5), found from the command's closing parenthesis (the
+/// 12th and 13th after it), since a command may hold spaces and
+/// parentheses.
 fn cpu_ticks(stat: &str) -> Option<u64> {
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
