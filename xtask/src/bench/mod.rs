@@ -292,19 +292,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             // of two instructions reads shows what the statistics add to
             // every run.
             if !session.programs.is_empty() {
-                let costs = program_costs(&net, &session, options)?;
-                for cost in costs {
+                for cost in program_costs(&net, &session, options, index, repetition)? {
                     if cost.workload == Workload::SmallUdp {
                         line.push_str(&format!("  {} {:.0} ns", cost.program, cost.ns_per_run));
                     }
-                    report.costs.push(ProgramCost {
-                        monitor: index,
-                        repetition,
-                        workload: cost.workload,
-                        program: cost.program,
-                        ns_per_run: cost.ns_per_run,
-                        cpu: cost.cpu,
-                    });
+                    report.costs.push(cost);
                 }
             }
             session.stop()?;
@@ -457,22 +449,16 @@ fn timed_run(
     })
 }
 
-/// One program over one workload run of the statistics pass.
-struct StatisticsRun {
-    workload: Workload,
-    program: String,
-    ns_per_run: f64,
-    /// Its run time over the run's, in cores.
-    cpu: f64,
-}
-
 /// Each workload once more with run-time statistics on: mean ns per run of
-/// each of the session's programs, and the CPU they took.
+/// each of the session's programs, and the CPU they took; the session is
+/// monitor `monitor`'s in `repetition`.
 fn program_costs(
     net: &BenchNet,
     session: &Session,
     options: &Options,
-) -> anyhow::Result<Vec<StatisticsRun>> {
+    monitor: usize,
+    repetition: usize,
+) -> anyhow::Result<Vec<ProgramCost>> {
     let _stats = RunTimeStats::enable()?;
     let mut costs = Vec::new();
     for workload in Workload::ALL
@@ -488,7 +474,9 @@ fn program_costs(
             let runs = after.run_cnt.saturating_sub(before.run_cnt);
             let ns = after.run_time_ns.saturating_sub(before.run_time_ns);
             if runs > 0 {
-                costs.push(StatisticsRun {
+                costs.push(ProgramCost {
+                    monitor,
+                    repetition,
                     workload,
                     program,
                     ns_per_run: ns as f64 / runs as f64,
