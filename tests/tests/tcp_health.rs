@@ -262,17 +262,29 @@ fn handshake_round_trips_show_a_slow_links_delay_and_resets_are_counted() {
     iptables(&["-I", "INPUT", "-p", "tcp", "--dport", "7200", "-j", "DROP"]);
     let target: std::net::SocketAddrV4 = format!("{server_ip}:7200").parse().unwrap();
     let client_netns = client.netns().unwrap();
-    // The pair's series counts since the agent started: a retransmission
-    // of the slow connections above (their data waited behind the queue)
-    // is in it, and not in the kernel's count below, which is taken over
-    // this attempt alone. So the series is read before too.
-    let series_before = counter(
-        &agent,
-        "crossmon_tcp_retransmits_total",
-        &client.name,
-        &server.name,
-    );
-    let before = retrans_segs(&client_netns);
+    // The pair's series counts since the agent started, the kernel's count
+    // below is taken over this attempt alone, and the slow connections
+    // above may still retransmit (their data waited behind the queue). Both
+    // starting points are taken in a quiet moment: the kernel's count
+    // unchanged across several of the agent's polls (200 ms), so that both
+    // hold the same retransmissions.
+    let mut quiet = None;
+    for _ in 0..20 {
+        let kernel = retrans_segs(&client_netns);
+        std::thread::sleep(Duration::from_millis(700));
+        let series = counter(
+            &agent,
+            "crossmon_tcp_retransmits_total",
+            &client.name,
+            &server.name,
+        );
+        if retrans_segs(&client_netns) == kernel {
+            quiet = Some((kernel, series));
+            break;
+        }
+    }
+    let (before, series_before) =
+        quiet.expect("the client's namespace retransmitted for 14 s before the attempt");
     let refused = in_netns(&client_netns, || Ok(connect_with_one_retry(target))).unwrap();
     assert_eq!(refused, libc::ETIMEDOUT);
     // The kernel's own count (Tcp: RetransSegs of the client's namespace):
