@@ -265,26 +265,31 @@ fn handshake_round_trips_show_a_slow_links_delay_and_resets_are_counted() {
     // The pair's series counts since the agent started, the kernel's count
     // below is taken over this attempt alone, and the slow connections
     // above may still retransmit (their data waited behind the queue). Both
-    // starting points are taken in a quiet moment: the kernel's count
-    // unchanged across several of the agent's polls (200 ms), so that both
-    // hold the same retransmissions.
+    // starting points are taken at the end of a quiet window: the kernel's
+    // count unchanged over 1.5 s (seven of the agent's 200 ms polls), the
+    // series read at its end, so that it holds every retransmission the
+    // kernel had counted at its start. This narrows the race, it cannot
+    // close it: a timer still pending after the window would retransmit
+    // into the attempt's kernel count but not into its flow's.
+    let mut kernel = retrans_segs(&client_netns);
     let mut quiet = None;
-    for _ in 0..20 {
-        let kernel = retrans_segs(&client_netns);
-        std::thread::sleep(Duration::from_millis(700));
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(1500));
         let series = counter(
             &agent,
             "crossmon_tcp_retransmits_total",
             &client.name,
             &server.name,
         );
-        if retrans_segs(&client_netns) == kernel {
+        let now = retrans_segs(&client_netns);
+        if now == kernel {
             quiet = Some((kernel, series));
             break;
         }
+        kernel = now;
     }
     let (before, series_before) =
-        quiet.expect("the client's namespace retransmitted for 14 s before the attempt");
+        quiet.expect("the client's namespace retransmitted in each of 10 windows of 1.5 s");
     let refused = in_netns(&client_netns, || Ok(connect_with_one_retry(target))).unwrap();
     assert_eq!(refused, libc::ETIMEDOUT);
     // The kernel's own count (Tcp: RetransSegs of the client's namespace):
