@@ -368,10 +368,9 @@ fn resources(agent: &Agent) -> (Rss, usize, usize) {
 struct Rss {
     /// Private memory, the heap among it: what a leak grows.
     anon: u64,
-    /// Pages of the binary and of mapped files, resident once touched.
+    /// Pages of the binary and of mapped files, resident once touched:
+    /// printed beside, so a growth of all of VmRSS is told apart.
     file: u64,
-    /// Shared memory pages.
-    shmem: u64,
 }
 
 impl Rss {
@@ -388,18 +387,13 @@ impl Rss {
         Self {
             anon: field("RssAnon:"),
             file: field("RssFile:"),
-            shmem: field("RssShmem:"),
         }
     }
 }
 
 impl std::fmt::Display for Rss {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} KiB anonymous, {} file, {} shared",
-            self.anon, self.file, self.shmem
-        )
+        write!(f, "{} KiB anonymous, {} file-backed", self.anon, self.file)
     }
 }
 
