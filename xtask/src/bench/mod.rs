@@ -6,8 +6,10 @@
 //! repetition, so that no monitor always runs first or last (a machine
 //! warming up, or a neighbour's load coming and going, spreads over all).
 //! A monitor starts fresh for each repetition, and runs the workloads in
-//! turn. Figures are medians over the repetitions, ratios are to the bare
-//! path's median of the same run.
+//! turn. Figures are medians over the repetitions; a monitor's ratio to
+//! the bare path is the mean over the repetitions of its run's ratio to the
+//! bare path's run of the same repetition, reported with its confidence
+//! interval.
 //!
 //! The per-program cost is measured in a pass of its own, after the timed
 //! workloads of each crossmon session: run-time statistics add two clock
@@ -508,8 +510,9 @@ fn benchmarks_md(
         &mut md,
         "What crossmon costs the traffic it watches, next to no monitor and two libpcap \
          monitors, measured in one run of `cargo xtask bench` (this file is its output; run it \
-         again to replace it). Figures are medians; in brackets, the ratio to the bare path \
-         of the same run. The last column is how far apart the bare path's own runs landed \
+         again to replace it). Figures are medians; in brackets, the ratio to the bare path: \
+         each repetition's run over the bare path's run of the same repetition, averaged over \
+         the repetitions (the centre of the interval in the second table). The last column is how far apart the bare path's own runs landed \
          ((max - min) / median): ratios closer to 1 than that are within this machine's noise.",
     );
     line(&mut md, "");
