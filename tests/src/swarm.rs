@@ -3,9 +3,12 @@
 //! its VXLAN overlays run over. The first node is the manager, the others
 //! join as workers. Left and torn down on drop, nodes before the underlay.
 
-use std::net::Ipv4Addr;
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
-use anyhow::Context as _;
+use anyhow::{anyhow, Context as _};
 
 use crate::{engine::NamespacedEngine, TestNet};
 
@@ -57,6 +60,29 @@ impl Swarm {
 
     pub fn manager(&self) -> &NamespacedEngine {
         &self.nodes[0]
+    }
+
+    /// Node `i` leaves the swarm. Soon after its engine restarted, its
+    /// swarm agent may still be rejoining, and `leave` can give up at the
+    /// daemon's own deadline ("context deadline exceeded") with the node
+    /// on its way out: it is asked again until its engine says it is out.
+    pub fn leave(&self, i: usize) -> anyhow::Result<()> {
+        let node = &self.nodes[i];
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let left = node.docker(&["swarm", "leave", "--force"]);
+            let state = node.text(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+            if matches!(state.as_deref(), Ok("inactive")) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let err = left
+                    .err()
+                    .unwrap_or_else(|| anyhow!("its engine says {state:?}"));
+                return Err(err.context(format!("node {i} still in the swarm after 90 s")));
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
     }
 }
 

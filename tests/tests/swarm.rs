@@ -560,9 +560,7 @@ fn agents_on_three_nodes_count_and_name_overlay_flows_between_them() {
     flow(&agents[0], &container_ip(0), &tasks[1].1, "udp", 8);
     flow(&agents[1], &container_ip(0), &tasks[1].1, "udp", 8);
     // Node 2 leaves the swarm and the manager forgets it: the same.
-    swarm.nodes[2]
-        .docker(&["swarm", "leave", "--force"])
-        .expect("node 2 leaves");
+    swarm.leave(2).expect("node 2 leaves");
     let node2 = hostnames[2].as_str();
     wait_within("node 2 down", Duration::from_secs(30), || {
         manager_node_state(&swarm, node2) == "down"
