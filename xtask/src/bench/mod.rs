@@ -512,8 +512,9 @@ fn benchmarks_md(
          monitors, measured in one run of `cargo xtask bench` (this file is its output; run it \
          again to replace it). Figures are medians; in brackets, the ratio to the bare path: \
          each repetition's run over the bare path's run of the same repetition, averaged over \
-         the repetitions (the centre of the interval in the second table). The last column is how far apart the bare path's own runs landed \
-         ((max - min) / median): ratios closer to 1 than that are within this machine's noise.",
+         the repetitions (the centre of the interval in the second table, which says how far \
+         the ratio can be trusted; runs marked * are left out of it). The last column is how \
+         far apart the bare path's own runs landed ((max - min) / median).",
     );
     line(&mut md, "");
     line(&mut md, &format!("- date: {}", machine.date));
