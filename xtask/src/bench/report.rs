@@ -157,6 +157,7 @@ impl Report<'_> {
     }
 
     /// Each repetition's ratio of `monitor` to the bare path.
+    ///
     /// A pair with a disturbed run (another program on the veths) is left
     /// out: the ratios are judged by their mean, which one such run would
     /// move where a median absorbed it.
@@ -241,12 +242,15 @@ impl Report<'_> {
         for workload in Workload::ALL {
             let _ = write!(out, "| {}, {} |", workload.title(), workload.unit());
             for (i, _) in self.monitors.iter().enumerate() {
-                let cell = match (self.median(i, workload), self.ratio(i, workload)) {
-                    (Some(value), _) if i == BARE => workload.display(value),
+                // The bare path has no ratio of its own; a monitor with no
+                // run paired with a bare one still shows its median.
+                let ratio = (i != BARE).then(|| self.ratio(i, workload)).flatten();
+                let cell = match (self.median(i, workload), ratio) {
                     (Some(value), Some(ratio)) => {
                         format!("{} ({ratio:.2})", workload.display(value))
                     }
-                    _ => "n/a".to_owned(),
+                    (Some(value), None) => workload.display(value),
+                    (None, _) => "n/a".to_owned(),
                 };
                 let _ = write!(out, " {cell} |");
             }
