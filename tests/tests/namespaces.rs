@@ -508,6 +508,81 @@ fn idle_flows_are_taken_out_and_evicted_flows_keep_their_counts() {
 }
 
 #[test]
+fn closed_connections_end_after_their_linger_even_once_evicted() {
+    require_root();
+    let net = TestNet::new(2).expect("test network");
+    // Room for 8 flows: 20 connections, two flows each, make the kernel
+    // evict closed ones before their linger ends.
+    let config = DatapathConfig {
+        flow_capacity: 8,
+        ..DatapathConfig::default()
+    };
+    let mut monitor = Monitor::attach_with(&net, config);
+    let (client, server) = (net.host(0), net.host(1));
+    let table = std::sync::RwLock::new(FlowTable::new());
+    // Nothing idles, nothing has lingered long enough.
+    let lingering = agent::Cutoffs {
+        idle_ns: 0,
+        closed_ns: 0,
+    };
+    let mut exchanges = HashMap::new();
+    let mut evicted = 0;
+    for port in 7000..7020u16 {
+        let exchange = traffic::tcp_exchange(client, server, server.ip4().into(), port, b"?", b"!")
+            .expect("tcp");
+        assert_eq!(
+            (exchange.client.retransmitted, exchange.server.retransmitted),
+            (0, 0),
+            "a retransmission makes the counts unpredictable"
+        );
+        exchanges.insert(port, exchange);
+        // Read after every connection, as the agent does on its interval:
+        // what was read before an eviction stays counted.
+        let outcome =
+            agent::poll_once(&mut monitor.datapath.flows, &table, lingering).expect("poll");
+        assert!(outcome.expired.is_empty(), "nothing ends within the linger");
+        evicted += outcome.evicted;
+    }
+    assert!(evicted >= 32, "only {evicted} flows evicted");
+
+    // The linger is over for every connection, in the map or evicted.
+    let over = agent::Cutoffs {
+        idle_ns: 0,
+        closed_ns: monitor::clock::monotonic_ns(),
+    };
+    let outcome = agent::poll_once(&mut monitor.datapath.flows, &table, over).expect("poll");
+    assert!(table.read().expect("table").is_empty());
+    assert!(monitor.flows().is_empty());
+    let mut ended: HashMap<(u16, u16), FlowStats> = outcome
+        .expired
+        .iter()
+        .map(|flow| {
+            let key = flow.record.key;
+            ((key.src_port, key.dst_port), flow.record.stats)
+        })
+        .collect();
+    assert_eq!(ended.len(), 40);
+    for (port, exchange) in &exchanges {
+        let there = ended
+            .remove(&(exchange.client.port, *port))
+            .expect("request flow ended");
+        let back = ended
+            .remove(&(*port, exchange.client.port))
+            .expect("response flow ended");
+        assert_eq!(
+            (there.packets, there.bytes, there.fin),
+            (exchange.client.segments, exchange.client.ip_bytes(20), 1),
+            "port {port}"
+        );
+        assert_eq!(
+            (back.packets, back.bytes, back.fin),
+            (exchange.server.segments, exchange.server.ip_bytes(20), 1),
+            "port {port}"
+        );
+    }
+}
+
+#[test]
 fn traffic_routed_between_two_bridges_is_counted_once() {
     require_root();
     let one = TestNet::new(1).expect("first network");

@@ -223,10 +223,10 @@ impl<V> ShardedByFlow<V> {
             .flat_map(|shard| shard.entries.iter().map(|(key, value)| (key, value)))
     }
 
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> + '_ {
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&FlowKey, &mut V)> + '_ {
         self.shards
             .iter_mut()
-            .flat_map(|shard| shard.entries.iter_mut().map(|(_, value)| value))
+            .flat_map(|shard| shard.entries.iter_mut().map(|(key, value)| (&*key, value)))
     }
 }
 
@@ -276,7 +276,7 @@ mod tests {
             .all(|(key, _, value)| u32::from(key.src_port) == *value));
         assert_eq!(map.len(), 500);
         assert!(map.iter().all(|(_, value)| value % 2 == 0));
-        map.values_mut().for_each(|value| *value = 1);
+        map.iter_mut().for_each(|(_, value)| *value = 1);
         assert_eq!(map.iter().map(|(_, value)| value).sum::<u32>(), 500);
         assert!(!map.is_empty());
     }

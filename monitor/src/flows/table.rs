@@ -14,9 +14,12 @@
 //! and expects each flow of the next read where the previous one left it:
 //! found there, its key compared and no hash taken; otherwise looked up.
 
-use monitor_common::{FlowKey, FlowStats};
+use monitor_common::{ip_proto, FlowKey, FlowStats};
 
-use std::sync::{Arc, RwLock};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, RwLock},
+};
 
 use super::{
     sharded::{ShardedByFlow, Slot},
@@ -42,6 +45,12 @@ pub struct FlowTable {
     /// previous one: how many flows were in that read and not (yet) in
     /// this one, less those new in this one.
     skew: isize,
+    /// TCP flows with a FIN or an RST that the kernel evicted, oldest
+    /// first: no read names them again, so their connection's close is
+    /// looked for here (see [`Self::closed`]). Under churn a full map
+    /// evicts every closed connection before its linger ends; without
+    /// this, the table kept them for the idle timeout.
+    evicted_closing: VecDeque<FlowKey>,
 }
 
 /// Where a flow of a read sits, with a fingerprint of its key: a flow
@@ -187,10 +196,14 @@ impl FlowTable {
     /// Closes a poll: live entries not seen in it were evicted by the kernel.
     pub fn end_poll(&mut self, outcome: &mut PollOutcome) {
         let generation = self.generation;
-        for entry in self.flows.values_mut() {
+        for (key, entry) in self.flows.iter_mut() {
             if entry.generation != generation && entry.live.first_seen_ns != 0 {
                 entry.settle_live();
                 outcome.evicted += 1;
+                let total = entry.total();
+                if key.protocol == ip_proto::TCP && (total.fin != 0 || total.rst != 0) {
+                    self.evicted_closing.push_back(*key);
+                }
             }
         }
     }
@@ -217,28 +230,59 @@ impl FlowTable {
             .collect()
     }
 
-    /// Of the flows `candidates` (each with a FIN or an RST), those of
-    /// connections closed (an RST either way, or a FIN both ways) whose
-    /// last packet either way is older than `cutoff_ns`: both flows of
-    /// each, the reverse one when the table has it.
-    pub fn closed(&self, candidates: &[FlowKey], cutoff_ns: u64) -> FlowSet {
+    /// The flows of connections closed (an RST either way, or a FIN both
+    /// ways) whose last packet either way is older than `cutoff_ns`, both
+    /// flows of each (the reverse one when the table has it), looked for
+    /// from `read` (flows of this poll's read with a FIN or an RST) and
+    /// from the flows evicted with one.
+    pub fn closed(&mut self, read: &[FlowKey], cutoff_ns: u64) -> FlowSet {
         let mut closed = FlowSet::default();
-        for key in candidates {
-            let reversed = key.reversed();
-            let Some(flow) = self.flows.get(key).map(Entry::total) else {
-                continue;
-            };
-            let reverse = self.flows.get(&reversed).map(Entry::total);
-            let either = reverse.unwrap_or_default();
-            let ended = flow.rst != 0 || either.rst != 0 || (flow.fin != 0 && either.fin != 0);
-            if ended && flow.last_seen_ns.max(either.last_seen_ns) < cutoff_ns {
-                closed.insert(*key);
-                if reverse.is_some() {
-                    closed.insert(reversed);
-                }
-            }
+        for key in read {
+            self.close(key, cutoff_ns, &mut closed);
         }
+        // In eviction order, about that of their last packets: the first
+        // one too recent ends the search for this poll.
+        let mut later = Vec::new();
+        while let Some(key) = self.evicted_closing.front().copied() {
+            match self.flows.get(&key) {
+                // Read again: the read's candidate if it still closes.
+                Some(entry) if entry.generation == self.generation => {}
+                Some(entry) if entry.last_seen_ns() >= cutoff_ns => break,
+                Some(_) if self.close(&key, cutoff_ns, &mut closed) == Close::Later => {
+                    later.push(key);
+                }
+                // Closed now, open (its reverse's FIN or RST will be read),
+                // or ended already.
+                _ => {}
+            }
+            self.evicted_closing.pop_front();
+        }
+        self.evicted_closing.extend(later);
         closed
+    }
+
+    /// Whether `key`'s connection is closed, adding both its flows to
+    /// `closed` if so.
+    fn close(&self, key: &FlowKey, cutoff_ns: u64, closed: &mut FlowSet) -> Close {
+        let reversed = key.reversed();
+        let Some(flow) = self.flows.get(key).map(Entry::total) else {
+            return Close::Open;
+        };
+        let reverse = self.flows.get(&reversed).map(Entry::total);
+        let either = reverse.unwrap_or_default();
+        let ended = flow.rst != 0 || either.rst != 0 || (flow.fin != 0 && either.fin != 0);
+        if !ended {
+            // The reverse's FIN or RST, when it comes, is read.
+            return Close::Open;
+        }
+        if flow.last_seen_ns.max(either.last_seen_ns) >= cutoff_ns {
+            return Close::Later;
+        }
+        closed.insert(*key);
+        if reverse.is_some() {
+            closed.insert(reversed);
+        }
+        Close::Closed
     }
 
     /// Forgets a flow, returning it with its final totals.
@@ -348,6 +392,15 @@ impl Entry {
         settle(settled, &self.live);
         self.live = FlowStats::default();
     }
+}
+
+/// What [`FlowTable::close`] found of a connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Close {
+    Closed,
+    /// Closed, with a packet either way since the cutoff.
+    Later,
+    Open,
 }
 
 /// Whether `current` is a later kernel entry than the one `live` was read
@@ -653,5 +706,82 @@ mod tests {
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].record.stats.packets, 4);
         assert_eq!(table.len(), 1);
+    }
+
+    /// A flow's segment counts with FINs and RSTs.
+    fn closing(first: u64, last: u64, fin: u32, rst: u32) -> FlowStats {
+        FlowStats {
+            fin,
+            rst,
+            ..stats(first, last, 3)
+        }
+    }
+
+    fn sorted(set: FlowSet) -> Vec<FlowKey> {
+        let mut keys: Vec<_> = set.into_iter().collect();
+        keys.sort_by_key(|key| (key.src_port, key.dst_port));
+        keys
+    }
+
+    #[test]
+    fn connections_the_kernel_evicted_close_after_their_linger() {
+        let mut table = FlowTable::new();
+        let (a, b) = (key(1), key(1).reversed());
+        let (reset, quiet) = (key(2), key(2).reversed());
+        let (half, open) = (key(3), key(3).reversed());
+        poll(
+            &mut table,
+            &[
+                (a, closing(10, 20, 1, 0)),
+                (b, closing(10, 21, 1, 0)),
+                (reset, closing(10, 20, 0, 1)),
+                (quiet, closing(10, 20, 0, 0)),
+                (half, closing(10, 20, 1, 0)),
+                (open, closing(10, 20, 0, 0)),
+            ],
+        );
+        // A full map evicted them all but the quiet side of the reset
+        // connection, which goes on sending, and the open side of the half
+        // closed one.
+        let outcome = poll(
+            &mut table,
+            &[
+                (quiet, closing(10, 40, 0, 0)),
+                (open, closing(10, 40, 0, 0)),
+            ],
+        );
+        assert_eq!(outcome.evicted, 4);
+        // Within the linger, nothing closes.
+        assert!(table.closed(&[], 21).is_empty());
+        // Both FINs and the RST are old now; the reset connection's other
+        // side is not, and the half-closed one waits for its second FIN.
+        assert_eq!(
+            sorted(table.closed(&[], 30)),
+            sorted(FlowSet::from_iter([a, b]))
+        );
+        for key in [a, b] {
+            table.end(&key);
+        }
+        // The reset connection closes once its other side is quiet, looked
+        // for again without a read naming it.
+        poll(
+            &mut table,
+            &[
+                (quiet, closing(10, 40, 0, 0)),
+                (open, closing(10, 40, 0, 0)),
+            ],
+        );
+        assert!(table.closed(&[], 35).is_empty());
+        assert_eq!(
+            sorted(table.closed(&[], 50)),
+            sorted(FlowSet::from_iter([reset, quiet]))
+        );
+        // The half-closed one closes when the read brings the other FIN.
+        let second_fin = closing(10, 45, 1, 0);
+        poll(&mut table, &[(open, second_fin)]);
+        assert_eq!(
+            sorted(table.closed(&[open], 50)),
+            sorted(FlowSet::from_iter([half, open]))
+        );
     }
 }
