@@ -4,7 +4,7 @@
 //! tenth or a hundredth counted a packet at each poll. Two agents side by
 //! side, polled alike and in turn: one walks every flow, as the agent did
 //! before, the other what the poller leaves it (the flows with a packet
-//! within `flows::REVISIT_NS` of the previous poll). Only the consumers
+//! since the previous poll, see `PollView::changed_since`). Only the consumers
 //! are timed: the table's read of the kernel map is the same for both and
 //! not in the figures. Run by `cargo bench -p monitor --bench poll_walk`.
 
@@ -21,7 +21,7 @@ use monitor::{
     alert::AlertSink,
     detect::{config::DetectConfig, Detectors},
     docker::{Directory, Inventory},
-    flows::{FlowTable, Poll, PollConsumer, PollOutcome, PollView, REVISIT_NS},
+    flows::{FlowTable, Poll, PollConsumer, PollOutcome, PollView},
     series::{MetricsConfig, Retransmits, TcpHealth, TrafficSeries},
 };
 use monitor_common::{ip_proto, tcp_flag, Direction, FlowKey, FlowStats};
@@ -30,8 +30,8 @@ use synthetic::{container_ip, inventory, CONTAINERS};
 const SEC: u64 = 1_000_000_000;
 const FLOWS: usize = 100_000;
 const SERVER_PORT: u16 = 8080;
-/// Polls a second apart before the timed ones: the idle flows' last packet
-/// is then older than `REVISIT_NS`.
+/// Polls a second apart before the timed ones: the idle flows' attempts
+/// are then past their deadline (5 s), which walks them once more.
 const WARM_POLLS: u64 = 8;
 const TIMED_POLLS: usize = 7;
 
@@ -102,13 +102,13 @@ struct Agent {
     traffic: TrafficSeries,
     health: TcpHealth,
     detectors: Detectors,
-    /// Whether it walks only the flows active lately.
-    lately: bool,
+    /// Whether it walks only the flows that changed.
+    changed: bool,
     previous_ns: Option<u64>,
 }
 
 impl Agent {
-    fn new(lately: bool, state_dir: &std::path::Path) -> anyhow::Result<Agent> {
+    fn new(changed: bool, state_dir: &std::path::Path) -> anyhow::Result<Agent> {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
         let sink = Arc::new(Mutex::new(AlertSink::new(None, 60 * SEC)));
@@ -117,7 +117,7 @@ impl Agent {
             traffic: TrafficSeries::new(MetricsConfig::default()),
             health: TcpHealth::new(10_000, 600 * SEC, None),
             detectors: Detectors::new(&DetectConfig::default(), sink, state_dir, 10_000)?,
-            lately,
+            changed,
             previous_ns: None,
         })
     }
@@ -137,13 +137,12 @@ impl Agent {
             self.table.observe(key, stats, &mut outcome);
         }
         self.table.end_poll(&mut outcome);
-        let since = match self.previous_ns {
-            Some(previous) if self.lately => previous.saturating_sub(REVISIT_NS),
-            _ => 0,
-        };
-        self.previous_ns = Some(now);
+        let previous = self.previous_ns.replace(now);
         let started = Instant::now();
-        let flows = PollView::new(&self.table, &[]).active_since(since);
+        let mut flows = PollView::new(&self.table, &[]);
+        if let Some(previous) = previous.filter(|_| self.changed) {
+            flows = flows.changed_since(previous, now);
+        }
         self.traffic.update(&flows, directory, Some(inventory), now);
         self.health
             .update(&flows, directory, &Retransmits::default(), now);
@@ -178,15 +177,15 @@ fn main() -> anyhow::Result<()> {
     let state_dir = std::env::temp_dir().join(format!("crossmon-poll-walk-{}", std::process::id()));
     println!(
         "| flows | of them active | consumers per poll, walking every flow (median of \
-         {TIMED_POLLS}) | walking those active lately | ratio |"
+         {TIMED_POLLS}) | walking those that changed | ratio |"
     );
     println!("|---:|---:|---:|---:|---:|");
     for active in [FLOWS, FLOWS / 10, FLOWS / 100] {
         let mut now = 1_000 * SEC;
         let mut kernel = Kernel::new(active, now);
         let mut every = Agent::new(false, &state_dir.join(format!("every-{active}")))?;
-        let mut lately = Agent::new(true, &state_dir.join(format!("lately-{active}")))?;
-        let (mut every_times, mut lately_times) = (Vec::new(), Vec::new());
+        let mut changed = Agent::new(true, &state_dir.join(format!("changed-{active}")))?;
+        let (mut every_times, mut changed_times) = (Vec::new(), Vec::new());
         for poll in 0..WARM_POLLS + TIMED_POLLS as u64 {
             if poll > 0 {
                 now += SEC;
@@ -194,32 +193,32 @@ fn main() -> anyhow::Result<()> {
             }
             // In turn, each first every other poll.
             let (first, second) = if poll % 2 == 0 {
-                (&mut every, &mut lately)
+                (&mut every, &mut changed)
             } else {
-                (&mut lately, &mut every)
+                (&mut changed, &mut every)
             };
             let first_time = first.poll(&kernel, &directory, &inventory, now);
             let second_time = second.poll(&kernel, &directory, &inventory, now);
             if poll >= WARM_POLLS {
-                let (every_time, lately_time) = if poll % 2 == 0 {
+                let (every_time, changed_time) = if poll % 2 == 0 {
                     (first_time, second_time)
                 } else {
                     (second_time, first_time)
                 };
                 every_times.push(every_time);
-                lately_times.push(lately_time);
+                changed_times.push(changed_time);
             }
         }
         anyhow::ensure!(
-            every.packets() == lately.packets(),
+            every.packets() == changed.packets(),
             "the two agents counted {} and {} packets",
             every.packets(),
-            lately.packets()
+            changed.packets()
         );
-        let (every_ms, lately_ms) = (median(every_times), median(lately_times));
+        let (every_ms, changed_ms) = (median(every_times), median(changed_times));
         println!(
-            "| {FLOWS} | {active} | {every_ms:.1} ms | {lately_ms:.1} ms | {:.2} |",
-            lately_ms / every_ms
+            "| {FLOWS} | {active} | {every_ms:.1} ms | {changed_ms:.1} ms | {:.2} |",
+            changed_ms / every_ms
         );
     }
     let _ = std::fs::remove_dir_all(&state_dir);

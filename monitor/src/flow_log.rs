@@ -177,7 +177,7 @@ impl FlowLog {
         let mut answers_ended = Vec::new();
         let mut written = Vec::new();
         let mut finished_answers = Vec::new();
-        // Every flow, not only those active lately: a connection is due
+        // Every flow, not only those that changed: a connection is due
         // its interval line however long it has been quiet since its last.
         for (record, is_ended) in flows.every_record() {
             let reverse = find(&record.key.reversed());

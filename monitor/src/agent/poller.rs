@@ -3,6 +3,7 @@
 //! hands the poll to each consumer in turn, and publishes its status.
 
 use std::{
+    collections::HashSet,
     sync::{mpsc, Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
@@ -13,7 +14,7 @@ use crate::{
     clock,
     datapath::{Counters, FlowMap, ProgramRunStats, Programs},
     docker::{Directory, Snapshot},
-    flows::{FlowTable, Poll, PollConsumer, PollOutcome, PollStatus, PollView, REVISIT_NS},
+    flows::{FlowTable, Poll, PollConsumer, PollOutcome, PollStatus, PollView},
     policy::PolicyInForce,
     sync::{lock, read, write, Published},
 };
@@ -48,25 +49,25 @@ pub struct Poller {
 struct Handed {
     now_ns: u64,
     directory: Arc<Directory>,
+    /// Veths whose young flows were held.
+    held: HashSet<u32>,
 }
 
-/// From when on the consumers walk live flows (see
-/// [`PollView::active_since`]): those with a packet within [`REVISIT_NS`]
-/// of the previous poll they saw, not of this one, so that flows counted
-/// while reads failed are walked too; every flow at the first poll, and
-/// when the directory changed since (a veth has an owner now, or an
-/// address another name). A flow held back until now is walked too: it
-/// was younger than [`NAME_WAIT`] at the previous poll.
-fn active_since(previous: Option<&Handed>, directory: &Arc<Directory>) -> u64 {
-    match previous {
-        Some(handed) if Arc::ptr_eq(&handed.directory, directory) => {
-            handed.now_ns.saturating_sub(REVISIT_NS)
-        }
-        _ => 0,
-    }
+/// Since when the consumers walk only the live flows that changed (see
+/// [`PollView::changed_since`]): since the previous poll they saw, not
+/// the previous read, so that flows counted while reads failed are
+/// walked too. `None`, every flow, at the first poll and when the
+/// directory changed since (a veth has an owner now, or an address
+/// another name) or the veths held did.
+fn changed_since(
+    previous: Option<&Handed>,
+    directory: &Arc<Directory>,
+    held: &HashSet<u32>,
+) -> Option<u64> {
+    previous
+        .filter(|handed| Arc::ptr_eq(&handed.directory, directory) && handed.held == *held)
+        .map(|handed| handed.now_ns)
 }
-
-const _: () = assert!(NAME_WAIT.as_nanos() <= REVISIT_NS as u128);
 
 impl Poller {
     /// Polls until `stop` is dropped; returns itself, so that the agent can
@@ -121,18 +122,21 @@ impl Poller {
                 let table = read(&self.table);
                 // One view for every consumer: each reads the same live and
                 // ended flows, and the index of the ended ones is built once.
-                let held = docker.unnamed.iter().copied().collect();
+                let held: HashSet<u32> = docker.unnamed.iter().copied().collect();
                 let young =
                     now.saturating_sub(u64::try_from(NAME_WAIT.as_nanos()).unwrap_or(u64::MAX));
-                let since = active_since(handed.as_ref(), &docker.directory);
+                let since = changed_since(handed.as_ref(), &docker.directory, &held);
                 *handed = Some(Handed {
                     now_ns: now,
                     directory: Arc::clone(&docker.directory),
+                    held: held.clone(),
                 });
+                let mut flows = PollView::new(&table, &outcome.expired).holding(held, young);
+                if let Some(since) = since {
+                    flows = flows.changed_since(since, now);
+                }
                 let poll = Poll {
-                    flows: PollView::new(&table, &outcome.expired)
-                        .holding(held, young)
-                        .active_since(since),
+                    flows,
                     directory: &docker.directory,
                     inventory: docker.inventory.as_deref(),
                     denied: &denied,

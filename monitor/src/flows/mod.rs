@@ -11,7 +11,7 @@ mod table;
 
 pub use exported::Exported;
 pub use pipeline::{Poll, PollConsumer, PollStatus};
-pub use poll_view::{PollView, REVISIT_NS};
+pub use poll_view::PollView;
 pub use table::{EndedFlow, FlowTable, PollOutcome, TableReader};
 
 use std::collections::{HashMap, HashSet};

@@ -17,7 +17,7 @@ use crate::{
 /// One poll, as every consumer sees it.
 pub struct Poll<'a> {
     /// The live flows and those that ended at this poll; walked, only
-    /// those active lately (see [`PollView::records`]).
+    /// those that changed (see [`PollView::records`]).
     pub flows: PollView<'a>,
     /// Who the addresses and veths are at this poll.
     pub directory: &'a Directory,

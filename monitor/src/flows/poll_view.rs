@@ -5,22 +5,30 @@
 
 use std::collections::HashSet;
 
-use monitor_common::FlowKey;
+use monitor_common::{FlowKey, FlowStats};
 
 use super::{outcome::UNANSWERED_AFTER_NS, ByFlow, EndedFlow, Exported, FlowTable};
 use crate::model::FlowRecord;
 
-/// How long after its last packet a live flow is still walked, when
-/// nothing else changed (see [`PollView::active_since`]). What a consumer
-/// makes of a flow depends on the flow, its reverse, the directory and
-/// time: time only through an attempt's deadline, counted from its first
-/// packet ([`UNANSWERED_AFTER_NS`]), and the reverse only until then (an
-/// answer after it finds the attempt counted unanswered, and TCP health
-/// times only handshakes answered before it). So a flow quiet for longer
-/// than the deadline has nothing left to show; the extra second covers
-/// the programs' tick clock, which stamps up to a tick early. The flow
-/// log, whose interval lines wait longer, walks every flow.
-pub const REVISIT_NS: u64 = UNANSWERED_AFTER_NS + 1_000_000_000;
+/// How much earlier than its packet the programs may stamp a flow's last
+/// packet: their tick clock runs up to a tick behind (10 ms at the slowest
+/// timer rate kernels are built with), with room to spare.
+const STAMPED_EARLY_NS: u64 = 100_000_000;
+
+/// Which live flows the consumers walk. What a consumer makes of a flow
+/// depends on the flow, its reverse, the directory and time: time only
+/// through an attempt's deadline, counted from its first packet
+/// ([`UNANSWERED_AFTER_NS`]), and through a held flow's release (see
+/// [`PollView::holding`]).
+#[derive(Clone, Copy, Debug)]
+enum Walk {
+    Every,
+    /// Since the previous poll the consumers saw, at `since_ns`.
+    Changed {
+        since_ns: u64,
+        now_ns: u64,
+    },
+}
 
 pub struct PollView<'a> {
     table: &'a FlowTable,
@@ -32,8 +40,11 @@ pub struct PollView<'a> {
     /// a flow is young (see [`Self::holding`]).
     held: HashSet<u32>,
     young_since_ns: u64,
-    /// Live flows with no packet since are left out of the walks.
-    active_since_ns: u64,
+    walk: Walk,
+    /// Live flows whose reverse showed news since the previous poll (its
+    /// first packet, a SYN, SYN-ACK, RST or TCP flag) or ended at this
+    /// one: walked for it even if nothing else changed.
+    reverses: Vec<(FlowRecord, &'a Exported)>,
 }
 
 impl<'a> PollView<'a> {
@@ -49,19 +60,30 @@ impl<'a> PollView<'a> {
                 .collect(),
             held: HashSet::new(),
             young_since_ns: u64::MAX,
-            active_since_ns: 0,
+            walk: Walk::Every,
+            reverses: Vec::new(),
         }
     }
 
-    /// Leaves out of [`Self::records`] the live flows with no packet since
-    /// `ns`. The poller passes [`REVISIT_NS`] before the previous poll the
-    /// consumers saw, so each flow is walked at every poll that read a
-    /// packet of it, and until its attempt's deadline passed. At 0 (the
-    /// default) every flow is walked, as it must be when something besides
-    /// a flow's packets changed what consumers make of it: the directory
-    /// (a veth's owner).
-    pub fn active_since(mut self, ns: u64) -> Self {
-        self.active_since_ns = ns;
+    /// Leaves out of [`Self::records`] the live flows that nothing new
+    /// happened to since the previous poll the consumers saw, at
+    /// `since_ns`: walked are those with a packet since, those whose
+    /// reverse showed news since or ended now, those whose attempt's deadline
+    /// passed since, and those released from a hold since. Without it
+    /// (the default) every flow is walked, as it must be when something
+    /// besides a flow's packets changed what consumers make of it: the
+    /// directory (a veth's owner), the veths held.
+    pub fn changed_since(mut self, since_ns: u64, now_ns: u64) -> Self {
+        self.walk = Walk::Changed { since_ns, now_ns };
+        let table = self.table;
+        let news = table.news(|ns| had_packet_since(ns, since_ns));
+        let ended = self.expired.iter().map(|ended| &ended.record.key);
+        // Most reverses changed too: those are walked on their own.
+        self.reverses = news
+            .chain(ended)
+            .filter_map(|key| table.exported_record(&key.reversed()))
+            .filter(|(record, _)| !had_packet_since(record.stats.last_seen_ns, since_ns))
+            .collect();
         self
     }
 
@@ -94,47 +116,88 @@ impl<'a> PollView<'a> {
     }
 
     /// The flows to look at in this poll, with whether each ended at it:
-    /// the live ones active since [`Self::active_since`], and those that
-    /// ended. A consumer must make nothing new of a live flow left out.
+    /// the live ones [`Self::changed_since`] picks, and those that ended.
+    /// A consumer must make nothing new of a live flow left out.
     pub fn records(&self) -> impl Iterator<Item = (FlowRecord, bool)> + '_ {
         self.exported_records()
             .map(|(record, ended, _)| (record, ended))
     }
 
     /// Every flow, with whether it ended at this poll: for a consumer
-    /// whose decisions wait on time beyond [`REVISIT_NS`] (the flow log's
-    /// interval lines).
+    /// whose decisions wait on time beyond an attempt's deadline (the
+    /// flow log's interval lines).
     pub fn every_record(&self) -> impl Iterator<Item = (FlowRecord, bool)> + '_ {
-        self.walk(0).map(|(record, ended, _)| (record, ended))
+        self.live(Walk::Every)
+            .chain(self.ended_records())
+            .map(|(record, ended, _)| (record, ended))
     }
 
     /// [`Self::records`], with what the traffic series counted of each.
     pub(crate) fn exported_records(
         &self,
     ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
-        self.walk(self.active_since_ns)
+        // Those the walk picks on their own (their deadline, their
+        // release) come with the table's.
+        let reverses = self
+            .reverses
+            .iter()
+            .filter(|(record, _)| !self.walks(self.walk, &record.stats) && !self.is_held(record))
+            .map(|(record, exported)| (*record, false, *exported));
+        self.live(self.walk)
+            .chain(reverses)
+            .chain(self.ended_records())
     }
 
-    fn walk(
-        &self,
-        active_since_ns: u64,
-    ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
+    /// The live flows `walk` picks, but those held.
+    fn live(&self, walk: Walk) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
         self.table
-            .exported_records(active_since_ns)
-            .filter(|(record, _)| {
-                record.stats.first_seen_ns < self.young_since_ns
-                    || !self.held.contains(&record.stats.ifindex)
-            })
+            .exported_records(move |first, last| self.walks_at(walk, first, last))
+            .filter(|(record, _)| !self.is_held(record))
             .map(|(record, exported)| (record, false, exported))
-            .chain(
-                self.expired
-                    .iter()
-                    .map(|ended| (ended.record, true, &ended.exported)),
-            )
+    }
+
+    fn ended_records(&self) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
+        self.expired
+            .iter()
+            .map(|ended| (ended.record, true, &ended.exported))
+    }
+
+    fn walks(&self, walk: Walk, stats: &FlowStats) -> bool {
+        self.walks_at(walk, stats.first_seen_ns, stats.last_seen_ns)
+    }
+
+    /// Whether `walk` picks a live flow by its first and last packets.
+    fn walks_at(&self, walk: Walk, first_ns: u64, last_ns: u64) -> bool {
+        let Walk::Changed { since_ns, now_ns } = walk else {
+            return true;
+        };
+        // Consumers judge `now - first >= deadline`: false at the
+        // previous poll, true now.
+        let passed = |deadline_ns: u64| {
+            let due_ns = first_ns.saturating_add(deadline_ns);
+            since_ns < due_ns && due_ns <= now_ns
+        };
+        // A flow held at the previous poll was young then (first seen at
+        // or after `now - hold` back then), and is not now.
+        let hold_ns = now_ns.saturating_sub(self.young_since_ns);
+        had_packet_since(last_ns, since_ns)
+            || passed(UNANSWERED_AFTER_NS)
+            || (!self.held.is_empty() && passed(hold_ns.saturating_add(1)))
+    }
+
+    fn is_held(&self, record: &FlowRecord) -> bool {
+        record.stats.first_seen_ns >= self.young_since_ns
+            && self.held.contains(&record.stats.ifindex)
     }
 
     /// The keys of the flows that ended at this poll.
     pub fn ended(&self) -> impl Iterator<Item = &FlowKey> + '_ {
         self.ended.keys()
     }
+}
+
+/// Whether a flow's last packet, as stamped, may be one the previous poll,
+/// at `since_ns`, did not read.
+fn had_packet_since(last_ns: u64, since_ns: u64) -> bool {
+    last_ns.saturating_add(STAMPED_EARLY_NS) >= since_ns
 }

@@ -72,6 +72,9 @@ struct Entry {
     /// (`FlowTable::reading` or `read_before`).
     generation: u64,
     read_at: u32,
+    /// The last packet of the latest read whose counts showed the flow's
+    /// reverse something new (see [`shows_news`]).
+    news_ns: u64,
     /// What the traffic series counted of the flow: here rather than in a
     /// map of their own, so that each flow has one record.
     exported: Exported,
@@ -148,6 +151,7 @@ impl FlowTable {
                     live: FlowStats::default(),
                     generation,
                     read_at: u32::MAX,
+                    news_ns: 0,
                     exported: Exported::default(),
                 });
                 if inserted {
@@ -171,7 +175,11 @@ impl FlowTable {
             entry.settle_live();
             outcome.evicted += 1;
         }
+        let before = entry.live;
         advance(&mut entry.live, current);
+        if shows_news(&before, &entry.live) {
+            entry.news_ns = entry.live.last_seen_ns;
+        }
         entry.generation = generation;
         entry.read_at = u32::try_from(position).unwrap_or(u32::MAX);
         self.reading.push(Place { slot, fingerprint });
@@ -320,34 +328,42 @@ impl FlowTable {
 
     /// Cumulative totals of every flow.
     pub fn records(&self) -> impl Iterator<Item = FlowRecord> + '_ {
-        self.exported_records(0).map(|(record, _)| record)
+        self.exported_records(|_, _| true).map(|(record, _)| record)
     }
 
-    /// Cumulative totals of the flows with a packet at or after
-    /// `active_since_ns` (every flow at 0), with what the traffic series
+    /// Cumulative totals of the flows `walked` picks by their first and
+    /// last packets (of any incarnation), with what the traffic series
     /// counted of each. The others are passed over before their totals
     /// are summed.
-    pub(crate) fn exported_records(
-        &self,
-        active_since_ns: u64,
-    ) -> impl Iterator<Item = (FlowRecord, &Exported)> + '_ {
+    pub(crate) fn exported_records<'a>(
+        &'a self,
+        walked: impl Fn(u64, u64) -> bool + 'a,
+    ) -> impl Iterator<Item = (FlowRecord, &'a Exported)> + 'a {
         self.flows
             .iter()
-            .filter(move |(_, entry)| entry.last_seen_ns() >= active_since_ns)
-            .map(|(key, entry)| {
-                let record = FlowRecord {
-                    key: *key,
-                    stats: entry.total(),
-                };
-                (record, &entry.exported)
-            })
+            .filter(move |(_, entry)| walked(entry.first_seen_ns(), entry.last_seen_ns()))
+            .map(|(key, entry)| entry.exported_record(key))
+    }
+
+    /// The flows whose latest news for their reverse (see
+    /// [`shows_news`]) came with a packet `when` picks.
+    pub(crate) fn news<'a>(
+        &'a self,
+        when: impl Fn(u64) -> bool + 'a,
+    ) -> impl Iterator<Item = &'a FlowKey> + 'a {
+        self.flows
+            .iter()
+            .filter(move |(_, entry)| when(entry.news_ns))
+            .map(|(key, _)| key)
+    }
+
+    /// A flow's cumulative totals, with what the traffic series counted.
+    pub(crate) fn exported_record(&self, key: &FlowKey) -> Option<(FlowRecord, &Exported)> {
+        self.flows.get(key).map(|entry| entry.exported_record(key))
     }
 
     pub fn get(&self, key: &FlowKey) -> Option<FlowRecord> {
-        self.flows.get(key).map(|entry| FlowRecord {
-            key: *key,
-            stats: entry.total(),
-        })
+        self.exported_record(key).map(|(record, _)| record)
     }
 }
 
@@ -360,6 +376,23 @@ impl Entry {
                 total
             }
             None => self.live,
+        }
+    }
+
+    fn exported_record(&self, key: &FlowKey) -> (FlowRecord, &Exported) {
+        let record = FlowRecord {
+            key: *key,
+            stats: self.total(),
+        };
+        (record, &self.exported)
+    }
+
+    /// The first packet of any incarnation: the total's, without summing
+    /// (a settled incarnation is earlier than the live one).
+    fn first_seen_ns(&self) -> u64 {
+        match &self.settled {
+            Some(settled) if settled.first_seen_ns != 0 => settled.first_seen_ns,
+            _ => self.live.first_seen_ns,
         }
     }
 
@@ -408,6 +441,18 @@ enum Close {
 /// never changes.
 fn is_newer_incarnation(live: &FlowStats, current: &FlowStats) -> bool {
     live.first_seen_ns != 0 && current.first_seen_ns > live.first_seen_ns
+}
+
+/// Whether a read of a kernel entry, `before` and `after`, shows what a
+/// consumer could make something new of in the flow's reverse: the flow's
+/// first packet, or a change of its SYN, SYN-ACK or RST counts or of its
+/// TCP flags. An attempt is decided by its reverse's existence and these
+/// ([`super::outcome`]), and a reverse's packet and byte counts alone
+/// decide nothing.
+fn shows_news(before: &FlowStats, after: &FlowStats) -> bool {
+    before.packets == 0
+        || (before.syn, before.syn_ack, before.rst, before.tcp_flags)
+            != (after.syn, after.syn_ack, after.rst, after.tcp_flags)
 }
 
 /// Takes in a later read of the kernel entry `live` was read from (or of

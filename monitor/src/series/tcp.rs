@@ -207,7 +207,7 @@ impl TcpHealth {
         };
         // A handshake is timed while its attempt is open: a SYN-ACK after
         // the deadline finds the connection counted unanswered, and is no
-        // round trip. The poller's walk relies on it (`flows::REVISIT_NS`).
+        // round trip. The poller's walk relies on it (`PollView::changed_since`).
         counted.rtt_done |= rtt.is_some()
             || now_ns.saturating_sub(record.stats.first_seen_ns) >= UNANSWERED_AFTER_NS;
         if resets == 0 && retransmitted == 0 && rtt.is_none() {

@@ -147,7 +147,7 @@ pub struct AgentCost {
     pub runs: Vec<CostRun>,
     pub render: RenderScale,
     /// `poll_walk`'s table: the consumers' time per poll, walking every
-    /// flow and those active lately.
+    /// flow and those that changed.
     pub walk: String,
     /// `table_read`'s table: a read into the flow table, in the previous
     /// read's order and in a new one.
@@ -621,8 +621,8 @@ impl AgentCost {
              Docker identities, which the runs above lack, as `cargo bench -p monitor --bench \
              poll_walk` measures them with the agent's own code (100k TCP flows of 50k \
              connections between 200 synthetic containers; no kernel): two agents polled alike \
-             and in turn each second, one walking every flow, the other only those with a \
-             packet within 6 s of its previous poll, as the agent does; all, a tenth or a \
+             and in turn each second, one walking every flow, the other only those that \
+             changed since its previous poll, as the agent does; all, a tenth or a \
              hundredth of the flows count a packet at each poll. The table's read of the \
              kernel map is the same for both and not timed.\n"
         );

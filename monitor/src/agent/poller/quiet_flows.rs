@@ -1,10 +1,11 @@
-//! Property test of the walk [`super::active_since`] gives the consumers:
+//! Property test of the walk [`super::changed_since`] gives the consumers:
 //! they make the same of every poll as when they walk every flow. Random
 //! traffic between containers (handshakes answered at once or seconds
 //! later, refused or never; UDP answered or not; flows quiet for long
 //! stretches, then busy again; retransmissions lost inside a container,
 //! which the kernel counts but no flow does; connections closed; flows
-//! expired; polls from a tenth of a second to nine seconds apart; a
+//! expired; polls from a tenth of a second to nine seconds apart; packets
+//! stamped up to a tick early, as the programs' tick clock does; a
 //! container the directory learns of late, its young flows held until
 //! then) goes through two pipelines fed the same kernel reads: one walks
 //! every flow at every poll, the other what the poller leaves it. After
@@ -23,7 +24,7 @@ use std::{
 use monitor_common::{ip_proto, tcp_flag, Direction, FlowKey, FlowStats};
 use proptest::{collection, prelude::*};
 
-use super::{active_since, Handed, NAME_WAIT};
+use super::{changed_since, Handed, NAME_WAIT};
 use crate::{
     alert::{Alert, AlertSink},
     detect::{
@@ -151,6 +152,12 @@ struct Kernel {
 #[derive(Clone, Debug)]
 struct Step {
     after_ms: u64,
+    /// How much earlier than when they are counted the packets are
+    /// stamped: up to a tick at 100 Hz.
+    early_ms: u64,
+    /// Counted a millisecond after the previous poll's clock read, past
+    /// the previous read of their flows; else at this poll's clock read.
+    after_previous_read: bool,
     packets: Vec<Packet>,
 }
 
@@ -188,7 +195,14 @@ fn step() -> impl Strategy<Value = Step> {
         2 => Just(Vec::new()),
         3 => collection::vec(packet(), 1..6),
     ];
-    (after_ms, packets).prop_map(|(after_ms, packets)| Step { after_ms, packets })
+    (after_ms, 0..=10u64, any::<bool>(), packets).prop_map(
+        |(after_ms, early_ms, after_previous_read, packets)| Step {
+            after_ms,
+            early_ms,
+            after_previous_read,
+            packets,
+        },
+    )
 }
 
 /// The detectors at thresholds this little traffic crosses, so that
@@ -360,26 +374,27 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
-    fn consumers_make_the_same_of_each_poll_walking_only_flows_active_lately(
+    fn consumers_make_the_same_of_each_poll_walking_only_flows_that_changed(
         steps in collection::vec(step(), 1..40),
         named_at in 0..40usize,
     ) {
         let mut every = Pipeline::new();
-        let mut lately = Pipeline::new();
+        let mut changed = Pipeline::new();
         let mut kernel = Kernel::default();
         let mut handed: Option<Handed> = None;
         let unnamed = Arc::new(Lab::new(CONTAINERS - 1).directory);
         let named = Arc::new(Lab::new(CONTAINERS).directory);
         let mut now = 1_000 * SEC;
         for (index, step) in steps.iter().enumerate() {
+            let counted = if step.after_previous_read { now + 1_000_000 } else { now + step.after_ms * 1_000_000 };
             now += step.after_ms * 1_000_000;
             for packet in &step.packets {
-                packet.count(&mut kernel, now);
+                packet.count(&mut kernel, counted - step.early_ms * 1_000_000);
             }
             let directory = if index < named_at { &unnamed } else { &named };
             let read: Vec<_> = kernel.flows.iter().map(|(key, stats)| (*key, *stats)).collect();
             every.read(&read);
-            lately.read(&read);
+            changed.read(&read);
             let closing: Vec<FlowKey> = read
                 .iter()
                 .filter(|(key, stats)| {
@@ -401,7 +416,7 @@ proptest! {
                 kernel.flows.remove(key);
             }
             let ended_every = every.end(&taken, &closed, now);
-            let ended_lately = lately.end(&taken, &closed, now);
+            let ended_changed = changed.end(&taken, &closed, now);
             // c5's veth, unnamed, has its young flows held as the poller
             // holds them.
             let held: HashSet<u32> = if index < named_at {
@@ -410,10 +425,11 @@ proptest! {
                 HashSet::new()
             };
             let young = now - NAME_WAIT.as_secs() * SEC;
-            let since = active_since(handed.as_ref(), directory);
+            let since = changed_since(handed.as_ref(), directory, &held);
             handed = Some(Handed {
                 now_ns: now,
                 directory: Arc::clone(directory),
+                held: held.clone(),
             });
             let retransmits = || Retransmits::from(Some(kernel.retransmits.clone()));
             every.consumers.consume(
@@ -422,15 +438,12 @@ proptest! {
                 &retransmits(),
                 now,
             );
-            lately.consumers.consume(
-                PollView::new(&lately.table, &ended_lately)
-                    .holding(held, young)
-                    .active_since(since),
-                directory,
-                &retransmits(),
-                now,
-            );
-            prop_assert_eq!(every.consumers.made(), lately.consumers.made(), "after step {}", index);
+            let mut view = PollView::new(&changed.table, &ended_changed).holding(held, young);
+            if let Some(since) = since {
+                view = view.changed_since(since, now);
+            }
+            changed.consumers.consume(view, directory, &retransmits(), now);
+            prop_assert_eq!(every.consumers.made(), changed.consumers.made(), "after step {}", index);
         }
     }
 }
