@@ -60,9 +60,9 @@ impl Load {
 /// (10 ms) is 0.125 % of a core over it.
 const WINDOW: Duration = Duration::from_secs(8);
 /// How long the idle flows of a run with some are left quiet before the
-/// measured window: past the 6 s the agent's consumers still walk a flow
-/// after the poll before its last packet (`flows::REVISIT_NS`), a poll
-/// interval (1 s), and margin.
+/// measured window: past their attempts' 5 s deadline, when the agent's
+/// consumers walk a quiet flow once more (`PollView::changed_since`), a
+/// poll interval (1 s), and margin.
 const QUIET: Duration = Duration::from_secs(10);
 /// How long after the last payload sample the cleartext detector may
 /// still judge its connection: its 2 s wait for a verdict, and margin.

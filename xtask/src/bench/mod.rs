@@ -606,8 +606,8 @@ fn benchmarks_md(
          time, in neither figure. On a machine the workload keeps busy, what a monitor takes \
          the workload loses: this is the direct part of the gap between a ratio and 1; the rest \
          is indirect (caches, wake-ups). Each session is fresh and its runs short: work an \
-         agent owes a run's flows after it (crossmon walks a flow for 6 s after its last \
-         packet, and keeps a closed one 5 s) falls partly outside the run, so on churn the \
+         agent owes a run's flows after it (crossmon walks a flow again at its attempt's 5 s \
+         deadline, and keeps a closed one 5 s) falls partly outside the run, so on churn the \
          process figure is below the agent's steady cost.",
     );
     line(&mut md, "");
