@@ -32,7 +32,7 @@ fn flows(series: u32) -> (FlowTable, BTreeSet<(u16, u8)>) {
     let mut table = FlowTable::new();
     let mut ports = BTreeSet::new();
     let mut outcome = PollOutcome::default();
-    table.begin_poll();
+    table.begin_poll(0);
     for i in 0..series {
         let (src, dst) = (i % CONTAINERS, (i / CONTAINERS) % CONTAINERS);
         let port = 8000 + (i / (CONTAINERS * CONTAINERS)) as u16;

@@ -132,7 +132,7 @@ impl Agent {
         now: u64,
     ) -> Duration {
         let mut outcome = PollOutcome::default();
-        self.table.begin_poll();
+        self.table.begin_poll(now);
         for (key, stats) in &kernel.flows {
             self.table.observe(key, stats, &mut outcome);
         }

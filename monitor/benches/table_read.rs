@@ -40,7 +40,7 @@ impl Reader {
     fn poll(&mut self, keys: &[FlowKey], poll: u64) {
         let mut outcome = PollOutcome::default();
         let started = Instant::now();
-        self.table.begin_poll();
+        self.table.begin_poll(0);
         for key in keys {
             let stats = FlowStats {
                 packets: poll + 1,

@@ -13,7 +13,7 @@ use aya::programs::{tc::TcAttachType, SchedClassifier};
 use integration_tests::{
     frames::{self, Mac, ETH_P_IP, ETH_P_IPV6},
     require_root, tc_hooks,
-    traffic::{self, RawSocket},
+    traffic::{self, Close, RawSocket},
     Host, TestNet,
 };
 use monitor::{
@@ -472,8 +472,13 @@ fn idle_flows_are_taken_out_and_evicted_flows_keep_their_counts() {
         let port =
             traffic::udp_send(a, b, b.ip4().into(), 6000 + i, &[b"one", b"two"]).expect("udp");
         ports.push((port, 6000 + i));
-        agent::poll_once(&mut monitor.datapath.flows, &table, agent::Cutoffs::idle(0))
-            .expect("poll");
+        agent::poll_once(
+            &mut monitor.datapath.flows,
+            &table,
+            monitor::clock::monotonic_ns(),
+            agent::Cutoffs::idle(0),
+        )
+        .expect("poll");
     }
     for (src_port, dst_port) in &ports {
         let record = table
@@ -500,6 +505,7 @@ fn idle_flows_are_taken_out_and_evicted_flows_keep_their_counts() {
     agent::poll_once(
         &mut monitor.datapath.flows,
         &table,
+        now,
         agent::Cutoffs::idle(now),
     )
     .expect("poll");
@@ -528,18 +534,26 @@ fn closed_connections_end_after_their_linger_even_once_evicted() {
     let mut exchanges = HashMap::new();
     let mut evicted = 0;
     for port in 7000..7020u16 {
-        let exchange = traffic::tcp_exchange(client, server, server.ip4().into(), port, b"?", b"!")
-            .expect("tcp");
+        // One in four aborted: an RST, no FIN.
+        let close = if port % 4 == 0 {
+            Close::Reset
+        } else {
+            Close::Fin
+        };
+        let server_at = (IpAddr::from(server.ip4()), port);
+        let exchange =
+            traffic::tcp_connection(client, server, server_at, (b"?", b"!"), close).expect("tcp");
         assert_eq!(
             (exchange.client.retransmitted, exchange.server.retransmitted),
             (0, 0),
             "a retransmission makes the counts unpredictable"
         );
-        exchanges.insert(port, exchange);
+        exchanges.insert(port, (exchange, close));
         // Read after every connection, as the agent does on its interval:
         // what was read before an eviction stays counted.
+        let now = monitor::clock::monotonic_ns();
         let outcome =
-            agent::poll_once(&mut monitor.datapath.flows, &table, lingering).expect("poll");
+            agent::poll_once(&mut monitor.datapath.flows, &table, now, lingering).expect("poll");
         assert!(outcome.expired.is_empty(), "nothing ends within the linger");
         evicted += outcome.evicted;
     }
@@ -550,7 +564,8 @@ fn closed_connections_end_after_their_linger_even_once_evicted() {
         idle_ns: 0,
         closed_ns: monitor::clock::monotonic_ns(),
     };
-    let outcome = agent::poll_once(&mut monitor.datapath.flows, &table, over).expect("poll");
+    let outcome =
+        agent::poll_once(&mut monitor.datapath.flows, &table, over.closed_ns, over).expect("poll");
     assert!(table.read().expect("table").is_empty());
     assert!(monitor.flows().is_empty());
     let mut ended: HashMap<(u16, u16), FlowStats> = outcome
@@ -562,21 +577,36 @@ fn closed_connections_end_after_their_linger_even_once_evicted() {
         })
         .collect();
     assert_eq!(ended.len(), 40);
-    for (port, exchange) in &exchanges {
+    for (port, (exchange, close)) in &exchanges {
         let there = ended
             .remove(&(exchange.client.port, *port))
             .expect("request flow ended");
         let back = ended
             .remove(&(*port, exchange.client.port))
             .expect("response flow ended");
+        // The client's FIN, or its RST; the server's FIN only on a close.
+        let (client_fin, client_rst, server_fin) = match close {
+            Close::Fin => (1, 0, 1),
+            Close::Reset => (0, 1, 0),
+        };
         assert_eq!(
-            (there.packets, there.bytes, there.fin),
-            (exchange.client.segments, exchange.client.ip_bytes(20), 1),
+            (there.packets, there.bytes, there.fin, there.rst),
+            (
+                exchange.client.segments,
+                exchange.client.ip_bytes(20),
+                client_fin,
+                client_rst
+            ),
             "port {port}"
         );
         assert_eq!(
-            (back.packets, back.bytes, back.fin),
-            (exchange.server.segments, exchange.server.ip_bytes(20), 1),
+            (back.packets, back.bytes, back.fin, back.rst),
+            (
+                exchange.server.segments,
+                exchange.server.ip_bytes(20),
+                server_fin,
+                0
+            ),
             "port {port}"
         );
     }

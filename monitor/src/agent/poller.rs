@@ -101,7 +101,7 @@ impl Poller {
             idle_ns: now.saturating_sub(ago(self.idle_timeout)),
             closed_ns: now.saturating_sub(ago(self.close_linger)),
         };
-        match poll_once(&mut self.flows, &self.table, cutoffs) {
+        match poll_once(&mut self.flows, &self.table, now, cutoffs) {
             Ok(outcome) => {
                 if outcome.evicted > 0 {
                     tracing::warn!(
@@ -216,7 +216,8 @@ impl Cutoffs {
     }
 }
 
-/// One read of the kernel map into `table`; exported for tests. The table
+/// One read of the kernel map into `table`, at `now_ns`; exported for
+/// tests. The table
 /// is locked per batch of the read, never across a syscall, so the API
 /// stays responsive with a full map. A read that fails half-way leaves the
 /// table with newer counts for part of the flows, which is all it is.
@@ -227,13 +228,14 @@ impl Cutoffs {
 pub fn poll_once(
     flows: &mut FlowMap,
     table: &RwLock<FlowTable>,
+    now_ns: u64,
     cutoffs: Cutoffs,
 ) -> anyhow::Result<PollOutcome> {
     let mut outcome = PollOutcome::default();
-    let mut read = 0;
+    let mut read = 0_usize;
     let mut idle = Vec::new();
     let mut closing = Vec::new();
-    write(table).begin_poll();
+    write(table).begin_poll(now_ns);
     flows.for_each_batch(|batch| {
         let mut table = write(table);
         // An entry created but not yet stamped by its first packet reads
@@ -277,7 +279,9 @@ pub fn poll_once(
     if let Some(err) = failed {
         return Err(err);
     }
-    outcome.entries = read - retired.len();
+    // A flow of a closed connection can be back in the map since the read
+    // (a late segment), and be taken out with the others.
+    outcome.entries = read.saturating_sub(retired.len());
     outcome.expired = table.expire(cutoffs.idle_ns);
     outcome
         .expired

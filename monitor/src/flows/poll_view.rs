@@ -201,3 +201,143 @@ impl<'a> PollView<'a> {
 fn had_packet_since(last_ns: u64, since_ns: u64) -> bool {
     last_ns.saturating_add(STAMPED_EARLY_NS) >= since_ns
 }
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::{ip_proto, FlowStats};
+
+    use super::*;
+    use crate::flows::PollOutcome;
+
+    const SEC: u64 = 1_000_000_000;
+    /// Long after the clock's start, so that no window saturates.
+    const T: u64 = 1_000 * SEC;
+    const VETH: u32 = 7;
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey::ipv4([10, 0, 0, 1], port, [10, 0, 0, 2], 53, ip_proto::UDP)
+    }
+
+    /// A table read at `read_ns` holding one flow per `(port, first, last)`.
+    fn table(flows: &[(u16, u64, u64)], read_ns: u64) -> FlowTable {
+        let mut table = FlowTable::new();
+        let mut outcome = PollOutcome::default();
+        table.begin_poll(read_ns);
+        for &(port, first, last) in flows {
+            let stats = FlowStats {
+                packets: 1,
+                bytes: 60,
+                first_seen_ns: first,
+                last_seen_ns: last,
+                ifindex: VETH,
+                ..FlowStats::default()
+            };
+            table.observe(&key(port), &stats, &mut outcome);
+        }
+        table.end_poll(&mut outcome);
+        table
+    }
+
+    fn walked(view: &PollView) -> Vec<u16> {
+        let mut ports: Vec<u16> = view.records().map(|(r, _)| r.key.src_port).collect();
+        ports.sort_unstable();
+        ports
+    }
+
+    #[test]
+    fn a_quiet_flow_is_walked_at_the_poll_its_attempt_deadline_passes() {
+        // Each first seen at T, read then; the deadline falls at T + 5 s.
+        let table = table(&[(1, T, T)], T);
+        let deadline = T + UNANSWERED_AFTER_NS;
+        let at =
+            |since_ns, now_ns| walked(&PollView::new(&table, &[]).changed_since(since_ns, now_ns));
+        assert_eq!(at(deadline - SEC, deadline), [1], "due at this poll");
+        assert_eq!(
+            at(deadline, deadline + SEC),
+            [] as [u16; 0],
+            "due at the previous one"
+        );
+        assert_eq!(
+            at(deadline - 2 * SEC, deadline - SEC),
+            [] as [u16; 0],
+            "not due yet"
+        );
+    }
+
+    #[test]
+    fn a_packet_stamped_up_to_a_tick_before_the_previous_poll_is_walked() {
+        let since = T + 10 * SEC;
+        // Stamped 10 ms before the previous poll, 150 ms before it.
+        let table = table(
+            &[(1, T, since - 10_000_000), (2, T, since - 150_000_000)],
+            T,
+        );
+        let view = PollView::new(&table, &[]).changed_since(since, since + SEC);
+        assert_eq!(walked(&view), [1]);
+    }
+
+    #[test]
+    fn a_held_flow_is_walked_at_the_poll_that_releases_it() {
+        // Shorter than the attempt's deadline, which would walk it too.
+        let hold = 3 * SEC;
+        // First seen at T + 2 s: held while younger than the hold.
+        let first = T + 2 * SEC;
+        let table = table(&[(1, first, first)], first);
+        let poll = |since_ns: u64, now_ns: u64, held: &[u32]| {
+            let view = PollView::new(&table, &[])
+                .holding(held.iter().copied().collect(), now_ns - hold)
+                .changed_since(since_ns, now_ns);
+            walked(&view)
+        };
+        let release = first + hold;
+        assert_eq!(
+            poll(release - SEC, release - SEC / 2, &[VETH]),
+            [] as [u16; 0],
+            "held"
+        );
+        assert_eq!(
+            poll(release - SEC / 2, release + SEC / 2, &[VETH]),
+            [1],
+            "released"
+        );
+        assert_eq!(
+            poll(release + SEC / 2, release + SEC, &[VETH]),
+            [] as [u16; 0],
+            "handed over"
+        );
+        // Nothing held, nothing to release.
+        assert_eq!(
+            poll(release - SEC / 2, release + SEC / 2, &[]),
+            [] as [u16; 0]
+        );
+    }
+
+    #[test]
+    fn a_quiet_flow_is_walked_when_its_reverse_shows_news() {
+        let since = T + 10 * SEC;
+        let sent = |first_seen_ns, last_seen_ns, ifindex| FlowStats {
+            packets: 1,
+            bytes: 60,
+            first_seen_ns,
+            last_seen_ns,
+            ifindex,
+            ..FlowStats::default()
+        };
+        let mut table = table(&[(1, T, T)], T);
+        // The answer's first packet, read after the previous poll though
+        // stamped before it: a copy can take in the counts of a packet
+        // before its time.
+        let mut outcome = PollOutcome::default();
+        table.begin_poll(since + SEC);
+        table.observe(&key(1), &sent(T, T, VETH), &mut outcome);
+        let stale = since - SEC;
+        table.observe(&key(1).reversed(), &sent(T, stale, VETH + 1), &mut outcome);
+        table.end_poll(&mut outcome);
+        let view = PollView::new(&table, &[]).changed_since(since, since + SEC);
+        let keys: Vec<FlowKey> = view.records().map(|(r, _)| r.key).collect();
+        assert_eq!(keys, [key(1)]);
+        // One poll later nothing is new.
+        let later = PollView::new(&table, &[]).changed_since(since + 2 * SEC, since + 3 * SEC);
+        assert_eq!(later.records().count(), 0);
+    }
+}

@@ -17,7 +17,8 @@
 use monitor_common::{ip_proto, FlowKey, FlowStats};
 
 use std::{
-    collections::VecDeque,
+    cmp::Reverse,
+    collections::BinaryHeap,
     sync::{Arc, RwLock},
 };
 
@@ -45,12 +46,15 @@ pub struct FlowTable {
     /// previous one: how many flows were in that read and not (yet) in
     /// this one, less those new in this one.
     skew: isize,
-    /// TCP flows with a FIN or an RST that the kernel evicted, oldest
-    /// first: no read names them again, so their connection's close is
-    /// looked for here (see [`Self::closed`]). Under churn a full map
-    /// evicts every closed connection before its linger ends; without
-    /// this, the table kept them for the idle timeout.
-    evicted_closing: VecDeque<FlowKey>,
+    /// The clock of this poll's read (CLOCK_MONOTONIC).
+    read_ns: u64,
+    /// TCP flows with a FIN or an RST that the kernel evicted, by when
+    /// their connection may close at the earliest (their last packet
+    /// either way): no read names them again, so their close is looked
+    /// for here (see [`Self::closed`]). Under churn a full map evicts
+    /// every closed connection before its linger ends; without this, the
+    /// table kept them for the idle timeout.
+    evicted_closing: BinaryHeap<Reverse<(u64, FlowKey)>>,
 }
 
 /// Where a flow of a read sits, with a fingerprint of its key: a flow
@@ -72,8 +76,10 @@ struct Entry {
     /// (`FlowTable::reading` or `read_before`).
     generation: u64,
     read_at: u32,
-    /// The last packet of the latest read whose counts showed the flow's
-    /// reverse something new (see [`shows_news`]).
+    /// When the latest read whose counts showed the flow's reverse
+    /// something new (see [`shows_news`]) was made: the read's clock, not
+    /// the flow's last packet, which a read can catch older than the
+    /// counts it took in the same copy.
     news_ns: u64,
     /// What the traffic series counted of the flow: here rather than in a
     /// map of their own, so that each flow has one record.
@@ -120,10 +126,11 @@ impl FlowTable {
         }
     }
 
-    /// Starts a poll: call [`Self::observe`] for every kernel entry, then
-    /// [`Self::end_poll`].
-    pub fn begin_poll(&mut self) {
+    /// Starts a poll, its read at `now_ns`: call [`Self::observe`] for
+    /// every kernel entry, then [`Self::end_poll`].
+    pub fn begin_poll(&mut self, now_ns: u64) {
         self.generation += 1;
+        self.read_ns = now_ns;
         std::mem::swap(&mut self.read_before, &mut self.reading);
         self.reading.clear();
         self.skew = 0;
@@ -175,11 +182,7 @@ impl FlowTable {
             entry.settle_live();
             outcome.evicted += 1;
         }
-        let before = entry.live;
-        advance(&mut entry.live, current);
-        if shows_news(&before, &entry.live) {
-            entry.news_ns = entry.live.last_seen_ns;
-        }
+        entry.take_in(current, self.read_ns);
         entry.generation = generation;
         entry.read_at = u32::try_from(position).unwrap_or(u32::MAX);
         self.reading.push(Place { slot, fingerprint });
@@ -210,7 +213,8 @@ impl FlowTable {
                 outcome.evicted += 1;
                 let total = entry.total();
                 if key.protocol == ip_proto::TCP && (total.fin != 0 || total.rst != 0) {
-                    self.evicted_closing.push_back(*key);
+                    self.evicted_closing
+                        .push(Reverse((total.last_seen_ns, *key)));
                 }
             }
         }
@@ -223,7 +227,7 @@ impl FlowTable {
                 // Evicted and re-created between our read and the take.
                 entry.settle_live();
             }
-            advance(&mut entry.live, last);
+            entry.take_in(last, self.read_ns);
             entry.settle_live();
         }
     }
@@ -248,24 +252,28 @@ impl FlowTable {
         for key in read {
             self.close(key, cutoff_ns, &mut closed);
         }
-        // In eviction order, about that of their last packets: the first
-        // one too recent ends the search for this poll.
-        let mut later = Vec::new();
-        while let Some(key) = self.evicted_closing.front().copied() {
+        let mut again = Vec::new();
+        while let Some(Reverse((at_ns, key))) = self.evicted_closing.peek().copied() {
+            if at_ns >= cutoff_ns {
+                break;
+            }
+            self.evicted_closing.pop();
             match self.flows.get(&key) {
                 // Read again: the read's candidate if it still closes.
                 Some(entry) if entry.generation == self.generation => {}
-                Some(entry) if entry.last_seen_ns() >= cutoff_ns => break,
-                Some(_) if self.close(&key, cutoff_ns, &mut closed) == Close::Later => {
-                    later.push(key);
-                }
-                // Closed now, open (its reverse's FIN or RST will be read),
-                // or ended already.
-                _ => {}
+                Some(_) => match self.close(&key, cutoff_ns, &mut closed) {
+                    // Looked at again next poll, found ended by then
+                    // unless taking it out failed.
+                    Close::Closed => again.push(Reverse((at_ns, key))),
+                    Close::Later(at_ns) => again.push(Reverse((at_ns, key))),
+                    // Its reverse's FIN or RST, when it comes, is read.
+                    Close::Open => {}
+                },
+                // Ended.
+                None => {}
             }
-            self.evicted_closing.pop_front();
         }
-        self.evicted_closing.extend(later);
+        self.evicted_closing.extend(again);
         closed
     }
 
@@ -280,11 +288,11 @@ impl FlowTable {
         let either = reverse.unwrap_or_default();
         let ended = flow.rst != 0 || either.rst != 0 || (flow.fin != 0 && either.fin != 0);
         if !ended {
-            // The reverse's FIN or RST, when it comes, is read.
             return Close::Open;
         }
-        if flow.last_seen_ns.max(either.last_seen_ns) >= cutoff_ns {
-            return Close::Later;
+        let last_ns = flow.last_seen_ns.max(either.last_seen_ns);
+        if last_ns >= cutoff_ns {
+            return Close::Later(last_ns);
         }
         closed.insert(*key);
         if reverse.is_some() {
@@ -379,6 +387,16 @@ impl Entry {
         }
     }
 
+    /// Takes in a read of the live kernel entry (see [`advance`]), noting
+    /// at `read_ns` whether it showed the reverse news.
+    fn take_in(&mut self, current: &FlowStats, read_ns: u64) {
+        let before = self.live;
+        advance(&mut self.live, current);
+        if shows_news(&before, &self.live) {
+            self.news_ns = read_ns;
+        }
+    }
+
     fn exported_record(&self, key: &FlowKey) -> (FlowRecord, &Exported) {
         let record = FlowRecord {
             key: *key,
@@ -431,8 +449,8 @@ impl Entry {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Close {
     Closed,
-    /// Closed, with a packet either way since the cutoff.
-    Later,
+    /// Closed, with a packet either way since the cutoff: the last one.
+    Later(u64),
     Open,
 }
 
@@ -539,7 +557,7 @@ mod tests {
 
     fn poll(table: &mut FlowTable, entries: &[(FlowKey, FlowStats)]) -> PollOutcome {
         let mut outcome = PollOutcome::default();
-        table.begin_poll();
+        table.begin_poll(0);
         for (k, s) in entries {
             table.observe(k, s, &mut outcome);
         }
@@ -821,6 +839,14 @@ mod tests {
             sorted(table.closed(&[], 50)),
             sorted(FlowSet::from_iter([reset, quiet]))
         );
+        // Until the poller takes them out, they are found again.
+        assert_eq!(
+            sorted(table.closed(&[], 50)),
+            sorted(FlowSet::from_iter([reset, quiet]))
+        );
+        for key in [reset, quiet] {
+            table.end(&key);
+        }
         // The half-closed one closes when the read brings the other FIN.
         let second_fin = closing(10, 45, 1, 0);
         poll(&mut table, &[(open, second_fin)]);

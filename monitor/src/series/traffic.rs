@@ -240,7 +240,7 @@ mod tests {
 
     fn poll(table: &mut FlowTable, flows: &[(FlowKey, FlowStats)]) {
         let mut outcome = PollOutcome::default();
-        table.begin_poll();
+        table.begin_poll(0);
         for (key, stats) in flows {
             table.observe(key, stats, &mut outcome);
         }

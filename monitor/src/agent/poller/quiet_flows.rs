@@ -274,9 +274,9 @@ impl Pipeline {
     }
 
     /// The kernel map's entries into the table, as `poll_once` reads them.
-    fn read(&mut self, kernel: &[(FlowKey, FlowStats)]) {
+    fn read(&mut self, kernel: &[(FlowKey, FlowStats)], now: u64) {
         let mut outcome = PollOutcome::default();
-        self.table.begin_poll();
+        self.table.begin_poll(now);
         for (key, stats) in kernel {
             self.table.observe(key, stats, &mut outcome);
         }
@@ -393,8 +393,8 @@ proptest! {
             }
             let directory = if index < named_at { &unnamed } else { &named };
             let read: Vec<_> = kernel.flows.iter().map(|(key, stats)| (*key, *stats)).collect();
-            every.read(&read);
-            changed.read(&read);
+            every.read(&read, now);
+            changed.read(&read, now);
             let closing: Vec<FlowKey> = read
                 .iter()
                 .filter(|(key, stats)| {
