@@ -1,7 +1,9 @@
 //! What the poll's consumers cost when most flows are idle: the traffic
 //! series, TCP health and the detectors over 100k TCP flows between 200
 //! synthetic containers (50k established connections), of which all, a
-//! tenth or a hundredth counted a packet at each poll. Two agents side by
+//! tenth or a hundredth counted a packet at each poll; then connection
+//! churn, 10k connections opened and closed each second, each flow ended
+//! after a 5 s linger as the poller ends closed connections. Two agents side by
 //! side, polled alike and in turn: one walks every flow, as the agent did
 //! before, the other what the poller leaves it (the flows with a packet
 //! since the previous poll, see `PollView::changed_since`). Only the consumers
@@ -21,7 +23,7 @@ use monitor::{
     alert::AlertSink,
     detect::{config::DetectConfig, Detectors},
     docker::{Directory, Inventory},
-    flows::{FlowTable, Poll, PollConsumer, PollOutcome, PollView},
+    flows::{EndedFlow, FlowTable, Poll, PollConsumer, PollOutcome, PollView},
     series::{MetricsConfig, Retransmits, TcpHealth, TrafficSeries},
 };
 use monitor_common::{ip_proto, tcp_flag, Direction, FlowKey, FlowStats};
@@ -36,63 +38,114 @@ const WARM_POLLS: u64 = 8;
 const TIMED_POLLS: usize = 7;
 
 /// The kernel map's entries: both flows of each connection, the first
-/// `active` of them (whole connections) counting a packet at each poll.
+/// `active` of them (whole connections) counting a packet at each poll;
+/// or, under churn, the connections of the last `LINGER_POLLS` polls.
 struct Kernel {
     flows: Vec<(FlowKey, FlowStats)>,
     active: usize,
+    /// Connections opened and closed at each poll (0: none).
+    churn: u32,
+    opened: u32,
+    /// Flows the last tick took out, closed `LINGER_POLLS` polls ago.
+    ended: Vec<FlowKey>,
+}
+
+/// How many polls a closed connection's flows stay (the 5 s linger).
+const LINGER_POLLS: u64 = 5;
+const CHURN: u32 = 10_000;
+
+/// Both flows of the `n`th connection between the synthetic containers,
+/// first seen at `now`: a SYN, its SYN-ACK, a packet of data and, under
+/// churn, a FIN each way.
+fn connection(n: u32, now: u64, closed: bool) -> [(FlowKey, FlowStats); 2] {
+    let client = n % CONTAINERS;
+    let round = n / CONTAINERS;
+    let server = (client + 1 + round % (CONTAINERS - 1)) % CONTAINERS;
+    let port = 1_024 + u16::try_from(round % 60_000).unwrap_or(u16::MAX);
+    let key = FlowKey::ipv4(
+        container_ip(client).octets(),
+        port,
+        container_ip(server).octets(),
+        SERVER_PORT,
+        ip_proto::TCP,
+    );
+    let fin = u32::from(closed);
+    let flags = tcp_flag::SYN | tcp_flag::ACK | tcp_flag::PSH;
+    let flags = if closed { flags | tcp_flag::FIN } else { flags };
+    let sent = |from: u32| FlowStats {
+        packets: 3,
+        bytes: 300,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        ifindex: 1000 + from,
+        direction: Direction::FromContainer as u8,
+        fin,
+        tcp_flags: flags,
+        ..FlowStats::default()
+    };
+    [
+        (
+            key,
+            FlowStats {
+                syn: 1,
+                ..sent(client)
+            },
+        ),
+        (
+            key.reversed(),
+            FlowStats {
+                syn_ack: 1,
+                ..sent(server)
+            },
+        ),
+    ]
 }
 
 impl Kernel {
     fn new(active: usize, now: u64) -> Kernel {
-        let mut flows = Vec::with_capacity(FLOWS);
-        for i in 0..(FLOWS / 2) as u32 {
-            let client = i % CONTAINERS;
-            let round = i / CONTAINERS;
-            let server = (client + 1 + round % (CONTAINERS - 1)) % CONTAINERS;
-            let port = 30_000 + u16::try_from(round).unwrap_or(u16::MAX);
-            let key = FlowKey::ipv4(
-                container_ip(client).octets(),
-                port,
-                container_ip(server).octets(),
-                SERVER_PORT,
-                ip_proto::TCP,
-            );
-            let sent = |from: u32| FlowStats {
-                packets: 3,
-                bytes: 300,
-                first_seen_ns: now,
-                last_seen_ns: now,
-                ifindex: 1000 + from,
-                direction: Direction::FromContainer as u8,
-                ..FlowStats::default()
-            };
-            flows.push((
-                key,
-                FlowStats {
-                    syn: 1,
-                    tcp_flags: tcp_flag::SYN | tcp_flag::ACK | tcp_flag::PSH,
-                    ..sent(client)
-                },
-            ));
-            flows.push((
-                key.reversed(),
-                FlowStats {
-                    syn_ack: 1,
-                    tcp_flags: tcp_flag::SYN | tcp_flag::ACK | tcp_flag::PSH,
-                    ..sent(server)
-                },
-            ));
+        let flows = (0..(FLOWS / 2) as u32)
+            .flat_map(|n| connection(n, now, false))
+            .collect();
+        Kernel {
+            flows,
+            active,
+            churn: 0,
+            opened: 0,
+            ended: Vec::new(),
         }
-        Kernel { flows, active }
     }
 
-    /// A packet on each active flow at `now`.
+    fn churning(per_poll: u32) -> Kernel {
+        Kernel {
+            flows: Vec::new(),
+            active: 0,
+            churn: per_poll,
+            opened: 0,
+            ended: Vec::new(),
+        }
+    }
+
+    /// A packet on each active flow at `now`; under churn, the flows
+    /// closed `LINGER_POLLS` ago out and the poll's new connections in.
     fn tick(&mut self, now: u64) {
         for (_, stats) in &mut self.flows[..self.active] {
             stats.packets += 1;
             stats.bytes += 100;
             stats.last_seen_ns = now;
         }
+        self.ended.clear();
+        if self.churn == 0 {
+            return;
+        }
+        let (ended, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flows)
+            .into_iter()
+            .partition(|(_, stats)| stats.last_seen_ns + LINGER_POLLS * SEC <= now);
+        self.ended = ended.into_iter().map(|(key, _)| key).collect();
+        self.flows = kept;
+        for n in self.opened..self.opened + self.churn {
+            self.flows.extend(connection(n, now, true));
+        }
+        self.opened += self.churn;
     }
 }
 
@@ -137,9 +190,14 @@ impl Agent {
             self.table.observe(key, stats, &mut outcome);
         }
         self.table.end_poll(&mut outcome);
+        let ended: Vec<EndedFlow> = kernel
+            .ended
+            .iter()
+            .filter_map(|key| self.table.end(key))
+            .collect();
         let previous = self.previous_ns.replace(now);
         let started = Instant::now();
-        let mut flows = PollView::new(&self.table, &[]);
+        let mut flows = PollView::new(&self.table, &ended);
         if let Some(previous) = previous.filter(|_| self.changed) {
             flows = flows.changed_since(previous, now);
         }
@@ -170,6 +228,53 @@ fn median(mut samples: Vec<Duration>) -> f64 {
     samples[samples.len() / 2].as_secs_f64() * 1e3
 }
 
+const START: u64 = 1_000 * SEC;
+
+/// Two agents polled alike and in turn over `kernel`: the median time of
+/// each's consumers, walking every flow and those that changed, in ms.
+fn side_by_side(
+    mut kernel: Kernel,
+    directory: &Directory,
+    inventory: &Inventory,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<(f64, f64)> {
+    let run = format!("{}-{}", kernel.active, kernel.churn);
+    let mut every = Agent::new(false, &state_dir.join(format!("every-{run}")))?;
+    let mut changed = Agent::new(true, &state_dir.join(format!("changed-{run}")))?;
+    let (mut every_times, mut changed_times) = (Vec::new(), Vec::new());
+    let mut now = START;
+    for poll in 0..WARM_POLLS + TIMED_POLLS as u64 {
+        if poll > 0 || kernel.churn > 0 {
+            now += SEC;
+            kernel.tick(now);
+        }
+        // In turn, each first every other poll.
+        let (first, second) = if poll % 2 == 0 {
+            (&mut every, &mut changed)
+        } else {
+            (&mut changed, &mut every)
+        };
+        let first_time = first.poll(&kernel, directory, inventory, now);
+        let second_time = second.poll(&kernel, directory, inventory, now);
+        if poll >= WARM_POLLS {
+            let (every_time, changed_time) = if poll % 2 == 0 {
+                (first_time, second_time)
+            } else {
+                (second_time, first_time)
+            };
+            every_times.push(every_time);
+            changed_times.push(changed_time);
+        }
+    }
+    anyhow::ensure!(
+        every.packets() == changed.packets(),
+        "the two agents counted {} and {} packets",
+        every.packets(),
+        changed.packets()
+    );
+    Ok((median(every_times), median(changed_times)))
+}
+
 fn main() -> anyhow::Result<()> {
     let ports = BTreeSet::from([(SERVER_PORT, ip_proto::TCP)]);
     let inventory = inventory(&ports);
@@ -181,46 +286,21 @@ fn main() -> anyhow::Result<()> {
     );
     println!("|---:|---:|---:|---:|---:|");
     for active in [FLOWS, FLOWS / 10, FLOWS / 100] {
-        let mut now = 1_000 * SEC;
-        let mut kernel = Kernel::new(active, now);
-        let mut every = Agent::new(false, &state_dir.join(format!("every-{active}")))?;
-        let mut changed = Agent::new(true, &state_dir.join(format!("changed-{active}")))?;
-        let (mut every_times, mut changed_times) = (Vec::new(), Vec::new());
-        for poll in 0..WARM_POLLS + TIMED_POLLS as u64 {
-            if poll > 0 {
-                now += SEC;
-                kernel.tick(now);
-            }
-            // In turn, each first every other poll.
-            let (first, second) = if poll % 2 == 0 {
-                (&mut every, &mut changed)
-            } else {
-                (&mut changed, &mut every)
-            };
-            let first_time = first.poll(&kernel, &directory, &inventory, now);
-            let second_time = second.poll(&kernel, &directory, &inventory, now);
-            if poll >= WARM_POLLS {
-                let (every_time, changed_time) = if poll % 2 == 0 {
-                    (first_time, second_time)
-                } else {
-                    (second_time, first_time)
-                };
-                every_times.push(every_time);
-                changed_times.push(changed_time);
-            }
-        }
-        anyhow::ensure!(
-            every.packets() == changed.packets(),
-            "the two agents counted {} and {} packets",
-            every.packets(),
-            changed.packets()
-        );
-        let (every_ms, changed_ms) = (median(every_times), median(changed_times));
+        let kernel = Kernel::new(active, START);
+        let (every_ms, changed_ms) = side_by_side(kernel, &directory, &inventory, &state_dir)?;
         println!(
             "| {FLOWS} | {active} | {every_ms:.1} ms | {changed_ms:.1} ms | {:.2} |",
             changed_ms / every_ms
         );
     }
+    let kernel = Kernel::churning(CHURN);
+    let (every_ms, changed_ms) = side_by_side(kernel, &directory, &inventory, &state_dir)?;
+    let kept = 2 * CHURN * u32::try_from(LINGER_POLLS).unwrap_or(u32::MAX);
+    println!(
+        "| {kept} | churn: {CHURN} connections a second, closed at once, kept {LINGER_POLLS} s \
+         | {every_ms:.1} ms | {changed_ms:.1} ms | {:.2} |",
+        changed_ms / every_ms
+    );
     let _ = std::fs::remove_dir_all(&state_dir);
     Ok(())
 }
