@@ -453,16 +453,23 @@ fn legacy_clsact_filters_count_the_same_and_are_removed_on_detach() {
     );
 }
 
-#[test]
-fn idle_flows_are_taken_out_and_evicted_flows_keep_their_counts() {
+/// Two hosts, watched with room for 8 flows: 20 flows or more make the
+/// kernel evict.
+fn small_map() -> (TestNet, Monitor) {
     require_root();
     let net = TestNet::new(2).expect("test network");
-    // Room for 8 flows: 20 UDP flows make the kernel evict.
     let config = DatapathConfig {
         flow_capacity: 8,
         ..DatapathConfig::default()
     };
-    let mut monitor = Monitor::attach_with(&net, config);
+    let monitor = Monitor::attach_with(&net, config);
+    (net, monitor)
+}
+
+#[test]
+fn idle_flows_are_taken_out_and_evicted_flows_keep_their_counts() {
+    // 20 UDP flows.
+    let (net, mut monitor) = small_map();
     let (a, b) = (net.host(0), net.host(1));
     let table = std::sync::RwLock::new(FlowTable::new());
     let mut ports = Vec::new();
@@ -515,15 +522,9 @@ fn idle_flows_are_taken_out_and_evicted_flows_keep_their_counts() {
 
 #[test]
 fn closed_connections_end_after_their_linger_even_once_evicted() {
-    require_root();
-    let net = TestNet::new(2).expect("test network");
-    // Room for 8 flows: 20 connections, two flows each, make the kernel
-    // evict closed ones before their linger ends.
-    let config = DatapathConfig {
-        flow_capacity: 8,
-        ..DatapathConfig::default()
-    };
-    let mut monitor = Monitor::attach_with(&net, config);
+    // 20 connections, two flows each: the kernel evicts closed ones before
+    // their linger ends.
+    let (net, mut monitor) = small_map();
     let (client, server) = (net.host(0), net.host(1));
     let table = std::sync::RwLock::new(FlowTable::new());
     // Nothing idles, nothing has lingered long enough.

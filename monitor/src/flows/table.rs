@@ -258,19 +258,17 @@ impl FlowTable {
                 break;
             }
             self.evicted_closing.pop();
-            match self.flows.get(&key) {
-                // Read again: the read's candidate if it still closes.
-                Some(entry) if entry.generation == self.generation => {}
-                Some(_) => match self.close(&key, cutoff_ns, &mut closed) {
-                    // Looked at again next poll, found ended by then
-                    // unless taking it out failed.
-                    Close::Closed => again.push(Reverse((at_ns, key))),
-                    Close::Later(at_ns) => again.push(Reverse((at_ns, key))),
-                    // Its reverse's FIN or RST, when it comes, is read.
-                    Close::Open => {}
-                },
-                // Ended.
-                None => {}
+            // Read again since (a late segment), it is looked at all the
+            // same: its FIN or RST may be in an earlier incarnation only,
+            // which the read's candidates do not show.
+            match self.close(&key, cutoff_ns, &mut closed) {
+                // Looked at again next poll, found ended by then unless
+                // taking it out failed.
+                Close::Closed => again.push(Reverse((at_ns, key))),
+                Close::Later(at_ns) => again.push(Reverse((at_ns, key))),
+                // Ended, or open: its reverse's FIN or RST, when it comes,
+                // is read.
+                Close::Open => {}
             }
         }
         self.evicted_closing.extend(again);
@@ -278,7 +276,7 @@ impl FlowTable {
     }
 
     /// Whether `key`'s connection is closed, adding both its flows to
-    /// `closed` if so.
+    /// `closed` if so; open if the table does not have it.
     fn close(&self, key: &FlowKey, cutoff_ns: u64, closed: &mut FlowSet) -> Close {
         let reversed = key.reversed();
         let Some(flow) = self.flows.get(key).map(Entry::total) else {
@@ -853,6 +851,26 @@ mod tests {
         assert_eq!(
             sorted(table.closed(&[open], 50)),
             sorted(FlowSet::from_iter([half, open]))
+        );
+    }
+
+    #[test]
+    fn a_closed_connection_evicted_then_recreated_by_late_segments_still_closes() {
+        let mut table = FlowTable::new();
+        let (a, b) = (key(4), key(4).reversed());
+        poll(
+            &mut table,
+            &[(a, closing(10, 20, 1, 0)), (b, closing(10, 20, 1, 0))],
+        );
+        assert_eq!(poll(&mut table, &[]).evicted, 2);
+        // A late ACK each way: new kernel entries, with neither FIN, which
+        // the read does not offer as candidates.
+        let late = closing(22, 22, 0, 0);
+        poll(&mut table, &[(a, late), (b, late)]);
+        assert!(table.closed(&[], 22).is_empty());
+        assert_eq!(
+            sorted(table.closed(&[], 30)),
+            sorted(FlowSet::from_iter([a, b]))
         );
     }
 }
