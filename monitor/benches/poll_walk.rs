@@ -5,7 +5,7 @@
 //! churn, 10k connections opened and closed each second, each flow ended
 //! after a 5 s linger as the poller ends closed connections. Two agents side by
 //! side, polled alike and in turn: one walks every flow, as the agent did
-//! before, the other what the poller leaves it (the flows with a packet
+//! before, the other what the poller leaves it (the flows that changed
 //! since the previous poll, see `PollView::changed_since`). Only the consumers
 //! are timed: the table's read of the kernel map is the same for both and
 //! not in the figures. Run by `cargo bench -p monitor --bench poll_walk`.

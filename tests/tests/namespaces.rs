@@ -453,8 +453,8 @@ fn legacy_clsact_filters_count_the_same_and_are_removed_on_detach() {
     );
 }
 
-/// Two hosts, watched with room for 8 flows: 20 flows or more make the
-/// kernel evict.
+/// Two hosts, watched with room for 8 flows: the tests' 20 flows or more
+/// make the kernel evict.
 fn small_map() -> (TestNet, Monitor) {
     require_root();
     let net = TestNet::new(2).expect("test network");

@@ -280,7 +280,8 @@ pub fn poll_once(
         return Err(err);
     }
     // A flow of a closed connection can be back in the map since the read
-    // (a late segment), and be taken out with the others.
+    // (a late segment) and be taken out with the others: the entries left
+    // are then an estimate, never below zero.
     outcome.entries = read.saturating_sub(retired.len());
     outcome.expired = table.expire(cutoffs.idle_ns);
     outcome

@@ -76,7 +76,8 @@ impl<'a> PollView<'a> {
     pub fn changed_since(mut self, since_ns: u64, now_ns: u64) -> Self {
         self.walk = Walk::Changed { since_ns, now_ns };
         let table = self.table;
-        let news = table.news(|ns| had_packet_since(ns, since_ns));
+        // Stamped with the read's clock: exactly since the previous poll.
+        let news = table.news(|read_ns| read_ns > since_ns);
         let ended = self.expired.iter().map(|ended| &ended.record.key);
         // Most reverses changed too: those are walked on their own.
         self.reverses = news
@@ -336,8 +337,8 @@ mod tests {
         let view = PollView::new(&table, &[]).changed_since(since, since + SEC);
         let keys: Vec<FlowKey> = view.records().map(|(r, _)| r.key).collect();
         assert_eq!(keys, [key(1)]);
-        // One poll later nothing is new.
-        let later = PollView::new(&table, &[]).changed_since(since + 2 * SEC, since + 3 * SEC);
+        // At the next poll nothing is new.
+        let later = PollView::new(&table, &[]).changed_since(since + SEC, since + 2 * SEC);
         assert_eq!(later.records().count(), 0);
     }
 }

@@ -48,13 +48,14 @@ pub struct FlowTable {
     skew: isize,
     /// The clock of this poll's read (CLOCK_MONOTONIC).
     read_ns: u64,
-    /// TCP flows with a FIN or an RST that the kernel evicted, by when
-    /// their connection may close at the earliest (their last packet
-    /// either way): no read names them again, so their close is looked
-    /// for here (see [`Self::closed`]). Under churn a full map evicts
-    /// every closed connection before its linger ends; without this, the
-    /// table kept them for the idle timeout.
-    evicted_closing: BinaryHeap<Reverse<(u64, FlowKey)>>,
+    /// TCP flows with a FIN or an RST whose kernel entry is gone (the
+    /// kernel evicted it, or the agent took it out), by when their
+    /// connection may close at the earliest (a last packet): no read
+    /// offers them as candidates again, so their close is looked for here
+    /// (see [`Self::closed`]). Under churn a full map evicts every closed
+    /// connection before its linger ends; without this, the table kept
+    /// them for the idle timeout.
+    unread_closing: BinaryHeap<Reverse<(u64, FlowKey)>>,
 }
 
 /// Where a flow of a read sits, with a fingerprint of its key: a flow
@@ -181,6 +182,7 @@ impl FlowTable {
             // Evicted and re-created between two reads.
             entry.settle_live();
             outcome.evicted += 1;
+            queue_if_closing(&mut self.unread_closing, key, entry);
         }
         entry.take_in(current, self.read_ns);
         entry.generation = generation;
@@ -211,11 +213,7 @@ impl FlowTable {
             if entry.generation != generation && entry.live.first_seen_ns != 0 {
                 entry.settle_live();
                 outcome.evicted += 1;
-                let total = entry.total();
-                if key.protocol == ip_proto::TCP && (total.fin != 0 || total.rst != 0) {
-                    self.evicted_closing
-                        .push(Reverse((total.last_seen_ns, *key)));
-                }
+                queue_if_closing(&mut self.unread_closing, key, entry);
             }
         }
     }
@@ -229,6 +227,8 @@ impl FlowTable {
             }
             entry.take_in(last, self.read_ns);
             entry.settle_live();
+            // Ended at this poll, unless the take failed half-way.
+            queue_if_closing(&mut self.unread_closing, key, entry);
         }
     }
 
@@ -253,11 +253,16 @@ impl FlowTable {
             self.close(key, cutoff_ns, &mut closed);
         }
         let mut again = Vec::new();
-        while let Some(Reverse((at_ns, key))) = self.evicted_closing.peek().copied() {
+        while let Some(Reverse((at_ns, key))) = self.unread_closing.peek().copied() {
             if at_ns >= cutoff_ns {
                 break;
             }
-            self.evicted_closing.pop();
+            self.unread_closing.pop();
+            // A new connection on the same ports closes by its own FIN or
+            // RST, which the read offers.
+            if self.reopened(&key) || self.reopened(&key.reversed()) {
+                continue;
+            }
             // Read again since (a late segment), it is looked at all the
             // same: its FIN or RST may be in an earlier incarnation only,
             // which the read's candidates do not show.
@@ -271,8 +276,16 @@ impl FlowTable {
                 Close::Open => {}
             }
         }
-        self.evicted_closing.extend(again);
+        self.unread_closing.extend(again);
         closed
+    }
+
+    /// Whether the flow's kernel entry, created after an earlier one's,
+    /// opened a connection again (a SYN or a SYN-ACK).
+    fn reopened(&self, key: &FlowKey) -> bool {
+        self.flows.get(key).is_some_and(|entry| {
+            entry.settled.is_some() && (entry.live.syn != 0 || entry.live.syn_ack != 0)
+        })
     }
 
     /// Whether `key`'s connection is closed, adding both its flows to
@@ -352,7 +365,7 @@ impl FlowTable {
     }
 
     /// The flows whose latest news for their reverse (see
-    /// [`shows_news`]) came with a packet `when` picks.
+    /// [`shows_news`]) was read at a time `when` picks.
     pub(crate) fn news<'a>(
         &'a self,
         when: impl Fn(u64) -> bool + 'a,
@@ -440,6 +453,15 @@ impl Entry {
         let settled = self.settled.get_or_insert_default();
         settle(settled, &self.live);
         self.live = FlowStats::default();
+    }
+}
+
+/// Queues a TCP flow whose kernel entry is gone, if it counted a FIN or
+/// an RST: see `FlowTable::unread_closing`.
+fn queue_if_closing(queue: &mut BinaryHeap<Reverse<(u64, FlowKey)>>, key: &FlowKey, entry: &Entry) {
+    let total = entry.total();
+    if key.protocol == ip_proto::TCP && (total.fin != 0 || total.rst != 0) {
+        queue.push(Reverse((total.last_seen_ns, *key)));
     }
 }
 
@@ -868,6 +890,79 @@ mod tests {
         let late = closing(22, 22, 0, 0);
         poll(&mut table, &[(a, late), (b, late)]);
         assert!(table.closed(&[], 22).is_empty());
+        assert_eq!(
+            sorted(table.closed(&[], 30)),
+            sorted(FlowSet::from_iter([a, b]))
+        );
+    }
+
+    #[test]
+    fn a_new_connection_on_the_ports_of_an_evicted_closed_one_is_left_open() {
+        let mut table = FlowTable::new();
+        let (a, b) = (key(5), key(5).reversed());
+        poll(
+            &mut table,
+            &[(a, closing(10, 20, 1, 0)), (b, closing(10, 20, 1, 0))],
+        );
+        // Evicted and re-created between two reads, by a new handshake.
+        let opened = |syn, syn_ack| FlowStats {
+            syn,
+            syn_ack,
+            ..closing(22, 22, 0, 0)
+        };
+        let outcome = poll(&mut table, &[(a, opened(1, 0)), (b, opened(0, 1))]);
+        assert_eq!(outcome.evicted, 2);
+        // Quiet past the linger, it is open: the old FINs do not close it.
+        assert!(table.closed(&[], 40).is_empty());
+        // Its own FINs, read, do.
+        let fin = |syn, syn_ack| FlowStats {
+            fin: 1,
+            ..opened(syn, syn_ack)
+        };
+        poll(&mut table, &[(a, fin(1, 0)), (b, fin(0, 1))]);
+        assert_eq!(
+            sorted(table.closed(&[a, b], 40)),
+            sorted(FlowSet::from_iter([a, b]))
+        );
+    }
+
+    #[test]
+    fn a_closed_connection_recreated_between_two_reads_still_closes() {
+        let mut table = FlowTable::new();
+        let (a, b) = (key(6), key(6).reversed());
+        poll(
+            &mut table,
+            &[(a, closing(10, 20, 1, 0)), (b, closing(10, 20, 1, 0))],
+        );
+        // Evicted and re-created by a late ACK each way between two reads:
+        // never missing from a read.
+        let late = closing(22, 22, 0, 0);
+        let outcome = poll(&mut table, &[(a, late), (b, late)]);
+        assert_eq!(outcome.evicted, 2);
+        assert_eq!(
+            sorted(table.closed(&[], 30)),
+            sorted(FlowSet::from_iter([a, b]))
+        );
+    }
+
+    #[test]
+    fn a_closed_connection_taken_out_but_not_ended_is_found_again() {
+        let mut table = FlowTable::new();
+        let (a, b) = (key(7), key(7).reversed());
+        poll(
+            &mut table,
+            &[(a, closing(10, 20, 1, 0)), (b, closing(10, 20, 1, 0))],
+        );
+        assert_eq!(
+            sorted(table.closed(&[a, b], 30)),
+            sorted(FlowSet::from_iter([a, b]))
+        );
+        // Both were taken out of the map before the take of another flow
+        // failed: the poll ended neither, and no read names them again.
+        for key in [a, b] {
+            table.retire(&key, &closing(10, 20, 1, 0));
+        }
+        poll(&mut table, &[]);
         assert_eq!(
             sorted(table.closed(&[], 30)),
             sorted(FlowSet::from_iter([a, b]))
