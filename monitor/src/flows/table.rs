@@ -246,7 +246,7 @@ impl FlowTable {
     /// ways) whose last packet either way is older than `cutoff_ns`, both
     /// flows of each (the reverse one when the table has it), looked for
     /// from `read` (flows of this poll's read with a FIN or an RST) and
-    /// from the flows evicted with one.
+    /// from those whose kernel entry is gone (`unread_closing`).
     pub fn closed(&mut self, read: &[FlowKey], cutoff_ns: u64) -> FlowSet {
         let mut closed = FlowSet::default();
         for key in read {
@@ -267,10 +267,10 @@ impl FlowTable {
             // same: its FIN or RST may be in an earlier incarnation only,
             // which the read's candidates do not show.
             match self.close(&key, cutoff_ns, &mut closed) {
-                // Looked at again next poll, found ended by then unless
-                // taking it out failed.
+                // Closed: looked at again next poll, found ended by then
+                // unless taking it out failed.
                 Close::Closed => again.push(Reverse((at_ns, key))),
-                Close::Later(at_ns) => again.push(Reverse((at_ns, key))),
+                Close::Later(last_ns) => again.push(Reverse((last_ns, key))),
                 // Ended, or open: its reverse's FIN or RST, when it comes,
                 // is read.
                 Close::Open => {}
@@ -838,10 +838,7 @@ mod tests {
         assert!(table.closed(&[], 21).is_empty());
         // Both FINs and the RST are old now; the reset connection's other
         // side is not, and the half-closed one waits for its second FIN.
-        assert_eq!(
-            sorted(table.closed(&[], 30)),
-            sorted(FlowSet::from_iter([a, b]))
-        );
+        assert_eq!(sorted(table.closed(&[], 30)), both(a, b));
         for key in [a, b] {
             table.end(&key);
         }
@@ -876,34 +873,37 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_closed_connection_evicted_then_recreated_by_late_segments_still_closes() {
+    /// A table that read both flows of a connection closed by a FIN each
+    /// way, their last packets at 20.
+    fn closed_connection(port: u16) -> (FlowTable, FlowKey, FlowKey) {
         let mut table = FlowTable::new();
-        let (a, b) = (key(4), key(4).reversed());
+        let (a, b) = (key(port), key(port).reversed());
         poll(
             &mut table,
             &[(a, closing(10, 20, 1, 0)), (b, closing(10, 20, 1, 0))],
         );
+        (table, a, b)
+    }
+
+    fn both(a: FlowKey, b: FlowKey) -> Vec<FlowKey> {
+        sorted(FlowSet::from_iter([a, b]))
+    }
+
+    #[test]
+    fn a_closed_connection_evicted_then_recreated_by_late_segments_still_closes() {
+        let (mut table, a, b) = closed_connection(4);
         assert_eq!(poll(&mut table, &[]).evicted, 2);
         // A late ACK each way: new kernel entries, with neither FIN, which
         // the read does not offer as candidates.
         let late = closing(22, 22, 0, 0);
         poll(&mut table, &[(a, late), (b, late)]);
         assert!(table.closed(&[], 22).is_empty());
-        assert_eq!(
-            sorted(table.closed(&[], 30)),
-            sorted(FlowSet::from_iter([a, b]))
-        );
+        assert_eq!(sorted(table.closed(&[], 30)), both(a, b));
     }
 
     #[test]
     fn a_new_connection_on_the_ports_of_an_evicted_closed_one_is_left_open() {
-        let mut table = FlowTable::new();
-        let (a, b) = (key(5), key(5).reversed());
-        poll(
-            &mut table,
-            &[(a, closing(10, 20, 1, 0)), (b, closing(10, 20, 1, 0))],
-        );
+        let (mut table, a, b) = closed_connection(5);
         // Evicted and re-created between two reads, by a new handshake.
         let opened = |syn, syn_ack| FlowStats {
             syn,
@@ -920,52 +920,30 @@ mod tests {
             ..opened(syn, syn_ack)
         };
         poll(&mut table, &[(a, fin(1, 0)), (b, fin(0, 1))]);
-        assert_eq!(
-            sorted(table.closed(&[a, b], 40)),
-            sorted(FlowSet::from_iter([a, b]))
-        );
+        assert_eq!(sorted(table.closed(&[a, b], 40)), both(a, b));
     }
 
     #[test]
     fn a_closed_connection_recreated_between_two_reads_still_closes() {
-        let mut table = FlowTable::new();
-        let (a, b) = (key(6), key(6).reversed());
-        poll(
-            &mut table,
-            &[(a, closing(10, 20, 1, 0)), (b, closing(10, 20, 1, 0))],
-        );
+        let (mut table, a, b) = closed_connection(6);
         // Evicted and re-created by a late ACK each way between two reads:
         // never missing from a read.
         let late = closing(22, 22, 0, 0);
         let outcome = poll(&mut table, &[(a, late), (b, late)]);
         assert_eq!(outcome.evicted, 2);
-        assert_eq!(
-            sorted(table.closed(&[], 30)),
-            sorted(FlowSet::from_iter([a, b]))
-        );
+        assert_eq!(sorted(table.closed(&[], 30)), both(a, b));
     }
 
     #[test]
     fn a_closed_connection_taken_out_but_not_ended_is_found_again() {
-        let mut table = FlowTable::new();
-        let (a, b) = (key(7), key(7).reversed());
-        poll(
-            &mut table,
-            &[(a, closing(10, 20, 1, 0)), (b, closing(10, 20, 1, 0))],
-        );
-        assert_eq!(
-            sorted(table.closed(&[a, b], 30)),
-            sorted(FlowSet::from_iter([a, b]))
-        );
+        let (mut table, a, b) = closed_connection(7);
+        assert_eq!(sorted(table.closed(&[a, b], 30)), both(a, b));
         // Both were taken out of the map before the take of another flow
         // failed: the poll ended neither, and no read names them again.
         for key in [a, b] {
             table.retire(&key, &closing(10, 20, 1, 0));
         }
         poll(&mut table, &[]);
-        assert_eq!(
-            sorted(table.closed(&[], 30)),
-            sorted(FlowSet::from_iter([a, b]))
-        );
+        assert_eq!(sorted(table.closed(&[], 30)), both(a, b));
     }
 }
