@@ -1,24 +1,31 @@
-//! What the traffic series have counted of a flow so far, kept in the
-//! flow's own table entry: one map keyed by flow rather than a second one
-//! in the series (at 100k flows that map was 8 MiB, and its growth next to
-//! the table's made the agent's peak memory).
+//! What the series have counted of a flow so far, kept in the flow's own
+//! table entry: one record per flow rather than a map per series (at 100k
+//! flows the traffic series' map was 8 MiB, and its growth next to the
+//! table's made the agent's peak memory; under connection churn the TCP
+//! health series' map took a tenth of the agent's time in its inserts).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use monitor_common::FlowStats;
 
-/// The agent's one traffic series ([`crate::flows::PollConsumer`] of
-/// the poller) update it through the poll's view of the table, which the
-/// API reads at the same time under the same read lock: hence atomics.
-/// Only that series, on the poller's thread, reads or writes them (the
-/// methods are the crate's alone; a second series over the same table
-/// would take the first one's counts), so relaxed loads and stores (plain
-/// moves) are all they need.
+/// The series ([`crate::flows::PollConsumer`]s of the poller) update it
+/// through the poll's view of the table, which the API reads at the same
+/// time under the same read lock: hence atomics. Each field has one
+/// series as its only reader and writer, on the poller's thread (the
+/// traffic series the traffic counts and the connection, the TCP health
+/// series the rest; the methods are the crate's alone, and a second series
+/// of either kind over the same table would take the first one's counts),
+/// so relaxed loads and stores (plain moves) are all they need.
 #[derive(Debug, Default)]
 pub struct Exported {
     packets: AtomicU64,
     bytes: AtomicU64,
     connection_counted: AtomicBool,
+    /// The TCP health series': the handshake was timed, or its attempt's
+    /// deadline passed first.
+    handshake_done: AtomicBool,
+    resets: AtomicU32,
+    retransmits: AtomicU64,
 }
 
 impl Exported {
@@ -46,6 +53,42 @@ impl Exported {
     pub(crate) fn count_connection(&self) {
         self.connection_counted.store(true, Relaxed);
     }
+
+    /// Whether the flow's handshake needs no more timing.
+    pub(crate) fn handshake_done(&self) -> bool {
+        self.handshake_done.load(Relaxed)
+    }
+
+    pub(crate) fn finish_handshake(&self) {
+        self.handshake_done.store(true, Relaxed);
+    }
+
+    /// The resets the flow sent since the last take, of its total `rst`.
+    pub(crate) fn take_new_resets(&self, rst: u32) -> u32 {
+        let counted = self.resets.load(Relaxed);
+        if rst <= counted {
+            return 0;
+        }
+        self.resets.store(rst, Relaxed);
+        rst - counted
+    }
+
+    /// Whether the kernel retransmitted on the flow since the last take,
+    /// of its `total`.
+    pub(crate) fn has_new_retransmits(&self, total: u64) -> bool {
+        self.retransmits.load(Relaxed) < total
+    }
+
+    /// The segments the kernel retransmitted on the flow since the last
+    /// take, of its `total`.
+    pub(crate) fn take_new_retransmits(&self, total: u64) -> u64 {
+        let counted = self.retransmits.load(Relaxed);
+        if total <= counted {
+            return 0;
+        }
+        self.retransmits.store(total, Relaxed);
+        total - counted
+    }
 }
 
 #[cfg(test)]
@@ -69,5 +112,28 @@ mod tests {
         assert!(!exported.has_new_traffic(&total(3)));
         assert_eq!(exported.take_new_traffic(&total(5)), (2, 120));
         assert_eq!(exported.take_new_traffic(&total(5)), (0, 0));
+    }
+
+    #[test]
+    fn resets_and_retransmits_are_taken_once_each() {
+        let exported = Exported::default();
+        assert_eq!(exported.take_new_resets(0), 0);
+        assert_eq!(exported.take_new_resets(2), 2);
+        assert_eq!(exported.take_new_resets(2), 0);
+        assert_eq!(exported.take_new_resets(3), 1);
+        assert!(!exported.has_new_retransmits(0));
+        assert!(exported.has_new_retransmits(4));
+        assert_eq!(exported.take_new_retransmits(4), 4);
+        assert!(!exported.has_new_retransmits(4));
+        assert_eq!(exported.take_new_retransmits(4), 0);
+        assert_eq!(exported.take_new_retransmits(7), 3);
+        assert!(!exported.handshake_done());
+        exported.finish_handshake();
+        assert!(exported.handshake_done());
+        assert_eq!(
+            exported.take_new_traffic(&total(1)),
+            (1, 60),
+            "each series' counts are its own"
+        );
     }
 }

@@ -33,9 +33,9 @@ enum Walk {
 pub struct PollView<'a> {
     table: &'a FlowTable,
     expired: &'a [EndedFlow],
-    /// The records of `expired` by key: references, as when every flow
-    /// expires at once this index is as long as the table.
-    ended: ByFlow<&'a FlowRecord>,
+    /// `expired` by key: references, as when every flow expires at once
+    /// this index is as long as the table.
+    ended: ByFlow<&'a EndedFlow>,
     /// Veths whose young live flows wait for a later poll, and since when
     /// a flow is young (see [`Self::holding`]).
     held: HashSet<u32>,
@@ -56,7 +56,7 @@ impl<'a> PollView<'a> {
             expired,
             ended: expired
                 .iter()
-                .map(|ended| (ended.record.key, &ended.record))
+                .map(|ended| (ended.record.key, ended))
                 .collect(),
             held: HashSet::new(),
             young_since_ns: u64::MAX,
@@ -103,7 +103,21 @@ impl<'a> PollView<'a> {
     pub fn find(&self, key: &FlowKey) -> Option<FlowRecord> {
         self.table
             .get(key)
-            .or_else(|| self.ended.get(key).map(|record| **record))
+            .or_else(|| self.ended.get(key).map(|ended| ended.record))
+    }
+
+    /// A flow by key, live or just ended, with what the series counted of
+    /// it; none for a held one (see [`Self::holding`]), of which nothing
+    /// new is made yet.
+    pub(crate) fn exported(&self, key: &FlowKey) -> Option<(FlowRecord, &Exported)> {
+        match self.table.exported_record(key) {
+            Some((record, _)) if self.is_held(&record) => None,
+            Some(live) => Some(live),
+            None => self
+                .ended
+                .get(key)
+                .map(|ended| (ended.record, &ended.exported)),
+        }
     }
 
     /// Whether a flow is live (in the table, not ended).

@@ -82,13 +82,13 @@ struct Entry {
     /// the flow's last packet, which a read can catch older than the
     /// counts it took in the same copy.
     news_ns: u64,
-    /// What the traffic series counted of the flow: here rather than in a
+    /// What the series counted of the flow: here rather than in a
     /// map of their own, so that each flow has one record.
     exported: Exported,
 }
 
-/// A flow the table forgot, with its final totals and what the traffic
-/// series had counted of it, so that they count the rest.
+/// A flow the table forgot, with its final totals and what the series had
+/// counted of it, so that they count the rest.
 #[derive(Debug)]
 pub struct EndedFlow {
     pub record: FlowRecord,
@@ -351,7 +351,7 @@ impl FlowTable {
     }
 
     /// Cumulative totals of the flows `walked` picks by their first and
-    /// last packets (of any incarnation), with what the traffic series
+    /// last packets (of any incarnation), with what the series
     /// counted of each. The others are passed over before their totals
     /// are summed.
     pub(crate) fn exported_records<'a>(
@@ -376,7 +376,7 @@ impl FlowTable {
             .map(|(key, _)| key)
     }
 
-    /// A flow's cumulative totals, with what the traffic series counted.
+    /// A flow's cumulative totals, with what the series counted.
     pub(crate) fn exported_record(&self, key: &FlowKey) -> Option<(FlowRecord, &Exported)> {
         self.flows.get(key).map(|entry| entry.exported_record(key))
     }

@@ -13,7 +13,7 @@ use crate::{
     book::SeriesBook,
     datapath::RetransmitMap,
     docker::{end_name, Directory},
-    flows::{outcome::UNANSWERED_AFTER_NS, ByFlow, Poll, PollConsumer, PollView},
+    flows::{outcome::UNANSWERED_AFTER_NS, Exported, Poll, PollConsumer, PollView},
     model::FlowRecord,
     sync::{published, Published},
 };
@@ -89,20 +89,10 @@ impl RttHistogram {
     }
 }
 
-/// What the pair series already hold of one flow.
-#[derive(Default)]
-struct Counted {
-    rst: u32,
-    retransmits: u64,
-    /// The handshake was timed, or its attempt's deadline passed first.
-    rtt_done: bool,
-}
-
 pub struct TcpHealth {
     rtt: SeriesBook<Pair, RttHistogram>,
     resets: SeriesBook<Pair, u64>,
     retransmits: SeriesBook<Pair, u64>,
-    counted: ByFlow<Counted>,
     /// The kernel's retransmissions by flow, where its tracepoint is
     /// attached.
     kernel: Option<RetransmitMap>,
@@ -143,7 +133,6 @@ impl TcpHealth {
             rtt: SeriesBook::new(max_series / (RTT_BUCKETS.len() + 3), other()),
             resets: SeriesBook::new(max_series, other()),
             retransmits: SeriesBook::new(max_series, other()),
-            counted: ByFlow::default(),
             kernel,
             by_flow: published(Retransmits::default()),
             departures: Departures::new(grace_ns),
@@ -156,7 +145,9 @@ impl TcpHealth {
     }
 
     /// Adds what TCP flows showed since the last poll: the flows the poll
-    /// hands over, and any other the kernel retransmitted on since.
+    /// hands over, and any other the kernel retransmitted on since. What
+    /// the series hold of each flow is kept in its table entry
+    /// ([`Exported`]).
     pub fn update(
         &mut self,
         flows: &PollView,
@@ -164,23 +155,19 @@ impl TcpHealth {
         retransmits: &Retransmits,
         now_ns: u64,
     ) {
-        for (record, _) in flows.records() {
-            self.flow(&record, flows, directory, retransmits, now_ns);
+        for (record, _, exported) in flows.exported_records() {
+            self.flow(&record, exported, flows, directory, retransmits, now_ns);
         }
         // A retransmission lost before the veth (a path dropped inside the
         // container) grows the kernel's count while the flow counts
         // nothing, so the poll may not hand the flow over.
         for (key, total) in retransmits.flows() {
-            let behind = self
-                .counted
-                .get(key)
-                .is_some_and(|counted| counted.retransmits < total);
-            if let Some(record) = flows.find(key).filter(|_| behind) {
-                self.flow(&record, flows, directory, retransmits, now_ns);
+            let behind = flows
+                .exported(key)
+                .filter(|(_, exported)| exported.has_new_retransmits(total));
+            if let Some((record, exported)) = behind {
+                self.flow(&record, exported, flows, directory, retransmits, now_ns);
             }
-        }
-        for key in flows.ended() {
-            self.counted.remove(key);
         }
     }
 
@@ -188,6 +175,7 @@ impl TcpHealth {
     fn flow(
         &mut self,
         record: &FlowRecord,
+        counted: &Exported,
         flows: &PollView,
         directory: &Directory,
         retransmits: &Retransmits,
@@ -196,11 +184,10 @@ impl TcpHealth {
         if record.key.protocol != ip_proto::TCP {
             return;
         }
-        let counted = self.counted.entry(record.key).or_default();
-        let resets = record.stats.rst.saturating_sub(counted.rst);
-        let retransmitted = retransmits.of_flow(&record.key).unwrap_or(0);
-        let retransmitted = retransmitted.saturating_sub(counted.retransmits);
-        let rtt = if counted.rtt_done || !opens_handshake(record) {
+        let resets = counted.take_new_resets(record.stats.rst);
+        let retransmitted =
+            counted.take_new_retransmits(retransmits.of_flow(&record.key).unwrap_or(0));
+        let rtt = if counted.handshake_done() || !opens_handshake(record) {
             None
         } else {
             handshake_rtt_ns(record, flows.find(&record.key.reversed()).as_ref())
@@ -208,13 +195,13 @@ impl TcpHealth {
         // A handshake is timed while its attempt is open: a SYN-ACK after
         // the deadline finds the connection counted unanswered, and is no
         // round trip. The poller's walk relies on it (`PollView::changed_since`).
-        counted.rtt_done |= rtt.is_some()
-            || now_ns.saturating_sub(record.stats.first_seen_ns) >= UNANSWERED_AFTER_NS;
+        if rtt.is_some() || now_ns.saturating_sub(record.stats.first_seen_ns) >= UNANSWERED_AFTER_NS
+        {
+            counted.finish_handshake();
+        }
         if resets == 0 && retransmitted == 0 && rtt.is_none() {
             return;
         }
-        counted.rst = record.stats.rst;
-        counted.retransmits += retransmitted;
         let (src, dst) = directory.ends(&record.key, &record.stats);
         let pair = (end_name(&src).to_owned(), end_name(&dst).to_owned());
         if resets != 0 {
