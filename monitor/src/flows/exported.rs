@@ -13,7 +13,7 @@ use monitor_common::FlowStats;
 /// time under the same read lock: hence atomics. Each field has one
 /// series as its only reader and writer, on the poller's thread (the
 /// traffic series the traffic counts and the connection, the TCP health
-/// series the rest; the methods are the crate's alone, and a second series
+/// series the handshake and resets; the methods are the crate's alone, and a second series
 /// of either kind over the same table would take the first one's counts),
 /// so relaxed loads and stores (plain moves) are all they need.
 #[derive(Debug, Default)]
@@ -25,7 +25,6 @@ pub struct Exported {
     /// deadline passed first.
     handshake_done: AtomicBool,
     resets: AtomicU32,
-    retransmits: AtomicU64,
 }
 
 impl Exported {
@@ -72,23 +71,6 @@ impl Exported {
         self.resets.store(rst, Relaxed);
         rst - counted
     }
-
-    /// Whether the kernel retransmitted on the flow since the last take,
-    /// of its `total`.
-    pub(crate) fn has_new_retransmits(&self, total: u64) -> bool {
-        self.retransmits.load(Relaxed) < total
-    }
-
-    /// The segments the kernel retransmitted on the flow since the last
-    /// take, of its `total`.
-    pub(crate) fn take_new_retransmits(&self, total: u64) -> u64 {
-        let counted = self.retransmits.load(Relaxed);
-        if total <= counted {
-            return 0;
-        }
-        self.retransmits.store(total, Relaxed);
-        total - counted
-    }
 }
 
 #[cfg(test)]
@@ -115,18 +97,12 @@ mod tests {
     }
 
     #[test]
-    fn resets_and_retransmits_are_taken_once_each() {
+    fn resets_are_taken_once_each() {
         let exported = Exported::default();
         assert_eq!(exported.take_new_resets(0), 0);
         assert_eq!(exported.take_new_resets(2), 2);
         assert_eq!(exported.take_new_resets(2), 0);
         assert_eq!(exported.take_new_resets(3), 1);
-        assert!(!exported.has_new_retransmits(0));
-        assert!(exported.has_new_retransmits(4));
-        assert_eq!(exported.take_new_retransmits(4), 4);
-        assert!(!exported.has_new_retransmits(4));
-        assert_eq!(exported.take_new_retransmits(4), 0);
-        assert_eq!(exported.take_new_retransmits(7), 3);
         assert!(!exported.handshake_done());
         exported.finish_handshake();
         assert!(exported.handshake_done());

@@ -13,7 +13,7 @@ use crate::{
     book::SeriesBook,
     datapath::RetransmitMap,
     docker::{end_name, Directory},
-    flows::{outcome::UNANSWERED_AFTER_NS, Exported, Poll, PollConsumer, PollView},
+    flows::{outcome::UNANSWERED_AFTER_NS, ByFlow, Exported, Poll, PollConsumer, PollView},
     model::FlowRecord,
     sync::{published, Published},
 };
@@ -93,6 +93,10 @@ pub struct TcpHealth {
     rtt: SeriesBook<Pair, RttHistogram>,
     resets: SeriesBook<Pair, u64>,
     retransmits: SeriesBook<Pair, u64>,
+    /// What `retransmits` holds of each flow the kernel retransmitted on
+    /// (the handshake and resets are in the flows' table entries): a map
+    /// of its own, as few flows have any.
+    retransmits_counted: ByFlow<u64>,
     /// The kernel's retransmissions by flow, where its tracepoint is
     /// attached.
     kernel: Option<RetransmitMap>,
@@ -133,6 +137,7 @@ impl TcpHealth {
             rtt: SeriesBook::new(max_series / (RTT_BUCKETS.len() + 3), other()),
             resets: SeriesBook::new(max_series, other()),
             retransmits: SeriesBook::new(max_series, other()),
+            retransmits_counted: ByFlow::default(),
             kernel,
             by_flow: published(Retransmits::default()),
             departures: Departures::new(grace_ns),
@@ -146,8 +151,8 @@ impl TcpHealth {
 
     /// Adds what TCP flows showed since the last poll: the flows the poll
     /// hands over, and any other the kernel retransmitted on since. What
-    /// the series hold of each flow is kept in its table entry
-    /// ([`Exported`]).
+    /// the series hold of each flow's handshake and resets is kept in its
+    /// table entry ([`Exported`]).
     pub fn update(
         &mut self,
         flows: &PollView,
@@ -162,11 +167,17 @@ impl TcpHealth {
         // container) grows the kernel's count while the flow counts
         // nothing, so the poll may not hand the flow over.
         for (key, total) in retransmits.flows() {
-            let behind = flows
-                .exported(key)
-                .filter(|(_, exported)| exported.has_new_retransmits(total));
-            if let Some((record, exported)) = behind {
+            let counted = self.retransmits_counted.get(key).copied().unwrap_or(0);
+            if counted >= total {
+                continue;
+            }
+            if let Some((record, exported)) = flows.exported(key) {
                 self.flow(&record, exported, flows, directory, retransmits, now_ns);
+            }
+        }
+        if !self.retransmits_counted.is_empty() {
+            for key in flows.ended() {
+                self.retransmits_counted.remove(key);
             }
         }
     }
@@ -175,7 +186,7 @@ impl TcpHealth {
     fn flow(
         &mut self,
         record: &FlowRecord,
-        counted: &Exported,
+        exported: &Exported,
         flows: &PollView,
         directory: &Directory,
         retransmits: &Retransmits,
@@ -184,10 +195,17 @@ impl TcpHealth {
         if record.key.protocol != ip_proto::TCP {
             return;
         }
-        let resets = counted.take_new_resets(record.stats.rst);
-        let retransmitted =
-            counted.take_new_retransmits(retransmits.of_flow(&record.key).unwrap_or(0));
-        let rtt = if counted.handshake_done() || !opens_handshake(record) {
+        let resets = exported.take_new_resets(record.stats.rst);
+        let retransmitted = match retransmits.of_flow(&record.key) {
+            Some(total) if total != 0 => {
+                let counted = self.retransmits_counted.entry(record.key).or_default();
+                let new = total.saturating_sub(*counted);
+                *counted = (*counted).max(total);
+                new
+            }
+            _ => 0,
+        };
+        let rtt = if exported.handshake_done() || !opens_handshake(record) {
             None
         } else {
             handshake_rtt_ns(record, flows.find(&record.key.reversed()).as_ref())
@@ -197,7 +215,7 @@ impl TcpHealth {
         // round trip. The poller's walk relies on it (`PollView::changed_since`).
         if rtt.is_some() || now_ns.saturating_sub(record.stats.first_seen_ns) >= UNANSWERED_AFTER_NS
         {
-            counted.finish_handshake();
+            exported.finish_handshake();
         }
         if resets == 0 && retransmitted == 0 && rtt.is_none() {
             return;
