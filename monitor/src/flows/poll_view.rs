@@ -109,7 +109,7 @@ impl<'a> PollView<'a> {
     /// A flow by key, live or just ended, with what the series counted of
     /// it; none for a held one (see [`Self::holding`]), of which nothing
     /// new is made yet.
-    pub(crate) fn exported(&self, key: &FlowKey) -> Option<(FlowRecord, &Exported)> {
+    pub(crate) fn find_exported(&self, key: &FlowKey) -> Option<(FlowRecord, &Exported)> {
         match self.table.exported_record(key) {
             Some((record, _)) if self.is_held(&record) => None,
             Some(live) => Some(live),
@@ -147,7 +147,7 @@ impl<'a> PollView<'a> {
             .map(|(record, ended, _)| (record, ended))
     }
 
-    /// [`Self::records`], with what the traffic series counted of each.
+    /// [`Self::records`], with what the series counted of each.
     pub(crate) fn exported_records(
         &self,
     ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {

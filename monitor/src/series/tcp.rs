@@ -165,21 +165,35 @@ impl TcpHealth {
         }
         // A retransmission lost before the veth (a path dropped inside the
         // container) grows the kernel's count while the flow counts
-        // nothing, so the poll may not hand the flow over.
+        // nothing, so the poll may not hand the flow over. A held flow
+        // waits for its release, when it is walked and counted under its
+        // container's name.
         for (key, total) in retransmits.flows() {
             let counted = self.retransmits_counted.get(key).copied().unwrap_or(0);
             if counted >= total {
                 continue;
             }
-            if let Some((record, exported)) = flows.exported(key) {
+            if let Some((record, exported)) = flows.find_exported(key) {
                 self.flow(&record, exported, flows, directory, retransmits, now_ns);
             }
         }
-        if !self.retransmits_counted.is_empty() {
-            for key in flows.ended() {
-                self.retransmits_counted.remove(key);
-            }
+        self.retransmits_counted
+            .retain(|key, _| !flows.has_ended(key));
+    }
+
+    /// The segments the kernel retransmitted on `key` since the last take,
+    /// of its `total`.
+    fn take_new_retransmits(&mut self, key: &FlowKey, total: u64) -> u64 {
+        if total == 0 {
+            return 0;
         }
+        let counted = self.retransmits_counted.entry(*key).or_default();
+        if total <= *counted {
+            return 0;
+        }
+        let new = total - *counted;
+        *counted = total;
+        new
     }
 
     /// What one flow showed since it was last looked at.
@@ -196,15 +210,8 @@ impl TcpHealth {
             return;
         }
         let resets = exported.take_new_resets(record.stats.rst);
-        let retransmitted = match retransmits.of_flow(&record.key) {
-            Some(total) if total != 0 => {
-                let counted = self.retransmits_counted.entry(record.key).or_default();
-                let new = total.saturating_sub(*counted);
-                *counted = (*counted).max(total);
-                new
-            }
-            _ => 0,
-        };
+        let retransmitted =
+            self.take_new_retransmits(&record.key, retransmits.of_flow(&record.key).unwrap_or(0));
         let rtt = if exported.handshake_done() || !opens_handshake(record) {
             None
         } else {
@@ -213,8 +220,9 @@ impl TcpHealth {
         // A handshake is timed while its attempt is open: a SYN-ACK after
         // the deadline finds the connection counted unanswered, and is no
         // round trip. The poller's walk relies on it (`PollView::changed_since`).
-        if rtt.is_some() || now_ns.saturating_sub(record.stats.first_seen_ns) >= UNANSWERED_AFTER_NS
-        {
+        let timed = rtt.is_some()
+            || now_ns.saturating_sub(record.stats.first_seen_ns) >= UNANSWERED_AFTER_NS;
+        if timed {
             exported.finish_handshake();
         }
         if resets == 0 && retransmitted == 0 && rtt.is_none() {
@@ -263,8 +271,14 @@ impl PollConsumer for TcpHealth {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
+    use crate::flows::{FlowTable, PollOutcome};
     use monitor_common::FlowStats;
+
+    /// Longer than the test's polls: the flow stays young throughout.
+    const NAME_WAIT_NS: u64 = 5_000_000_000;
 
     fn flow(key: FlowKey, first_seen_ns: u64, syn: u32, syn_ack: u32) -> FlowRecord {
         FlowRecord {
@@ -289,6 +303,42 @@ mod tests {
         assert_eq!(known.of_connection(&key), Some(5));
         let other = FlowKey::ipv4([10, 0, 0, 1], 40001, [10, 0, 0, 2], 80, ip_proto::TCP);
         assert_eq!(known.of_flow(&other), Some(0));
+    }
+
+    #[test]
+    fn retransmissions_outside_the_walk_are_caught_up_once_and_never_while_held() {
+        const SEC: u64 = 1_000_000_000;
+        const VETH: u32 = 7;
+        let t = 1_000 * SEC;
+        let key = FlowKey::ipv4([10, 0, 0, 1], 40000, [10, 0, 0, 2], 80, ip_proto::TCP);
+        let mut table = FlowTable::new();
+        let mut outcome = PollOutcome::default();
+        table.begin_poll(t);
+        let stats = FlowStats {
+            ifindex: VETH,
+            last_seen_ns: t,
+            ..flow(key, t, 1, 0).stats
+        };
+        table.observe(&key, &stats, &mut outcome);
+        table.end_poll(&mut outcome);
+        let directory = Directory::default();
+        let mut health = TcpHealth::new(1_000, 600 * SEC, None);
+        let mut poll = |view: PollView, kernel_total: u64, now_ns: u64| {
+            let kernel = Retransmits(Some(HashMap::from([(key, kernel_total)])));
+            health.update(&view, &directory, &kernel, now_ns);
+            health.retransmits().map(|(_, n)| *n).sum::<u64>()
+        };
+        let young_since = t - NAME_WAIT_NS;
+        let held = PollView::new(&table, &[]).holding(HashSet::from([VETH]), young_since);
+        assert_eq!(poll(held, 1, t), 0, "held: counted at its release");
+        assert_eq!(poll(PollView::new(&table, &[]), 1, t + SEC), 1, "released");
+        let quiet = |since_ns, now_ns| PollView::new(&table, &[]).changed_since(since_ns, now_ns);
+        assert_eq!(
+            poll(quiet(t + SEC, t + 2 * SEC), 3, t + 2 * SEC),
+            3,
+            "caught up though the walk passed it over"
+        );
+        assert_eq!(poll(quiet(t + 2 * SEC, t + 3 * SEC), 3, t + 3 * SEC), 3);
     }
 
     #[test]
