@@ -277,9 +277,6 @@ mod tests {
     use crate::flows::{FlowTable, PollOutcome};
     use monitor_common::FlowStats;
 
-    /// Longer than the test's polls: the flow stays young throughout.
-    const NAME_WAIT_NS: u64 = 5_000_000_000;
-
     fn flow(key: FlowKey, first_seen_ns: u64, syn: u32, syn_ack: u32) -> FlowRecord {
         FlowRecord {
             key,
@@ -328,8 +325,8 @@ mod tests {
             health.update(&view, &directory, &kernel, now_ns);
             health.retransmits().map(|(_, n)| *n).sum::<u64>()
         };
-        let young_since = t - NAME_WAIT_NS;
-        let held = PollView::new(&table, &[]).holding(HashSet::from([VETH]), young_since);
+        // First seen at t: young, so held at its unnamed veth.
+        let held = PollView::new(&table, &[]).holding(HashSet::from([VETH]), t);
         assert_eq!(poll(held, 1, t), 0, "held: counted at its release");
         assert_eq!(poll(PollView::new(&table, &[]), 1, t + SEC), 1, "released");
         let quiet = |since_ns, now_ns| PollView::new(&table, &[]).changed_since(since_ns, now_ns);
