@@ -347,33 +347,14 @@ impl FlowTable {
 
     /// Cumulative totals of every flow.
     pub fn records(&self) -> impl Iterator<Item = FlowRecord> + '_ {
-        self.exported_records(|_, _| true).map(|(record, _)| record)
+        self.live_flows().map(|flow| flow.exported_record().0)
     }
 
-    /// Cumulative totals of the flows `walked` picks by their first and
-    /// last packets (of any incarnation), with what the series
-    /// counted of each. The others are passed over before their totals
-    /// are summed.
-    pub(crate) fn exported_records<'a>(
-        &'a self,
-        walked: impl Fn(u64, u64) -> bool + 'a,
-    ) -> impl Iterator<Item = (FlowRecord, &'a Exported)> + 'a {
+    /// Every flow, its totals summed only when read.
+    pub(crate) fn live_flows(&self) -> impl Iterator<Item = LiveFlow<'_>> + '_ {
         self.flows
             .iter()
-            .filter(move |(_, entry)| walked(entry.first_seen_ns(), entry.last_seen_ns()))
-            .map(|(key, entry)| entry.exported_record(key))
-    }
-
-    /// The flows whose latest news for their reverse (see
-    /// [`shows_news`]) was read at a time `when` picks.
-    pub(crate) fn news<'a>(
-        &'a self,
-        when: impl Fn(u64) -> bool + 'a,
-    ) -> impl Iterator<Item = &'a FlowKey> + 'a {
-        self.flows
-            .iter()
-            .filter(move |(_, entry)| when(entry.news_ns))
-            .map(|(key, _)| key)
+            .map(|(key, entry)| LiveFlow { key, entry })
     }
 
     /// A flow's cumulative totals, with what the series counted.
@@ -383,6 +364,37 @@ impl FlowTable {
 
     pub fn get(&self, key: &FlowKey) -> Option<FlowRecord> {
         self.exported_record(key).map(|(record, _)| record)
+    }
+}
+
+/// A flow of the table, as a walk over it picks it: what picking reads
+/// (the first and last packets, the latest news) without summing its
+/// totals, which only a flow picked needs.
+#[derive(Clone, Copy)]
+pub(crate) struct LiveFlow<'a> {
+    key: &'a FlowKey,
+    entry: &'a Entry,
+}
+
+impl<'a> LiveFlow<'a> {
+    pub(crate) fn key(self) -> &'a FlowKey {
+        self.key
+    }
+
+    /// The first packet of any incarnation, and the last.
+    pub(crate) fn first_and_last_ns(self) -> (u64, u64) {
+        (self.entry.first_seen_ns(), self.entry.last_seen_ns())
+    }
+
+    /// When the latest read that showed the reverse news was made (see
+    /// [`shows_news`]).
+    pub(crate) fn news_ns(self) -> u64 {
+        self.entry.news_ns
+    }
+
+    /// Its cumulative totals, with what the series counted.
+    pub(crate) fn exported_record(self) -> (FlowRecord, &'a Exported) {
+        self.entry.exported_record(self.key)
     }
 }
 
