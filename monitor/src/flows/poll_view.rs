@@ -44,8 +44,8 @@ pub struct PollView<'a> {
     young_since_ns: u64,
     walk: Walk,
     /// The live flows a [`Walk::Changed`] picks, held or not: picked in
-    /// one pass over the table rather than one per consumer's walk (five
-    /// a poll), 16 bytes a flow picked.
+    /// one pass over the table rather than in each consumer's walk, 16
+    /// bytes a flow picked.
     walked: Vec<LiveFlow<'a>>,
     /// Live flows whose reverse showed news since the previous poll (its
     /// first packet, a SYN, SYN-ACK, RST or TCP flag) or ended at this
@@ -79,7 +79,9 @@ impl<'a> PollView<'a> {
     /// passed since, and those released from a hold since. Without it
     /// (the default) every flow is walked, as it must be when something
     /// besides a flow's packets changed what consumers make of it: the
-    /// directory (a veth's owner), the veths held.
+    /// directory (a veth's owner), the veths held. After
+    /// [`Self::holding`]: the flows are picked here, a hold's release
+    /// among the reasons.
     pub fn changed_since(mut self, since_ns: u64, now_ns: u64) -> Self {
         let walk = Walk::Changed { since_ns, now_ns };
         let table = self.table;
@@ -166,7 +168,7 @@ impl<'a> PollView<'a> {
     /// whose decisions wait on time beyond an attempt's deadline (the
     /// flow log's interval lines).
     pub fn every_record(&self) -> impl Iterator<Item = (FlowRecord, bool)> + '_ {
-        self.live(true)
+        self.live(Walk::Every)
             .chain(self.ended_records())
             .map(|(record, ended, _)| (record, ended))
     }
@@ -182,17 +184,16 @@ impl<'a> PollView<'a> {
             .iter()
             .filter(|(record, _)| !self.walks(self.walk, &record.stats) && !self.is_held(record))
             .map(|(record, exported)| (*record, false, *exported));
-        self.live(matches!(self.walk, Walk::Every))
+        self.live(self.walk)
             .chain(reverses)
             .chain(self.ended_records())
     }
 
-    /// Every live flow or those the walk picked, but those held.
-    fn live(&self, every: bool) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
-        let (all, walked) = if every {
-            (Some(self.table.live_flows()), None)
-        } else {
-            (None, Some(self.walked.iter().copied()))
+    /// The live flows `walk` picks, but those held.
+    fn live(&self, walk: Walk) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
+        let (all, walked) = match walk {
+            Walk::Every => (Some(self.table.live_flows()), None),
+            Walk::Changed { .. } => (None, Some(self.walked.iter().copied())),
         };
         all.into_iter()
             .flatten()

@@ -96,7 +96,7 @@ impl TrafficSeries {
         let find = |key: &FlowKey| flows.find(key);
         // Learn every answer of this round before labelling any flow, so
         // both directions of a new connection get the same port label.
-        // Two passes rather than a list of the changed flows: at 100k busy
+        // Two walks rather than a list of the flows' records: at 100k busy
         // flows that list was megabytes at every poll. Learning changes
         // nothing `needs_update` reads, so both passes pick the same flows.
         for (record, _, exported) in flows.exported_records() {
