@@ -97,11 +97,15 @@ impl<V> ShardedByFlow<V> {
     }
 
     fn shard(&self, key: &FlowKey) -> usize {
-        // The top bits: the multiply that ends foldhash mixes them best.
-        (self.pick.hash_one(key) >> (u64::BITS - SHARD_BITS)) as usize
+        // foldhash's top bits alone, for some seeds, put a quarter more
+        // keys than the mean in one shard (one run of the test below in
+        // 300): folded and multiplied, every bit of the hash picks it.
+        let hash = self.pick.hash_one(key);
+        let mixed = (hash ^ (hash >> 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (mixed >> (u64::BITS - SHARD_BITS)) as usize
     }
 
-    /// 32 bits of a hash of the key that [`Self::shard`] does not use.
+    /// 32 bits of a hash of the key.
     pub fn fingerprint(&self, key: &FlowKey) -> u32 {
         self.pick.hash_one(key) as u32
     }
