@@ -360,7 +360,10 @@ impl Consumers {
                     // pipelines' calls can straddle a second (always
                     // when the host has been up less than the cases'
                     // simulated clock, when the stamp is the time now).
-                    .map(|line| line.split(", first seen ").next().unwrap_or(line))
+                    .map(|line| {
+                        line.split_once(", first seen ")
+                            .map_or(line, |(kept, _)| kept)
+                    })
                     .map(|line| format!("policy {line}")),
             )
             .collect();
