@@ -25,6 +25,7 @@ mod isolation;
 mod probes;
 mod protocols;
 mod scan;
+mod slots;
 mod spike;
 mod spoof;
 #[cfg(test)]
@@ -49,7 +50,7 @@ use crate::{
     event_log::{EventBatch, EventConsumer},
     flows::{
         outcome::{self, Outcome},
-        ByFlow, Poll, PollConsumer,
+        ByFlow, Exported, Poll, PollConsumer,
     },
     model::{key_addrs, FlowRecord},
     sync::{lock, published, Published},
@@ -220,10 +221,12 @@ struct Seen {
 pub struct Detectors {
     detectors: Vec<Box<dyn Detector>>,
     sink: Arc<Mutex<AlertSink>>,
-    flows: ByFlow<Seen>,
+    /// What the detectors saw of each flow a watched container sent, freed
+    /// as the flow ends.
+    flows: slots::FlowSlots<Seen>,
     /// What the payload of each connection showed, by its client flow:
-    /// apart from `flows`, which holds only flows a watched container sent,
-    /// in 42 bytes an entry rather than a whole `Seen`'s 80.
+    /// apart from `flows`, as the flow log reads it a poll after the flow
+    /// ended, and few flows have one.
     verdicts_by_flow: ByFlow<PayloadVerdict>,
     /// Flows that ended at the previous poll: forgotten at the next one,
     /// once the flow log has read their payload verdicts.
@@ -246,7 +249,7 @@ impl Detectors {
         Ok(Self {
             detectors: registry(config, state_dir)?,
             sink,
-            flows: ByFlow::default(),
+            flows: slots::FlowSlots::default(),
             verdicts_by_flow: ByFlow::default(),
             ended: Vec::new(),
             protocols: SeriesBook::new(
@@ -308,18 +311,16 @@ impl Detectors {
         }
     }
 
-    /// One flow of a poll. `find` looks up the reverse flow, only for a
-    /// flow that changed: most of a busy host's flows did not since the
-    /// last poll.
+    /// One flow of a poll, with its table entry's `exported`. Its reverse
+    /// is looked up only for a flow that changed: most of a busy host's
+    /// flows did not since the last poll.
     fn flow(
         &mut self,
-        record: &FlowRecord,
-        find: &dyn Fn(&FlowKey) -> Option<FlowRecord>,
-        ended: bool,
-        directory: &Directory,
-        now_ns: u64,
+        (record, ended, exported): (&FlowRecord, bool, &Exported),
+        poll: &Poll<'_>,
         found: &mut Findings,
     ) {
+        let (directory, now_ns) = (poll.directory, poll.now_ns);
         // Only flows a watched container sent: the sender is known by its
         // veth. Flows towards containers are the other side's business; a
         // veth with no container yet (one just started) is looked at again
@@ -329,7 +330,7 @@ impl Detectors {
         if !record.stats.from_container() || directory.veth_owner(record.stats.ifindex).is_none() {
             return;
         }
-        let seen = self.flows.entry(record.key).or_default();
+        let seen = self.flows.of(exported);
         let changed = seen.bytes != record.stats.bytes || !seen.decided || !seen.checked;
         if !changed {
             return;
@@ -349,7 +350,7 @@ impl Detectors {
         // a decided TCP flow needs neither (at 100k busy connections, one
         // lookup per flow and poll fewer).
         let reverse = if record.key.protocol != ip_proto::TCP || !seen.decided {
-            find(&record.key.reversed())
+            poll.flows.find(&record.key.reversed())
         } else {
             None
         };
@@ -414,18 +415,13 @@ impl PollConsumer for Detectors {
         let flows = &poll.flows;
         let find = |key: &FlowKey| flows.find(key);
         for key in std::mem::take(&mut self.ended) {
-            self.flows.remove(&key);
             self.verdicts_changed |= self.verdicts_by_flow.remove(&key).is_some();
         }
-        for (record, is_ended) in flows.records() {
-            self.flow(
-                &record,
-                &find,
-                is_ended,
-                poll.directory,
-                poll.now_ns,
-                &mut found,
-            );
+        for (record, is_ended, exported) in flows.exported_records() {
+            self.flow((&record, is_ended, exported), poll, &mut found);
+            if is_ended {
+                self.flows.release(exported);
+            }
         }
         self.ended.extend(flows.ended());
         {

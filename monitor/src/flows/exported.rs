@@ -13,9 +13,9 @@ use monitor_common::FlowStats;
 /// time under the same read lock: hence atomics. Each field has one
 /// series as its only reader and writer, on the poller's thread (the
 /// traffic series the traffic counts and the connection, the TCP health
-/// series the handshake and resets; the methods are the crate's alone,
-/// and a second series of either kind over the same table would take the
-/// first one's counts), so relaxed loads and stores (plain moves) are all
+/// series the handshake and resets, the detectors their slot; the methods
+/// are the crate's alone, and a second consumer of either kind over the
+/// same table would take the first one's counts), so relaxed loads and stores (plain moves) are all
 /// they need.
 #[derive(Debug, Default)]
 pub struct Exported {
@@ -28,11 +28,17 @@ pub struct Exported {
     /// The TCP health series': the flow's RST total its resets series
     /// holds.
     resets: AtomicU32,
+    /// The detectors': where their state of the flow sits in their own
+    /// store, plus one (0: none yet). An index rather than the state
+    /// itself, which flows no container sent (most, on a host without
+    /// Docker) would pay for too.
+    detector_slot: AtomicU32,
 }
 
-// Every flow has one: what a series adds here, every flow pays for (the
-// fields above fill the padding of the traffic series' 17 bytes).
-const _: () = assert!(std::mem::size_of::<Exported>() == 24);
+// Every flow has one: what a consumer adds here, every flow pays for (the
+// fields above fill the padding of the traffic series' 17 bytes, and the
+// table entry's own padding).
+const _: () = assert!(std::mem::size_of::<Exported>() == 32);
 
 impl Exported {
     /// Whether the flow counted traffic the series do not hold yet.
@@ -67,6 +73,20 @@ impl Exported {
 
     pub(crate) fn finish_handshake(&self) {
         self.handshake_done.store(true, Relaxed);
+    }
+
+    /// Where the detectors keep their state of the flow, if they do yet.
+    pub(crate) fn detector_slot(&self) -> Option<u32> {
+        self.detector_slot.load(Relaxed).checked_sub(1)
+    }
+
+    pub(crate) fn set_detector_slot(&self, slot: u32) {
+        self.detector_slot.store(slot.saturating_add(1), Relaxed);
+    }
+
+    /// The detectors' slot, which the flow holds no longer.
+    pub(crate) fn take_detector_slot(&self) -> Option<u32> {
+        self.detector_slot.swap(0, Relaxed).checked_sub(1)
     }
 
     /// The resets the flow sent since the last take, of its total `rst`.

@@ -36,8 +36,11 @@ const PREFETCH_AHEAD: usize = 16;
 #[derive(Default)]
 pub struct FlowTable {
     flows: ShardedByFlow<Entry>,
-    /// Poll generation, to spot flows absent from the latest read.
-    generation: u64,
+    /// Poll generation, to spot flows absent from the latest read. 32
+    /// bits, wrapping, keep `Entry` at 112 bytes: only equality with this
+    /// poll's or the previous one's is asked, and an entry outlives 2^32
+    /// polls (136 years at the default interval) never.
+    generation: u32,
     /// Where the flows read in this poll sit, in the order read.
     reading: Vec<Place>,
     /// The same of the previous poll: where this poll's reads are expected.
@@ -75,7 +78,7 @@ struct Entry {
     live: FlowStats,
     /// The poll that last read the flow, and where in that read's order
     /// (`FlowTable::reading` or `read_before`).
-    generation: u64,
+    generation: u32,
     read_at: u32,
     /// When the latest read whose counts showed the flow's reverse
     /// something new (see [`shows_news`]) was made: the read's clock, not
@@ -86,6 +89,9 @@ struct Entry {
     /// map of their own, so that each flow has one record.
     exported: Exported,
 }
+
+// The table holds every flow: a byte here is 100 KB at 100k flows.
+const _: () = assert!(std::mem::size_of::<Entry>() == 112);
 
 /// A flow the table forgot, with its final totals and what the series had
 /// counted of it, so that they count the rest.
@@ -130,7 +136,7 @@ impl FlowTable {
     /// Starts a poll, its read at `now_ns`: call [`Self::observe`] for
     /// every kernel entry, then [`Self::end_poll`].
     pub fn begin_poll(&mut self, now_ns: u64) {
-        self.generation += 1;
+        self.generation = self.generation.wrapping_add(1);
         self.read_ns = now_ns;
         std::mem::swap(&mut self.read_before, &mut self.reading);
         self.reading.clear();
@@ -165,7 +171,7 @@ impl FlowTable {
                 if inserted {
                     outcome.new_flows += 1;
                 }
-                if entry.generation + 1 == generation {
+                if entry.generation.wrapping_add(1) == generation {
                     // Read before, elsewhere: the next flows are expected
                     // after it.
                     self.skew = entry.read_at as isize - position as isize;
@@ -324,7 +330,7 @@ impl FlowTable {
     fn ended(&mut self, key: FlowKey, slot: Slot, mut entry: Entry) -> EndedFlow {
         let read = if entry.generation == self.generation {
             &mut self.reading
-        } else if entry.generation + 1 == self.generation {
+        } else if entry.generation.wrapping_add(1) == self.generation {
             &mut self.read_before
         } else {
             return entry.end(key);
