@@ -96,9 +96,12 @@ pub(crate) use owned_and_borrowed;
 
 pub struct SeriesBook<L, V> {
     series: ByLabels<L, Series<V>>,
-    /// The overflow series' labels; in `series` once first used, beyond
-    /// the cap.
+    /// The overflow series' labels, and the series once first used, beyond
+    /// the cap: apart from `series`, so that a known combination (nearly
+    /// every lookup) is found by one lookup, not one to ask and one to
+    /// take.
     overflow: L,
+    overflow_series: Option<Series<V>>,
     capacity: usize,
     /// Combinations refused, so that each is reported once.
     refused: HashSet<L, foldhash::fast::RandomState>,
@@ -128,6 +131,7 @@ impl<L: Clone + Eq + Hash, V: Default> SeriesBook<L, V> {
         Self {
             series: ByLabels::default(),
             overflow,
+            overflow_series: None,
             capacity,
             refused: HashSet::default(),
             dropped: 0,
@@ -137,54 +141,57 @@ impl<L: Clone + Eq + Hash, V: Default> SeriesBook<L, V> {
     /// The value to update for `labels` at `now_ns`: their own series, or
     /// the overflow series once `capacity` combinations exist.
     pub fn value<Q: SeriesLabels<L> + ?Sized>(&mut self, labels: &Q, now_ns: u64) -> &mut V {
-        // A known combination (nearly every call) is looked up twice, not
-        // three times: the room left is only asked of a new one. (Once, by
-        // the entry alone, would leave the map borrowed where a refused
-        // combination turns to the overflow series: the borrow checker
-        // refuses that.)
-        let series = if self.series.contains_key(labels) || self.has_room() {
+        let room = self.series.len() < self.capacity;
+        let series = if labels.equivalent(&self.overflow) {
+            self.overflow_series
+                .get_or_insert_with(|| Series::new(now_ns))
+        } else {
             match self.series.entry_ref(labels) {
                 EntryRef::Occupied(series) => series.into_mut(),
-                EntryRef::Vacant(series) => {
+                EntryRef::Vacant(series) if room => {
                     series.insert_with_key(labels.to_labels(), Series::new(now_ns))
                 }
+                EntryRef::Vacant(_) => {
+                    if self.refused.len() >= REFUSED_MEMORY {
+                        self.refused.clear();
+                    }
+                    if !self.refused.contains(labels) {
+                        self.refused.insert(labels.to_labels());
+                        self.dropped += 1;
+                    }
+                    self.overflow_series
+                        .get_or_insert_with(|| Series::new(now_ns))
+                }
             }
-        } else {
-            if self.refused.len() >= REFUSED_MEMORY {
-                self.refused.clear();
-            }
-            if !self.refused.contains(labels) {
-                self.refused.insert(labels.to_labels());
-                self.dropped += 1;
-            }
-            self.series
-                .entry(self.overflow.clone())
-                .or_insert_with(|| Series::new(now_ns))
         };
         series.updated_ns = now_ns;
         &mut series.value
     }
 
-    /// Whether a new combination gets a series of its own.
-    fn has_room(&self) -> bool {
-        let overflow_used = usize::from(self.series.contains_key(&self.overflow));
-        self.series.len() - overflow_used < self.capacity
-    }
-
     /// Removes the series `gone` says belong to departed containers and
     /// that nothing updated since `cutoff_ns`; returns how many.
     pub fn sweep(&mut self, cutoff_ns: u64, gone: impl Fn(&L) -> bool) -> usize {
-        let before = self.series.len();
-        self.series
-            .retain(|labels, series| series.updated_ns >= cutoff_ns || !gone(labels));
+        let before = self.len();
+        let kept = |labels: &L, series: &Series<V>| series.updated_ns >= cutoff_ns || !gone(labels);
+        self.series.retain(|labels, series| kept(labels, series));
+        if let Some(overflow) = &self.overflow_series {
+            if !kept(&self.overflow, overflow) {
+                self.overflow_series = None;
+            }
+        }
         self.refused.retain(|labels| !gone(labels));
-        before - self.series.len()
+        before - self.len()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&L, &V)> {
+        let overflow = self
+            .overflow_series
+            .as_ref()
+            .map(|series| (&self.overflow, &series.value));
         self.series
             .iter()
             .map(|(labels, series)| (labels, &series.value))
+            .chain(overflow)
     }
 
     /// Combinations refused by the cap so far.
@@ -193,7 +200,7 @@ impl<L: Clone + Eq + Hash, V: Default> SeriesBook<L, V> {
     }
 
     pub fn len(&self) -> usize {
-        self.series.len()
+        self.series.len() + usize::from(self.overflow_series.is_some())
     }
 }
 
@@ -223,6 +230,19 @@ mod tests {
         );
         // `c` twice and `d` once: two combinations refused.
         assert_eq!(book.dropped(), 2);
+    }
+
+    #[test]
+    fn the_overflow_labels_name_one_series_within_the_cap_or_beyond() {
+        let mut book = book(1);
+        *book.value(&OTHER.to_owned(), 1) += 1;
+        *book.value(&"a".to_owned(), 1) += 1;
+        *book.value(&"b".to_owned(), 1) += 1;
+        *book.value(&OTHER.to_owned(), 2) += 1;
+        assert_eq!(values(&book), [("a".into(), 1), (OTHER.into(), 3)]);
+        assert_eq!((book.len(), book.dropped()), (2, 1));
+        assert_eq!(book.sweep(5, |l| l == OTHER), 1, "stale, and gone");
+        assert_eq!(values(&book), [("a".into(), 1)]);
     }
 
     #[test]
