@@ -96,11 +96,12 @@ pub(crate) use owned_and_borrowed;
 
 pub struct SeriesBook<L, V> {
     series: ByLabels<L, Series<V>>,
-    /// The overflow series' labels, and the series once first used, beyond
-    /// the cap: apart from `series`, so that a known combination (nearly
-    /// every lookup) is found by one lookup, not one to ask and one to
-    /// take.
+    /// The overflow series' labels: those of every combination refused
+    /// beyond the cap, and of any given them outright.
     overflow: L,
+    /// The overflow series, once used: apart from `series`, so that a
+    /// known combination (nearly every lookup) is found by one lookup, not
+    /// one to ask and one to take.
     overflow_series: Option<Series<V>>,
     capacity: usize,
     /// Combinations refused, so that each is reported once.

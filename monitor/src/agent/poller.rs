@@ -276,6 +276,9 @@ pub fn poll_once(
     for (key, last) in &retired {
         table.retire(key, last);
     }
+    // Before any flow leaves the table: each one that does must reach the
+    // consumers as ended, which only a good poll hands them (the
+    // detectors free its state then).
     if let Some(err) = failed {
         return Err(err);
     }

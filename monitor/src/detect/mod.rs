@@ -261,6 +261,12 @@ impl Detectors {
         })
     }
 
+    /// Flows whose state the detectors hold: never more than the table's.
+    #[cfg(test)]
+    pub(crate) fn followed_flows(&self) -> usize {
+        self.flows.len()
+    }
+
     /// The payload verdicts of recent connections, as published after
     /// each poll that changed them.
     pub fn verdicts(&self) -> Published<RecentVerdicts> {
@@ -330,7 +336,10 @@ impl Detectors {
         if !record.stats.from_container() || directory.veth_owner(record.stats.ifindex).is_none() {
             return;
         }
-        let seen = self.flows.of(exported);
+        // None only past 4 billion flows followed.
+        let Some(seen) = self.flows.of(exported) else {
+            return;
+        };
         let changed = seen.bytes != record.stats.bytes || !seen.decided || !seen.checked;
         if !changed {
             return;

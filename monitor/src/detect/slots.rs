@@ -22,21 +22,37 @@ impl<T> Default for FlowSlots<T> {
 
 impl<T: Default> FlowSlots<T> {
     /// The state of the flow whose entry `exported` is, new in a free slot
-    /// if the flow has none yet.
-    pub(super) fn of(&mut self, exported: &Exported) -> &mut T {
-        let held = exported
-            .detector_slot()
-            .filter(|&slot| (slot as usize) < self.slots.len());
-        let slot = held.unwrap_or_else(|| {
-            let slot = self.free.pop().unwrap_or_else(|| {
-                self.slots.push(T::default());
-                // Never past u32: the table would hold 4 billion flows.
-                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
-            });
-            exported.set_detector_slot(slot);
-            slot
-        });
-        &mut self.slots[slot as usize]
+    /// if the flow has none yet; none once the store holds the most slots
+    /// an entry can point to (4 billion).
+    pub(super) fn of(&mut self, exported: &Exported) -> Option<&mut T> {
+        let slot = match exported.detector_slot() {
+            Some(slot) => {
+                debug_assert!(
+                    (slot as usize) < self.slots.len(),
+                    "the slot of another store: one per table"
+                );
+                slot
+            }
+            None => {
+                let slot = self.take()?;
+                exported.set_detector_slot(slot);
+                slot
+            }
+        };
+        self.slots.get_mut(slot as usize)
+    }
+
+    /// A free slot, or a new one below `u32::MAX` (the entry stores it
+    /// plus one).
+    fn take(&mut self) -> Option<u32> {
+        if let Some(slot) = self.free.pop() {
+            return Some(slot);
+        }
+        let slot = u32::try_from(self.slots.len())
+            .ok()
+            .filter(|&slot| slot < u32::MAX)?;
+        self.slots.push(T::default());
+        Some(slot)
     }
 
     /// Frees the slot of a flow that ended, for a later flow.
@@ -65,19 +81,28 @@ mod tests {
     fn a_flow_keeps_its_slot_and_an_ended_one_frees_it() {
         let mut slots = FlowSlots::<u64>::default();
         let (first, second) = (Exported::default(), Exported::default());
-        *slots.of(&first) += 5;
-        *slots.of(&second) += 7;
-        *slots.of(&first) += 1;
-        assert_eq!((*slots.of(&first), *slots.of(&second)), (6, 7));
+        let mut add = |exported: &Exported, n: u64| *slots.of(exported).expect("a slot") += n;
+        add(&first, 5);
+        add(&second, 7);
+        add(&first, 1);
+        let value = |slots: &mut FlowSlots<u64>, exported: &Exported| slots.of(exported).copied();
+        assert_eq!(
+            (value(&mut slots, &first), value(&mut slots, &second)),
+            (Some(6), Some(7))
+        );
         assert_eq!(slots.len(), 2);
 
         slots.release(&first);
         slots.release(&first);
         assert_eq!(slots.len(), 1, "released once");
         let third = Exported::default();
-        assert_eq!(*slots.of(&third), 0, "the freed slot, cleared");
+        assert_eq!(
+            value(&mut slots, &third),
+            Some(0),
+            "the freed slot, cleared"
+        );
         assert_eq!(third.detector_slot(), Some(0));
-        assert_eq!(*slots.of(&second), 7);
+        assert_eq!(value(&mut slots, &second), Some(7));
         assert_eq!(slots.len(), 2);
     }
 }

@@ -8,15 +8,16 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use monitor_common::FlowStats;
 
-/// The series ([`crate::flows::PollConsumer`]s of the poller) update it
+/// The poller's consumers ([`crate::flows::PollConsumer`]s) update it
 /// through the poll's view of the table, which the API reads at the same
 /// time under the same read lock: hence atomics. Each field has one
-/// series as its only reader and writer, on the poller's thread (the
+/// consumer as its only reader and writer, on the poller's thread (the
 /// traffic series the traffic counts and the connection, the TCP health
 /// series the handshake and resets, the detectors their slot; the methods
-/// are the crate's alone, and a second consumer of either kind over the
-/// same table would take the first one's counts), so relaxed loads and stores (plain moves) are all
-/// they need.
+/// are the crate's alone). A table has one consumer of each kind: a
+/// second would take the first one's counts, or share its state of a
+/// flow with another flow's. Relaxed loads and stores (plain moves) are
+/// all they need.
 #[derive(Debug, Default)]
 pub struct Exported {
     packets: AtomicU64,
@@ -35,9 +36,10 @@ pub struct Exported {
     detector_slot: AtomicU32,
 }
 
-// Every flow has one: what a consumer adds here, every flow pays for (the
-// fields above fill the padding of the traffic series' 17 bytes, and the
-// table entry's own padding).
+// Every flow has one: what a consumer adds here, every flow pays for. The
+// fields above fill the padding of the traffic series' 17 bytes; the
+// detectors' slot made it 32 bytes, which the table entry absorbs by its
+// 32-bit poll generation (see `FlowTable::generation`).
 const _: () = assert!(std::mem::size_of::<Exported>() == 32);
 
 impl Exported {

@@ -38,8 +38,11 @@ pub struct FlowTable {
     flows: ShardedByFlow<Entry>,
     /// Poll generation, to spot flows absent from the latest read. 32
     /// bits, wrapping, keep `Entry` at 112 bytes: only equality with this
-    /// poll's or the previous one's is asked, and an entry outlives 2^32
-    /// polls (136 years at the default interval) never.
+    /// poll's or the previous one's is asked, and a flow unread for 2^32
+    /// polls is gone long before (the idle timeout; 2^32 polls are 50
+    /// days at a 1 ms interval, 136 years at the default). Were it not, a
+    /// collision would cost a lookup or leave an eviction uncounted,
+    /// nothing worse.
     generation: u32,
     /// Where the flows read in this poll sit, in the order read.
     reading: Vec<Place>,
