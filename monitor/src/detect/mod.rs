@@ -322,7 +322,9 @@ impl Detectors {
     /// flows did not since the last poll.
     fn flow(
         &mut self,
-        (record, ended, exported): (&FlowRecord, bool, &Exported),
+        record: &FlowRecord,
+        ended: bool,
+        exported: &Exported,
         poll: &Poll<'_>,
         found: &mut Findings,
     ) {
@@ -427,7 +429,7 @@ impl PollConsumer for Detectors {
             self.verdicts_changed |= self.verdicts_by_flow.remove(&key).is_some();
         }
         for (record, is_ended, exported) in flows.exported_records() {
-            self.flow((&record, is_ended, exported), poll, &mut found);
+            self.flow(&record, is_ended, exported, poll, &mut found);
             if is_ended {
                 self.flows.release(exported);
             }
