@@ -86,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     for series in [1_000u32, 10_000, 50_000] {
         let before = rss_bytes();
         let (table, ports) = flows(series);
-        let inventory = inventory(&ports);
+        let inventory = inventory(CONTAINERS, &ports);
         let directory = Directory::new(Some(&inventory), Default::default());
         let traffic = Arc::new(Mutex::new(TrafficSeries::new(MetricsConfig {
             max_series: 100_000,

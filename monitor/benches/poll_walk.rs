@@ -3,12 +3,16 @@
 //! synthetic containers (50k established connections), of which all, a
 //! tenth or a hundredth counted a packet at each poll; then connection
 //! churn, 10k connections opened and closed each second, each flow ended
-//! after a 5 s linger as the poller ends closed connections. Two agents side by
-//! side, polled alike and in turn: one walks every flow, as the agent did
-//! before, the other what the poller leaves it (the flows that changed
-//! since the previous poll, see `PollView::changed_since`). Only the consumers
-//! are timed: the table's read of the kernel map is the same for both and
-//! not in the figures. Run by `cargo bench -p monitor --bench poll_walk`.
+//! after a 5 s linger as the poller ends closed connections; then a tenth
+//! and a hundredth active again, a container (of no flow) starting or
+//! stopping between each two polls. Two agents side by side, polled alike
+//! and in turn: one walks every flow, as the agent did before, the other
+//! what the poller leaves it (the flows that changed since the previous
+//! poll, see `PollView::changed_since`, and those the directory names
+//! otherwise, `Directory::renamed_since`). Only the consumers, and the
+//! comparison of directories, are timed: the table's read of the kernel
+//! map is the same for both and not in the figures. Run by `cargo bench
+//! -p monitor --bench poll_walk`.
 
 mod synthetic;
 
@@ -157,7 +161,8 @@ struct Agent {
     detectors: Detectors,
     /// Whether it walks only the flows that changed.
     changed: bool,
-    previous_ns: Option<u64>,
+    /// The previous poll's time and directory.
+    previous: Option<(u64, Arc<Directory>)>,
 }
 
 impl Agent {
@@ -171,19 +176,17 @@ impl Agent {
             health: TcpHealth::new(10_000, 600 * SEC, None),
             detectors: Detectors::new(&DetectConfig::default(), sink, state_dir, 10_000)?,
             changed,
-            previous_ns: None,
+            previous: None,
         })
     }
 
     /// Reads the kernel's entries, then hands the poll to the consumers;
     /// the consumers' time.
-    fn poll(
-        &mut self,
-        kernel: &Kernel,
-        directory: &Directory,
-        inventory: &Inventory,
-        now: u64,
-    ) -> Duration {
+    fn poll(&mut self, kernel: &Kernel, host: &Host, now: u64) -> Duration {
+        let Host {
+            directory,
+            inventory,
+        } = host;
         let mut outcome = PollOutcome::default();
         self.table.begin_poll(now);
         for (key, stats) in &kernel.flows {
@@ -195,11 +198,16 @@ impl Agent {
             .iter()
             .filter_map(|key| self.table.end(key))
             .collect();
-        let previous = self.previous_ns.replace(now);
+        let previous = self.previous.replace((now, Arc::clone(directory)));
         let started = Instant::now();
         let mut flows = PollView::new(&self.table, &ended);
-        if let Some(previous) = previous.filter(|_| self.changed) {
-            flows = flows.changed_since(previous, now);
+        let since = previous
+            .filter(|_| self.changed)
+            .and_then(|(previous_ns, previous)| {
+                Some((previous_ns, directory.renamed_since(&previous)?))
+            });
+        if let Some((since, renamed)) = since {
+            flows = flows.renamed(renamed).changed_since(since, now);
         }
         self.traffic.update(&flows, directory, Some(inventory), now);
         self.health
@@ -223,6 +231,21 @@ impl Agent {
     }
 }
 
+/// What the engine tells of the host at a poll.
+struct Host {
+    directory: Arc<Directory>,
+    inventory: Inventory,
+}
+
+impl Host {
+    fn of(inventory: Inventory) -> Host {
+        Host {
+            directory: Arc::new(Directory::new(Some(&inventory), Default::default())),
+            inventory,
+        }
+    }
+}
+
 fn median(mut samples: Vec<Duration>) -> f64 {
     samples.sort();
     samples[samples.len() / 2].as_secs_f64() * 1e3
@@ -230,15 +253,15 @@ fn median(mut samples: Vec<Duration>) -> f64 {
 
 const START: u64 = 1_000 * SEC;
 
-/// Two agents polled alike and in turn over `kernel`: the median time of
-/// each's consumers, walking every flow and those that changed, in ms.
+/// Two agents polled alike and in turn over `kernel`, the host as one of
+/// `hosts` after the other: the median time of each's consumers, walking
+/// every flow and those that changed, in ms.
 fn side_by_side(
     mut kernel: Kernel,
-    directory: &Directory,
-    inventory: &Inventory,
+    hosts: &[Host],
     state_dir: &std::path::Path,
 ) -> anyhow::Result<(f64, f64)> {
-    let run = format!("{}-{}", kernel.active, kernel.churn);
+    let run = format!("{}-{}-{}", kernel.active, kernel.churn, hosts.len());
     let mut every = Agent::new(false, &state_dir.join(format!("every-{run}")))?;
     let mut changed = Agent::new(true, &state_dir.join(format!("changed-{run}")))?;
     let (mut every_times, mut changed_times) = (Vec::new(), Vec::new());
@@ -254,8 +277,9 @@ fn side_by_side(
         } else {
             (&mut changed, &mut every)
         };
-        let first_time = first.poll(&kernel, directory, inventory, now);
-        let second_time = second.poll(&kernel, directory, inventory, now);
+        let host = &hosts[usize::try_from(poll).unwrap_or(0) % hosts.len()];
+        let first_time = first.poll(&kernel, host, now);
+        let second_time = second.poll(&kernel, host, now);
         if poll >= WARM_POLLS {
             let (every_time, changed_time) = if poll % 2 == 0 {
                 (first_time, second_time)
@@ -277,30 +301,49 @@ fn side_by_side(
 
 fn main() -> anyhow::Result<()> {
     let ports = BTreeSet::from([(SERVER_PORT, ip_proto::TCP)]);
-    let inventory = inventory(&ports);
-    let directory = Directory::new(Some(&inventory), Default::default());
+    let steady = [Host::of(inventory(CONTAINERS, &ports))];
+    // The last container has no flow: it starts, then stops and is
+    // forgotten, between each two polls.
+    let starting = [
+        Host::of(inventory(CONTAINERS, &ports)),
+        Host::of(inventory(CONTAINERS + 1, &ports)),
+    ];
     let state_dir = std::env::temp_dir().join(format!("crossmon-poll-walk-{}", std::process::id()));
     println!(
         "| flows | of them active | consumers per poll, walking every flow (median of \
          {TIMED_POLLS}) | walking those that changed | ratio |"
     );
     println!("|---:|---:|---:|---:|---:|");
-    for active in [FLOWS, FLOWS / 10, FLOWS / 100] {
-        let kernel = Kernel::new(active, START);
-        let (every_ms, changed_ms) = side_by_side(kernel, &directory, &inventory, &state_dir)?;
+    let row = |kernel: Kernel, hosts: &[Host], what: &str| -> anyhow::Result<()> {
+        let (every_ms, changed_ms) = side_by_side(kernel, hosts, &state_dir)?;
         println!(
-            "| {FLOWS} | {active} | {every_ms:.1} ms | {changed_ms:.1} ms | {:.2} |",
+            "| {what} | {every_ms:.1} ms | {changed_ms:.1} ms | {:.2} |",
             changed_ms / every_ms
         );
+        Ok(())
+    };
+    for active in [FLOWS, FLOWS / 10, FLOWS / 100] {
+        row(
+            Kernel::new(active, START),
+            &steady,
+            &format!("{FLOWS} | {active}"),
+        )?;
     }
-    let kernel = Kernel::churning(CHURN);
-    let (every_ms, changed_ms) = side_by_side(kernel, &directory, &inventory, &state_dir)?;
     let kept = 2 * CHURN * u32::try_from(LINGER_POLLS).unwrap_or(u32::MAX);
-    println!(
-        "| {kept} | churn: {CHURN} connections a second, closed at once, kept {LINGER_POLLS} s \
-         | {every_ms:.1} ms | {changed_ms:.1} ms | {:.2} |",
-        changed_ms / every_ms
-    );
+    row(
+        Kernel::churning(CHURN),
+        &steady,
+        &format!(
+            "{kept} | churn: {CHURN} connections a second, closed at once, kept {LINGER_POLLS} s"
+        ),
+    )?;
+    for active in [FLOWS / 10, FLOWS / 100] {
+        row(
+            Kernel::new(active, START),
+            &starting,
+            &format!("{FLOWS} | {active}, a container starting or stopping at each poll"),
+        )?;
+    }
     let _ = std::fs::remove_dir_all(&state_dir);
     Ok(())
 }

@@ -15,10 +15,10 @@ pub fn container_ip(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(0x0a00_0000 + 2 + i)
 }
 
-/// The containers, each exposing `ports`.
-pub fn inventory(ports: &BTreeSet<(u16, u8)>) -> Inventory {
+/// Containers 0 to `count - 1`, each exposing `ports`.
+pub fn inventory(count: u32, ports: &BTreeSet<(u16, u8)>) -> Inventory {
     let mut inventory = Inventory::default();
-    for i in 0..CONTAINERS {
+    for i in 0..count {
         let id = format!("{i:064x}");
         inventory.containers.insert(
             id.clone(),

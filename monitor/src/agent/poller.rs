@@ -13,7 +13,7 @@ use monitor_common::ip_proto;
 use crate::{
     clock,
     datapath::{Counters, FlowMap, ProgramRunStats, Programs},
-    docker::{Directory, Snapshot},
+    docker::{Directory, Renamed, Snapshot},
     flows::{FlowTable, Poll, PollConsumer, PollOutcome, PollStatus, PollView},
     policy::PolicyInForce,
     sync::{lock, read, write, Published},
@@ -54,19 +54,24 @@ struct Handed {
 }
 
 /// Since when the consumers walk only the live flows that changed (see
-/// [`PollView::changed_since`]): since the previous poll they saw, not
-/// the previous read, so that flows counted while reads failed are
-/// walked too. `None`, every flow, at the first poll and when the
-/// directory changed since (a veth has an owner now, or an address
-/// another name) or the veths held did.
+/// [`PollView::changed_since`]), and what the directory and the veths
+/// held changed since (see [`PollView::renamed`]): since the previous
+/// poll they saw, not the previous read, so that flows counted while
+/// reads failed are walked too. `None`, every flow, at the first poll and
+/// when the directory changed in a way no address or veth bounds.
 fn changed_since(
     previous: Option<&Handed>,
-    directory: &Arc<Directory>,
+    directory: &Directory,
     held: &HashSet<u32>,
-) -> Option<u64> {
-    previous
-        .filter(|handed| Arc::ptr_eq(&handed.directory, directory) && handed.held == *held)
-        .map(|handed| handed.now_ns)
+) -> Option<(u64, Renamed)> {
+    let handed = previous?;
+    let mut renamed = directory.renamed_since(&handed.directory)?;
+    // A veth held or released: its young flows are left out, or handed
+    // over, from now on.
+    renamed
+        .veths
+        .extend(handed.held.symmetric_difference(held).copied());
+    Some((handed.now_ns, renamed))
 }
 
 impl Poller {
@@ -132,8 +137,8 @@ impl Poller {
                     held: held.clone(),
                 });
                 let mut flows = PollView::new(&table, &outcome.expired).holding(held, young);
-                if let Some(since) = since {
-                    flows = flows.changed_since(since, now);
+                if let Some((since, renamed)) = since {
+                    flows = flows.renamed(renamed).changed_since(since, now);
                 }
                 let poll = Poll {
                     flows,

@@ -332,9 +332,9 @@ impl Detectors {
         // Only flows a watched container sent: the sender is known by its
         // veth. Flows towards containers are the other side's business; a
         // veth with no container yet (one just started) is looked at again
-        // once the directory names it (a poll after the directory changed
-        // walks every flow). Neither is remembered: at 100k flows that is
-        // megabytes.
+        // once the directory names it (the poll after walks the flows of a
+        // veth named otherwise). Neither is remembered: at 100k flows that
+        // is megabytes.
         if !record.stats.from_container() || directory.veth_owner(record.stats.ifindex).is_none() {
             return;
         }

@@ -46,7 +46,7 @@ pub struct FlowEnd {
 }
 
 /// Everything of a [`FlowEnd`] but its address.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndIdentity {
     pub kind: EndKind,
     pub name: Option<String>,
@@ -180,6 +180,7 @@ impl EndIdentity {
 type ByKey<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A container's endpoint: who it is, and which of its endpoints.
+#[derive(PartialEq, Eq)]
 struct Slot {
     identity: Arc<EndIdentity>,
     endpoint: usize,
@@ -346,13 +347,48 @@ impl Directory {
 
     /// Whether the host's own addresses are `host`, as when built, but
     /// for IPv6 link-local ones: each veth brings its own and takes it
-    /// away, and a directory rebuilt for each would make every poll after
-    /// a veth came or went walk every flow. Such an address is named the
+    /// away, and a directory would be rebuilt and compared with the last
+    /// for each veth that came or went. Such an address is named the
     /// host's from the next rebuild on (a container start or stop).
     pub fn has_host_addresses(&self, host: &HashSet<IpAddr>) -> bool {
         let routed = |ip: &&IpAddr| !is_link_local_v6(**ip);
         self.host.iter().filter(routed).all(|ip| host.contains(ip))
             && host.iter().filter(routed).all(|ip| self.host.contains(ip))
+    }
+
+    /// What this directory names differently from an `earlier` one, by
+    /// address and by veth; `None` when a change reaches flows that no
+    /// address or veth bounds (a network's inter-container communication
+    /// allowed or denied: every flow between its containers).
+    pub fn renamed_since(&self, earlier: &Directory) -> Option<Renamed> {
+        let mut renamed = Renamed::default();
+        if std::ptr::eq(self, earlier) {
+            return Some(renamed);
+        }
+        if self.inter_container != earlier.inter_container {
+            return None;
+        }
+        // Any other address is external or unknown by itself, in both.
+        for ip in self.named_addresses().chain(earlier.named_addresses()) {
+            if self.by_address(*ip).identity != earlier.by_address(*ip).identity {
+                renamed.addresses.insert(*ip);
+            }
+        }
+        for ifindex in self.by_veth.keys().chain(earlier.by_veth.keys()) {
+            if self.by_veth.get(ifindex) != earlier.by_veth.get(ifindex) {
+                renamed.veths.insert(*ifindex);
+            }
+        }
+        Some(renamed)
+    }
+
+    /// The addresses [`Self::by_address`] finds in its maps.
+    fn named_addresses(&self) -> impl Iterator<Item = &IpAddr> {
+        self.by_ip
+            .keys()
+            .chain(self.remote.keys())
+            .chain(self.gateways.keys())
+            .chain(&self.host)
     }
 
     /// The container and endpoint behind a host-side veth.
@@ -423,6 +459,34 @@ impl Directory {
                 by_veth(dst).unwrap_or_else(|| self.by_address(dst)),
             )
         }
+    }
+}
+
+/// The addresses and veths that one directory names otherwise than an
+/// earlier one (see [`Directory::renamed_since`]): a flow that carries
+/// none of them, nor was counted at one of them, is named as before.
+#[derive(Debug, Default)]
+pub struct Renamed {
+    pub addresses: HashSet<IpAddr, foldhash::fast::RandomState>,
+    pub veths: HashSet<u32, foldhash::fast::RandomState>,
+}
+
+impl Renamed {
+    pub fn is_empty(&self) -> bool {
+        self.addresses.is_empty() && self.veths.is_empty()
+    }
+
+    /// Whether the flow `key`, counted at `ifindex`, may be named
+    /// otherwise than before.
+    pub fn touches(&self, key: &FlowKey, ifindex: u32) -> bool {
+        if self.veths.contains(&ifindex) {
+            return true;
+        }
+        if self.addresses.is_empty() {
+            return false;
+        }
+        let (src, dst) = key_addrs(key);
+        self.addresses.contains(&src) || self.addresses.contains(&dst)
     }
 }
 
@@ -701,6 +765,94 @@ mod tests {
         assert!(directory.may_talk(&a, &b));
         assert!(!directory.may_talk(&a, &c), "only a network without ICC");
         assert!(!directory.may_talk(&b, &c), "no network at all");
+    }
+
+    #[test]
+    fn a_rebuilt_directory_tells_which_addresses_and_veths_it_names_otherwise() {
+        use super::super::inventory::Network;
+
+        let built = |containers: &[&Container], departed: &[&Container], icc: bool| {
+            let network = Network {
+                id: "n1".into(),
+                name: "shop".into(),
+                driver: "bridge".into(),
+                bridge: None,
+                gateways: vec![IpAddr::from([172, 27, 0, 1])],
+                inter_container_communication: icc,
+            };
+            let inventory = Inventory {
+                networks: [(network.id.clone(), network)].into(),
+                containers: containers
+                    .iter()
+                    .map(|c| (c.id.clone(), (*c).clone()))
+                    .collect(),
+                departed: departed
+                    .iter()
+                    .map(|c| (c.id.clone(), ((*c).clone(), std::time::Instant::now())))
+                    .collect(),
+                ..Inventory::default()
+            };
+            let host = HashSet::from([IpAddr::from([192, 0, 2, 10])]);
+            Directory::new(Some(&inventory), host)
+        };
+        let renamed = |now: &Directory, before: &Directory| {
+            let renamed = now
+                .renamed_since(before)
+                .expect("bounded by addresses and veths");
+            let mut addresses: Vec<String> =
+                renamed.addresses.iter().map(ToString::to_string).collect();
+            let mut veths: Vec<u32> = renamed.veths.iter().copied().collect();
+            addresses.sort();
+            veths.sort_unstable();
+            (addresses, veths)
+        };
+        let (web, db) = (
+            on_shop("a", [172, 27, 0, 2], 10),
+            on_shop("b", [172, 27, 0, 3], 11),
+        );
+        let before = built(&[&web], &[], true);
+        assert_eq!(
+            renamed(&built(&[&web], &[], true), &before),
+            (vec![], vec![]),
+            "the same inventory, built again"
+        );
+        assert_eq!(
+            renamed(&built(&[&web, &db], &[], true), &before),
+            (vec!["172.27.0.3".to_owned()], vec![11]),
+            "a container started"
+        );
+        let mut moved = web.clone();
+        moved.name = "a-renamed".into();
+        assert_eq!(
+            renamed(&built(&[&moved], &[], true), &before),
+            (vec!["172.27.0.2".to_owned()], vec![10]),
+            "a container renamed"
+        );
+        assert_eq!(
+            renamed(&built(&[], &[&web], true), &before),
+            (vec![], vec![]),
+            "a container stopped: still named by what it was"
+        );
+        assert_eq!(
+            renamed(&built(&[&db], &[&web], true), &before),
+            (vec!["172.27.0.3".to_owned()], vec![11]),
+            "another started meanwhile"
+        );
+        assert!(
+            built(&[&web], &[], false).renamed_since(&before).is_none(),
+            "inter-container communication denied reaches flows no address bounds"
+        );
+        let key = FlowKey::ipv4([172, 27, 0, 4], 40_000, [172, 27, 0, 3], 80, 6);
+        let started = built(&[&web, &db], &[], true)
+            .renamed_since(&before)
+            .unwrap();
+        assert!(started.touches(&key, 12), "towards the started container");
+        assert!(started.touches(&key.reversed(), 12));
+        assert!(started.touches(&FlowKey::ipv4([10, 0, 0, 9], 1, [10, 0, 0, 8], 2, 17), 11));
+        assert!(!started.touches(
+            &FlowKey::ipv4([172, 27, 0, 2], 1, [172, 27, 0, 1], 2, 17),
+            10
+        ));
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub struct Network {
     pub inter_container_communication: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
     pub network: String,
     pub network_id: String,
@@ -54,7 +54,7 @@ pub struct Endpoint {
     pub host_ifindex: Option<u32>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Container {
     pub id: String,
     /// Without Docker's leading `/`.

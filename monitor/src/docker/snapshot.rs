@@ -42,8 +42,9 @@ impl Snapshot {
 
     /// The snapshot of `inventory`, keeping this one's directory where
     /// neither the inventory nor the host's addresses changed: a new
-    /// directory makes the next poll walk every flow (`agent::poller`), and
-    /// the link follower resyncs at every link change on a watched bridge.
+    /// directory is compared with the last at the next poll
+    /// (`agent::poller`), and the link follower resyncs at every link
+    /// change on a watched bridge.
     /// `host`: the host's addresses as they are now, where they may have
     /// changed (a resync); `None` keeps those of this snapshot's directory
     /// for the same inventory.

@@ -5,12 +5,12 @@
 
 use std::collections::HashSet;
 
-use monitor_common::{FlowKey, FlowStats};
+use monitor_common::FlowKey;
 
 use super::{
     outcome::UNANSWERED_AFTER_NS, table::LiveFlow, ByFlow, EndedFlow, Exported, FlowTable,
 };
-use crate::model::FlowRecord;
+use crate::{docker::Renamed, model::FlowRecord};
 
 /// How much earlier than its packet the programs may stamp a flow's last
 /// packet: their tick clock runs up to a tick behind (10 ms at the slowest
@@ -18,10 +18,10 @@ use crate::model::FlowRecord;
 const STAMPED_EARLY_NS: u64 = 100_000_000;
 
 /// Which live flows the consumers walk. What a consumer makes of a flow
-/// depends on the flow, its reverse, the directory and time: time only
-/// through an attempt's deadline, counted from its first packet
-/// ([`UNANSWERED_AFTER_NS`]), and through a held flow's release (see
-/// [`PollView::holding`]).
+/// depends on the flow, its reverse, how the directory names its ends
+/// and time: time only through an attempt's deadline, counted from its
+/// first packet ([`UNANSWERED_AFTER_NS`]), and through a held flow's
+/// release (see [`PollView::holding`]).
 #[derive(Clone, Copy, Debug)]
 enum Walk {
     Every,
@@ -42,6 +42,9 @@ pub struct PollView<'a> {
     /// a flow is young (see [`Self::holding`]).
     held: HashSet<u32>,
     young_since_ns: u64,
+    /// What the directory names otherwise since the previous poll (see
+    /// [`Self::renamed`]).
+    renamed: Renamed,
     walk: Walk,
     /// The live flows a [`Walk::Changed`] picks, held or not: picked in
     /// one pass over the table rather than in each consumer's walk, 16
@@ -66,6 +69,7 @@ impl<'a> PollView<'a> {
                 .collect(),
             held: HashSet::new(),
             young_since_ns: u64::MAX,
+            renamed: Renamed::default(),
             walk: Walk::Every,
             walked: Vec::new(),
             reverses: Vec::new(),
@@ -76,24 +80,27 @@ impl<'a> PollView<'a> {
     /// happened to since the previous poll the consumers saw, at
     /// `since_ns`: walked are those with a packet since, those whose
     /// reverse showed news since or ended now, those whose attempt's deadline
-    /// passed since, and those released from a hold since. Without it
-    /// (the default) every flow is walked, as it must be when something
-    /// besides a flow's packets changed what consumers make of it: the
-    /// directory (a veth's owner), the veths held. After
-    /// [`Self::holding`]: the flows are picked here, a hold's release
-    /// among the reasons.
+    /// passed since, those released from a hold since, and those
+    /// [`Self::renamed`] touches, with their reverses. Without it (the
+    /// default) every flow is walked, as it must be when something
+    /// besides a flow's packets changed what consumers make of it in a
+    /// way no [`Renamed`] bounds. After [`Self::holding`] and
+    /// [`Self::renamed`]: the flows are picked here.
     pub fn changed_since(mut self, since_ns: u64, now_ns: u64) -> Self {
         let walk = Walk::Changed { since_ns, now_ns };
         let table = self.table;
         let mut news = Vec::new();
         for flow in table.live_flows() {
             let (first_ns, last_ns) = flow.first_and_last_ns();
-            if self.walks_at(walk, first_ns, last_ns) {
+            let renamed =
+                !self.renamed.is_empty() && self.renamed.touches(flow.key(), flow.ifindex());
+            if renamed || self.walks_at(walk, first_ns, last_ns) {
                 self.walked.push(flow);
             }
             // Stamped with the read's clock: exactly since the previous
-            // poll.
-            if flow.news_ns() > since_ns {
+            // poll. A renamed flow's reverse may judge it otherwise now:
+            // walked too.
+            if renamed || flow.news_ns() > since_ns {
                 news.push(flow.key());
             }
         }
@@ -106,6 +113,20 @@ impl<'a> PollView<'a> {
             .filter_map(|key| table.exported_record(&key.reversed()))
             .filter(|(record, _)| !had_packet_since(record.stats.last_seen_ns, since_ns))
             .collect();
+        self
+    }
+
+    /// Has [`Self::changed_since`] walk the flows whose ends `renamed`
+    /// names otherwise than the previous poll's directory did, or that
+    /// were counted at a veth it names otherwise (its owner, or whether it
+    /// is held): a container that starts or stops has its own flows
+    /// walked, not every flow.
+    pub fn renamed(mut self, renamed: Renamed) -> Self {
+        debug_assert!(
+            matches!(self.walk, Walk::Every),
+            "what was renamed is set before the walk is picked"
+        );
+        self.renamed = renamed;
         self
     }
 
@@ -182,7 +203,7 @@ impl<'a> PollView<'a> {
         let reverses = self
             .reverses
             .iter()
-            .filter(|(record, _)| !self.walks(self.walk, &record.stats) && !self.is_held(record))
+            .filter(|(record, _)| !self.walks(self.walk, record) && !self.is_held(record))
             .map(|(record, exported)| (*record, false, *exported));
         self.live(self.walk)
             .chain(reverses)
@@ -209,8 +230,10 @@ impl<'a> PollView<'a> {
             .map(|ended| (ended.record, true, &ended.exported))
     }
 
-    fn walks(&self, walk: Walk, stats: &FlowStats) -> bool {
+    fn walks(&self, walk: Walk, record: &FlowRecord) -> bool {
+        let stats = &record.stats;
         self.walks_at(walk, stats.first_seen_ns, stats.last_seen_ns)
+            || self.renamed.touches(&record.key, stats.ifindex)
     }
 
     /// Whether `walk` picks a live flow by its first and last packets.

@@ -395,6 +395,11 @@ impl<'a> LiveFlow<'a> {
         (self.entry.first_seen_ns(), self.entry.last_seen_ns())
     }
 
+    /// Where the flow's first packet was counted: the total's veth.
+    pub(crate) fn ifindex(self) -> u32 {
+        self.entry.ifindex()
+    }
+
     /// When the latest read that showed the reverse news was made (see
     /// [`shows_news`]).
     pub(crate) fn news_ns(self) -> u64 {
@@ -444,6 +449,16 @@ impl Entry {
             Some(settled) if settled.first_seen_ns != 0 => settled.first_seen_ns,
             _ => self.live.first_seen_ns,
         }
+    }
+
+    /// The first incarnation's veth: the total's, without summing.
+    fn ifindex(&self) -> u32 {
+        let ifindex = match &self.settled {
+            Some(settled) if settled.first_seen_ns != 0 => settled.ifindex,
+            _ => self.live.ifindex,
+        };
+        debug_assert_eq!(ifindex, self.total().ifindex);
+        ifindex
     }
 
     /// The last packet of any incarnation: the total's, without summing.

@@ -7,7 +7,8 @@
 //! expired; polls from a tenth of a second to nine seconds apart; packets
 //! stamped up to a tick early, as the programs' tick clock does; a
 //! container the directory learns of late, its young flows held until
-//! then) goes through two pipelines fed the same kernel reads: one walks
+//! then; from then on, containers renamed, relabelled, started or
+//! forgotten) goes through two pipelines fed the same kernel reads: one walks
 //! every flow at every poll, the other what the poller leaves it. After
 //! every poll their traffic and TCP series, alerts and learnt policy must
 //! be equal.
@@ -32,7 +33,7 @@ use crate::{
         testkit::{front, Lab},
         Detectors,
     },
-    docker::Directory,
+    docker::{Container, Directory},
     flows::{EndedFlow, FlowSet, FlowTable, Poll, PollConsumer, PollOutcome, PollView},
     policy::Learner,
     series::{MetricsConfig, Retransmits, TcpHealth, TrafficSeries},
@@ -45,6 +46,38 @@ const CLOSE_LINGER: u64 = 5 * SEC;
 /// Containers c2 to c5 (ifindex 1002 to 1005): c5 is unknown to the
 /// directory until the step a case names.
 const CONTAINERS: u8 = 4;
+
+/// The directories a case's steps see once c5 is named: the first one
+/// most often, each change between two of them a container's start, stop
+/// or edit that the targeted walk must follow.
+fn named_directories() -> Vec<Arc<Directory>> {
+    let edit = |name: &'static str, edit: fn(&mut Container)| {
+        Lab::with(CONTAINERS, move |container| {
+            if container.name == name {
+                edit(container);
+            }
+        })
+    };
+    [
+        Lab::new(CONTAINERS),
+        // c6 starts, with no flow of its own.
+        Lab::new(CONTAINERS + 1),
+        edit("c3", |c3| c3.name = "c3-renamed".into()),
+        edit("c4", |c4| {
+            c4.compose_project = Some("shop".into());
+            c4.compose_service = Some("db".into());
+        }),
+        // c5 forgotten: gone longer than departed containers are kept.
+        Lab::new(CONTAINERS - 1),
+    ]
+    .into_iter()
+    .map(|lab| Arc::new(lab.directory))
+    .collect()
+}
+
+fn directory_choice() -> impl Strategy<Value = usize> {
+    prop_oneof![6 => Just(0usize), 1 => 1..5usize]
+}
 const PORTS: [u16; 3] = [80, 5432, 53];
 
 #[derive(Clone, Copy, Debug)]
@@ -385,13 +418,14 @@ proptest! {
     fn consumers_make_the_same_of_each_poll_walking_only_flows_that_changed(
         steps in collection::vec(step(), 1..40),
         named_at in 0..40usize,
+        directories in collection::vec(directory_choice(), 40),
     ) {
         let mut every = Pipeline::new();
         let mut changed = Pipeline::new();
         let mut kernel = Kernel::default();
         let mut handed: Option<Handed> = None;
         let unnamed = Arc::new(Lab::new(CONTAINERS - 1).directory);
-        let named = Arc::new(Lab::new(CONTAINERS).directory);
+        let named = named_directories();
         let mut now = 1_000 * SEC;
         for (index, step) in steps.iter().enumerate() {
             let counted = if step.after_previous_read { now + 1_000_000 } else { now + step.after_ms * 1_000_000 };
@@ -399,7 +433,7 @@ proptest! {
             for packet in &step.packets {
                 packet.count(&mut kernel, counted - step.early_ms * 1_000_000);
             }
-            let directory = if index < named_at { &unnamed } else { &named };
+            let directory = if index < named_at { &unnamed } else { &named[directories[index]] };
             let read: Vec<_> = kernel.flows.iter().map(|(key, stats)| (*key, *stats)).collect();
             every.read(&read, now);
             changed.read(&read, now);
@@ -447,8 +481,8 @@ proptest! {
                 now,
             );
             let mut view = PollView::new(&changed.table, &ended_changed).holding(held, young);
-            if let Some(since) = since {
-                view = view.changed_since(since, now);
+            if let Some((since, renamed)) = since {
+                view = view.renamed(renamed).changed_since(since, now);
             }
             changed.consumers.consume(view, directory, &retransmits(), now);
             prop_assert_eq!(every.consumers.made(), changed.consumers.made(), "after step {}", index);
