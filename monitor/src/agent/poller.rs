@@ -65,12 +65,9 @@ fn changed_since(
     held: &HashSet<u32>,
 ) -> Option<(u64, Renamed)> {
     let handed = previous?;
-    let mut renamed = directory.renamed_since(&handed.directory)?;
-    // A veth held or released: its young flows are left out, or handed
-    // over, from now on.
-    renamed
-        .veths
-        .extend(handed.held.symmetric_difference(held).copied());
+    let renamed = directory
+        .renamed_since(&handed.directory)?
+        .with_holds_changed(&handed.held, held);
     Some((handed.now_ns, renamed))
 }
 

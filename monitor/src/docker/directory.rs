@@ -358,14 +358,15 @@ impl Directory {
 
     /// What this directory names differently from an `earlier` one, by
     /// address and by veth; `None` when a change reaches flows that no
-    /// address or veth bounds (a network's inter-container communication
-    /// allowed or denied: every flow between its containers).
+    /// address or veth bounds (a network that denies inter-container
+    /// communication created, removed, or allowing it now: every flow
+    /// between its containers, see [`Self::may_talk`]).
     pub fn renamed_since(&self, earlier: &Directory) -> Option<Renamed> {
         let mut renamed = Renamed::default();
         if std::ptr::eq(self, earlier) {
             return Some(renamed);
         }
-        if self.inter_container != earlier.inter_container {
+        if self.isolated_networks() != earlier.isolated_networks() {
             return None;
         }
         // Any other address is external or unknown by itself, in both.
@@ -380,6 +381,16 @@ impl Directory {
             }
         }
         Some(renamed)
+    }
+
+    /// The networks that deny inter-container communication: the only
+    /// ones [`Self::may_talk`] tells from a network it does not know.
+    fn isolated_networks(&self) -> HashSet<&str> {
+        self.inter_container
+            .iter()
+            .filter(|(_, allowed)| !**allowed)
+            .map(|(id, _)| id.as_str())
+            .collect()
     }
 
     /// The addresses [`Self::by_address`] finds in its maps.
@@ -467,11 +478,19 @@ impl Directory {
 /// none of them, nor was counted at one of them, is named as before.
 #[derive(Debug, Default)]
 pub struct Renamed {
-    pub addresses: HashSet<IpAddr, foldhash::fast::RandomState>,
-    pub veths: HashSet<u32, foldhash::fast::RandomState>,
+    addresses: HashSet<IpAddr, foldhash::fast::RandomState>,
+    veths: HashSet<u32, foldhash::fast::RandomState>,
 }
 
 impl Renamed {
+    /// With the veths held at one poll and not the other, or the other
+    /// way round: their young flows are left out, or handed over, from
+    /// now on.
+    pub fn with_holds_changed(mut self, before: &HashSet<u32>, now: &HashSet<u32>) -> Self {
+        self.veths.extend(before.symmetric_difference(now).copied());
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.addresses.is_empty() && self.veths.is_empty()
     }
@@ -771,30 +790,37 @@ mod tests {
     fn a_rebuilt_directory_tells_which_addresses_and_veths_it_names_otherwise() {
         use super::super::inventory::Network;
 
-        let built = |containers: &[&Container], departed: &[&Container], icc: bool| {
-            let network = Network {
-                id: "n1".into(),
-                name: "shop".into(),
-                driver: "bridge".into(),
-                bridge: None,
-                gateways: vec![IpAddr::from([172, 27, 0, 1])],
-                inter_container_communication: icc,
+        // Networks by id, each with whether it allows inter-container
+        // communication: n1 is the containers' own.
+        let built =
+            |containers: &[&Container], departed: &[&Container], networks: &[(&str, bool)]| {
+                let network = |(id, icc): &(&str, bool)| Network {
+                    id: (*id).into(),
+                    name: (*id).into(),
+                    driver: "bridge".into(),
+                    bridge: None,
+                    // The containers' endpoints tell n1's.
+                    gateways: Vec::new(),
+                    inter_container_communication: *icc,
+                };
+                let inventory = Inventory {
+                    networks: networks
+                        .iter()
+                        .map(|n| (n.0.to_owned(), network(n)))
+                        .collect(),
+                    containers: containers
+                        .iter()
+                        .map(|c| (c.id.clone(), (*c).clone()))
+                        .collect(),
+                    departed: departed
+                        .iter()
+                        .map(|c| (c.id.clone(), ((*c).clone(), std::time::Instant::now())))
+                        .collect(),
+                    ..Inventory::default()
+                };
+                let host = HashSet::from([IpAddr::from([192, 0, 2, 10])]);
+                Directory::new(Some(&inventory), host)
             };
-            let inventory = Inventory {
-                networks: [(network.id.clone(), network)].into(),
-                containers: containers
-                    .iter()
-                    .map(|c| (c.id.clone(), (*c).clone()))
-                    .collect(),
-                departed: departed
-                    .iter()
-                    .map(|c| (c.id.clone(), ((*c).clone(), std::time::Instant::now())))
-                    .collect(),
-                ..Inventory::default()
-            };
-            let host = HashSet::from([IpAddr::from([192, 0, 2, 10])]);
-            Directory::new(Some(&inventory), host)
-        };
         let renamed = |now: &Directory, before: &Directory| {
             let renamed = now
                 .renamed_since(before)
@@ -810,40 +836,54 @@ mod tests {
             on_shop("a", [172, 27, 0, 2], 10),
             on_shop("b", [172, 27, 0, 3], 11),
         );
-        let before = built(&[&web], &[], true);
+        let open = [("n1", true)];
+        let before = built(&[&web], &[], &open);
         assert_eq!(
-            renamed(&built(&[&web], &[], true), &before),
+            renamed(&built(&[&web], &[], &open), &before),
             (vec![], vec![]),
             "the same inventory, built again"
         );
         assert_eq!(
-            renamed(&built(&[&web, &db], &[], true), &before),
+            renamed(&built(&[&web, &db], &[], &open), &before),
             (vec!["172.27.0.3".to_owned()], vec![11]),
             "a container started"
         );
         let mut moved = web.clone();
         moved.name = "a-renamed".into();
         assert_eq!(
-            renamed(&built(&[&moved], &[], true), &before),
+            renamed(&built(&[&moved], &[], &open), &before),
             (vec!["172.27.0.2".to_owned()], vec![10]),
             "a container renamed"
         );
         assert_eq!(
-            renamed(&built(&[], &[&web], true), &before),
+            renamed(&built(&[], &[&web], &open), &before),
             (vec![], vec![]),
             "a container stopped: still named by what it was"
         );
         assert_eq!(
-            renamed(&built(&[&db], &[&web], true), &before),
+            renamed(&built(&[&db], &[&web], &open), &before),
             (vec!["172.27.0.3".to_owned()], vec![11]),
             "another started meanwhile"
         );
         assert!(
-            built(&[&web], &[], false).renamed_since(&before).is_none(),
+            built(&[&web], &[], &[("n1", false)])
+                .renamed_since(&before)
+                .is_none(),
             "inter-container communication denied reaches flows no address bounds"
         );
+        assert_eq!(
+            renamed(&built(&[&web], &[], &[("n1", true), ("n2", true)]), &before),
+            (vec![], vec![]),
+            "a network created that allows it changes no flow's fate"
+        );
+        assert!(
+            built(&[&web], &[], &[("n1", true), ("n2", false)])
+                .renamed_since(&before)
+                .is_none(),
+            "one that denies it may hold a container that departed from it"
+        );
         let key = FlowKey::ipv4([172, 27, 0, 4], 40_000, [172, 27, 0, 3], 80, 6);
-        let started = built(&[&web, &db], &[], true)
+        let started = built(&[&web, &db], &[], &open)
             .renamed_since(&before)
             .unwrap();
         assert!(started.touches(&key, 12), "towards the started container");

@@ -81,7 +81,7 @@ impl<'a> PollView<'a> {
     /// `since_ns`: walked are those with a packet since, those whose
     /// reverse showed news since or ended now, those whose attempt's deadline
     /// passed since, those released from a hold since, and those
-    /// [`Self::renamed`] touches, with their reverses. Without it (the
+    /// [`Self::renamed`] touches. Without it (the
     /// default) every flow is walked, as it must be when something
     /// besides a flow's packets changed what consumers make of it in a
     /// way no [`Renamed`] bounds. After [`Self::holding`] and
@@ -98,9 +98,9 @@ impl<'a> PollView<'a> {
                 self.walked.push(flow);
             }
             // Stamped with the read's clock: exactly since the previous
-            // poll. A renamed flow's reverse may judge it otherwise now:
-            // walked too.
-            if renamed || flow.news_ns() > since_ns {
+            // poll. A renamed flow's reverse is not: consumers read a
+            // reverse's counts, never its names.
+            if flow.news_ns() > since_ns {
                 news.push(flow.key());
             }
         }

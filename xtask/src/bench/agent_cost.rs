@@ -622,9 +622,11 @@ impl AgentCost {
              poll_walk` measures them with the agent's own code (100k TCP flows of 50k \
              connections between 200 synthetic containers; no kernel): two agents polled alike \
              and in turn each second, one walking every flow, the other only those that \
-             changed since its previous poll, as the agent does; all, a tenth or a \
-             hundredth of the flows count a packet at each poll. The table's read of the \
-             kernel map is the same for both and not timed.\n"
+             changed since its previous poll and those its directory names otherwise, as \
+             the agent does; all, a tenth or a hundredth of the flows count a packet at each \
+             poll, then connections churn, then a tenth and a hundredth again with a \
+             container (of no flow) starting or stopping between each two polls. The \
+             table's read of the kernel map is the same for both and not timed.\n"
         );
         md.push_str(&self.walk);
         let _ = writeln!(

@@ -5,11 +5,12 @@
 //! stretches, then busy again; retransmissions lost inside a container,
 //! which the kernel counts but no flow does; connections closed; flows
 //! expired; polls from a tenth of a second to nine seconds apart; packets
-//! stamped up to a tick early, as the programs' tick clock does; a
-//! container the directory learns of late, its young flows held until
-//! then; from then on, containers renamed, relabelled, started or
-//! forgotten) goes through two pipelines fed the same kernel reads: one walks
-//! every flow at every poll, the other what the poller leaves it. After
+//! stamped up to a tick early, as the programs' tick clock does; a client
+//! sending from another's address; a container the directory learns of
+//! late, its young flows held until then; from then on, containers
+//! renamed, relabelled, started or forgotten) goes through two pipelines
+//! fed the same kernel reads: one walks every flow at every poll, the
+//! other what the poller leaves it. After
 //! every poll their traffic and TCP series, alerts and learnt policy must
 //! be equal.
 
@@ -102,12 +103,19 @@ struct Packet {
     port: usize,
     udp: bool,
     from_server: bool,
+    /// Sent by the client from the next client's address: named by its
+    /// veth, not by its source.
+    spoofed: bool,
     segment: Segment,
 }
 
 impl Packet {
     fn key(&self) -> FlowKey {
-        let client = front(2 + self.client);
+        let client = if self.spoofed && !self.from_server {
+            front(2 + (self.client + 1) % CONTAINERS)
+        } else {
+            front(2 + self.client)
+        };
         let server = front(2 + self.server);
         let client_port = 40_000 + u16::from(self.client);
         let protocol = if self.udp {
@@ -209,16 +217,20 @@ fn packet() -> impl Strategy<Value = Packet> {
         0..PORTS.len(),
         any::<bool>(),
         any::<bool>(),
+        prop::bool::weighted(0.1),
         segment,
     )
-        .prop_map(|(client, server, port, udp, from_server, segment)| Packet {
-            client,
-            server,
-            port,
-            udp,
-            from_server,
-            segment,
-        })
+        .prop_map(
+            |(client, server, port, udp, from_server, spoofed, segment)| Packet {
+                client,
+                server,
+                port,
+                udp,
+                from_server,
+                spoofed,
+                segment,
+            },
+        )
 }
 
 fn step() -> impl Strategy<Value = Step> {
