@@ -358,9 +358,10 @@ impl Directory {
 
     /// What this directory names differently from an `earlier` one, by
     /// address and by veth; `None` when a change reaches flows that no
-    /// address or veth bounds (a network that denies inter-container
-    /// communication created, removed, or allowing it now: every flow
-    /// between its containers, see [`Self::may_talk`]).
+    /// address or veth bounds: the networks that deny inter-container
+    /// communication changed (one created or removed, or switched either
+    /// way), which decides [`Self::may_talk`] for every flow between
+    /// their containers.
     pub fn renamed_since(&self, earlier: &Directory) -> Option<Renamed> {
         let mut renamed = Renamed::default();
         if std::ptr::eq(self, earlier) {
@@ -880,7 +881,8 @@ mod tests {
             built(&[&web], &[], &[("n1", true), ("n2", false)])
                 .renamed_since(&before)
                 .is_none(),
-            "one that denies it may hold a container that departed from it"
+            "a container may name one that denies it before a directory lists it \
+             (networks are listed before containers)"
         );
         let key = FlowKey::ipv4([172, 27, 0, 4], 40_000, [172, 27, 0, 3], 80, 6);
         let started = built(&[&web, &db], &[], &open)

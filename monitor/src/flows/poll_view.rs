@@ -79,13 +79,13 @@ impl<'a> PollView<'a> {
     /// Leaves out of [`Self::records`] the live flows that nothing new
     /// happened to since the previous poll the consumers saw, at
     /// `since_ns`: walked are those with a packet since, those whose
-    /// reverse showed news since or ended now, those whose attempt's deadline
-    /// passed since, those released from a hold since, and those
-    /// [`Self::renamed`] touches. Without it (the
-    /// default) every flow is walked, as it must be when something
-    /// besides a flow's packets changed what consumers make of it in a
-    /// way no [`Renamed`] bounds. After [`Self::holding`] and
-    /// [`Self::renamed`]: the flows are picked here.
+    /// reverse showed news since or ended now, those whose attempt's
+    /// deadline passed since, those released from a hold since, and those
+    /// [`Self::renamed`] touches. Without it (the default) every flow is
+    /// walked, as it must be when something besides a flow's packets
+    /// changed what consumers make of it in a way no [`Renamed`] bounds.
+    /// After [`Self::holding`] and [`Self::renamed`]: the flows are picked
+    /// here.
     pub fn changed_since(mut self, since_ns: u64, now_ns: u64) -> Self {
         let walk = Walk::Changed { since_ns, now_ns };
         let table = self.table;
@@ -98,8 +98,8 @@ impl<'a> PollView<'a> {
                 self.walked.push(flow);
             }
             // Stamped with the read's clock: exactly since the previous
-            // poll. A renamed flow's reverse is not: consumers read a
-            // reverse's counts, never its names.
+            // poll. A renamed flow's reverse is not walked for it:
+            // consumers read a reverse's counts, never its names.
             if flow.news_ns() > since_ns {
                 news.push(flow.key());
             }
