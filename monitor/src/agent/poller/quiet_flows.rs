@@ -10,9 +10,8 @@
 //! late, its young flows held until then; from then on, containers
 //! renamed, relabelled, started or forgotten) goes through two pipelines
 //! fed the same kernel reads: one walks every flow at every poll, the
-//! other what the poller leaves it. After
-//! every poll their traffic and TCP series, alerts and learnt policy must
-//! be equal.
+//! other what the poller leaves it. After every poll their traffic and
+//! TCP series, alerts and learnt policy must be equal.
 
 use std::{
     collections::{HashMap, HashSet},
