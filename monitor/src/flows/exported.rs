@@ -34,12 +34,16 @@ pub struct Exported {
     /// itself, which flows no container sent (most, on a host without
     /// Docker) would pay for too.
     detector_slot: AtomicU32,
+    /// The traffic series': the poll's second (plus one; 0: never) when the
+    /// flow's reverse was last looked up for the served ports.
+    served_lookup_s: AtomicU32,
 }
 
 // Every flow has one: what a consumer adds here, every flow pays for. The
 // fields above fill the padding of the traffic series' 17 bytes; the
 // detectors' slot made it 32 bytes, which the table entry absorbs by its
-// 32-bit poll generation (see `FlowTable::generation`).
+// 32-bit poll generation (see `FlowTable::generation`), and the served
+// ports' second fills what was left of them.
 const _: () = assert!(std::mem::size_of::<Exported>() == 32);
 
 impl Exported {
@@ -91,6 +95,19 @@ impl Exported {
         self.detector_slot.swap(0, Relaxed).checked_sub(1)
     }
 
+    /// Whether the flow's reverse is due a lookup for the served ports at
+    /// `now_ns`, at most once in `every_ns`; noted as looked up if so.
+    pub(crate) fn served_lookup_due(&self, now_ns: u64, every_ns: u64) -> bool {
+        let second = |ns: u64| u32::try_from(ns / 1_000_000_000).unwrap_or(u32::MAX);
+        let now = second(now_ns).saturating_add(1);
+        let last = self.served_lookup_s.load(Relaxed);
+        if last != 0 && now.saturating_sub(last) < second(every_ns) {
+            return false;
+        }
+        self.served_lookup_s.store(now, Relaxed);
+        true
+    }
+
     /// The resets the flow sent since the last take, of its total `rst`.
     pub(crate) fn take_new_resets(&self, rst: u32) -> u32 {
         let counted = self.resets.load(Relaxed);
@@ -139,6 +156,25 @@ mod tests {
             exported.take_new_traffic(&total(1)),
             (1, 60),
             "each series' counts are its own"
+        );
+    }
+
+    #[test]
+    fn a_served_lookup_is_due_once_in_each_period() {
+        const SEC: u64 = 1_000_000_000;
+        let exported = Exported::default();
+        let due = |at_s: u64| exported.served_lookup_due(at_s * SEC, 150 * SEC);
+        assert!(due(0), "never looked up");
+        assert!(!due(1));
+        assert!(!due(149));
+        assert!(due(150));
+        assert!(!due(151));
+        assert!(due(300));
+        let every_poll = Exported::default();
+        assert!(every_poll.served_lookup_due(SEC, 0));
+        assert!(
+            every_poll.served_lookup_due(SEC, 0),
+            "a period under a second"
         );
     }
 }

@@ -192,7 +192,8 @@ mod tests {
             let record = lab.flow(front(2), front(3), port, ip_proto::TCP);
             let ends = lab.directory.ends(&record.key, &record.stats);
             let mut port_text = itoa::Buffer::new();
-            let borrowed = FlowLabelsRef::of(&record, &ends, &ServedPorts::new(10), &mut port_text);
+            let borrowed =
+                FlowLabelsRef::of(&record, &ends, &ServedPorts::new(10, 0), &mut port_text);
             let owned = FlowLabels {
                 source: "c2".into(),
                 destination: "c3".into(),

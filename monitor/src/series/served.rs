@@ -18,14 +18,28 @@ pub struct ServedPorts {
     /// foldhash, as flow keys, since every changed flow's label looks here.
     served: HashMap<(IpAddr, u16, u8), u64, foldhash::fast::RandomState>,
     capacity: usize,
+    /// How long an answer stands unconfirmed.
+    keep_ns: u64,
 }
 
 impl ServedPorts {
-    pub fn new(capacity: usize) -> Self {
+    /// `keep_ns`: how long what a flow showed stands once no flow confirms
+    /// it.
+    pub fn new(capacity: usize, keep_ns: u64) -> Self {
         Self {
             served: HashMap::default(),
             capacity,
+            keep_ns,
         }
+    }
+
+    /// How often a flow's reverse needs looking up for [`Self::learn`]:
+    /// often enough that a port stays served while its flows have
+    /// traffic, not at every poll for every busy flow. What a new reverse
+    /// shows is not delayed: a new flow is walked, and teaches from its
+    /// side.
+    pub fn lookup_every_ns(&self) -> u64 {
+        self.keep_ns / 4
     }
 
     /// Learns from one flow and its reverse (if counted): the side that
@@ -52,8 +66,9 @@ impl ServedPorts {
         self.served.contains_key(&(ip, port, protocol))
     }
 
-    /// Forgets what was last confirmed before `cutoff_ns`.
-    pub fn expire(&mut self, cutoff_ns: u64) {
+    /// Forgets what no flow confirmed for longer than it is kept.
+    pub fn expire(&mut self, now_ns: u64) {
+        let cutoff_ns = now_ns.saturating_sub(self.keep_ns);
         self.served.retain(|_, seen| *seen >= cutoff_ns);
     }
 }
@@ -116,7 +131,7 @@ mod tests {
         let request = record(CLIENT, 40000, SERVER, 80, stats(1, 1, 0));
         let answer = record(SERVER, 80, CLIENT, 40000, stats(2, 0, 1));
         for (flow, reverse) in [(&request, &answer), (&answer, &request)] {
-            let mut served = ServedPorts::new(10);
+            let mut served = ServedPorts::new(10, 100);
             served.learn(flow, || Some(*reverse), 5);
             assert!(served.contains(SERVER.into(), 80, ip_proto::TCP));
             assert!(!served.contains(CLIENT.into(), 40000, ip_proto::TCP));
@@ -125,7 +140,7 @@ mod tests {
 
     #[test]
     fn a_refused_or_unanswered_syn_serves_nothing() {
-        let mut served = ServedPorts::new(10);
+        let mut served = ServedPorts::new(10, 100);
         let request = record(CLIENT, 40000, SERVER, 81, stats(1, 1, 0));
         let rst = record(SERVER, 81, CLIENT, 40000, stats(2, 0, 0));
         served.learn(&request, || Some(rst), 5);
@@ -139,7 +154,7 @@ mod tests {
         let mut reply = record(SERVER, 53, CLIENT, 50000, stats(2, 0, 0));
         query.key.protocol = ip_proto::UDP;
         reply.key.protocol = ip_proto::UDP;
-        let mut served = ServedPorts::new(10);
+        let mut served = ServedPorts::new(10, 100);
         served.learn(&reply, || Some(query), 5);
         assert!(served.contains(SERVER.into(), 53, ip_proto::UDP));
         assert!(!served.contains(CLIENT.into(), 50000, ip_proto::UDP));
@@ -147,14 +162,16 @@ mod tests {
 
     #[test]
     fn capacity_and_expiry_bound_the_set() {
-        let mut served = ServedPorts::new(1);
+        let mut served = ServedPorts::new(1, 100);
         for (port, seen) in [(80, 5), (81, 6)] {
             let answer = record(SERVER, port, CLIENT, 40000, stats(2, 0, 1));
             served.learn(&answer, || None, seen);
         }
         assert!(served.contains(SERVER.into(), 80, ip_proto::TCP));
         assert!(!served.contains(SERVER.into(), 81, ip_proto::TCP));
-        served.expire(6);
+        served.expire(105);
+        assert!(served.contains(SERVER.into(), 80, ip_proto::TCP));
+        served.expire(106);
         assert!(!served.contains(SERVER.into(), 80, ip_proto::TCP));
     }
 }

@@ -53,7 +53,6 @@ pub struct TrafficSeries {
     /// Containers that left, kept for the grace period so their info
     /// series can still be joined.
     departures: Departures,
-    grace_ns: u64,
 }
 
 /// What one flow series counted.
@@ -77,9 +76,8 @@ impl TrafficSeries {
         Self {
             flows: SeriesBook::new(config.max_series, FlowLabels::overflow()),
             connections: SeriesBook::new(config.max_series, ConnectionLabels::overflow()),
-            served: ServedPorts::new(config.max_series.saturating_mul(4)),
+            served: ServedPorts::new(config.max_series.saturating_mul(4), config.grace_ns),
             departures: Departures::new(config.grace_ns),
-            grace_ns: config.grace_ns,
         }
     }
 
@@ -99,10 +97,16 @@ impl TrafficSeries {
         // Two walks rather than a list of the flows' records: at 100k busy
         // flows that list was megabytes at every poll. Learning changes
         // nothing `needs_update` reads, so both passes pick the same flows.
+        let lookup_every_ns = self.served.lookup_every_ns();
         for (record, _, exported) in flows.exported_records() {
             if needs_update(&record, exported) {
-                self.served
-                    .learn(&record, || find(&record.key.reversed()), now_ns);
+                let reverse = || {
+                    exported
+                        .served_lookup_due(now_ns, lookup_every_ns)
+                        .then(|| find(&record.key.reversed()))
+                        .flatten()
+                };
+                self.served.learn(&record, reverse, now_ns);
             }
         }
         for (record, ended, exported) in flows.exported_records() {
@@ -112,9 +116,12 @@ impl TrafficSeries {
             let ends = directory.ends(&record.key, &record.stats);
             let mut port_text = itoa::Buffer::new();
             let labels = FlowLabelsRef::of(&record, &ends, &self.served, &mut port_text);
-            // Only a TCP flow has a connection result, and only then is its
-            // reverse looked up.
-            if record.key.protocol == ip_proto::TCP && !exported.connection_counted() {
+            // Only a TCP attempt has a connection result, and only then is
+            // its reverse looked up (an answer's flow never is one).
+            if record.key.protocol == ip_proto::TCP
+                && !exported.connection_counted()
+                && outcome::is_attempt(&record, None)
+            {
                 let reverse = find(&record.key.reversed());
                 if let Some(result) = connection_result(&record, reverse.as_ref(), ended, now_ns) {
                     exported.count_connection();
@@ -137,7 +144,7 @@ impl TrafficSeries {
     /// Removes the series of containers departed longer than the grace
     /// period, and answers learnt as long ago.
     fn sweep(&mut self, now_ns: u64) {
-        self.served.expire(now_ns.saturating_sub(self.grace_ns));
+        self.served.expire(now_ns);
         let Some(gone) = self.departures.take_gone(now_ns) else {
             return;
         };
@@ -305,6 +312,51 @@ mod tests {
             traffic.update(&PollView::new(&flows, &[]), &directory, None, now * SECOND);
         }
         assert_eq!(connections(&traffic, "unanswered"), 1);
+    }
+
+    #[test]
+    fn a_udp_service_is_learnt_from_its_first_reply_and_stays_while_asked() {
+        let mut traffic = metrics(100);
+        let directory = Directory::default();
+        let udp = |key: FlowKey| FlowKey {
+            protocol: ip_proto::UDP,
+            ..key
+        };
+        let (query, reply) = (udp(key(1, 50000, 2, 53)), udp(key(2, 53, 1, 50000)));
+        let at = |packets: u64, first_s: u64, last_s: u64| FlowStats {
+            first_seen_ns: first_s * SECOND,
+            last_seen_ns: last_s * SECOND,
+            ..stats(packets, 0, 0, 0)
+        };
+        let to_port =
+            |traffic: &TrafficSeries, port| packets(traffic, &[("destination_port", port)]);
+        let mut flows = table(&[(query, at(1, 1, 1))]);
+        traffic.update(&PollView::new(&flows, &[]), &directory, None, SECOND);
+        assert_eq!(to_port(&traffic, "ephemeral"), 1, "nothing answered yet");
+
+        // The reply comes a second later: both directions of the exchange
+        // are labelled by the port it showed served, at once.
+        poll(&mut flows, &[(query, at(2, 1, 2)), (reply, at(1, 2, 2))]);
+        traffic.update(&PollView::new(&flows, &[]), &directory, None, 2 * SECOND);
+        assert_eq!(to_port(&traffic, "53"), 1);
+        assert_eq!(to_port(&traffic, "ephemeral"), 1 + 1);
+
+        // Then only the queries go on, three times the grace period: the
+        // reply on record keeps confirming the service.
+        for second in 3..=32 {
+            let sent = second - 1;
+            poll(
+                &mut flows,
+                &[(query, at(sent, 1, second)), (reply, at(1, 2, 2))],
+            );
+            traffic.update(
+                &PollView::new(&flows, &[]),
+                &directory,
+                None,
+                second * SECOND,
+            );
+        }
+        assert_eq!(to_port(&traffic, "53"), 30, "every query after the first");
     }
 
     #[test]
