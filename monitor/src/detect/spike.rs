@@ -5,7 +5,7 @@
 //! container sends another, with a shorter window and no warm-up: a flood
 //! is a rate no edge had before, and its first window is already one.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use hashbrown::{hash_map::EntryRef, HashMap};
 use monitor_common::ip_proto;
@@ -18,7 +18,7 @@ use super::{
 use crate::{
     book::{owned_and_borrowed, SeriesLabels as _},
     clock,
-    docker::FlowEnd,
+    docker::{FlowEnd, IdentityRef},
     model::protocol_name,
 };
 
@@ -77,6 +77,37 @@ struct EdgeWindows {
     limits: Limits,
     /// Names are chosen by containers: the hash is seeded at random.
     edges: HashMap<EdgeKey, Edge, foldhash::fast::RandomState>,
+    /// What flows added since the windows were last judged, by their ends'
+    /// identities: many flows share an edge, and an identity is found in
+    /// a few instructions where a name costs a string hash and compare
+    /// per flow. Added to `edges` by name before the windows are judged.
+    pending: HashMap<PendingKey, Pending, foldhash::fast::RandomState>,
+}
+
+/// An edge as [`Alert::end_name`] names it, by each end's identity and,
+/// where that names no container, its address; and the protocol.
+type PendingKey = (
+    (IdentityRef, Option<IpAddr>),
+    (IdentityRef, Option<IpAddr>),
+    Option<u8>,
+);
+
+/// What an edge's flows added; its ends are kept, which keeps their
+/// identities ([`IdentityRef`]) from being freed and their addresses
+/// reused.
+struct Pending {
+    source: FlowEnd,
+    destination: FlowEnd,
+    amount: u64,
+    since_ns: u64,
+}
+
+/// An end as [`PendingKey`] holds it.
+fn pending_end(end: &FlowEnd) -> (IdentityRef, Option<IpAddr>) {
+    (
+        end.identity_ref(),
+        end.name.is_none().then_some(end.ip).flatten(),
+    )
 }
 
 impl EdgeWindows {
@@ -84,6 +115,7 @@ impl EdgeWindows {
         Self {
             limits,
             edges: HashMap::default(),
+            pending: HashMap::default(),
         }
     }
 
@@ -97,30 +129,45 @@ impl EdgeWindows {
         if amount == 0 {
             return;
         }
-        let (source_name, destination_name) =
-            (Alert::end_name(source), Alert::end_name(destination));
-        let key = EdgeKeyRef {
-            source: &source_name,
-            destination: &destination_name,
-            protocol,
-        };
-        let edge = match self.edges.entry_ref(&key) {
-            EntryRef::Occupied(edge) => edge.into_mut(),
-            EntryRef::Vacant(edge) => edge.insert_with_key(
-                key.to_labels(),
-                Edge {
-                    source: source.clone(),
-                    destination: destination.clone(),
-                    window_start_ns: now_ns,
-                    amount: 0,
-                    baseline: 0.0,
-                    windows: 0,
-                    quiet_windows: 0,
-                    alerted: false,
-                },
-            ),
-        };
-        edge.amount = edge.amount.saturating_add(amount);
+        let key = (pending_end(source), pending_end(destination), protocol);
+        let pending = self.pending.entry(key).or_insert_with(|| Pending {
+            source: source.clone(),
+            destination: destination.clone(),
+            amount: 0,
+            since_ns: now_ns,
+        });
+        pending.amount = pending.amount.saturating_add(amount);
+    }
+
+    /// Adds what is pending to the edges, by name.
+    fn take_pending(&mut self) {
+        for ((_, _, protocol), pending) in self.pending.drain() {
+            let (source, destination) = (&pending.source, &pending.destination);
+            let (source_name, destination_name) =
+                (Alert::end_name(source), Alert::end_name(destination));
+            let key = EdgeKeyRef {
+                source: &source_name,
+                destination: &destination_name,
+                protocol,
+            };
+            let edge = match self.edges.entry_ref(&key) {
+                EntryRef::Occupied(edge) => edge.into_mut(),
+                EntryRef::Vacant(edge) => edge.insert_with_key(
+                    key.to_labels(),
+                    Edge {
+                        source: source.clone(),
+                        destination: destination.clone(),
+                        window_start_ns: pending.since_ns,
+                        amount: 0,
+                        baseline: 0.0,
+                        windows: 0,
+                        quiet_windows: 0,
+                        alerted: false,
+                    },
+                ),
+            };
+            edge.amount = edge.amount.saturating_add(pending.amount);
+        }
     }
 
     /// Hands each edge over its limits to `alert`, once per window: as
@@ -128,6 +175,7 @@ impl EdgeWindows {
     /// lasts), else when it closes. Closes the windows that ended by
     /// `now_ns`.
     fn check(&mut self, now_ns: u64, mut alert: impl FnMut(&Spike<'_>)) {
+        self.take_pending();
         let limits = self.limits;
         let over = |edge: &Edge, amount: u64| {
             edge.windows >= limits.warmup_windows
@@ -410,6 +458,36 @@ mod tests {
             detector.check(start + WINDOW + 1, &mut alerts);
         }
         assert!(alerts.is_empty());
+    }
+
+    #[test]
+    fn an_edge_adds_up_the_flows_its_names_share_and_no_others() {
+        let mut detector = SpikeDetector::new(&TrafficSpike {
+            enabled: true,
+            window: Duration::from_secs(1),
+            factor: 1.0,
+            min_bytes: 50_000,
+            warmup_windows: 0,
+        });
+        // One container as two directories name it (two identities of one
+        // name), and two addresses no container has.
+        let (lab, relabelled) = (Lab::new(3), Lab::new(3));
+        let to = lab.end(front(3));
+        let nobody = Directory::default();
+        let unnamed = |ip: &str| nobody.by_address(ip.parse().expect("ip"));
+        for (from, bytes) in [
+            (lab.end(front(2)), 30_000),
+            (relabelled.end(front(2)), 20_000),
+            (unnamed("192.168.7.2"), 30_000),
+            (unnamed("192.168.7.3"), 30_000),
+        ] {
+            detector.observe(&from, &to, bytes, 1);
+        }
+        let mut alerts = Vec::new();
+        detector.check(2, &mut alerts);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(ends(&alerts[0]), ("c2".into(), Some("c3".into())));
+        assert_eq!(alerts[0].evidence["bytes"], 50_000);
     }
 
     const MIB: u64 = 1024 * 1024;

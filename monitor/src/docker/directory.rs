@@ -108,7 +108,21 @@ impl FlowEnd {
     pub fn new(identity: Arc<EndIdentity>, ip: Option<IpAddr>) -> Self {
         Self { identity, ip }
     }
+
+    /// Its identity by address: one for every end that shares it.
+    pub fn identity_ref(&self) -> IdentityRef {
+        IdentityRef(Arc::as_ptr(&self.identity) as usize)
+    }
 }
+
+/// An end's identity by the address of the one the directory built (see
+/// [`FlowEnd`]): hashed and compared in an instruction or two, where its
+/// names would cost a string hash and compare per flow. Ends with one
+/// identity are named alike; the converse need not hold. Meaningful while
+/// an end that holds the identity is kept: a freed one's address may be
+/// reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IdentityRef(usize);
 
 impl EndIdentity {
     pub fn bare(kind: EndKind) -> Self {
