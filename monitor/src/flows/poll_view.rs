@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use monitor_common::FlowKey;
+use monitor_common::{ip_proto, FlowKey};
 
 use super::{
     outcome::UNANSWERED_AFTER_NS, table::LiveFlow, ByFlow, EndedFlow, Exported, FlowTable,
@@ -48,8 +48,10 @@ pub struct PollView<'a> {
     walk: Walk,
     /// The live flows a [`Walk::Changed`] picks, held or not: picked in
     /// one pass over the table rather than in each consumer's walk, 16
-    /// bytes a flow picked.
+    /// bytes a flow picked. The TCP flows first, `walked_tcp` of them,
+    /// for the consumers of TCP alone.
     walked: Vec<LiveFlow<'a>>,
+    walked_tcp: usize,
     /// Live flows whose reverse showed news since the previous poll (its
     /// first packet, a SYN, SYN-ACK, RST or TCP flag) or ended at this
     /// one: walked for it even if nothing else changed.
@@ -72,6 +74,7 @@ impl<'a> PollView<'a> {
             renamed: Renamed::default(),
             walk: Walk::Every,
             walked: Vec::new(),
+            walked_tcp: 0,
             reverses: Vec::new(),
         }
     }
@@ -90,12 +93,17 @@ impl<'a> PollView<'a> {
         let walk = Walk::Changed { since_ns, now_ns };
         let table = self.table;
         let mut news = Vec::new();
+        let mut walked_other = Vec::new();
         for flow in table.live_flows() {
             let (first_ns, last_ns) = flow.first_and_last_ns();
             let renamed =
                 !self.renamed.is_empty() && self.renamed.touches(flow.key(), flow.ifindex());
             if renamed || self.walks_at(walk, first_ns, last_ns) {
-                self.walked.push(flow);
+                if flow.key().protocol == ip_proto::TCP {
+                    self.walked.push(flow);
+                } else {
+                    walked_other.push(flow);
+                }
             }
             // Stamped with the read's clock: exactly since the previous
             // poll. A renamed flow's reverse is not walked for it:
@@ -104,6 +112,8 @@ impl<'a> PollView<'a> {
                 news.push(flow.key());
             }
         }
+        self.walked_tcp = self.walked.len();
+        self.walked.append(&mut walked_other);
         self.walk = walk;
         let ended = self.expired.iter().map(|ended| &ended.record.key);
         // Most reverses changed too: those are walked on their own.
@@ -189,7 +199,7 @@ impl<'a> PollView<'a> {
     /// whose decisions wait on time beyond an attempt's deadline (the
     /// flow log's interval lines).
     pub fn every_record(&self) -> impl Iterator<Item = (FlowRecord, bool)> + '_ {
-        self.live(Walk::Every)
+        self.live(Walk::Every, Protocols::All)
             .chain(self.ended_records())
             .map(|(record, ended, _)| (record, ended))
     }
@@ -198,23 +208,59 @@ impl<'a> PollView<'a> {
     pub(crate) fn exported_records(
         &self,
     ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
+        self.exported_records_of(Protocols::All)
+    }
+
+    /// [`Self::exported_records`] of TCP alone: the others are not walked.
+    pub(crate) fn exported_tcp_records(
+        &self,
+    ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
+        self.exported_records_of(Protocols::Tcp)
+    }
+
+    fn exported_records_of(
+        &self,
+        protocols: Protocols,
+    ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
         // Those the walk picks on their own (their deadline, their
         // release) come with the table's.
         let reverses = self
             .reverses
             .iter()
-            .filter(|(record, _)| !self.walks(self.walk, record) && !self.is_held(record))
+            .filter(move |(record, _)| {
+                protocols.has(&record.key)
+                    && !self.walks(self.walk, record)
+                    && !self.is_held(record)
+            })
             .map(|(record, exported)| (*record, false, *exported));
-        self.live(self.walk)
-            .chain(reverses)
-            .chain(self.ended_records())
+        let ended = self
+            .ended_records()
+            .filter(move |(record, _, _)| protocols.has(&record.key));
+        self.live(self.walk, protocols).chain(reverses).chain(ended)
     }
 
-    /// The live flows `walk` picks, but those held.
-    fn live(&self, walk: Walk) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
+    /// The live flows `walk` picks of `protocols`, but those held.
+    fn live(
+        &self,
+        walk: Walk,
+        protocols: Protocols,
+    ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
         let (all, walked) = match walk {
-            Walk::Every => (Some(self.table.live_flows()), None),
-            Walk::Changed { .. } => (None, Some(self.walked.iter().copied())),
+            Walk::Every => (
+                Some(
+                    self.table
+                        .live_flows()
+                        .filter(move |flow| protocols.has(flow.key())),
+                ),
+                None,
+            ),
+            Walk::Changed { .. } => {
+                let walked = match protocols {
+                    Protocols::All => &self.walked[..],
+                    Protocols::Tcp => &self.walked[..self.walked_tcp],
+                };
+                (None, Some(walked.iter().copied()))
+            }
         };
         all.into_iter()
             .flatten()
@@ -263,6 +309,22 @@ impl<'a> PollView<'a> {
     /// The keys of the flows that ended at this poll.
     pub fn ended(&self) -> impl Iterator<Item = &FlowKey> + '_ {
         self.ended.keys()
+    }
+}
+
+/// The flows a walk hands over, by IP protocol.
+#[derive(Clone, Copy)]
+enum Protocols {
+    All,
+    Tcp,
+}
+
+impl Protocols {
+    fn has(self, key: &FlowKey) -> bool {
+        match self {
+            Protocols::All => true,
+            Protocols::Tcp => key.protocol == ip_proto::TCP,
+        }
     }
 }
 
@@ -380,6 +442,92 @@ mod tests {
             poll(release - SEC / 2, release + SEC / 2, &[]),
             [] as [u16; 0]
         );
+    }
+
+    #[test]
+    fn the_tcp_walk_hands_over_what_the_whole_walk_does_of_tcp() {
+        // Ports 1 to 8, TCP on even ones: all busy but 7 and 8; 3 and 4
+        // then end.
+        let mut table = FlowTable::new();
+        let mut outcome = PollOutcome::default();
+        table.begin_poll(T);
+        for port in 1..=8u16 {
+            let protocol = if port % 2 == 0 {
+                ip_proto::TCP
+            } else {
+                ip_proto::UDP
+            };
+            let last = if port >= 7 { T - 10 * SEC } else { T };
+            let stats = FlowStats {
+                packets: 1,
+                first_seen_ns: T - 20 * SEC,
+                last_seen_ns: last,
+                ..FlowStats::default()
+            };
+            table.observe(
+                &FlowKey {
+                    protocol,
+                    ..key(port)
+                },
+                &stats,
+                &mut outcome,
+            );
+        }
+        table.end_poll(&mut outcome);
+        let ended: Vec<_> = [3, 4]
+            .iter()
+            .filter_map(|port| {
+                let protocol = if port % 2 == 0 {
+                    ip_proto::TCP
+                } else {
+                    ip_proto::UDP
+                };
+                table.end(&FlowKey {
+                    protocol,
+                    ..key(*port)
+                })
+            })
+            .collect();
+        let ports = |records: &mut dyn Iterator<Item = (FlowRecord, bool, &Exported)>| {
+            let mut ports: Vec<(u16, bool)> = records
+                .map(|(r, ended, _)| (r.key.src_port, ended))
+                .collect();
+            ports.sort_unstable();
+            ports
+        };
+        let every = PollView::new(&table, &ended);
+        let changed = PollView::new(&table, &ended).changed_since(T - SEC, T);
+        for (view, all, tcp) in [
+            (
+                &every,
+                vec![
+                    (1, false),
+                    (2, false),
+                    (3, true),
+                    (4, true),
+                    (5, false),
+                    (6, false),
+                    (7, false),
+                    (8, false),
+                ],
+                vec![(2, false), (4, true), (6, false), (8, false)],
+            ),
+            (
+                &changed,
+                vec![
+                    (1, false),
+                    (2, false),
+                    (3, true),
+                    (4, true),
+                    (5, false),
+                    (6, false),
+                ],
+                vec![(2, false), (4, true), (6, false)],
+            ),
+        ] {
+            assert_eq!(ports(&mut view.exported_records()), all);
+            assert_eq!(ports(&mut view.exported_tcp_records()), tcp);
+        }
     }
 
     #[test]

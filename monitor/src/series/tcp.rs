@@ -160,7 +160,7 @@ impl TcpHealth {
         retransmits: &Retransmits,
         now_ns: u64,
     ) {
-        for (record, _, exported) in flows.exported_records() {
+        for (record, _, exported) in flows.exported_tcp_records() {
             self.flow(&record, exported, flows, directory, retransmits, now_ns);
         }
         // A retransmission lost before the veth (a path dropped inside the
