@@ -55,8 +55,9 @@ owned_and_borrowed! {
     /// the protocol of its packets (a spike counts the bytes of every
     /// protocol).
     struct EdgeKey;
-    /// [`EdgeKey`] borrowed from a flow's ends, to find a known edge with:
-    /// every flow with new traffic looks its edge up at every poll.
+    /// [`EdgeKey`] borrowed from an end's identity, to find a known edge
+    /// with: every identity pair with new traffic looks its edge up at
+    /// every poll.
     struct EdgeKeyRef {
         source, destination;
         protocol: Option<u8>
@@ -81,11 +82,15 @@ struct EdgeWindows {
     /// identities: many flows share an edge, and an identity is found in
     /// a few instructions where a name costs a string hash and compare
     /// per flow. Added to `edges` by name before the windows are judged.
+    /// An entry per pair of identities with traffic in the poll: as many
+    /// as edges, or more where an end has an identity on each of its
+    /// networks.
     pending: HashMap<PendingKey, Pending, foldhash::fast::RandomState>,
 }
 
 /// An edge as [`Alert::end_name`] names it, by each end's identity and,
-/// where that names no container, its address; and the protocol.
+/// where that has no name (an external or unknown end), its address; and
+/// the protocol.
 type PendingKey = (
     (IdentityRef, Option<IpAddr>),
     (IdentityRef, Option<IpAddr>),

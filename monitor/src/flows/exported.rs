@@ -12,7 +12,8 @@ use monitor_common::FlowStats;
 /// through the poll's view of the table, which the API reads at the same
 /// time under the same read lock: hence atomics. Each field has one
 /// consumer as its only reader and writer, on the poller's thread (the
-/// traffic series the traffic counts and the connection, the TCP health
+/// traffic series the traffic counts, the connection and the served
+/// ports' lookup, the TCP health
 /// series the handshake and resets, the detectors their slot; the methods
 /// are the crate's alone). A table has one consumer of each kind: a
 /// second would take the first one's counts, or share its state of a
@@ -96,16 +97,16 @@ impl Exported {
     }
 
     /// Whether the flow's reverse is due a lookup for the served ports at
-    /// `now_ns`, at most once in `every_ns`; noted as looked up if so.
+    /// `now_ns`: never noted ([`Self::note_served_lookup`]), or not in
+    /// the last `every_ns`.
     pub(crate) fn served_lookup_due(&self, now_ns: u64, every_ns: u64) -> bool {
-        let second = |ns: u64| u32::try_from(ns / 1_000_000_000).unwrap_or(u32::MAX);
-        let now = second(now_ns).saturating_add(1);
         let last = self.served_lookup_s.load(Relaxed);
-        if last != 0 && now.saturating_sub(last) < second(every_ns) {
-            return false;
-        }
-        self.served_lookup_s.store(now, Relaxed);
-        true
+        last == 0 || seconds(now_ns).saturating_add(1).saturating_sub(last) >= seconds(every_ns)
+    }
+
+    pub(crate) fn note_served_lookup(&self, now_ns: u64) {
+        self.served_lookup_s
+            .store(seconds(now_ns).saturating_add(1), Relaxed);
     }
 
     /// The resets the flow sent since the last take, of its total `rst`.
@@ -117,6 +118,10 @@ impl Exported {
         self.resets.store(rst, Relaxed);
         rst - counted
     }
+}
+
+fn seconds(ns: u64) -> u32 {
+    u32::try_from(ns / 1_000_000_000).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -164,16 +169,16 @@ mod tests {
         const SEC: u64 = 1_000_000_000;
         let exported = Exported::default();
         let due = |at_s: u64| exported.served_lookup_due(at_s * SEC, 150 * SEC);
-        assert!(due(0), "never looked up");
+        assert!(due(0) && due(1), "never noted");
+        exported.note_served_lookup(0);
         assert!(!due(1));
         assert!(!due(149));
         assert!(due(150));
+        exported.note_served_lookup(150 * SEC);
         assert!(!due(151));
         assert!(due(300));
-        let every_poll = Exported::default();
-        assert!(every_poll.served_lookup_due(SEC, 0));
         assert!(
-            every_poll.served_lookup_due(SEC, 0),
+            exported.served_lookup_due(151 * SEC, 0),
             "a period under a second"
         );
     }

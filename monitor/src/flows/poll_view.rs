@@ -48,10 +48,8 @@ pub struct PollView<'a> {
     walk: Walk,
     /// The live flows a [`Walk::Changed`] picks, held or not: picked in
     /// one pass over the table rather than in each consumer's walk, 16
-    /// bytes a flow picked. The TCP flows first, `walked_tcp` of them,
-    /// for the consumers of TCP alone.
+    /// bytes a flow picked.
     walked: Vec<LiveFlow<'a>>,
-    walked_tcp: usize,
     /// Live flows whose reverse showed news since the previous poll (its
     /// first packet, a SYN, SYN-ACK, RST or TCP flag) or ended at this
     /// one: walked for it even if nothing else changed.
@@ -74,7 +72,6 @@ impl<'a> PollView<'a> {
             renamed: Renamed::default(),
             walk: Walk::Every,
             walked: Vec::new(),
-            walked_tcp: 0,
             reverses: Vec::new(),
         }
     }
@@ -93,17 +90,12 @@ impl<'a> PollView<'a> {
         let walk = Walk::Changed { since_ns, now_ns };
         let table = self.table;
         let mut news = Vec::new();
-        let mut walked_other = Vec::new();
         for flow in table.live_flows() {
             let (first_ns, last_ns) = flow.first_and_last_ns();
             let renamed =
                 !self.renamed.is_empty() && self.renamed.touches(flow.key(), flow.ifindex());
             if renamed || self.walks_at(walk, first_ns, last_ns) {
-                if flow.key().protocol == ip_proto::TCP {
-                    self.walked.push(flow);
-                } else {
-                    walked_other.push(flow);
-                }
+                self.walked.push(flow);
             }
             // Stamped with the read's clock: exactly since the previous
             // poll. A renamed flow's reverse is not walked for it:
@@ -112,8 +104,6 @@ impl<'a> PollView<'a> {
                 news.push(flow.key());
             }
         }
-        self.walked_tcp = self.walked.len();
-        self.walked.append(&mut walked_other);
         self.walk = walk;
         let ended = self.expired.iter().map(|ended| &ended.record.key);
         // Most reverses changed too: those are walked on their own.
@@ -211,7 +201,8 @@ impl<'a> PollView<'a> {
         self.exported_records_of(Protocols::All)
     }
 
-    /// [`Self::exported_records`] of TCP alone: the others are not walked.
+    /// [`Self::exported_records`] of TCP alone, in the same order: the
+    /// others' records are not made.
     pub(crate) fn exported_tcp_records(
         &self,
     ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
@@ -246,25 +237,13 @@ impl<'a> PollView<'a> {
         protocols: Protocols,
     ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
         let (all, walked) = match walk {
-            Walk::Every => (
-                Some(
-                    self.table
-                        .live_flows()
-                        .filter(move |flow| protocols.has(flow.key())),
-                ),
-                None,
-            ),
-            Walk::Changed { .. } => {
-                let walked = match protocols {
-                    Protocols::All => &self.walked[..],
-                    Protocols::Tcp => &self.walked[..self.walked_tcp],
-                };
-                (None, Some(walked.iter().copied()))
-            }
+            Walk::Every => (Some(self.table.live_flows()), None),
+            Walk::Changed { .. } => (None, Some(self.walked.iter().copied())),
         };
         all.into_iter()
             .flatten()
             .chain(walked.into_iter().flatten())
+            .filter(move |flow| protocols.has(flow.key()))
             .map(LiveFlow::exported_record)
             .filter(|(record, _)| !self.is_held(record))
             .map(|(record, exported)| (record, false, exported))
@@ -446,87 +425,116 @@ mod tests {
 
     #[test]
     fn the_tcp_walk_hands_over_what_the_whole_walk_does_of_tcp() {
-        // Ports 1 to 8, TCP on even ones: all busy but 7 and 8; 3 and 4
-        // then end.
-        let mut table = FlowTable::new();
-        let mut outcome = PollOutcome::default();
-        table.begin_poll(T);
-        for port in 1..=8u16 {
-            let protocol = if port % 2 == 0 {
+        const HELD: u32 = VETH + 1;
+        let flow = |port: u16| FlowKey {
+            protocol: if port.is_multiple_of(2) {
                 ip_proto::TCP
             } else {
                 ip_proto::UDP
-            };
-            let last = if port >= 7 { T - 10 * SEC } else { T };
-            let stats = FlowStats {
-                packets: 1,
-                first_seen_ns: T - 20 * SEC,
-                last_seen_ns: last,
-                ..FlowStats::default()
-            };
-            table.observe(
-                &FlowKey {
-                    protocol,
-                    ..key(port)
-                },
-                &stats,
-                &mut outcome,
-            );
+            },
+            ..key(port)
+        };
+        // Ports 1 to 11, TCP on even ones: 1 to 6 busy, 3 and 4 then end;
+        // 7 to 10 quiet, the reverses of 9 and 10 new (so they are walked
+        // for them); 11 young on a veth held.
+        let busy = |first_seen_ns, ifindex| FlowStats {
+            packets: 1,
+            first_seen_ns,
+            last_seen_ns: T,
+            ifindex,
+            ..FlowStats::default()
+        };
+        let quiet = FlowStats {
+            last_seen_ns: T - 10 * SEC,
+            ..busy(T - 20 * SEC, VETH)
+        };
+        let mut flows: Vec<(FlowKey, FlowStats)> = (1..=10)
+            .map(|port| {
+                (
+                    flow(port),
+                    if port <= 6 {
+                        busy(T - 20 * SEC, VETH)
+                    } else {
+                        quiet
+                    },
+                )
+            })
+            .collect();
+        flows.extend([9, 10].map(|port| (flow(port).reversed(), busy(T - SEC, VETH))));
+        flows.push((flow(11), busy(T, HELD)));
+        let mut table = FlowTable::new();
+        let mut outcome = PollOutcome::default();
+        table.begin_poll(T);
+        for (key, stats) in &flows {
+            table.observe(key, stats, &mut outcome);
         }
         table.end_poll(&mut outcome);
         let ended: Vec<_> = [3, 4]
             .iter()
-            .filter_map(|port| {
-                let protocol = if port % 2 == 0 {
-                    ip_proto::TCP
-                } else {
-                    ip_proto::UDP
-                };
-                table.end(&FlowKey {
-                    protocol,
-                    ..key(*port)
-                })
-            })
+            .filter_map(|port| table.end(&flow(*port)))
             .collect();
-        let ports = |records: &mut dyn Iterator<Item = (FlowRecord, bool, &Exported)>| {
-            let mut ports: Vec<(u16, bool)> = records
-                .map(|(r, ended, _)| (r.key.src_port, ended))
+        let walked = |records: &mut dyn Iterator<Item = (FlowRecord, bool, &Exported)>| {
+            let mut walked: Vec<(u16, u16, bool)> = records
+                .map(|(r, ended, _)| (r.key.src_port, r.key.dst_port, ended))
                 .collect();
-            ports.sort_unstable();
-            ports
+            walked.sort_unstable();
+            walked
         };
-        let every = PollView::new(&table, &ended);
-        let changed = PollView::new(&table, &ended).changed_since(T - SEC, T);
+        let view = || PollView::new(&table, &ended).holding([HELD].into(), T - SEC);
+        let every = view();
+        let changed = view().changed_since(T - SEC, T);
+        let (live, over) = (false, true);
         for (view, all, tcp) in [
             (
                 &every,
                 vec![
-                    (1, false),
-                    (2, false),
-                    (3, true),
-                    (4, true),
-                    (5, false),
-                    (6, false),
-                    (7, false),
-                    (8, false),
+                    (1, 53, live),
+                    (2, 53, live),
+                    (3, 53, over),
+                    (4, 53, over),
+                    (5, 53, live),
+                    (6, 53, live),
+                    (7, 53, live),
+                    (8, 53, live),
+                    (9, 53, live),
+                    (10, 53, live),
+                    (53, 9, live),
+                    (53, 10, live),
                 ],
-                vec![(2, false), (4, true), (6, false), (8, false)],
+                vec![
+                    (2, 53, live),
+                    (4, 53, over),
+                    (6, 53, live),
+                    (8, 53, live),
+                    (10, 53, live),
+                    (53, 10, live),
+                ],
             ),
             (
                 &changed,
                 vec![
-                    (1, false),
-                    (2, false),
-                    (3, true),
-                    (4, true),
-                    (5, false),
-                    (6, false),
+                    (1, 53, live),
+                    (2, 53, live),
+                    (3, 53, over),
+                    (4, 53, over),
+                    (5, 53, live),
+                    (6, 53, live),
+                    (9, 53, live),
+                    (10, 53, live),
+                    (53, 9, live),
+                    (53, 10, live),
                 ],
-                vec![(2, false), (4, true), (6, false)],
+                vec![
+                    (2, 53, live),
+                    (4, 53, over),
+                    (6, 53, live),
+                    (10, 53, live),
+                    (53, 10, live),
+                ],
             ),
         ] {
-            assert_eq!(ports(&mut view.exported_records()), all);
-            assert_eq!(ports(&mut view.exported_tcp_records()), tcp);
+            assert_eq!(walked(&mut view.exported_records()), all);
+            assert_eq!(walked(&mut view.exported_tcp_records()), tcp);
         }
     }
 

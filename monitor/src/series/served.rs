@@ -11,8 +11,8 @@ use monitor_common::ip_proto;
 
 use crate::model::{key_addrs, FlowRecord};
 
-/// (address, port, IP protocol) to when it last answered (monotonic ns).
-#[derive(Default)]
+/// (address, port, IP protocol) to when a flow last confirmed it
+/// (monotonic ns).
 pub struct ServedPorts {
     /// Seeded at random (a container chooses its addresses and ports):
     /// foldhash, as flow keys, since every changed flow's label looks here.
@@ -33,11 +33,11 @@ impl ServedPorts {
         }
     }
 
-    /// How often a flow's reverse needs looking up for [`Self::learn`]:
-    /// often enough that a port stays served while its flows have
-    /// traffic, not at every poll for every busy flow. What a new reverse
-    /// shows is not delayed: a new flow is walked, and teaches from its
-    /// side.
+    /// How often a flow whose reverse was found and taught what it shows
+    /// ([`Self::learn`]) looks it up again: often enough that a port stays
+    /// served while the exchange goes on, not at every poll for every busy
+    /// flow. A flow that found no reverse yet, or whose answer the set had
+    /// no room for, looks again at its next poll.
     pub fn lookup_every_ns(&self) -> u64 {
         self.keep_ns / 4
     }
@@ -45,21 +45,23 @@ impl ServedPorts {
     /// Learns from one flow and its reverse (if counted): the side that
     /// answered serves the port it answered from. The reverse is looked up
     /// only where the flow alone does not tell (a server's flow does).
+    /// False when the set had no room for what the flows show.
     pub fn learn(
         &mut self,
         flow: &FlowRecord,
         reverse: impl FnOnce() -> Option<FlowRecord>,
         now_ns: u64,
-    ) {
+    ) -> bool {
         let Some(server) = answering_side(flow, reverse) else {
-            return;
+            return true;
         };
         if self.served.len() >= self.capacity && !self.served.contains_key(&server) {
             // A host answering on every port is not a service map; what is
             // known stays, the rest is labelled `ephemeral`.
-            return;
+            return false;
         }
         self.served.insert(server, now_ns);
+        true
     }
 
     pub fn contains(&self, ip: IpAddr, port: u16, protocol: u8) -> bool {

@@ -99,14 +99,20 @@ impl TrafficSeries {
         // nothing `needs_update` reads, so both passes pick the same flows.
         let lookup_every_ns = self.served.lookup_every_ns();
         for (record, _, exported) in flows.exported_records() {
-            if needs_update(&record, exported) {
-                let reverse = || {
-                    exported
-                        .served_lookup_due(now_ns, lookup_every_ns)
-                        .then(|| find(&record.key.reversed()))
-                        .flatten()
-                };
-                self.served.learn(&record, reverse, now_ns);
+            if !needs_update(&record, exported) {
+                continue;
+            }
+            let mut found = false;
+            let reverse = || {
+                if !exported.served_lookup_due(now_ns, lookup_every_ns) {
+                    return None;
+                }
+                let reverse = find(&record.key.reversed());
+                found = reverse.is_some();
+                reverse
+            };
+            if self.served.learn(&record, reverse, now_ns) && found {
+                exported.note_served_lookup(now_ns);
             }
         }
         for (record, ended, exported) in flows.exported_records() {
@@ -117,7 +123,8 @@ impl TrafficSeries {
             let mut port_text = itoa::Buffer::new();
             let labels = FlowLabelsRef::of(&record, &ends, &self.served, &mut port_text);
             // Only a TCP attempt has a connection result, and only then is
-            // its reverse looked up (an answer's flow never is one).
+            // its reverse looked up: an answer's flow, or one first seen
+            // past its SYN, is none.
             if record.key.protocol == ip_proto::TCP
                 && !exported.connection_counted()
                 && outcome::is_attempt(&record, None)
@@ -142,7 +149,7 @@ impl TrafficSeries {
     }
 
     /// Removes the series of containers departed longer than the grace
-    /// period, and answers learnt as long ago.
+    /// period, and served ports no flow confirmed for as long.
     fn sweep(&mut self, now_ns: u64) {
         self.served.expire(now_ns);
         let Some(gone) = self.departures.take_gone(now_ns) else {
@@ -357,6 +364,37 @@ mod tests {
             );
         }
         assert_eq!(to_port(&traffic, "53"), 30, "every query after the first");
+    }
+
+    #[test]
+    fn a_query_learns_from_a_reply_its_container_has_not_been_named_for_yet() {
+        const UNNAMED_VETH: u32 = 9;
+        let mut traffic = metrics(100);
+        let directory = Directory::default();
+        let udp = |key: FlowKey| FlowKey {
+            protocol: ip_proto::UDP,
+            ..key
+        };
+        let (query, reply) = (udp(key(1, 50000, 2, 53)), udp(key(2, 53, 1, 50000)));
+        let at = |packets: u64, first_s: u64, ifindex: u32| FlowStats {
+            first_seen_ns: first_s * SECOND,
+            last_seen_ns: 2 * SECOND,
+            ifindex,
+            ..stats(packets, 0, 0, 0)
+        };
+        let mut flows = table(&[(query, at(1, 1, 0))]);
+        traffic.update(&PollView::new(&flows, &[]), &directory, None, SECOND);
+        // The reply is held, so it teaches nothing itself: the query, which
+        // found no reverse a poll ago, looks again.
+        poll(
+            &mut flows,
+            &[(query, at(2, 1, 0)), (reply, at(1, 2, UNNAMED_VETH))],
+        );
+        let view = PollView::new(&flows, &[])
+            .holding([UNNAMED_VETH].into(), SECOND)
+            .changed_since(SECOND, 2 * SECOND);
+        traffic.update(&view, &directory, None, 2 * SECOND);
+        assert_eq!(packets(&traffic, &[("destination_port", "53")]), 1);
     }
 
     #[test]
