@@ -321,15 +321,20 @@ mod tests {
         assert_eq!(connections(&traffic, "unanswered"), 1);
     }
 
-    #[test]
-    fn a_udp_service_is_learnt_from_its_first_reply_and_stays_while_asked() {
-        let mut traffic = metrics(100);
-        let directory = Directory::default();
+    /// A UDP query from 10.0.0.1 to 10.0.0.2:53, and its reply's flow.
+    fn udp_exchange() -> (FlowKey, FlowKey) {
         let udp = |key: FlowKey| FlowKey {
             protocol: ip_proto::UDP,
             ..key
         };
-        let (query, reply) = (udp(key(1, 50000, 2, 53)), udp(key(2, 53, 1, 50000)));
+        (udp(key(1, 50000, 2, 53)), udp(key(2, 53, 1, 50000)))
+    }
+
+    #[test]
+    fn a_udp_service_is_learnt_from_its_first_reply_and_stays_while_asked() {
+        let mut traffic = metrics(100);
+        let directory = Directory::default();
+        let (query, reply) = udp_exchange();
         let at = |packets: u64, first_s: u64, last_s: u64| FlowStats {
             first_seen_ns: first_s * SECOND,
             last_seen_ns: last_s * SECOND,
@@ -371,11 +376,7 @@ mod tests {
         const UNNAMED_VETH: u32 = 9;
         let mut traffic = metrics(100);
         let directory = Directory::default();
-        let udp = |key: FlowKey| FlowKey {
-            protocol: ip_proto::UDP,
-            ..key
-        };
-        let (query, reply) = (udp(key(1, 50000, 2, 53)), udp(key(2, 53, 1, 50000)));
+        let (query, reply) = udp_exchange();
         let at = |packets: u64, first_s: u64, ifindex: u32| FlowStats {
             first_seen_ns: first_s * SECOND,
             last_seen_ns: 2 * SECOND,
