@@ -189,7 +189,7 @@ impl<'a> PollView<'a> {
     /// whose decisions wait on time beyond an attempt's deadline (the
     /// flow log's interval lines).
     pub fn every_record(&self) -> impl Iterator<Item = (FlowRecord, bool)> + '_ {
-        self.live(Walk::Every, Protocols::All)
+        self.live(Walk::Every, None)
             .chain(self.ended_records())
             .map(|(record, ended, _)| (record, ended))
     }
@@ -198,7 +198,7 @@ impl<'a> PollView<'a> {
     pub(crate) fn exported_records(
         &self,
     ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
-        self.exported_records_of(Protocols::All)
+        self.exported_records_of(None)
     }
 
     /// [`Self::exported_records`] of TCP alone, in the same order: the
@@ -206,12 +206,13 @@ impl<'a> PollView<'a> {
     pub(crate) fn exported_tcp_records(
         &self,
     ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
-        self.exported_records_of(Protocols::Tcp)
+        self.exported_records_of(Some(ip_proto::TCP))
     }
 
+    /// The flows of `protocol`, or of every one.
     fn exported_records_of(
         &self,
-        protocols: Protocols,
+        protocol: Option<u8>,
     ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
         // Those the walk picks on their own (their deadline, their
         // release) come with the table's.
@@ -219,22 +220,22 @@ impl<'a> PollView<'a> {
             .reverses
             .iter()
             .filter(move |(record, _)| {
-                protocols.has(&record.key)
+                is_of(protocol, &record.key)
                     && !self.walks(self.walk, record)
                     && !self.is_held(record)
             })
             .map(|(record, exported)| (*record, false, *exported));
         let ended = self
             .ended_records()
-            .filter(move |(record, _, _)| protocols.has(&record.key));
-        self.live(self.walk, protocols).chain(reverses).chain(ended)
+            .filter(move |(record, _, _)| is_of(protocol, &record.key));
+        self.live(self.walk, protocol).chain(reverses).chain(ended)
     }
 
-    /// The live flows `walk` picks of `protocols`, but those held.
+    /// The live flows `walk` picks of `protocol` (or all), but those held.
     fn live(
         &self,
         walk: Walk,
-        protocols: Protocols,
+        protocol: Option<u8>,
     ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
         let (all, walked) = match walk {
             Walk::Every => (Some(self.table.live_flows()), None),
@@ -243,7 +244,7 @@ impl<'a> PollView<'a> {
         all.into_iter()
             .flatten()
             .chain(walked.into_iter().flatten())
-            .filter(move |flow| protocols.has(flow.key()))
+            .filter(move |flow| is_of(protocol, flow.key()))
             .map(LiveFlow::exported_record)
             .filter(|(record, _)| !self.is_held(record))
             .map(|(record, exported)| (record, false, exported))
@@ -291,20 +292,9 @@ impl<'a> PollView<'a> {
     }
 }
 
-/// The flows a walk hands over, by IP protocol.
-#[derive(Clone, Copy)]
-enum Protocols {
-    All,
-    Tcp,
-}
-
-impl Protocols {
-    fn has(self, key: &FlowKey) -> bool {
-        match self {
-            Protocols::All => true,
-            Protocols::Tcp => key.protocol == ip_proto::TCP,
-        }
-    }
+/// Whether a walk of `protocol` (`None`: of every one) hands `key` over.
+fn is_of(protocol: Option<u8>, key: &FlowKey) -> bool {
+    protocol.is_none_or(|protocol| key.protocol == protocol)
 }
 
 /// Whether a flow's last packet, as stamped, may be one the previous poll,
