@@ -189,7 +189,7 @@ impl<'a> PollView<'a> {
     /// whose decisions wait on time beyond an attempt's deadline (the
     /// flow log's interval lines).
     pub fn every_record(&self) -> impl Iterator<Item = (FlowRecord, bool)> + '_ {
-        self.live(Walk::Every, None)
+        self.live(Walk::Every, None, false)
             .chain(self.ended_records())
             .map(|(record, ended, _)| (record, ended))
     }
@@ -198,7 +198,7 @@ impl<'a> PollView<'a> {
     pub(crate) fn exported_records(
         &self,
     ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
-        self.exported_records_of(None)
+        self.exported_records_of(None, false)
     }
 
     /// [`Self::exported_records`] of TCP alone, in the same order: the
@@ -206,13 +206,23 @@ impl<'a> PollView<'a> {
     pub(crate) fn exported_tcp_records(
         &self,
     ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
-        self.exported_records_of(Some(ip_proto::TCP))
+        self.exported_records_of(Some(ip_proto::TCP), false)
     }
 
-    /// The flows of `protocol`, or of every one.
+    /// [`Self::exported_records`] and the held flows the walk picks: for
+    /// what a consumer learns from addresses and counts alone, which a
+    /// held flow's missing names do not change (the served ports).
+    pub(crate) fn exported_records_held_too(
+        &self,
+    ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
+        self.exported_records_of(None, true)
+    }
+
+    /// The flows of `protocol`, or of every one; held ones if `held_too`.
     fn exported_records_of(
         &self,
         protocol: Option<u8>,
+        held_too: bool,
     ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
         // Those the walk picks on their own (their deadline, their
         // release) come with the table's.
@@ -222,20 +232,24 @@ impl<'a> PollView<'a> {
             .filter(move |(record, _)| {
                 is_of(protocol, &record.key)
                     && !self.walks(self.walk, record)
-                    && !self.is_held(record)
+                    && (held_too || !self.is_held(record))
             })
             .map(|(record, exported)| (*record, false, *exported));
         let ended = self
             .ended_records()
             .filter(move |(record, _, _)| is_of(protocol, &record.key));
-        self.live(self.walk, protocol).chain(reverses).chain(ended)
+        self.live(self.walk, protocol, held_too)
+            .chain(reverses)
+            .chain(ended)
     }
 
-    /// The live flows `walk` picks of `protocol` (or all), but those held.
+    /// The live flows `walk` picks of `protocol` (or all), but those held
+    /// unless `held_too`.
     fn live(
         &self,
         walk: Walk,
         protocol: Option<u8>,
+        held_too: bool,
     ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
         let (all, walked) = match walk {
             Walk::Every => (Some(self.table.live_flows()), None),
@@ -246,7 +260,7 @@ impl<'a> PollView<'a> {
             .chain(walked.into_iter().flatten())
             .filter(move |flow| is_of(protocol, flow.key()))
             .map(LiveFlow::exported_record)
-            .filter(|(record, _)| !self.is_held(record))
+            .filter(move |(record, _)| held_too || !self.is_held(record))
             .map(|(record, exported)| (record, false, exported))
     }
 

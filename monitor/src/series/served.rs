@@ -33,11 +33,13 @@ impl ServedPorts {
         }
     }
 
-    /// How often a flow whose reverse was found and taught what it shows
-    /// ([`Self::learn`]) looks it up again: often enough that a port stays
-    /// served while the exchange goes on, not at every poll for every busy
-    /// flow. A flow that found no reverse yet, or whose answer the set had
-    /// no room for, looks again at its next poll.
+    /// How often a flow that looked its reverse up ([`Self::learn`]) looks
+    /// again: often enough that a port stays served while the exchange
+    /// goes on, not at every poll for every busy flow. A flow that found
+    /// no reverse waits as long: its reverse, if it comes, is a new flow,
+    /// and a new flow looks at its first poll (held or not), so the later
+    /// of a pair always finds the earlier. One whose answer the set had no
+    /// room for looks again at its next poll.
     pub fn lookup_every_ns(&self) -> u64 {
         self.keep_ns / 4
     }

@@ -96,22 +96,21 @@ impl TrafficSeries {
         // both directions of a new connection get the same port label.
         // Two walks rather than a list of the flows' records: at 100k busy
         // flows that list was megabytes at every poll. Learning changes
-        // nothing `needs_update` reads, so both passes pick the same flows.
+        // nothing `needs_update` reads, so the held flows aside, both
+        // passes pick the same flows. Held flows learn too: a pair's later
+        // flow, new, looks its reverse up at once (see
+        // `ServedPorts::lookup_every_ns`), named or not.
         let lookup_every_ns = self.served.lookup_every_ns();
-        for (record, _, exported) in flows.exported_records() {
+        for (record, _, exported) in flows.exported_records_held_too() {
             if !needs_update(&record, exported) {
                 continue;
             }
-            let mut found = false;
+            let mut looked = false;
             let reverse = || {
-                if !exported.served_lookup_due(now_ns, lookup_every_ns) {
-                    return None;
-                }
-                let reverse = find(&record.key.reversed());
-                found = reverse.is_some();
-                reverse
+                looked = exported.served_lookup_due(now_ns, lookup_every_ns);
+                looked.then(|| find(&record.key.reversed())).flatten()
             };
-            if self.served.learn(&record, reverse, now_ns) && found {
+            if self.served.learn(&record, reverse, now_ns) && looked {
                 exported.note_served_lookup(now_ns);
             }
         }
@@ -385,17 +384,22 @@ mod tests {
         };
         let mut flows = table(&[(query, at(1, 1, 0))]);
         traffic.update(&PollView::new(&flows, &[]), &directory, None, SECOND);
-        // The reply is held, so it teaches nothing itself: the query, which
-        // found no reverse a poll ago, looks again.
+        // The query found no reverse, and does not look again for a
+        // quarter of the grace: the reply, new, looks for the query
+        // itself, though it is held and counted nowhere yet.
         poll(
             &mut flows,
             &[(query, at(2, 1, 0)), (reply, at(1, 2, UNNAMED_VETH))],
         );
+        let (_, query_exported) = flows.exported_record(&query).expect("the query is live");
+        let every_ns = traffic.served.lookup_every_ns();
+        assert!(!query_exported.served_lookup_due(2 * SECOND, every_ns));
         let view = PollView::new(&flows, &[])
             .holding([UNNAMED_VETH].into(), SECOND)
             .changed_since(SECOND, 2 * SECOND);
         traffic.update(&view, &directory, None, 2 * SECOND);
         assert_eq!(packets(&traffic, &[("destination_port", "53")]), 1);
+        assert_eq!(packets(&traffic, &[("destination_port", "ephemeral")]), 1);
     }
 
     #[test]
