@@ -97,11 +97,24 @@ impl Exported {
     }
 
     /// Whether the flow's reverse is due a lookup for the served ports at
-    /// `now_ns`: never noted ([`Self::note_served_lookup`]), or not in
-    /// the last `every_ns`.
-    pub(crate) fn served_lookup_due(&self, now_ns: u64, every_ns: u64) -> bool {
+    /// `now_ns`: never noted ([`Self::note_served_lookup`]), not in the
+    /// last `every_ns`, or not since `stale_ns` (to the second, so a note
+    /// of that second is stale too).
+    pub(crate) fn served_lookup_due(
+        &self,
+        now_ns: u64,
+        every_ns: u64,
+        stale_ns: Option<u64>,
+    ) -> bool {
         let last = self.served_lookup_s.load(Relaxed);
-        last == 0 || seconds(now_ns).saturating_add(1).saturating_sub(last) >= seconds(every_ns)
+        last == 0
+            || seconds(now_ns).saturating_add(1).saturating_sub(last) >= seconds(every_ns)
+            || stale_ns.is_some_and(|stale_ns| last <= seconds(stale_ns).saturating_add(1))
+    }
+
+    /// Whether the flow ever noted a lookup for the served ports.
+    pub(crate) fn served_lookup_noted(&self) -> bool {
+        self.served_lookup_s.load(Relaxed) != 0
     }
 
     pub(crate) fn note_served_lookup(&self, now_ns: u64) {
@@ -168,9 +181,11 @@ mod tests {
     fn a_served_lookup_is_due_once_in_each_period() {
         const SEC: u64 = 1_000_000_000;
         let exported = Exported::default();
-        let due = |at_s: u64| exported.served_lookup_due(at_s * SEC, 150 * SEC);
+        let due = |at_s: u64| exported.served_lookup_due(at_s * SEC, 150 * SEC, None);
         assert!(due(0) && due(1), "never noted");
+        assert!(!exported.served_lookup_noted());
         exported.note_served_lookup(0);
+        assert!(exported.served_lookup_noted());
         assert!(!due(1));
         assert!(!due(149));
         assert!(due(150));
@@ -178,8 +193,12 @@ mod tests {
         assert!(!due(151));
         assert!(due(300));
         assert!(
-            exported.served_lookup_due(151 * SEC, 0),
+            exported.served_lookup_due(151 * SEC, 0, None),
             "a period under a second"
         );
+        let stale_since =
+            |stale_s: u64| exported.served_lookup_due(151 * SEC, 150 * SEC, Some(stale_s * SEC));
+        assert!(stale_since(150), "noted in the stale second");
+        assert!(!stale_since(149), "noted after it");
     }
 }

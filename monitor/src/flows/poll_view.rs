@@ -295,7 +295,8 @@ impl<'a> PollView<'a> {
             || (!self.held.is_empty() && passed(hold_ns.saturating_add(1)))
     }
 
-    fn is_held(&self, record: &FlowRecord) -> bool {
+    /// Whether a live flow is held (see [`Self::holding`]).
+    pub(crate) fn is_held(&self, record: &FlowRecord) -> bool {
         record.stats.first_seen_ns >= self.young_since_ns
             && self.held.contains(&record.stats.ifindex)
     }
@@ -519,6 +520,10 @@ mod tests {
         for (view, all) in [(&every, every_flow), (&changed, changed_flows)] {
             assert_eq!(walked(&mut view.exported_records()), all);
             assert_eq!(walked(&mut view.exported_tcp_records()), tcp(&all));
+            let mut held_too = all.clone();
+            held_too.push((11, 53, live));
+            held_too.sort_unstable();
+            assert_eq!(walked(&mut view.exported_records_held_too()), held_too);
         }
     }
 

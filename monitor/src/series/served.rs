@@ -9,7 +9,10 @@ use std::{collections::HashMap, net::IpAddr};
 
 use monitor_common::ip_proto;
 
-use crate::model::{key_addrs, FlowRecord};
+use crate::{
+    flows::Exported,
+    model::{key_addrs, FlowRecord},
+};
 
 /// (address, port, IP protocol) to when a flow last confirmed it
 /// (monotonic ns).
@@ -20,6 +23,11 @@ pub struct ServedPorts {
     capacity: usize,
     /// How long an answer stands unconfirmed.
     keep_ns: u64,
+    /// When the set last had no room for what a pair of flows showed:
+    /// every flow that looked its reverse up before is due again, so
+    /// that the pair is learnt once there is room, whichever of the two
+    /// still has traffic.
+    refused_ns: Option<u64>,
 }
 
 impl ServedPorts {
@@ -30,18 +38,21 @@ impl ServedPorts {
             served: HashMap::default(),
             capacity,
             keep_ns,
+            refused_ns: None,
         }
     }
 
-    /// How often a flow that looked its reverse up ([`Self::learn`]) looks
-    /// again: often enough that a port stays served while the exchange
-    /// goes on, not at every poll for every busy flow. A flow that found
-    /// no reverse waits as long: its reverse, if it comes, is a new flow,
-    /// and a new flow looks at its first poll (held or not), so the later
-    /// of a pair always finds the earlier. One whose answer the set had no
-    /// room for looks again at its next poll.
-    pub fn lookup_every_ns(&self) -> u64 {
-        self.keep_ns / 4
+    /// Whether the flow `exported` holds the state of is due to look its
+    /// reverse up for [`Self::learn`] at `now_ns`. A flow that looked
+    /// ([`Exported::note_served_lookup`]) looks again after a quarter of
+    /// the time an answer stands: often enough that a port stays served
+    /// while the exchange goes on, not at every poll for every busy flow.
+    /// A flow that found no reverse waits as long: its reverse, if it
+    /// comes, is a new flow, and a new flow looks at its first poll, so
+    /// the later of a pair finds the earlier while it is in the table.
+    /// Every flow is due again once the set refused an answer.
+    pub fn lookup_due(&self, exported: &Exported, now_ns: u64) -> bool {
+        exported.served_lookup_due(now_ns, self.keep_ns / 4, self.refused_ns)
     }
 
     /// Learns from one flow and its reverse (if counted): the side that
@@ -60,6 +71,7 @@ impl ServedPorts {
         if self.served.len() >= self.capacity && !self.served.contains_key(&server) {
             // A host answering on every port is not a service map; what is
             // known stays, the rest is labelled `ephemeral`.
+            self.refused_ns = Some(now_ns);
             return false;
         }
         self.served.insert(server, now_ns);

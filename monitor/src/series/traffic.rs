@@ -96,21 +96,29 @@ impl TrafficSeries {
         // both directions of a new connection get the same port label.
         // Two walks rather than a list of the flows' records: at 100k busy
         // flows that list was megabytes at every poll. Learning changes
-        // nothing `needs_update` reads, so the held flows aside, both
-        // passes pick the same flows. Held flows learn too: a pair's later
-        // flow, new, looks its reverse up at once (see
-        // `ServedPorts::lookup_every_ns`), named or not.
-        let lookup_every_ns = self.served.lookup_every_ns();
-        for (record, _, exported) in flows.exported_records_held_too() {
+        // nothing `needs_update` reads, so but for held flows, both passes
+        // pick the same flows.
+        for (record, ended, exported) in flows.exported_records_held_too() {
             if !needs_update(&record, exported) {
                 continue;
             }
+            // A held flow teaches too, as the later of a pair must look at
+            // its first poll (see `ServedPorts::lookup_due`); then no more
+            // until it is released: a walk of every flow would have it
+            // teach at every poll, one of what changed only when it has
+            // packets, and the two must agree.
+            let held = !ended && flows.is_held(&record);
+            if held && exported.served_lookup_noted() {
+                continue;
+            }
+            let due = self.served.lookup_due(exported, now_ns);
             let mut looked = false;
             let reverse = || {
-                looked = exported.served_lookup_due(now_ns, lookup_every_ns);
-                looked.then(|| find(&record.key.reversed())).flatten()
+                looked = due;
+                due.then(|| find(&record.key.reversed())).flatten()
             };
-            if self.served.learn(&record, reverse, now_ns) && looked {
+            let learnt = self.served.learn(&record, reverse, now_ns);
+            if held || (learnt && looked) {
                 exported.note_served_lookup(now_ns);
             }
         }
@@ -392,14 +400,112 @@ mod tests {
             &[(query, at(2, 1, 0)), (reply, at(1, 2, UNNAMED_VETH))],
         );
         let (_, query_exported) = flows.exported_record(&query).expect("the query is live");
-        let every_ns = traffic.served.lookup_every_ns();
-        assert!(!query_exported.served_lookup_due(2 * SECOND, every_ns));
+        assert!(!traffic.served.lookup_due(query_exported, 2 * SECOND));
         let view = PollView::new(&flows, &[])
             .holding([UNNAMED_VETH].into(), SECOND)
             .changed_since(SECOND, 2 * SECOND);
         traffic.update(&view, &directory, None, 2 * SECOND);
         assert_eq!(packets(&traffic, &[("destination_port", "53")]), 1);
         assert_eq!(packets(&traffic, &[("destination_port", "ephemeral")]), 1);
+    }
+
+    #[test]
+    fn a_pair_the_full_set_refused_is_learnt_once_there_is_room() {
+        // Room for four served ports (four times `max_series`), taken at
+        // 1 s by four TCP answers that say nothing more.
+        let mut traffic = TrafficSeries::new(MetricsConfig {
+            max_series: 1,
+            grace_ns: 40 * SECOND,
+        });
+        let directory = Directory::default();
+        let answers = (81..=84).map(|port| (key(3, port, 1, 40000 + port), stats(1, 0, 1, 0)));
+        let (query, reply) = udp_exchange();
+        let at = |packets: u64, first_s: u64, last_s: u64| FlowStats {
+            first_seen_ns: first_s * SECOND,
+            last_seen_ns: last_s * SECOND,
+            ..stats(packets, 0, 0, 0)
+        };
+        let mut flows = table(&answers.clone().collect::<Vec<_>>());
+        traffic.update(&PollView::new(&flows, &[]), &directory, None, SECOND);
+        let reply_served = |traffic: &TrafficSeries| {
+            traffic
+                .served
+                .contains([10, 0, 0, 2].into(), 53, ip_proto::UDP)
+        };
+        // The query at 39 s finds no reverse; its single reply at 40 s
+        // finds the query, and the full set refuses the pair. The answers
+        // go at the end of 42 s, a grace after they were last confirmed.
+        // Only the query has traffic after that, and it was not due to
+        // look again before 49 s.
+        for second in 39..=43 {
+            let mut read: Vec<_> = answers.clone().collect();
+            read.push((query, at(second - 38, 39, second)));
+            if second >= 40 {
+                read.push((reply, at(1, 40, 40)));
+            }
+            poll(&mut flows, &read);
+            traffic.update(
+                &PollView::new(&flows, &[]),
+                &directory,
+                None,
+                second * SECOND,
+            );
+            assert_eq!(reply_served(&traffic), second == 43, "at {second} s");
+        }
+    }
+
+    #[test]
+    fn a_held_flow_teaches_alike_whether_every_flow_or_what_changed_is_walked() {
+        const UNNAMED_VETH: u32 = 9;
+        let (query, reply) = udp_exchange();
+        let at = |first_s: u64, ifindex: u32| FlowStats {
+            first_seen_ns: first_s * SECOND,
+            last_seen_ns: first_s * SECOND,
+            ifindex,
+            ..stats(1, 0, 0, 0)
+        };
+        let served = |traffic: &TrafficSeries| {
+            traffic
+                .served
+                .contains([10, 0, 0, 2].into(), 53, ip_proto::UDP)
+        };
+        // One query at 1 s, one reply at 2 s on a veth not named for the
+        // hold, then nothing: a walk of every flow walks the held reply at
+        // every poll, a walk of what changed at 2 s and at its release.
+        // Each walk with a table of its own: the series keep their state
+        // of a flow in its entry.
+        for hold_s in 3..=8 {
+            let mut walks = [false, true].map(|changed| (changed, table(&[]), metrics(100)));
+            for second in 1..=25_u64 {
+                let now = second * SECOND;
+                let mut read = vec![(query, at(1, 0))];
+                if second >= 2 {
+                    read.push((reply, at(2, UNNAMED_VETH)));
+                }
+                for (changed, flows, traffic) in &mut walks {
+                    poll(flows, &read);
+                    let view = PollView::new(flows, &[]).holding(
+                        [UNNAMED_VETH].into(),
+                        second.saturating_sub(hold_s) * SECOND,
+                    );
+                    let view = if *changed {
+                        view.changed_since(now - SECOND, now)
+                    } else {
+                        view
+                    };
+                    traffic.update(&view, &Directory::default(), None, now);
+                }
+                let [(_, _, every), (_, _, changed)] = &walks;
+                if second == 2 {
+                    assert!(served(every), "learnt from the held reply");
+                }
+                assert_eq!(
+                    served(every),
+                    served(changed),
+                    "held {hold_s} s, at {second} s"
+                );
+            }
+        }
     }
 
     #[test]
