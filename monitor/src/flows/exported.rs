@@ -36,7 +36,8 @@ pub struct Exported {
     /// Docker) would pay for too.
     detector_slot: AtomicU32,
     /// The traffic series': the poll's second (plus one; 0: never) when the
-    /// flow's reverse was last looked up for the served ports.
+    /// flow last looked its reverse up for the served ports, or, held,
+    /// taught them what it shows alone.
     served_lookup_s: AtomicU32,
 }
 

@@ -209,13 +209,15 @@ impl<'a> PollView<'a> {
         self.exported_records_of(Some(ip_proto::TCP), false)
     }
 
-    /// [`Self::exported_records`] and the held flows the walk picks: for
-    /// what a consumer learns from addresses and counts alone, which a
-    /// held flow's missing names do not change (the served ports).
+    /// [`Self::exported_records`] and the held flows the walk picks, each
+    /// with whether it is held: for what a consumer learns from addresses
+    /// and counts alone, which a held flow's missing names do not change
+    /// (the served ports).
     pub(crate) fn exported_records_held_too(
         &self,
-    ) -> impl Iterator<Item = (FlowRecord, bool, &Exported)> + '_ {
+    ) -> impl Iterator<Item = (FlowRecord, &Exported, bool)> + '_ {
         self.exported_records_of(None, true)
+            .map(|(record, ended, exported)| (record, exported, !ended && self.is_held(&record)))
     }
 
     /// The flows of `protocol`, or of every one; held ones if `held_too`.
@@ -296,7 +298,7 @@ impl<'a> PollView<'a> {
     }
 
     /// Whether a live flow is held (see [`Self::holding`]).
-    pub(crate) fn is_held(&self, record: &FlowRecord) -> bool {
+    fn is_held(&self, record: &FlowRecord) -> bool {
         record.stats.first_seen_ns >= self.young_since_ns
             && self.held.contains(&record.stats.ifindex)
     }
@@ -439,9 +441,10 @@ mod tests {
             },
             ..key(port)
         };
-        // Ports 1 to 11, TCP on even ones: 1 to 6 busy, 3 and 4 then end;
+        // Ports 1 to 13, TCP on even ones: 1 to 6 busy, 3 and 4 then end;
         // 7 to 10 quiet, the reverses of 9 and 10 new (so they are walked
-        // for them); 11 young on a veth held.
+        // for them); 11 to 13 young on a veth held: 11 busy, 12 and 13
+        // quiet, the reverse of 13 new.
         let busy = |first_seen_ns, ifindex| FlowStats {
             packets: 1,
             first_seen_ns,
@@ -466,7 +469,16 @@ mod tests {
             })
             .collect();
         flows.extend([9, 10].map(|port| (flow(port).reversed(), busy(T - SEC, VETH))));
-        flows.push((flow(11), busy(T, HELD)));
+        let young_quiet = FlowStats {
+            last_seen_ns: T - 3 * SEC,
+            ..busy(T - 3 * SEC, HELD)
+        };
+        flows.extend([
+            (flow(11), busy(T, HELD)),
+            (flow(12), young_quiet),
+            (flow(13), young_quiet),
+            (flow(13).reversed(), busy(T - SEC, VETH)),
+        ]);
         let mut table = FlowTable::new();
         let mut outcome = PollOutcome::default();
         table.begin_poll(T);
@@ -485,7 +497,7 @@ mod tests {
             walked.sort_unstable();
             walked
         };
-        let view = || PollView::new(&table, &ended).holding([HELD].into(), T - SEC);
+        let view = || PollView::new(&table, &ended).holding([HELD].into(), T - 5 * SEC);
         let every = view();
         let changed = view().changed_since(T - SEC, T);
         let (live, over) = (false, true);
@@ -502,6 +514,7 @@ mod tests {
             (10, 53, live),
             (53, 9, live),
             (53, 10, live),
+            (53, 13, live),
         ];
         // 7 and 8 are quiet, and their reverses not new.
         let changed_flows = every_flow
@@ -517,13 +530,31 @@ mod tests {
                 .copied()
                 .collect()
         };
-        for (view, all) in [(&every, every_flow), (&changed, changed_flows)] {
+        // The held flows with them, as held, where the walk picks them: 12
+        // is quiet, and its reverse not new.
+        let held = |all: &Vec<(u16, u16, bool)>, ports: &[u16]| -> Vec<(u16, u16, bool)> {
+            let mut walked: Vec<_> = all
+                .iter()
+                .map(|(src, dst, _)| (*src, *dst, false))
+                .collect();
+            walked.extend(ports.iter().map(|port| (*port, 53, true)));
+            walked.sort_unstable();
+            walked
+        };
+        let every_held = held(&every_flow, &[11, 12, 13]);
+        let changed_held = held(&changed_flows, &[11, 13]);
+        for (view, all, held_too) in [
+            (&every, every_flow, every_held),
+            (&changed, changed_flows, changed_held),
+        ] {
             assert_eq!(walked(&mut view.exported_records()), all);
             assert_eq!(walked(&mut view.exported_tcp_records()), tcp(&all));
-            let mut held_too = all.clone();
-            held_too.push((11, 53, live));
-            held_too.sort_unstable();
-            assert_eq!(walked(&mut view.exported_records_held_too()), held_too);
+            let mut walked_held: Vec<_> = view
+                .exported_records_held_too()
+                .map(|(r, _, held)| (r.key.src_port, r.key.dst_port, held))
+                .collect();
+            walked_held.sort_unstable();
+            assert_eq!(walked_held, held_too);
         }
     }
 

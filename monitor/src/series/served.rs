@@ -23,11 +23,15 @@ pub struct ServedPorts {
     capacity: usize,
     /// How long an answer stands unconfirmed.
     keep_ns: u64,
-    /// When the set last had no room for what a pair of flows showed:
-    /// every flow that looked its reverse up before is due again, so
-    /// that the pair is learnt once there is room, whichever of the two
-    /// still has traffic.
+    /// When the set last had no room for an answer, until it has room
+    /// again.
     refused_ns: Option<u64>,
+    /// The last refusal before room was made: a flow that noted a lookup
+    /// at or before it may be the other half of a refused pair, so it is
+    /// due again and the pair is learnt from whichever flow still has
+    /// traffic. While the set stays full, nothing is due for it: each
+    /// would be refused again.
+    stale_ns: Option<u64>,
 }
 
 impl ServedPorts {
@@ -39,6 +43,7 @@ impl ServedPorts {
             capacity,
             keep_ns,
             refused_ns: None,
+            stale_ns: None,
         }
     }
 
@@ -50,9 +55,9 @@ impl ServedPorts {
     /// A flow that found no reverse waits as long: its reverse, if it
     /// comes, is a new flow, and a new flow looks at its first poll, so
     /// the later of a pair finds the earlier while it is in the table.
-    /// Every flow is due again once the set refused an answer.
+    /// Flows that looked before a refusal are due again once room is made.
     pub fn lookup_due(&self, exported: &Exported, now_ns: u64) -> bool {
-        exported.served_lookup_due(now_ns, self.keep_ns / 4, self.refused_ns)
+        exported.served_lookup_due(now_ns, self.keep_ns / 4, self.stale_ns)
     }
 
     /// Learns from one flow and its reverse (if counted): the side that
@@ -85,7 +90,11 @@ impl ServedPorts {
     /// Forgets what no flow confirmed for longer than it is kept.
     pub fn expire(&mut self, now_ns: u64) {
         let cutoff_ns = now_ns.saturating_sub(self.keep_ns);
+        let before = self.served.len();
         self.served.retain(|_, seen| *seen >= cutoff_ns);
+        if self.served.len() < before && self.refused_ns.is_some() {
+            self.stale_ns = self.refused_ns.take();
+        }
     }
 }
 
@@ -174,6 +183,31 @@ mod tests {
         served.learn(&reply, || Some(query), 5);
         assert!(served.contains(SERVER.into(), 53, ip_proto::UDP));
         assert!(!served.contains(CLIENT.into(), 50000, ip_proto::UDP));
+    }
+
+    #[test]
+    fn lookups_before_a_refusal_are_due_again_once_there_is_room() {
+        const SEC: u64 = 1_000_000_000;
+        // Looked up once a quarter of the 100 s an answer stands.
+        let mut served = ServedPorts::new(1, 100 * SEC);
+        let answer = |port| record(SERVER, port, CLIENT, 40000, stats(2, 0, 1));
+        let (before, after) = (Exported::default(), Exported::default());
+        assert!(served.learn(&answer(80), || None, 5 * SEC));
+        before.note_served_lookup(100 * SEC);
+        assert!(!served.learn(&answer(81), || None, 101 * SEC), "no room");
+        after.note_served_lookup(102 * SEC);
+        served.expire(103 * SEC);
+        assert!(
+            !served.lookup_due(&before, 104 * SEC),
+            "the set is still full: it would be refused again"
+        );
+        // 80 goes at 106 s, a keep after it was confirmed.
+        served.expire(106 * SEC);
+        assert!(served.lookup_due(&before, 107 * SEC));
+        assert!(
+            !served.lookup_due(&after, 107 * SEC),
+            "looked after the refusal"
+        );
     }
 
     #[test]

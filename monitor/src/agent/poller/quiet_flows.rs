@@ -293,7 +293,8 @@ struct Consumers {
 }
 
 impl Pipeline {
-    fn new() -> Pipeline {
+    /// `grace_ns`: the traffic series' (`--series-grace`).
+    fn new(grace_ns: u64) -> Pipeline {
         static CASE: AtomicUsize = AtomicUsize::new(0);
         let state_dir = std::env::temp_dir().join(format!(
             "crossmon-quiet-flows-{}-{}",
@@ -307,7 +308,10 @@ impl Pipeline {
         Pipeline {
             table: FlowTable::new(),
             consumers: Consumers {
-                traffic: TrafficSeries::new(MetricsConfig::default()),
+                traffic: TrafficSeries::new(MetricsConfig {
+                    grace_ns,
+                    ..MetricsConfig::default()
+                }),
                 health: TcpHealth::new(10_000, 600 * SEC, None),
                 detectors,
                 sink,
@@ -430,9 +434,13 @@ proptest! {
         steps in collection::vec(step(), 1..40),
         named_at in 0..40usize,
         directories in collection::vec(directory_choice(), 40),
+        short_grace in any::<bool>(),
     ) {
-        let mut every = Pipeline::new();
-        let mut changed = Pipeline::new();
+        // A short grace has served ports forgotten and looked up again
+        // within the cases' time, and within a name's hold.
+        let grace_ns = if short_grace { 12 * SEC } else { MetricsConfig::default().grace_ns };
+        let mut every = Pipeline::new(grace_ns);
+        let mut changed = Pipeline::new(grace_ns);
         let mut kernel = Kernel::default();
         let mut handed: Option<Handed> = None;
         let unnamed = Arc::new(Lab::new(CONTAINERS - 1).directory);
