@@ -27,10 +27,10 @@ pub struct ServedPorts {
     /// again.
     refused_ns: Option<u64>,
     /// The last refusal before room was made: a flow that noted a lookup
-    /// at or before it may be the other half of a refused pair, so it is
-    /// due again and the pair is learnt from whichever flow still has
-    /// traffic. While the set stays full, nothing is due for it: each
-    /// would be refused again.
+    /// in or before its second may be the other half of a refused pair,
+    /// so it is due again and the pair is learnt from whichever flow
+    /// still has traffic. While the set stays full, no earlier lookup is
+    /// due again: it would be refused again.
     stale_ns: Option<u64>,
 }
 
@@ -55,7 +55,8 @@ impl ServedPorts {
     /// A flow that found no reverse waits as long: its reverse, if it
     /// comes, is a new flow, and a new flow looks at its first poll, so
     /// the later of a pair finds the earlier while it is in the table.
-    /// Flows that looked before a refusal are due again once room is made.
+    /// Flows that noted a lookup in or before the second of the last
+    /// refusal are due again once expiry makes room.
     pub fn lookup_due(&self, exported: &Exported, now_ns: u64) -> bool {
         exported.served_lookup_due(now_ns, self.keep_ns / 4, self.stale_ns)
     }

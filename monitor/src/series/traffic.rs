@@ -103,12 +103,12 @@ impl TrafficSeries {
                 continue;
             }
             // A held flow teaches too, as the later of a pair must look at
-            // its first poll (see `ServedPorts::lookup_due`); then no more
-            // until it is released. Its traffic is not taken while it is
-            // held, so a walk of every flow hands it over at every poll and
-            // one of what changed does not: teaching once, the two agree.
-            // Hence it is noted even where the set refused it: it is due
-            // again at its release if room was made by then.
+            // its first poll (see `ServedPorts::lookup_due`), but only then
+            // while it is held: its traffic is not taken until its release,
+            // so a walk of every flow hands it over at every poll and one
+            // of what changed does not, and the two must agree. Hence it
+            // is noted even where the set refused it; the refusal makes it
+            // due again once there is room.
             if held && exported.served_lookup_noted() {
                 continue;
             }
