@@ -431,7 +431,7 @@ mod tests {
     }
 
     #[test]
-    fn the_tcp_walk_hands_over_what_the_whole_walk_does_of_tcp() {
+    fn the_tcp_walk_is_the_whole_walk_of_tcp_and_the_held_walk_adds_the_held_flows() {
         const HELD: u32 = VETH + 1;
         let flow = |port: u16| FlowKey {
             protocol: if port.is_multiple_of(2) {
