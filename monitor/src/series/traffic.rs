@@ -338,6 +338,13 @@ mod tests {
         (udp(key(1, 50000, 2, 53)), udp(key(2, 53, 1, 50000)))
     }
 
+    /// Whether the traffic series hold 10.0.0.2:53 as served over UDP.
+    fn udp_exchange_served(traffic: &TrafficSeries) -> bool {
+        traffic
+            .served
+            .contains([10, 0, 0, 2].into(), 53, ip_proto::UDP)
+    }
+
     #[test]
     fn a_udp_service_is_learnt_from_its_first_reply_and_stays_while_asked() {
         let mut traffic = metrics(100);
@@ -428,11 +435,6 @@ mod tests {
         };
         let mut flows = table(&answers.clone().collect::<Vec<_>>());
         traffic.update(&PollView::new(&flows, &[]), &directory, None, SECOND);
-        let reply_served = |traffic: &TrafficSeries| {
-            traffic
-                .served
-                .contains([10, 0, 0, 2].into(), 53, ip_proto::UDP)
-        };
         // The query at 39 s finds no reverse; its single reply at 40 s
         // finds the query, and the full set refuses the pair. The answers
         // go at the end of 42 s, a grace after they were last confirmed.
@@ -451,7 +453,7 @@ mod tests {
                 None,
                 second * SECOND,
             );
-            assert_eq!(reply_served(&traffic), second == 43, "at {second} s");
+            assert_eq!(udp_exchange_served(&traffic), second == 43, "at {second} s");
         }
     }
 
@@ -464,11 +466,6 @@ mod tests {
             last_seen_ns: first_s * SECOND,
             ifindex,
             ..stats(1, 0, 0, 0)
-        };
-        let served = |traffic: &TrafficSeries| {
-            traffic
-                .served
-                .contains([10, 0, 0, 2].into(), 53, ip_proto::UDP)
         };
         // One query at 1 s, one reply at 2 s on a veth not named for the
         // hold, then nothing: a walk of every flow walks the held reply at
@@ -498,15 +495,15 @@ mod tests {
                 }
                 let [(_, _, every), (_, _, changed)] = &walks;
                 assert_eq!(
-                    served(every),
-                    served(changed),
+                    udp_exchange_served(every),
+                    udp_exchange_served(changed),
                     "held {hold_s} s, at {second} s"
                 );
                 // Taught at 2 s by the held reply, confirmed at its
                 // release, forgotten a grace (10 s) after.
                 let released = 3 + hold_s;
                 assert_eq!(
-                    served(every),
+                    udp_exchange_served(every),
                     (2..=released + 10).contains(&second),
                     "held {hold_s} s, at {second} s"
                 );
