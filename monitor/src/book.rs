@@ -4,7 +4,11 @@
 
 use std::hash::Hash;
 
-use hashbrown::{hash_map::EntryRef, Equivalent, HashMap, HashSet};
+use hashbrown::{Equivalent, HashSet};
+use indexmap::{
+    map::{raw_entry_v1::RawEntryMut, RawEntryApiV1 as _},
+    IndexMap,
+};
 
 /// Label value of the overflow series, and of every label in it.
 pub const OTHER: &str = "other";
@@ -12,10 +16,11 @@ pub const OTHER: &str = "other";
 /// Labels name containers, networks and ports, which containers choose:
 /// the hash is seeded at random (foldhash, several times faster than std's
 /// SipHash on these strings, which showed in the agent's profile at 100k
-/// flows, where each poll looks up a series per changed flow). hashbrown's
-/// maps rather than std's: they look up by a borrowed form of the labels
-/// ([`SeriesLabels`]).
-type ByLabels<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// flows, where each poll looked up a series per changed flow). An
+/// `IndexMap`: it looks up by a borrowed form of the labels
+/// ([`SeriesLabels`]), and a series keeps its index ([`Slot`]) until a
+/// sweep removes one.
+type ByLabels<K, V> = IndexMap<K, V, foldhash::fast::RandomState>;
 
 /// What a series is looked up by: its labels, or a form of them borrowed
 /// from the flow that hashes and compares alike ([`Equivalent`]), so that
@@ -107,6 +112,30 @@ pub struct SeriesBook<L, V> {
     /// Combinations refused, so that each is reported once.
     refused: HashSet<L, foldhash::fast::RandomState>,
     dropped: u64,
+    /// Sweeps that removed a series so far: each moves series, so that a
+    /// [`Slot`] taken before it no longer finds its own.
+    removals: u64,
+}
+
+/// Where a series sits in its book: found again by [`SeriesBook::value_at`]
+/// without its labels, which a flow's series are costly to make from (its
+/// ends looked up by address, a port looked up in the served set) and to
+/// hash. Good until the book next removes a series
+/// ([`SeriesBook::removals`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot(u32);
+
+impl Slot {
+    /// The overflow series', kept apart from the others.
+    const OVERFLOW: Slot = Slot(u32::MAX);
+
+    pub fn from_u32(slot: u32) -> Self {
+        Self(slot)
+    }
+
+    pub fn to_u32(self) -> u32 {
+        self.0
+    }
 }
 
 struct Series<V> {
@@ -123,36 +152,63 @@ impl<V: Default> Series<V> {
     }
 }
 
+/// The series in `series`, made at `now_ns` if there is none yet.
+fn made<V: Default>(series: &mut Option<Series<V>>, now_ns: u64) -> &mut Series<V> {
+    series.get_or_insert_with(|| Series::new(now_ns))
+}
+
 /// How far the memory of refused combinations goes before it restarts, so
 /// that a flood of them costs bounded memory (they may then count twice).
 const REFUSED_MEMORY: usize = 100_000;
 
 impl<L: Clone + Eq + Hash, V: Default> SeriesBook<L, V> {
+    /// `capacity`: at most `u32::MAX - 1`, as a [`Slot`] is 32 bits.
     pub fn new(capacity: usize, overflow: L) -> Self {
         Self {
             series: ByLabels::default(),
             overflow,
             overflow_series: None,
-            capacity,
+            capacity: capacity.min(Slot::OVERFLOW.0 as usize),
             refused: HashSet::default(),
             dropped: 0,
+            removals: 0,
         }
     }
 
     /// The value to update for `labels` at `now_ns`: their own series, or
     /// the overflow series once `capacity` combinations exist.
     pub fn value<Q: SeriesLabels<L> + ?Sized>(&mut self, labels: &Q, now_ns: u64) -> &mut V {
+        &mut self.series_of(labels, now_ns).1.value
+    }
+
+    /// Where the series [`Self::value`] updates for `labels` is, and its
+    /// value: found again by [`Self::value_at`].
+    pub fn slot_and_value<Q: SeriesLabels<L> + ?Sized>(
+        &mut self,
+        labels: &Q,
+        now_ns: u64,
+    ) -> (Slot, &mut V) {
+        let (slot, series) = self.series_of(labels, now_ns);
+        (slot, &mut series.value)
+    }
+
+    fn series_of<Q: SeriesLabels<L> + ?Sized>(
+        &mut self,
+        labels: &Q,
+        now_ns: u64,
+    ) -> (Slot, &mut Series<V>) {
         let room = self.series.len() < self.capacity;
-        let series = if labels.equivalent(&self.overflow) {
-            self.overflow_series
-                .get_or_insert_with(|| Series::new(now_ns))
+        let (slot, series) = if labels.equivalent(&self.overflow) {
+            (Slot::OVERFLOW, made(&mut self.overflow_series, now_ns))
         } else {
-            match self.series.entry_ref(labels) {
-                EntryRef::Occupied(series) => series.into_mut(),
-                EntryRef::Vacant(series) if room => {
-                    series.insert_with_key(labels.to_labels(), Series::new(now_ns))
-                }
-                EntryRef::Vacant(_) => {
+            // Indexes stay under `capacity`, hence under `Slot::OVERFLOW`.
+            match self.series.raw_entry_mut_v1().from_key(labels) {
+                RawEntryMut::Occupied(series) => (Slot(series.index() as u32), series.into_mut()),
+                RawEntryMut::Vacant(series) if room => (
+                    Slot(series.index() as u32),
+                    series.insert(labels.to_labels(), Series::new(now_ns)).1,
+                ),
+                RawEntryMut::Vacant(_) => {
                     if self.refused.len() >= REFUSED_MEMORY {
                         self.refused.clear();
                     }
@@ -160,13 +216,30 @@ impl<L: Clone + Eq + Hash, V: Default> SeriesBook<L, V> {
                         self.refused.insert(labels.to_labels());
                         self.dropped += 1;
                     }
-                    self.overflow_series
-                        .get_or_insert_with(|| Series::new(now_ns))
+                    (Slot::OVERFLOW, made(&mut self.overflow_series, now_ns))
                 }
             }
         };
         series.updated_ns = now_ns;
-        &mut series.value
+        (slot, series)
+    }
+
+    /// The value of the series at `slot`, updated at `now_ns`; `None` where
+    /// the book holds no series there any more.
+    pub fn value_at(&mut self, slot: Slot, now_ns: u64) -> Option<&mut V> {
+        let series = if slot == Slot::OVERFLOW {
+            self.overflow_series.as_mut()?
+        } else {
+            self.series.get_index_mut(slot.0 as usize)?.1
+        };
+        series.updated_ns = now_ns;
+        Some(&mut series.value)
+    }
+
+    /// Sweeps that removed a series so far: a [`Slot`] taken before the
+    /// latest may find another series than its own.
+    pub fn removals(&self) -> u64 {
+        self.removals
     }
 
     /// Removes the series `gone` says belong to departed containers and
@@ -181,7 +254,11 @@ impl<L: Clone + Eq + Hash, V: Default> SeriesBook<L, V> {
             }
         }
         self.refused.retain(|labels| !gone(labels));
-        before - self.len()
+        let removed = before - self.len();
+        if removed > 0 {
+            self.removals += 1;
+        }
+        removed
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&L, &V)> {
@@ -244,6 +321,29 @@ mod tests {
         assert_eq!((book.len(), book.dropped()), (2, 1));
         assert_eq!(book.sweep(5, |l| l == OTHER), 1, "stale, and gone");
         assert_eq!(values(&book), [("a".into(), 1)]);
+    }
+
+    #[test]
+    fn a_slot_finds_its_series_and_a_sweep_that_removes_one_is_told() {
+        let mut book = book(2);
+        let (a, _) = book.slot_and_value(&"a".to_owned(), 1);
+        let (b, _) = book.slot_and_value(&"b".to_owned(), 1);
+        let (other, _) = book.slot_and_value(&"c".to_owned(), 1);
+        for slot in [a, b, other] {
+            *book.value_at(slot, 2).expect("a series") += 1;
+        }
+        assert_eq!(
+            values(&book),
+            [("a".into(), 1), ("b".into(), 1), (OTHER.into(), 1)]
+        );
+        assert_eq!(book.sweep(5, |l| l == "c"), 0, "nothing of c to sweep");
+        assert_eq!(book.removals(), 0);
+        assert_eq!(book.sweep(5, |l| l == "a"), 1);
+        assert_eq!(book.removals(), 1);
+        // `b` moved where `a` was; where `b` was, nothing is left.
+        assert_eq!(book.value_at(b, 6), None);
+        *book.value_at(a, 6).expect("b, moved") += 1;
+        assert_eq!(values(&book), [("b".into(), 2), (OTHER.into(), 1)]);
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl Lab {
         }
     }
 
-    fn inventory(count: u8, edit: impl Fn(&mut Container)) -> Inventory {
+    pub fn inventory(count: u8, edit: impl Fn(&mut Container)) -> Inventory {
         let network = |name: &str, icc: bool, gateway: [u8; 4]| Network {
             id: name.into(),
             name: name.into(),

@@ -9,7 +9,10 @@
 use std::{
     collections::{hash_map::Entry, HashMap, HashSet},
     net::IpAddr,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
 };
 
 use monitor_common::{FlowKey, FlowStats};
@@ -202,6 +205,7 @@ struct Slot {
 
 #[derive(Default)]
 pub struct Directory {
+    id: DirectoryId,
     by_ip: ByKey<IpAddr, Slot>,
     by_veth: ByKey<u32, Slot>,
     gateways: ByKey<IpAddr, Arc<EndIdentity>>,
@@ -213,6 +217,19 @@ pub struct Directory {
     remote: ByKey<IpAddr, Arc<EndIdentity>>,
     /// The ends nothing names but their kind.
     nameless: Nameless,
+}
+
+/// Tells a directory from every other one this process made: a directory
+/// never changes, so what was made of one (a flow's series labels) holds
+/// while the same id is in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectoryId(u64);
+
+impl Default for DirectoryId {
+    fn default() -> Self {
+        static MADE: AtomicU64 = AtomicU64::new(0);
+        Self(MADE.fetch_add(1, Relaxed))
+    }
 }
 
 struct Nameless {
@@ -368,6 +385,10 @@ impl Directory {
         let routed = |ip: &&IpAddr| !is_link_local_v6(**ip);
         self.host.iter().filter(routed).all(|ip| host.contains(ip))
             && host.iter().filter(routed).all(|ip| self.host.contains(ip))
+    }
+
+    pub fn id(&self) -> DirectoryId {
+        self.id
     }
 
     /// What this directory names differently from an `earlier` one, by

@@ -39,14 +39,21 @@ pub struct Exported {
     /// flow last looked its reverse up for the served ports, or, held,
     /// taught them what it shows alone.
     served_lookup_s: AtomicU32,
+    /// The traffic series': where the flow's series is in their book
+    /// ([`crate::book::Slot`]), and the labelling epoch it was found in
+    /// (0: never), past which the flow's labels may differ.
+    series_epoch: AtomicU32,
+    series_slot: AtomicU32,
 }
 
 // Every flow has one: what a consumer adds here, every flow pays for. The
 // fields above fill the padding of the traffic series' 17 bytes; the
 // detectors' slot made it 32 bytes, which the table entry absorbs by its
 // 32-bit poll generation (see `FlowTable::generation`), and the served
-// ports' second fills what was left of them.
-const _: () = assert!(std::mem::size_of::<Exported>() == 32);
+// ports' second fills what was left of them. The series' slot takes 8
+// more, 0.8 MB at 100k flows, for a flow's labels made once rather than
+// at every poll it has traffic.
+const _: () = assert!(std::mem::size_of::<Exported>() == 40);
 
 impl Exported {
     /// Whether the flow counted traffic the series do not hold yet.
@@ -121,6 +128,17 @@ impl Exported {
     pub(crate) fn note_served_lookup(&self, now_ns: u64) {
         self.served_lookup_s
             .store(seconds(now_ns).saturating_add(1), Relaxed);
+    }
+
+    /// Where the flow's series is, if it was found in labelling `epoch`.
+    pub(crate) fn series_slot(&self, epoch: u32) -> Option<u32> {
+        (epoch != 0 && self.series_epoch.load(Relaxed) == epoch)
+            .then(|| self.series_slot.load(Relaxed))
+    }
+
+    pub(crate) fn note_series_slot(&self, epoch: u32, slot: u32) {
+        self.series_slot.store(slot, Relaxed);
+        self.series_epoch.store(epoch, Relaxed);
     }
 
     /// The resets the flow sent since the last take, of its total `rst`.
@@ -201,5 +219,18 @@ mod tests {
             |stale_s: u64| exported.served_lookup_due(151 * SEC, 150 * SEC, Some(stale_s * SEC));
         assert!(stale_since(150), "noted in the stale second");
         assert!(!stale_since(149), "noted after it");
+    }
+
+    #[test]
+    fn a_series_slot_is_found_in_the_epoch_it_was_noted_in_only() {
+        let exported = Exported::default();
+        assert_eq!(exported.series_slot(0), None, "epoch 0 notes nothing");
+        assert_eq!(exported.series_slot(1), None);
+        exported.note_series_slot(1, 7);
+        assert_eq!(exported.series_slot(1), Some(7));
+        assert_eq!(exported.series_slot(2), None);
+        exported.note_series_slot(2, 0);
+        assert_eq!(exported.series_slot(2), Some(0));
+        assert_eq!(exported.series_slot(1), None);
     }
 }

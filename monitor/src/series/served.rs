@@ -32,6 +32,9 @@ pub struct ServedPorts {
     /// still has traffic. While the set stays full, no earlier lookup is
     /// due again: it would be refused again.
     stale_ns: Option<u64>,
+    /// Times a port was added or ports were forgotten: a label made before
+    /// the latest may be out of date.
+    changes: u64,
 }
 
 impl ServedPorts {
@@ -44,6 +47,7 @@ impl ServedPorts {
             keep_ns,
             refused_ns: None,
             stale_ns: None,
+            changes: 0,
         }
     }
 
@@ -80,7 +84,9 @@ impl ServedPorts {
             self.refused_ns = Some(now_ns);
             return false;
         }
-        self.served.insert(server, now_ns);
+        if self.served.insert(server, now_ns).is_none() {
+            self.changes += 1;
+        }
         true
     }
 
@@ -93,9 +99,18 @@ impl ServedPorts {
         let cutoff_ns = now_ns.saturating_sub(self.keep_ns);
         let before = self.served.len();
         self.served.retain(|_, seen| *seen >= cutoff_ns);
-        if self.served.len() < before && self.refused_ns.is_some() {
-            self.stale_ns = self.refused_ns.take();
+        if self.served.len() < before {
+            self.changes += 1;
+            if self.refused_ns.is_some() {
+                self.stale_ns = self.refused_ns.take();
+            }
         }
+    }
+
+    /// Times the set changed so far: what was made of it before the
+    /// latest may be out of date.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 }
 

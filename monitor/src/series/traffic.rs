@@ -12,8 +12,8 @@ use super::{
     served::ServedPorts,
 };
 use crate::{
-    book::SeriesBook,
-    docker::{Container, Directory, Inventory},
+    book::{SeriesBook, Slot},
+    docker::{Container, Directory, DirectoryId, Inventory},
     flows::{
         outcome::{self, Outcome},
         Exported, Poll, PollConsumer, PollView,
@@ -53,6 +53,39 @@ pub struct TrafficSeries {
     /// Containers that left, kept for the grace period so their info
     /// series can still be joined.
     departures: Departures,
+    /// A flow's labels depend on it alone (its key, the veth and direction
+    /// of its first incarnation), on the directory and on the served
+    /// ports: the flow notes where its series is with the epoch it was
+    /// found in ([`Exported::series_slot`]), which lasts while none of
+    /// these change nor the book moves its series.
+    labelling: Labelling,
+}
+
+/// What a flow's labels were made from, as of [`Labelling::epoch`].
+#[derive(Default)]
+struct Labelling {
+    /// 0 before the first poll: no flow's note is of it.
+    epoch: u32,
+    inputs: Option<LabelInputs>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct LabelInputs {
+    directory: DirectoryId,
+    served_changes: u64,
+    book_removals: u64,
+}
+
+impl Labelling {
+    /// The epoch in which labels are made from `inputs`: a new one if they
+    /// changed.
+    fn epoch_for(&mut self, inputs: LabelInputs) -> u32 {
+        if self.inputs != Some(inputs) {
+            self.inputs = Some(inputs);
+            self.epoch = self.epoch.wrapping_add(1).max(1);
+        }
+        self.epoch
+    }
 }
 
 /// What one flow series counted.
@@ -78,6 +111,7 @@ impl TrafficSeries {
             connections: SeriesBook::new(config.max_series, ConnectionLabels::overflow()),
             served: ServedPorts::new(config.max_series.saturating_mul(4), config.grace_ns),
             departures: Departures::new(config.grace_ns),
+            labelling: Labelling::default(),
         }
     }
 
@@ -123,31 +157,63 @@ impl TrafficSeries {
                 exported.note_served_lookup(now_ns);
             }
         }
+        // Learning is over for this poll: the served ports stay as they
+        // are until the sweep, after the walk.
+        let epoch = self.labelling.epoch_for(LabelInputs {
+            directory: directory.id(),
+            served_changes: self.served.changes(),
+            book_removals: self.flows.removals(),
+        });
         for (record, ended, exported) in flows.exported_records() {
             if !needs_update(&record, exported) {
                 continue;
             }
-            let ends = directory.ends(&record.key, &record.stats);
-            let mut port_text = itoa::Buffer::new();
-            let labels = FlowLabelsRef::of(&record, &ends, &self.served, &mut port_text);
             // Only a TCP attempt has a connection result, and only then is
             // its reverse looked up: an answer's flow, or one first seen
             // past its SYN, is none.
-            if record.key.protocol == ip_proto::TCP
+            let result = (record.key.protocol == ip_proto::TCP
                 && !exported.connection_counted()
-                && outcome::is_attempt(&record, None)
-            {
-                let reverse = find(&record.key.reversed());
-                if let Some(result) = connection_result(&record, reverse.as_ref(), ended, now_ns) {
-                    exported.count_connection();
-                    *self
-                        .connections
-                        .value(&ConnectionLabelsRef::of(&labels, result), now_ns) += 1;
-                }
-            }
+                && outcome::is_attempt(&record, None))
+            .then(|| {
+                connection_result(
+                    &record,
+                    find(&record.key.reversed()).as_ref(),
+                    ended,
+                    now_ns,
+                )
+            })
+            .flatten();
             let (packets, bytes) = exported.take_new_traffic(&record.stats);
-            if packets != 0 || bytes != 0 {
-                let counts = self.flows.value(&labels, now_ns);
+            let traffic = packets != 0 || bytes != 0;
+            if !traffic && result.is_none() {
+                continue;
+            }
+            let noted = exported
+                .series_slot(epoch)
+                .filter(|_| result.is_none())
+                .and_then(|slot| self.flows.value_at(Slot::from_u32(slot), now_ns));
+            let counts = match noted {
+                Some(counts) => Some(counts),
+                // A flow new to this epoch, or with a connection to count
+                // by its labels: they are made.
+                None => {
+                    let ends = directory.ends(&record.key, &record.stats);
+                    let mut port_text = itoa::Buffer::new();
+                    let labels = FlowLabelsRef::of(&record, &ends, &self.served, &mut port_text);
+                    if let Some(result) = result {
+                        exported.count_connection();
+                        *self
+                            .connections
+                            .value(&ConnectionLabelsRef::of(&labels, result), now_ns) += 1;
+                    }
+                    traffic.then(|| {
+                        let (slot, counts) = self.flows.slot_and_value(&labels, now_ns);
+                        exported.note_series_slot(epoch, slot.to_u32());
+                        counts
+                    })
+                }
+            };
+            if let Some(counts) = counts {
                 counts.packets = counts.packets.wrapping_add(packets);
                 counts.bytes = counts.bytes.wrapping_add(bytes);
             }
@@ -225,6 +291,7 @@ mod tests {
     use monitor_common::{Direction, FlowStats};
 
     use super::*;
+    use crate::detect::testkit::{front, Lab};
     use crate::flows::{FlowTable, PollOutcome};
     use crate::series::labels::{pairs, FLOW_LABEL_NAMES};
 
@@ -509,6 +576,99 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A UDP flow from `src` to `dst`, counted at `src`'s veth, with
+    /// `packets` by the end of second `last_s`.
+    fn sent(src: u8, dst: u8, packets: u64, last_s: u64) -> (FlowKey, FlowStats) {
+        let record = Lab::new(0).flow(front(src), front(dst), 9999, ip_proto::UDP);
+        let stats = FlowStats {
+            packets,
+            bytes: packets * 60,
+            first_seen_ns: SECOND,
+            last_seen_ns: last_s * SECOND,
+            ..record.stats
+        };
+        (record.key, stats)
+    }
+
+    fn from_to(traffic: &TrafficSeries, source: &str, destination: &str) -> u64 {
+        packets(traffic, &[("source", source), ("destination", destination)])
+    }
+
+    #[test]
+    fn a_flow_is_labelled_anew_when_the_directory_names_its_ends_otherwise() {
+        let mut traffic = metrics(100);
+        let mut flows = table(&[sent(2, 3, 2, 1)]);
+        let nameless = Directory::default();
+        traffic.update(&PollView::new(&flows, &[]), &nameless, None, SECOND);
+        assert_eq!(from_to(&traffic, "unknown", "unknown"), 2);
+
+        // The engine names both ends: the next packets go to their series.
+        let named = Lab::new(2).directory;
+        for (second, total) in [(2, 5), (3, 6)] {
+            poll(&mut flows, &[sent(2, 3, total, second)]);
+            traffic.update(&PollView::new(&flows, &[]), &named, None, second * SECOND);
+        }
+        assert_eq!(from_to(&traffic, "c2", "c3"), 4);
+        assert_eq!(from_to(&traffic, "unknown", "unknown"), 2);
+    }
+
+    #[test]
+    fn a_flow_finds_its_own_series_after_the_series_before_it_are_swept() {
+        let mut traffic = metrics(100);
+        let everyone = Lab::inventory(3, |_| {});
+        let lab = Lab::new(3);
+        // c2 to c3, then c3 to c4, then c4 to c3: three series, in that
+        // order, where c2 to c3 is the only one of c2.
+        let mut flows = table(&[sent(2, 3, 1, 1)]);
+        traffic.update(
+            &PollView::new(&flows, &[]),
+            &lab.directory,
+            Some(&everyone),
+            SECOND,
+        );
+        let all = |c2: u64, c3: u64, c4: u64, last_s| {
+            [
+                sent(2, 3, c2, last_s),
+                sent(3, 4, c3, last_s),
+                sent(4, 3, c4, last_s),
+            ]
+        };
+        poll(&mut flows, &all(1, 1, 0, 2)[..2]);
+        traffic.update(
+            &PollView::new(&flows, &[]),
+            &lab.directory,
+            Some(&everyone),
+            2 * SECOND,
+        );
+        poll(&mut flows, &all(1, 1, 1, 3));
+        traffic.update(
+            &PollView::new(&flows, &[]),
+            &lab.directory,
+            Some(&everyone),
+            3 * SECOND,
+        );
+
+        // c2 leaves at 4 s; its series goes once the grace (10 s) is over,
+        // at 15 s, while the others go on.
+        let mut without_c2 = everyone.clone();
+        without_c2.containers.retain(|_, c| c.name != "c2");
+        let directory = Directory::new(Some(&without_c2), Default::default());
+        for second in 4..=17 {
+            let sent_since_3 = second - 3;
+            let [_, c3, c4] = all(1, 1 + sent_since_3, 1 + 2 * sent_since_3, second);
+            poll(&mut flows, &[c3, c4]);
+            traffic.update(
+                &PollView::new(&flows, &[]),
+                &directory,
+                Some(&without_c2),
+                second * SECOND,
+            );
+        }
+        assert_eq!(from_to(&traffic, "c2", "c3"), 0, "swept");
+        assert_eq!(from_to(&traffic, "c3", "c4"), 1 + 14);
+        assert_eq!(from_to(&traffic, "c4", "c3"), 1 + 2 * 14);
     }
 
     #[test]
