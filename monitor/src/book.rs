@@ -129,6 +129,8 @@ impl Slot {
     /// The overflow series', kept apart from the others.
     const OVERFLOW: Slot = Slot(u32::MAX);
 
+    /// A slot as [`Self::to_u32`] gave it, kept where 4 bytes count (a
+    /// flow's table entry).
     pub fn from_u32(slot: u32) -> Self {
         Self(slot)
     }
@@ -162,7 +164,8 @@ fn made<V: Default>(series: &mut Option<Series<V>>, now_ns: u64) -> &mut Series<
 const REFUSED_MEMORY: usize = 100_000;
 
 impl<L: Clone + Eq + Hash, V: Default> SeriesBook<L, V> {
-    /// `capacity`: at most `u32::MAX - 1`, as a [`Slot`] is 32 bits.
+    /// `capacity` is clamped to `u32::MAX`: a [`Slot`] is 32 bits, and the
+    /// overflow series' is the one past every index.
     pub fn new(capacity: usize, overflow: L) -> Self {
         Self {
             series: ByLabels::default(),

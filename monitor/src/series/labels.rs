@@ -1,9 +1,10 @@
 //! The label values of traffic series: names, not addresses, and ports only
 //! where a service listens, so that series stay few and meaningful.
 //!
-//! Each poll looks up the series of every changed flow: by labels borrowed
-//! from the flow's ends (`*LabelsRef`), which hash and compare as the owned
-//! labels do, so that only a new series copies them.
+//! A flow's series is looked up by labels borrowed from the flow's ends
+//! (`*LabelsRef`), which hash and compare as the owned labels do, so that
+//! only a new series copies them; then found again by its slot while the
+//! labels' inputs stay (see `TrafficSeries`).
 
 use monitor_common::{ip_proto, Direction, FlowKey};
 

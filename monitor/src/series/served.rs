@@ -168,6 +168,22 @@ mod tests {
     const SERVER: [u8; 4] = [10, 0, 0, 3];
 
     #[test]
+    fn the_set_changes_when_a_port_is_added_or_forgotten_only() {
+        let mut served = ServedPorts::new(10, 10);
+        let answer = record(SERVER, 80, CLIENT, 40000, stats(1, 0, 1));
+        assert_eq!(served.changes(), 0);
+        assert!(served.learn(&answer, || None, 1));
+        assert_eq!(served.changes(), 1, "a port added");
+        assert!(served.learn(&answer, || None, 5));
+        assert_eq!(served.changes(), 1, "confirmed, not added");
+        served.expire(14);
+        assert_eq!(served.changes(), 1, "nothing forgotten");
+        served.expire(16);
+        assert!(!served.contains(SERVER.into(), 80, ip_proto::TCP));
+        assert_eq!(served.changes(), 2, "a port forgotten");
+    }
+
+    #[test]
     fn a_syn_ack_marks_the_answering_port_from_either_flow() {
         let request = record(CLIENT, 40000, SERVER, 80, stats(1, 1, 0));
         let answer = record(SERVER, 80, CLIENT, 40000, stats(2, 0, 1));

@@ -2,7 +2,10 @@
 //! previous one to its series, so series only grow, and their sum is the
 //! kernel's count whatever happens to flows (eviction, expiry, relabelling).
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicU32, Ordering::Relaxed},
+    Arc,
+};
 
 use monitor_common::{ip_proto, FlowKey};
 
@@ -69,6 +72,10 @@ struct Labelling {
     inputs: Option<LabelInputs>,
 }
 
+/// Epochs are numbered across every [`TrafficSeries`] of the process, so
+/// that one never takes a note another made in a table they would share.
+static NEXT_EPOCH: AtomicU32 = AtomicU32::new(1);
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct LabelInputs {
     directory: DirectoryId,
@@ -82,7 +89,9 @@ impl Labelling {
     fn epoch_for(&mut self, inputs: LabelInputs) -> u32 {
         if self.inputs != Some(inputs) {
             self.inputs = Some(inputs);
-            self.epoch = self.epoch.wrapping_add(1).max(1);
+            // 0 is no epoch; after 2^32 epochs, 1 again: a flow unwalked
+            // for that long has left the table.
+            self.epoch = NEXT_EPOCH.fetch_add(1, Relaxed).max(1);
         }
         self.epoch
     }
@@ -288,6 +297,8 @@ fn connection_result(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use monitor_common::{Direction, FlowStats};
 
     use super::*;
@@ -578,18 +589,59 @@ mod tests {
         }
     }
 
-    /// A UDP flow from `src` to `dst`, counted at `src`'s veth, with
-    /// `packets` by the end of second `last_s`.
+    #[test]
+    fn a_flow_is_labelled_ephemeral_again_once_its_served_port_is_forgotten() {
+        let mut traffic = metrics(100);
+        let directory = Directory::default();
+        let (query, reply) = udp_exchange();
+        let at = |packets: u64, first_s: u64, last_s: u64| FlowStats {
+            first_seen_ns: first_s * SECOND,
+            last_seen_ns: last_s * SECOND,
+            ..stats(packets, 0, 0, 0)
+        };
+        let to_port =
+            |traffic: &TrafficSeries, port| packets(traffic, &[("destination_port", port)]);
+        // A query a second from 1 s, answered once at 2 s; the reply's
+        // flow ends at 3 s.
+        let mut flows = table(&[(query, at(1, 1, 1))]);
+        traffic.update(&PollView::new(&flows, &[]), &directory, None, SECOND);
+        poll(&mut flows, &[(query, at(2, 1, 2)), (reply, at(1, 2, 2))]);
+        traffic.update(&PollView::new(&flows, &[]), &directory, None, 2 * SECOND);
+        for second in 3..=20 {
+            poll(&mut flows, &[(query, at(second, 1, second))]);
+            let ended: Vec<_> = flows.end(&reply).into_iter().collect();
+            traffic.update(
+                &PollView::new(&flows, &ended),
+                &directory,
+                None,
+                second * SECOND,
+            );
+        }
+        // Last confirmed at 3 s, when the query found the reply ending;
+        // forgotten once the 10 s grace is over, at the end of 14 s.
+        assert!(!udp_exchange_served(&traffic));
+        assert_eq!(to_port(&traffic, "53"), 13, "the queries of 2 to 14 s");
+        assert_eq!(
+            to_port(&traffic, "ephemeral"),
+            1 + 1 + 6,
+            "the first query, the reply, and the queries of 15 to 20 s"
+        );
+    }
+
+    /// A UDP flow from `src` to `dst` (of [`Lab`]), counted at `src`'s
+    /// veth, with `packets` by the end of second `last_s`.
     fn sent(src: u8, dst: u8, packets: u64, last_s: u64) -> (FlowKey, FlowStats) {
-        let record = Lab::new(0).flow(front(src), front(dst), 9999, ip_proto::UDP);
+        let key = FlowKey::ipv4(front(src), 40000, front(dst), 9999, ip_proto::UDP);
         let stats = FlowStats {
             packets,
             bytes: packets * 60,
             first_seen_ns: SECOND,
             last_seen_ns: last_s * SECOND,
-            ..record.stats
+            ifindex: Lab::veth(front(src)),
+            direction: Direction::FromContainer as u8,
+            ..FlowStats::default()
         };
-        (record.key, stats)
+        (key, stats)
     }
 
     fn from_to(traffic: &TrafficSeries, source: &str, destination: &str) -> u64 {
@@ -618,7 +670,9 @@ mod tests {
     fn a_flow_finds_its_own_series_after_the_series_before_it_are_swept() {
         let mut traffic = metrics(100);
         let everyone = Lab::inventory(3, |_| {});
-        let lab = Lab::new(3);
+        let lab = Lab {
+            directory: Directory::new(Some(&everyone), HashSet::new()),
+        };
         // c2 to c3, then c3 to c4, then c4 to c3: three series, in that
         // order, where c2 to c3 is the only one of c2.
         let mut flows = table(&[sent(2, 3, 1, 1)]);
@@ -654,7 +708,7 @@ mod tests {
         // at 15 s, while the others go on.
         let mut without_c2 = everyone.clone();
         without_c2.containers.retain(|_, c| c.name != "c2");
-        let directory = Directory::new(Some(&without_c2), Default::default());
+        let directory = Directory::new(Some(&without_c2), HashSet::new());
         for second in 4..=17 {
             let sent_since_3 = second - 3;
             let [_, c3, c4] = all(1, 1 + sent_since_3, 1 + 2 * sent_since_3, second);
