@@ -396,9 +396,8 @@ mod tests {
         assert_eq!(connections(&traffic, "established"), 1);
         assert_eq!(connections(&traffic, "refused"), 1);
         assert_eq!(connections(&traffic, "unanswered"), 0);
-        let to_port = |port| packets(&traffic, &[("destination_port", port)]);
-        assert_eq!(to_port("80"), 3);
-        assert_eq!(to_port("ephemeral"), 2 + 1 + 1 + 1);
+        assert_eq!(to_port(&traffic, "80"), 3);
+        assert_eq!(to_port(&traffic, "ephemeral"), 2 + 1 + 1 + 1);
 
         // Five seconds without an answer: unanswered, once.
         for now in [7, 8] {
@@ -416,6 +415,19 @@ mod tests {
         (udp(key(1, 50000, 2, 53)), udp(key(2, 53, 1, 50000)))
     }
 
+    /// `packets` of a flow first seen at `first_s` and last at `last_s`.
+    fn seen(packets: u64, first_s: u64, last_s: u64) -> FlowStats {
+        FlowStats {
+            first_seen_ns: first_s * SECOND,
+            last_seen_ns: last_s * SECOND,
+            ..stats(packets, 0, 0, 0)
+        }
+    }
+
+    fn to_port(traffic: &TrafficSeries, port: &str) -> u64 {
+        packets(traffic, &[("destination_port", port)])
+    }
+
     /// Whether the traffic series hold 10.0.0.2:53 as served over UDP.
     fn udp_exchange_served(traffic: &TrafficSeries) -> bool {
         traffic
@@ -428,20 +440,16 @@ mod tests {
         let mut traffic = metrics(100);
         let directory = Directory::default();
         let (query, reply) = udp_exchange();
-        let at = |packets: u64, first_s: u64, last_s: u64| FlowStats {
-            first_seen_ns: first_s * SECOND,
-            last_seen_ns: last_s * SECOND,
-            ..stats(packets, 0, 0, 0)
-        };
-        let to_port =
-            |traffic: &TrafficSeries, port| packets(traffic, &[("destination_port", port)]);
-        let mut flows = table(&[(query, at(1, 1, 1))]);
+        let mut flows = table(&[(query, seen(1, 1, 1))]);
         traffic.update(&PollView::new(&flows, &[]), &directory, None, SECOND);
         assert_eq!(to_port(&traffic, "ephemeral"), 1, "nothing answered yet");
 
         // The reply comes a second later: both directions of the exchange
         // are labelled by the port it showed served, at once.
-        poll(&mut flows, &[(query, at(2, 1, 2)), (reply, at(1, 2, 2))]);
+        poll(
+            &mut flows,
+            &[(query, seen(2, 1, 2)), (reply, seen(1, 2, 2))],
+        );
         traffic.update(&PollView::new(&flows, &[]), &directory, None, 2 * SECOND);
         assert_eq!(to_port(&traffic, "53"), 1);
         assert_eq!(to_port(&traffic, "ephemeral"), 1 + 1);
@@ -452,7 +460,7 @@ mod tests {
             let sent = second - 1;
             poll(
                 &mut flows,
-                &[(query, at(sent, 1, second)), (reply, at(1, 2, 2))],
+                &[(query, seen(sent, 1, second)), (reply, seen(1, 2, 2))],
             );
             traffic.update(
                 &PollView::new(&flows, &[]),
@@ -594,21 +602,17 @@ mod tests {
         let mut traffic = metrics(100);
         let directory = Directory::default();
         let (query, reply) = udp_exchange();
-        let at = |packets: u64, first_s: u64, last_s: u64| FlowStats {
-            first_seen_ns: first_s * SECOND,
-            last_seen_ns: last_s * SECOND,
-            ..stats(packets, 0, 0, 0)
-        };
-        let to_port =
-            |traffic: &TrafficSeries, port| packets(traffic, &[("destination_port", port)]);
         // A query a second from 1 s, answered once at 2 s; the reply's
         // flow ends at 3 s.
-        let mut flows = table(&[(query, at(1, 1, 1))]);
+        let mut flows = table(&[(query, seen(1, 1, 1))]);
         traffic.update(&PollView::new(&flows, &[]), &directory, None, SECOND);
-        poll(&mut flows, &[(query, at(2, 1, 2)), (reply, at(1, 2, 2))]);
+        poll(
+            &mut flows,
+            &[(query, seen(2, 1, 2)), (reply, seen(1, 2, 2))],
+        );
         traffic.update(&PollView::new(&flows, &[]), &directory, None, 2 * SECOND);
         for second in 3..=20 {
-            poll(&mut flows, &[(query, at(second, 1, second))]);
+            poll(&mut flows, &[(query, seen(second, 1, second))]);
             let ended: Vec<_> = flows.end(&reply).into_iter().collect();
             traffic.update(
                 &PollView::new(&flows, &ended),
