@@ -441,10 +441,11 @@ mod tests {
             },
             ..key(port)
         };
-        // Ports 1 to 13, TCP on even ones: 1 to 6 busy, 3 and 4 then end;
+        // Ports 1 to 14, TCP on even ones: 1 to 6 busy, 3 and 4 then end;
         // 7 to 10 quiet, the reverses of 9 and 10 new (so they are walked
-        // for them); 11 to 13 young on a veth held: 11 busy, 12 and 13
-        // quiet, the reverse of 13 new.
+        // for them); 11 to 14 young on a veth held: 11 busy, 12 and 13
+        // quiet, the reverse of 13 new, 14 busy and then ends (an ended
+        // flow is never held: it would not come back).
         let busy = |first_seen_ns, ifindex| FlowStats {
             packets: 1,
             first_seen_ns,
@@ -478,6 +479,7 @@ mod tests {
             (flow(12), young_quiet),
             (flow(13), young_quiet),
             (flow(13).reversed(), busy(T - SEC, VETH)),
+            (flow(14), busy(T, HELD)),
         ]);
         let mut table = FlowTable::new();
         let mut outcome = PollOutcome::default();
@@ -486,7 +488,7 @@ mod tests {
             table.observe(key, stats, &mut outcome);
         }
         table.end_poll(&mut outcome);
-        let ended: Vec<_> = [3, 4]
+        let ended: Vec<_> = [3, 4, 14]
             .iter()
             .filter_map(|port| table.end(&flow(*port)))
             .collect();
@@ -512,6 +514,7 @@ mod tests {
             (8, 53, live),
             (9, 53, live),
             (10, 53, live),
+            (14, 53, over),
             (53, 9, live),
             (53, 10, live),
             (53, 13, live),
