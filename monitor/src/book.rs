@@ -129,8 +129,8 @@ impl Slot {
     /// The overflow series', kept apart from the others.
     const OVERFLOW: Slot = Slot(u32::MAX);
 
-    /// A slot as [`Self::to_u32`] gave it, kept where 4 bytes count (a
-    /// flow's table entry).
+    /// A slot as [`Self::to_u32`] gave it: a flow's table entry keeps it
+    /// in an atomic of 4 bytes.
     pub fn from_u32(slot: u32) -> Self {
         Self(slot)
     }

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use monitor_common::FlowStats;
 
+use crate::book::Slot;
+
 /// The poller's consumers ([`crate::flows::PollConsumer`]s) update it
 /// through the poll's view of the table, which the API reads at the same
 /// time under the same read lock: hence atomics. Each field has one
@@ -131,13 +133,13 @@ impl Exported {
     }
 
     /// Where the flow's series is, if it was found in labelling `epoch`.
-    pub(crate) fn series_slot(&self, epoch: u32) -> Option<u32> {
+    pub(crate) fn series_slot(&self, epoch: u32) -> Option<Slot> {
         (epoch != 0 && self.series_epoch.load(Relaxed) == epoch)
-            .then(|| self.series_slot.load(Relaxed))
+            .then(|| Slot::from_u32(self.series_slot.load(Relaxed)))
     }
 
-    pub(crate) fn note_series_slot(&self, epoch: u32, slot: u32) {
-        self.series_slot.store(slot, Relaxed);
+    pub(crate) fn note_series_slot(&self, epoch: u32, slot: Slot) {
+        self.series_slot.store(slot.to_u32(), Relaxed);
         self.series_epoch.store(epoch, Relaxed);
     }
 
@@ -226,11 +228,11 @@ mod tests {
         let exported = Exported::default();
         assert_eq!(exported.series_slot(0), None, "epoch 0 notes nothing");
         assert_eq!(exported.series_slot(1), None);
-        exported.note_series_slot(1, 7);
-        assert_eq!(exported.series_slot(1), Some(7));
+        exported.note_series_slot(1, Slot::from_u32(7));
+        assert_eq!(exported.series_slot(1), Some(Slot::from_u32(7)));
         assert_eq!(exported.series_slot(2), None);
-        exported.note_series_slot(2, 0);
-        assert_eq!(exported.series_slot(2), Some(0));
+        exported.note_series_slot(2, Slot::from_u32(0));
+        assert_eq!(exported.series_slot(2), Some(Slot::from_u32(0)));
         assert_eq!(exported.series_slot(1), None);
     }
 }

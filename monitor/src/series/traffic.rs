@@ -15,7 +15,7 @@ use super::{
     served::ServedPorts,
 };
 use crate::{
-    book::{SeriesBook, Slot},
+    book::SeriesBook,
     docker::{Container, Directory, DirectoryId, Inventory},
     flows::{
         outcome::{self, Outcome},
@@ -200,7 +200,7 @@ impl TrafficSeries {
             let noted = exported
                 .series_slot(epoch)
                 .filter(|_| result.is_none())
-                .and_then(|slot| self.flows.value_at(Slot::from_u32(slot), now_ns));
+                .and_then(|slot| self.flows.value_at(slot, now_ns));
             let counts = match noted {
                 Some(counts) => Some(counts),
                 // A flow new to this epoch, or with a connection to count
@@ -217,7 +217,7 @@ impl TrafficSeries {
                     }
                     traffic.then(|| {
                         let (slot, counts) = self.flows.slot_and_value(&labels, now_ns);
-                        exported.note_series_slot(epoch, slot.to_u32());
+                        exported.note_series_slot(epoch, slot);
                         counts
                     })
                 }
