@@ -5,29 +5,45 @@
 //! containers re-created with new addresses.
 
 use std::{
-    collections::BTreeSet,
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
+use indexmap::{Equivalent, IndexSet};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{config::NewConnection, Alert, Attempt, Detector, Findings, PollEnd, Severity};
 use crate::{
-    docker::{service_name, Directory},
+    docker::{write_service_name, Directory},
     model::protocol_name,
 };
 
 /// source, destination, port ("" where the protocol has none), protocol.
 type Edge = (String, String, String, String);
 
+/// An [`Edge`] by borrowed parts, which every attempt is looked up by: it
+/// hashes as the edge does (a tuple and a struct hash their fields in
+/// order, a `String` as its `str`), so no name is copied until an edge is
+/// new.
+#[derive(Hash)]
+struct EdgeRef<'a>(&'a str, &'a str, &'a str, &'a str);
+
+impl Equivalent<Edge> for EdgeRef<'_> {
+    fn equivalent(&self, edge: &Edge) -> bool {
+        (self.0, self.1, self.2, self.3) == (&edge.0, &edge.1, &edge.2, &edge.3)
+    }
+}
+
 #[derive(Default, Deserialize, Serialize)]
 struct Stored {
     /// Unix seconds when learning began.
     created: u64,
-    edges: BTreeSet<Edge>,
+    /// In the order they were learnt (a file of an earlier version, sorted,
+    /// loads in its order). Service names are the containers' to choose:
+    /// seeded at random.
+    edges: IndexSet<Edge, foldhash::fast::RandomState>,
 }
 
 pub struct Baseline {
@@ -35,6 +51,9 @@ pub struct Baseline {
     learning: Duration,
     stored: Stored,
     dirty: bool,
+    /// The names of the attempt at hand's ends, kept to be written again.
+    source: String,
+    destination: String,
 }
 
 fn unix_now() -> u64 {
@@ -53,7 +72,7 @@ impl Baseline {
                 .with_context(|| format!("{}: not a crossmon baseline", path.display()))?,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Stored {
                 created: unix_now(),
-                edges: BTreeSet::new(),
+                edges: IndexSet::default(),
             },
             Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
         };
@@ -62,6 +81,8 @@ impl Baseline {
             learning,
             dirty: true,
             stored,
+            source: String::new(),
+            destination: String::new(),
         })
     }
 
@@ -75,28 +96,34 @@ impl Baseline {
         if !attempt.outcome.delivered() || attempt.source.container.is_none() {
             return None;
         }
+        let mut digits = itoa::Buffer::new();
         let port = if attempt.has_ports() {
-            attempt.record.key.dst_port.to_string()
+            digits.format(attempt.record.key.dst_port)
         } else {
-            String::new()
+            ""
         };
         let protocol = protocol_name(attempt.record.key.protocol);
-        let edge = (
-            service_name(&attempt.source),
-            service_name(&attempt.destination),
-            port.clone(),
-            protocol.to_owned(),
-        );
-        if self.stored.edges.contains(&edge) {
+        write_service_name(&attempt.source, &mut self.source);
+        write_service_name(&attempt.destination, &mut self.destination);
+        let (from, to) = (self.source.as_str(), self.destination.as_str());
+        if self
+            .stored
+            .edges
+            .contains(&EdgeRef(from, to, port, protocol))
+        {
             return None;
         }
         let learning = self.learning();
-        self.stored.edges.insert(edge.clone());
+        self.stored.edges.insert((
+            from.to_owned(),
+            to.to_owned(),
+            port.to_owned(),
+            protocol.to_owned(),
+        ));
         self.dirty = true;
         if learning {
             return None;
         }
-        let (from, to, ..) = edge;
         Some(Alert {
             capture: None,
             node: None,
@@ -233,6 +260,52 @@ mod tests {
         assert!(
             connect(&mut reopened, &lab, (2, 4), 80).is_some(),
             "learning is over"
+        );
+    }
+
+    /// Edges are found by their parts without copying them: those of a
+    /// file an earlier version wrote (a sorted set, compose services
+    /// named `project/service`) stay quiet, and only the new one alerts.
+    #[test]
+    fn an_earlier_versions_file_keeps_its_edges() {
+        let dir = scratch_dir("baseline-earlier");
+        std::fs::write(
+            dir.join("baseline.json"),
+            br#"{"created": 1, "edges": [
+                ["shop/api", "shop/db", "5432", "tcp"],
+                ["shop/web", "shop/api", "8080", "tcp"]
+            ]}"#,
+        )
+        .expect("write");
+        let lab = Lab::with(4, |container| {
+            container.compose_project = Some("shop".into());
+            container.compose_service = Some(
+                match container.name.as_str() {
+                    "c2" => "web",
+                    "c3" => "api",
+                    _ => "db",
+                }
+                .into(),
+            );
+        });
+        let mut baseline = open(&dir);
+        assert!(connect(&mut baseline, &lab, (2, 3), 8080).is_none());
+        assert!(connect(&mut baseline, &lab, (3, 4), 5432).is_none());
+        let alert = connect(&mut baseline, &lab, (2, 4), 5432).expect("a new edge");
+        assert_eq!(alert.evidence["source_service"], "shop/web");
+        assert_eq!(alert.evidence["destination_service"], "shop/db");
+        assert_eq!(alert.evidence["baseline_edges"], 3);
+        baseline.save().expect("saves");
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("baseline.json")).expect("read"))
+                .expect("json");
+        assert_eq!(
+            saved["edges"],
+            json!([
+                ["shop/api", "shop/db", "5432", "tcp"],
+                ["shop/web", "shop/api", "8080", "tcp"],
+                ["shop/web", "shop/db", "5432", "tcp"]
+            ])
         );
     }
 

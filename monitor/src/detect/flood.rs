@@ -2,7 +2,7 @@
 //! those connections completing their handshake.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, VecDeque},
     net::IpAddr,
 };
 
@@ -10,7 +10,7 @@ use serde_json::json;
 
 use monitor_common::ip_proto;
 
-use super::{config::SynFlood, Alert, Detector, Findings, PollEnd, Severity, Traffic};
+use super::{config::SynFlood, Alert, ByKey, Detector, Findings, PollEnd, Severity, Traffic};
 use crate::{clock, docker::FlowEnd, model::key_addrs};
 
 #[derive(Default)]
@@ -19,7 +19,7 @@ struct Target {
     polls: VecDeque<(u64, u64, u64)>,
     /// SYNs by source name within the window's polls (approximate: kept
     /// while the target is busy, cleared when it goes quiet).
-    sources: BTreeMap<String, (u64, FlowEnd)>,
+    sources: ByKey<String, (u64, FlowEnd)>,
     end: Option<FlowEnd>,
     /// SYNs seen since the last check.
     fresh: bool,
@@ -27,14 +27,14 @@ struct Target {
 
 pub struct FloodDetector {
     config: SynFlood,
-    targets: HashMap<(IpAddr, u16), Target>,
+    targets: ByKey<(IpAddr, u16), Target>,
 }
 
 impl FloodDetector {
     pub fn new(config: &SynFlood) -> Self {
         Self {
             config: config.clone(),
-            targets: HashMap::new(),
+            targets: ByKey::default(),
         }
     }
 
@@ -58,15 +58,11 @@ impl FloodDetector {
         }
         // Looked up by the borrowed name: a source already counted (most
         // SYNs of a flood) copies nothing.
-        let name = Alert::end_name(source);
-        match entry.sources.get_mut(name.as_ref()) {
-            Some((counted, _)) => *counted += syns,
-            None => {
-                entry
-                    .sources
-                    .insert(name.into_owned(), (syns, source.clone()));
-            }
-        }
+        entry
+            .sources
+            .entry_ref(&*Alert::end_name(source))
+            .or_insert_with(|| (0, source.clone()))
+            .0 += syns;
         if syns > 0 {
             entry.fresh = true;
             entry.end = Some(destination.clone());
@@ -101,7 +97,11 @@ impl FloodDetector {
             let Some(end) = target.end.clone() else {
                 continue;
             };
-            let Some((top, (_, source))) = target.sources.iter().max_by_key(|(_, (n, _))| *n)
+            // The most SYNs; of those, the last name in order.
+            let Some((top, (_, source))) = target
+                .sources
+                .iter()
+                .max_by_key(|(name, (n, _))| (*n, *name))
             else {
                 continue;
             };

@@ -57,6 +57,13 @@ use crate::{
 };
 use config::{DetectConfig, Enabled};
 
+/// State keyed by what containers choose (addresses, ports, names) and
+/// looked up at every attempt or flow: seeded at random, and foldhash
+/// rather than SipHash, which showed in the poll's profile under
+/// connection churn. hashbrown's, for lookups by a borrowed key that
+/// copies it only on insertion (`entry_ref`).
+type ByKey<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// A detector: every hook has a default that does nothing, so each
 /// implements only what it looks at.
 pub trait Detector: Send {

@@ -5,10 +5,11 @@
 //! (outcomes, a sample of targets) is built only when asked for, so a
 //! scan of every port costs no more than its attempts.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    hash::Hash,
-};
+use std::{collections::BTreeMap, hash::Hash};
+
+use hashbrown::Equivalent;
+
+use super::ByKey;
 
 use crate::flows::outcome::Outcome;
 
@@ -26,35 +27,39 @@ pub struct Tried<T> {
 const SAMPLE: usize = 20;
 
 struct Window<T> {
-    targets: HashMap<T, (f64, Outcome, u64)>,
+    targets: ByKey<T, (f64, Outcome, u64)>,
     score: f64,
 }
 
 pub struct Probes<K, T> {
     window_ns: u64,
-    by_source: HashMap<K, Window<T>>,
+    by_source: ByKey<K, Window<T>>,
 }
 
 impl<K: Eq + Hash, T: Eq + Hash + Ord + Copy> Probes<K, T> {
     pub fn new(window_ns: u64) -> Self {
         Self {
             window_ns,
-            by_source: HashMap::new(),
+            by_source: ByKey::default(),
         }
     }
 
     /// Records one attempt and returns the source's score in the window.
-    /// A target tried again keeps its heaviest weight.
-    pub fn record(
+    /// A target tried again keeps its heaviest weight. The source is
+    /// copied only the first time it is seen within the window.
+    pub fn record<Q>(
         &mut self,
-        source: K,
+        source: &Q,
         target: T,
         weight: f64,
         outcome: Outcome,
         now_ns: u64,
-    ) -> f64 {
-        let window = self.by_source.entry(source).or_insert_with(|| Window {
-            targets: HashMap::new(),
+    ) -> f64
+    where
+        Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
+    {
+        let window = self.by_source.entry_ref(source).or_insert_with(|| Window {
+            targets: ByKey::default(),
             score: 0.0,
         });
         match window.targets.get_mut(&target) {
@@ -74,7 +79,10 @@ impl<K: Eq + Hash, T: Eq + Hash + Ord + Copy> Probes<K, T> {
     }
 
     /// What `source` tried within the window, in full.
-    pub fn summary(&self, source: &K) -> Option<Tried<T>> {
+    pub fn summary<Q>(&self, source: &Q) -> Option<Tried<T>>
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
         let window = self.by_source.get(source)?;
         let mut outcomes = BTreeMap::new();
         for (_, outcome, _) in window.targets.values() {
@@ -92,7 +100,10 @@ impl<K: Eq + Hash, T: Eq + Hash + Ord + Copy> Probes<K, T> {
     }
 
     /// Whether `source` tried anything within the window.
-    pub fn contains(&self, source: &K) -> bool {
+    pub fn contains<Q>(&self, source: &Q) -> bool
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
         self.by_source.contains_key(source)
     }
 
@@ -115,18 +126,18 @@ mod tests {
     #[test]
     fn distinct_targets_weigh_by_outcome_within_the_window() {
         let mut probes = Probes::new(10);
-        probes.record("a", 1u16, 1.0, Outcome::Refused, 0);
-        probes.record("a", 2, 0.25, Outcome::Established, 1);
+        probes.record(&"a", 1u16, 1.0, Outcome::Refused, 0);
+        probes.record(&"a", 2, 0.25, Outcome::Established, 1);
         // The same port again counts once, at its heaviest.
-        probes.record("a", 1, 0.25, Outcome::Established, 2);
-        assert_eq!(probes.record("a", 3, 1.0, Outcome::Unanswered, 3), 2.25);
+        probes.record(&"a", 1, 0.25, Outcome::Established, 2);
+        assert_eq!(probes.record(&"a", 3, 1.0, Outcome::Unanswered, 3), 2.25);
         let tried = probes.summary(&"a").expect("tried");
         assert_eq!((tried.distinct, tried.sample), (3, vec![1, 2, 3]));
         assert_eq!(tried.outcomes["refused"], 1);
         // Ports 1 and 2 were last tried at 2 and 1: out of a window ending
         // at 13.
         probes.expire(13);
-        assert_eq!(probes.record("a", 4, 1.0, Outcome::Refused, 13), 2.0);
+        assert_eq!(probes.record(&"a", 4, 1.0, Outcome::Refused, 13), 2.0);
         probes.expire(100);
         assert!(probes.summary(&"a").is_none());
     }

@@ -17,13 +17,15 @@ use std::{
     time::Duration,
 };
 
+use hashbrown::Equivalent;
+
 use monitor_common::Direction;
 use serde_json::json;
 
 use super::{
     config::Scan,
     probes::{Probes, Tried},
-    Alert, Attempt, Detector, Findings, PollEnd, Severity,
+    Alert, Attempt, ByKey, Detector, Findings, PollEnd, Severity,
 };
 use crate::{
     clock,
@@ -51,7 +53,7 @@ struct Windows<K, T> {
     slow: Probes<K, T>,
 }
 
-impl<K: Eq + Hash + Clone, T: Eq + Hash + Ord + Copy> Windows<K, T> {
+impl<K: Eq + Hash, T: Eq + Hash + Ord + Copy> Windows<K, T> {
     fn new(config: &Scan) -> Self {
         Self {
             config: config.clone(),
@@ -62,18 +64,17 @@ impl<K: Eq + Hash + Clone, T: Eq + Hash + Ord + Copy> Windows<K, T> {
 
     /// Records an attempt; when the key is over a threshold, the window
     /// that crossed (the short one first).
-    fn record(&mut self, key: &K, target: T, outcome: Outcome, now_ns: u64) -> Option<Crossed> {
+    fn record<Q>(&mut self, key: &Q, target: T, outcome: Outcome, now_ns: u64) -> Option<Crossed>
+    where
+        Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
+    {
         let weight = if outcome.delivered() && outcome != Outcome::Refused {
             self.config.answered_weight
         } else {
             1.0
         };
-        let fast = self
-            .fast
-            .record(key.clone(), target, weight, outcome, now_ns);
-        let slow = self
-            .slow
-            .record(key.clone(), target, weight, outcome, now_ns);
+        let fast = self.fast.record(key, target, weight, outcome, now_ns);
+        let slow = self.slow.record(key, target, weight, outcome, now_ns);
         // Sums of tenths are not exact in binary: 100 answered and 10
         // refused targets weigh 19.99999999999998, and must make 20.
         let reaches = |score: f64, threshold: f64| score + 1e-9 >= threshold;
@@ -88,7 +89,10 @@ impl<K: Eq + Hash + Clone, T: Eq + Hash + Ord + Copy> Windows<K, T> {
 
     /// What `key` tried in the window that crossed, and its length: built
     /// once per alert, not per attempt (a full port scan stays linear).
-    fn summary(&self, key: &K, crossed: Crossed) -> Option<(Tried<T>, Duration)> {
+    fn summary<Q>(&self, key: &Q, crossed: Crossed) -> Option<(Tried<T>, Duration)>
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
         match crossed {
             Crossed::Short => Some((self.fast.summary(key)?, self.config.window)),
             Crossed::Long => Some((self.slow.summary(key)?, self.config.slow_window)),
@@ -135,8 +139,8 @@ struct Prober {
 /// `port_scan`: many ports of one destination, by one source or several.
 pub struct PortScan {
     ports: Windows<IpAddr, u16>,
-    /// Who tried each destination's ports within the long window.
-    probers: HashMap<IpAddr, BTreeMap<String, Prober>>,
+    /// Who tried each destination's ports within the long window, by name.
+    probers: ByKey<IpAddr, ByKey<String, Prober>>,
     /// The source an alert on a destination named: kept while the scan
     /// lasts, so that its alerts stay one pair (de-duplicated) however
     /// the sources' shares change.
@@ -149,7 +153,7 @@ impl PortScan {
     pub fn new(config: &Scan) -> Self {
         Self {
             ports: Windows::new(config),
-            probers: HashMap::new(),
+            probers: ByKey::default(),
             named: HashMap::new(),
             once: Once::new(),
             slow_window_ns: nanos(config.slow_window),
@@ -168,7 +172,7 @@ impl Detector for PortScan {
             .probers
             .entry(destination)
             .or_default()
-            .entry(Alert::end_name(&attempt.source).into_owned())
+            .entry_ref(&*Alert::end_name(&attempt.source))
             .or_insert_with(|| Prober {
                 end: attempt.source.clone(),
                 attempts: 0,
@@ -193,8 +197,9 @@ impl Detector for PortScan {
         };
         let probers = self.probers.get(&destination);
         let top = probers
-            .and_then(|p| p.values().max_by_key(|p| p.attempts))
-            .map_or_else(|| attempt.source.clone(), |p| p.end.clone());
+            // The most attempts; of those, the last name in order.
+            .and_then(|p| p.iter().max_by_key(|(name, p)| (p.attempts, *name)))
+            .map_or_else(|| attempt.source.clone(), |(_, p)| p.end.clone());
         let source = self.named.entry(destination).or_insert(top).clone();
         let by_source: BTreeMap<&String, u64> = probers
             .into_iter()
@@ -272,12 +277,12 @@ impl HostSweep {
         time: impl FnOnce() -> String,
         now_ns: u64,
     ) -> Option<Alert> {
-        let name = Alert::end_name(source).into_owned();
-        let crossed = self.hosts.record(&name, destination, outcome, now_ns)?;
-        if !self.once.first(name.clone(), now_ns) {
+        let name = Alert::end_name(source);
+        let crossed = self.hosts.record(&*name, destination, outcome, now_ns)?;
+        if !self.once.first(name.clone().into_owned(), now_ns) {
             return None;
         }
-        let (tried, window) = self.hosts.summary(&name, crossed)?;
+        let (tried, window) = self.hosts.summary(&*name, crossed)?;
         Some(Alert {
             capture: None,
             node: None,

@@ -646,14 +646,28 @@ pub fn end_name(end: &FlowEnd) -> &str {
 /// container's name, else the kind of end (`gateway`, `host`, `external`,
 /// `unknown`): never an address, which changes.
 pub fn service_name(end: &FlowEnd) -> String {
-    match (&end.compose_project, &end.compose_service) {
-        (Some(project), Some(service)) => format!("{project}/{service}"),
+    let mut name = String::new();
+    write_service_name(end, &mut name);
+    name
+}
+
+/// [`service_name`] into `name`, whatever it held: a caller that names
+/// an end at every attempt reuses one buffer.
+pub fn write_service_name(end: &FlowEnd, name: &mut String) {
+    name.clear();
+    let (first, second) = match (&end.compose_project, &end.compose_service) {
+        (Some(project), Some(service)) => (Some(project.as_str()), service.as_str()),
         _ => match (&end.stack, &end.service) {
-            (Some(stack), Some(service)) => format!("{stack}/{service}"),
-            (None, Some(service)) => service.clone(),
-            _ => end_name(end).to_owned(),
+            (Some(stack), Some(service)) => (Some(stack.as_str()), service.as_str()),
+            (None, Some(service)) => (None, service.as_str()),
+            _ => (None, end_name(end)),
         },
+    };
+    if let Some(first) = first {
+        name.push_str(first);
+        name.push('/');
     }
+    name.push_str(second);
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ pub mod swarm;
 
 pub use client::connect;
 pub use directory::{
-    end_name, host_addresses, service_name, Directory, DirectoryId, EndIdentity, EndKind, FlowEnd,
-    IdentityRef, Renamed, AGGREGATE,
+    end_name, host_addresses, service_name, write_service_name, Directory, DirectoryId,
+    EndIdentity, EndKind, FlowEnd, IdentityRef, Renamed, AGGREGATE,
 };
 pub use follow::follow;
 pub use inventory::{
