@@ -4,7 +4,10 @@
 use std::sync::{Arc, Mutex};
 
 use super::{Collector, Exposition, Kind};
-use crate::{series::TcpHealth, sync::lock};
+use crate::{
+    series::{Pair, TcpHealth},
+    sync::lock,
+};
 
 /// `crossmon_tcp_*`.
 pub struct TcpCollector {
@@ -19,7 +22,14 @@ impl Collector for TcpCollector {
             "TCP handshake round trip, first SYN to first SYN-ACK as seen on the veths, by client and server.",
             Kind::Histogram,
         );
-        for ((source, destination), histogram) in tcp.rtt() {
+        for (
+            Pair {
+                source,
+                destination,
+            },
+            histogram,
+        ) in tcp.rtt()
+        {
             family.histogram(
                 &[("source", source), ("destination", destination)],
                 &histogram.cumulative(),
@@ -32,7 +42,14 @@ impl Collector for TcpCollector {
             "TCP segments with RST, by sender and receiver.",
             Kind::Counter,
         );
-        for ((source, destination), n) in tcp.resets() {
+        for (
+            Pair {
+                source,
+                destination,
+            },
+            n,
+        ) in tcp.resets()
+        {
             family.sample(&[("source", source), ("destination", destination)], *n);
         }
         let mut family = out.family(
@@ -40,7 +57,14 @@ impl Collector for TcpCollector {
             "TCP segments the sender's kernel retransmitted (tcp:tcp_retransmit_skb), by sender and receiver.",
             Kind::Counter,
         );
-        for ((source, destination), n) in tcp.retransmits() {
+        for (
+            Pair {
+                source,
+                destination,
+            },
+            n,
+        ) in tcp.retransmits()
+        {
             family.sample(&[("source", source), ("destination", destination)], *n);
         }
     }

@@ -10,7 +10,7 @@ use monitor_common::{ip_proto, FlowKey};
 
 use super::departures::Departures;
 use crate::{
-    book::SeriesBook,
+    book::{owned_and_borrowed, SeriesBook},
     datapath::RetransmitMap,
     docker::{end_name, Directory},
     flows::{outcome::UNANSWERED_AFTER_NS, ByFlow, Exported, Poll, PollConsumer, PollView},
@@ -54,9 +54,16 @@ pub const RTT_BUCKETS: [f64; 13] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
-/// `(source, destination)`: the client and the server for the round
-/// trip, the sender and the receiver for resets and retransmissions.
-pub type Pair = (String, String);
+owned_and_borrowed! {
+    /// The client and the server for the round trip, the sender and the
+    /// receiver for resets and retransmissions, by [`end_name`].
+    pub struct Pair;
+    /// [`Pair`] borrowed from the ends' names: every connection's round
+    /// trip finds its pair's series without copying them.
+    struct PairRef {
+        source, destination;
+    }
+}
 
 #[derive(Clone, Default)]
 pub struct RttHistogram {
@@ -132,7 +139,10 @@ impl TcpHealth {
     /// per bucket and three more.
     /// `grace_ns`: how long a departed container's series stay.
     pub fn new(max_series: usize, grace_ns: u64, kernel: Option<RetransmitMap>) -> Self {
-        let other = || (crate::book::OTHER.to_owned(), crate::book::OTHER.to_owned());
+        let other = || Pair {
+            source: crate::book::OTHER.to_owned(),
+            destination: crate::book::OTHER.to_owned(),
+        };
         Self {
             rtt: SeriesBook::new(max_series / (RTT_BUCKETS.len() + 3), other()),
             resets: SeriesBook::new(max_series, other()),
@@ -229,7 +239,10 @@ impl TcpHealth {
             return;
         }
         let (src, dst) = directory.ends(&record.key, &record.stats);
-        let pair = (end_name(&src).to_owned(), end_name(&dst).to_owned());
+        let pair = PairRef {
+            source: end_name(&src),
+            destination: end_name(&dst),
+        };
         if resets != 0 {
             *self.resets.value(&pair, now_ns) += u64::from(resets);
         }
@@ -261,7 +274,7 @@ impl PollConsumer for TcpHealth {
         self.by_flow.store(Arc::new(retransmits));
         self.departures.follow(poll.inventory, poll.now_ns);
         if let Some(gone) = self.departures.take_gone(poll.now_ns) {
-            let pair_gone = |(source, destination): &Pair| gone.any(&[source, destination]);
+            let pair_gone = |pair: &Pair| gone.any(&[&pair.source, &pair.destination]);
             self.rtt.sweep(gone.cutoff_ns, pair_gone);
             self.resets.sweep(gone.cutoff_ns, pair_gone);
             self.retransmits.sweep(gone.cutoff_ns, pair_gone);
