@@ -7,7 +7,10 @@
     reason = "an integration test: a broken assumption is the test failing, with its message"
 )]
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 use integration_tests::{frames::*, require_root};
 use monitor::datapath::{
@@ -557,6 +560,85 @@ fn events_that_do_not_fit_the_ring_are_counted_as_lost() {
         50,
         "every sample is either delivered or counted lost"
     );
+}
+
+/// Whether the ring's reader was woken since the last call: its fd in an
+/// edge-triggered epoll set, which a wakeup readies once.
+struct Wakeups(OwnedFd);
+
+impl Wakeups {
+    fn watch(ring: &impl AsRawFd) -> Self {
+        // SAFETY: a plain syscall.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(epoll >= 0, "epoll_create1");
+        // SAFETY: a new fd, owned by nothing else.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        let mut interest = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: 0,
+        };
+        // SAFETY: both fds are open; `interest` is read during the call.
+        let added = unsafe {
+            libc::epoll_ctl(
+                epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                ring.as_raw_fd(),
+                &mut interest,
+            )
+        };
+        assert_eq!(added, 0, "epoll_ctl");
+        Self(epoll)
+    }
+
+    fn since_last(&self) -> bool {
+        let mut ready = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: one event's room; a zero timeout never blocks.
+        let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), &mut ready, 1, 0) };
+        assert!(n >= 0, "epoll_wait");
+        n == 1
+    }
+}
+
+/// The programs wake the agent early once a quarter of the ring waits,
+/// then at each thirty-second of the ring filled past it, not at every
+/// record: each wakeup is a self-interrupt on the CPU that sent it.
+#[test]
+fn the_reader_is_woken_past_a_quarter_of_the_ring_by_steps_not_by_every_record() {
+    // 64 KiB: a quarter is 256 new-flow records of 64 bytes (56 and the
+    // kernel's 8-byte header), a thirty-second 32 of them.
+    let mut dp = load(DatapathConfig {
+        ring_bytes: 64 * 1024,
+        payload_bytes: 0,
+        ..DatapathConfig::default()
+    });
+    let wakeups = Wakeups::watch(&dp.events);
+    let mut woken_by = Vec::new();
+    for n in 1..=768u16 {
+        let syn = ethernet(
+            B,
+            A,
+            ETH_P_IP,
+            &ipv4(
+                IP_A,
+                IP_B,
+                ip_proto::TCP,
+                &[],
+                0,
+                &tcp(n, 80, tcp_flag::SYN, &[]),
+            ),
+        );
+        pass(&mut dp, PROGRAM_FROM_CONTAINER, &syn);
+        if wakeups.since_last() {
+            woken_by.push(n);
+        }
+    }
+    let expected: Vec<u16> = (256..=768).step_by(32).collect();
+    assert_eq!(woken_by, expected, "the records that woke the reader");
+    let opened = events(&mut dp)
+        .iter()
+        .filter(|e| matches!(e, Event::NewFlow { .. }))
+        .count();
+    assert_eq!(opened, 768, "every new flow's event is in the ring");
 }
 
 #[test]
