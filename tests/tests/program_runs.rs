@@ -42,6 +42,16 @@ fn pass(datapath: &mut Datapath, program: &str, frame: &[u8]) {
     assert_eq!(out, frame, "{program} changed the frame");
 }
 
+/// An untagged IPv4 frame from A to B carrying `transport`.
+fn a_to_b(protocol: u8, transport: &[u8]) -> Vec<u8> {
+    ethernet(
+        B,
+        A,
+        ETH_P_IP,
+        &ipv4(IP_A, IP_B, protocol, &[], 0, transport),
+    )
+}
+
 fn flows(datapath: &mut Datapath) -> HashMap<FlowKey, FlowStats> {
     let mut flows = HashMap::new();
     datapath
@@ -157,12 +167,7 @@ fn ipv4_options_udp_counted_with_payload_samples() {
 fn a_flows_latest_packet_is_stamped_with_the_tick_it_came_in() {
     let mut dp = load(DatapathConfig::default());
     let clock = dp.tick_clock.clone().expect("the load measured the tick");
-    let frame = ethernet(
-        B,
-        A,
-        ETH_P_IP,
-        &ipv4(IP_A, IP_B, ip_proto::UDP, &[], 0, &udp(4100, 5100, b"x")),
-    );
+    let frame = a_to_b(ip_proto::UDP, &udp(4100, 5100, b"x"));
     let key = key(
         v4_mapped(IP_A),
         v4_mapped(IP_B),
@@ -261,12 +266,7 @@ fn two_cpus_counting_one_flow_at_once_lose_nothing() {
     const RUNS: u32 = 200_000;
     let mut dp = load(DatapathConfig::default());
     let segment = tcp(40000, 443, tcp_flag::FIN | tcp_flag::ACK, b"bye");
-    let frame = ethernet(
-        B,
-        A,
-        ETH_P_IP,
-        &ipv4(IP_A, IP_B, ip_proto::TCP, &[], 0, &segment),
-    );
+    let frame = a_to_b(ip_proto::TCP, &segment);
     dp.programs
         .time_runs_on_cpus(PROGRAM_FROM_CONTAINER, &frame, RUNS, 2)
         .expect("runs on two CPUs at once");
@@ -494,18 +494,9 @@ fn capture_sizes_and_random_samples_follow_the_settings() {
     };
     let mut dp = load(config);
     let payload: Vec<u8> = (0..200).collect();
-    let frame = ethernet(
-        B,
-        A,
-        ETH_P_IP,
-        &ipv4(
-            IP_A,
-            IP_B,
-            ip_proto::TCP,
-            &[],
-            0,
-            &tcp(1234, 80, tcp_flag::ACK | tcp_flag::PSH, &payload),
-        ),
+    let frame = a_to_b(
+        ip_proto::TCP,
+        &tcp(1234, 80, tcp_flag::ACK | tcp_flag::PSH, &payload),
     );
     pass(&mut dp, PROGRAM_FROM_CONTAINER, &frame);
     pass(&mut dp, PROGRAM_FROM_CONTAINER, &frame);
@@ -614,19 +605,7 @@ fn the_reader_is_woken_past_a_quarter_of_the_ring_by_steps_not_by_every_record()
     let wakeups = Wakeups::watch(&dp.events);
     let mut woken_by = Vec::new();
     for n in 1..=768u16 {
-        let syn = ethernet(
-            B,
-            A,
-            ETH_P_IP,
-            &ipv4(
-                IP_A,
-                IP_B,
-                ip_proto::TCP,
-                &[],
-                0,
-                &tcp(n, 80, tcp_flag::SYN, &[]),
-            ),
-        );
+        let syn = a_to_b(ip_proto::TCP, &tcp(n, 80, tcp_flag::SYN, &[]));
         pass(&mut dp, PROGRAM_FROM_CONTAINER, &syn);
         if wakeups.since_last() {
             woken_by.push(n);
@@ -651,19 +630,7 @@ fn with_new_flow_events_off_flows_are_counted_and_nothing_is_sent() {
     };
     let mut dp = load(config);
     for port in 0..5u16 {
-        let frame = ethernet(
-            B,
-            A,
-            ETH_P_IP,
-            &ipv4(
-                IP_A,
-                IP_B,
-                ip_proto::UDP,
-                &[],
-                0,
-                &udp(4000 + port, 53, b"query"),
-            ),
-        );
+        let frame = a_to_b(ip_proto::UDP, &udp(4000 + port, 53, b"query"));
         pass(&mut dp, PROGRAM_FROM_CONTAINER, &frame);
         pass(&mut dp, PROGRAM_FROM_CONTAINER, &frame);
     }
@@ -789,12 +756,7 @@ fn capture_filter(capture_id: u32, snaplen: u32) -> monitor_common::CaptureFilte
 #[test]
 fn without_a_capture_nothing_is_captured() {
     let mut dp = load(DatapathConfig::default());
-    let frame = ethernet(
-        B,
-        A,
-        ETH_P_IP,
-        &ipv4(IP_A, IP_B, ip_proto::UDP, &[], 0, &udp(1000, 53, b"q")),
-    );
+    let frame = a_to_b(ip_proto::UDP, &udp(1000, 53, b"q"));
     pass(&mut dp, PROGRAM_FROM_CONTAINER, &frame);
     pass(&mut dp, PROGRAM_TO_CONTAINER, &frame);
     // Another veth's capture does not select these.
@@ -813,31 +775,14 @@ fn without_a_capture_nothing_is_captured() {
 #[test]
 fn a_capture_keeps_only_the_frames_its_filter_matches_in_both_directions() {
     let mut dp = load(DatapathConfig::default());
-    let to_b_53 = ethernet(
-        B,
-        A,
-        ETH_P_IP,
-        &ipv4(IP_A, IP_B, ip_proto::UDP, &[], 0, &udp(1000, 53, &[7; 300])),
-    );
+    let to_b_53 = a_to_b(ip_proto::UDP, &udp(1000, 53, &[7; 300]));
     let from_b_53 = ethernet(
         A,
         B,
         ETH_P_IP,
         &ipv4(IP_B, IP_A, ip_proto::UDP, &[], 0, &udp(53, 1000, b"answer")),
     );
-    let to_b_80 = ethernet(
-        B,
-        A,
-        ETH_P_IP,
-        &ipv4(
-            IP_A,
-            IP_B,
-            ip_proto::TCP,
-            &[],
-            0,
-            &tcp(1001, 80, tcp_flag::SYN, &[]),
-        ),
-    );
+    let to_b_80 = a_to_b(ip_proto::TCP, &tcp(1001, 80, tcp_flag::SYN, &[]));
     let to_c_53 = ethernet(
         B,
         A,
