@@ -55,9 +55,16 @@ const RING_HEADER_BYTES: u64 = 8;
 /// competes for the CPUs that fill the ring) that was a self-interrupt per
 /// record, 12 % of `from_container`'s time under connection churn. A
 /// record wakes the agent when it fills the ring across a thirty-second of
-/// its size: a few dozen wakeups for a whole ring unread. Two CPUs
-/// reserving at once may each see the other's record and neither wake it;
-/// the next thirty-second does.
+/// its size: at most 24 wakeups for a whole ring unread. Asked right after
+/// the reservation, before the record is filled: another CPU's reservation
+/// in between moves what this one reads, and two CPUs may each read the
+/// other's record and neither wake the agent, for this step or, as
+/// unluckily, for later ones. The 50 ms drain bounds that delay; the rule
+/// never wakes the agent where waking at every record past the quarter
+/// would not have.
+///
+/// The flags for `bpf_ringbuf_submit`, of a record of type `T` just
+/// reserved.
 #[inline(always)]
 fn wakeup<T>() -> u64 {
     let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
@@ -65,13 +72,11 @@ fn wakeup<T>() -> u64 {
     // `waiting` counts this record: it was reserved.
     let record = (size_of::<T>() as u64 + RING_HEADER_BYTES).next_multiple_of(8);
     let before = waiting.saturating_sub(record);
+    // The ring's size is a power of two (the kernel's rule, checked by the
+    // agent), and so is a step: the record crossed one where the two
+    // positions differ above the step's bit.
     let step = size / 32;
-    let crossed = match (before.checked_div(step), waiting.checked_div(step)) {
-        (Some(before), Some(now)) => before != now,
-        // A ring too small for steps: every record.
-        _ => true,
-    };
-    if waiting >= size / 4 && crossed {
+    if waiting >= size / 4 && before ^ waiting >= step {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)
@@ -85,11 +90,12 @@ pub fn new_flow(seen: &Seen, key: &FlowKey, opened_at_ns: u64) {
         bump(EventKind::NewFlow.lost_counter());
         return;
     };
+    let wake = wakeup::<NewFlowEvent>();
     entry.write(NewFlowEvent {
         header: seen.header(EventKind::NewFlow, 0, opened_at_ns),
         key: *key,
     });
-    entry.submit(wakeup::<NewFlowEvent>());
+    entry.submit(wake);
 }
 
 /// Copies up to `limit` bytes starting at `offset` of a span `span_len` long.
@@ -116,6 +122,7 @@ pub fn capture(
         }
         return;
     };
+    let wake = wakeup::<CaptureEvent>();
     let event = entry.as_mut_ptr();
     let (flags, timestamp_ns) = match opened_at_ns {
         Some(at) => (EVENT_OPENS_FLOW, at),
@@ -135,7 +142,7 @@ pub fn capture(
         (*event).captured_len =
             copy_bytes(ctx, offset, (*event).data.as_mut_ptr(), wanted, MAX_CAPTURE);
     }
-    entry.submit(wakeup::<CaptureEvent>());
+    entry.submit(wake);
 }
 
 #[inline(always)]
@@ -144,6 +151,7 @@ pub fn arp(ctx: &TcContext, seen: &Seen, offset: usize) {
         bump(EventKind::Arp.lost_counter());
         return;
     };
+    let wake = wakeup::<ArpEvent>();
     let event = entry.as_mut_ptr();
     let macs: [u8; 12] = ctx.load(0).unwrap_or([0; 12]);
     let in_skb = ctx.len().saturating_sub(offset as u32);
@@ -154,7 +162,7 @@ pub fn arp(ctx: &TcContext, seen: &Seen, offset: usize) {
         (*event).eth_src = [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]];
         (*event).captured_len = copy_bytes(ctx, offset, (*event).arp.as_mut_ptr(), in_skb, ARP_LEN);
     }
-    entry.submit(wakeup::<ArpEvent>());
+    entry.submit(wake);
 }
 
 /// Stores `value` in `slot` of a ring record and reads it back as the

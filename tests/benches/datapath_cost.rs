@@ -74,7 +74,8 @@ fn steady(
 /// `NEW_FLOWS` distinct flows (`first(port)`), and of single runs on the
 /// same packets once past the flows' payload samples; checks the events.
 /// The ring is drained as the agent would: a ring left over a quarter
-/// full wakes its reader at every record, which would be timed too.
+/// full wakes its reader at each thirty-second of it filled, which would
+/// be timed too.
 fn first_packets(
     dp: &mut Datapath,
     first: impl Fn(u16) -> Vec<u8>,
