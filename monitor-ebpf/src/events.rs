@@ -51,11 +51,12 @@ const RING_HEADER_BYTES: u64 = 8;
 /// short timer instead, and is woken early once a quarter of the ring is
 /// waiting, so a burst never fills it unread.
 ///
-/// Past that quarter, not by every record: until the agent runs (it
-/// competes for the CPUs that fill the ring) that was a self-interrupt per
-/// record, 12 % of `from_container`'s time under connection churn. A
-/// record wakes the agent when it fills the ring across a thirty-second of
-/// its size: at most 24 wakeups for a whole ring unread. Asked right after
+/// Past that quarter, not by every record: until the agent drained the
+/// ring that was a self-interrupt per record, most of a DNS record's cost
+/// in a bench that drains between measures, about 1 % of
+/// `from_container`'s time under live connection churn. A record wakes
+/// the agent when it fills the ring across a thirty-second of its size:
+/// at most 24 wakeups for a whole ring unread. Asked right after
 /// the reservation, before the record is filled: another CPU's reservation
 /// in between moves what this one reads, and two CPUs may each read the
 /// other's record and neither wake the agent, for this step or, as
