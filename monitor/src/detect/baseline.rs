@@ -10,29 +10,47 @@ use std::{
 };
 
 use anyhow::Context as _;
-use indexmap::{Equivalent, IndexSet};
+use indexmap::IndexSet;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{config::NewConnection, Alert, Attempt, Detector, Findings, PollEnd, Severity};
 use crate::{
+    book::{owned_and_borrowed, SeriesLabels as _},
     docker::{write_service_name, Directory},
     model::protocol_name,
 };
 
+owned_and_borrowed! {
+    /// An edge between services; saved as the list
+    /// `[source, destination, port, protocol]` it always was.
+    #[derive(Deserialize, Serialize)]
+    #[serde(from = "EdgeRow", into = "EdgeRow")]
+    struct Edge;
+    /// [`Edge`] borrowed from an attempt's names, which every attempt is
+    /// looked up by: no name is copied until an edge is new.
+    struct EdgeRef {
+        source, destination, port, protocol;
+    }
+}
+
 /// source, destination, port ("" where the protocol has none), protocol.
-type Edge = (String, String, String, String);
+type EdgeRow = (String, String, String, String);
 
-/// An [`Edge`] by borrowed parts, which every attempt is looked up by: it
-/// hashes as the edge does (a tuple and a struct hash their fields in
-/// order, a `String` as its `str`), so no name is copied until an edge is
-/// new.
-#[derive(Hash)]
-struct EdgeRef<'a>(&'a str, &'a str, &'a str, &'a str);
+impl From<EdgeRow> for Edge {
+    fn from((source, destination, port, protocol): EdgeRow) -> Self {
+        Self {
+            source,
+            destination,
+            port,
+            protocol,
+        }
+    }
+}
 
-impl Equivalent<Edge> for EdgeRef<'_> {
-    fn equivalent(&self, edge: &Edge) -> bool {
-        (self.0, self.1, self.2, self.3) == (&edge.0, &edge.1, &edge.2, &edge.3)
+impl From<Edge> for EdgeRow {
+    fn from(edge: Edge) -> Self {
+        (edge.source, edge.destination, edge.port, edge.protocol)
     }
 }
 
@@ -106,20 +124,17 @@ impl Baseline {
         write_service_name(&attempt.source, &mut self.source);
         write_service_name(&attempt.destination, &mut self.destination);
         let (from, to) = (self.source.as_str(), self.destination.as_str());
-        if self
-            .stored
-            .edges
-            .contains(&EdgeRef(from, to, port, protocol))
-        {
+        let edge = EdgeRef {
+            source: from,
+            destination: to,
+            port,
+            protocol,
+        };
+        if self.stored.edges.contains(&edge) {
             return None;
         }
         let learning = self.learning();
-        self.stored.edges.insert((
-            from.to_owned(),
-            to.to_owned(),
-            port.to_owned(),
-            protocol.to_owned(),
-        ));
+        self.stored.edges.insert(edge.to_labels());
         self.dirty = true;
         if learning {
             return None;
