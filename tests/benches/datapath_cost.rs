@@ -9,6 +9,13 @@
 //! runs of distinct flows, beside single runs of the same packets once
 //! their flows are counted: the kernel's timing of one run adds the same
 //! overhead to both.
+//!
+//! `--instructions`: the kernel's clock counts instructions, as in a VM
+//! under qemu's `-icount shift=0` (one instruction a nanosecond; `cargo
+//! xtask bench` boots one so), and the figures are labelled as such. The
+//! row of one flow counted on two CPUs at once is left out there: its
+//! instructions are those of the row above it, its cost the cache line's
+//! trips between the CPUs, which no instruction count shows.
 
 use integration_tests::{frames::*, net::TestNet, timing::median_ns};
 use monitor::datapath::{
@@ -120,12 +127,33 @@ fn first_packets(
     Ok((new, again))
 }
 
+/// The worst case of one shared entry: two CPUs adding to the same
+/// counters at once, each run's cache line taken from the other CPU.
+/// The mean ns of a run on each, or why it could not run.
+fn contended(dp: &mut Datapath, frame: &[u8]) -> String {
+    dp.programs
+        .time_runs_on_cpus(PROGRAM_FROM_CONTAINER, frame, REPEAT, 2)
+        .map_or_else(
+            |err| format!("n/a: {}", err.root_cause()),
+            |runs| {
+                let ns = runs.iter().map(|run| run.as_nanos() as f64).sum::<f64>();
+                format!("{:.0}", ns / runs.len() as f64)
+            },
+        )
+}
+
 fn main() -> anyhow::Result<()> {
+    let instructions = std::env::args().any(|arg| arg == "--instructions");
     let mut dp = datapath::load(&DatapathConfig {
         ring_bytes: RING_BYTES,
         ..DatapathConfig::default()
     })?;
-    println!("| packet | program | ns per run |");
+    let unit = if instructions {
+        "instructions per run"
+    } else {
+        "ns per run"
+    };
+    println!("| packet | program | {unit} |");
     println!("|---|---|---:|");
     let udp_64 = frame(40_000, ip_proto::UDP, 0, 64);
     let tcp_1448 = frame(40_001, ip_proto::TCP, tcp_flag::ACK, 1448);
@@ -140,19 +168,12 @@ fn main() -> anyhow::Result<()> {
             println!("| {label} | `{program}` | {ns:.0} |");
         }
     }
-    // The worst case of one shared entry: two CPUs adding to the same
-    // counters at once, each run's cache line taken from the other CPU.
-    let contended = dp
-        .programs
-        .time_runs_on_cpus(PROGRAM_FROM_CONTAINER, &udp_64, REPEAT, 2)
-        .map_or_else(
-            |err| format!("n/a: {}", err.root_cause()),
-            |runs| {
-                let ns = runs.iter().map(|run| run.as_nanos() as f64).sum::<f64>();
-                format!("{:.0}", ns / runs.len() as f64)
-            },
+    if !instructions {
+        println!(
+            "| UDP, 64-byte payload, one flow counted on two CPUs at once | `{PROGRAM_FROM_CONTAINER}` | {} |",
+            contended(&mut dp, &udp_64)
         );
-    println!("| UDP, 64-byte payload, one flow counted on two CPUs at once | `{PROGRAM_FROM_CONTAINER}` | {contended} |");
+    }
     // Container to container: what left a watched veth was counted there,
     // and `to_container` only tells that it came in through one.
     let net = TestNet::new(1)?;

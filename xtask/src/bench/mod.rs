@@ -21,6 +21,7 @@
 
 mod agent_cost;
 mod cargo_bench;
+mod instructions;
 mod monitor;
 mod net;
 mod noop;
@@ -92,6 +93,10 @@ pub enum Pass {
     /// `/metrics` render time and size at 1k, 10k and 50k series, the
     /// new-flow event rate carried without loss (about 3 minutes).
     Agent,
+    /// The instructions each program runs per packet type, counted by
+    /// qemu in a VM of each supported kernel (about 3 minutes; part of the
+    /// throughput pass too).
+    Instructions,
 }
 
 /// Issue 7 asks for at least this many; fewer make a quick try whose
@@ -197,8 +202,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     let _lock = lock()?;
 
-    let throughput = options.only != Some(Pass::Agent);
-    let agent_pass = options.only != Some(Pass::Throughput);
+    let throughput = matches!(options.only, None | Some(Pass::Throughput));
+    let agent_pass = matches!(options.only, None | Some(Pass::Agent));
+    let count_instructions = throughput || options.only == Some(Pass::Instructions);
     println!("==> build crossmon (release)");
     cmd::status(
         "building the agent",
@@ -213,6 +219,15 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             program_benches.push((bench, cargo_bench::build("integration-tests", bench.name)?));
         }
     }
+    let datapath_cost = if count_instructions {
+        println!("==> build the {} bench (release)", instructions::BENCH);
+        Some(cargo_bench::build(
+            "integration-tests",
+            instructions::BENCH,
+        )?)
+    } else {
+        None
+    };
     let agent_benches = if agent_pass {
         Some(agent_cost::AgentBenches::build()?)
     } else {
@@ -252,6 +267,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         costs: Vec::new(),
         agent: None,
         program_benches: Vec::new(),
+        instructions: None,
     };
     let bench_started = Instant::now();
     let repetitions = if throughput { options.repetitions } else { 0 };
@@ -311,6 +327,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             .program_benches
             .push((*bench, cargo_bench::table(executable)?));
     }
+    if let Some(executable) = &datapath_cost {
+        report.instructions = Some(instructions::run(&crossmon, executable)?);
+    }
     let bench_time = bench_started.elapsed();
     let br_netfilter = net.br_netfilter;
     drop(iperf);
@@ -331,6 +350,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     for (bench, table) in &report.program_benches {
         println!("\n{} (BPF_PROG_TEST_RUN):\n\n{table}", bench.title);
+    }
+    if let Some(counted) = &report.instructions {
+        println!("\n{}:\n\n{}", instructions::TITLE, counted.markdown());
     }
     if let Some(agent) = &report.agent {
         println!(
@@ -619,6 +641,14 @@ fn benchmarks_md(
         line(&mut md, bench.about);
         line(&mut md, "");
         md.push_str(table);
+        line(&mut md, "");
+    }
+    if let Some(counted) = &report.instructions {
+        line(&mut md, &format!("## {}", instructions::TITLE));
+        line(&mut md, "");
+        line(&mut md, instructions::ABOUT);
+        line(&mut md, "");
+        md.push_str(&counted.markdown());
         line(&mut md, "");
     }
     if let Some(agent) = &report.agent {

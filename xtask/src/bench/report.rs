@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use super::{
     agent_cost::AgentCost,
     cargo_bench::ProgramBench,
+    instructions::Instructions,
     monitor::{Kind, Monitor, NOOP_PROGRAM},
     workload::Workload,
 };
@@ -106,6 +107,8 @@ pub struct Report<'a> {
     pub agent: Option<AgentCost>,
     /// Each program bench's table (with the throughput pass).
     pub program_benches: Vec<(&'static ProgramBench, String)>,
+    /// The instructions per packet type, counted in the VMs.
+    pub instructions: Option<Instructions>,
 }
 
 /// A markdown table's first two lines: a header `first`, then one per
@@ -629,6 +632,7 @@ mod tests {
             costs: Vec::new(),
             agent: None,
             program_benches: Vec::new(),
+            instructions: None,
         };
         let table = report.throughput_table();
         let udp: Vec<&str> = table
@@ -692,6 +696,7 @@ mod tests {
             ],
             agent: None,
             program_benches: Vec::new(),
+            instructions: None,
         };
         let table = report.cpu_table();
         let header = table.lines().next().unwrap();

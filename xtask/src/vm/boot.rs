@@ -25,6 +25,10 @@ pub struct Vm {
     /// What the VM writes to its second serial port.
     pub second_serial_log: PathBuf,
     pub timeout: Duration,
+    /// The guest's clock counts instructions (qemu's `-icount shift=0`:
+    /// one a nanosecond), so the kernel's timing of a program run reads
+    /// the instructions it ran, the same on any host.
+    pub count_instructions: bool,
 }
 
 /// What a VM run showed.
@@ -70,16 +74,19 @@ pub fn boot(vm: &Vm) -> anyhow::Result<Boot> {
         "-display",
         "none",
         "-no-reboot",
-    ])
-    .arg("-kernel")
-    .arg(&vm.vmlinuz)
-    .arg("-initrd")
-    .arg(&vm.initramfs)
-    .args(["-append", KERNEL_COMMAND_LINE])
-    .args(["-serial", "stdio", "-serial"])
-    .arg(format!("file:{}", vm.second_serial_log.display()))
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped());
+    ]);
+    if vm.count_instructions {
+        qemu.args(["-icount", "shift=0"]);
+    }
+    qemu.arg("-kernel")
+        .arg(&vm.vmlinuz)
+        .arg("-initrd")
+        .arg(&vm.initramfs)
+        .args(["-append", KERNEL_COMMAND_LINE])
+        .args(["-serial", "stdio", "-serial"])
+        .arg(format!("file:{}", vm.second_serial_log.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
     let mut child = qemu
         .spawn()
         .with_context(|| format!("cannot start {qemu:?}: install qemu-system-x86"))?;
@@ -172,6 +179,8 @@ pub struct StepReport {
     /// `FAIL check detail` lines (`crossmon doctor`'s).
     pub failed_checks: Vec<String>,
     pub seconds: f64,
+    /// What the console showed while it ran (kernel warnings included).
+    pub output: Vec<String>,
 }
 
 /// The console, parsed.
@@ -245,6 +254,7 @@ impl Console {
         let Some(step) = self.steps.last_mut().filter(|step| step.exit.is_none()) else {
             return;
         };
+        step.output.push(line.to_owned());
         // libtest ends a failed run with `failures:` and the names, four
         // spaces in, before its `test result:`. (`test NAME ... FAILED`
         // lines are no help: with --nocapture the test's output comes
@@ -337,6 +347,8 @@ mod tests {
         );
         assert_eq!((namespaces.exit, namespaces.seconds), (Some(101), 13.0));
         assert_eq!(namespaces.failed_tests, ["tcp_is_counted"]);
+        assert_eq!(namespaces.output.len(), 12);
+        assert_eq!(namespaces.output[0], "test udp_is_counted ... ok");
         assert_eq!(fuzz.exit, None);
     }
 }

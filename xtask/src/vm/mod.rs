@@ -148,9 +148,10 @@ fn shell_quote(arg: &str) -> String {
     }
 }
 
-/// What the VMs share: the first part of their initramfs, and the
-/// arguments for their tests.
+/// What the VMs share: where their files go, the first part of their
+/// initramfs, and the arguments for their tests.
 pub struct Staged {
+    dir: PathBuf,
     common: PathBuf,
     test_args: Vec<String>,
 }
@@ -159,16 +160,32 @@ pub struct Staged {
 /// `test_args` (a name filter, `--nocapture`) goes to the VMs' tests too.
 pub fn stage(crossmon: &Path, test_args: &[String]) -> anyhow::Result<Staged> {
     let tests = build_tests()?;
-    let dir = work_dir();
+    stage_in(work_dir(), crossmon, &tests, test_args)
+}
+
+/// The initramfs part of VMs that run bench `name`, built at
+/// `executable`, alone; their files apart from the test tier's.
+pub fn stage_bench(crossmon: &Path, name: &str, executable: &Path) -> anyhow::Result<Staged> {
+    let programs = [(name.to_owned(), executable.to_path_buf())];
+    stage_in(cmd::target_dir().join("vm-bench"), crossmon, &programs, &[])
+}
+
+fn stage_in(
+    dir: PathBuf,
+    crossmon: &Path,
+    programs: &[(String, PathBuf)],
+    test_args: &[String],
+) -> anyhow::Result<Staged> {
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let common = initramfs::common(&dir, crossmon, &tests)?;
+    let common = initramfs::common(&dir, crossmon, programs)?;
     Ok(Staged {
+        dir,
         common,
         test_args: test_args.to_vec(),
     })
 }
 
-/// Where the initramfs and the logs go.
+/// Where the test tier's initramfs and logs go.
 fn work_dir() -> PathBuf {
     cmd::target_dir().join("vm")
 }
@@ -324,31 +341,14 @@ pub struct Outcome {
     doctor_log: PathBuf,
 }
 
-/// Fetches `kernel` (or takes it from the cache), boots it with the staged
-/// initramfs and its modules, and judges what the console said.
+/// Boots `kernel` with the staged initramfs and its modules, running the
+/// tests, and judges what the console said.
 pub fn run(kernel: Kernel, staged: &Staged) -> anyhow::Result<Outcome> {
-    let files = fetch::kernel(kernel.suite())
-        .with_context(|| format!("fetching Debian {}'s kernel", kernel.suite()))?;
-    println!(
-        "kernel {kernel}: {} (cached in {})",
-        files.package,
-        fetch::cache_dir()?.join(kernel.suite()).display()
-    );
-    let dir = work_dir().join(kernel.suite());
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for (binary, test, why) in kernel.left_out() {
         println!("kernel {kernel}: not running {binary}'s {test}: it {why}");
     }
     let steps = steps(kernel, &staged.test_args);
-    let initramfs = initramfs::for_kernel(&staged.common, &files.modules, &steps, &dir)?;
-    let vm = boot::Vm {
-        vmlinuz: files.vmlinuz,
-        initramfs,
-        console_log: dir.join("console.log"),
-        second_serial_log: dir.join("doctor-debug.log"),
-        timeout: TIMEOUT,
-    };
-    let boot = boot::boot(&vm)?;
+    let (_, vm, boot) = boot_with(kernel, staged, &steps, false)?;
     Ok(Outcome {
         kernel,
         totals: boot.console.totals.clone(),
@@ -357,6 +357,74 @@ pub fn run(kernel: Kernel, staged: &Staged) -> anyhow::Result<Outcome> {
         console_log: vm.console_log,
         doctor_log: vm.second_serial_log,
     })
+}
+
+/// What a program printed in a VM whose clock counts instructions.
+pub struct Counted {
+    /// The kernel's Debian package, version included.
+    pub package: String,
+    pub output: Vec<String>,
+}
+
+/// Boots `kernel` with its clock counting instructions (see
+/// [`boot::Vm::count_instructions`]) to run the staged program `name`
+/// with `args`; what it printed, or why it failed.
+pub fn count_instructions(
+    kernel: Kernel,
+    staged: &Staged,
+    name: &'static str,
+    args: &[&str],
+) -> anyhow::Result<Counted> {
+    let mut argv = vec![format!("{}/{name}", initramfs::TESTS_DIR)];
+    argv.extend(args.iter().map(|arg| (*arg).to_owned()));
+    let (package, vm, boot) = boot_with(kernel, staged, &[Step { name, argv }], true)?;
+    let failures = failures(&boot);
+    if !failures.is_empty() {
+        bail!(
+            "{name} in kernel {kernel}'s VM failed: {} (console: {})",
+            failures.join("; "),
+            vm.console_log.display()
+        );
+    }
+    let output = boot
+        .console
+        .steps
+        .into_iter()
+        .find(|step| step.name == name)
+        .map(|step| step.output)
+        .unwrap_or_default();
+    Ok(Counted { package, output })
+}
+
+/// Fetches `kernel` (or takes it from the cache) and boots it with the
+/// staged initramfs, its modules and an init running `steps`: the kernel's
+/// package, the VM and what its run showed.
+fn boot_with(
+    kernel: Kernel,
+    staged: &Staged,
+    steps: &[Step],
+    count_instructions: bool,
+) -> anyhow::Result<(String, boot::Vm, boot::Boot)> {
+    let files = fetch::kernel(kernel.suite())
+        .with_context(|| format!("fetching Debian {}'s kernel", kernel.suite()))?;
+    println!(
+        "kernel {kernel}: {} (cached in {})",
+        files.package,
+        fetch::cache_dir()?.join(kernel.suite()).display()
+    );
+    let dir = staged.dir.join(kernel.suite());
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let initramfs = initramfs::for_kernel(&staged.common, &files.modules, steps, &dir)?;
+    let vm = boot::Vm {
+        vmlinuz: files.vmlinuz,
+        initramfs,
+        console_log: dir.join("console.log"),
+        second_serial_log: dir.join("doctor-debug.log"),
+        timeout: TIMEOUT,
+        count_instructions,
+    };
+    let boot = boot::boot(&vm)?;
+    Ok((files.package, vm, boot))
 }
 
 /// One line per failure of the run: the VM's own, then each step's.
