@@ -388,11 +388,15 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let levers_path = cmd::workspace_root().join(LEVERS);
+    let levers = std::fs::read_to_string(&levers_path)
+        .with_context(|| format!("reading {}", levers_path.display()))?;
     let path = cmd::workspace_root().join("BENCHMARKS.md");
     let text = benchmarks_md(
         &report,
         &machine,
         options,
+        &levers,
         &Conditions {
             load: format!("{load_before} before, {} after", load_average()),
             br_netfilter,
@@ -403,6 +407,22 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+/// A Markdown file quoted under a `##` heading: its own title gives way
+/// to that heading, its sections move a level down.
+fn quoted(file: &str) -> String {
+    let mut md = String::new();
+    for text in file
+        .lines()
+        .skip_while(|text| text.starts_with("# ") || text.is_empty())
+    {
+        if text.starts_with('#') {
+            md.push('#');
+        }
+        line(&mut md, text);
+    }
+    md
 }
 
 fn minutes(duration: Duration) -> String {
@@ -519,10 +539,17 @@ struct Conditions {
     bench_time: Duration,
 }
 
+/// Each lever's gain on its own, measured apart from any one run (each
+/// build against the one before it): quoted whole in `BENCHMARKS.md`.
+const LEVERS: &str = "docs/benchmark-levers.md";
+
+/// `BENCHMARKS.md`: this run's figures, then `levers` (the text of
+/// [`LEVERS`]) under a heading of this file's level.
 fn benchmarks_md(
     report: &Report<'_>,
     machine: &Machine,
     options: &Options,
+    levers: &str,
     conditions: &Conditions,
 ) -> String {
     let mut md = String::new();
@@ -655,6 +682,18 @@ fn benchmarks_md(
         md.push_str(&agent.markdown());
         line(&mut md, "");
     }
+    line(&mut md, "## Each lever's gain on its own");
+    line(&mut md, "");
+    line(
+        &mut md,
+        &format!(
+            "Not measured by this run: quoted from `{LEVERS}` as it stood when this file was \
+             written."
+        ),
+    );
+    line(&mut md, "");
+    md.push_str(&quoted(levers));
+    line(&mut md, "");
     line(&mut md, "## How it was measured");
     line(&mut md, "");
     line(
@@ -721,7 +760,15 @@ fn line(md: &mut String, text: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::report::median;
+    use super::{quoted, report::median};
+
+    #[test]
+    fn a_quoted_file_loses_its_title_and_its_sections_move_down() {
+        assert_eq!(
+            quoted("# Levers\n\nText.\n\n## Kernel\n\n| a |\n"),
+            "Text.\n\n### Kernel\n\n| a |\n"
+        );
+    }
 
     #[test]
     fn medians() {
