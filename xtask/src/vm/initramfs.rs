@@ -29,8 +29,14 @@ const APPLETS: &[&str] = &[
 pub const TESTS_DIR: &str = "/tests";
 pub const CROSSMON: &str = "/bin/crossmon";
 
-/// The shared part: builds `dir/root` and archives it as `dir/common.cpio`.
-pub fn common(dir: &Path, crossmon: &Path, tests: &[(String, PathBuf)]) -> anyhow::Result<PathBuf> {
+/// The shared part: builds `dir/root` with the agent and `programs` (the
+/// test binaries, or a bench) under [`TESTS_DIR`] by name, and archives it
+/// as `dir/common.cpio`.
+pub fn common(
+    dir: &Path,
+    crossmon: &Path,
+    programs: &[(String, PathBuf)],
+) -> anyhow::Result<PathBuf> {
     let root = dir.join("root");
     if root.exists() {
         fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
@@ -58,7 +64,7 @@ pub fn common(dir: &Path, crossmon: &Path, tests: &[(String, PathBuf)]) -> anyho
         install(&root, &path, &Path::new("/bin").join(tool), false)?;
     }
     install(&root, crossmon, Path::new(CROSSMON), true)?;
-    for (name, path) in tests {
+    for (name, path) in programs {
         install(&root, path, &Path::new(TESTS_DIR).join(name), true)?;
     }
     let archive = dir.join("common.cpio");

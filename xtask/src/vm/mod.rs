@@ -2,7 +2,8 @@
 //! supports, booted under qemu, each running `crossmon doctor` and the
 //! integration tests that need no Docker. The host runs one kernel; the
 //! verifier, the attach API (TCX or clsact) and the helpers differ between
-//! these.
+//! these. The same VMs, their clock counting instructions, run the bench
+//! of instructions per packet type ([`count_instructions`]).
 
 mod boot;
 mod fetch;
