@@ -39,7 +39,7 @@ pub struct Instructions {
     kernels: Vec<(Kernel, Result<vm::Counted, String>)>,
 }
 
-/// Boots each supported kernel in turn (about 40 s each under emulation)
+/// Boots each supported kernel in turn (about 20 s each under emulation)
 /// to run `datapath_cost`, built at `executable`. A kernel that fails is
 /// reported in the table's place, the others still run.
 pub fn run(crossmon: &Path, executable: &Path) -> anyhow::Result<Instructions> {

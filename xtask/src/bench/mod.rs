@@ -95,7 +95,7 @@ pub enum Pass {
     /// new-flow event rate carried without loss (about 3 minutes).
     Agent,
     /// The instructions each program runs per packet type, counted by
-    /// qemu in a VM of each supported kernel (about 3 minutes; part of the
+    /// qemu in a VM of each supported kernel (about a minute once built; part of the
     /// throughput pass too).
     Instructions,
 }
