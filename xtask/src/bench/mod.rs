@@ -95,8 +95,8 @@ pub enum Pass {
     /// new-flow event rate carried without loss (about 3 minutes).
     Agent,
     /// The instructions each program runs per packet type, counted by
-    /// qemu in a VM of each supported kernel (about a minute once built; part of the
-    /// throughput pass too).
+    /// qemu in a VM of each supported kernel (about a minute once built;
+    /// part of the throughput pass too).
     Instructions,
 }
 
