@@ -6,12 +6,12 @@ use core::{
 };
 
 use aya_ebpf::{bindings::BPF_NOEXIST, maps::LruHashMap};
-use monitor_common::{tcp_flag, Counter, Direction, FlowKey, FlowKeyV4, FlowStats};
+use monitor_common::{tcp_flag, Direction, FlowKey, FlowKeyV4, FlowStats};
 
 use crate::{
     clock::exact_ns,
     events::Seen,
-    maps::{bump, FLOWS, FLOWS_V4},
+    maps::{FLOWS, FLOWS_V4},
     parse::IpPacket,
 };
 
@@ -26,7 +26,7 @@ pub enum Accounted {
     Created(u64),
     /// Already counted where it left a container (see [`account`]).
     Duplicate,
-    /// The map refused the entry (counted in `FlowUpdateFailed`).
+    /// The map refused the entry.
     Refused,
 }
 
@@ -52,7 +52,7 @@ pub enum Accounted {
 /// wire would carry, each with its own headers.
 #[inline(always)]
 pub fn account(seen: &Seen, packet: &IpPacket, segments: u32, first_samples: u8) -> Accounted {
-    match FlowKeyV4::narrow(&packet.key) {
+    match ipv4_key(&packet.key) {
         Some(key) => account_in(&FLOWS_V4, &key, seen, packet, segments, first_samples),
         None => account_in(&FLOWS, &packet.key, seen, packet, segments, first_samples),
     }
@@ -61,10 +61,29 @@ pub fn account(seen: &Seen, packet: &IpPacket, segments: u32, first_samples: u8)
 /// Whether the flow `key` is in the flow map of its family.
 #[inline(always)]
 pub fn known(key: &FlowKey) -> bool {
-    match FlowKeyV4::narrow(key) {
+    match ipv4_key(key) {
         Some(key) => FLOWS_V4.get_ptr(key).is_some(),
         None => FLOWS.get_ptr(key).is_some(),
     }
+}
+
+/// The key of `key`'s flow in `FLOWS_V4`, when it is an IPv4 one. The
+/// programs build a key of version 4 from an IPv4 header only (`parse`),
+/// its addresses mapped, so the version tells it. `FlowKeyV4::narrow`,
+/// which the agent keeps for keys from elsewhere, checks the mapped prefix
+/// byte by byte: 94 instructions of every counted packet on 6.1.
+#[inline(always)]
+fn ipv4_key(key: &FlowKey) -> Option<FlowKeyV4> {
+    let ([.., s0, s1, s2, s3], [.., d0, d1, d2, d3]) = (key.src_addr, key.dst_addr);
+    (key.ip_version == 4).then_some(FlowKeyV4 {
+        src_addr: [s0, s1, s2, s3],
+        dst_addr: [d0, d1, d2, d3],
+        src_port: key.src_port,
+        dst_port: key.dst_port,
+        protocol: key.protocol,
+        _pad: 0,
+        _pad2: 0,
+    })
 }
 
 /// [`account`] in the map of the packet's family.
@@ -108,10 +127,7 @@ fn account_in<K>(
     // Another CPU created it first: count into the entry it made.
     match flows.get_ptr_mut(key) {
         Some(entry) => count_into(entry, seen, packet, segments),
-        None => {
-            bump(Counter::FlowUpdateFailed);
-            Accounted::Refused
-        }
+        None => Accounted::Refused,
     }
 }
 

@@ -157,6 +157,11 @@ fn observe(ctx: &TcContext, seen: &Seen, frame: Result<Frame, Malformed>) {
                 }
                 Accounted::Duplicate => return,
                 Accounted::Refused => {
+                    // Here, not where the insert failed: there LLVM merged
+                    // the counter's block into the counted path's and
+                    // copied the entry pointer this path never set, a read
+                    // every verifier refuses (`R1 !read_ok`).
+                    bump(Counter::FlowUpdateFailed);
                     debug!(ctx, "flow map refused an entry on ifindex {}", seen.ifindex);
                     return;
                 }
