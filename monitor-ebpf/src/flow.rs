@@ -26,7 +26,7 @@ pub enum Accounted {
     Created(u64),
     /// Already counted where it left a container (see [`account`]).
     Duplicate,
-    /// The map refused the entry.
+    /// The map refused the entry (`observe` counts it in `FlowUpdateFailed`).
     Refused,
 }
 
@@ -68,10 +68,11 @@ pub fn known(key: &FlowKey) -> bool {
 }
 
 /// The key of `key`'s flow in `FLOWS_V4`, when it is an IPv4 one. The
-/// programs build a key of version 4 from an IPv4 header only (`parse`),
-/// its addresses mapped, so the version tells it. `FlowKeyV4::narrow`,
-/// which the agent keeps for keys from elsewhere, checks the mapped prefix
-/// byte by byte: 94 instructions of every counted packet on 6.1.
+/// keys that reach the flow maps come from `parse`, which gives version 4
+/// to a key from an IPv4 header only, its addresses mapped, so the version
+/// tells it. `FlowKeyV4::narrow`, which the agent keeps for keys from
+/// elsewhere, checks the mapped prefix byte by byte: 88 to 95
+/// instructions of every counted packet.
 #[inline(always)]
 fn ipv4_key(key: &FlowKey) -> Option<FlowKeyV4> {
     let ([.., s0, s1, s2, s3], [.., d0, d1, d2, d3]) = (key.src_addr, key.dst_addr);
