@@ -329,22 +329,25 @@ impl FlowKeyV4 {
     /// (IPv4-mapped addresses, version 4).
     #[inline(always)]
     pub fn narrow(key: &FlowKey) -> Option<FlowKeyV4> {
-        let v4 = |a: &[u8; 16]| match a {
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d] => Some([*a, *b, *c, *d]),
-            _ => None,
-        };
-        if key.ip_version != 4 {
-            return None;
-        }
-        Some(FlowKeyV4 {
-            src_addr: v4(&key.src_addr)?,
-            dst_addr: v4(&key.dst_addr)?,
+        let mapped = |a: &[u8; 16]| a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+        (key.ip_version == 4 && mapped(&key.src_addr) && mapped(&key.dst_addr))
+            .then(|| Self::of_mapped(key))
+    }
+
+    /// [`narrow`](Self::narrow) of a key whose addresses the caller knows
+    /// to be IPv4-mapped: the last four bytes of each, unchecked.
+    #[inline(always)]
+    pub fn of_mapped(key: &FlowKey) -> FlowKeyV4 {
+        let ([.., s0, s1, s2, s3], [.., d0, d1, d2, d3]) = (key.src_addr, key.dst_addr);
+        FlowKeyV4 {
+            src_addr: [s0, s1, s2, s3],
+            dst_addr: [d0, d1, d2, d3],
             src_port: key.src_port,
             dst_port: key.dst_port,
             protocol: key.protocol,
             _pad: 0,
             _pad2: 0,
-        })
+        }
     }
 
     /// The flow's [`FlowKey`], as the rest of crossmon names flows.
@@ -809,4 +812,34 @@ mod user {
         DropKey,
         TickClock,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv4_key_narrows_and_widens_back() {
+        let key = FlowKey::ipv4([10, 0, 0, 2], 40000, [10, 0, 0, 3], 443, ip_proto::TCP);
+        let narrow = FlowKeyV4::narrow(&key).expect("an IPv4 key");
+        assert_eq!(narrow.src_addr, [10, 0, 0, 2]);
+        assert_eq!(narrow.dst_addr, [10, 0, 0, 3]);
+        assert_eq!(narrow, FlowKeyV4::of_mapped(&key));
+        assert_eq!(narrow.widen(), key);
+    }
+
+    #[test]
+    fn keys_without_mapped_ipv4_addresses_do_not_narrow() {
+        let mut ipv6 = FlowKey::ipv4([10, 0, 0, 2], 1, [10, 0, 0, 3], 2, ip_proto::UDP);
+        ipv6.ip_version = 6;
+        assert_eq!(FlowKeyV4::narrow(&ipv6), None);
+        // Version 4 over addresses that are not mapped: a key from elsewhere
+        // that `narrow` refuses where `of_mapped` would truncate it.
+        let mut unmapped = FlowKey::ipv4([10, 0, 0, 2], 1, [10, 0, 0, 3], 2, ip_proto::UDP);
+        unmapped.src_addr[0] = 0x20;
+        assert_eq!(FlowKeyV4::narrow(&unmapped), None);
+        let mut unmapped_dst = FlowKey::ipv4([10, 0, 0, 2], 1, [10, 0, 0, 3], 2, ip_proto::UDP);
+        unmapped_dst.dst_addr[10] = 0;
+        assert_eq!(FlowKeyV4::narrow(&unmapped_dst), None);
+    }
 }

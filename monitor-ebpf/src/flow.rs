@@ -75,16 +75,7 @@ pub fn known(key: &FlowKey) -> bool {
 /// instructions of every counted packet.
 #[inline(always)]
 fn ipv4_key(key: &FlowKey) -> Option<FlowKeyV4> {
-    let ([.., s0, s1, s2, s3], [.., d0, d1, d2, d3]) = (key.src_addr, key.dst_addr);
-    (key.ip_version == 4).then_some(FlowKeyV4 {
-        src_addr: [s0, s1, s2, s3],
-        dst_addr: [d0, d1, d2, d3],
-        src_port: key.src_port,
-        dst_port: key.dst_port,
-        protocol: key.protocol,
-        _pad: 0,
-        _pad2: 0,
-    })
+    (key.ip_version == 4).then(|| FlowKeyV4::of_mapped(key))
 }
 
 /// [`account`] in the map of the packet's family.
