@@ -4,10 +4,12 @@
 //! User space cannot read `jiffies`, so `tick_probe` reads it beside
 //! CLOCK_MONOTONIC, run through `BPF_PROG_TEST_RUN`. Run back to back,
 //! its samples show when `jiffies` moves on: the first sample of a new
-//! value is microseconds after its tick. Three such tick starts, a tenth
-//! of a second apart, give the tick's length over their whole span and
-//! where ticks fall on CLOCK_MONOTONIC; each start must then be where
-//! that clock puts it, or the measure is taken again.
+//! value is microseconds after its tick, when the sample before it was
+//! taken microseconds before (a prober held up between the two, say a
+//! VM's CPU descheduled, passes that tick over for the next). Three such
+//! tick starts, a tenth of a second apart, give the tick's length over
+//! their whole span and where ticks fall on CLOCK_MONOTONIC; each start
+//! must then be where that clock puts it, or the measure is taken again.
 
 use std::time::{Duration, Instant};
 
@@ -36,8 +38,12 @@ const SPACING: Duration = Duration::from_millis(100);
 const RATES: [u64; 4] = [100, 250, 300, 1000];
 /// How far the measured length may be from the nearest rate's tick.
 const TOLERANCE: f64 = 0.06;
-/// Ten ticks at the slowest rate: `jiffies` moves on within it on a
-/// running CPU.
+/// The widest the two samples around a tick may lie apart for the second
+/// to count as its start: a quarter of the shortest tick (1000 Hz), the
+/// lateness `measure` allows a start.
+const BRACKET_NS: u64 = 250_000;
+/// Ten ticks at the slowest rate: `jiffies` moves on within it, and a
+/// start is bracketed closely enough, on a running CPU.
 const GIVE_UP_AFTER: Duration = Duration::from_millis(100);
 /// Measures taken before the programs are left on the exact clock: a
 /// start sampled late (the prober preempted) spoils one.
@@ -110,21 +116,27 @@ fn tick_starts(
     Ok(edges)
 }
 
-/// Samples until `jiffies` moves on: that first sample of its new value.
+/// Samples until `jiffies` moves on between two samples `BRACKET_NS` or
+/// less apart: that first sample of its new value. The tick came between
+/// the two, so the start is that close to it.
 fn next_tick_start(sample: &mut impl FnMut() -> anyhow::Result<Sample>) -> anyhow::Result<Sample> {
     let started = Instant::now();
-    let before = sample()?;
+    let mut before = sample()?;
     loop {
         let now = sample()?;
         if now.ns == 0 {
             bail!("the tick probe wrote no clock");
         }
-        if now.jiffies != before.jiffies {
+        if now.jiffies != before.jiffies && now.ns.saturating_sub(before.ns) <= BRACKET_NS {
             return Ok(now);
         }
         if started.elapsed() > GIVE_UP_AFTER {
-            bail!("jiffies did not move in {GIVE_UP_AFTER:?} of probing");
+            bail!(
+                "jiffies did not move between two samples {} µs apart in {GIVE_UP_AFTER:?} of probing",
+                BRACKET_NS / 1000
+            );
         }
+        before = now;
     }
 }
 
@@ -266,6 +278,26 @@ mod tests {
         assert_eq!(jiffies, [1, 2, 3]);
         assert_eq!(edges[0].ns, 3_000);
         assert_eq!(pauses, [SPACING, SPACING]);
+    }
+
+    #[test]
+    fn a_tick_the_prober_was_held_up_over_is_passed_over() {
+        // Samples 10 µs apart, but the prober was held up 3 ms as tick 1
+        // came: its first sample is no start, the next tick's is.
+        let times = [0, 10_000, 3_010_000, 3_020_000, 4_000_000, 4_010_000];
+        let jiffies = [0, 0, 1, 1, 1, 2];
+        let mut samples = times
+            .into_iter()
+            .zip(jiffies)
+            .map(|(ns, jiffies)| Sample { jiffies, ns });
+        let start = next_tick_start(&mut || samples.next().context("probed past the samples"));
+        assert_eq!(
+            start.unwrap(),
+            Sample {
+                jiffies: 2,
+                ns: 4_010_000
+            }
+        );
     }
 
     #[test]
