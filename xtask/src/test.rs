@@ -1,11 +1,15 @@
 //! The test tiers, in the order a failure is cheapest to find. The first
 //! failure stops the run, except among the VM kernels: one kernel's
-//! failure says nothing about the next, so each runs.
+//! failure says nothing about the next, so each runs. The VM kernels run
+//! beside the host's tests, whose failure waits for them to end.
 
 use std::{
+    env,
+    fs::{self, File},
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
+    time::Instant,
 };
 
 use anyhow::{bail, Context as _};
@@ -23,22 +27,17 @@ pub fn lint() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every tier, the VM kernels last; with `kernels`, only the VM tier for
-/// those (after building what it boots).
+/// Every tier, the VM kernels beside the host's tests; with `kernels`,
+/// only the VM tier for those (after building what it boots).
 pub fn all(test_args: &[String], kernels: &[Kernel]) -> anyhow::Result<()> {
     let mut tiers = Tiers::default();
     let mut totals = Totals::default();
-    let binary = if kernels.is_empty() {
-        host_tiers(&mut tiers, test_args, &mut totals)?
+    if kernels.is_empty() {
+        host_tiers(&mut tiers, test_args, &mut totals)?;
     } else {
-        build_crossmon(&mut tiers)?
-    };
-    let kernels = if kernels.is_empty() {
-        &Kernel::ALL[..]
-    } else {
-        kernels
-    };
-    vm_tiers(&mut tiers, &binary, test_args, kernels, &mut totals)?;
+        let binary = build_crossmon(&mut tiers)?;
+        vm_tiers(&mut tiers, &binary, test_args, kernels, &mut totals)?;
+    }
     tiers.summary();
     let skipped = report_skips(&totals);
     // The last line, in the plain form log readers look for: cargo's own
@@ -78,12 +77,8 @@ fn report_skips(totals: &Totals) -> Vec<String> {
     skipped
 }
 
-/// Lint, build and the host's tests; returns the crossmon binary built.
-fn host_tiers(
-    tiers: &mut Tiers,
-    test_args: &[String],
-    totals: &mut Totals,
-) -> anyhow::Result<PathBuf> {
+/// Lint, build, then the host's tests with the VM tier beside them.
+fn host_tiers(tiers: &mut Tiers, test_args: &[String], totals: &mut Totals) -> anyhow::Result<()> {
     lint_tiers(tiers)?;
     let binary = build_crossmon(tiers)?;
     // The sidecar tests build the image from this context in the engine
@@ -92,6 +87,19 @@ fn host_tiers(
         image::stage_context()?;
         Ok("static crossmon".to_owned())
     })?;
+    let vms = VmsBeside::start(test_args)?;
+    let host = host_tests(tiers, &binary, test_args, totals);
+    vms.finish(tiers, totals);
+    host
+}
+
+/// The host's tests, one at a time.
+fn host_tests(
+    tiers: &mut Tiers,
+    binary: &Path,
+    test_args: &[String],
+    totals: &mut Totals,
+) -> anyhow::Result<()> {
     tiers.run("tests (single-threaded, as root)", || {
         // One test at a time: tests load programs, create namespaces and
         // bridges, and count packets exactly. `test_args` (a name filter,
@@ -101,7 +109,7 @@ fn host_tiers(
         }
         *totals = run_counting(
             cmd::cargo()
-                .env("CROSSMON_BIN", &binary)
+                .env("CROSSMON_BIN", binary)
                 .env("CROSSMON_IMAGE_CONTEXT", image::context_dir())
                 .args(["test", "--workspace", "--exclude", "monitor-ebpf", "--"])
                 .args(test_args)
@@ -112,8 +120,87 @@ fn host_tiers(
             println!("note: no test matched {test_args:?}");
         }
         Ok(format!("tests ({totals})"))
-    })?;
-    Ok(binary)
+    })
+}
+
+/// The VM tier, every kernel, run by `xtask test --kernel ...` beside the
+/// host's tests: a VM keeps one core busy for about 4 minutes a kernel,
+/// while the host's tests mostly wait on engines, timers and the network,
+/// so the two together take about as long as the host's tests alone. Its
+/// output goes to a log, shown whole when it ends.
+struct VmsBeside {
+    child: Child,
+    log: PathBuf,
+    started: Instant,
+}
+
+impl VmsBeside {
+    fn start(test_args: &[String]) -> anyhow::Result<Self> {
+        let dir = cmd::target_dir().join("vm");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let log = dir.join("tier.log");
+        let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let errors = file.try_clone().context("the VM tier's log")?;
+        let xtask = env::current_exe().context("finding the running xtask")?;
+        let mut command = cmd::command(xtask);
+        command.arg("test");
+        for kernel in Kernel::ALL {
+            command.args(["--kernel", &kernel.to_string()]);
+        }
+        let child = command
+            .arg("--")
+            .args(test_args)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(errors)
+            .spawn()
+            .with_context(|| format!("cannot start the VM tier ({command:?})"))?;
+        println!(
+            "==> VM kernels, beside the host's tests (their output follows them; as it comes: {})",
+            log.display()
+        );
+        Ok(Self {
+            child,
+            log,
+            started: Instant::now(),
+        })
+    }
+
+    /// Waits for the VM tier, shows its log, and adds what its tests
+    /// reported: a tier that passed when its run did.
+    fn finish(mut self, tiers: &mut Tiers, totals: &mut Totals) {
+        let status = self.child.wait();
+        println!(
+            "==> VM kernels, beside the host's tests: {:.0} s",
+            self.started.elapsed().as_secs_f64()
+        );
+        let mut reported = Totals::default();
+        match fs::read_to_string(&self.log) {
+            Ok(log) => {
+                for line in log.lines() {
+                    println!("{line}");
+                    reported.observe(line);
+                }
+            }
+            Err(err) => println!(
+                "cannot read the VM tier's log {}: {err}",
+                self.log.display()
+            ),
+        }
+        let outcome = format!("VM kernels ({reported})");
+        *totals += reported;
+        match status {
+            Ok(status) if status.success() => tiers.passed.push(outcome),
+            Ok(status) => {
+                println!("==> FAILED: VM kernels ({status})");
+                tiers.failed.push(outcome);
+            }
+            Err(err) => {
+                println!("==> FAILED: VM kernels (waiting for their run: {err})");
+                tiers.failed.push(outcome);
+            }
+        }
+    }
 }
 
 /// The agent tests start the real binary: build it first so they never
@@ -209,7 +296,11 @@ impl Tiers {
         tier: impl FnOnce() -> anyhow::Result<String>,
     ) -> anyhow::Result<()> {
         println!("==> {name}");
-        match tier() {
+        let started = Instant::now();
+        let result = tier();
+        // Each tier's time, so that a CI run's budget shows where it goes.
+        println!("==> {name}: {:.0} s", started.elapsed().as_secs_f64());
+        match result {
             Ok(outcome) => {
                 self.passed.push(outcome);
                 Ok(())
