@@ -30,7 +30,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test tier, the VM kernels last.
+    /// Set up, then run every test tier, the VM kernels beside the host's tests.
     Test {
         /// Run only the VM tier, on this kernel (repeat for more); set-up
         /// and the build included, the host's tiers skipped.

@@ -1,15 +1,17 @@
 //! The test tiers, in the order a failure is cheapest to find. The first
 //! failure stops the run, except among the VM kernels: one kernel's
 //! failure says nothing about the next, so each runs. The VM kernels run
-//! beside the host's tests, whose failure waits for them to end.
+//! beside the host's tests; a failure of either waits for the other, and
+//! the summary and totals come after both.
 
 use std::{
     env,
     fs::{self, File},
-    io::{BufRead as _, BufReader},
+    io::{self, BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::Instant,
+    process::{Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
@@ -87,20 +89,20 @@ fn host_tiers(tiers: &mut Tiers, test_args: &[String], totals: &mut Totals) -> a
         image::stage_context()?;
         Ok("static crossmon".to_owned())
     })?;
-    let vms = VmsBeside::start(test_args)?;
-    let host = host_tests(tiers, &binary, test_args, totals);
-    vms.finish(tiers, totals);
-    host
+    let vms = VmTierProcess::start(test_args)
+        .inspect_err(|err| tiers.fail("VM kernels", err))
+        .ok();
+    host_tests(tiers, &binary, test_args, totals);
+    if let Some(vms) = vms {
+        vms.finish(tiers, totals);
+    }
+    Ok(())
 }
 
-/// The host's tests, one at a time.
-fn host_tests(
-    tiers: &mut Tiers,
-    binary: &Path,
-    test_args: &[String],
-    totals: &mut Totals,
-) -> anyhow::Result<()> {
-    tiers.run("tests (single-threaded, as root)", || {
+/// The host's tests, one at a time; a failure is recorded, and the VM
+/// tier beside them still waited for.
+fn host_tests(tiers: &mut Tiers, binary: &Path, test_args: &[String], totals: &mut Totals) {
+    tiers.attempt("tests (single-threaded, as root)", || {
         // One test at a time: tests load programs, create namespaces and
         // bridges, and count packets exactly. `test_args` (a name filter,
         // `--nocapture`) goes to every test binary.
@@ -120,7 +122,7 @@ fn host_tests(
             println!("note: no test matched {test_args:?}");
         }
         Ok(format!("tests ({totals})"))
-    })
+    });
 }
 
 /// The VM tier, every kernel, run by `xtask test --kernel ...` beside the
@@ -128,13 +130,13 @@ fn host_tests(
 /// while the host's tests mostly wait on engines, timers and the network,
 /// so the two together take about as long as the host's tests alone. Its
 /// output goes to a log, shown whole when it ends.
-struct VmsBeside {
-    child: Child,
+struct VmTierProcess {
+    /// Its exit status and how long it ran, once it ends.
+    waiter: thread::JoinHandle<(io::Result<ExitStatus>, Duration)>,
     log: PathBuf,
-    started: Instant,
 }
 
-impl VmsBeside {
+impl VmTierProcess {
     fn start(test_args: &[String]) -> anyhow::Result<Self> {
         let dir = cmd::target_dir().join("vm");
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -147,7 +149,8 @@ impl VmsBeside {
         for kernel in Kernel::ALL {
             command.args(["--kernel", &kernel.to_string()]);
         }
-        let child = command
+        let started = Instant::now();
+        let mut child = command
             .arg("--")
             .args(test_args)
             .stdin(Stdio::null())
@@ -159,20 +162,20 @@ impl VmsBeside {
             "==> VM kernels, beside the host's tests (their output follows them; as it comes: {})",
             log.display()
         );
-        Ok(Self {
-            child,
-            log,
-            started: Instant::now(),
-        })
+        let waiter = thread::spawn(move || (child.wait(), started.elapsed()));
+        Ok(Self { waiter, log })
     }
 
     /// Waits for the VM tier, shows its log, and adds what its tests
     /// reported: a tier that passed when its run did.
-    fn finish(mut self, tiers: &mut Tiers, totals: &mut Totals) {
-        let status = self.child.wait();
+    fn finish(self, tiers: &mut Tiers, totals: &mut Totals) {
+        let (status, took) = self.waiter.join().unwrap_or_else(|_| {
+            let panicked = io::Error::other("the thread waiting for it panicked");
+            (Err(panicked), Duration::ZERO)
+        });
         println!(
             "==> VM kernels, beside the host's tests: {:.0} s",
-            self.started.elapsed().as_secs_f64()
+            took.as_secs_f64()
         );
         let mut reported = Totals::default();
         match fs::read_to_string(&self.log) {
@@ -187,18 +190,15 @@ impl VmsBeside {
                 self.log.display()
             ),
         }
-        let outcome = format!("VM kernels ({reported})");
+        let counts = reported.to_string();
         *totals += reported;
         match status {
-            Ok(status) if status.success() => tiers.passed.push(outcome),
-            Ok(status) => {
-                println!("==> FAILED: VM kernels ({status})");
-                tiers.failed.push(outcome);
-            }
-            Err(err) => {
-                println!("==> FAILED: VM kernels (waiting for their run: {err})");
-                tiers.failed.push(outcome);
-            }
+            Ok(status) if status.success() => tiers.passed.push(format!("VM kernels ({counts})")),
+            Ok(status) => tiers.fail("VM kernels", &anyhow::anyhow!("{counts}; {status}")),
+            Err(err) => tiers.fail(
+                "VM kernels",
+                &anyhow::Error::new(err).context("waiting for their run"),
+            ),
         }
     }
 }
@@ -324,6 +324,12 @@ impl Tiers {
             println!("{err:#}");
             self.failed.push(name.to_owned());
         }
+    }
+
+    /// Records tier `name` as failed with `err`, the run going on.
+    fn fail(&mut self, name: &str, err: &anyhow::Error) {
+        println!("==> FAILED: {name}: {err:#}");
+        self.failed.push(name.to_owned());
     }
 
     /// An error naming the tiers [`Tiers::attempt`] saw fail.

@@ -117,22 +117,32 @@ fn tick_starts(
 }
 
 /// Samples until `jiffies` moves on between two samples `BRACKET_NS` or
-/// less apart: that first sample of its new value. The tick came between
-/// the two, so the start is that close to it.
+/// less apart: that first sample of its new value. The tick came after
+/// the earlier sample read `jiffies`, nanoseconds before its clock, so the
+/// start is about that close to it.
 fn next_tick_start(sample: &mut impl FnMut() -> anyhow::Result<Sample>) -> anyhow::Result<Sample> {
     let started = Instant::now();
     let mut before = sample()?;
+    // Ticks that came across a wider gap between two samples.
+    let mut held_up = 0;
     loop {
         let now = sample()?;
         if now.ns == 0 {
             bail!("the tick probe wrote no clock");
         }
-        if now.jiffies != before.jiffies && now.ns.saturating_sub(before.ns) <= BRACKET_NS {
-            return Ok(now);
+        if now.jiffies != before.jiffies {
+            if now.ns.saturating_sub(before.ns) <= BRACKET_NS {
+                return Ok(now);
+            }
+            held_up += 1;
         }
         if started.elapsed() > GIVE_UP_AFTER {
+            if held_up == 0 {
+                bail!("jiffies did not move in {GIVE_UP_AFTER:?} of probing");
+            }
             bail!(
-                "jiffies did not move between two samples {} µs apart in {GIVE_UP_AFTER:?} of probing",
+                "no tick came between samples at most {} µs apart in {GIVE_UP_AFTER:?} of \
+                 probing ({held_up} came across wider gaps: the prober was held up)",
                 BRACKET_NS / 1000
             );
         }
