@@ -109,7 +109,7 @@ fn host_tests(tiers: &mut Tiers, binary: &Path, test_args: &[String], totals: &m
         for (binary, test, why) in vm::VM_ONLY {
             println!("not running {binary}'s {test} on the host: it {why}; the VM tier runs it");
         }
-        *totals = run_counting(
+        run_counting(
             cmd::cargo()
                 .env("CROSSMON_BIN", binary)
                 .env("CROSSMON_IMAGE_CONTEXT", image::context_dir())
@@ -117,6 +117,7 @@ fn host_tests(tiers: &mut Tiers, binary: &Path, test_args: &[String], totals: &m
                 .args(test_args)
                 .args(vm::host_skips())
                 .arg("--test-threads=1"),
+            totals,
         )?;
         if totals.ran() == 0 && !test_args.is_empty() {
             println!("note: no test matched {test_args:?}");
@@ -363,16 +364,16 @@ impl Tiers {
     }
 }
 
-/// Runs `cargo test`, echoing its output, and sums its `test result:`
-/// lines: cargo's own last line is often an empty doc-test run, while the
-/// sum over every test binary is what a reader of the log needs.
-fn run_counting(command: &mut Command) -> anyhow::Result<Totals> {
+/// Runs `cargo test`, echoing its output, and adds its `test result:`
+/// lines to `totals` as they come, a failed run's too: cargo's own last
+/// line is often an empty doc-test run, while the sum over every test
+/// binary is what a reader of the log needs.
+fn run_counting(command: &mut Command, totals: &mut Totals) -> anyhow::Result<()> {
     let mut child = command
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {command:?}"))?;
     let stdout = child.stdout.take().context("cargo test's output")?;
-    let mut totals = Totals::default();
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo test's output")?;
         println!("{line}");
@@ -382,7 +383,7 @@ fn run_counting(command: &mut Command) -> anyhow::Result<Totals> {
     if !status.success() {
         bail!("cargo test failed ({status}); in the test binaries that ran: {totals}");
     }
-    Ok(totals)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -39,8 +39,8 @@ const RATES: [u64; 4] = [100, 250, 300, 1000];
 /// How far the measured length may be from the nearest rate's tick.
 const TOLERANCE: f64 = 0.06;
 /// The widest the two samples around a tick may lie apart for the second
-/// to count as its start: a quarter of the shortest tick (1000 Hz), the
-/// lateness `measure` allows a start.
+/// to count as its start: a quarter of the shortest tick (1000 Hz), no
+/// more than the lateness `measure` allows a start at any rate.
 const BRACKET_NS: u64 = 250_000;
 /// Ten ticks at the slowest rate: `jiffies` moves on within it, and a
 /// start is bracketed closely enough, on a running CPU.
