@@ -47,8 +47,8 @@ use self::{
     monitor::{Session, MONITORS},
     net::BenchNet,
     programs::RunTimeStats,
-    report::{load_average, Machine, Measurement, ProgramCost, Report},
-    workload::IperfServer,
+    report::{load_average, Machine, Measurement, NewFlows, ProgramCost, Report},
+    workload::{Delivered, IperfServer},
 };
 use crate::cmd;
 
@@ -272,6 +272,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         monitors: MONITORS,
         measurements: Vec::new(),
         costs: Vec::new(),
+        new_flows: Vec::new(),
         agent: None,
         program_benches: Vec::new(),
         instructions: None,
@@ -312,17 +313,33 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
                     process_cpu: run.process_cpu,
                     disturbed: run.disturbed,
                 });
+                if let Some(per_connection) = run.new_flows_per_connection {
+                    report.new_flows.push(NewFlows {
+                        monitor: index,
+                        statistics_pass: false,
+                        per_connection,
+                    });
+                }
             }
             // crossmon's programs, and the noop classifier's: what a program
             // of two instructions reads shows what the statistics add to
             // every run.
             if !session.programs.is_empty() {
-                for cost in program_costs(&net, &session, options, index, repetition)? {
+                let (costs, new_flows) =
+                    program_costs(&net, &mut session, options, index, repetition)?;
+                for cost in costs {
                     if cost.workload == Workload::SmallUdp {
                         line.push_str(&format!("  {} {:.0} ns", cost.program, cost.ns_per_run));
                     }
                     report.costs.push(cost);
                 }
+                report
+                    .new_flows
+                    .extend(new_flows.map(|per_connection| NewFlows {
+                        monitor: index,
+                        statistics_pass: true,
+                        per_connection,
+                    }));
             }
             session.stop()?;
             println!("{line}");
@@ -356,6 +373,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             report.cost_table(),
             report.cpu_table()
         );
+        if let Some(churn) = report.churn_new_flows() {
+            println!("\n{churn}");
+        }
     }
     for (bench, table) in &report.program_benches {
         println!("\n{} (BPF_PROG_TEST_RUN):\n\n{table}", bench.title);
@@ -462,6 +482,8 @@ struct Run {
     /// The monitor's process CPU over the run, in cores (see
     /// [`Session::process_cpu`]).
     process_cpu: Option<f64>,
+    /// crossmon's new-flow events a connection (connection churn).
+    new_flows_per_connection: Option<f64>,
     /// Another program sat on the bench veths through every try.
     disturbed: bool,
 }
@@ -501,22 +523,47 @@ fn timed_run(
     workload: Workload,
     seconds: u64,
 ) -> anyhow::Result<Run> {
-    let cpu_before = session.process_cpu()?;
-    let started = Instant::now();
-    let value = workload.run(net, seconds)?;
-    let elapsed = started.elapsed();
-    session.check_running()?;
-    let process_cpu = match (cpu_before, session.process_cpu()?) {
-        (Some(before), Some(after)) => {
-            Some(after.saturating_sub(before).as_secs_f64() / elapsed.as_secs_f64())
+    let mut process_cpu = None;
+    let (delivered, new_flows_per_connection) = counting_new_flows(session, |session| {
+        let cpu_before = session.process_cpu()?;
+        let started = Instant::now();
+        let delivered = workload.run(net, seconds)?;
+        let elapsed = started.elapsed();
+        session.check_running()?;
+        if let (Some(before), Some(after)) = (cpu_before, session.process_cpu()?) {
+            process_cpu = Some(after.saturating_sub(before).as_secs_f64() / elapsed.as_secs_f64());
+        }
+        Ok(delivered)
+    })?;
+    Ok(Run {
+        value: delivered.rate,
+        process_cpu,
+        new_flows_per_connection,
+        disturbed: false,
+    })
+}
+
+/// Runs `run`, and for crossmon on connection churn counts the new-flow
+/// events its agent received meanwhile over the connections the run
+/// completed: the churn figures measure flow creation only where that is
+/// about 2 (a connection whose ports come back while crossmon still keeps
+/// their closed flows counts into those).
+fn counting_new_flows(
+    session: &mut Session,
+    run: impl FnOnce(&mut Session) -> anyhow::Result<Delivered>,
+) -> anyhow::Result<(Delivered, Option<f64>)> {
+    let before = session.new_flows()?;
+    let delivered = run(session)?;
+    let per_connection = match (before, delivered.connections) {
+        (Some(before), Some(connections)) if connections > 0 => {
+            // The agent drains the ring every 50 ms.
+            sleep(Duration::from_millis(250))?;
+            let after = session.new_flows()?.unwrap_or(before);
+            Some((after - before) / connections as f64)
         }
         _ => None,
     };
-    Ok(Run {
-        value,
-        process_cpu,
-        disturbed: false,
-    })
+    Ok((delivered, per_connection))
 }
 
 /// Each workload once more with run-time statistics on: mean ns per run of
@@ -524,21 +571,28 @@ fn timed_run(
 /// monitor `monitor`'s in `repetition`.
 fn program_costs(
     net: &BenchNet,
-    session: &Session,
+    session: &mut Session,
     options: &Options,
     monitor: usize,
     repetition: usize,
-) -> anyhow::Result<Vec<ProgramCost>> {
+) -> anyhow::Result<(Vec<ProgramCost>, Option<f64>)> {
     let _stats = RunTimeStats::enable()?;
     let mut costs = Vec::new();
+    let mut churn_new_flows = None;
     for workload in Workload::ALL
         .into_iter()
         .filter(|w| options.runs_workload(*w))
     {
         let before = session.program_counters()?;
-        let started = Instant::now();
-        workload.run(net, options.cost_seconds)?;
-        let elapsed_ns = started.elapsed().as_nanos() as f64;
+        let mut elapsed = Duration::ZERO;
+        let (_, new_flows) = counting_new_flows(session, |_| {
+            let started = Instant::now();
+            let delivered = workload.run(net, options.cost_seconds);
+            elapsed = started.elapsed();
+            delivered
+        })?;
+        let elapsed_ns = elapsed.as_nanos() as f64;
+        churn_new_flows = churn_new_flows.or(new_flows);
         for (program, after) in session.program_counters()? {
             let before = before.get(&program).copied().unwrap_or_default();
             let runs = after.run_cnt.saturating_sub(before.run_cnt);
@@ -555,7 +609,7 @@ fn program_costs(
             }
         }
     }
-    Ok(costs)
+    Ok((costs, churn_new_flows))
 }
 
 struct Conditions {
@@ -637,6 +691,10 @@ fn benchmarks_md(
     line(&mut md, "");
     md.push_str(&report.throughput_table());
     line(&mut md, "");
+    if let Some(churn) = report.churn_new_flows() {
+        line(&mut md, &churn);
+        line(&mut md, "");
+    }
     line(
         &mut md,
         "Ratio to the bare path repetition by repetition (each run over the bare path's run of \

@@ -213,6 +213,14 @@ impl Session {
         )))
     }
 
+    /// The new-flow events crossmon's agent has received so far; `None`
+    /// for the monitors without an API.
+    pub fn new_flows(&self) -> anyhow::Result<Option<f64>> {
+        self.api
+            .map(|api| sample(&metrics(api)?, r#"crossmon_events_total{kind="new_flow"}"#))
+            .transpose()
+    }
+
     /// crossmon's HTTP API.
     pub fn api(&self) -> anyhow::Result<SocketAddr> {
         self.api

@@ -37,6 +37,16 @@ pub struct ProgramCost {
     pub cpu: f64,
 }
 
+/// The new-flow events crossmon's agent received a connection in one run
+/// of connection churn.
+pub struct NewFlows {
+    pub monitor: usize,
+    /// In the run-time statistics pass (which gives the ns per run), not
+    /// a timed run (which gives the throughput).
+    pub statistics_pass: bool,
+    pub per_connection: f64,
+}
+
 /// Per packet, `to_container` at default settings (issue 18); see
 /// [`Workload::max_ns_from_container`] for `from_container`.
 pub const TO_CONTAINER_TARGET_NS: f64 = 100.0;
@@ -103,6 +113,7 @@ pub struct Report<'a> {
     pub monitors: &'a [Monitor],
     pub measurements: Vec<Measurement>,
     pub costs: Vec<ProgramCost>,
+    pub new_flows: Vec<NewFlows>,
     /// The agent pass, unless it was left out.
     pub agent: Option<AgentCost>,
     /// Each program bench's table (with the throughput pass).
@@ -229,6 +240,42 @@ impl Report<'_> {
                 .map(|c| c.ns_per_run)
                 .collect(),
         )
+    }
+
+    /// The new flows a churned connection opened to crossmon at default
+    /// settings, in the timed runs or the statistics pass: median, lowest
+    /// and highest over the repetitions.
+    fn churn_new_flows_in(&self, statistics_pass: bool) -> Option<(f64, f64, f64)> {
+        let per_connection: Vec<f64> = self
+            .new_flows
+            .iter()
+            .filter(|n| n.monitor == CROSSMON && n.statistics_pass == statistics_pass)
+            .map(|n| n.per_connection)
+            .collect();
+        let lowest = per_connection.iter().copied().reduce(f64::min)?;
+        let highest = per_connection.iter().copied().reduce(f64::max)?;
+        Some((median(per_connection)?, lowest, highest))
+    }
+
+    /// What [`Self::churn_new_flows_in`] found in each pass, as a
+    /// paragraph; `None` where churn did not run under crossmon.
+    pub fn churn_new_flows(&self) -> Option<String> {
+        let figure = |statistics_pass| {
+            self.churn_new_flows_in(statistics_pass)
+                .map(|(median, lowest, highest)| {
+                    format!("{median:.2} ({lowest:.2} to {highest:.2})")
+                })
+        };
+        Some(format!(
+            "New flows a churned connection opened to crossmon (its agent's new-flow events over \
+             the connections completed, warm-up included; medians of the repetitions, lowest to \
+             highest): {} in the timed runs, {} in the statistics pass. 2 means every connection \
+             created both its flows; less, that connections came back on the ports of one \
+             crossmon still kept (a closed connection stays 5 s) and counted into its flows, \
+             the cheaper path.",
+            figure(false)?,
+            figure(true).unwrap_or_else(|| "n/a".to_owned())
+        ))
     }
 
     /// The medians table: one row per workload, one column per monitor,
@@ -398,9 +445,17 @@ impl Report<'_> {
                     _ => continue,
                 };
                 let ns = self.cost(CROSSMON, workload, program);
-                let floor = self.noop_cost(workload).map_or_else(String::new, |ns| {
+                let mut floor = self.noop_cost(workload).map_or_else(String::new, |ns| {
                     format!("; a noop classifier's run reads {ns:.0} under the same statistics")
                 });
+                if let Some((new_flows, _, _)) = self
+                    .churn_new_flows_in(true)
+                    .filter(|_| workload == Workload::Churn)
+                {
+                    floor.push_str(&format!(
+                        "; {new_flows:.2} new flows a connection in that pass"
+                    ));
+                }
                 lines.push(format!(
                     "`{program}` ns per run on {} at default settings: {} (target <= \
                      {target:.0}{floor}): {}",
@@ -580,7 +635,7 @@ pub fn load_average() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{Measurement, ProgramCost, Report};
+    use super::{Measurement, NewFlows, ProgramCost, Report};
     use crate::bench::{monitor::MONITORS, workload::Workload};
 
     fn position(name: &str) -> usize {
@@ -630,6 +685,7 @@ mod tests {
             monitors: MONITORS,
             measurements,
             costs: Vec::new(),
+            new_flows: Vec::new(),
             agent: None,
             program_benches: Vec::new(),
             instructions: None,
@@ -694,6 +750,7 @@ mod tests {
                 cost(2, crossmon, "from_container", 0.10),
                 cost(0, noop, "noop", 0.004),
             ],
+            new_flows: Vec::new(),
             agent: None,
             program_benches: Vec::new(),
             instructions: None,
@@ -717,5 +774,40 @@ mod tests {
         assert!(cells("| TCP bulk")[2..]
             .iter()
             .all(|c| c == "n/a" || c.is_empty()));
+    }
+
+    #[test]
+    fn churn_new_flows_are_crossmons_by_pass() {
+        let crossmon = position("crossmon");
+        let new_flows = |monitor, statistics_pass, per_connection| NewFlows {
+            monitor,
+            statistics_pass,
+            per_connection,
+        };
+        let mut report = Report {
+            monitors: MONITORS,
+            measurements: Vec::new(),
+            costs: Vec::new(),
+            new_flows: vec![
+                new_flows(crossmon, false, 1.99),
+                new_flows(crossmon, false, 0.41),
+                new_flows(crossmon, false, 2.00),
+                new_flows(crossmon, true, 0.12),
+                // Its new-flow events are off: not crossmon's figure.
+                new_flows(position("crossmon counting"), false, 0.0),
+            ],
+            agent: None,
+            program_benches: Vec::new(),
+            instructions: None,
+        };
+        let line = report.churn_new_flows().unwrap();
+        assert!(
+            line.contains(
+                "1.99 (0.41 to 2.00) in the timed runs, 0.12 (0.12 to 0.12) in the statistics pass"
+            ),
+            "{line}"
+        );
+        report.new_flows.retain(|n| n.statistics_pass);
+        assert_eq!(report.churn_new_flows(), None);
     }
 }

@@ -64,7 +64,10 @@ impl Workload {
             Self::Churn => {
                 "4 client threads each loop connect, send 1 byte, receive 1 byte, close; 4 \
                  server threads accept, answer, wait for the client's FIN, close; completed \
-                 connections per second, after a 0.5 s warm-up"
+                 connections per second, after a 0.5 s warm-up. One client address to one \
+                 server port: a connection's ports come back within seconds, as they must for \
+                 conntrack to keep up on a host with `br_netfilter` (a new four-tuple each \
+                 time fills its table at this rate)"
             }
         }
     }
@@ -105,15 +108,32 @@ impl Workload {
         }
     }
 
-    /// Runs the workload for `seconds` (plus its warm-up); bit/s, packets/s
-    /// or connections/s delivered.
-    pub fn run(self, net: &BenchNet, seconds: u64) -> anyhow::Result<f64> {
+    /// Runs the workload for `seconds` (plus its warm-up).
+    pub fn run(self, net: &BenchNet, seconds: u64) -> anyhow::Result<Delivered> {
         match self {
-            Self::TcpBulk => tcp_bulk(net, seconds),
-            Self::SmallUdp => small_udp(net, seconds),
+            Self::TcpBulk => tcp_bulk(net, seconds).map(Delivered::rate),
+            Self::SmallUdp => small_udp(net, seconds).map(Delivered::rate),
             Self::Churn => churn(net, seconds),
         }
         .with_context(|| format!("workload {}", self.title()))
+    }
+}
+
+/// What one run of a workload delivered.
+pub struct Delivered {
+    /// Bit/s, packets/s or connections/s over the measured window.
+    pub rate: f64,
+    /// Connections completed over the whole run, its warm-up included
+    /// (connection churn only).
+    pub connections: Option<u64>,
+}
+
+impl Delivered {
+    fn rate(rate: f64) -> Self {
+        Delivered {
+            rate,
+            connections: None,
+        }
     }
 }
 
@@ -354,7 +374,7 @@ fn receive_datagrams(
 const CHURN_CLIENTS: usize = 4;
 const CHURN_SERVERS: usize = 4;
 
-fn churn(net: &BenchNet, seconds: u64) -> anyhow::Result<f64> {
+fn churn(net: &BenchNet, seconds: u64) -> anyhow::Result<Delivered> {
     let (client, server) = (net.client(), net.server());
     let listener = net::in_netns(&server.netns, || {
         let listener =
@@ -403,7 +423,10 @@ fn churn(net: &BenchNet, seconds: u64) -> anyhow::Result<f64> {
             "{failed} of {} connections failed",
             completed + failed
         );
-        Ok(measured)
+        Ok(Delivered {
+            rate: measured,
+            connections: Some(completed),
+        })
     })
 }
 
