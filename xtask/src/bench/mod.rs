@@ -325,8 +325,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             // of two instructions reads shows what the statistics add to
             // every run.
             if !session.programs.is_empty() {
-                let (costs, new_flows) =
-                    program_costs(&net, &mut session, options, index, repetition)?;
+                let (costs, new_flows) = program_costs(&net, &session, options, index, repetition)?;
                 for cost in costs {
                     if cost.workload == Workload::SmallUdp {
                         line.push_str(&format!("  {} {:.0} ns", cost.program, cost.ns_per_run));
@@ -523,18 +522,19 @@ fn timed_run(
     workload: Workload,
     seconds: u64,
 ) -> anyhow::Result<Run> {
-    let mut process_cpu = None;
-    let (delivered, new_flows_per_connection) = counting_new_flows(session, |session| {
-        let cpu_before = session.process_cpu()?;
-        let started = Instant::now();
-        let delivered = workload.run(net, seconds)?;
-        let elapsed = started.elapsed();
-        session.check_running()?;
-        if let (Some(before), Some(after)) = (cpu_before, session.process_cpu()?) {
-            process_cpu = Some(after.saturating_sub(before).as_secs_f64() / elapsed.as_secs_f64());
+    let new_flows_before = new_flows_before(session, workload)?;
+    let cpu_before = session.process_cpu()?;
+    let started = Instant::now();
+    let delivered = workload.run(net, seconds)?;
+    let elapsed = started.elapsed();
+    session.check_running()?;
+    let process_cpu = match (cpu_before, session.process_cpu()?) {
+        (Some(before), Some(after)) => {
+            Some(after.saturating_sub(before).as_secs_f64() / elapsed.as_secs_f64())
         }
-        Ok(delivered)
-    })?;
+        _ => None,
+    };
+    let new_flows_per_connection = new_flows_per_connection(session, new_flows_before, &delivered)?;
     Ok(Run {
         value: delivered.rate,
         process_cpu,
@@ -543,27 +543,48 @@ fn timed_run(
     })
 }
 
-/// Runs `run`, and for crossmon on connection churn counts the new-flow
-/// events its agent received meanwhile over the connections the run
-/// completed: the churn figures measure flow creation only where that is
-/// about 2 (a connection whose ports come back while crossmon still keeps
-/// their closed flows counts into those).
-fn counting_new_flows(
-    session: &mut Session,
-    run: impl FnOnce(&mut Session) -> anyhow::Result<Delivered>,
-) -> anyhow::Result<(Delivered, Option<f64>)> {
-    let before = session.new_flows()?;
-    let delivered = run(session)?;
-    let per_connection = match (before, delivered.connections) {
-        (Some(before), Some(connections)) if connections > 0 => {
-            // The agent drains the ring every 50 ms.
-            sleep(Duration::from_millis(250))?;
-            let after = session.new_flows()?.unwrap_or(before);
-            Some((after - before) / connections as f64)
-        }
-        _ => None,
+/// crossmon's new-flow events before a run of `workload`, where the run
+/// is churn and crossmon sends them; see [`new_flows_per_connection`].
+fn new_flows_before(session: &Session, workload: Workload) -> anyhow::Result<Option<f64>> {
+    if workload == Workload::Churn {
+        session.new_flows()
+    } else {
+        Ok(None)
+    }
+}
+
+/// The new-flow events crossmon's agent received since `before` over the
+/// connections the run attempted: the churn figures measure flow creation
+/// only where that is about 2 (a connection whose ports come back while
+/// crossmon still keeps their closed flows counts into those).
+fn new_flows_per_connection(
+    session: &Session,
+    before: Option<f64>,
+    delivered: &Delivered,
+) -> anyhow::Result<Option<f64>> {
+    let (Some(before), Some(connections)) = (before, delivered.connections) else {
+        return Ok(None);
     };
-    Ok((delivered, per_connection))
+    if connections == 0 {
+        return Ok(None);
+    }
+    // The agent drains the ring every 50 ms, but its consumer can wait out
+    // a poll behind the table's lock: read until the count holds still.
+    let read = || {
+        session
+            .new_flows()?
+            .context("crossmon's new-flow events went away")
+    };
+    let mut after = read()?;
+    for _ in 0..20 {
+        sleep(Duration::from_millis(100))?;
+        let now = read()?;
+        if now == after {
+            break;
+        }
+        after = now;
+    }
+    Ok(Some((after - before) / connections as f64))
 }
 
 /// Each workload once more with run-time statistics on: mean ns per run of
@@ -571,7 +592,7 @@ fn counting_new_flows(
 /// monitor `monitor`'s in `repetition`.
 fn program_costs(
     net: &BenchNet,
-    session: &mut Session,
+    session: &Session,
     options: &Options,
     monitor: usize,
     repetition: usize,
@@ -584,16 +605,17 @@ fn program_costs(
         .filter(|w| options.runs_workload(*w))
     {
         let before = session.program_counters()?;
-        let mut elapsed = Duration::ZERO;
-        let (_, new_flows) = counting_new_flows(session, |_| {
-            let started = Instant::now();
-            let delivered = workload.run(net, options.cost_seconds);
-            elapsed = started.elapsed();
-            delivered
-        })?;
-        let elapsed_ns = elapsed.as_nanos() as f64;
-        churn_new_flows = churn_new_flows.or(new_flows);
-        for (program, after) in session.program_counters()? {
+        let new_flows_before = new_flows_before(session, workload)?;
+        let started = Instant::now();
+        let delivered = workload.run(net, options.cost_seconds)?;
+        let elapsed_ns = started.elapsed().as_nanos() as f64;
+        let counters = session.program_counters()?;
+        churn_new_flows = churn_new_flows.or(new_flows_per_connection(
+            session,
+            new_flows_before,
+            &delivered,
+        )?);
+        for (program, after) in counters {
             let before = before.get(&program).copied().unwrap_or_default();
             let runs = after.run_cnt.saturating_sub(before.run_cnt);
             let ns = after.run_time_ns.saturating_sub(before.run_time_ns);

@@ -99,6 +99,7 @@ impl Monitor {
             programs: BTreeMap::new(),
             log: log.clone(),
             api: None,
+            new_flow_events: false,
             noop: None,
         };
         let command = match self.kind {
@@ -112,6 +113,8 @@ impl Monitor {
             Kind::Crossmon(extra) => {
                 let api = free_loopback_port()?;
                 session.api = Some(api);
+                // On unless switched off (the only value the bench passes).
+                session.new_flow_events = !extra.contains(&"--new-flow-events");
                 let mut command = cmd::command(crossmon);
                 command
                     .args(["run", "--no-docker", "--listen"])
@@ -168,6 +171,8 @@ pub struct Session {
     log: PathBuf,
     /// crossmon's HTTP API.
     api: Option<SocketAddr>,
+    /// crossmon sends an event for each new flow.
+    new_flow_events: bool,
     /// Attached while the session lives.
     noop: Option<NoopClassifier>,
 }
@@ -214,11 +219,14 @@ impl Session {
     }
 
     /// The new-flow events crossmon's agent has received so far; `None`
-    /// for the monitors without an API.
+    /// where no such events come (other monitors, or crossmon with them
+    /// off).
     pub fn new_flows(&self) -> anyhow::Result<Option<f64>> {
         self.api
+            .filter(|_| self.new_flow_events)
             .map(|api| sample(&metrics(api)?, r#"crossmon_events_total{kind="new_flow"}"#))
             .transpose()
+            .context("counting crossmon's new-flow events")
     }
 
     /// crossmon's HTTP API.

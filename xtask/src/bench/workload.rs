@@ -111,8 +111,8 @@ impl Workload {
     /// Runs the workload for `seconds` (plus its warm-up).
     pub fn run(self, net: &BenchNet, seconds: u64) -> anyhow::Result<Delivered> {
         match self {
-            Self::TcpBulk => tcp_bulk(net, seconds).map(Delivered::rate),
-            Self::SmallUdp => small_udp(net, seconds).map(Delivered::rate),
+            Self::TcpBulk => tcp_bulk(net, seconds).map(Delivered::of_rate),
+            Self::SmallUdp => small_udp(net, seconds).map(Delivered::of_rate),
             Self::Churn => churn(net, seconds),
         }
         .with_context(|| format!("workload {}", self.title()))
@@ -123,13 +123,13 @@ impl Workload {
 pub struct Delivered {
     /// Bit/s, packets/s or connections/s over the measured window.
     pub rate: f64,
-    /// Connections completed over the whole run, its warm-up included
+    /// Connections attempted over the whole run, its warm-up included
     /// (connection churn only).
     pub connections: Option<u64>,
 }
 
 impl Delivered {
-    fn rate(rate: f64) -> Self {
+    fn of_rate(rate: f64) -> Self {
         Delivered {
             rate,
             connections: None,
@@ -420,13 +420,35 @@ fn churn(net: &BenchNet, seconds: u64) -> anyhow::Result<Delivered> {
         // would mean the figure measures something else.
         ensure!(
             failed * 100 <= completed,
-            "{failed} of {} connections failed",
-            completed + failed
+            "{failed} of {} connections failed{}",
+            completed + failed,
+            conntrack_full().unwrap_or_default()
         );
         Ok(Delivered {
             rate: measured,
-            connections: Some(completed),
+            connections: Some(completed + failed),
         })
+    })
+}
+
+/// Why connections may have failed, when conntrack's table is (nearly)
+/// full: with
+/// `br_netfilter` loaded each bridged connection takes an entry, kept
+/// 120 s after it closes, and a full table drops new connections' SYNs.
+fn conntrack_full() -> Option<String> {
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let (count, max) = (read("nf_conntrack_count")?, read("nf_conntrack_max")?);
+    (count * 10 >= max * 9).then(|| {
+        format!(
+            ": conntrack's table is nearly full ({count} of {max} entries), and a full one \
+             drops new connections; its entries of closed connections expire within 2 minutes"
+        )
     })
 }
 
