@@ -432,9 +432,9 @@ fn churn(net: &BenchNet, seconds: u64) -> anyhow::Result<Delivered> {
 }
 
 /// Why connections may have failed, when conntrack's table is (nearly)
-/// full: with
-/// `br_netfilter` loaded each bridged connection takes an entry, kept
-/// 120 s after it closes, and a full table drops new connections' SYNs.
+/// full: with `br_netfilter` loaded each bridged connection takes an
+/// entry, kept 120 s after it closes, and a full table drops new
+/// connections' SYNs.
 fn conntrack_full() -> Option<String> {
     let read = |name: &str| -> Option<u64> {
         std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
