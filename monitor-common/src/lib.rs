@@ -390,7 +390,7 @@ impl Direction {
     }
 }
 
-/// Statistics of one flow as counted by one CPU; user space sums the CPUs.
+/// Statistics of one flow, in its one map entry that every CPU adds to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
