@@ -407,7 +407,9 @@ pub struct FlowStats {
     pub syn_ack: u32,
     pub rst: u32,
     pub fin: u32,
-    /// OR of the TCP flags of every packet.
+    /// OR of the TCP flags of every packet since the flow's latest
+    /// connection opened (see [`Self::connections`]), of every packet
+    /// where it opened none.
     pub tcp_flags: u8,
     /// Payload samples already sent to user space.
     pub payload_samples: u8,
@@ -416,8 +418,19 @@ pub struct FlowStats {
     pub _pad: u8,
     /// Interface (host-side veth) where the flow was counted.
     pub ifindex: u32,
+    /// TCP connections the flow opened as their client: a SYN without ACK
+    /// opens one where the flow had none, or where its latest one went
+    /// past its SYN (an ACK, FIN or RST from this side), and starts
+    /// [`Self::tcp_flags`] over. A client back on the ports of a
+    /// connection whose flow is still kept counts into that flow; this
+    /// tells its connections apart, which [`Self::syn`] cannot (a SYN
+    /// retransmitted counts there too).
+    pub connections: u32,
+    /// Of [`Self::connections`], those whose handshake the client
+    /// completed: its first ACK after the SYN that opened each.
+    pub handshakes: u32,
 }
-const _: () = assert!(size_of::<FlowStats>() == 56);
+const _: () = assert!(size_of::<FlowStats>() == 64);
 
 impl FlowStats {
     /// Where the flow was counted. A byte that is no [`Direction`] (never

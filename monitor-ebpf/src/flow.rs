@@ -38,9 +38,9 @@ pub enum Accounted {
 ///
 /// One entry per flow, shared by the CPUs: its counters are added to
 /// atomically (XADD, on every supported kernel), so the counts are exact
-/// when CPUs count one flow at once, and a new entry costs its own 56
+/// when CPUs count one flow at once, and a new entry costs its own 64
 /// bytes, where a per-CPU map zeroed a slot for every possible CPU on each
-/// insert and held `capacity * 56` bytes per CPU.
+/// insert and held `capacity * 64` bytes per CPU.
 ///
 /// A packet leaving the host towards a container whose flow was counted
 /// *from* a container is that same packet, bridged or routed from a
@@ -112,6 +112,8 @@ fn account_in<K>(
         direction: seen.direction as u8,
         _pad: 0,
         ifindex: seen.ifindex,
+        connections: u32::from(counted.syn),
+        handshakes: 0,
     };
     if flows.insert(key, stats, u64::from(BPF_NOEXIST)).is_ok() {
         return Accounted::Created(now);
@@ -147,8 +149,11 @@ fn count_into(entry: *mut FlowStats, seen: &Seen, packet: &IpPacket, segments: u
         }
         // Stores where a race costs at most a tick of `last_seen` or one
         // flag of a packet racing another (the counters of SYN, SYN-ACK,
-        // RST and FIN, which closing and alerts read, are exact): the
-        // verifier of 5.10 has no atomic OR or exchange. A store only when
+        // RST and FIN, which closing and alerts read, are exact; those of
+        // connections and handshakes are added exactly, but which packet
+        // adds is told by the flags, so a late packet of the connection
+        // before can open one too many): the verifier of 5.10 has no
+        // atomic OR or exchange. A store only when
         // something changes keeps the line clean on steady flows.
         let last_seen = &raw mut (*entry).last_seen_ns;
         if seen.now_ns > read_volatile(last_seen) {
@@ -161,10 +166,23 @@ fn count_into(entry: *mut FlowStats, seen: &Seen, packet: &IpPacket, segments: u
         if flags != 0 {
             let tcp_flags = &raw mut (*entry).tcp_flags;
             let before = read_volatile(tcp_flags);
-            if before | flags != before {
-                write_volatile(tcp_flags, before | flags);
-            }
             let counted = CountedFlags::of(flags);
+            let connections = &raw mut (*entry).connections;
+            if counted.syn && (before & PAST_SYN != 0 || read_volatile(connections) == 0) {
+                // The client's next connection on these ports: a SYN
+                // retransmitted comes before anything else of its own.
+                write_volatile(tcp_flags, flags);
+                increment_u32(connections);
+            } else {
+                if before & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN
+                    && flags & tcp_flag::ACK != 0
+                {
+                    increment_u32(&raw mut (*entry).handshakes);
+                }
+                if before | flags != before {
+                    write_volatile(tcp_flags, before | flags);
+                }
+            }
             if counted.syn {
                 increment_u32(&raw mut (*entry).syn);
             }
@@ -181,6 +199,10 @@ fn count_into(entry: *mut FlowStats, seen: &Seen, packet: &IpPacket, segments: u
     }
     Accounted::Counted(entry)
 }
+
+/// Flags a client sends only once its connection went past the SYN: a SYN
+/// after any of them opens another connection.
+const PAST_SYN: u8 = tcp_flag::ACK | tcp_flag::FIN | tcp_flag::RST;
 
 /// Which of a flow's flag counters a packet adds one to.
 struct CountedFlags {

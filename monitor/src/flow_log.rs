@@ -95,6 +95,9 @@ struct TcpLine {
     syn_ack: u32,
     rst: u32,
     fin: u32,
+    /// Connections `src` opened on these ports: more than one where it
+    /// came back on them while the line's flows were kept.
+    connections: u32,
     /// First SYN to first SYN-ACK, as seen on the veths.
     #[serde(skip_serializing_if = "Option::is_none")]
     handshake_rtt_ms: Option<f64>,
@@ -298,6 +301,7 @@ impl FlowLog {
                 syn_ack: reply.syn_ack,
                 rst: stats.rst.saturating_add(reply.rst),
                 fin: stats.fin.saturating_add(reply.fin),
+                connections: stats.connections,
                 handshake_rtt_ms: handshake_rtt_ns(record, reverse).map(|ns| ns as f64 / 1e6),
                 retransmits: kernel.retransmits.of_connection(&record.key),
             }),

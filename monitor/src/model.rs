@@ -82,8 +82,9 @@ pub fn merge_counts(entries: &[FlowStats]) -> FlowStats {
 }
 
 /// Combines two counts of one flow field by field: packets and bytes with
-/// `wide`, the SYN, SYN-ACK, RST and FIN counts with `narrow`; the latest
-/// packet is the later one and the TCP flags are ORed.
+/// `wide`, the SYN, SYN-ACK, RST, FIN, connection and handshake counts
+/// with `narrow`; the latest packet is the later one and the TCP flags
+/// are ORed.
 pub fn combine_counts(
     into: &mut FlowStats,
     other: &FlowStats,
@@ -97,6 +98,8 @@ pub fn combine_counts(
     into.syn_ack = narrow(into.syn_ack, other.syn_ack);
     into.rst = narrow(into.rst, other.rst);
     into.fin = narrow(into.fin, other.fin);
+    into.connections = narrow(into.connections, other.connections);
+    into.handshakes = narrow(into.handshakes, other.handshakes);
     into.tcp_flags |= other.tcp_flags;
 }
 

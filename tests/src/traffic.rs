@@ -104,16 +104,19 @@ pub fn tcp_exchange(
         (server_ip, port),
         (request, response),
         Close::Fin,
+        None,
     )
 }
 
-/// One connection as [`tcp_exchange`] makes it, ended as `close` says.
+/// One connection as [`tcp_exchange`] makes it, ended as `close` says,
+/// from the client's port `from_port` or any.
 pub fn tcp_connection(
     client: &Host,
     server: &Host,
     (server_ip, port): (IpAddr, u16),
     (request, response): (&[u8], &[u8]),
     close: Close,
+    from_port: Option<u16>,
 ) -> anyhow::Result<TcpExchange> {
     let listener = server.run(|| {
         Ok(TcpListener::bind(SocketAddr::new(
@@ -147,10 +150,7 @@ pub fn tcp_connection(
             Ok(())
         });
         let port = client.run(|| {
-            let mut stream = TcpStream::connect_timeout(
-                &SocketAddr::new(server_ip, port),
-                Duration::from_secs(2),
-            )?;
+            let mut stream = connect(SocketAddr::new(server_ip, port), from_port)?;
             stream.set_read_timeout(Some(Duration::from_secs(5)))?;
             stream.write_all(request)?;
             if close == Close::Fin {
@@ -192,6 +192,23 @@ pub fn tcp_connection(
     })
 }
 
+/// A connection to `server` from `from_port` of the unspecified address,
+/// or from any port.
+pub fn connect(server: SocketAddr, from_port: Option<u16>) -> std::io::Result<TcpStream> {
+    let timeout = Duration::from_secs(2);
+    let Some(from_port) = from_port else {
+        return TcpStream::connect_timeout(&server, timeout);
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(server),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.bind(&SocketAddr::new(unspecified(server.ip()), from_port).into())?;
+    socket.connect_timeout(&server.into(), timeout)?;
+    Ok(socket.into())
+}
+
 /// What the peer sent: all of it up to its FIN, or with [`Close::Reset`],
 /// where no FIN comes, exactly `len` bytes.
 fn read_all(stream: &mut TcpStream, len: usize, close: Close) -> anyhow::Result<Vec<u8>> {
@@ -208,8 +225,9 @@ fn read_all(stream: &mut TcpStream, len: usize, close: Close) -> anyhow::Result<
     Ok(received)
 }
 
-/// Closes `stream` with an RST rather than a FIN: a linger of zero.
-fn abort(stream: &TcpStream) -> anyhow::Result<()> {
+/// Has `stream` close with an RST rather than a FIN when dropped: a
+/// linger of zero.
+pub fn abort(stream: &TcpStream) -> anyhow::Result<()> {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,

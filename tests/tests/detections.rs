@@ -14,7 +14,7 @@ use integration_tests::{
     frames::{self, ETH_P_IP},
     net::in_netns,
     scratch::Scratch,
-    traffic::RawSocket,
+    traffic::{self, RawSocket},
 };
 use serde_json::Value;
 
@@ -135,6 +135,62 @@ fn a_syn_flood_is_alerted_naming_the_flooder() {
     assert_eq!(flood["evidence"]["destination_port"], 80);
     assert_eq!(flood["evidence"]["completed"], 0);
     assert!(flood["evidence"]["syns"].as_u64().is_some_and(|n| n >= 300));
+}
+
+/// A client that reconnects from one port and closes each connection by
+/// RST sends as many SYNs as a flooder, and completes every handshake:
+/// the kernel counts them, where FINs, which it never sends, would not.
+#[test]
+fn a_client_reconnecting_from_one_port_is_no_syn_flood() {
+    docker_ready();
+    let net = DockerNetwork::create("reconnect", &[]).expect("network");
+    let server = net.run("server");
+    let client = net.run("client");
+    let scratch = Scratch::new("detect");
+    let agent = agent_with_config(&scratch, "[syn_flood]\nmin_syns = 300\n", &[]);
+    agent.wait_attached(&[&server.name, &client.name]);
+    let listener = in_netns(&server.netns().expect("netns"), || {
+        Ok(std::net::TcpListener::bind(("0.0.0.0", 80))?)
+    })
+    .expect("listener");
+    let target = SocketAddr::from((ipv4(&server, &net.name), 80));
+    let connections = 400;
+    in_netns(&client.netns().expect("netns"), || {
+        for _ in 0..connections {
+            let stream = traffic::connect(target, Some(41_000))?;
+            let (accepted, _) = listener.accept()?;
+            traffic::abort(&stream)?;
+            drop(stream);
+            drop(accepted);
+        }
+        Ok(())
+    })
+    .expect("connections from one port");
+    // Every SYN counted in one flow, its connections each counted, and a
+    // poll more for the detectors, which see the same read.
+    let flows = || get_json(agent.addr, "/api/v1/flows");
+    let mut syns = 0;
+    integration_tests::agent::wait_until("the client's SYNs counted", || {
+        syns = flows()
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| f["src_port"] == 41_000 && f["dst_port"] == 80)
+            .map(|f| f["syn"].as_u64().unwrap_or(0))
+            .sum();
+        syns >= connections
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        syns, connections,
+        "one SYN a connection, none retransmitted"
+    );
+    let floods: Vec<Value> = agent
+        .alerts()
+        .into_iter()
+        .filter(|a| a["kind"] == "syn_flood")
+        .collect();
+    assert_eq!(floods, Vec::<Value>::new());
 }
 
 #[test]

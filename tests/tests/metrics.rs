@@ -111,6 +111,54 @@ fn metrics_count_packets_and_connection_results_exactly() {
     promtool_check_metrics(&scrape(agent.addr)).expect("promtool check metrics");
 }
 
+/// A client back on the ports of its closed connection while crossmon
+/// still keeps that connection's flow (the default linger, 5 s): one
+/// flow, and every connection an attempt of its own.
+#[test]
+fn connections_back_on_the_same_ports_are_each_counted() {
+    require_root();
+    let net = TestNet::new(2).expect("test network");
+    let agent = Agent::start(&["--no-docker"]);
+    attached(&net);
+    let (a, b) = (net.host(0), net.host(1));
+    // Ports other tests do not use (see the closed connections' test).
+    let (port, from_port) = (5820, 45820);
+    let connections = 4;
+    let mut segments = 0;
+    for _ in 0..connections {
+        // Aborted by RST, the client's port is free again at once.
+        let exchange = traffic::tcp_connection(
+            a,
+            b,
+            (b.ip4().into(), port),
+            (b"hello", b"world"),
+            Close::Reset,
+            Some(from_port),
+        )
+        .expect("connection from the same port");
+        assert_eq!(exchange.client.port, from_port);
+        assert_eq!(exchange.client.retransmitted, 0, "no SYN retransmitted");
+        segments += exchange.client.segments;
+    }
+    let to_server = [("protocol", "tcp"), ("destination_port", "5820")];
+    let samples = samples_when(agent.addr, "every segment to the server", |s| {
+        sum(s, "crossmon_flow_packets_total", &to_server) == segments as f64
+    });
+    // Each connection's SYN-ACK came back, so it is counted at once, by
+    // the same poll as its packets.
+    assert_eq!(
+        sum(&samples, "crossmon_connections_total", &to_server),
+        f64::from(connections),
+        "{:?}",
+        select(&samples, "crossmon_connections_total", &to_server).collect::<Vec<_>>()
+    );
+    let established = [to_server[0], to_server[1], ("result", "established")];
+    assert_eq!(
+        sum(&samples, "crossmon_connections_total", &established),
+        f64::from(connections)
+    );
+}
+
 #[test]
 fn series_beyond_the_cap_fold_into_other_and_are_counted() {
     require_root();
@@ -254,6 +302,7 @@ fn closed_connections_end_after_the_linger_with_exact_counts_and_half_closed_one
         (b.ip4().into(), 5818),
         (b"hello", b"world"),
         Close::Reset,
+        None,
     )
     .expect("connection aborted by RST");
     for exchange in [&fin, &rst] {

@@ -543,7 +543,8 @@ fn closed_connections_end_after_their_linger_even_once_evicted() {
         };
         let server_at = (IpAddr::from(server.ip4()), port);
         let exchange =
-            traffic::tcp_connection(client, server, server_at, (b"?", b"!"), close).expect("tcp");
+            traffic::tcp_connection(client, server, server_at, (b"?", b"!"), close, None)
+                .expect("tcp");
         assert_eq!(
             (exchange.client.retransmitted, exchange.server.retransmitted),
             (0, 0),

@@ -99,6 +99,18 @@ fn key(
     }
 }
 
+/// The key of a TCP flow from A to B.
+fn tcp_a_to_b(src_port: u16, dst_port: u16) -> FlowKey {
+    key(
+        v4_mapped(IP_A),
+        v4_mapped(IP_B),
+        src_port,
+        dst_port,
+        ip_proto::TCP,
+        4,
+    )
+}
+
 #[test]
 fn ipv4_options_udp_counted_with_payload_samples() {
     let mut dp = load(DatapathConfig::default());
@@ -232,14 +244,7 @@ fn vlan_tagged_tcp_flags_are_counted() {
         );
         pass(&mut dp, PROGRAM_TO_CONTAINER, &frame);
     }
-    let stats = flows(&mut dp)[&key(
-        v4_mapped(IP_A),
-        v4_mapped(IP_B),
-        40000,
-        80,
-        ip_proto::TCP,
-        4,
-    )];
+    let stats = flows(&mut dp)[&tcp_a_to_b(40000, 80)];
     assert_eq!(stats.packets, 5);
     assert_eq!(stats.bytes, 5 * 40);
     assert_eq!(
@@ -255,6 +260,40 @@ fn vlan_tagged_tcp_flags_are_counted() {
         monitor_common::Direction::ToContainer as u8
     );
     // A SYN carries no payload: its new-flow event is a record of its own.
+    assert_eq!(opened_at(&events(&mut dp)), [stats.first_seen_ns]);
+}
+
+/// A client back on the ports of a connection whose flow is still kept:
+/// its SYN opens the flow's next connection, a retransmitted SYN does
+/// not, and the flow's flags start over with each.
+#[test]
+fn a_syn_past_the_handshake_opens_the_flows_next_connection() {
+    let mut dp = load(DatapathConfig::default());
+    let (syn, ack) = (tcp_flag::SYN, tcp_flag::ACK);
+    let segments = [
+        // The first: its SYN retransmitted, the handshake's ACK, a FIN.
+        syn,
+        syn,
+        ack,
+        tcp_flag::FIN | ack,
+        // The second, aborted after its SYN (a SYN scanner's RST).
+        syn,
+        tcp_flag::RST,
+        // The third, back after the RST, completed.
+        syn,
+        ack,
+        tcp_flag::PSH | ack,
+    ];
+    for flags in segments {
+        let frame = a_to_b(ip_proto::TCP, &tcp(40000, 80, flags, b""));
+        pass(&mut dp, PROGRAM_FROM_CONTAINER, &frame);
+    }
+    let stats = flows(&mut dp)[&tcp_a_to_b(40000, 80)];
+    assert_eq!(stats.packets, 9);
+    assert_eq!((stats.syn, stats.fin, stats.rst), (4, 1, 1));
+    assert_eq!((stats.connections, stats.handshakes), (3, 2));
+    assert_eq!(stats.tcp_flags, syn | ack | tcp_flag::PSH, "the third's");
+    // One flow, one new-flow event.
     assert_eq!(opened_at(&events(&mut dp)), [stats.first_seen_ns]);
 }
 

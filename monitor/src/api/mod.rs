@@ -99,6 +99,10 @@ pub struct FlowJson {
     pub syn_ack: u32,
     pub rst: u32,
     pub fin: u32,
+    /// TCP connections the flow opened as their client: more than one
+    /// where the client came back on the same ports while the flow was
+    /// kept.
+    pub connections: u32,
     /// TCP clients: first SYN to the answer's first SYN-ACK, as seen on
     /// the veths; absent until both were seen.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -141,6 +145,7 @@ impl FlowJson {
             syn_ack: stats.syn_ack,
             rst: stats.rst,
             fin: stats.fin,
+            connections: stats.connections,
             handshake_rtt_ms: None,
             retransmits: None,
             direction: stats.direction().name(),

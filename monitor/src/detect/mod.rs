@@ -218,6 +218,7 @@ struct Seen {
     decided: bool,
     syns: u32,
     fins: u32,
+    handshakes: u32,
     acked: bool,
     bytes: u64,
     packets: u64,
@@ -377,14 +378,17 @@ impl Detectors {
         if record.key.protocol == ip_proto::TCP {
             syns = u64::from(record.stats.syn.saturating_sub(seen.syns));
             seen.syns = record.stats.syn;
-            // A connection completed when its client acknowledged (first
-            // one of this flow) or closed it (each later one, as a busy
-            // client reuses the 4-tuple): a flooder does neither.
+            // A connection completed when its client acknowledged (the
+            // kernel counts each handshake of a busy client reusing the
+            // 4-tuple; the first one's ACK tells a flow first seen past
+            // its SYN) or closed it: a flooder does neither.
             let first_ack = !seen.acked && outcome::handshake_completed(record);
             seen.acked |= first_ack;
             let fins = record.stats.fin.saturating_sub(seen.fins);
             seen.fins = record.stats.fin;
-            completed = u64::from(fins).max(u64::from(first_ack));
+            let handshakes = record.stats.handshakes.saturating_sub(seen.handshakes);
+            seen.handshakes = record.stats.handshakes;
+            completed = u64::from(fins.max(handshakes)).max(u64::from(first_ack));
         }
         let traffic = Traffic {
             record,

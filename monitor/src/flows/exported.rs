@@ -4,10 +4,11 @@
 //! table's made the agent's peak memory; under connection churn the TCP
 //! health series' map took 9.4 % of the poller's time in its inserts.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 
 use monitor_common::FlowStats;
 
+use super::outcome::Outcome;
 use crate::book::Slot;
 
 /// The poller's consumers ([`crate::flows::PollConsumer`]s) update it
@@ -25,7 +26,9 @@ use crate::book::Slot;
 pub struct Exported {
     packets: AtomicU64,
     bytes: AtomicU64,
-    connection_counted: AtomicBool,
+    /// The result the traffic series counted the flow's first connection
+    /// attempt with ([`Outcome::code`]; 0: not yet).
+    connection: AtomicU8,
     /// The TCP health series': the handshake was timed, or its attempt's
     /// deadline passed first.
     handshake_done: AtomicBool,
@@ -74,13 +77,13 @@ impl Exported {
         (packets, bytes)
     }
 
-    /// Whether the flow's connection attempt has its result counted.
-    pub(crate) fn connection_counted(&self) -> bool {
-        self.connection_counted.load(Relaxed)
+    /// The result the flow's first connection attempt was counted with.
+    pub(crate) fn counted_connection(&self) -> Option<Outcome> {
+        Outcome::of_code(self.connection.load(Relaxed))
     }
 
-    pub(crate) fn count_connection(&self) {
-        self.connection_counted.store(true, Relaxed);
+    pub(crate) fn count_connection(&self, result: Outcome) {
+        self.connection.store(result.code(), Relaxed);
     }
 
     /// Whether the flow's handshake needs no more timing.

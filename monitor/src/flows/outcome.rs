@@ -34,6 +34,27 @@ impl Outcome {
     pub fn delivered(self) -> bool {
         self != Outcome::Unanswered
     }
+
+    /// A byte for an outcome, never 0, which stands for none.
+    pub fn code(self) -> u8 {
+        match self {
+            Outcome::Established => 1,
+            Outcome::Refused => 2,
+            Outcome::Answered => 3,
+            Outcome::Unanswered => 4,
+        }
+    }
+
+    /// The outcome of [`Self::code`]; none for 0 or any other byte.
+    pub fn of_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Outcome::Established),
+            2 => Some(Outcome::Refused),
+            3 => Some(Outcome::Answered),
+            4 => Some(Outcome::Unanswered),
+            _ => None,
+        }
+    }
 }
 
 /// Whether `flow` is its source's attempt to reach the destination, rather

@@ -37,7 +37,7 @@ const PREFETCH_AHEAD: usize = 16;
 pub struct FlowTable {
     flows: ShardedByFlow<Entry>,
     /// Poll generation, to spot flows absent from the latest read. 32
-    /// bits, wrapping, keep `Entry` at 120 bytes: only equality with this
+    /// bits, wrapping, keep `Entry` at 128 bytes: only equality with this
     /// poll's or the previous one's is asked, and a flow unread for 2^32
     /// polls is gone long before (the idle timeout; 2^32 polls are 50
     /// days at a 1 ms interval, 136 years at the default). Were it not, a
@@ -94,7 +94,7 @@ struct Entry {
 }
 
 // The table holds every flow: a byte here is 100 KB at 100k flows.
-const _: () = assert!(std::mem::size_of::<Entry>() == 120);
+const _: () = assert!(std::mem::size_of::<Entry>() == 128);
 
 /// A flow the table forgot, with its final totals and what the series had
 /// counted of it, so that they count the rest.

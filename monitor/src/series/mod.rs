@@ -5,6 +5,7 @@
 mod departures;
 mod drops;
 mod labels;
+mod reused;
 mod served;
 mod tcp;
 mod traffic;

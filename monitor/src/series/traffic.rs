@@ -12,6 +12,7 @@ use monitor_common::{ip_proto, FlowKey};
 use super::{
     departures::Departures,
     labels::{ConnectionLabels, ConnectionLabelsRef, FlowLabels, FlowLabelsRef},
+    reused::{Results, ReusedPorts},
     served::ServedPorts,
 };
 use crate::{
@@ -52,6 +53,8 @@ impl Default for MetricsConfig {
 pub struct TrafficSeries {
     flows: SeriesBook<FlowLabels, FlowCounts>,
     connections: SeriesBook<ConnectionLabels, u64>,
+    /// The connections of flows that held more than one.
+    reused: ReusedPorts,
     served: ServedPorts,
     /// Containers that left, kept for the grace period so their info
     /// series can still be joined.
@@ -110,7 +113,7 @@ fn needs_update(record: &FlowRecord, exported: &Exported) -> bool {
     exported.has_new_traffic(&record.stats)
         || (record.key.protocol == ip_proto::TCP
             && outcome::is_attempt(record, None)
-            && !exported.connection_counted())
+            && (exported.counted_connection().is_none() || ReusedPorts::counts(record)))
 }
 
 impl TrafficSeries {
@@ -118,6 +121,7 @@ impl TrafficSeries {
         Self {
             flows: SeriesBook::new(config.max_series, FlowLabels::overflow()),
             connections: SeriesBook::new(config.max_series, ConnectionLabels::overflow()),
+            reused: ReusedPorts::default(),
             served: ServedPorts::new(config.max_series.saturating_mul(4), config.grace_ns),
             departures: Departures::new(config.grace_ns),
             labelling: Labelling::default(),
@@ -177,29 +181,15 @@ impl TrafficSeries {
             if !needs_update(&record, exported) {
                 continue;
             }
-            // Only a TCP attempt has a connection result, and only then is
-            // its reverse looked up: an answer's flow, or one first seen
-            // past its SYN, is none.
-            let result = (record.key.protocol == ip_proto::TCP
-                && !exported.connection_counted()
-                && outcome::is_attempt(&record, None))
-            .then(|| {
-                connection_result(
-                    &record,
-                    find(&record.key.reversed()).as_ref(),
-                    ended,
-                    now_ns,
-                )
-            })
-            .flatten();
+            let results = self.connection_results(&record, &find, exported, ended, now_ns);
             let (packets, bytes) = exported.take_new_traffic(&record.stats);
             let traffic = packets != 0 || bytes != 0;
-            if !traffic && result.is_none() {
+            if !traffic && results.is_empty() {
                 continue;
             }
             let noted = exported
                 .series_slot(epoch)
-                .filter(|_| result.is_none())
+                .filter(|_| results.is_empty())
                 .and_then(|slot| self.flows.value_at(slot, now_ns));
             let counts = match noted {
                 Some(counts) => Some(counts),
@@ -209,11 +199,11 @@ impl TrafficSeries {
                     let ends = directory.ends(&record.key, &record.stats);
                     let mut port_text = itoa::Buffer::new();
                     let labels = FlowLabelsRef::of(&record, &ends, &self.served, &mut port_text);
-                    if let Some(result) = result {
-                        exported.count_connection();
+                    for (result, n) in results.counts() {
                         *self
                             .connections
-                            .value(&ConnectionLabelsRef::of(&labels, result), now_ns) += 1;
+                            .value(&ConnectionLabelsRef::of(&labels, result.name()), now_ns) +=
+                            u64::from(n);
                     }
                     traffic.then(|| {
                         let (slot, counts) = self.flows.slot_and_value(&labels, now_ns);
@@ -229,6 +219,40 @@ impl TrafficSeries {
         }
         self.departures.follow(inventory, now_ns);
         self.sweep(now_ns);
+    }
+
+    /// The connection attempts of `record` to count now. Only a TCP
+    /// attempt has any, and only then is its reverse looked up: an
+    /// answer's flow, or one first seen past its SYN, has none. The first
+    /// connection's result is noted in `exported`.
+    fn connection_results(
+        &mut self,
+        record: &FlowRecord,
+        find: &impl Fn(&FlowKey) -> Option<FlowRecord>,
+        exported: &Exported,
+        ended: bool,
+        now_ns: u64,
+    ) -> Results {
+        if record.key.protocol != ip_proto::TCP || !outcome::is_attempt(record, None) {
+            return Results::default();
+        }
+        let first = exported.counted_connection();
+        // Its connections' count only grows: once here, always here.
+        if ReusedPorts::counts(record) {
+            let reverse = find(&record.key.reversed());
+            return self.reused.take(record, reverse, first, ended);
+        }
+        if first.is_some() {
+            return Results::default();
+        }
+        let reverse = find(&record.key.reversed());
+        match connection_result(record, reverse.as_ref(), ended, now_ns) {
+            Some(result) => {
+                exported.count_connection(result);
+                Results::one(result)
+            }
+            None => Results::default(),
+        }
     }
 
     /// Removes the series of containers departed longer than the grace
@@ -288,11 +312,11 @@ fn connection_result(
     reverse: Option<&FlowRecord>,
     ended: bool,
     now_ns: u64,
-) -> Option<&'static str> {
+) -> Option<Outcome> {
     if flow.key.protocol != ip_proto::TCP || !outcome::is_attempt(flow, reverse) {
         return None;
     }
-    outcome::outcome(flow, reverse, ended, now_ns).map(Outcome::name)
+    outcome::outcome(flow, reverse, ended, now_ns)
 }
 
 #[cfg(test)]
@@ -376,6 +400,46 @@ mod tests {
             .filter(|(labels, _)| labels.result == result)
             .map(|(_, n)| n)
             .sum()
+    }
+
+    #[test]
+    fn connections_back_on_a_kept_flows_ports_are_each_counted() {
+        let mut traffic = metrics(100);
+        let directory = Directory::default();
+        let (client, server) = (key(1, 40000, 2, 80), key(2, 80, 1, 40000));
+        let opened = |mut stats: FlowStats, connections, handshakes| {
+            stats.connections = connections;
+            stats.handshakes = handshakes;
+            stats
+        };
+        let mut flows = table(&[
+            (client, opened(stats(3, 1, 0, 0), 1, 1)),
+            (server, stats(2, 0, 1, 0)),
+        ]);
+        traffic.update(&PollView::new(&flows, &[]), &directory, None, 2 * SECOND);
+        assert_eq!(connections(&traffic, "established"), 1);
+        // Two more connections on the same ports by the next poll, the
+        // latest still waiting for its SYN-ACK.
+        poll(
+            &mut flows,
+            &[
+                (client, opened(stats(8, 3, 0, 1), 3, 2)),
+                (server, stats(5, 0, 2, 0)),
+            ],
+        );
+        traffic.update(&PollView::new(&flows, &[]), &directory, None, 3 * SECOND);
+        assert_eq!(connections(&traffic, "established"), 2);
+        // It never comes; the client gives up and the flows end.
+        let ended: Vec<_> = [client, server]
+            .iter()
+            .filter_map(|key| flows.end(key))
+            .collect();
+        traffic.update(&PollView::new(&flows, &ended), &directory, None, 4 * SECOND);
+        assert_eq!(
+            ["established", "refused", "unanswered"].map(|r| connections(&traffic, r)),
+            [2, 0, 1]
+        );
+        assert_eq!(packets(&traffic, &[]), 13);
     }
 
     #[test]

@@ -176,6 +176,19 @@ impl Packet {
             }
             Segment::Lost => return,
         };
+        // A client's connections and handshakes, as the programs tell
+        // them (`flow::count_into`): a SYN past the handshake opens the
+        // flow's next connection, its flags starting over.
+        let before = stats.tcp_flags;
+        let past_syn = tcp_flag::ACK | tcp_flag::FIN | tcp_flag::RST;
+        if flags == tcp_flag::SYN && (stats.connections == 0 || before & past_syn != 0) {
+            stats.connections += 1;
+            stats.tcp_flags = flags;
+            return;
+        }
+        if before & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN && flags & tcp_flag::ACK != 0 {
+            stats.handshakes += 1;
+        }
         stats.tcp_flags |= flags;
     }
 }
