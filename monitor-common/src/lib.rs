@@ -223,6 +223,10 @@ pub mod tcp_flag {
     pub const URG: u8 = 0x20;
     pub const ECE: u8 = 0x40;
     pub const CWR: u8 = 0x80;
+    /// What a client sends only once its connection went past the SYN: a
+    /// SYN after any of them opens another connection
+    /// (`FlowStats::connections`).
+    pub const PAST_SYN: u8 = ACK | FIN | RST;
 }
 
 /// Identity of a unidirectional flow: packets travelling A->B and B->A are

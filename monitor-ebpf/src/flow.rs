@@ -168,7 +168,8 @@ fn count_into(entry: *mut FlowStats, seen: &Seen, packet: &IpPacket, segments: u
             let before = read_volatile(tcp_flags);
             let counted = CountedFlags::of(flags);
             let connections = &raw mut (*entry).connections;
-            if counted.syn && (before & PAST_SYN != 0 || read_volatile(connections) == 0) {
+            if counted.syn && (before & tcp_flag::PAST_SYN != 0 || read_volatile(connections) == 0)
+            {
                 // The client's next connection on these ports: a SYN
                 // retransmitted comes before anything else of its own.
                 write_volatile(tcp_flags, flags);
@@ -199,10 +200,6 @@ fn count_into(entry: *mut FlowStats, seen: &Seen, packet: &IpPacket, segments: u
     }
     Accounted::Counted(entry)
 }
-
-/// Flags a client sends only once its connection went past the SYN: a SYN
-/// after any of them opens another connection.
-const PAST_SYN: u8 = tcp_flag::ACK | tcp_flag::FIN | tcp_flag::RST;
 
 /// Which of a flow's flag counters a packet adds one to.
 struct CountedFlags {

@@ -144,7 +144,7 @@ fn connections_back_on_the_same_ports_are_each_counted() {
     let samples = samples_when(agent.addr, "every segment to the server", |s| {
         sum(s, "crossmon_flow_packets_total", &to_server) == segments as f64
     });
-    // Each connection's SYN-ACK came back, so it is counted at once, by
+    // Each connection's handshake completed, so it is counted at once, by
     // the same poll as its packets.
     assert_eq!(
         sum(&samples, "crossmon_connections_total", &to_server),

@@ -379,9 +379,10 @@ impl Detectors {
             syns = u64::from(record.stats.syn.saturating_sub(seen.syns));
             seen.syns = record.stats.syn;
             // A connection completed when its client acknowledged (the
-            // kernel counts each handshake of a busy client reusing the
-            // 4-tuple; the first one's ACK tells a flow first seen past
-            // its SYN) or closed it: a flooder does neither.
+            // kernel counts each handshake, a busy client's reusing the
+            // 4-tuple too; the flow's ACK stands in where its SYN and ACK
+            // fell in two kernel entries, the first evicted) or closed
+            // it: a flooder does neither.
             let first_ack = !seen.acked && outcome::handshake_completed(record);
             seen.acked |= first_ack;
             let fins = record.stats.fin.saturating_sub(seen.fins);

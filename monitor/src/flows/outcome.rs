@@ -10,9 +10,10 @@ use crate::model::FlowRecord;
 pub const UNANSWERED_AFTER_NS: u64 = 5_000_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Outcome {
     /// TCP: a SYN-ACK came back.
-    Established,
+    Established = 1,
     /// TCP: a RST came back.
     Refused,
     /// UDP, ICMP: something came back.
@@ -37,23 +38,19 @@ impl Outcome {
 
     /// A byte for an outcome, never 0, which stands for none.
     pub fn code(self) -> u8 {
-        match self {
-            Outcome::Established => 1,
-            Outcome::Refused => 2,
-            Outcome::Answered => 3,
-            Outcome::Unanswered => 4,
-        }
+        self as u8
     }
 
     /// The outcome of [`Self::code`]; none for 0 or any other byte.
     pub fn of_code(code: u8) -> Option<Self> {
-        match code {
-            1 => Some(Outcome::Established),
-            2 => Some(Outcome::Refused),
-            3 => Some(Outcome::Answered),
-            4 => Some(Outcome::Unanswered),
-            _ => None,
-        }
+        [
+            Outcome::Established,
+            Outcome::Refused,
+            Outcome::Answered,
+            Outcome::Unanswered,
+        ]
+        .into_iter()
+        .find(|outcome| outcome.code() == code)
     }
 }
 
@@ -120,6 +117,21 @@ mod tests {
                 ..stats
             },
         }
+    }
+
+    #[test]
+    fn every_outcome_has_a_code_of_its_own_and_zero_is_none() {
+        for outcome in [
+            Outcome::Established,
+            Outcome::Refused,
+            Outcome::Answered,
+            Outcome::Unanswered,
+        ] {
+            assert_ne!(outcome.code(), 0);
+            assert_eq!(Outcome::of_code(outcome.code()), Some(outcome));
+        }
+        assert_eq!(Outcome::of_code(0), None);
+        assert_eq!(Outcome::of_code(5), None);
     }
 
     #[test]

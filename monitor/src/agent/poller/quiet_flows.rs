@@ -180,8 +180,7 @@ impl Packet {
         // them (`flow::count_into`): a SYN past the handshake opens the
         // flow's next connection, its flags starting over.
         let before = stats.tcp_flags;
-        let past_syn = tcp_flag::ACK | tcp_flag::FIN | tcp_flag::RST;
-        if flags == tcp_flag::SYN && (stats.connections == 0 || before & past_syn != 0) {
+        if flags == tcp_flag::SYN && (stats.connections == 0 || before & tcp_flag::PAST_SYN != 0) {
             stats.connections += 1;
             stats.tcp_flags = flags;
             return;
