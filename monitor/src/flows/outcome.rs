@@ -36,6 +36,14 @@ impl Outcome {
         self != Outcome::Unanswered
     }
 
+    /// Every outcome.
+    pub const ALL: [Self; 4] = [
+        Outcome::Established,
+        Outcome::Refused,
+        Outcome::Answered,
+        Outcome::Unanswered,
+    ];
+
     /// A byte for an outcome, never 0, which stands for none.
     pub fn code(self) -> u8 {
         self as u8
@@ -43,14 +51,7 @@ impl Outcome {
 
     /// The outcome of [`Self::code`]; none for 0 or any other byte.
     pub fn of_code(code: u8) -> Option<Self> {
-        [
-            Outcome::Established,
-            Outcome::Refused,
-            Outcome::Answered,
-            Outcome::Unanswered,
-        ]
-        .into_iter()
-        .find(|outcome| outcome.code() == code)
+        Self::ALL.into_iter().find(|outcome| outcome.code() == code)
     }
 }
 
@@ -121,12 +122,7 @@ mod tests {
 
     #[test]
     fn every_outcome_has_a_code_of_its_own_and_zero_is_none() {
-        for outcome in [
-            Outcome::Established,
-            Outcome::Refused,
-            Outcome::Answered,
-            Outcome::Unanswered,
-        ] {
+        for outcome in Outcome::ALL {
             assert_ne!(outcome.code(), 0);
             assert_eq!(Outcome::of_code(outcome.code()), Some(outcome));
         }
